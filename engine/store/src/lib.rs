@@ -1,0 +1,128 @@
+//! Kiln's durable state: runs, steps, events, checkpoints and models in SQL.
+//!
+//! Architecture invariant: this is the only crate that knows SQL. It speaks to SQLite (the
+//! default, a file in the workspace's `.kiln/`) and PostgreSQL through sqlx's `Any` driver with
+//! one set of portable migrations (`migrations/` at the repository root) and portable queries.
+
+mod events;
+mod models;
+mod runs;
+mod status;
+mod steps;
+mod time_fmt;
+
+pub use events::{Checkpoint, Event};
+pub use models::{ModelRecord, NewModel};
+pub use runs::{NewRun, RunRecord, RunStats};
+pub use status::{ParseStatusError, RunStatus, StepStatus};
+pub use steps::{NewStep, PluginIdentity, StepRecord};
+pub use time_fmt::now;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, ConnectOptions};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Errors of the store. Each names what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open the database {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("cannot migrate the database {url}: {source}")]
+    Migrate {
+        url: String,
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("database error while {doing}: {source}")]
+    Query {
+        doing: &'static str,
+        source: sqlx::Error,
+    },
+    #[error("corrupt record while {doing}: {message}")]
+    Corrupt {
+        doing: &'static str,
+        message: String,
+    },
+    #[error("no run matches `{0}`")]
+    RunNotFound(String),
+    #[error("`{prefix}` matches several runs ({candidates}); give more characters of the id")]
+    AmbiguousRun { prefix: String, candidates: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn query_err(doing: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
+    move |source| Error::Query { doing, source }
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// A connection pool to Kiln's database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+impl Store {
+    /// Connect to `url` (`sqlite://PATH` or `postgres://...`), creating a SQLite file if needed,
+    /// and apply pending migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let is_sqlite = url.starts_with("sqlite:");
+        let connect_err = |source| Error::Connect {
+            url: url.to_owned(),
+            source,
+        };
+        let pool = if is_sqlite {
+            // Durable commits (FULL) in WAL mode; wait for writers instead of failing at once.
+            let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+                .map_err(connect_err)?
+                .create_if_missing(true)
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(30));
+            let any: AnyConnectOptions = AnyConnectOptions::from_url(&opts.to_url_lossy())
+                .map_err(connect_err)?;
+            // `to_url_lossy` drops the pragmas above, so set them on every connection too.
+            AnyPoolOptions::new()
+                .max_connections(4)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        use sqlx::Executor;
+                        conn.execute(
+                            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+                             PRAGMA foreign_keys=ON; PRAGMA busy_timeout=30000;",
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                })
+                .connect_with(any)
+                .await
+                .map_err(connect_err)?
+        } else {
+            AnyPoolOptions::new()
+                .max_connections(8)
+                .connect(url)
+                .await
+                .map_err(connect_err)?
+        };
+        MIGRATOR.run(&pool).await.map_err(|source| Error::Migrate {
+            url: url.to_owned(),
+            source,
+        })?;
+        Ok(Self { pool })
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests;

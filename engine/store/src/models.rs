@@ -1,0 +1,189 @@
+//! The model registry.
+
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::runs::json_column;
+use crate::{Result, Store, query_err, time_fmt};
+
+/// A model to register, as produced by a training run.
+#[derive(Debug, Clone)]
+pub struct NewModel {
+    pub name: String,
+    pub project: String,
+    pub task: Option<String>,
+    pub format: Option<String>,
+    /// Relative to the workspace.
+    pub file_path: String,
+    pub config_path: Option<String>,
+    pub input_size: Option<i64>,
+    pub class_names: Vec<String>,
+    pub metrics: Option<serde_json::Value>,
+    pub dataset: Option<String>,
+    pub training_run_id: String,
+    pub training_step_id: String,
+    pub base_model: Option<String>,
+    pub created_by: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelRecord {
+    pub id: String,
+    pub name: String,
+    pub project: String,
+    pub version: i64,
+    pub task: Option<String>,
+    pub format: Option<String>,
+    pub file_path: String,
+    pub config_path: Option<String>,
+    pub input_size: Option<i64>,
+    pub class_names: Vec<String>,
+    pub metrics: Option<serde_json::Value>,
+    pub dataset: Option<String>,
+    pub training_run_id: Option<String>,
+    pub training_step_id: Option<String>,
+    pub base_model: Option<String>,
+    pub is_published: bool,
+    pub created_by: String,
+    pub created_on: String,
+}
+
+fn model_from_row(row: &AnyRow) -> Result<ModelRecord> {
+    const DOING: &str = "reading a model";
+    let e = || query_err(DOING);
+    let published: i64 = row.try_get("is_published").map_err(e())?;
+    let class_names = json_column(row, "class_names_json", DOING)?
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    Ok(ModelRecord {
+        id: row.try_get("id").map_err(e())?,
+        name: row.try_get("name").map_err(e())?,
+        project: row.try_get("project").map_err(e())?,
+        version: row.try_get("version").map_err(e())?,
+        task: row.try_get("task").map_err(e())?,
+        format: row.try_get("format").map_err(e())?,
+        file_path: row.try_get("file_path").map_err(e())?,
+        config_path: row.try_get("config_path").map_err(e())?,
+        input_size: row.try_get("input_size").map_err(e())?,
+        class_names,
+        metrics: json_column(row, "metrics_json", DOING)?,
+        dataset: row.try_get("dataset").map_err(e())?,
+        training_run_id: row.try_get("training_run_id").map_err(e())?,
+        training_step_id: row.try_get("training_step_id").map_err(e())?,
+        base_model: row.try_get("base_model").map_err(e())?,
+        is_published: published != 0,
+        created_by: row.try_get("created_by").map_err(e())?,
+        created_on: row.try_get("created_on").map_err(e())?,
+    })
+}
+
+impl Store {
+    /// Register a trained model. Idempotent per (training run, step): registering again updates
+    /// the same record and keeps its version; a new registration gets the next version of its
+    /// (project, name). New models are never published.
+    pub async fn register_model(&self, m: &NewModel) -> Result<ModelRecord> {
+        const DOING: &str = "registering a model";
+        let mut tx = self.pool().begin().await.map_err(query_err(DOING))?;
+        let existing: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM models WHERE training_run_id = $1 AND training_step_id = $2",
+        )
+        .bind(&m.training_run_id)
+        .bind(&m.training_step_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(query_err(DOING))?;
+        let class_names = serde_json::to_string(&m.class_names).unwrap_or_else(|_| "[]".into());
+        let metrics = m.metrics.as_ref().map(|v| v.to_string());
+        let id = match existing {
+            Some(id) => {
+                sqlx::query(
+                    "UPDATE models SET task = $1, format = $2, file_path = $3, config_path = $4, \
+                     input_size = $5, class_names_json = $6, metrics_json = $7, dataset = $8, \
+                     base_model = $9 WHERE id = $10",
+                )
+                .bind(&m.task)
+                .bind(&m.format)
+                .bind(&m.file_path)
+                .bind(&m.config_path)
+                .bind(m.input_size)
+                .bind(&class_names)
+                .bind(&metrics)
+                .bind(&m.dataset)
+                .bind(&m.base_model)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err(DOING))?;
+                id
+            }
+            None => {
+                let version: i64 = sqlx::query_scalar(
+                    "SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE project = $1 AND name = $2",
+                )
+                .bind(&m.project)
+                .bind(&m.name)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(query_err(DOING))?;
+                let id = uuid::Uuid::now_v7().to_string();
+                sqlx::query(
+                    "INSERT INTO models (id, name, project, version, task, format, file_path, \
+                     config_path, input_size, class_names_json, metrics_json, dataset, \
+                     training_run_id, training_step_id, base_model, is_published, created_by, \
+                     created_on) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+                     $14, $15, 0, $16, $17)",
+                )
+                .bind(&id)
+                .bind(&m.name)
+                .bind(&m.project)
+                .bind(version)
+                .bind(&m.task)
+                .bind(&m.format)
+                .bind(&m.file_path)
+                .bind(&m.config_path)
+                .bind(m.input_size)
+                .bind(&class_names)
+                .bind(&metrics)
+                .bind(&m.dataset)
+                .bind(&m.training_run_id)
+                .bind(&m.training_step_id)
+                .bind(&m.base_model)
+                .bind(&m.created_by)
+                .bind(time_fmt::now())
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err(DOING))?;
+                id
+            }
+        };
+        tx.commit().await.map_err(query_err(DOING))?;
+        self.model(&id).await
+    }
+
+    pub async fn model(&self, id: &str) -> Result<ModelRecord> {
+        let row = sqlx::query("SELECT * FROM models WHERE id = $1")
+            .bind(id)
+            .fetch_one(self.pool())
+            .await
+            .map_err(query_err("reading a model"))?;
+        model_from_row(&row)
+    }
+
+    /// Models, optionally of one project, newest first.
+    pub async fn list_models(&self, project: Option<&str>) -> Result<Vec<ModelRecord>> {
+        let rows = match project {
+            Some(p) => sqlx::query(
+                "SELECT * FROM models WHERE project = $1 ORDER BY created_on DESC, version DESC",
+            )
+            .bind(p)
+            .fetch_all(self.pool())
+            .await,
+            None => sqlx::query("SELECT * FROM models ORDER BY created_on DESC, version DESC")
+                .fetch_all(self.pool())
+                .await,
+        }
+        .map_err(query_err("listing models"))?;
+        rows.iter().map(model_from_row).collect()
+    }
+}

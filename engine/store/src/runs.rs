@@ -1,0 +1,227 @@
+//! Run records.
+
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::{Error, Result, RunStatus, Store, query_err, time_fmt};
+
+/// What the engine knows when a run is created.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub id: String,
+    pub workflow_name: String,
+    pub workflow_file: Option<String>,
+    pub workflow_yaml: String,
+    pub params: serde_json::Value,
+    pub created_by: String,
+}
+
+/// A run as stored.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RunRecord {
+    pub id: String,
+    pub workflow_name: String,
+    pub workflow_file: Option<String>,
+    #[serde(skip)]
+    pub workflow_yaml: String,
+    pub status: RunStatus,
+    pub params: serde_json::Value,
+    pub error_message: Option<String>,
+    pub metrics: Option<serde_json::Value>,
+    pub created_by: String,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub duration_ms: Option<i64>,
+}
+
+/// Counts of runs by status.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RunStats {
+    pub total: i64,
+    pub by_status: Vec<(RunStatus, i64)>,
+    /// succeeded / (succeeded + failed + cancelled); None when no run has finished.
+    pub success_rate: Option<f64>,
+}
+
+const RUN_COLUMNS: &str = "id, workflow_name, workflow_file, workflow_yaml, status, params_json, \
+    error_message, metrics_json, created_by, created_at, started_at, finished_at, duration_ms";
+
+pub(crate) fn json_column(row: &AnyRow, col: &str, doing: &'static str) -> Result<Option<serde_json::Value>> {
+    let text: Option<String> = row.try_get(col).map_err(query_err(doing))?;
+    text.map(|t| {
+        serde_json::from_str(&t).map_err(|e| Error::Corrupt {
+            doing,
+            message: format!("column {col}: {e}"),
+        })
+    })
+    .transpose()
+}
+
+fn run_from_row(row: &AnyRow) -> Result<RunRecord> {
+    const DOING: &str = "reading a run";
+    let status: String = row.try_get("status").map_err(query_err(DOING))?;
+    Ok(RunRecord {
+        id: row.try_get("id").map_err(query_err(DOING))?,
+        workflow_name: row.try_get("workflow_name").map_err(query_err(DOING))?,
+        workflow_file: row.try_get("workflow_file").map_err(query_err(DOING))?,
+        workflow_yaml: row.try_get("workflow_yaml").map_err(query_err(DOING))?,
+        status: status.parse().map_err(|e: crate::ParseStatusError| Error::Corrupt {
+            doing: DOING,
+            message: e.to_string(),
+        })?,
+        params: json_column(row, "params_json", DOING)?.unwrap_or_default(),
+        error_message: row.try_get("error_message").map_err(query_err(DOING))?,
+        metrics: json_column(row, "metrics_json", DOING)?,
+        created_by: row.try_get("created_by").map_err(query_err(DOING))?,
+        created_at: row.try_get("created_at").map_err(query_err(DOING))?,
+        started_at: row.try_get("started_at").map_err(query_err(DOING))?,
+        finished_at: row.try_get("finished_at").map_err(query_err(DOING))?,
+        duration_ms: row.try_get("duration_ms").map_err(query_err(DOING))?,
+    })
+}
+
+impl Store {
+    /// Record a new run in `queued`.
+    pub async fn create_run(&self, run: &NewRun) -> Result<RunRecord> {
+        sqlx::query(
+            "INSERT INTO runs (id, workflow_name, workflow_file, workflow_yaml, status, \
+             params_json, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&run.id)
+        .bind(&run.workflow_name)
+        .bind(&run.workflow_file)
+        .bind(&run.workflow_yaml)
+        .bind(RunStatus::Queued.as_str())
+        .bind(run.params.to_string())
+        .bind(&run.created_by)
+        .bind(time_fmt::now())
+        .execute(self.pool())
+        .await
+        .map_err(query_err("creating a run"))?;
+        self.run(&run.id).await
+    }
+
+    /// Mark a run as running (its start time is set once).
+    pub async fn start_run(&self, id: &str) -> Result<()> {
+        let now = time_fmt::now();
+        sqlx::query(
+            "UPDATE runs SET status = $1, started_at = COALESCE(started_at, $2), heartbeat_at = $2 \
+             WHERE id = $3",
+        )
+        .bind(RunStatus::Running.as_str())
+        .bind(&now)
+        .bind(id)
+        .execute(self.pool())
+        .await
+        .map_err(query_err("starting a run"))?;
+        Ok(())
+    }
+
+    /// Record the end of a run: status, error, metrics, finish time and duration.
+    pub async fn finish_run(
+        &self,
+        id: &str,
+        status: RunStatus,
+        error_message: Option<&str>,
+        metrics: Option<&serde_json::Value>,
+    ) -> Result<RunRecord> {
+        let run = self.run(id).await?;
+        let now = time_fmt::now();
+        let started = run.started_at.clone().unwrap_or_else(|| run.created_at.clone());
+        let duration = time_fmt::millis_between(&started, &now);
+        sqlx::query(
+            "UPDATE runs SET status = $1, error_message = $2, metrics_json = $3, \
+             finished_at = $4, duration_ms = $5, started_at = COALESCE(started_at, $6) WHERE id = $7",
+        )
+        .bind(status.as_str())
+        .bind(error_message)
+        .bind(metrics.map(|m| m.to_string()))
+        .bind(&now)
+        .bind(duration)
+        .bind(&started)
+        .bind(&run.id)
+        .execute(self.pool())
+        .await
+        .map_err(query_err("finishing a run"))?;
+        self.run(&run.id).await
+    }
+
+    /// The run with this id, or the only run whose id starts with `id_or_prefix`.
+    pub async fn run(&self, id_or_prefix: &str) -> Result<RunRecord> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
+        if let Some(row) = sqlx::query(&sql)
+            .bind(id_or_prefix)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(query_err("reading a run"))?
+        {
+            return run_from_row(&row);
+        }
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id LIKE $1 ORDER BY id LIMIT 5");
+        let escaped = id_or_prefix.replace(['%', '_'], "");
+        let rows = sqlx::query(&sql)
+            .bind(format!("{escaped}%"))
+            .fetch_all(self.pool())
+            .await
+            .map_err(query_err("reading a run"))?;
+        match rows.as_slice() {
+            [one] => run_from_row(one),
+            [] => Err(Error::RunNotFound(id_or_prefix.to_owned())),
+            many => Err(Error::AmbiguousRun {
+                prefix: id_or_prefix.to_owned(),
+                candidates: many
+                    .iter()
+                    .filter_map(|r| r.try_get::<String, _>("id").ok())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    /// Runs, newest first, optionally only those with `status`.
+    pub async fn list_runs(&self, status: Option<RunStatus>, limit: i64) -> Result<Vec<RunRecord>> {
+        let rows = match status {
+            Some(s) => {
+                let sql = format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE status = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
+                );
+                sqlx::query(&sql).bind(s.as_str()).bind(limit).fetch_all(self.pool()).await
+            }
+            None => {
+                let sql = format!(
+                    "SELECT {RUN_COLUMNS} FROM runs ORDER BY created_at DESC, id DESC LIMIT $1"
+                );
+                sqlx::query(&sql).bind(limit).fetch_all(self.pool()).await
+            }
+        }
+        .map_err(query_err("listing runs"))?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    /// Counts by status and the success rate of finished runs.
+    pub async fn run_stats(&self) -> Result<RunStats> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM runs GROUP BY status")
+            .fetch_all(self.pool())
+            .await
+            .map_err(query_err("counting runs"))?;
+        let mut by_status: Vec<(RunStatus, i64)> = RunStatus::ALL.iter().map(|s| (*s, 0)).collect();
+        for row in &rows {
+            let status: String = row.try_get("status").map_err(query_err("counting runs"))?;
+            let n: i64 = row.try_get("n").map_err(query_err("counting runs"))?;
+            if let Ok(s) = status.parse::<RunStatus>()
+                && let Some(slot) = by_status.iter_mut().find(|(k, _)| *k == s)
+            {
+                slot.1 = n;
+            }
+        }
+        let count = |s: RunStatus| by_status.iter().find(|(k, _)| *k == s).map_or(0, |(_, n)| *n);
+        let finished = count(RunStatus::Succeeded) + count(RunStatus::Failed) + count(RunStatus::Cancelled);
+        Ok(RunStats {
+            total: by_status.iter().map(|(_, n)| n).sum(),
+            success_rate: (finished > 0).then(|| count(RunStatus::Succeeded) as f64 / finished as f64),
+            by_status,
+        })
+    }
+}

@@ -1,0 +1,219 @@
+//! Step records: one row per step of a run, updated as the step moves through its states.
+
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::runs::json_column;
+use crate::{Error, Result, StepStatus, Store, query_err, time_fmt};
+
+/// A step as planned when the run is created.
+#[derive(Debug, Clone)]
+pub struct NewStep {
+    pub step_id: String,
+    pub uses: String,
+    pub action: Option<String>,
+}
+
+/// A step as stored.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StepRecord {
+    pub run_id: String,
+    pub step_id: String,
+    pub position: i64,
+    pub uses: String,
+    pub action: Option<String>,
+    pub status: StepStatus,
+    pub attempt: i64,
+    pub inputs: Option<serde_json::Value>,
+    pub outputs: Option<serde_json::Value>,
+    pub progress: Option<serde_json::Value>,
+    pub error_message: Option<String>,
+    pub plugin_name: Option<String>,
+    pub plugin_version: Option<String>,
+    pub plugin_digest: Option<String>,
+    pub log_path: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub duration_ms: Option<i64>,
+}
+
+/// Which plugin ran a step.
+#[derive(Debug, Clone)]
+pub struct PluginIdentity<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+    pub digest: &'a str,
+}
+
+fn step_from_row(row: &AnyRow) -> Result<StepRecord> {
+    const DOING: &str = "reading a step";
+    let status: String = row.try_get("status").map_err(query_err(DOING))?;
+    Ok(StepRecord {
+        run_id: row.try_get("run_id").map_err(query_err(DOING))?,
+        step_id: row.try_get("step_id").map_err(query_err(DOING))?,
+        position: row.try_get("position").map_err(query_err(DOING))?,
+        uses: row.try_get("uses").map_err(query_err(DOING))?,
+        action: row.try_get("action").map_err(query_err(DOING))?,
+        status: status.parse().map_err(|e: crate::ParseStatusError| Error::Corrupt {
+            doing: DOING,
+            message: e.to_string(),
+        })?,
+        attempt: row.try_get("attempt").map_err(query_err(DOING))?,
+        inputs: json_column(row, "inputs_json", DOING)?,
+        outputs: json_column(row, "outputs_json", DOING)?,
+        progress: json_column(row, "progress_json", DOING)?,
+        error_message: row.try_get("error_message").map_err(query_err(DOING))?,
+        plugin_name: row.try_get("plugin_name").map_err(query_err(DOING))?,
+        plugin_version: row.try_get("plugin_version").map_err(query_err(DOING))?,
+        plugin_digest: row.try_get("plugin_digest").map_err(query_err(DOING))?,
+        log_path: row.try_get("log_path").map_err(query_err(DOING))?,
+        started_at: row.try_get("started_at").map_err(query_err(DOING))?,
+        finished_at: row.try_get("finished_at").map_err(query_err(DOING))?,
+        duration_ms: row.try_get("duration_ms").map_err(query_err(DOING))?,
+    })
+}
+
+impl Store {
+    /// Record the planned steps of a run, all `queued`, in one transaction.
+    pub async fn insert_steps(&self, run_id: &str, steps: &[NewStep]) -> Result<()> {
+        let mut tx = self.pool().begin().await.map_err(query_err("planning steps"))?;
+        for (position, step) in steps.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO steps (run_id, step_id, position, uses, action, status) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(run_id)
+            .bind(&step.step_id)
+            .bind(position as i64)
+            .bind(&step.uses)
+            .bind(&step.action)
+            .bind(StepStatus::Queued.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err("planning steps"))?;
+        }
+        tx.commit().await.map_err(query_err("planning steps"))
+    }
+
+    /// A step starts a new attempt with these resolved inputs; returns the attempt number.
+    pub async fn start_step(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        inputs: &serde_json::Value,
+        log_path: Option<&str>,
+    ) -> Result<i64> {
+        let now = time_fmt::now();
+        sqlx::query(
+            "UPDATE steps SET status = $1, attempt = attempt + 1, inputs_json = $2, log_path = $3, \
+             started_at = $4, finished_at = NULL, duration_ms = NULL, error_message = NULL \
+             WHERE run_id = $5 AND step_id = $6",
+        )
+        .bind(StepStatus::Running.as_str())
+        .bind(inputs.to_string())
+        .bind(log_path)
+        .bind(&now)
+        .bind(run_id)
+        .bind(step_id)
+        .execute(self.pool())
+        .await
+        .map_err(query_err("starting a step"))?;
+        Ok(self.step(run_id, step_id).await?.attempt)
+    }
+
+    /// Record which plugin (name, version, digest) runs the step.
+    pub async fn set_step_plugin(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        plugin: PluginIdentity<'_>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE steps SET plugin_name = $1, plugin_version = $2, plugin_digest = $3 \
+             WHERE run_id = $4 AND step_id = $5",
+        )
+        .bind(plugin.name)
+        .bind(plugin.version)
+        .bind(plugin.digest)
+        .bind(run_id)
+        .bind(step_id)
+        .execute(self.pool())
+        .await
+        .map_err(query_err("recording a step's plugin"))?;
+        Ok(())
+    }
+
+    /// The latest progress report of a running step.
+    pub async fn set_step_progress(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        progress: &serde_json::Value,
+    ) -> Result<()> {
+        sqlx::query("UPDATE steps SET progress_json = $1 WHERE run_id = $2 AND step_id = $3")
+            .bind(progress.to_string())
+            .bind(run_id)
+            .bind(step_id)
+            .execute(self.pool())
+            .await
+            .map_err(query_err("recording progress"))?;
+        Ok(())
+    }
+
+    /// Record the end of a step (also for steps that never started: skipped, cancelled).
+    pub async fn finish_step(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        status: StepStatus,
+        outputs: Option<&serde_json::Value>,
+        error_message: Option<&str>,
+    ) -> Result<()> {
+        let step = self.step(run_id, step_id).await?;
+        let now = time_fmt::now();
+        let duration = step
+            .started_at
+            .as_deref()
+            .and_then(|s| time_fmt::millis_between(s, &now));
+        sqlx::query(
+            "UPDATE steps SET status = $1, outputs_json = $2, error_message = $3, finished_at = $4, \
+             duration_ms = $5 WHERE run_id = $6 AND step_id = $7",
+        )
+        .bind(status.as_str())
+        .bind(outputs.map(|o| o.to_string()))
+        .bind(error_message)
+        .bind(&now)
+        .bind(duration)
+        .bind(run_id)
+        .bind(step_id)
+        .execute(self.pool())
+        .await
+        .map_err(query_err("finishing a step"))?;
+        Ok(())
+    }
+
+    pub async fn step(&self, run_id: &str, step_id: &str) -> Result<StepRecord> {
+        let row = sqlx::query("SELECT * FROM steps WHERE run_id = $1 AND step_id = $2")
+            .bind(run_id)
+            .bind(step_id)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(query_err("reading a step"))?
+            .ok_or_else(|| Error::Corrupt {
+                doing: "reading a step",
+                message: format!("run {run_id} has no step `{step_id}`"),
+            })?;
+        step_from_row(&row)
+    }
+
+    /// The steps of a run in workflow order.
+    pub async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>> {
+        let rows = sqlx::query("SELECT * FROM steps WHERE run_id = $1 ORDER BY position")
+            .bind(run_id)
+            .fetch_all(self.pool())
+            .await
+            .map_err(query_err("reading steps"))?;
+        rows.iter().map(step_from_row).collect()
+    }
+}

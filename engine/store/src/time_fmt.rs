@@ -1,0 +1,28 @@
+//! Timestamps as sortable UTC text: `2026-12-01T13:07:28.123Z`.
+
+use time::OffsetDateTime;
+use time::macros::format_description;
+
+/// The current time in the store's timestamp format.
+pub fn now() -> String {
+    format(OffsetDateTime::now_utc())
+}
+
+pub(crate) fn format(t: OffsetDateTime) -> String {
+    let f = format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&f)
+        .unwrap_or_default()
+}
+
+pub(crate) fn parse(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// Milliseconds between two stored timestamps.
+pub(crate) fn millis_between(start: &str, end: &str) -> Option<i64> {
+    let d = parse(end)? - parse(start)?;
+    Some(d.whole_milliseconds() as i64)
+}

@@ -1,0 +1,126 @@
+//! The on-disk records shared by the engine and the supervisor.
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+pub(crate) const SPEC_FILE: &str = "spec.json";
+pub(crate) const CHILD_FILE: &str = "child.json";
+pub(crate) const EXIT_FILE: &str = "exit.json";
+
+/// What to run. The environment is complete: nothing is inherited from the engine.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LaunchSpec {
+    /// Absolute path of the program.
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    /// stdout and stderr are appended here.
+    pub log_path: PathBuf,
+}
+
+/// The started program, as recorded by the supervisor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChildRecord {
+    pub pid: i32,
+    /// The program leads its own process group: pgid == pid.
+    pub pgid: i32,
+    /// Start time in clock ticks since boot (`/proc/PID/stat` field 22): with the pid it
+    /// identifies the process even after the pid is recycled.
+    pub start_ticks: u64,
+    pub supervisor_pid: i32,
+    pub started_at: String,
+}
+
+/// How the program ended.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExitRecord {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Set when the program could not be started at all.
+    pub start_error: Option<String>,
+    pub finished_at: String,
+}
+
+impl ExitRecord {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// "exit code 1", "killed by signal 15 (SIGTERM)", or the start error.
+    pub fn describe(&self) -> String {
+        if let Some(e) = &self.start_error {
+            return format!("could not start: {e}");
+        }
+        match (self.code, self.signal) {
+            (Some(c), _) => format!("exit code {c}"),
+            (None, Some(s)) => format!("killed by signal {s}{}", signal_name(s)),
+            (None, None) => "ended with an unknown status".into(),
+        }
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        1 => " (SIGHUP)",
+        2 => " (SIGINT)",
+        6 => " (SIGABRT)",
+        9 => " (SIGKILL)",
+        11 => " (SIGSEGV)",
+        15 => " (SIGTERM)",
+        _ => "",
+    }
+}
+
+pub(crate) fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Write `value` as JSON to `path` so that readers see either nothing or the whole record.
+pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        // Make the rename itself durable.
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Record {
+                path: path.to_owned(),
+                message: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Record {
+            path: path.to_owned(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+pub fn read_spec(state_dir: &Path) -> Result<Option<LaunchSpec>> {
+    read_json(&state_dir.join(SPEC_FILE))
+}
+
+pub fn read_child(state_dir: &Path) -> Result<Option<ChildRecord>> {
+    read_json(&state_dir.join(CHILD_FILE))
+}
+
+pub fn read_exit(state_dir: &Path) -> Result<Option<ExitRecord>> {
+    read_json(&state_dir.join(EXIT_FILE))
+}

@@ -1,0 +1,84 @@
+//! The supervisor process itself (`kiln supervise STATE_DIR`). Synchronous, std only: it runs
+//! before any async runtime exists in the process.
+
+use std::fs::OpenOptions;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::proc_info::ProcessIdentity;
+use crate::records::{
+    self, CHILD_FILE, ChildRecord, EXIT_FILE, ExitRecord, now_rfc3339, write_json_atomic,
+};
+
+/// Run the supervisor for `state_dir`; returns the supervisor's own exit code.
+pub fn run(state_dir: &Path) -> i32 {
+    // A new session: the supervisor and its program outlive the engine and its terminal.
+    let _ = rustix::process::setsid();
+    match supervise(state_dir) {
+        Ok(()) => 0,
+        Err(message) => {
+            eprintln!("kiln supervise: {message}");
+            let record = ExitRecord {
+                code: None,
+                signal: None,
+                start_error: Some(message),
+                finished_at: now_rfc3339(),
+            };
+            let _ = write_json_atomic(&state_dir.join(EXIT_FILE), &record);
+            1
+        }
+    }
+}
+
+fn supervise(state_dir: &Path) -> Result<(), String> {
+    let spec = records::read_spec(state_dir)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no launch spec in {}", state_dir.display()))?;
+    if let Some(dir) = spec.log_path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("log dir {}: {e}", dir.display()))?;
+    }
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log_path)
+        .map_err(|e| format!("log file {}: {e}", spec.log_path.display()))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| format!("log file {}: {e}", spec.log_path.display()))?;
+    let mut child = Command::new(&spec.program)
+        .args(&spec.args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&spec.cwd)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("{}: {e}", spec.program.display()))?;
+    let pid = child.id() as i32;
+    let start_ticks = ProcessIdentity::of(pid).map(|p| p.start_ticks).unwrap_or(0);
+    let record = ChildRecord {
+        pid,
+        pgid: pid,
+        start_ticks,
+        supervisor_pid: std::process::id() as i32,
+        started_at: now_rfc3339(),
+    };
+    if let Err(e) = write_json_atomic(&state_dir.join(CHILD_FILE), &record) {
+        // Without a record nobody could ever stop it: do not leave it running.
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("cannot record the started program: {e}"));
+    }
+    let status = child.wait().map_err(|e| format!("waiting for pid {pid}: {e}"))?;
+    let record = ExitRecord {
+        code: status.code(),
+        signal: status.signal(),
+        start_error: None,
+        finished_at: now_rfc3339(),
+    };
+    write_json_atomic(&state_dir.join(EXIT_FILE), &record)
+        .map_err(|e| format!("cannot record the exit status: {e}"))
+}

@@ -1,0 +1,49 @@
+use super::*;
+
+#[test]
+fn identity_of_self_is_running_and_survives_recycled_pid_check() {
+    let me = ProcessIdentity::of(std::process::id() as i32).expect("own /proc entry");
+    assert!(me.is_running());
+    let impostor = ProcessIdentity {
+        start_ticks: me.start_ticks + 1,
+        ..me
+    };
+    assert!(!impostor.is_running(), "a different start time is another process");
+}
+
+#[test]
+fn exit_records_describe_themselves() {
+    let mut r = ExitRecord {
+        code: Some(1),
+        signal: None,
+        start_error: None,
+        finished_at: String::new(),
+    };
+    assert_eq!(r.describe(), "exit code 1");
+    assert!(!r.success());
+    r.code = None;
+    r.signal = Some(15);
+    assert_eq!(r.describe(), "killed by signal 15 (SIGTERM)");
+    r.start_error = Some("No such file".into());
+    assert_eq!(r.describe(), "could not start: No such file");
+}
+
+#[test]
+fn records_are_written_whole_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(records::read_exit(dir.path()).unwrap().is_none());
+    let r = ExitRecord {
+        code: Some(0),
+        signal: None,
+        start_error: None,
+        finished_at: "now".into(),
+    };
+    records::write_json_atomic(&dir.path().join(records::EXIT_FILE), &r).unwrap();
+    assert_eq!(records::read_exit(dir.path()).unwrap(), Some(r));
+    assert!(!dir.path().join("exit.json.tmp").exists());
+}
+
+#[test]
+fn a_missing_group_is_not_alive() {
+    assert!(!group_alive(i32::MAX - 7));
+}
