@@ -73,10 +73,16 @@ impl Store {
                 let e = query_err("reading log lines");
                 Ok(Event {
                     seq: row.try_get("seq").map_err(e)?,
-                    step_id: row.try_get("step_id").map_err(query_err("reading log lines"))?,
+                    step_id: row
+                        .try_get("step_id")
+                        .map_err(query_err("reading log lines"))?,
                     at: row.try_get("at").map_err(query_err("reading log lines"))?,
-                    level: row.try_get("level").map_err(query_err("reading log lines"))?,
-                    message: row.try_get("message").map_err(query_err("reading log lines"))?,
+                    level: row
+                        .try_get("level")
+                        .map_err(query_err("reading log lines"))?,
+                    message: row
+                        .try_get("message")
+                        .map_err(query_err("reading log lines"))?,
                 })
             })
             .collect()
@@ -119,13 +125,23 @@ impl Store {
         .map_err(query_err("reading checkpoints"))?;
         rows.iter()
             .map(|row| {
-                let best: i64 = row.try_get("is_best").map_err(query_err("reading checkpoints"))?;
+                let best: i64 = row
+                    .try_get("is_best")
+                    .map_err(query_err("reading checkpoints"))?;
                 Ok(Checkpoint {
-                    step_id: row.try_get("step_id").map_err(query_err("reading checkpoints"))?,
-                    path: row.try_get("path").map_err(query_err("reading checkpoints"))?,
-                    epoch: row.try_get("epoch").map_err(query_err("reading checkpoints"))?,
+                    step_id: row
+                        .try_get("step_id")
+                        .map_err(query_err("reading checkpoints"))?,
+                    path: row
+                        .try_get("path")
+                        .map_err(query_err("reading checkpoints"))?,
+                    epoch: row
+                        .try_get("epoch")
+                        .map_err(query_err("reading checkpoints"))?,
                     is_best: best != 0,
-                    reported_at: row.try_get("reported_at").map_err(query_err("reading checkpoints"))?,
+                    reported_at: row
+                        .try_get("reported_at")
+                        .map_err(query_err("reading checkpoints"))?,
                 })
             })
             .collect()

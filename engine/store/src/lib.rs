@@ -82,8 +82,8 @@ impl Store {
                 .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(30));
-            let any: AnyConnectOptions = AnyConnectOptions::from_url(&opts.to_url_lossy())
-                .map_err(connect_err)?;
+            let any: AnyConnectOptions =
+                AnyConnectOptions::from_url(&opts.to_url_lossy()).map_err(connect_err)?;
             // `to_url_lossy` drops the pragmas above, so set them on every connection too.
             AnyPoolOptions::new()
                 .max_connections(4)

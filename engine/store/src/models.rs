@@ -179,9 +179,11 @@ impl Store {
             .bind(p)
             .fetch_all(self.pool())
             .await,
-            None => sqlx::query("SELECT * FROM models ORDER BY created_on DESC, version DESC")
-                .fetch_all(self.pool())
-                .await,
+            None => {
+                sqlx::query("SELECT * FROM models ORDER BY created_on DESC, version DESC")
+                    .fetch_all(self.pool())
+                    .await
+            }
         }
         .map_err(query_err("listing models"))?;
         rows.iter().map(model_from_row).collect()

@@ -48,7 +48,11 @@ pub struct RunStats {
 const RUN_COLUMNS: &str = "id, workflow_name, workflow_file, workflow_yaml, status, params_json, \
     error_message, metrics_json, created_by, created_at, started_at, finished_at, duration_ms";
 
-pub(crate) fn json_column(row: &AnyRow, col: &str, doing: &'static str) -> Result<Option<serde_json::Value>> {
+pub(crate) fn json_column(
+    row: &AnyRow,
+    col: &str,
+    doing: &'static str,
+) -> Result<Option<serde_json::Value>> {
     let text: Option<String> = row.try_get(col).map_err(query_err(doing))?;
     text.map(|t| {
         serde_json::from_str(&t).map_err(|e| Error::Corrupt {
@@ -67,10 +71,12 @@ fn run_from_row(row: &AnyRow) -> Result<RunRecord> {
         workflow_name: row.try_get("workflow_name").map_err(query_err(DOING))?,
         workflow_file: row.try_get("workflow_file").map_err(query_err(DOING))?,
         workflow_yaml: row.try_get("workflow_yaml").map_err(query_err(DOING))?,
-        status: status.parse().map_err(|e: crate::ParseStatusError| Error::Corrupt {
-            doing: DOING,
-            message: e.to_string(),
-        })?,
+        status: status
+            .parse()
+            .map_err(|e: crate::ParseStatusError| Error::Corrupt {
+                doing: DOING,
+                message: e.to_string(),
+            })?,
         params: json_column(row, "params_json", DOING)?.unwrap_or_default(),
         error_message: row.try_get("error_message").map_err(query_err(DOING))?,
         metrics: json_column(row, "metrics_json", DOING)?,
@@ -129,7 +135,10 @@ impl Store {
     ) -> Result<RunRecord> {
         let run = self.run(id).await?;
         let now = time_fmt::now();
-        let started = run.started_at.clone().unwrap_or_else(|| run.created_at.clone());
+        let started = run
+            .started_at
+            .clone()
+            .unwrap_or_else(|| run.created_at.clone());
         let duration = time_fmt::millis_between(&started, &now);
         sqlx::query(
             "UPDATE runs SET status = $1, error_message = $2, metrics_json = $3, \
@@ -216,11 +225,18 @@ impl Store {
                 slot.1 = n;
             }
         }
-        let count = |s: RunStatus| by_status.iter().find(|(k, _)| *k == s).map_or(0, |(_, n)| *n);
-        let finished = count(RunStatus::Succeeded) + count(RunStatus::Failed) + count(RunStatus::Cancelled);
+        let count = |s: RunStatus| {
+            by_status
+                .iter()
+                .find(|(k, _)| *k == s)
+                .map_or(0, |(_, n)| *n)
+        };
+        let finished =
+            count(RunStatus::Succeeded) + count(RunStatus::Failed) + count(RunStatus::Cancelled);
         Ok(RunStats {
             total: by_status.iter().map(|(_, n)| n).sum(),
-            success_rate: (finished > 0).then(|| count(RunStatus::Succeeded) as f64 / finished as f64),
+            success_rate: (finished > 0)
+                .then(|| count(RunStatus::Succeeded) as f64 / finished as f64),
             by_status,
         })
     }

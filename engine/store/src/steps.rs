@@ -55,10 +55,12 @@ fn step_from_row(row: &AnyRow) -> Result<StepRecord> {
         position: row.try_get("position").map_err(query_err(DOING))?,
         uses: row.try_get("uses").map_err(query_err(DOING))?,
         action: row.try_get("action").map_err(query_err(DOING))?,
-        status: status.parse().map_err(|e: crate::ParseStatusError| Error::Corrupt {
-            doing: DOING,
-            message: e.to_string(),
-        })?,
+        status: status
+            .parse()
+            .map_err(|e: crate::ParseStatusError| Error::Corrupt {
+                doing: DOING,
+                message: e.to_string(),
+            })?,
         attempt: row.try_get("attempt").map_err(query_err(DOING))?,
         inputs: json_column(row, "inputs_json", DOING)?,
         outputs: json_column(row, "outputs_json", DOING)?,
@@ -77,7 +79,11 @@ fn step_from_row(row: &AnyRow) -> Result<StepRecord> {
 impl Store {
     /// Record the planned steps of a run, all `queued`, in one transaction.
     pub async fn insert_steps(&self, run_id: &str, steps: &[NewStep]) -> Result<()> {
-        let mut tx = self.pool().begin().await.map_err(query_err("planning steps"))?;
+        let mut tx = self
+            .pool()
+            .begin()
+            .await
+            .map_err(query_err("planning steps"))?;
         for (position, step) in steps.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO steps (run_id, step_id, position, uses, action, status) \

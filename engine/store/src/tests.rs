@@ -24,12 +24,24 @@ async fn run_lifecycle_records_times_and_status() {
     assert_eq!(r.status, RunStatus::Queued);
     assert_eq!(r.params["epochs"], 2);
     s.start_run("0001-aaaa").await.unwrap();
-    s.insert_steps("0001-aaaa", &[NewStep { step_id: "a".into(), uses: "builtin/x".into(), action: None }])
+    s.insert_steps(
+        "0001-aaaa",
+        &[NewStep {
+            step_id: "a".into(),
+            uses: "builtin/x".into(),
+            action: None,
+        }],
+    )
+    .await
+    .unwrap();
+    let attempt = s
+        .start_step("0001-aaaa", "a", &serde_json::json!({"k": 1}), None)
         .await
         .unwrap();
-    let attempt = s.start_step("0001-aaaa", "a", &serde_json::json!({"k": 1}), None).await.unwrap();
     assert_eq!(attempt, 1);
-    s.finish_step("0001-aaaa", "a", StepStatus::Failed, None, Some("boom")).await.unwrap();
+    s.finish_step("0001-aaaa", "a", StepStatus::Failed, None, Some("boom"))
+        .await
+        .unwrap();
     let done = s
         .finish_run("0001", RunStatus::Failed, Some("step a failed: boom"), None)
         .await
@@ -49,11 +61,25 @@ async fn prefix_lookup_is_unambiguous_or_says_so() {
     let (_d, s) = store().await;
     s.create_run(&new_run("abc-1")).await.unwrap();
     s.create_run(&new_run("abc-2")).await.unwrap();
-    assert!(matches!(s.run("abc").await, Err(Error::AmbiguousRun { .. })));
+    assert!(matches!(
+        s.run("abc").await,
+        Err(Error::AmbiguousRun { .. })
+    ));
     assert!(matches!(s.run("zzz").await, Err(Error::RunNotFound(_))));
     assert_eq!(s.run("abc-2").await.unwrap().id, "abc-2");
-    assert_eq!(s.list_runs(Some(RunStatus::Queued), 10).await.unwrap().len(), 2);
-    assert!(s.list_runs(Some(RunStatus::Running), 10).await.unwrap().is_empty());
+    assert_eq!(
+        s.list_runs(Some(RunStatus::Queued), 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(
+        s.list_runs(Some(RunStatus::Running), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]

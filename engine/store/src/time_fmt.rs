@@ -9,9 +9,8 @@ pub fn now() -> String {
 }
 
 pub(crate) fn format(t: OffsetDateTime) -> String {
-    let f = format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
+    let f =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     t.to_offset(time::UtcOffset::UTC)
         .format(&f)
         .unwrap_or_default()

@@ -62,7 +62,11 @@ pub struct Supervised {
 impl Supervised {
     /// Start `spec` under a supervisor run from `supervisor_exe` (normally the `kiln` binary).
     /// Returns once the program has started, with its pid and process group known.
-    pub async fn launch(supervisor_exe: &Path, state_dir: &Path, spec: &LaunchSpec) -> Result<Self> {
+    pub async fn launch(
+        supervisor_exe: &Path,
+        state_dir: &Path,
+        spec: &LaunchSpec,
+    ) -> Result<Self> {
         std::fs::create_dir_all(state_dir).map_err(|source| Error::State {
             path: state_dir.to_owned(),
             source,
@@ -73,12 +77,13 @@ impl Supervised {
                 source,
             },
         )?;
-        let supervisor_log = std::fs::File::create(state_dir.join("supervisor.log")).map_err(
-            |source| Error::State {
-                path: state_dir.to_owned(),
-                source,
-            },
-        )?;
+        let supervisor_log =
+            std::fs::File::create(state_dir.join("supervisor.log")).map_err(|source| {
+                Error::State {
+                    path: state_dir.to_owned(),
+                    source,
+                }
+            })?;
         let mut supervisor = tokio::process::Command::new(supervisor_exe)
             .arg("supervise")
             .arg(state_dir)

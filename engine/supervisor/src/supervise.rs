@@ -72,7 +72,9 @@ fn supervise(state_dir: &Path) -> Result<(), String> {
         let _ = child.wait();
         return Err(format!("cannot record the started program: {e}"));
     }
-    let status = child.wait().map_err(|e| format!("waiting for pid {pid}: {e}"))?;
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for pid {pid}: {e}"))?;
     let record = ExitRecord {
         code: status.code(),
         signal: status.signal(),

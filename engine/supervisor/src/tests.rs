@@ -8,7 +8,10 @@ fn identity_of_self_is_running_and_survives_recycled_pid_check() {
         start_ticks: me.start_ticks + 1,
         ..me
     };
-    assert!(!impostor.is_running(), "a different start time is another process");
+    assert!(
+        !impostor.is_running(),
+        "a different start time is another process"
+    );
 }
 
 #[test]

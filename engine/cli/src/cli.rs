@@ -1,0 +1,132 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Run ML training pipelines described in YAML"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// More log output on stderr (-v info, -vv debug); KILN_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Workspace directory (projects/, configs/, .kiln/).
+    #[arg(long, env = "KILN_WORKSPACE", default_value = ".", global = true)]
+    pub workspace: PathBuf,
+    /// Database URL; defaults to SQLite in <workspace>/.kiln/kiln.db.
+    #[arg(long, env = "KILN_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// Directory of plugin components (*.wasm); defaults to <workspace>/.kiln/plugins.
+    #[arg(long, env = "KILN_PLUGINS_DIR", global = true)]
+    pub plugins_dir: Option<PathBuf>,
+    /// Cache of compiled plugins; defaults to <workspace>/.kiln/cache.
+    #[arg(long, env = "KILN_CACHE_DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a workflow and follow it to the end.
+    Run(RunArgs),
+    /// Check a workflow file; exits 2 on any problem, 0 when valid.
+    Validate { file: PathBuf },
+    /// Print the JSON Schema of the workflow format (for editors).
+    Schema,
+    /// Inspect runs.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Print the logs of a run.
+    Logs {
+        /// Run id (or a unique prefix of it).
+        run: String,
+        /// Only this step.
+        #[arg(long)]
+        step: Option<String>,
+    },
+    /// Inspect registered models.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Inspect installed plugins.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+    /// (internal) Supervise a launched program; see kiln-supervisor.
+    #[command(hide = true)]
+    Supervise { state_dir: PathBuf },
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The workflow file.
+    pub file: PathBuf,
+    /// A param as key=value; the value is read as YAML (`--param overrides='{epochs: 2}'`).
+    #[arg(long = "param", short = 'p', value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// Who started the run (recorded on the run and its models).
+    #[arg(long, env = "KILN_USER")]
+    pub created_by: Option<String>,
+    /// Most steps running at once.
+    #[arg(long, default_value_t = 4)]
+    pub max_parallel: usize,
+    /// Seconds between SIGTERM and SIGKILL when stopping a step's programs.
+    #[arg(long, default_value_t = 10)]
+    pub kill_grace_secs: u64,
+    /// Print the final run record as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RunsCommand {
+    /// List runs, newest first.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a run and its steps.
+    Show {
+        run: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts by status and the success rate.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelsCommand {
+    /// List registered models.
+    List {
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PluginsCommand {
+    /// List installed plugins with their actions and grants.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}

@@ -1,0 +1,39 @@
+//! One module per command.
+
+mod inspect;
+mod run;
+mod validate;
+
+use crate::cli::{Cli, Command};
+use crate::context::Context;
+use crate::exit::Exit;
+
+pub async fn dispatch(cli: Cli) -> Exit {
+    let ctx = match Context::new(&cli.global) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Exit::InvalidInput;
+        }
+    };
+    let result = match cli.command {
+        Command::Run(args) => run::run(&ctx, args).await,
+        Command::Validate { file } => validate::validate(&ctx, &file).await,
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&kiln_workflow::json_schema()).unwrap_or_default()
+            );
+            Ok(Exit::Success)
+        }
+        Command::Runs(cmd) => inspect::runs(&ctx, cmd).await,
+        Command::Logs { run, step } => inspect::logs(&ctx, &run, step.as_deref()).await,
+        Command::Models(cmd) => inspect::models(&ctx, cmd).await,
+        Command::Plugins(cmd) => inspect::plugins(&ctx, cmd).await,
+        Command::Supervise { .. } => unreachable!("handled before the runtime starts"),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        Exit::Failure
+    })
+}

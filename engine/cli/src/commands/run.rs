@@ -1,0 +1,162 @@
+//! `kiln run FILE --param k=v ...`: validate, record, execute with live progress; Ctrl-C cancels.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use kiln_runner::{Runner, RunnerConfig};
+use kiln_store::RunStatus;
+
+use crate::cli::RunArgs;
+use crate::commands::validate::load_valid;
+use crate::context::Context;
+use crate::exit::Exit;
+use crate::progress::Progress;
+
+/// Parse `key=value` params; values are YAML (`epochs=2`, `overrides={epochs: 2}`).
+fn parse_params(raw: &[String]) -> Result<BTreeMap<String, serde_json::Value>, String> {
+    let mut out = BTreeMap::new();
+    for p in raw {
+        let Some((k, v)) = p.split_once('=') else {
+            return Err(format!("--param `{p}` is not KEY=VALUE"));
+        };
+        let key = k.trim();
+        if key.is_empty() {
+            return Err(format!("--param `{p}` has an empty key"));
+        }
+        let value = if v.trim().is_empty() {
+            serde_json::Value::String(String::new())
+        } else {
+            serde_norway::from_str::<serde_json::Value>(v)
+                .map_err(|e| format!("--param {key}: `{v}` is not a valid YAML value: {e}"))?
+        };
+        if out.insert(key.to_owned(), value).is_some() {
+            return Err(format!("--param {key} is given twice"));
+        }
+    }
+    Ok(out)
+}
+
+pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<Exit> {
+    let provided = match parse_params(&args.params) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(Exit::InvalidInput);
+        }
+    };
+    let (workflow, plugins) = match load_valid(ctx, &args.file).await? {
+        Ok(v) => v,
+        Err(exit) => return Ok(exit),
+    };
+    let params = match kiln_workflow::resolve_params(&workflow, provided) {
+        Ok(p) => p,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "the run was not started; fix the params of {}",
+                args.file.display()
+            );
+            return Ok(Exit::InvalidInput);
+        }
+    };
+    let yaml = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let store = ctx.store().await?;
+    let runner = Runner::new(
+        store,
+        plugins,
+        ctx.ws.clone(),
+        RunnerConfig {
+            max_parallel: args.max_parallel,
+            kill_grace: Duration::from_secs(args.kill_grace_secs),
+        },
+    );
+    let created_by = args
+        .created_by
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "cli".into());
+    let run = runner.create(&workflow, yaml, &params, &created_by).await?;
+    eprintln!("run {} ({}) started", run.id, workflow.name);
+
+    let cancel = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(cancel.clone()));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let progress = Progress::start(&workflow, rx);
+    let result = runner
+        .execute(&run, &workflow, &params, cancel, Some(tx))
+        .await;
+    progress.finish().await;
+    let finished = result?;
+    let secs = finished.duration_ms.unwrap_or(0) as f64 / 1000.0;
+    match finished.status {
+        RunStatus::Succeeded => eprintln!("run {} succeeded in {secs:.1}s", finished.id),
+        status => eprintln!(
+            "run {} {status} after {secs:.1}s: {}\n  see: kiln logs {}",
+            finished.id,
+            finished.error_message.as_deref().unwrap_or(""),
+            finished.id
+        ),
+    }
+    if args.json {
+        let steps = runner.store().steps(&finished.id).await?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"run": finished, "steps": steps}))?
+        );
+    } else {
+        println!("{}", finished.id);
+    }
+    Ok(if finished.status == RunStatus::Succeeded {
+        Exit::Success
+    } else {
+        Exit::Failure
+    })
+}
+
+/// First Ctrl-C (or SIGTERM) cancels the run cleanly; a second one exits at once.
+async fn cancel_on_signal(cancel: CancellationToken) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let term_recv = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term_recv => {}
+    }
+    eprintln!("cancelling: stopping running steps (press Ctrl-C again to quit at once)");
+    cancel.cancel();
+    let _ = tokio::signal::ctrl_c().await;
+    eprintln!("quitting without waiting; launched programs may still be running");
+    std::process::exit(130);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_are_yaml_values() {
+        let p = parse_params(&[
+            "epochs=2".into(),
+            "name=demo".into(),
+            "overrides={epochs: 2, amp: false}".into(),
+            "empty=".into(),
+        ])
+        .unwrap();
+        assert_eq!(p["epochs"], 2);
+        assert_eq!(p["name"], "demo");
+        assert_eq!(p["overrides"]["amp"], false);
+        assert_eq!(p["empty"], "");
+        assert!(parse_params(&["novalue".into()]).is_err());
+        assert!(parse_params(&["a=1".into(), "a=2".into()]).is_err());
+    }
+}

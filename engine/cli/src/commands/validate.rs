@@ -1,0 +1,48 @@
+//! `kiln validate FILE`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use kiln_runner::EngineCatalog;
+use kiln_workflow::Workflow;
+
+use crate::context::Context;
+use crate::exit::Exit;
+
+/// Parse and validate a workflow against the builtins and installed plugins. On problems, prints
+/// every diagnostic to stderr and returns `Err(Exit::InvalidInput)`.
+pub async fn load_valid(
+    ctx: &Context,
+    file: &Path,
+) -> anyhow::Result<Result<(Workflow, std::sync::Arc<kiln_plugin_host::PluginRegistry>), Exit>> {
+    let workflow = match Workflow::load(file) {
+        Ok(w) => w,
+        Err(diags) => {
+            eprintln!("{diags}");
+            eprintln!("{} problem(s) in {}", diags.len(), file.display());
+            return Ok(Err(Exit::InvalidInput));
+        }
+    };
+    let plugins = ctx.plugins(Duration::from_secs(10)).await?;
+    if let Err(diags) = workflow.validate(&EngineCatalog { plugins: &plugins }) {
+        eprintln!("{diags}");
+        eprintln!("{} problem(s) in {}", diags.len(), file.display());
+        return Ok(Err(Exit::InvalidInput));
+    }
+    Ok(Ok((workflow, plugins)))
+}
+
+pub async fn validate(ctx: &Context, file: &Path) -> anyhow::Result<Exit> {
+    Ok(match load_valid(ctx, file).await? {
+        Ok((workflow, _)) => {
+            println!(
+                "{}: workflow `{}` is valid ({} steps)",
+                file.display(),
+                workflow.name,
+                workflow.steps.len()
+            );
+            Exit::Success
+        }
+        Err(exit) => exit,
+    })
+}

@@ -1,0 +1,51 @@
+//! `kiln`: the command-line entry point. Parses arguments, opens the workspace, and hands work
+//! to the engine crates. Architecture invariant: no engine logic lives here, only wiring,
+//! presentation and exit codes (0 success, 1 run failed or cancelled, 2 invalid input).
+
+mod cli;
+mod commands;
+mod context;
+mod exit;
+mod progress;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::exit::Exit;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // The supervisor runs synchronously, before any runtime or thread exists in this process.
+    if let Command::Supervise { state_dir } = &cli.command {
+        return std::process::ExitCode::from(kiln_supervisor::supervise_main(state_dir) as u8);
+    }
+    init_tracing(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return Exit::Failure.into();
+        }
+    };
+    let exit = runtime.block_on(commands::dispatch(cli));
+    // Do not wait for blocked tasks (e.g. a pending stdin read) at exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    exit.into()
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

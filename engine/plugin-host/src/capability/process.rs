@@ -1,0 +1,354 @@
+//! `kiln:plugin/process`: launching granted programs under the supervisor and following them.
+//!
+//! Grants: a plugin may launch only program *names* the operator listed for it in
+//! `configs/plugins.yaml`; the name is resolved on the engine's search path, never taken as a
+//! path from the plugin. The working directory must lie in a directory granted to the step. The
+//! environment is the host's fixed base (PATH, HOME, LANG) plus what the plugin passes. Waiting
+//! never holds an OS thread: the supervisor is awaited asynchronously and output is polled from
+//! the append-only log file.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kiln_supervisor::{LaunchSpec, Supervised};
+
+use crate::bindings::process::{ExitStatus, Host, OutputChunk, Spec};
+use crate::invocation::StepEvent;
+use crate::sandbox::StepState;
+
+/// The process groups a step has launched, shared with the runner so it can stop them.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessTracker(Arc<Mutex<Vec<i32>>>);
+
+impl ProcessTracker {
+    fn add(&self, pgid: i32) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(pgid);
+    }
+
+    /// Process groups launched so far.
+    pub fn groups(&self) -> Vec<i32> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// SIGTERM every launched group, SIGKILL after `grace`; returns when all are gone.
+    pub async fn terminate_all(&self, grace: Duration) {
+        let groups = self.groups();
+        let stops = groups
+            .into_iter()
+            .map(|pgid| kiln_supervisor::terminate_group(pgid, grace));
+        for stop in stops {
+            stop.await;
+        }
+    }
+}
+
+struct Launch {
+    supervised: Supervised,
+    log_path: PathBuf,
+    offset: u64,
+}
+
+/// Per-call state of the process capability.
+pub(crate) struct ProcessState {
+    pub granted_programs: Vec<String>,
+    pub search_path: Vec<PathBuf>,
+    pub base_env: Vec<(String, String)>,
+    pub granted_dirs: Vec<PathBuf>,
+    pub default_cwd: Option<PathBuf>,
+    pub supervisor_exe: PathBuf,
+    pub step_id: String,
+    pub log_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub tracker: ProcessTracker,
+    launches: Vec<Launch>,
+}
+
+impl ProcessState {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        granted_programs: Vec<String>,
+        search_path: Vec<PathBuf>,
+        base_env: Vec<(String, String)>,
+        granted_dirs: Vec<PathBuf>,
+        default_cwd: Option<PathBuf>,
+        supervisor_exe: PathBuf,
+        step_id: String,
+        log_dir: PathBuf,
+        state_dir: PathBuf,
+        tracker: ProcessTracker,
+    ) -> Self {
+        Self {
+            granted_programs,
+            search_path,
+            base_env,
+            granted_dirs,
+            default_cwd,
+            supervisor_exe,
+            step_id,
+            log_dir,
+            state_dir,
+            tracker,
+            launches: Vec::new(),
+        }
+    }
+
+    /// True when `path` lies inside a directory granted to the step (no `..` escapes).
+    pub fn is_inside_grant(&self, path: &Path) -> bool {
+        let Ok(path) = normalize(path) else {
+            return false;
+        };
+        self.granted_dirs.iter().any(|d| path.starts_with(d))
+    }
+
+    fn resolve_program(&self, plugin: &str, name: &str) -> Result<PathBuf, String> {
+        if !self.granted_programs.iter().any(|p| p == name) {
+            return Err(format!(
+                "plugin `{plugin}` is not granted the program `{name}`; granted: [{}]. An operator \
+                 can grant it under `plugins.{plugin}.programs` in configs/plugins.yaml",
+                self.granted_programs.join(", ")
+            ));
+        }
+        self.search_path
+            .iter()
+            .map(|dir| dir.join(name))
+            .find(|p| is_executable(p))
+            .ok_or_else(|| {
+                format!(
+                    "program `{name}` (granted to plugin `{plugin}`) was not found in {}; install \
+                     it or put it on PATH",
+                    self.search_path
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(":")
+                )
+            })
+    }
+
+    fn launch_mut(&mut self, handle: u64) -> Result<&mut Launch, String> {
+        let n = self.launches.len();
+        handle
+            .checked_sub(1)
+            .and_then(|i| self.launches.get_mut(i as usize))
+            .ok_or_else(|| format!("unknown process handle {handle} (this step launched {n})"))
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Make `path` absolute and lexically remove `.` and `..`; reject relative paths.
+fn normalize(path: &Path) -> Result<PathBuf, ()> {
+    if !path.is_absolute() {
+        return Err(());
+    }
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                if !out.pop() {
+                    return Err(());
+                }
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    Ok(out)
+}
+
+impl Host for StepState {
+    async fn launch(&mut self, spec: Spec) -> Result<u64, String> {
+        let started = Instant::now();
+        let result = self.launch_inner(spec).await;
+        self.cpu.host_time += started.elapsed();
+        result
+    }
+
+    async fn read_output(
+        &mut self,
+        handle: u64,
+        max_bytes: u32,
+        timeout_ms: u32,
+    ) -> Result<OutputChunk, String> {
+        let started = Instant::now();
+        let result = self.read_output_inner(handle, max_bytes, timeout_ms).await;
+        self.cpu.host_time += started.elapsed();
+        result
+    }
+
+    async fn wait(&mut self, handle: u64) -> Result<ExitStatus, String> {
+        let started = Instant::now();
+        let result = async {
+            let launch = self.process.launch_mut(handle)?;
+            let exit = launch.supervised.wait().await.map_err(|e| e.to_string())?;
+            Ok(ExitStatus {
+                code: exit.code,
+                signal: exit.signal,
+                success: exit.success(),
+            })
+        }
+        .await;
+        self.cpu.host_time += started.elapsed();
+        result
+    }
+}
+
+impl StepState {
+    async fn launch_inner(&mut self, spec: Spec) -> Result<u64, String> {
+        let plugin = self.plugin.clone();
+        let program = self.process.resolve_program(&plugin, &spec.program)?;
+        let cwd = match &spec.cwd {
+            Some(c) => {
+                let p = PathBuf::from(c);
+                if !self.process.is_inside_grant(&p) {
+                    return Err(format!(
+                        "working directory {c} is outside the directories granted to step `{}`",
+                        self.process.step_id
+                    ));
+                }
+                p
+            }
+            None => self.process.default_cwd.clone().ok_or(
+                "no working directory given and the step has no training-output directory",
+            )?,
+        };
+        std::fs::create_dir_all(&cwd)
+            .map_err(|e| format!("cannot create {}: {e}", cwd.display()))?;
+        let n = self.process.launches.len() + 1;
+        let step = &self.process.step_id;
+        let log_path = match n {
+            1 => self.process.log_dir.join(format!("{step}.log")),
+            n => self.process.log_dir.join(format!("{step}-{n}.log")),
+        };
+        let state_dir = self.process.state_dir.join(format!("launch-{n}"));
+        let mut env = self.process.base_env.clone();
+        if let Some(dir) = program.parent() {
+            // A program installed in a virtualenv finds its siblings first.
+            if let Some((_, path)) = env.iter_mut().find(|(k, _)| k == "PATH") {
+                *path = format!("{}:{path}", dir.display());
+            }
+        }
+        for (k, v) in spec.env {
+            match env.iter_mut().find(|(ek, _)| *ek == k) {
+                Some(slot) => slot.1 = v,
+                None => env.push((k, v)),
+            }
+        }
+        let launch_spec = LaunchSpec {
+            program: program.clone(),
+            args: spec.args,
+            env,
+            cwd,
+            log_path: log_path.clone(),
+        };
+        let supervised = Supervised::launch(&self.process.supervisor_exe, &state_dir, &launch_spec)
+            .await
+            .map_err(|e| e.to_string())?;
+        let pid = supervised.child().pid;
+        self.process.tracker.add(supervised.child().pgid);
+        self.emit(StepEvent::Launched {
+            program: program.display().to_string(),
+            pid,
+            log_path: log_path.clone(),
+        });
+        self.process.launches.push(Launch {
+            supervised,
+            log_path,
+            offset: 0,
+        });
+        Ok(n as u64)
+    }
+
+    async fn read_output_inner(
+        &mut self,
+        handle: u64,
+        max_bytes: u32,
+        timeout_ms: u32,
+    ) -> Result<OutputChunk, String> {
+        let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms.min(60_000)));
+        let max = (max_bytes as usize).clamp(1, 1 << 20);
+        loop {
+            let launch = self.process.launch_mut(handle)?;
+            // Check for exit before reading, so that "exited" + "nothing new" means finished.
+            let exited = launch
+                .supervised
+                .try_exit()
+                .map_err(|e| e.to_string())?
+                .is_some();
+            let data = read_from(&launch.log_path, launch.offset, max)?;
+            launch.offset += data.len() as u64;
+            if !data.is_empty() || exited || Instant::now() >= deadline {
+                return Ok(OutputChunk {
+                    finished: exited && data.is_empty(),
+                    data,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn read_from(path: &Path, offset: u64, max: usize) -> Result<Vec<u8>, String> {
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    f.seek(SeekFrom::Start(offset))
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut buf = Vec::with_capacity(max.min(64 * 1024));
+    f.take(max as u64)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_escaping_a_grant_are_outside() {
+        let state = ProcessState::new(
+            vec![],
+            vec![],
+            vec![],
+            vec![PathBuf::from("/ws/projects/p/model/training/t")],
+            None,
+            PathBuf::new(),
+            "s".into(),
+            PathBuf::new(),
+            PathBuf::new(),
+            ProcessTracker::default(),
+        );
+        assert!(
+            state.is_inside_grant(Path::new("/ws/projects/p/model/training/t/weights/best.pt"))
+        );
+        assert!(!state.is_inside_grant(Path::new("/ws/projects/p/model/training/t/../../../x")));
+        assert!(!state.is_inside_grant(Path::new("relative/path")));
+        assert!(!state.is_inside_grant(Path::new("/etc/passwd")));
+    }
+
+    #[test]
+    fn ungranted_programs_are_denied_naming_plugin_and_program() {
+        let state = ProcessState::new(
+            vec!["yolo".into()],
+            vec![PathBuf::from("/bin")],
+            vec![],
+            vec![],
+            None,
+            PathBuf::new(),
+            "s".into(),
+            PathBuf::new(),
+            PathBuf::new(),
+            ProcessTracker::default(),
+        );
+        let e = state.resolve_program("ultralytics", "sh").unwrap_err();
+        assert!(e.contains("`ultralytics`") && e.contains("`sh`"), "{e}");
+    }
+}

@@ -1,0 +1,96 @@
+//! One step handed to a plugin, and what comes back.
+
+use serde::Serialize;
+use std::path::PathBuf;
+
+use crate::ProcessTracker;
+
+/// A directory granted to a step, preopened for the plugin at `guest_path`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GrantedDir {
+    /// "training-data", "training-output" or "config".
+    pub role: String,
+    pub host_path: PathBuf,
+    pub guest_path: String,
+    pub writable: bool,
+}
+
+/// A step to run in a plugin.
+#[derive(Debug, Clone)]
+pub struct StepInvocation {
+    pub run_id: String,
+    pub step_id: String,
+    pub attempt: u32,
+    pub action: String,
+    /// The step's resolved `with` inputs (a JSON object).
+    pub inputs: serde_json::Value,
+    pub dirs: Vec<GrantedDir>,
+    /// Folder for this step's process output, e.g. `<run>/logs`; launch N writes
+    /// `<step>.log` (N = 1) or `<step>-N.log`.
+    pub log_dir: PathBuf,
+    /// Folder for the supervisor records of this step's launches.
+    pub state_dir: PathBuf,
+    /// Processes this step launched, so the runner can stop them on cancel or timeout.
+    pub processes: ProcessTracker,
+    /// Logs, progress and checkpoints are sent here as they happen.
+    pub events: Option<tokio::sync::mpsc::UnboundedSender<StepEvent>>,
+}
+
+/// What a plugin reports while it runs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StepEvent {
+    Log {
+        level: String,
+        message: String,
+    },
+    Progress {
+        percent: Option<f64>,
+        epoch: Option<u32>,
+        epochs: Option<u32>,
+        metrics: serde_json::Map<String, serde_json::Value>,
+        message: Option<String>,
+    },
+    Checkpoint {
+        host_path: String,
+        epoch: Option<u32>,
+        best: bool,
+    },
+    /// A program was launched; its output is appended to `log_path`.
+    Launched {
+        program: String,
+        pid: i32,
+        log_path: PathBuf,
+    },
+}
+
+/// Why a step failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The step's inputs are wrong.
+    InvalidInput,
+    /// The launched program (the trainer) failed.
+    ProgramFailed,
+    /// The plugin asked for something it was not granted.
+    Denied,
+    /// The plugin trapped, panicked, ran out of memory or CPU budget, or reported an internal
+    /// error.
+    Plugin,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct StepFailure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl StepFailure {
+    pub fn plugin(message: impl Into<String>) -> Self {
+        Self {
+            kind: FailureKind::Plugin,
+            message: message.into(),
+        }
+    }
+}

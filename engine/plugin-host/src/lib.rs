@@ -1,0 +1,55 @@
+//! The WebAssembly plugin host: loads plugin components, sandboxes them, and serves their host
+//! calls.
+//!
+//! Architecture invariant: this is the only crate that touches wasmtime. It knows nothing about
+//! SQL or workflows: a step arrives as a [`StepInvocation`] and its logs, progress and checkpoints
+//! leave as [`StepEvent`]s on a channel that the runner persists.
+//!
+//! Each host capability lives in its own module under [`capability`] and decides its own grants:
+//! `log`, `progress` and `process` (launching granted programs under the supervisor).
+
+mod bindings;
+mod cache;
+pub mod capability;
+mod engine;
+mod grants;
+mod invocation;
+mod registry;
+mod sandbox;
+
+pub use capability::process::ProcessTracker;
+pub use engine::{HostConfig, PluginEngine};
+pub use grants::{GrantError, Grants, PluginGrant};
+pub use invocation::{FailureKind, GrantedDir, StepEvent, StepFailure, StepInvocation};
+pub use registry::{ActionInfo, InputInfo, LoadedPlugin, PluginInfo, PluginRegistry};
+
+use std::path::PathBuf;
+
+/// Errors of loading plugins. Failures of a running step are [`StepFailure`]s instead.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read plugin directory {path}: {source}")]
+    ReadDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read plugin {path}: {source}")]
+    ReadPlugin {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid kiln:plugin@0.1.0 component: {message}")]
+    InvalidPlugin { path: PathBuf, message: String },
+    #[error("plugins {first} and {second} both call themselves `{name}`; remove one")]
+    DuplicatePlugin {
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
+    #[error(transparent)]
+    Grants(#[from] GrantError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,298 @@
+//! `builtin/extract-release`: unpack `projects/<project>/releases/<zip>` into
+//! `projects/<project>/training_data/<slug>/`.
+//!
+//! Safe against hostile archives: entries with absolute paths, `..`, symlinks, too many entries
+//! or too many bytes (declared or actual) are rejected with the entry named. Extraction happens
+//! in a temporary sibling directory that is renamed into place only when complete, so a failure
+//! never leaves a half-written dataset. Idempotent: a marker records the archive's SHA-256, and
+//! extracting the same archive again does no work.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::{BuiltinCtx, input_str, opt_str};
+use crate::workspace::check_name;
+use crate::{Error, Result};
+
+/// Most entries an archive may hold.
+pub const MAX_ENTRIES: usize = 200_000;
+/// Most bytes an archive may expand to.
+pub const MAX_TOTAL_BYTES: u64 = 20 * 1024 * 1024 * 1024;
+
+const MARKER: &str = ".kiln-release.json";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Marker {
+    release: String,
+    sha256: String,
+    files: usize,
+    bytes: u64,
+}
+
+pub(crate) fn run(ctx: &BuiltinCtx<'_>) -> Result<Value> {
+    let project = input_str(ctx.inputs, "project")?;
+    let release = input_str(ctx.inputs, "release")?;
+    let releases = ctx.ws.releases_dir(project)?;
+    let rel = Path::new(release);
+    if rel.is_absolute() || rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return Err(Error::Input(format!(
+            "input `release`: `{release}` must be a file name under {} (no absolute paths or `..`)",
+            releases.display()
+        )));
+    }
+    let zip_path = releases.join(rel);
+    let default_slug = rel
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let slug = opt_str(ctx.inputs, "slug")?.map_or(default_slug, str::to_owned);
+    check_name("slug", &slug)?;
+    let sha = sha256_file(&zip_path).map_err(|e| {
+        Error::Input(format!(
+            "input `release`: cannot read {}: {e}; put the release ZIP there first",
+            zip_path.display()
+        ))
+    })?;
+    let data_root = ctx.ws.training_data_dir(project)?;
+    let target = data_root.join(&slug);
+
+    if let Some(marker) = read_marker(&target)
+        && marker.sha256 == sha
+    {
+        ctx.log(&format!(
+            "release {release} already extracted in {}",
+            target.display()
+        ));
+        return outputs(&target, &slug, &sha, marker.files, false);
+    }
+
+    std::fs::create_dir_all(&data_root).map_err(|e| Error::io("creating", &data_root, e))?;
+    let tmp = data_root.join(format!(".{slug}.extracting-{}", uuid::Uuid::new_v4()));
+    let result = extract_into(&zip_path, &tmp).and_then(|(files, bytes)| {
+        let marker = Marker {
+            release: release.to_owned(),
+            sha256: sha.clone(),
+            files,
+            bytes,
+        };
+        let text = serde_json::to_vec_pretty(&marker).unwrap_or_default();
+        std::fs::write(tmp.join(MARKER), text).map_err(|e| Error::io("writing", &tmp, e))?;
+        Ok(files)
+    });
+    let files = match result {
+        Ok(files) => files,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    // Replace an older extraction (another archive under the same slug) only when complete.
+    if target.exists() {
+        let old = data_root.join(format!(".{slug}.old-{}", uuid::Uuid::new_v4()));
+        std::fs::rename(&target, &old).map_err(|e| Error::io("moving aside", &target, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    std::fs::rename(&tmp, &target).map_err(|e| Error::io("renaming into", &target, e))?;
+    ctx.log(&format!(
+        "extracted {files} files of {release} into {}",
+        target.display()
+    ));
+    outputs(&target, &slug, &sha, files, true)
+}
+
+fn outputs(target: &Path, slug: &str, sha: &str, files: usize, extracted: bool) -> Result<Value> {
+    let data_yaml = find_data_yaml(target)?;
+    let class_names = class_names(&data_yaml)?;
+    Ok(json!({
+        "data_yaml": data_yaml.display().to_string(),
+        "dataset_dir": target.display().to_string(),
+        "class_names": class_names,
+        "nc": class_names.len(),
+        "slug": slug,
+        "files": files,
+        "release_sha256": sha,
+        "extracted": extracted,
+    }))
+}
+
+fn read_marker(target: &Path) -> Option<Marker> {
+    let text = std::fs::read(target.join(MARKER)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Extract every entry of `zip_path` below `dest`; returns (files, bytes).
+fn extract_into(zip_path: &Path, dest: &Path) -> Result<(usize, u64)> {
+    let bad = |msg: String| Error::Input(format!("release {}: {msg}", zip_path.display()));
+    let file = File::open(zip_path).map_err(|e| Error::io("opening", zip_path, e))?;
+    let mut archive =
+        zip::ZipArchive::new(file).map_err(|e| bad(format!("not a readable ZIP archive: {e}")))?;
+    if archive.len() > MAX_ENTRIES {
+        return Err(bad(format!(
+            "it has {} entries, more than the {MAX_ENTRIES} allowed",
+            archive.len()
+        )));
+    }
+    // Check every entry before writing anything.
+    let mut declared: u64 = 0;
+    for i in 0..archive.len() {
+        let entry = archive
+            .by_index_raw(i)
+            .map_err(|e| bad(format!("entry {i} is unreadable: {e}")))?;
+        let name = entry.name().to_owned();
+        safe_relative(&name).ok_or_else(|| {
+            bad(format!(
+                "entry `{name}` has an absolute path or `..`; refusing to extract outside the dataset folder"
+            ))
+        })?;
+        if entry.is_symlink() {
+            return Err(bad(format!(
+                "entry `{name}` is a symbolic link; links are not allowed"
+            )));
+        }
+        declared = declared.saturating_add(entry.size());
+    }
+    if declared > MAX_TOTAL_BYTES {
+        return Err(bad(format!(
+            "it expands to {declared} bytes, more than the {MAX_TOTAL_BYTES} allowed"
+        )));
+    }
+    std::fs::create_dir_all(dest).map_err(|e| Error::io("creating", dest, e))?;
+    let (mut files, mut written) = (0usize, 0u64);
+    for i in 0..archive.len() {
+        let mut entry = archive
+            .by_index(i)
+            .map_err(|e| bad(format!("entry {i} is unreadable: {e}")))?;
+        let name = entry.name().to_owned();
+        let rel = safe_relative(&name).ok_or_else(|| bad(format!("entry `{name}` is unsafe")))?;
+        let out = dest.join(&rel);
+        if entry.is_dir() {
+            std::fs::create_dir_all(&out).map_err(|e| Error::io("creating", &out, e))?;
+            continue;
+        }
+        if let Some(parent) = out.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io("creating", parent, e))?;
+        }
+        let mut f = File::create(&out).map_err(|e| Error::io("creating", &out, e))?;
+        // Never trust the declared size: stop at the remaining budget.
+        let budget = MAX_TOTAL_BYTES - written;
+        let n = std::io::copy(&mut (&mut entry).take(budget + 1), &mut f)
+            .map_err(|e| bad(format!("entry `{name}` cannot be decompressed: {e}")))?;
+        if n > budget {
+            return Err(bad(format!(
+                "it expands to more than the {MAX_TOTAL_BYTES} bytes allowed (at entry `{name}`)"
+            )));
+        }
+        f.flush().map_err(|e| Error::io("writing", &out, e))?;
+        written += n;
+        files += 1;
+    }
+    Ok((files, written))
+}
+
+/// The entry name as a relative path of normal components, or None when unsafe.
+fn safe_relative(name: &str) -> Option<PathBuf> {
+    if name.contains('\0') || name.contains('\\') {
+        return None;
+    }
+    let path = Path::new(name);
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    (!out.as_os_str().is_empty()).then_some(out)
+}
+
+/// `data.yaml` at the top of the dataset or inside its single top-level folder.
+fn find_data_yaml(target: &Path) -> Result<PathBuf> {
+    let direct = target.join("data.yaml");
+    if direct.is_file() {
+        return Ok(direct);
+    }
+    let subdirs: Vec<PathBuf> = std::fs::read_dir(target)
+        .map_err(|e| Error::io("listing", target, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    if let [only] = subdirs.as_slice()
+        && only.join("data.yaml").is_file()
+    {
+        return Ok(only.join("data.yaml"));
+    }
+    Err(Error::Input(format!(
+        "the release has no data.yaml at its top level (looked in {}); export the dataset in \
+         YOLO format",
+        target.display()
+    )))
+}
+
+/// Class names from `names:` (a list, or a map of index to name).
+fn class_names(data_yaml: &Path) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(data_yaml).map_err(|e| Error::io("reading", data_yaml, e))?;
+    let doc: serde_norway::Value = serde_norway::from_str(&text)
+        .map_err(|e| Error::Input(format!("{}: not valid YAML: {e}", data_yaml.display())))?;
+    let names = doc.get("names").ok_or_else(|| {
+        Error::Input(format!(
+            "{} has no `names:` list of classes",
+            data_yaml.display()
+        ))
+    })?;
+    let scalar = |v: &serde_norway::Value| match v {
+        serde_norway::Value::String(s) => s.clone(),
+        other => serde_norway::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+    };
+    match names {
+        serde_norway::Value::Sequence(seq) => Ok(seq.iter().map(scalar).collect()),
+        serde_norway::Value::Mapping(map) => {
+            let mut pairs: Vec<(i64, String)> = map
+                .iter()
+                .map(|(k, v)| (k.as_i64().unwrap_or(i64::MAX), scalar(v)))
+                .collect();
+            pairs.sort();
+            Ok(pairs.into_iter().map(|(_, v)| v).collect())
+        }
+        _ => Err(Error::Input(format!(
+            "{}: `names` must be a list or a map of class names",
+            data_yaml.display()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsafe_entry_names_are_refused() {
+        for bad in ["/etc/passwd", "../x", "a/../../x", "a\\..\\x", "", "./"] {
+            assert!(safe_relative(bad).is_none(), "{bad:?}");
+        }
+        assert_eq!(
+            safe_relative("train/images/a.jpg"),
+            Some(PathBuf::from("train/images/a.jpg"))
+        );
+        assert_eq!(
+            safe_relative("./data.yaml"),
+            Some(PathBuf::from("data.yaml"))
+        );
+    }
+}

@@ -1,0 +1,629 @@
+//! The DAG executor.
+//!
+//! Policy:
+//! - A step starts when every step it depends on (`needs` plus expression references) has
+//!   succeeded, at most `max_parallel` steps at a time, in file order among ready steps.
+//! - When a step fails, no new step starts (fail fast, like Argo's default). Steps already
+//!   running are left to finish, so no training in flight is thrown away; steps that never
+//!   started are marked `skipped` with the reason, and the run fails with the first failure.
+//! - When the run is cancelled (Ctrl-C, or a cancel request), running steps are stopped: their
+//!   programs get SIGTERM, then SIGKILL after the grace period, and the step is `cancelled` only
+//!   once no process of its group remains. Steps not started are `cancelled` too.
+//! - A step's `timeout` bounds its whole attempt (wall clock, host waits included); a timed-out
+//!   step's programs are stopped like a cancel and the step fails.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use kiln_plugin_host::{GrantedDir, PluginRegistry, ProcessTracker, StepEvent, StepInvocation};
+use kiln_store::{NewRun, NewStep, PluginIdentity, RunRecord, RunStatus, StepStatus, Store};
+use kiln_workflow::{ExprContext, Step, Workflow, render_inputs};
+
+use crate::builtins::{self, BuiltinCtx};
+use crate::{Result, Workspace};
+
+/// What a watcher (the CLI's progress display) hears about a run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunUpdate {
+    StepStarted {
+        step_id: String,
+        attempt: i64,
+    },
+    StepProgress {
+        step_id: String,
+        percent: Option<f64>,
+        epoch: Option<u32>,
+        epochs: Option<u32>,
+        message: Option<String>,
+    },
+    StepLog {
+        step_id: String,
+        level: String,
+        message: String,
+    },
+    StepFinished {
+        step_id: String,
+        status: StepStatus,
+        error: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Most steps running at once.
+    pub max_parallel: usize,
+    /// Grace between SIGTERM and SIGKILL when stopping a step's programs.
+    pub kill_grace: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            max_parallel: 4,
+            kill_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+struct Inner {
+    store: Store,
+    plugins: Arc<PluginRegistry>,
+    ws: Workspace,
+    config: RunnerConfig,
+}
+
+/// Creates and executes runs. Cheap to clone.
+#[derive(Clone)]
+pub struct Runner {
+    inner: Arc<Inner>,
+}
+
+struct StepOutcome {
+    status: StepStatus,
+    outputs: Option<Value>,
+    error: Option<String>,
+}
+
+impl StepOutcome {
+    fn failed(error: impl Into<String>) -> Self {
+        Self {
+            status: StepStatus::Failed,
+            outputs: None,
+            error: Some(error.into()),
+        }
+    }
+}
+
+impl Runner {
+    pub fn new(
+        store: Store,
+        plugins: Arc<PluginRegistry>,
+        ws: Workspace,
+        config: RunnerConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                plugins,
+                ws,
+                config,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn plugins(&self) -> &PluginRegistry {
+        &self.inner.plugins
+    }
+
+    pub fn workspace(&self) -> &Workspace {
+        &self.inner.ws
+    }
+
+    /// Record a new run of `workflow` with resolved `params`, and its planned steps.
+    pub async fn create(
+        &self,
+        workflow: &Workflow,
+        workflow_yaml: String,
+        params: &Map<String, Value>,
+        created_by: &str,
+    ) -> Result<RunRecord> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let file = workflow.file().display().to_string();
+        let run = self
+            .inner
+            .store
+            .create_run(&NewRun {
+                id: id.clone(),
+                workflow_name: workflow.name.clone(),
+                workflow_file: (!file.is_empty()).then_some(file),
+                workflow_yaml,
+                params: Value::Object(params.clone()),
+                created_by: created_by.to_owned(),
+            })
+            .await?;
+        let steps: Vec<NewStep> = workflow
+            .steps
+            .iter()
+            .map(|s| NewStep {
+                step_id: s.id.clone(),
+                uses: s.uses.clone(),
+                action: s.action.clone(),
+            })
+            .collect();
+        self.inner.store.insert_steps(&id, &steps).await?;
+        Ok(run)
+    }
+
+    /// Execute a created run to its end. Returns the final run record.
+    pub async fn execute(
+        &self,
+        run: &RunRecord,
+        workflow: &Workflow,
+        params: &Map<String, Value>,
+        cancel: CancellationToken,
+        updates: Option<UnboundedSender<RunUpdate>>,
+    ) -> Result<RunRecord> {
+        let store = &self.inner.store;
+        store.start_run(&run.id).await?;
+        let deps: HashMap<&str, Vec<&str>> = workflow
+            .steps
+            .iter()
+            .map(|s| (s.id.as_str(), workflow.dependencies(&s.id)))
+            .collect();
+        let mut done: HashMap<String, StepStatus> = HashMap::new();
+        let mut started: std::collections::HashSet<String> = Default::default();
+        let mut ctx = ExprContext::new(params.clone());
+        let mut tasks: JoinSet<(String, StepOutcome)> = JoinSet::new();
+        let mut first_failure: Option<String> = None;
+        let mut cancelled = false;
+        let mut metrics: Option<Value> = None;
+
+        loop {
+            // Start what is ready, skip what can never run.
+            if !cancelled && first_failure.is_none() {
+                for step in &workflow.steps {
+                    if started.contains(&step.id) || done.contains_key(&step.id) {
+                        continue;
+                    }
+                    let my_deps = &deps[step.id.as_str()];
+                    if let Some(bad) = my_deps
+                        .iter()
+                        .find(|d| done.get(**d).is_some_and(|s| *s != StepStatus::Succeeded))
+                    {
+                        let reason = format!("not run: `{bad}` did not succeed");
+                        store
+                            .finish_step(
+                                &run.id,
+                                &step.id,
+                                StepStatus::Skipped,
+                                None,
+                                Some(&reason),
+                            )
+                            .await?;
+                        notify(
+                            &updates,
+                            finished(&step.id, StepStatus::Skipped, Some(reason)),
+                        );
+                        done.insert(step.id.clone(), StepStatus::Skipped);
+                        continue;
+                    }
+                    let ready = my_deps
+                        .iter()
+                        .all(|d| done.get(*d) == Some(&StepStatus::Succeeded));
+                    if !ready || tasks.len() >= self.inner.config.max_parallel.max(1) {
+                        continue;
+                    }
+                    started.insert(step.id.clone());
+                    let inputs = match render_inputs(step, &ctx) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            let msg = format!("{e}");
+                            store
+                                .start_step(&run.id, &step.id, &Value::Null, None)
+                                .await?;
+                            store
+                                .finish_step(
+                                    &run.id,
+                                    &step.id,
+                                    StepStatus::Failed,
+                                    None,
+                                    Some(&msg),
+                                )
+                                .await?;
+                            notify(
+                                &updates,
+                                finished(&step.id, StepStatus::Failed, Some(msg.clone())),
+                            );
+                            done.insert(step.id.clone(), StepStatus::Failed);
+                            first_failure
+                                .get_or_insert(format!("step `{}` failed: {msg}", step.id));
+                            break;
+                        }
+                    };
+                    let this = self.clone();
+                    let (run_id, created_by) = (run.id.clone(), run.created_by.clone());
+                    let (step, token, updates) =
+                        (step.clone(), cancel.child_token(), updates.clone());
+                    tasks.spawn(async move {
+                        let outcome = this
+                            .run_step(&run_id, &created_by, &step, inputs, token, updates)
+                            .await;
+                        (step.id, outcome)
+                    });
+                }
+            }
+            if tasks.is_empty() {
+                break;
+            }
+            tokio::select! {
+                joined = tasks.join_next() => {
+                    let Some(joined) = joined else { continue };
+                    let (step_id, outcome) = match joined {
+                        Ok(pair) => pair,
+                        Err(e) => {
+                            // A panicking step task is a bug; record it rather than lose the run.
+                            first_failure.get_or_insert(format!("internal error in a step: {e}"));
+                            continue;
+                        }
+                    };
+                    store
+                        .finish_step(&run.id, &step_id, outcome.status, outcome.outputs.as_ref(), outcome.error.as_deref())
+                        .await?;
+                    notify(&updates, finished(&step_id, outcome.status, outcome.error.clone()));
+                    if let (StepStatus::Succeeded, Some(Value::Object(out))) = (outcome.status, &outcome.outputs) {
+                        if let Some(m @ Value::Object(_)) = out.get("metrics") {
+                            metrics = Some(m.clone());
+                        }
+                        ctx.set_outputs(step_id.clone(), out.clone());
+                    }
+                    if outcome.status == StepStatus::Failed {
+                        first_failure.get_or_insert(format!(
+                            "step `{step_id}` failed: {}",
+                            outcome.error.as_deref().unwrap_or("unknown error")
+                        ));
+                    }
+                    done.insert(step_id, outcome.status);
+                }
+                _ = cancel.cancelled(), if !cancelled => {
+                    cancelled = true;
+                }
+            }
+        }
+
+        // Steps that never started.
+        for step in &workflow.steps {
+            if done.contains_key(&step.id) || started.contains(&step.id) {
+                continue;
+            }
+            let (status, reason) = if cancelled {
+                (
+                    StepStatus::Cancelled,
+                    "run cancelled before the step started".to_owned(),
+                )
+            } else {
+                (
+                    StepStatus::Skipped,
+                    match &first_failure {
+                        Some(f) => format!("not run: {f}"),
+                        None => "not run".to_owned(),
+                    },
+                )
+            };
+            store
+                .finish_step(&run.id, &step.id, status, None, Some(&reason))
+                .await?;
+            notify(&updates, finished(&step.id, status, Some(reason)));
+        }
+        let (status, error) = if cancelled {
+            (RunStatus::Cancelled, Some("cancelled".to_owned()))
+        } else if let Some(f) = first_failure {
+            (RunStatus::Failed, Some(f))
+        } else {
+            (RunStatus::Succeeded, None)
+        };
+        Ok(store
+            .finish_run(&run.id, status, error.as_deref(), metrics.as_ref())
+            .await?)
+    }
+
+    async fn run_step(
+        &self,
+        run_id: &str,
+        created_by: &str,
+        step: &Step,
+        inputs: Value,
+        cancel: CancellationToken,
+        updates: Option<UnboundedSender<RunUpdate>>,
+    ) -> StepOutcome {
+        match self
+            .run_step_inner(run_id, created_by, step, inputs, cancel, updates)
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(e) => StepOutcome::failed(e.to_string()),
+        }
+    }
+
+    async fn run_step_inner(
+        &self,
+        run_id: &str,
+        created_by: &str,
+        step: &Step,
+        inputs: Value,
+        cancel: CancellationToken,
+        updates: Option<UnboundedSender<RunUpdate>>,
+    ) -> Result<StepOutcome> {
+        let store = &self.inner.store;
+        let ws = &self.inner.ws;
+        let log_dir = ws.log_dir(run_id);
+        let is_plugin = !step.uses.starts_with("builtin/");
+        let log_path = is_plugin.then(|| log_dir.join(format!("{}.log", step.id)));
+        let attempt = store
+            .start_step(
+                run_id,
+                &step.id,
+                &inputs,
+                log_path
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .as_deref(),
+            )
+            .await?;
+        notify(
+            &updates,
+            RunUpdate::StepStarted {
+                step_id: step.id.clone(),
+                attempt,
+            },
+        );
+        let (tx, rx) = unbounded_channel::<StepEvent>();
+        let drain = tokio::spawn(persist_events(
+            store.clone(),
+            run_id.to_owned(),
+            step.id.clone(),
+            rx,
+            updates.clone(),
+        ));
+        let tracker = ProcessTracker::default();
+        let work = async {
+            if is_plugin {
+                self.run_plugin_step(run_id, step, attempt, &inputs, &tracker, tx.clone())
+                    .await
+            } else {
+                let log_tx = tx.clone();
+                let log = move |message: &str| {
+                    let _ = log_tx.send(StepEvent::Log {
+                        level: "info".into(),
+                        message: message.to_owned(),
+                    });
+                };
+                let ctx = BuiltinCtx {
+                    ws,
+                    store,
+                    run_id,
+                    step_id: &step.id,
+                    created_by,
+                    inputs: &inputs,
+                    log: &log,
+                };
+                builtins::run(&step.uses, &ctx)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let timeout = step.timeout.map(|t| t.as_duration());
+        let outcome = tokio::select! {
+            r = async {
+                match timeout {
+                    Some(t) => tokio::time::timeout(t, work).await.map_err(|_| t),
+                    None => Ok(work.await),
+                }
+            } => match r {
+                Ok(Ok(outputs)) => StepOutcome { status: StepStatus::Succeeded, outputs: Some(outputs), error: None },
+                Ok(Err(message)) => StepOutcome::failed(message),
+                Err(t) => {
+                    tracker.terminate_all(self.inner.config.kill_grace).await;
+                    StepOutcome::failed(format!(
+                        "timed out after {} (the step's `timeout`); its programs were stopped",
+                        humantime_like(t)
+                    ))
+                }
+            },
+            _ = cancel.cancelled() => {
+                tracker.terminate_all(self.inner.config.kill_grace).await;
+                StepOutcome { status: StepStatus::Cancelled, outputs: None, error: Some("cancelled".into()) }
+            }
+        };
+        drop(tx);
+        let _ = drain.await;
+        Ok(outcome)
+    }
+
+    async fn run_plugin_step(
+        &self,
+        run_id: &str,
+        step: &Step,
+        attempt: i64,
+        inputs: &Value,
+        tracker: &ProcessTracker,
+        events: UnboundedSender<StepEvent>,
+    ) -> std::result::Result<Value, String> {
+        let ws = &self.inner.ws;
+        let plugins = &self.inner.plugins;
+        let plugin = plugins
+            .get(&step.uses)
+            .ok_or_else(|| format!("plugin `{}` is not installed", step.uses))?;
+        self.inner
+            .store
+            .set_step_plugin(
+                run_id,
+                &step.id,
+                PluginIdentity {
+                    name: &plugin.info.name,
+                    version: &plugin.info.version,
+                    digest: &plugin.info.digest,
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let dirs = granted_dirs(ws, &step.uses, inputs).map_err(|e| e.to_string())?;
+        let inv = StepInvocation {
+            run_id: run_id.to_owned(),
+            step_id: step.id.clone(),
+            attempt: attempt.max(1) as u32,
+            action: step.action.clone().unwrap_or_default(),
+            inputs: inputs.clone(),
+            dirs,
+            log_dir: ws.log_dir(run_id),
+            state_dir: ws
+                .run_dir(run_id)
+                .join("state")
+                .join(&step.id)
+                .join(format!("attempt-{attempt}")),
+            processes: tracker.clone(),
+            events: Some(events),
+        };
+        plugins.run(&step.uses, &inv).await.map_err(|f| f.message)
+    }
+}
+
+/// Directories a plugin step is granted, from its `project` and `training_name` inputs:
+/// the project's training data (read-only), the training's output (read-write) and the
+/// plugin's own configuration folder `configs/<plugin>` (read-only).
+fn granted_dirs(ws: &Workspace, plugin: &str, inputs: &Value) -> Result<Vec<GrantedDir>> {
+    let mut dirs = Vec::new();
+    if let Some(project) = inputs.get("project").and_then(Value::as_str) {
+        dirs.push(GrantedDir {
+            role: "training-data".into(),
+            host_path: ws.training_data_dir(project)?,
+            guest_path: "/data".into(),
+            writable: false,
+        });
+        if let Some(training) = inputs.get("training_name").and_then(Value::as_str) {
+            dirs.push(GrantedDir {
+                role: "training-output".into(),
+                host_path: ws.training_dir(project, training)?,
+                guest_path: "/output".into(),
+                writable: true,
+            });
+        }
+    }
+    let config = ws.configs_dir().join(plugin);
+    if config.is_dir() {
+        dirs.push(GrantedDir {
+            role: "config".into(),
+            host_path: config,
+            guest_path: "/config".into(),
+            writable: false,
+        });
+    }
+    Ok(dirs)
+}
+
+/// Store what a step reports, and tell the watcher.
+async fn persist_events(
+    store: Store,
+    run_id: String,
+    step_id: String,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<StepEvent>,
+    updates: Option<UnboundedSender<RunUpdate>>,
+) {
+    while let Some(event) = rx.recv().await {
+        let result = match &event {
+            StepEvent::Log { level, message } => {
+                notify(
+                    &updates,
+                    RunUpdate::StepLog {
+                        step_id: step_id.clone(),
+                        level: level.clone(),
+                        message: message.clone(),
+                    },
+                );
+                store
+                    .append_event(&run_id, Some(&step_id), level, message)
+                    .await
+            }
+            StepEvent::Progress {
+                percent,
+                epoch,
+                epochs,
+                metrics,
+                message,
+            } => {
+                notify(
+                    &updates,
+                    RunUpdate::StepProgress {
+                        step_id: step_id.clone(),
+                        percent: *percent,
+                        epoch: *epoch,
+                        epochs: *epochs,
+                        message: message.clone(),
+                    },
+                );
+                let progress = json!({
+                    "percent": percent, "epoch": epoch, "epochs": epochs,
+                    "metrics": metrics, "message": message,
+                });
+                store.set_step_progress(&run_id, &step_id, &progress).await
+            }
+            StepEvent::Checkpoint {
+                host_path,
+                epoch,
+                best,
+            } => {
+                store
+                    .record_checkpoint(&run_id, &step_id, host_path, epoch.map(i64::from), *best)
+                    .await
+            }
+            StepEvent::Launched {
+                program,
+                pid,
+                log_path,
+            } => {
+                let message = format!(
+                    "launched {program} (pid {pid}); output in {}",
+                    log_path.display()
+                );
+                store
+                    .append_event(&run_id, Some(&step_id), "info", &message)
+                    .await
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(target: "errors.store", run_id, step_id, "cannot record a step event: {e}");
+        }
+    }
+}
+
+fn notify(updates: &Option<UnboundedSender<RunUpdate>>, update: RunUpdate) {
+    if let Some(tx) = updates {
+        let _ = tx.send(update);
+    }
+}
+
+fn finished(step_id: &str, status: StepStatus, error: Option<String>) -> RunUpdate {
+    RunUpdate::StepFinished {
+        step_id: step_id.to_owned(),
+        status,
+        error,
+    }
+}
+
+fn humantime_like(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, (s % 3600) / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m {s}s"),
+        (h, m, _) => format!("{h}h {m}m"),
+    }
+}

@@ -1,0 +1,54 @@
+//! Running workflows: the DAG executor, the builtin steps and the workspace layout.
+//!
+//! A run flows: [`Runner::create`] records the run and its planned steps (`queued`), then
+//! [`Runner::execute`] walks the DAG, rendering each step's inputs from params and upstream
+//! outputs, running builtins in-process and plugin steps through `kiln-plugin-host`, persisting
+//! every state change, log line, progress report and checkpoint through `kiln-store`.
+//!
+//! Architecture invariant: this crate wires the others together and holds the execution policy;
+//! it never touches SQL (only `kiln-store`) or wasmtime (only `kiln-plugin-host`).
+
+pub mod builtins;
+mod catalog;
+mod executor;
+pub mod workspace;
+
+pub use catalog::EngineCatalog;
+pub use executor::{RunUpdate, Runner, RunnerConfig};
+pub use workspace::Workspace;
+
+use std::path::{Path, PathBuf};
+
+/// Errors of preparing or running a workflow.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A step's input is wrong; the message names the input and what to do.
+    #[error("{0}")]
+    Input(String),
+    #[error("{doing} {path}: {source}")]
+    Io {
+        doing: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] kiln_store::Error),
+    #[error(transparent)]
+    Workflow(#[from] kiln_workflow::Diagnostics),
+    #[error(transparent)]
+    Params(#[from] kiln_workflow::ParamErrors),
+    #[error(transparent)]
+    Plugins(#[from] kiln_plugin_host::Error),
+}
+
+impl Error {
+    pub(crate) fn io(doing: &'static str, path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            doing,
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,130 @@
+//! Where things live on disk. A workspace is a directory (the repository root by default):
+//!
+//! ```text
+//! configs/plugins.yaml                     grants of plugins (programs, limits)
+//! configs/<plugin>/...                     a plugin's own configuration (read-only to it)
+//! projects/<project>/releases/<zip>        dataset releases
+//! projects/<project>/training_data/<slug>/ extracted releases
+//! projects/<project>/model/training/<name>/  a training's output (weights/, artifacts/)
+//! .kiln/kiln.db                            the default SQLite database
+//! .kiln/plugins/*.wasm                     installed plugin components
+//! .kiln/cache/                             compiled plugin code
+//! .kiln/runs/<run-id>/logs/<step>.log      programs' output, appended as it arrives
+//! .kiln/runs/<run-id>/state/<step>/...     supervisor records of launched programs
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use crate::Error;
+
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    root: PathBuf,
+}
+
+/// Names that become path components (projects, trainings, slugs) must be plain.
+pub fn check_name(what: &str, name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Input(format!(
+            "{what} `{name}` is not a valid name: use letters, digits, `.`, `_` and `-`, \
+             starting with a letter or digit (at most 128 characters)"
+        )))
+    }
+}
+
+impl Workspace {
+    /// A workspace rooted at `root` (made absolute).
+    pub fn new(root: impl AsRef<Path>) -> std::io::Result<Self> {
+        let root = std::path::absolute(root.as_ref())?;
+        Ok(Self { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn kiln_dir(&self) -> PathBuf {
+        self.root.join(".kiln")
+    }
+
+    pub fn default_database_url(&self) -> String {
+        format!("sqlite://{}", self.kiln_dir().join("kiln.db").display())
+    }
+
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.kiln_dir().join("plugins")
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.kiln_dir().join("cache")
+    }
+
+    pub fn configs_dir(&self) -> PathBuf {
+        self.root.join("configs")
+    }
+
+    pub fn grants_file(&self) -> PathBuf {
+        self.configs_dir().join("plugins.yaml")
+    }
+
+    pub fn run_dir(&self, run_id: &str) -> PathBuf {
+        self.kiln_dir().join("runs").join(run_id)
+    }
+
+    pub fn log_dir(&self, run_id: &str) -> PathBuf {
+        self.run_dir(run_id).join("logs")
+    }
+
+    pub fn project_dir(&self, project: &str) -> Result<PathBuf, Error> {
+        check_name("project", project)?;
+        Ok(self.root.join("projects").join(project))
+    }
+
+    pub fn releases_dir(&self, project: &str) -> Result<PathBuf, Error> {
+        Ok(self.project_dir(project)?.join("releases"))
+    }
+
+    pub fn training_data_dir(&self, project: &str) -> Result<PathBuf, Error> {
+        Ok(self.project_dir(project)?.join("training_data"))
+    }
+
+    pub fn training_dir(&self, project: &str, training_name: &str) -> Result<PathBuf, Error> {
+        check_name("training_name", training_name)?;
+        Ok(self
+            .project_dir(project)?
+            .join("model")
+            .join("training")
+            .join(training_name))
+    }
+
+    /// `path` relative to the workspace root, when it lies inside it.
+    pub fn relative(&self, path: &Path) -> Option<PathBuf> {
+        path.strip_prefix(&self.root).ok().map(Path::to_path_buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_could_escape_are_rejected() {
+        for bad in ["", "..", "../x", "a/b", ".hidden", "a b", "x\0"] {
+            assert!(check_name("project", bad).is_err(), "{bad:?}");
+        }
+        for good in ["demo", "Demo-1", "v1.2_final"] {
+            check_name("project", good).unwrap();
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! What steps may use: provided by the caller (builtins and installed plugins).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Describes the actions that steps may use.
+pub trait Catalog {
+    /// Describe what `uses` (+ `action`) accepts and returns; `Err` (with a message and
+    /// a hint) if unknown.
+    fn action(&self, uses: &str, action: Option<&str>) -> Result<ActionSpec, CatalogError>;
+}
+
+/// Inputs and outputs of one action.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionSpec {
+    /// Inputs accepted under `with`.
+    pub inputs: Vec<InputSpec>,
+    /// Names of the outputs, for `${{ steps.<id>.outputs.<name> }}`.
+    pub outputs: Vec<String>,
+}
+
+impl ActionSpec {
+    /// An action with these required inputs, optional inputs and outputs.
+    pub fn new<'a>(
+        required: impl IntoIterator<Item = &'a str>,
+        optional: impl IntoIterator<Item = &'a str>,
+        outputs: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        let inputs = required
+            .into_iter()
+            .map(|name| InputSpec::new(name, true))
+            .chain(optional.into_iter().map(|name| InputSpec::new(name, false)))
+            .collect();
+        Self {
+            inputs,
+            outputs: outputs.into_iter().map(str::to_owned).collect(),
+        }
+    }
+}
+
+/// One input of an action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputSpec {
+    /// Key under `with`.
+    pub name: String,
+    /// Whether the step must set it.
+    pub required: bool,
+}
+
+impl InputSpec {
+    /// An input.
+    pub fn new(name: impl Into<String>, required: bool) -> Self {
+        Self {
+            name: name.into(),
+            required,
+        }
+    }
+}
+
+/// Which part of a step a [`CatalogError`] is about (the diagnostic points there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CatalogErrorKind {
+    /// `uses` names no builtin or plugin.
+    UnknownUses,
+    /// `action` names no action of the plugin.
+    UnknownAction,
+    /// The plugin needs an `action` and the step has none.
+    MissingAction,
+    /// The step has an `action` where none is accepted (builtins).
+    UnexpectedAction,
+}
+
+/// Why a catalog cannot describe a step's action.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("{message}")]
+pub struct CatalogError {
+    /// What is wrong, which decides the position reported.
+    pub kind: CatalogErrorKind,
+    /// E.g. "unknown plugin `ultralytcs`".
+    pub message: String,
+    /// E.g. "installed plugins: ultralytics".
+    pub help: Option<String>,
+}
+
+impl CatalogError {
+    /// An error without help.
+    pub fn new(kind: CatalogErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            help: None,
+        }
+    }
+
+    /// Adds a hint.
+    #[must_use]
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+}
+
+/// A catalog held in memory: builtins (no `action`) and plugins (with actions).
+///
+/// ```
+/// use kiln_workflow::{ActionSpec, Catalog, MemoryCatalog};
+/// let catalog = MemoryCatalog::new()
+///     .with_builtin("builtin/echo", ActionSpec::new(["message"], [], ["message"]))
+///     .with_plugin_action("ultralytics", "train", ActionSpec::new([], ["config"], ["metrics"]));
+/// assert!(catalog.action("ultralytics", Some("train")).is_ok());
+/// assert!(catalog.action("ultralytics", None).is_err());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct MemoryCatalog {
+    builtins: BTreeMap<String, ActionSpec>,
+    plugins: BTreeMap<String, BTreeMap<String, ActionSpec>>,
+}
+
+impl MemoryCatalog {
+    /// An empty catalog.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a builtin (steps use it without `action`).
+    #[must_use]
+    pub fn with_builtin(mut self, uses: impl Into<String>, spec: ActionSpec) -> Self {
+        self.add_builtin(uses, spec);
+        self
+    }
+
+    /// Adds an action of a plugin.
+    #[must_use]
+    pub fn with_plugin_action(
+        mut self,
+        plugin: impl Into<String>,
+        action: impl Into<String>,
+        spec: ActionSpec,
+    ) -> Self {
+        self.add_plugin_action(plugin, action, spec);
+        self
+    }
+
+    /// Adds a builtin (steps use it without `action`).
+    pub fn add_builtin(&mut self, uses: impl Into<String>, spec: ActionSpec) {
+        self.builtins.insert(uses.into(), spec);
+    }
+
+    /// Adds an action of a plugin.
+    pub fn add_plugin_action(
+        &mut self,
+        plugin: impl Into<String>,
+        action: impl Into<String>,
+        spec: ActionSpec,
+    ) {
+        self.plugins
+            .entry(plugin.into())
+            .or_default()
+            .insert(action.into(), spec);
+    }
+}
+
+fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<&str> = names.map(String::as_str).collect();
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+impl Catalog for MemoryCatalog {
+    fn action(&self, uses: &str, action: Option<&str>) -> Result<ActionSpec, CatalogError> {
+        if let Some(spec) = self.builtins.get(uses) {
+            return match action {
+                None => Ok(spec.clone()),
+                Some(action) => Err(CatalogError::new(
+                    CatalogErrorKind::UnexpectedAction,
+                    format!(
+                        "builtin `{uses}` has no actions, but the step sets `action: {action}`"
+                    ),
+                )
+                .with_help("remove `action`")),
+            };
+        }
+        if let Some(actions) = self.plugins.get(uses) {
+            return match action {
+                Some(action) => actions.get(action).cloned().ok_or_else(|| {
+                    CatalogError::new(
+                        CatalogErrorKind::UnknownAction,
+                        format!("plugin `{uses}` has no action `{action}`"),
+                    )
+                    .with_help(format!("actions of `{uses}`: {}", list(actions.keys())))
+                }),
+                None => Err(CatalogError::new(
+                    CatalogErrorKind::MissingAction,
+                    format!("step uses plugin `{uses}` but sets no `action`"),
+                )
+                .with_help(format!(
+                    "add `action:` with one of: {}",
+                    list(actions.keys())
+                ))),
+            };
+        }
+        Err(CatalogError::new(
+            CatalogErrorKind::UnknownUses,
+            format!("unknown `uses`: `{uses}` is neither a builtin nor an installed plugin"),
+        )
+        .with_help(format!(
+            "builtins: {}; plugins: {}",
+            list(self.builtins.keys()),
+            list(self.plugins.keys())
+        )))
+    }
+}

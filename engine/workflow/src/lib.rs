@@ -1,0 +1,50 @@
+//! Kiln workflows: parsing and validation of workflow YAML files.
+//!
+//! This crate never executes anything. It reads a workflow file ([`Workflow::load`]),
+//! checks it against the actions that exist ([`Workflow::validate`] with a [`Catalog`]),
+//! resolves params ([`resolve_params`]) and renders the `with` inputs of a step
+//! ([`render_inputs`]) for the engine that runs it.
+//!
+//! Every problem is reported as a [`Diagnostic`] with the position of the offending node.
+
+mod catalog;
+mod diagnostic;
+mod expr;
+mod model;
+mod params;
+mod parse;
+mod position;
+mod validate;
+
+use std::path::Path;
+
+pub use catalog::{ActionSpec, Catalog, CatalogError, CatalogErrorKind, InputSpec, MemoryCatalog};
+pub use diagnostic::{Diagnostic, Diagnostics};
+pub use expr::{ExprContext, RenderError, render_inputs};
+pub use model::{ParamSpec, ParamType, Step, Timeout, Workflow};
+pub use params::{ParamError, ParamErrors, resolve_params};
+
+impl Workflow {
+    /// Reads and parses a workflow file (structural checks only; see [`Self::validate`]).
+    pub fn load(path: impl AsRef<Path>) -> Result<Workflow, Diagnostics> {
+        let path = path.as_ref();
+        match std::fs::read_to_string(path) {
+            Ok(source) => Self::parse(&source, path),
+            Err(err) => {
+                Err(Diagnostic::new(path, 1, 1, format!("cannot read workflow file: {err}")).into())
+            }
+        }
+    }
+
+    /// Parses a workflow from its source: YAML syntax, known keys, value types, names,
+    /// timeouts and param specs. `file` is only used in diagnostics.
+    pub fn parse(source: &str, file: impl AsRef<Path>) -> Result<Workflow, Diagnostics> {
+        parse::parse(source, file.as_ref())
+    }
+}
+
+/// JSON Schema (draft 2020-12) of the workflow file format, for editors.
+pub fn json_schema() -> serde_json::Value {
+    let schema = schemars::schema_for!(Workflow);
+    schema.to_value()
+}

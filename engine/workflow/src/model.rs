@@ -1,0 +1,241 @@
+//! The workflow file format, as serde types.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::position::PositionIndex;
+
+/// A workflow: named steps that run plugin or builtin actions, in dependency order.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Kiln workflow")]
+pub struct Workflow {
+    /// Name of the workflow: lowercase letters, digits, `_` and `-`.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]*$"))]
+    pub name: String,
+    /// What the workflow does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Parameters given when the workflow is started (`--param name=value`), usable
+    /// in expressions as `${{ params.<name> }}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, ParamSpec>,
+    /// The steps, run in dependency order.
+    #[schemars(length(min = 1))]
+    pub steps: Vec<Step>,
+    /// File the workflow was read from (for diagnostics).
+    #[serde(skip)]
+    pub(crate) file: PathBuf,
+    /// Positions of the nodes of the source (for diagnostics).
+    #[serde(skip)]
+    pub(crate) positions: PositionIndex,
+}
+
+/// Declaration of one workflow parameter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ParamSpec {
+    /// Type of the value.
+    #[serde(rename = "type")]
+    pub ty: ParamType,
+    /// Whether the param must be given when the workflow starts.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub required: bool,
+    /// Value used when the param is not given; must be of `type`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<serde_json::Value>,
+    /// The only values allowed; each must be of `type`.
+    #[serde(default, rename = "enum", skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<Vec<serde_json::Value>>,
+    /// What the param is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// Type of a workflow parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    /// A string.
+    String,
+    /// A whole number.
+    Integer,
+    /// Any number (integers included).
+    Number,
+    /// `true` or `false`.
+    Boolean,
+    /// A mapping.
+    Object,
+    /// A list.
+    Array,
+}
+
+impl ParamType {
+    /// The name used in workflow files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParamType::String => "string",
+            ParamType::Integer => "integer",
+            ParamType::Number => "number",
+            ParamType::Boolean => "boolean",
+            ParamType::Object => "object",
+            ParamType::Array => "array",
+        }
+    }
+
+    /// Every type, in the order of the documentation.
+    pub const ALL: [ParamType; 6] = [
+        ParamType::String,
+        ParamType::Integer,
+        ParamType::Number,
+        ParamType::Boolean,
+        ParamType::Object,
+        ParamType::Array,
+    ];
+
+    /// Whether `value` is of this type. An integer is a number; a number with a
+    /// fraction is not an integer (`3.0` is).
+    pub fn matches(self, value: &serde_json::Value) -> bool {
+        use serde_json::Value;
+        match (self, value) {
+            (ParamType::String, Value::String(_))
+            | (ParamType::Number, Value::Number(_))
+            | (ParamType::Boolean, Value::Bool(_))
+            | (ParamType::Object, Value::Object(_))
+            | (ParamType::Array, Value::Array(_)) => true,
+            (ParamType::Integer, Value::Number(n)) => {
+                n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for ParamType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One step of a workflow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// Unique id of the step: lowercase letters, digits, `_` and `-`. Steps referenced in
+    /// expressions (`steps.<id>.outputs.<name>`) should not contain `-`.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]*$"))]
+    pub id: String,
+    /// What runs the step: a builtin (`builtin/<name>`) or a plugin name.
+    pub uses: String,
+    /// The plugin action to run (plugins only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Ids of the steps that must finish before this one: a list or a single id.
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    #[schemars(with = "StepIds")]
+    pub needs: Vec<String>,
+    /// Longest time the step may run, e.g. `30s`, `2h`, `1h 30m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Timeout>,
+    /// Inputs of the action. String values may hold expressions such as
+    /// `${{ params.project }}` or `${{ steps.extract.outputs.data_yaml }}`.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub with: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One step id or a list of step ids (schema of `needs`).
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum StepIds {
+    One(String),
+    Many(Vec<String>),
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        One(String),
+        Many(Vec<String>),
+    }
+    // A custom message: the untagged enum's default one says nothing useful.
+    match Repr::deserialize(deserializer) {
+        Ok(Repr::One(one)) => Ok(vec![one]),
+        Ok(Repr::Many(many)) => Ok(many),
+        Err(_) => Err(serde::de::Error::custom(
+            "expected a step id or a list of step ids",
+        )),
+    }
+}
+
+/// A step timeout, written in humantime format (`30s`, `2h`, `1h 30m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, JsonSchema)]
+#[schemars(
+    with = "String",
+    description = "A duration such as `30s`, `2h` or `1h 30m`."
+)]
+pub struct Timeout(pub Duration);
+
+impl Timeout {
+    /// The duration.
+    pub fn as_duration(self) -> Duration {
+        self.0
+    }
+
+    /// Parses `30s`, `2h`, `1h 30m`...; the error says why the text is not a timeout.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match humantime::parse_duration(text.trim()) {
+            Ok(duration) if duration.is_zero() => {
+                Err("a timeout must be longer than zero".to_owned())
+            }
+            Ok(duration) => Ok(Timeout(duration)),
+            Err(err) => Err(err.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for Timeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl Serialize for Timeout {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timeout {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Timeout::parse(&text)
+            .map_err(|err| serde::de::Error::custom(format!("invalid timeout `{text}`: {err}")))
+    }
+}
+
+impl Workflow {
+    /// The file the workflow was read from (empty when it was deserialized).
+    pub fn file(&self) -> &std::path::Path {
+        &self.file
+    }
+
+    /// The step with this id.
+    pub fn step(&self, id: &str) -> Option<&Step> {
+        self.steps.iter().find(|step| step.id == id)
+    }
+}

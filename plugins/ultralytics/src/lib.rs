@@ -1,0 +1,451 @@
+//! Kiln plugin for Ultralytics YOLO training (`uses: ultralytics`).
+//!
+//! Actions:
+//! - `resolve-config`: merge overrides onto `configs/ultralytics/<task>/default.yaml`,
+//!   validate them, and return the exact `yolo` command line `train` will run.
+//! - `train`: launch `yolo <task> train key=value...`, follow its output (progress,
+//!   metrics from results.csv), and return the weights and final metrics.
+//!
+//! The logic lives in [`args`] and [`monitor`] (plain functions, native tests);
+//! this file holds the glue to the host.
+
+pub mod args;
+pub mod monitor;
+
+use args::{Mode, ResolveRequest};
+use kiln_plugin_sdk::lines::LineSplitter;
+use kiln_plugin_sdk::process::{Command, describe_exit};
+use kiln_plugin_sdk::{
+    ActionInfo, GrantedDir, Inputs, Plugin, PluginInfo, StepContext, StepError, log, progress,
+};
+use monitor::{Event, Monitor, Notable};
+use serde_json::{Map, Value, json};
+
+/// The program the operator grants this plugin.
+pub const PROGRAM: &str = "yolo";
+pub const ROLE_OUTPUT: &str = "training-output";
+pub const ROLE_CONFIG: &str = "config";
+
+pub struct Ultralytics;
+
+kiln_plugin_sdk::export_plugin!(Ultralytics);
+
+impl Plugin for Ultralytics {
+    fn describe() -> PluginInfo {
+        describe()
+    }
+
+    fn run(action: String, ctx: StepContext) -> Result<String, StepError> {
+        let inputs = ctx.inputs()?;
+        let outputs = match action.as_str() {
+            "resolve-config" => resolve_config(&ctx, &inputs)?,
+            "train" => train(&ctx, &inputs)?,
+            other => {
+                return Err(StepError::invalid_input(format!(
+                    "unknown action '{other}' (ultralytics offers: resolve-config, train)"
+                )));
+            }
+        };
+        serde_json::to_string(&outputs)
+            .map_err(|e| StepError::internal(format!("encoding the outputs: {e}")))
+    }
+}
+
+pub fn describe() -> PluginInfo {
+    PluginInfo::new("ultralytics", env!("CARGO_PKG_VERSION"))
+        .action(
+            ActionInfo::new(
+                "resolve-config",
+                "Merge overrides onto the task's base config (configs/ultralytics/<task>/default.yaml), \
+                 validate them and preview the exact yolo command line",
+            )
+            .required("task", "detect or segment")
+            .optional("mode", "user (default: only epochs, imgsz, batch, amp, patience, save, device may be overridden) or developer (any Ultralytics argument)")
+            .required("data", "host path of the dataset's data.yaml")
+            .optional("overrides", "object of Ultralytics arguments to override (default {})")
+            .optional("base_config", "base config file under the config directory (default <task>/default.yaml)")
+            .required("project", "project name")
+            .required("training_name", "name of this training; weights land in its training-output directory")
+            .outputs(&["config", "resolved_yaml", "cli_preview", "imgsz", "epochs"]),
+        )
+        .action(
+            ActionInfo::new(
+                "train",
+                "Train a YOLO model with `yolo <task> train` using a config from resolve-config",
+            )
+            .required("task", "detect or segment")
+            .required("config", "the resolved config object (resolve-config's `config` output)")
+            .required("project", "project name")
+            .required("training_name", "name of this training")
+            .optional("resume", "resume from weights/last.pt of this training if it exists (default false)")
+            .outputs(&[
+                "save_dir",
+                "best_weights",
+                "last_weights",
+                "checkpoints",
+                "metrics",
+                "epochs_completed",
+                "results_csv",
+                "resumed_from_epoch",
+            ]),
+        )
+}
+
+/// The inputs every step carries; checked so a mistyped workflow fails early.
+fn common_inputs(inputs: &Inputs) -> Result<(&str, &str), StepError> {
+    inputs.require_str("project")?;
+    let task = inputs.choice("task", args::TASKS, None)?;
+    let training_name = inputs.require_str("training_name")?;
+    Ok((task, training_name))
+}
+
+/// The training-output dir, checking its name matches `training_name` (warns otherwise).
+fn output_dir<'a>(ctx: &'a StepContext, training_name: &str) -> Result<&'a GrantedDir, StepError> {
+    let out = ctx.dir(ROLE_OUTPUT)?;
+    if !out.writable {
+        return Err(StepError::denied(format!(
+            "the '{ROLE_OUTPUT}' directory {} was granted read-only",
+            out.host_path
+        )));
+    }
+    let (_, name) = args::split_output_dir(&out.host_path);
+    if name != training_name {
+        log::warn(format!(
+            "training-output directory {} does not end in training_name '{training_name}'; \
+             using name={name} so weights land in it",
+            out.host_path
+        ));
+    }
+    Ok(out)
+}
+
+/// A relative path under the config directory, without `..` or absolute parts.
+fn check_relative(input: &str, rel: &str) -> Result<(), StepError> {
+    if rel.starts_with('/') || rel.split(['/', '\\']).any(|c| c == "..") || rel.trim().is_empty() {
+        return Err(StepError::invalid_input(format!(
+            "input '{input}' must be a relative path inside the config directory, got '{rel}'"
+        )));
+    }
+    Ok(())
+}
+
+fn resolve_config(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError> {
+    let (task, training_name) = common_inputs(inputs)?;
+    let mode = Mode::parse(inputs.choice("mode", &["user", "developer"], Some("user"))?)
+        .expect("choice() only returns allowed values");
+    let data = inputs.require_str("data")?;
+    if !data.starts_with('/') {
+        log::warn(format!(
+            "input 'data' ({data}) is not an absolute path; yolo resolves it against the training-output directory"
+        ));
+    }
+    let empty = Map::new();
+    let overrides = inputs.opt_object("overrides")?.unwrap_or(&empty);
+    let default_base = format!("{task}/default.yaml");
+    let base_rel = inputs.str_or("base_config", &default_base)?;
+    check_relative("base_config", base_rel)?;
+
+    let config_dir = ctx.dir(ROLE_CONFIG)?;
+    let base_path = config_dir.guest(base_rel);
+    let base_text = std::fs::read_to_string(&base_path).map_err(|e| {
+        StepError::invalid_input(format!(
+            "input 'base_config': cannot read '{base_rel}' in the config directory ({}): {e}",
+            config_dir.host_path
+        ))
+    })?;
+    let base = args::parse_base_config(&format!("base config '{base_rel}'"), &base_text)?;
+
+    let out = output_dir(ctx, training_name)?;
+    let config = args::resolve(&ResolveRequest {
+        mode,
+        data,
+        overrides,
+        base,
+        output_host: &out.host_path,
+    })?;
+    let cli_preview = args::preview(PROGRAM, &args::train_args(task, &config));
+    log::info(format!("resolved command: {cli_preview}"));
+    Ok(json!({
+        "resolved_yaml": args::to_yaml(task, &config)?,
+        "cli_preview": cli_preview,
+        "imgsz": args::int_of(&config, "imgsz", args::DEFAULT_IMGSZ),
+        "epochs": args::int_of(&config, "epochs", args::DEFAULT_EPOCHS),
+        "config": Value::Object(config),
+    }))
+}
+
+const READ_MAX_BYTES: u32 = 64 * 1024;
+const READ_TIMEOUT_MS: u32 = 1000;
+/// How often results.csv is looked at even without a validation line.
+const CSV_POLL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Follows results.csv in the training-output directory.
+struct ResultsCsv {
+    guest_path: String,
+    rows_seen: usize,
+    last_len: Option<u64>,
+}
+
+impl ResultsCsv {
+    fn new(out: &GrantedDir) -> Self {
+        let mut csv = ResultsCsv {
+            guest_path: out.guest("results.csv"),
+            rows_seen: 0,
+            last_len: None,
+        };
+        // Rows already there (a resumed training) are not new.
+        csv.rows_seen = csv.read().len();
+        csv
+    }
+
+    fn read(&self) -> Vec<monitor::Row> {
+        std::fs::read_to_string(&self.guest_path)
+            .map(|t| monitor::parse_results_csv(&t))
+            .unwrap_or_default()
+    }
+
+    /// The last row, if rows were added since the previous call.
+    fn new_row(&mut self) -> Option<monitor::Row> {
+        let len = std::fs::metadata(&self.guest_path).ok()?.len();
+        if self.last_len == Some(len) {
+            return None;
+        }
+        self.last_len = Some(len);
+        let rows = self.read();
+        if rows.len() <= self.rows_seen {
+            return None;
+        }
+        self.rows_seen = rows.len();
+        rows.last().cloned()
+    }
+}
+
+fn report_row(row: &monitor::Row, epochs: Option<u32>) {
+    let epoch = monitor::row_epoch(row);
+    let percent = match (epoch, epochs) {
+        (Some(e), Some(n)) if n > 0 => Some((f64::from(e) / f64::from(n) * 100.0).min(100.0)),
+        _ => None,
+    };
+    let message = match (epoch, epochs) {
+        (Some(e), Some(n)) => format!("epoch {e}/{n} finished"),
+        (Some(e), None) => format!("epoch {e} finished"),
+        _ => "epoch finished".to_string(),
+    };
+    progress::report(&progress::Update {
+        percent,
+        epoch,
+        epochs,
+        metrics: monitor::row_metrics(row),
+        message: Some(message),
+    });
+}
+
+fn handle(event: Event, mon: &Monitor, csv: &mut ResultsCsv, csv_due: &mut bool) {
+    match event {
+        Event::Progress(p) => progress::report(&progress::Update {
+            percent: Some(p.overall_percent()),
+            epoch: Some(p.epoch),
+            epochs: Some(p.epochs),
+            metrics: Vec::new(),
+            message: Some(p.message()),
+        }),
+        Event::Validation { .. } => {
+            // The row is written right after validation: look now and on the next polls.
+            *csv_due = true;
+            if let Some(row) = csv.new_row() {
+                report_row(&row, mon.epochs);
+            }
+        }
+        Event::Log(Notable::Info, l) => log::info(l),
+        Event::Log(Notable::Warn, l) => log::warn(l),
+        Event::Log(Notable::Error, l) => log::error(l),
+        Event::Log(Notable::Debug, l) => log::debug(l),
+    }
+}
+
+fn train(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError> {
+    let (task, training_name) = common_inputs(inputs)?;
+    let resume = inputs.bool_or("resume", false)?;
+    let out = output_dir(ctx, training_name)?;
+    let given = inputs.require_object("config")?;
+    let mut config = args::check_config(given)?;
+    let data = match config.get("data") {
+        Some(Value::String(d)) if !d.trim().is_empty() => d.clone(),
+        _ => {
+            return Err(StepError::invalid_input(
+                "input 'config' has no 'data' (pass resolve-config's `config` output)",
+            ));
+        }
+    };
+    args::set_plugin_keys(&mut config, &data, &out.host_path);
+
+    let last_pt_guest = out.guest("weights/last.pt");
+    let resuming = resume && std::fs::metadata(&last_pt_guest).is_ok();
+    if resume && !resuming {
+        log::warn(format!(
+            "resume requested but {} does not exist; starting a new training",
+            out.host("weights/last.pt")
+        ));
+    }
+    let argv = if resuming {
+        args::resume_args(task, &out.host("weights/last.pt"))
+    } else {
+        args::train_args(task, &config)
+    };
+    let config_dir_host = out.host(".ultralytics-config");
+    // Best effort: yolo creates it too.
+    let _ = std::fs::create_dir_all(out.guest(".ultralytics-config"));
+    let command = Command::new(PROGRAM)
+        .args(argv)
+        .env("YOLO_OFFLINE", "1")
+        .env("YOLO_CONFIG_DIR", config_dir_host)
+        .cwd(out.host_path.clone());
+    log::info(format!(
+        "running: {}",
+        args::preview(PROGRAM, &command.spec().args)
+    ));
+
+    let mut csv = ResultsCsv::new(out);
+    let planned_epochs = u32::try_from(args::int_of(&config, "epochs", args::DEFAULT_EPOCHS)).ok();
+    let proc = command.launch()?;
+    let mut splitter = LineSplitter::new();
+    let mut mon = Monitor::new();
+    let mut csv_due = false;
+    let mut last_poll = std::time::Instant::now();
+    loop {
+        let chunk = proc.read_output(READ_MAX_BYTES, READ_TIMEOUT_MS)?;
+        for line in splitter.push(&chunk.data) {
+            for event in mon.line(&line) {
+                handle(event, &mon, &mut csv, &mut csv_due);
+            }
+        }
+        if chunk.finished {
+            break;
+        }
+        if chunk.data.is_empty()
+            && let Some(partial) = splitter.partial()
+            && let Some(event) = mon.partial(&partial)
+        {
+            handle(event, &mon, &mut csv, &mut csv_due);
+        }
+        if csv_due || last_poll.elapsed() >= CSV_POLL {
+            last_poll = std::time::Instant::now();
+            if let Some(row) = csv.new_row() {
+                csv_due = false;
+                report_row(&row, mon.epochs.or(planned_epochs));
+            }
+        }
+    }
+    if let Some(line) = splitter.finish() {
+        for event in mon.line(&line) {
+            handle(event, &mon, &mut csv, &mut csv_due);
+        }
+    }
+    let status = proc.wait()?;
+    if let Some(row) = csv.new_row() {
+        report_row(&row, mon.epochs.or(planned_epochs));
+    }
+    if !status.success {
+        return Err(StepError::program_failed(
+            mon.failure_message(&describe_exit(&status)),
+        ));
+    }
+
+    let best_host = out.host("weights/best.pt");
+    let last_host = out.host("weights/last.pt");
+    if std::fs::metadata(out.guest("weights/best.pt")).is_err() {
+        return Err(StepError::program_failed(format!(
+            "yolo exited successfully but {best_host} is missing"
+        )));
+    }
+    let rows = csv.read();
+    let final_row = rows.last();
+    let epochs_completed = final_row
+        .and_then(monitor::row_epoch)
+        .or(mon
+            .completed_epochs
+            .map(|n| n + mon.resumed_from_epoch.unwrap_or(0)))
+        .or(mon.current_epoch);
+    let metrics: Map<String, Value> = final_row
+        .map(|row| {
+            row.iter()
+                .filter_map(|(k, v)| {
+                    serde_json::Number::from_f64(*v).map(|n| (k.clone(), Value::Number(n)))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+
+    let mut checkpoints = Vec::new();
+    if std::fs::metadata(&last_pt_guest).is_ok() {
+        progress::checkpoint(last_host.clone(), epochs_completed, false);
+        checkpoints.push(json!({"path": last_host, "epoch": epochs_completed, "best": false}));
+    }
+    progress::checkpoint(best_host.clone(), None, true);
+    checkpoints.push(json!({"path": best_host, "epoch": null, "best": true}));
+    log::info(format!(
+        "training finished: {} epochs, best weights {best_host}",
+        epochs_completed.map_or("?".to_string(), |n| n.to_string())
+    ));
+
+    Ok(json!({
+        "save_dir": out.host_path,
+        "best_weights": best_host,
+        "last_weights": last_host,
+        "checkpoints": checkpoints,
+        "metrics": metrics,
+        "epochs_completed": epochs_completed,
+        "results_csv": out.host("results.csv"),
+        "resumed_from_epoch": mon.resumed_from_epoch,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_lists_both_actions() {
+        let info = describe();
+        assert_eq!(info.name, "ultralytics");
+        assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
+        let names: Vec<&str> = info.actions.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["resolve-config", "train"]);
+        let train = &info.actions[1];
+        assert!(train.outputs.iter().any(|o| o == "best_weights"));
+        assert!(
+            train
+                .inputs
+                .iter()
+                .any(|i| i.name == "config" && i.required)
+        );
+    }
+
+    #[test]
+    fn relative_paths_only() {
+        assert!(check_relative("base_config", "detect/default.yaml").is_ok());
+        assert!(check_relative("base_config", "../secrets.yaml").is_err());
+        assert!(check_relative("base_config", "/etc/passwd").is_err());
+    }
+
+    #[test]
+    fn base_configs_in_the_repo_are_valid() {
+        for task in args::TASKS {
+            let path = format!(
+                "{}/../../configs/ultralytics/{task}/default.yaml",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let text = std::fs::read_to_string(&path).unwrap();
+            let base = args::parse_base_config(&path, &text).unwrap();
+            let model = base["model"].as_str().unwrap();
+            assert!(
+                model.ends_with(".yaml"),
+                "{model}: must build from scratch offline"
+            );
+            if *task == "segment" {
+                assert!(model.contains("-seg"), "{model}");
+            }
+            assert_eq!(base["plots"], Value::Bool(false));
+        }
+    }
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Build the plugin components (wasm32-wasip2) and install them into the workspace's plugin dir.
+# usage: scripts/build-plugins.sh [--with-test-plugins]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rustup target add wasm32-wasip2 >/dev/null 2>&1 || rustup target add wasm32-wasip2
+packages=(-p kiln-plugin-ultralytics)
+[[ "${1:-}" == "--with-test-plugins" ]] && packages+=(-p kiln-test-hostile)
+cargo build --target wasm32-wasip2 --release "${packages[@]}"
+dest="${KILN_PLUGINS_DIR:-.kiln/plugins}"
+mkdir -p "$dest"
+cp target/wasm32-wasip2/release/kiln_plugin_ultralytics.wasm "$dest/ultralytics.wasm"
+echo "installed plugins in $dest: $(ls "$dest" | tr '\n' ' ')"

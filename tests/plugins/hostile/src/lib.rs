@@ -1,0 +1,215 @@
+//! A hostile Kiln plugin, for the engine's sandbox tests only.
+//!
+//! Every action misbehaves on purpose (except `ok`); the engine must contain it:
+//!
+//! | action             | what it does                                                        |
+//! |--------------------|---------------------------------------------------------------------|
+//! | `spin`             | busy loop forever (stopped by the epoch deadline)                   |
+//! | `grow`             | allocates 16 MiB chunks without bound (stopped by the memory cap)   |
+//! | `launch-ungranted` | launches `sh -c "echo pwned"`; returns the host's refusal as `denied`|
+//! | `escape`           | tries to read/write outside its preopens; `Ok` only if all failed   |
+//! | `env`              | returns every environment variable it can see                      |
+//! | `ok`               | logs one line and returns `{"result": "ok"}`                        |
+//! | `panic`            | panics (a trap)                                                     |
+//!
+//! Build: `cargo build --target wasm32-wasip2 --release -p kiln-test-hostile`
+//! -> `target/wasm32-wasip2/release/kiln_test_hostile.wasm`.
+
+#[allow(missing_docs, clippy::all)]
+mod bindings {
+    wit_bindgen::generate!({
+        path: "../../../plugins/wit",
+        world: "plugin",
+    });
+}
+
+use bindings::kiln::plugin::log::{self, Level};
+use bindings::kiln::plugin::process::{self, Spec};
+use bindings::kiln::plugin::types::{
+    ActionInfo, ErrorKind, InputInfo, PluginInfo, StepContext, StepError,
+};
+
+struct Hostile;
+
+const ACTIONS: &[(&str, &str)] = &[
+    (
+        "spin",
+        "Busy-loops forever; the engine's epoch deadline must stop it.",
+    ),
+    (
+        "grow",
+        "Allocates 16 MiB chunks without bound; the engine's memory cap must stop it.",
+    ),
+    (
+        "launch-ungranted",
+        "Launches `sh -c 'echo pwned'`, a program nobody granted.",
+    ),
+    (
+        "escape",
+        "Tries to read and write outside the granted directories.",
+    ),
+    (
+        "env",
+        "Returns every environment variable the plugin can see.",
+    ),
+    ("ok", "Logs a line and succeeds."),
+    ("panic", "Panics (a trap)."),
+];
+
+fn err(kind: ErrorKind, message: impl Into<String>) -> StepError {
+    StepError {
+        kind,
+        message: message.into(),
+    }
+}
+
+fn outputs(result: serde_json::Value) -> String {
+    serde_json::json!({ "result": result }).to_string()
+}
+
+fn spin() -> ! {
+    let mut n: u64 = 0;
+    loop {
+        n = std::hint::black_box(n.wrapping_add(1));
+    }
+}
+
+fn grow() -> Result<String, StepError> {
+    const CHUNK: usize = 16 << 20;
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut chunk = vec![0u8; CHUNK];
+        // Touch every page so the memory is really used.
+        for i in (0..CHUNK).step_by(4096) {
+            chunk[i] = (chunks.len() as u8).wrapping_add(1);
+        }
+        chunks.push(std::hint::black_box(chunk));
+    }
+}
+
+fn launch_ungranted() -> Result<String, StepError> {
+    let spec = Spec {
+        program: "sh".to_string(),
+        args: vec!["-c".to_string(), "echo pwned".to_string()],
+        env: Vec::new(),
+        cwd: None,
+    };
+    match process::launch(&spec) {
+        Err(message) => Err(err(ErrorKind::Denied, message)),
+        Ok(handle) => Err(err(
+            ErrorKind::Internal,
+            format!("escaped: the host launched ungranted program 'sh' (handle {handle})"),
+        )),
+    }
+}
+
+fn escape(ctx: &StepContext) -> Result<String, StepError> {
+    let mut report: Vec<String> = Vec::new();
+    let mut escaped: Vec<String> = Vec::new();
+
+    let mut reads = vec!["/etc/passwd".to_string()];
+    for dir in &ctx.dirs {
+        reads.push(format!(
+            "{}/../../../../etc/passwd",
+            dir.guest_path.trim_end_matches('/')
+        ));
+    }
+    for path in reads {
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                escaped.push(format!("read {path} ({} bytes)", bytes.len()));
+                report.push(format!("read {path}: SUCCEEDED ({} bytes)", bytes.len()));
+            }
+            Err(e) => report.push(format!("read {path}: failed ({e})")),
+        }
+    }
+
+    let write = "/output/../../escape.txt";
+    match std::fs::write(write, b"escaped\n") {
+        Ok(()) => {
+            escaped.push(format!("wrote {write}"));
+            report.push(format!("write {write}: SUCCEEDED"));
+        }
+        Err(e) => report.push(format!("write {write}: failed ({e})")),
+    }
+
+    if escaped.is_empty() {
+        Ok(outputs(serde_json::Value::String(report.join("; "))))
+    } else {
+        Err(err(
+            ErrorKind::Internal,
+            format!("escaped: {}", escaped.join("; ")),
+        ))
+    }
+}
+
+fn env() -> Result<String, StepError> {
+    let vars: serde_json::Map<String, serde_json::Value> = std::env::vars_os()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                serde_json::Value::String(v.to_string_lossy().into_owned()),
+            )
+        })
+        .collect();
+    Ok(outputs(serde_json::Value::Object(vars)))
+}
+
+impl bindings::Guest for Hostile {
+    fn describe() -> PluginInfo {
+        let inputs = || {
+            vec![
+                InputInfo {
+                    name: "project".to_string(),
+                    required: false,
+                    description: "Ignored.".to_string(),
+                },
+                InputInfo {
+                    name: "training_name".to_string(),
+                    required: false,
+                    description: "Ignored.".to_string(),
+                },
+            ]
+        };
+        PluginInfo {
+            name: "hostile".to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            actions: ACTIONS
+                .iter()
+                .map(|(name, description)| ActionInfo {
+                    name: (*name).to_string(),
+                    description: (*description).to_string(),
+                    inputs: inputs(),
+                    outputs: vec!["result".to_string()],
+                })
+                .collect(),
+        }
+    }
+
+    fn run(action: String, ctx: StepContext) -> Result<String, StepError> {
+        match action.as_str() {
+            "spin" => spin(),
+            "grow" => grow(),
+            "launch-ungranted" => launch_ungranted(),
+            "escape" => escape(&ctx),
+            "env" => env(),
+            "ok" => {
+                log::write(
+                    Level::Info,
+                    &format!(
+                        "hostile plugin: ok (run {}, step {})",
+                        ctx.run_id, ctx.step_id
+                    ),
+                );
+                Ok(outputs(serde_json::Value::String("ok".to_string())))
+            }
+            "panic" => panic!("hostile plugin panics on purpose"),
+            other => Err(err(
+                ErrorKind::InvalidInput,
+                format!("unknown action '{other}'"),
+            )),
+        }
+    }
+}
+
+bindings::export!(Hostile with_types_in bindings);
