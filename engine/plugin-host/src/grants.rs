@@ -7,6 +7,7 @@
 //! plugins:
 //!   ultralytics:
 //!     programs: [yolo]         # programs it may launch, found on the engine's search path
+//!     env: [CUDA_HOME]         # engine environment variables passed on to those programs
 //!     memory_mb: 512
 //! ```
 
@@ -39,6 +40,8 @@ struct Limits {
 struct PluginEntry {
     #[serde(default)]
     programs: Vec<String>,
+    #[serde(default)]
+    env: Vec<String>,
     memory_mb: Option<u64>,
     cpu_seconds_per_call: Option<f64>,
 }
@@ -55,6 +58,8 @@ struct GrantsFile {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PluginGrant {
     pub programs: Vec<String>,
+    /// Names of engine environment variables passed on to launched programs.
+    pub env: Vec<String>,
     pub memory_bytes: usize,
     pub cpu_per_call: std::time::Duration,
 }
@@ -106,6 +111,7 @@ impl Grants {
             .unwrap_or(DEFAULT_CPU_SECONDS);
         PluginGrant {
             programs: entry.map(|e| e.programs.clone()).unwrap_or_default(),
+            env: entry.map(|e| e.env.clone()).unwrap_or_default(),
             memory_bytes: (memory_mb as usize).saturating_mul(1024 * 1024),
             cpu_per_call: std::time::Duration::from_secs_f64(cpu.max(0.001)),
         }

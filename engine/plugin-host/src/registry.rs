@@ -254,10 +254,18 @@ impl LoadedPlugin {
         inv: &StepInvocation,
     ) -> Result<serde_json::Value, StepFailure> {
         let name = &self.info.name;
+        // The base environment, plus the engine variables the operator passes on to this plugin.
+        let mut base_env = engine.config.program_base_env.clone();
+        for name in &self.grant.env {
+            if let Ok(value) = std::env::var(name) {
+                base_env.retain(|(k, _)| k != name);
+                base_env.push((name.clone(), value));
+            }
+        }
         let process = ProcessState::new(
             self.grant.programs.clone(),
             engine.config.program_search_path.clone(),
-            engine.config.program_base_env.clone(),
+            base_env,
             inv.dirs.iter().map(|d| d.host_path.clone()).collect(),
             inv.dirs
                 .iter()

@@ -1,0 +1,199 @@
+//! Test harness: a throwaway workspace driven through the real `kiln` binary, with the real
+//! compiled plugins, real SQLite, and the stand-in `yolo` from tests/fixtures/bin on PATH.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// A compiled plugin component; built by `scripts/build-plugins.sh --with-test-plugins`.
+pub fn plugin_wasm(file: &str) -> PathBuf {
+    let p = repo_root().join("target/wasm32-wasip2/release").join(file);
+    assert!(
+        p.exists(),
+        "{} is missing: run `scripts/build-plugins.sh --with-test-plugins` first (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+    pub env: Vec<(String, String)>,
+}
+
+pub const GRANTS: &str = "defaults: {memory_mb: 256, cpu_seconds_per_call: 10}\n\
+plugins:\n  ultralytics: {programs: [yolo], env: [FAKE_YOLO_EPOCH_SECONDS, FAKE_YOLO_FAIL_AT_EPOCH, FAKE_YOLO_RECORD]}\n  hostile: {programs: [yolo], memory_mb: 64, cpu_seconds_per_call: 1}\n";
+
+impl Workspace {
+    /// A workspace with the demo release under projects/demo/releases and both plugins.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let repo = repo_root();
+        std::fs::create_dir_all(root.join("projects/demo/releases")).unwrap();
+        std::fs::copy(
+            repo.join("workflows/data/demo-release.zip"),
+            root.join("projects/demo/releases/demo-release.zip"),
+        )
+        .unwrap();
+        copy_dir(
+            &repo.join("configs/ultralytics"),
+            &root.join("configs/ultralytics"),
+        );
+        std::fs::write(root.join("configs/plugins.yaml"), GRANTS).unwrap();
+        let plugins = root.join(".kiln/plugins");
+        std::fs::create_dir_all(&plugins).unwrap();
+        std::fs::copy(
+            plugin_wasm("kiln_plugin_ultralytics.wasm"),
+            plugins.join("ultralytics.wasm"),
+        )
+        .unwrap();
+        std::fs::copy(
+            plugin_wasm("kiln_test_hostile.wasm"),
+            plugins.join("hostile.wasm"),
+        )
+        .unwrap();
+        let path = format!(
+            "{}:{}",
+            repo.join("tests/fixtures/bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let env = vec![
+            ("PATH".into(), path),
+            // Compiled plugins are shared by all tests: compile once per wasm digest.
+            (
+                "KILN_CACHE_DIR".into(),
+                repo.join("target/kiln-test-cache").display().to_string(),
+            ),
+            ("KILN_USER".into(), "tester".into()),
+            ("FAKE_YOLO_EPOCH_SECONDS".into(), "0.05".into()),
+        ];
+        Self { dir, env }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn with_env(mut self, key: &str, value: &str) -> Self {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        c.args(args)
+            .current_dir(self.root())
+            .env("KILN_WORKSPACE", self.root())
+            .env_remove("KILN_DATABASE_URL")
+            .env_remove("KILN_PLUGINS_DIR")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        c
+    }
+
+    pub fn kiln(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Write a workflow file into the workspace and return its path.
+    pub fn workflow(&self, name: &str, yaml: &str) -> String {
+        let p = self.root().join(name);
+        std::fs::write(&p, yaml).unwrap();
+        p.display().to_string()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.kiln(args);
+        assert!(
+            out.status.success(),
+            "kiln {args:?} failed: {}",
+            text(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("kiln {args:?} printed no JSON ({e}): {}", text(&out.stdout))
+        })
+    }
+
+    /// Run the demo pipeline with these extra params; returns the output.
+    pub fn run_demo(&self, training: &str, extra: &[&str]) -> Output {
+        let wf = repo_root().join("workflows/ultralytics-detect.yaml");
+        let tn = format!("training_name={training}");
+        let mut args = vec![
+            "run",
+            wf.to_str().unwrap(),
+            "-p",
+            "project=demo",
+            "-p",
+            "release=demo-release.zip",
+            "-p",
+            &tn,
+            "-p",
+            "overrides={epochs: 2, imgsz: 64, batch: 4, device: cpu}",
+        ];
+        args.extend_from_slice(extra);
+        self.kiln(&args)
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// Processes whose command line mentions `needle` (scanning /proc).
+pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(needle) && pid != std::process::id() as i32 {
+            found.push((pid, cmd));
+        }
+    }
+    found
+}
+
+/// A step of `kiln runs show --json` output by id.
+pub fn step<'a>(show: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    show["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step_id"] == id)
+        .unwrap_or_else(|| panic!("no step {id} in {show}"))
+}
+
+/// The run id: the last line `kiln run` prints on stdout.
+pub fn run_id(out: &Output) -> String {
+    text(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}

@@ -1,0 +1,141 @@
+//! `builtin/extract-release` against hostile archives: nothing outside the dataset folder is
+//! written and nothing half-extracted is left behind.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+
+const EXTRACT: &str = "name: extract\nparams:\n  release: {type: string, required: true}\nsteps:\n  - id: extract\n    uses: builtin/extract-release\n    with: {project: demo, release: '${{ params.release }}'}\n";
+
+fn zip_with(ws: &Workspace, name: &str, build: impl FnOnce(&mut zip::ZipWriter<std::fs::File>)) {
+    let path = ws.root().join("projects/demo/releases").join(name);
+    let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let opts = zip::write::SimpleFileOptions::default();
+    z.start_file("data.yaml", opts).unwrap();
+    z.write_all(b"names: [a]\n").unwrap();
+    build(&mut z);
+    z.finish().unwrap();
+}
+
+fn extract(ws: &Workspace, release: &str) -> (Option<i32>, serde_json::Value) {
+    let wf = ws.workflow("extract.yaml", EXTRACT);
+    let out = ws.kiln(&["run", &wf, "-p", &format!("release={release}")]);
+    let show = ws.json(&["runs", "show", &run_id(&out), "--json"]);
+    (out.status.code(), show)
+}
+
+fn training_data_entries(ws: &Workspace) -> Vec<String> {
+    match std::fs::read_dir(ws.root().join("projects/demo/training_data")) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => vec![],
+    }
+}
+
+#[test]
+fn zip_slip_entries_are_refused_and_nothing_is_left_behind() {
+    let ws = Workspace::new();
+    zip_with(&ws, "slip.zip", |z| {
+        z.start_file("train/ok.txt", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        z.write_all(b"fine").unwrap();
+        z.start_file("../../evil.txt", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        z.write_all(b"evil").unwrap();
+    });
+    let (code, show) = extract(&ws, "slip.zip");
+    assert_eq!(code, Some(1));
+    let err = step(&show, "extract")["error_message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        err.contains("entry `../../evil.txt`") && err.contains("`..`"),
+        "{err}"
+    );
+    assert!(!ws.root().join("projects/evil.txt").exists());
+    assert!(!ws.root().join("evil.txt").exists());
+    assert!(
+        training_data_entries(&ws).is_empty(),
+        "{:?}",
+        training_data_entries(&ws)
+    );
+}
+
+#[test]
+fn absolute_paths_and_symlinks_are_refused() {
+    let ws = Workspace::new();
+    zip_with(&ws, "abs.zip", |z| {
+        z.start_file(
+            "/tmp/kiln-abs-evil.txt",
+            zip::write::SimpleFileOptions::default(),
+        )
+        .unwrap();
+        z.write_all(b"evil").unwrap();
+    });
+    let (code, show) = extract(&ws, "abs.zip");
+    assert_eq!(code, Some(1));
+    let err = step(&show, "extract")["error_message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(err.contains("absolute path"), "{err}");
+
+    zip_with(&ws, "link.zip", |z| {
+        z.add_symlink(
+            "train/passwd",
+            "/etc/passwd",
+            zip::write::SimpleFileOptions::default(),
+        )
+        .unwrap();
+    });
+    let (code, show) = extract(&ws, "link.zip");
+    assert_eq!(code, Some(1));
+    let err = step(&show, "extract")["error_message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(err.contains("symbolic link"), "{err}");
+    assert!(training_data_entries(&ws).is_empty());
+}
+
+#[test]
+fn a_release_path_outside_the_releases_folder_is_refused() {
+    let ws = Workspace::new();
+    let (code, show) = extract(&ws, "../../../etc/passwd");
+    assert_eq!(code, Some(1));
+    let err = step(&show, "extract")["error_message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        err.contains("input `release`") && err.contains("`..`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn extraction_is_idempotent() {
+    let ws = Workspace::new();
+    let (code, show) = extract(&ws, "demo-release.zip");
+    assert_eq!(code, Some(0));
+    let out = &step(&show, "extract")["outputs"];
+    assert_eq!(out["extracted"], true);
+    assert_eq!(
+        out["class_names"],
+        serde_json::json!(["red_box", "blue_box"])
+    );
+    let marker = ws
+        .root()
+        .join("projects/demo/training_data/demo-release/.kiln-release.json");
+    let before = std::fs::metadata(&marker).unwrap().modified().unwrap();
+    let (code, show) = extract(&ws, "demo-release.zip");
+    assert_eq!(code, Some(0));
+    assert_eq!(step(&show, "extract")["outputs"]["extracted"], false);
+    assert_eq!(
+        std::fs::metadata(&marker).unwrap().modified().unwrap(),
+        before
+    );
+}

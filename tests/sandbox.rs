@@ -1,0 +1,67 @@
+//! A hostile plugin (tests/plugins/hostile) against the sandbox: endless loops, memory blow-ups,
+//! ungranted programs, path escapes, environment snooping and panics all fail their step with a
+//! clear message while the engine lives on.
+
+mod common;
+
+use common::*;
+
+const HOSTILE: &str = r#"name: hostile
+steps:
+  - {id: spin, uses: hostile, action: spin}
+  - {id: grow, uses: hostile, action: grow}
+  - {id: ungranted, uses: hostile, action: launch-ungranted}
+  - id: escape
+    uses: hostile
+    action: escape
+    with: {project: demo, training_name: h}
+  - {id: env, uses: hostile, action: env}
+  - {id: panic, uses: hostile, action: panic}
+  - {id: ok, uses: hostile, action: ok}
+"#;
+
+#[test]
+fn hostile_plugin_steps_fail_cleanly_and_the_engine_lives_on() {
+    let ws = Workspace::new();
+    let wf = ws.workflow("hostile.yaml", HOSTILE);
+    let out = ws.kiln(&["run", &wf, "--max-parallel", "8"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let show = ws.json(&["runs", "show", &run_id(&out), "--json"]);
+    assert_eq!(show["run"]["status"], "failed");
+    let err = |id: &str| {
+        let s = step(&show, id);
+        assert_eq!(s["status"], "failed", "{id}: {s}");
+        s["error_message"].as_str().unwrap().to_owned()
+    };
+    let spin = err("spin");
+    assert!(spin.contains("computed for more than 1.0s"), "{spin}");
+    let grow = err("grow");
+    assert!(
+        grow.contains("exceeded its memory limit of 64 MiB"),
+        "{grow}"
+    );
+    let ungranted = err("ungranted");
+    assert!(
+        ungranted.contains("plugin `hostile` is not granted the program `sh`"),
+        "{ungranted}"
+    );
+    let panic = err("panic");
+    assert!(panic.contains("plugin `hostile` crashed"), "{panic}");
+    assert!(panic.contains("panicked"), "{panic}");
+
+    let escape = step(&show, "escape");
+    assert_eq!(
+        escape["status"], "succeeded",
+        "every escape attempt must fail: {escape}"
+    );
+    let env = step(&show, "env");
+    assert_eq!(env["status"], "succeeded");
+    assert_eq!(
+        env["outputs"]["result"],
+        serde_json::json!({}),
+        "no environment may leak"
+    );
+    assert_eq!(step(&show, "ok")["status"], "succeeded");
+    assert!(!ws.root().join("projects/demo/escape.txt").exists());
+    assert!(!ws.root().join("projects/escape.txt").exists());
+}
