@@ -129,7 +129,10 @@ async fn lines(mut rx: UnboundedReceiver<RunUpdate>) {
                 level,
                 message,
             } => {
-                eprintln!("step {step_id}: {level}: {message}");
+                // Debug and trace lines stay in the store (`kiln logs`), out of the live view.
+                if !matches!(level.as_str(), "debug" | "trace") {
+                    eprintln!("step {step_id}: {level}: {message}");
+                }
             }
             RunUpdate::StepFinished {
                 step_id,
