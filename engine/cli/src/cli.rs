@@ -34,6 +34,10 @@ pub struct GlobalArgs {
     /// Cache of compiled plugins; defaults to <workspace>/.kiln/cache.
     #[arg(long, env = "KILN_CACHE_DIR", global = true)]
     pub cache_dir: Option<PathBuf>,
+    /// The machine's GPUs: a count (`2`) or device indices (`0,2`); detected with nvidia-smi
+    /// when not given, none without it.
+    #[arg(long, env = "KILN_GPUS", global = true)]
+    pub gpus: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -47,6 +51,9 @@ pub enum Command {
     /// Inspect runs.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Continue a run whose engine was interrupted (killed, crashed, rebooted): re-attaches to
+    /// its still-running programs instead of starting them again.
+    Resume(ExecArgs),
     /// Print the logs of a run.
     Logs {
         /// Run id (or a unique prefix of it).
@@ -76,6 +83,13 @@ pub struct RunArgs {
     /// Who started the run (recorded on the run and its models).
     #[arg(long, env = "KILN_USER")]
     pub created_by: Option<String>,
+    #[command(flatten)]
+    pub exec: ExecOptions,
+}
+
+/// How a run executes (shared by run, resume and retry).
+#[derive(Args, Debug, Clone)]
+pub struct ExecOptions {
     /// Most steps running at once.
     #[arg(long, default_value_t = 4)]
     pub max_parallel: usize,
@@ -85,6 +99,14 @@ pub struct RunArgs {
     /// Print the final run record as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Run id (or a unique prefix of it).
+    pub run: String,
+    #[command(flatten)]
+    pub exec: ExecOptions,
 }
 
 #[derive(Subcommand, Debug)]
@@ -109,6 +131,16 @@ pub enum RunsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Cancel a run: its programs get SIGTERM, then SIGKILL after the grace period.
+    Cancel {
+        run: String,
+        /// Seconds between SIGTERM and SIGKILL (when no engine is executing the run).
+        #[arg(long, default_value_t = 10)]
+        kill_grace_secs: u64,
+    },
+    /// Run a failed or cancelled run again from its unfinished steps, reusing the outputs of
+    /// the steps that succeeded.
+    Retry(ExecArgs),
 }
 
 #[derive(Subcommand, Debug)]

@@ -6,10 +6,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use kiln_plugin_host::{Grants, HostConfig, PluginEngine, PluginRegistry};
-use kiln_runner::Workspace;
+use kiln_runner::{Runner, RunnerConfig, Workspace};
 use kiln_store::Store;
 
-use crate::cli::GlobalArgs;
+use crate::cli::{ExecOptions, GlobalArgs};
 
 pub struct Context {
     pub ws: Workspace,
@@ -37,6 +37,30 @@ impl Context {
             }
         };
         Ok(Store::connect(&url).await?)
+    }
+
+    /// The machine's GPU devices (configured, or detected with nvidia-smi).
+    pub fn gpus(&self) -> anyhow::Result<Vec<u32>> {
+        kiln_runner::gpu::detect(self.global.gpus.as_deref())
+            .map_err(|e| anyhow::anyhow!("--gpus: {e}"))
+    }
+
+    /// A runner over this workspace's store and plugins.
+    pub async fn runner(
+        &self,
+        exec: &ExecOptions,
+        plugins: Arc<PluginRegistry>,
+    ) -> anyhow::Result<Runner> {
+        Ok(Runner::new(
+            self.store().await?,
+            plugins,
+            self.ws.clone(),
+            RunnerConfig {
+                max_parallel: exec.max_parallel,
+                kill_grace: Duration::from_secs(exec.kill_grace_secs),
+                gpus: self.gpus()?,
+            },
+        ))
     }
 
     /// Load the installed plugins (compiling them on first use, from the cache after).

@@ -34,6 +34,33 @@ pub struct StepInvocation {
     pub processes: ProcessTracker,
     /// Logs, progress and checkpoints are sent here as they happen.
     pub events: Option<tokio::sync::mpsc::UnboundedSender<StepEvent>>,
+    /// Set when this attempt retries an earlier one.
+    pub retry: Option<RetryContext>,
+    /// GPU devices leased to the step (and the lock descriptors that hold them).
+    pub gpus: Option<GpuGrant>,
+}
+
+/// Why an attempt runs again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryReason {
+    Failure,
+    Infrastructure,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetryContext {
+    pub reason: RetryReason,
+    pub previous_error: String,
+}
+
+/// GPUs leased to a step. Launched programs get `CUDA_VISIBLE_DEVICES` set to `devices`, and
+/// inherit `lock_fds` so that the lease is held until the last process of the training exits,
+/// even if the engine dies first.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GpuGrant {
+    pub devices: Vec<u32>,
+    pub lock_fds: Vec<std::os::fd::RawFd>,
 }
 
 /// What a plugin reports while it runs.
@@ -77,6 +104,8 @@ pub enum FailureKind {
     /// The plugin trapped, panicked, ran out of memory or CPU budget, or reported an internal
     /// error.
     Plugin,
+    /// The machine or engine lost the step's program (it vanished without an exit status).
+    Infrastructure,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -20,7 +20,10 @@ mod sandbox;
 pub use capability::process::ProcessTracker;
 pub use engine::{HostConfig, PluginEngine};
 pub use grants::{GrantError, Grants, PluginGrant};
-pub use invocation::{FailureKind, GrantedDir, StepEvent, StepFailure, StepInvocation};
+pub use invocation::{
+    FailureKind, GpuGrant, GrantedDir, RetryContext, RetryReason, StepEvent, StepFailure,
+    StepInvocation,
+};
 pub use registry::{ActionInfo, InputInfo, LoadedPlugin, PluginInfo, PluginRegistry};
 
 use std::path::PathBuf;

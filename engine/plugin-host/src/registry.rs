@@ -276,7 +276,8 @@ impl LoadedPlugin {
             inv.log_dir.clone(),
             inv.state_dir.clone(),
             inv.processes.clone(),
-        );
+        )
+        .with_gpus(inv.gpus.clone());
         let mut store = new_store(
             engine,
             name,
@@ -304,9 +305,24 @@ impl LoadedPlugin {
                     writable: d.writable,
                 })
                 .collect(),
+            retry: inv.retry.as_ref().map(|r| types::RetryInfo {
+                reason: match r.reason {
+                    crate::RetryReason::Failure => types::RetryReason::Failure,
+                    crate::RetryReason::Infrastructure => types::RetryReason::Infrastructure,
+                },
+                previous_error: r.previous_error.clone(),
+            }),
         };
         store.data_mut().cpu.call_started = std::time::Instant::now();
         let outcome = instance.call_run(&mut store, &inv.action, &ctx).await;
+        // A program lost to the machine is an infrastructure failure, whatever the plugin made
+        // of it.
+        if let Some(lost) = store.data().process.infrastructure_failure.clone() {
+            return Err(StepFailure {
+                kind: FailureKind::Infrastructure,
+                message: lost,
+            });
+        }
         match outcome {
             Ok(Ok(json)) => match serde_json::from_str::<serde_json::Value>(&json) {
                 Ok(v @ serde_json::Value::Object(_)) => Ok(v),

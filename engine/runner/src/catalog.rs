@@ -7,9 +7,15 @@ use crate::builtins;
 
 pub struct EngineCatalog<'a> {
     pub plugins: &'a PluginRegistry,
+    /// The machine's GPU count, for `resources.gpus`.
+    pub gpus: u32,
 }
 
 impl Catalog for EngineCatalog<'_> {
+    fn gpus(&self) -> Option<u32> {
+        Some(self.gpus)
+    }
+
     fn action(&self, uses: &str, action: Option<&str>) -> Result<ActionSpec, CatalogError> {
         if uses.starts_with("builtin/") {
             let specs = builtins::specs();

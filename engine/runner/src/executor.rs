@@ -3,16 +3,27 @@
 //! Policy:
 //! - A step starts when every step it depends on (`needs` plus expression references) has
 //!   succeeded, at most `max_parallel` steps at a time, in file order among ready steps.
-//! - When a step fails, no new step starts (fail fast, like Argo's default). Steps already
-//!   running are left to finish, so no training in flight is thrown away; steps that never
-//!   started are marked `skipped` with the reason, and the run fails with the first failure.
-//! - When the run is cancelled (Ctrl-C, or a cancel request), running steps are stopped: their
+//! - When a step fails (after its retries), no new step starts (fail fast, like Argo's default).
+//!   Steps already running are left to finish, so no training in flight is thrown away; steps
+//!   that never started are marked `skipped` with the reason, and the run fails with the first
+//!   failure.
+//! - When the run is cancelled (Ctrl-C, `kiln runs cancel`), running steps are stopped: their
 //!   programs get SIGTERM, then SIGKILL after the grace period, and the step is `cancelled` only
 //!   once no process of its group remains. Steps not started are `cancelled` too.
-//! - A step's `timeout` bounds its whole attempt (wall clock, host waits included); a timed-out
-//!   step's programs are stopped like a cancel and the step fails.
+//! - A step's `timeout` bounds each attempt (wall clock, host waits included); a timed-out
+//!   attempt's programs are stopped like a cancel and the attempt fails.
+//! - Retries (`retry: {max, backoff, on}`): trainer/step failures and infrastructure failures
+//!   (a program lost without an exit status) have separate budgets of `max` retries each; the
+//!   wait before retry n is `backoff * 2^(n-1)`. The plugin learns why it is retried, so a
+//!   training resumes from its checkpoint after an infrastructure failure.
+//! - Execution is resumable: `execute` on a run that was interrupted (the engine was killed)
+//!   reuses the outputs of succeeded steps and continues running steps in their *current*
+//!   attempt, whose launches re-attach to the programs still running (or read how they ended)
+//!   instead of starting them again. One process executes a run at a time (`RunLock`).
+//! - Memoization is opt-in (`cache: true`): same plugin digest, action, inputs and input file
+//!   digests reuse earlier outputs; the step records `cached_from`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,12 +32,17 @@ use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use kiln_plugin_host::{GrantedDir, PluginRegistry, ProcessTracker, StepEvent, StepInvocation};
+use kiln_plugin_host::{
+    FailureKind, GrantedDir, PluginRegistry, ProcessTracker, RetryContext, RetryReason, StepEvent,
+    StepInvocation,
+};
 use kiln_store::{NewRun, NewStep, PluginIdentity, RunRecord, RunStatus, StepStatus, Store};
-use kiln_workflow::{ExprContext, Step, Workflow, render_inputs};
+use kiln_workflow::{ExprContext, RetryOn, Step, Workflow, render_inputs};
 
 use crate::builtins::{self, BuiltinCtx};
-use crate::{Result, Workspace};
+use crate::gpu::{GpuLease, GpuPool};
+use crate::run_lock::RunLock;
+use crate::{Error, Result, Workspace, memo};
 
 /// What a watcher (the CLI's progress display) hears about a run.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,6 +76,8 @@ pub struct RunnerConfig {
     pub max_parallel: usize,
     /// Grace between SIGTERM and SIGKILL when stopping a step's programs.
     pub kill_grace: Duration,
+    /// The machine's GPU devices.
+    pub gpus: Vec<u32>,
 }
 
 impl Default for RunnerConfig {
@@ -67,6 +85,7 @@ impl Default for RunnerConfig {
         Self {
             max_parallel: 4,
             kill_grace: Duration::from_secs(10),
+            gpus: Vec::new(),
         }
     }
 }
@@ -76,6 +95,7 @@ struct Inner {
     plugins: Arc<PluginRegistry>,
     ws: Workspace,
     config: RunnerConfig,
+    gpus: GpuPool,
 }
 
 /// Creates and executes runs. Cheap to clone.
@@ -88,15 +108,46 @@ struct StepOutcome {
     status: StepStatus,
     outputs: Option<Value>,
     error: Option<String>,
+    kind: Option<RetryOn>,
+    cached_from: Option<String>,
 }
 
 impl StepOutcome {
-    fn failed(error: impl Into<String>) -> Self {
+    fn failed(kind: RetryOn, error: impl Into<String>) -> Self {
         Self {
             status: StepStatus::Failed,
             outputs: None,
             error: Some(error.into()),
+            kind: Some(kind),
+            cached_from: None,
         }
+    }
+
+    fn succeeded(outputs: Value) -> Self {
+        Self {
+            status: StepStatus::Succeeded,
+            outputs: Some(outputs),
+            error: None,
+            kind: None,
+            cached_from: None,
+        }
+    }
+
+    fn cancelled() -> Self {
+        Self {
+            status: StepStatus::Cancelled,
+            outputs: None,
+            error: Some("cancelled".into()),
+            kind: None,
+            cached_from: None,
+        }
+    }
+}
+
+fn kind_name(kind: RetryOn) -> &'static str {
+    match kind {
+        RetryOn::Failure => "failure",
+        RetryOn::Infrastructure => "infrastructure",
     }
 }
 
@@ -107,12 +158,14 @@ impl Runner {
         ws: Workspace,
         config: RunnerConfig,
     ) -> Self {
+        let gpus = GpuPool::new(config.gpus.clone(), ws.kiln_dir().join("gpus"));
         Self {
             inner: Arc::new(Inner {
                 store,
                 plugins,
                 ws,
                 config,
+                gpus,
             }),
         }
     }
@@ -127,6 +180,11 @@ impl Runner {
 
     pub fn workspace(&self) -> &Workspace {
         &self.inner.ws
+    }
+
+    /// Number of GPUs the machine has (for validation).
+    pub fn gpu_count(&self) -> u32 {
+        self.inner.gpus.count()
     }
 
     /// Record a new run of `workflow` with resolved `params`, and its planned steps.
@@ -164,7 +222,8 @@ impl Runner {
         Ok(run)
     }
 
-    /// Execute a created run to its end. Returns the final run record.
+    /// Execute a run to its end: a new run, one interrupted by an engine crash (resumed), or a
+    /// failed one reset for retry. Returns the final run record.
     pub async fn execute(
         &self,
         run: &RunRecord,
@@ -174,93 +233,128 @@ impl Runner {
         updates: Option<UnboundedSender<RunUpdate>>,
     ) -> Result<RunRecord> {
         let store = &self.inner.store;
+        let _lock = RunLock::acquire(&self.inner.ws.run_dir(&run.id))
+            .map_err(|e| Error::Input(format!("run {}: {e}", run.id)))?;
         store.start_run(&run.id).await?;
+        let watcher = tokio::spawn(watch_run(store.clone(), run.id.clone(), cancel.clone()));
+
         let deps: HashMap<&str, Vec<&str>> = workflow
             .steps
             .iter()
             .map(|s| (s.id.as_str(), workflow.dependencies(&s.id)))
             .collect();
         let mut done: HashMap<String, StepStatus> = HashMap::new();
-        let mut started: std::collections::HashSet<String> = Default::default();
+        let mut started: HashSet<String> = HashSet::new();
         let mut ctx = ExprContext::new(params.clone());
         let mut tasks: JoinSet<(String, StepOutcome)> = JoinSet::new();
         let mut first_failure: Option<String> = None;
         let mut cancelled = false;
         let mut metrics: Option<Value> = None;
 
+        // What an earlier execution of this run already did.
+        let mut interrupted: HashSet<String> = HashSet::new();
+        for record in store.steps(&run.id).await? {
+            match record.status {
+                StepStatus::Succeeded => {
+                    if let Some(Value::Object(out)) = &record.outputs {
+                        if let Some(m @ Value::Object(_)) = out.get("metrics") {
+                            metrics = Some(m.clone());
+                        }
+                        ctx.set_outputs(record.step_id.clone(), out.clone());
+                    }
+                    done.insert(record.step_id, StepStatus::Succeeded);
+                }
+                StepStatus::Running => {
+                    interrupted.insert(record.step_id);
+                }
+                StepStatus::Failed => {
+                    first_failure.get_or_insert(format!(
+                        "step `{}` failed: {}",
+                        record.step_id,
+                        record.error_message.as_deref().unwrap_or("unknown error")
+                    ));
+                    done.insert(record.step_id, StepStatus::Failed);
+                }
+                StepStatus::Skipped | StepStatus::Cancelled => {
+                    done.insert(record.step_id, record.status);
+                }
+                StepStatus::Queued => {}
+            }
+        }
+
         loop {
-            // Start what is ready, skip what can never run.
-            if !cancelled && first_failure.is_none() {
-                for step in &workflow.steps {
-                    if started.contains(&step.id) || done.contains_key(&step.id) {
-                        continue;
-                    }
-                    let my_deps = &deps[step.id.as_str()];
-                    if let Some(bad) = my_deps
-                        .iter()
-                        .find(|d| done.get(**d).is_some_and(|s| *s != StepStatus::Succeeded))
-                    {
-                        let reason = format!("not run: `{bad}` did not succeed");
-                        store
-                            .finish_step(
-                                &run.id,
-                                &step.id,
-                                StepStatus::Skipped,
-                                None,
-                                Some(&reason),
-                            )
-                            .await?;
-                        notify(
-                            &updates,
-                            finished(&step.id, StepStatus::Skipped, Some(reason)),
-                        );
-                        done.insert(step.id.clone(), StepStatus::Skipped);
-                        continue;
-                    }
-                    let ready = my_deps
-                        .iter()
-                        .all(|d| done.get(*d) == Some(&StepStatus::Succeeded));
-                    if !ready || tasks.len() >= self.inner.config.max_parallel.max(1) {
-                        continue;
-                    }
-                    started.insert(step.id.clone());
-                    let inputs = match render_inputs(step, &ctx) {
-                        Ok(v) => v,
-                        Err(e) => {
-                            let msg = format!("{e}");
+            // Start what is ready (interrupted steps first: their programs may be running), skip
+            // what can never run.
+            let can_start = !cancelled && first_failure.is_none();
+            for step in &workflow.steps {
+                if started.contains(&step.id) || done.contains_key(&step.id) {
+                    continue;
+                }
+                let resuming = interrupted.contains(&step.id);
+                if !can_start && !resuming {
+                    continue;
+                }
+                let my_deps = &deps[step.id.as_str()];
+                if let Some(bad) = my_deps
+                    .iter()
+                    .find(|d| done.get(**d).is_some_and(|s| *s != StepStatus::Succeeded))
+                {
+                    let reason = format!("not run: `{bad}` did not succeed");
+                    store
+                        .finish_step(&run.id, &step.id, StepStatus::Skipped, None, Some(&reason))
+                        .await?;
+                    notify(
+                        &updates,
+                        finished(&step.id, StepStatus::Skipped, Some(reason)),
+                    );
+                    done.insert(step.id.clone(), StepStatus::Skipped);
+                    continue;
+                }
+                let ready = my_deps
+                    .iter()
+                    .all(|d| done.get(*d) == Some(&StepStatus::Succeeded));
+                if !ready || (!resuming && tasks.len() >= self.inner.config.max_parallel.max(1)) {
+                    continue;
+                }
+                started.insert(step.id.clone());
+                let inputs = match render_inputs(step, &ctx) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let msg = format!("{e}");
+                        if !resuming {
                             store
                                 .start_step(&run.id, &step.id, &Value::Null, None)
                                 .await?;
-                            store
-                                .finish_step(
-                                    &run.id,
-                                    &step.id,
-                                    StepStatus::Failed,
-                                    None,
-                                    Some(&msg),
-                                )
-                                .await?;
-                            notify(
-                                &updates,
-                                finished(&step.id, StepStatus::Failed, Some(msg.clone())),
-                            );
-                            done.insert(step.id.clone(), StepStatus::Failed);
-                            first_failure
-                                .get_or_insert(format!("step `{}` failed: {msg}", step.id));
-                            break;
                         }
-                    };
-                    let this = self.clone();
-                    let (run_id, created_by) = (run.id.clone(), run.created_by.clone());
-                    let (step, token, updates) =
-                        (step.clone(), cancel.child_token(), updates.clone());
-                    tasks.spawn(async move {
-                        let outcome = this
-                            .run_step(&run_id, &created_by, &step, inputs, token, updates)
-                            .await;
-                        (step.id, outcome)
-                    });
-                }
+                        store
+                            .finish_step(&run.id, &step.id, StepStatus::Failed, None, Some(&msg))
+                            .await?;
+                        notify(
+                            &updates,
+                            finished(&step.id, StepStatus::Failed, Some(msg.clone())),
+                        );
+                        done.insert(step.id.clone(), StepStatus::Failed);
+                        first_failure.get_or_insert(format!("step `{}` failed: {msg}", step.id));
+                        continue;
+                    }
+                };
+                let this = self.clone();
+                let (run_id, created_by) = (run.id.clone(), run.created_by.clone());
+                let (step, token, updates) = (step.clone(), cancel.child_token(), updates.clone());
+                tasks.spawn(async move {
+                    let outcome = this
+                        .run_step(
+                            &run_id,
+                            &created_by,
+                            &step,
+                            inputs,
+                            token,
+                            updates,
+                            resuming,
+                        )
+                        .await;
+                    (step.id, outcome)
+                });
             }
             if tasks.is_empty() {
                 break;
@@ -276,9 +370,21 @@ impl Runner {
                             continue;
                         }
                     };
-                    store
-                        .finish_step(&run.id, &step_id, outcome.status, outcome.outputs.as_ref(), outcome.error.as_deref())
-                        .await?;
+                    match &outcome.cached_from {
+                        Some(from) => {
+                            store
+                                .finish_step_cached(&run.id, &step_id, outcome.outputs.as_ref().unwrap_or(&Value::Null), from)
+                                .await?
+                        }
+                        None => {
+                            store
+                                .finish_step(&run.id, &step_id, outcome.status, outcome.outputs.as_ref(), outcome.error.as_deref())
+                                .await?
+                        }
+                    }
+                    if let Some(kind) = outcome.kind {
+                        store.set_step_failure_kind(&run.id, &step_id, kind_name(kind)).await?;
+                    }
                     notify(&updates, finished(&step_id, outcome.status, outcome.error.clone()));
                     if let (StepStatus::Succeeded, Some(Value::Object(out))) = (outcome.status, &outcome.outputs) {
                         if let Some(m @ Value::Object(_)) = out.get("metrics") {
@@ -299,6 +405,7 @@ impl Runner {
                 }
             }
         }
+        watcher.abort();
 
         // Steps that never started.
         for step in &workflow.steps {
@@ -336,6 +443,8 @@ impl Runner {
             .await?)
     }
 
+    /// Run a step with its retry policy.
+    #[allow(clippy::too_many_arguments)]
     async fn run_step(
         &self,
         run_id: &str,
@@ -344,43 +453,125 @@ impl Runner {
         inputs: Value,
         cancel: CancellationToken,
         updates: Option<UnboundedSender<RunUpdate>>,
+        mut resuming: bool,
     ) -> StepOutcome {
-        match self
-            .run_step_inner(run_id, created_by, step, inputs, cancel, updates)
-            .await
-        {
-            Ok(outcome) => outcome,
-            Err(e) => StepOutcome::failed(e.to_string()),
+        let store = &self.inner.store;
+        let policy = step.retry.clone().unwrap_or_default();
+        let mut retry: Option<RetryContext> = None;
+        loop {
+            let outcome = match self
+                .attempt(
+                    run_id,
+                    created_by,
+                    step,
+                    &inputs,
+                    &cancel,
+                    &updates,
+                    resuming,
+                    retry.clone(),
+                )
+                .await
+            {
+                Ok(o) => o,
+                Err(e) => StepOutcome::failed(RetryOn::Failure, e.to_string()),
+            };
+            resuming = false;
+            let Some(kind) = outcome.kind else {
+                return outcome;
+            };
+            if cancel.is_cancelled() {
+                return outcome;
+            }
+            let Ok(record) = store.step(run_id, &step.id).await else {
+                return outcome;
+            };
+            let infrastructure = kind == RetryOn::Infrastructure;
+            let used = if infrastructure {
+                record.infrastructure_retries
+            } else {
+                record.failure_retries
+            } as u32;
+            let budget = policy.retries(kind);
+            if used >= budget {
+                return outcome;
+            }
+            let delay = policy.delay(used + 1);
+            let error = outcome.error.clone().unwrap_or_default();
+            let message = format!(
+                "attempt {} failed ({}): {error}; retrying in {:.0?} (retry {} of {budget} for {} failures)",
+                record.attempt,
+                kind_name(kind),
+                delay,
+                used + 1,
+                kind_name(kind)
+            );
+            let _ = store
+                .append_event(run_id, Some(&step.id), "warn", &message)
+                .await;
+            notify(
+                &updates,
+                RunUpdate::StepLog {
+                    step_id: step.id.clone(),
+                    level: "warn".into(),
+                    message,
+                },
+            );
+            if store
+                .count_retry(run_id, &step.id, infrastructure)
+                .await
+                .is_err()
+            {
+                return outcome;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = cancel.cancelled() => return StepOutcome::cancelled(),
+            }
+            retry = Some(RetryContext {
+                reason: if infrastructure {
+                    RetryReason::Infrastructure
+                } else {
+                    RetryReason::Failure
+                },
+                previous_error: error,
+            });
         }
     }
 
-    async fn run_step_inner(
+    /// One attempt of a step (or the continuation of an interrupted one).
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
         &self,
         run_id: &str,
         created_by: &str,
         step: &Step,
-        inputs: Value,
-        cancel: CancellationToken,
-        updates: Option<UnboundedSender<RunUpdate>>,
+        inputs: &Value,
+        cancel: &CancellationToken,
+        updates: &Option<UnboundedSender<RunUpdate>>,
+        resuming: bool,
+        retry: Option<RetryContext>,
     ) -> Result<StepOutcome> {
         let store = &self.inner.store;
         let ws = &self.inner.ws;
-        let log_dir = ws.log_dir(run_id);
         let is_plugin = !step.uses.starts_with("builtin/");
-        let log_path = is_plugin.then(|| log_dir.join(format!("{}.log", step.id)));
-        let attempt = store
-            .start_step(
-                run_id,
-                &step.id,
-                &inputs,
-                log_path
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .as_deref(),
-            )
-            .await?;
+        let log_path = is_plugin.then(|| ws.log_dir(run_id).join(format!("{}.log", step.id)));
+        let attempt = if resuming {
+            store.resume_step(run_id, &step.id).await?
+        } else {
+            store
+                .start_step(
+                    run_id,
+                    &step.id,
+                    inputs,
+                    log_path
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .as_deref(),
+                )
+                .await?
+        };
         notify(
-            &updates,
+            updates,
             RunUpdate::StepStarted {
                 step_id: step.id.clone(),
                 attempt,
@@ -394,11 +585,141 @@ impl Runner {
             rx,
             updates.clone(),
         ));
+        if resuming {
+            let _ = tx.send(StepEvent::Log {
+                level: "info".into(),
+                message: format!("continuing attempt {attempt} after an engine restart"),
+            });
+        }
+        let outcome = self
+            .attempt_inner(
+                run_id, created_by, step, inputs, cancel, attempt, resuming, retry, &tx,
+            )
+            .await;
+        drop(tx);
+        let _ = drain.await;
+        outcome
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt_inner(
+        &self,
+        run_id: &str,
+        created_by: &str,
+        step: &Step,
+        inputs: &Value,
+        cancel: &CancellationToken,
+        attempt: i64,
+        resuming: bool,
+        retry: Option<RetryContext>,
+        tx: &UnboundedSender<StepEvent>,
+    ) -> Result<StepOutcome> {
+        let store = &self.inner.store;
+        let ws = &self.inner.ws;
+        let is_plugin = !step.uses.starts_with("builtin/");
+        let log = |level: &str, message: String| {
+            let _ = tx.send(StepEvent::Log {
+                level: level.into(),
+                message,
+            });
+        };
+
+        // Memoized outputs.
+        let cache_key = if step.cache {
+            let implementation = if is_plugin {
+                match self.inner.plugins.get(&step.uses) {
+                    Some(p) => format!("{}@{}", p.info.name, p.info.digest),
+                    None => step.uses.clone(),
+                }
+            } else {
+                format!("{}@kiln-{}", step.uses, env!("CARGO_PKG_VERSION"))
+            };
+            Some(memo::cache_key(
+                &implementation,
+                step.action.as_deref(),
+                inputs,
+                ws.root(),
+            ))
+        } else {
+            None
+        };
+        if let Some(key) = &cache_key
+            && !resuming
+            && let Some(hit) = store.cached_outputs(key).await?
+        {
+            let from = format!("{}/{}", hit.run_id, hit.step_id);
+            log(
+                "info",
+                format!(
+                    "cached: reused the outputs of step `{}` of run {}",
+                    hit.step_id, hit.run_id
+                ),
+            );
+            let mut outcome = StepOutcome::succeeded(hit.outputs);
+            outcome.cached_from = Some(from);
+            return Ok(outcome);
+        }
+
+        // GPU slots.
+        let lease: Option<GpuLease> = if !self.inner.gpus.managed() {
+            None
+        } else if let Some(devices) = store
+            .step(run_id, &step.id)
+            .await?
+            .gpus
+            .filter(|_| resuming)
+        {
+            let devices: Vec<u32> = devices.split(',').filter_map(|d| d.parse().ok()).collect();
+            Some(
+                self.inner
+                    .gpus
+                    .relock(&devices)
+                    .map_err(|e| Error::io("locking GPUs in", &ws.kiln_dir(), e))?,
+            )
+        } else if step.resources.gpus == 0 {
+            Some(self.inner.gpus.none())
+        } else {
+            let n = step.resources.gpus;
+            let lease = match self
+                .inner
+                .gpus
+                .try_lease(n)
+                .map_err(|e| Error::io("locking GPUs in", &ws.kiln_dir(), e))?
+            {
+                Some(l) => l,
+                None => {
+                    log("info", format!("waiting for {n} free GPU(s)"));
+                    tokio::select! {
+                        l = self.inner.gpus.lease(n) => l.map_err(|e| Error::io("locking GPUs in", &ws.kiln_dir(), e))?,
+                        _ = cancel.cancelled() => return Ok(StepOutcome::cancelled()),
+                    }
+                }
+            };
+            let devices = lease
+                .devices
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            store.set_step_gpus(run_id, &step.id, &devices).await?;
+            log("info", format!("leased GPU(s) {devices}"));
+            Some(lease)
+        };
+
         let tracker = ProcessTracker::default();
         let work = async {
             if is_plugin {
-                self.run_plugin_step(run_id, step, attempt, &inputs, &tracker, tx.clone())
-                    .await
+                self.run_plugin_step(
+                    run_id,
+                    step,
+                    attempt,
+                    inputs,
+                    &tracker,
+                    tx.clone(),
+                    retry,
+                    lease.as_ref(),
+                )
+                .await
             } else {
                 let log_tx = tx.clone();
                 let log = move |message: &str| {
@@ -413,12 +734,12 @@ impl Runner {
                     run_id,
                     step_id: &step.id,
                     created_by,
-                    inputs: &inputs,
+                    inputs,
                     log: &log,
                 };
                 builtins::run(&step.uses, &ctx)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| (FailureKind::InvalidInput, e.to_string()))
             }
         };
         let timeout = step.timeout.map(|t| t.as_duration());
@@ -429,11 +750,12 @@ impl Runner {
                     None => Ok(work.await),
                 }
             } => match r {
-                Ok(Ok(outputs)) => StepOutcome { status: StepStatus::Succeeded, outputs: Some(outputs), error: None },
-                Ok(Err(message)) => StepOutcome::failed(message),
+                Ok(Ok(outputs)) => StepOutcome::succeeded(outputs),
+                Ok(Err((FailureKind::Infrastructure, message))) => StepOutcome::failed(RetryOn::Infrastructure, message),
+                Ok(Err((_, message))) => StepOutcome::failed(RetryOn::Failure, message),
                 Err(t) => {
                     tracker.terminate_all(self.inner.config.kill_grace).await;
-                    StepOutcome::failed(format!(
+                    StepOutcome::failed(RetryOn::Failure, format!(
                         "timed out after {} (the step's `timeout`); its programs were stopped",
                         humantime_like(t)
                     ))
@@ -441,14 +763,27 @@ impl Runner {
             },
             _ = cancel.cancelled() => {
                 tracker.terminate_all(self.inner.config.kill_grace).await;
-                StepOutcome { status: StepStatus::Cancelled, outputs: None, error: Some("cancelled".into()) }
+                StepOutcome::cancelled()
             }
         };
-        drop(tx);
-        let _ = drain.await;
+        drop(lease);
+        if outcome.status == StepStatus::Succeeded
+            && let Some(Value::Object(out)) = &outcome.outputs
+        {
+            if let Some(epoch) = out.get("resumed_from_epoch").and_then(Value::as_i64) {
+                log(
+                    "info",
+                    format!("training resumed from its checkpoint at epoch {epoch}"),
+                );
+            }
+            if let (Some(key), Some(outputs)) = (&cache_key, &outcome.outputs) {
+                store.store_outputs(key, outputs, run_id, &step.id).await?;
+            }
+        }
         Ok(outcome)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run_plugin_step(
         &self,
         run_id: &str,
@@ -457,12 +792,17 @@ impl Runner {
         inputs: &Value,
         tracker: &ProcessTracker,
         events: UnboundedSender<StepEvent>,
-    ) -> std::result::Result<Value, String> {
+        retry: Option<RetryContext>,
+        lease: Option<&GpuLease>,
+    ) -> std::result::Result<Value, (FailureKind, String)> {
         let ws = &self.inner.ws;
         let plugins = &self.inner.plugins;
-        let plugin = plugins
-            .get(&step.uses)
-            .ok_or_else(|| format!("plugin `{}` is not installed", step.uses))?;
+        let plugin = plugins.get(&step.uses).ok_or_else(|| {
+            (
+                FailureKind::Plugin,
+                format!("plugin `{}` is not installed", step.uses),
+            )
+        })?;
         self.inner
             .store
             .set_step_plugin(
@@ -475,8 +815,9 @@ impl Runner {
                 },
             )
             .await
-            .map_err(|e| e.to_string())?;
-        let dirs = granted_dirs(ws, &step.uses, inputs).map_err(|e| e.to_string())?;
+            .map_err(|e| (FailureKind::Infrastructure, e.to_string()))?;
+        let dirs = granted_dirs(ws, &step.uses, inputs)
+            .map_err(|e| (FailureKind::InvalidInput, e.to_string()))?;
         let inv = StepInvocation {
             run_id: run_id.to_owned(),
             step_id: step.id.clone(),
@@ -492,8 +833,29 @@ impl Runner {
                 .join(format!("attempt-{attempt}")),
             processes: tracker.clone(),
             events: Some(events),
+            retry,
+            gpus: lease.map(GpuLease::grant),
         };
-        plugins.run(&step.uses, &inv).await.map_err(|f| f.message)
+        plugins
+            .run(&step.uses, &inv)
+            .await
+            .map_err(|f| (f.kind, f.message))
+    }
+}
+
+/// Poll for cancel requests made from other processes (`kiln runs cancel`) and keep the run's
+/// heartbeat fresh.
+async fn watch_run(store: Store, run_id: String, cancel: CancellationToken) {
+    let mut beat = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if store.cancel_requested(&run_id).await.unwrap_or(false) {
+            cancel.cancel();
+        }
+        if beat.elapsed() >= Duration::from_secs(5) {
+            beat = tokio::time::Instant::now();
+            let _ = store.heartbeat(&run_id).await;
+        }
     }
 }
 

@@ -11,10 +11,14 @@
 pub mod builtins;
 mod catalog;
 mod executor;
+pub mod gpu;
+mod memo;
+mod run_lock;
 pub mod workspace;
 
 pub use catalog::EngineCatalog;
 pub use executor::{RunUpdate, Runner, RunnerConfig};
+pub use run_lock::RunLock;
 pub use workspace::Workspace;
 
 use std::path::{Path, PathBuf};

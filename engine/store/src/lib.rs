@@ -4,6 +4,7 @@
 //! default, a file in the workspace's `.kiln/`) and PostgreSQL through sqlx's `Any` driver with
 //! one set of portable migrations (`migrations/` at the repository root) and portable queries.
 
+mod cache;
 mod events;
 mod models;
 mod runs;
@@ -11,6 +12,7 @@ mod status;
 mod steps;
 mod time_fmt;
 
+pub use cache::CachedOutputs;
 pub use events::{Checkpoint, Event};
 pub use models::{ModelRecord, NewModel};
 pub use runs::{NewRun, RunRecord, RunStats};

@@ -157,6 +157,68 @@ impl Store {
         self.run(&run.id).await
     }
 
+    /// Ask the engine executing a run to cancel it (it polls for this).
+    pub async fn request_cancel(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE runs SET cancel_requested_at = $1 WHERE id = $2 AND cancel_requested_at IS NULL")
+            .bind(time_fmt::now())
+            .bind(id)
+            .execute(self.pool())
+            .await
+            .map_err(query_err("requesting a cancel"))?;
+        Ok(())
+    }
+
+    pub async fn cancel_requested(&self, id: &str) -> Result<bool> {
+        let at: Option<String> =
+            sqlx::query_scalar("SELECT cancel_requested_at FROM runs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(query_err("reading a cancel request"))?
+                .flatten();
+        Ok(at.is_some())
+    }
+
+    /// Refresh the liveness mark of a running run.
+    pub async fn heartbeat(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE runs SET heartbeat_at = $1 WHERE id = $2")
+            .bind(time_fmt::now())
+            .bind(id)
+            .execute(self.pool())
+            .await
+            .map_err(query_err("recording a heartbeat"))?;
+        Ok(())
+    }
+
+    /// Prepare a failed or cancelled run to run again from its unfinished steps: those steps go
+    /// back to `queued` (keeping their attempt count and outputs of succeeded steps), the run to
+    /// `queued` with its end cleared.
+    pub async fn reset_for_retry(&self, id: &str) -> Result<()> {
+        let mut tx = self
+            .pool()
+            .begin()
+            .await
+            .map_err(query_err("retrying a run"))?;
+        sqlx::query(
+            "UPDATE steps SET status = 'queued', error_message = NULL, failure_kind = NULL, \
+             failure_retries = 0, infrastructure_retries = 0 \
+             WHERE run_id = $1 AND status IN ('failed', 'cancelled', 'skipped')",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err("retrying a run"))?;
+        sqlx::query(
+            "UPDATE runs SET status = 'queued', error_message = NULL, finished_at = NULL, \
+             duration_ms = NULL, cancel_requested_at = NULL WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err("retrying a run"))?;
+        tx.commit().await.map_err(query_err("retrying a run"))
+    }
+
     /// The run with this id, or the only run whose id starts with `id_or_prefix`.
     pub async fn run(&self, id_or_prefix: &str) -> Result<RunRecord> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");

@@ -36,6 +36,15 @@ pub struct StepRecord {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub duration_ms: Option<i64>,
+    /// `failure` or `infrastructure` for failed steps.
+    pub failure_kind: Option<String>,
+    /// Retries used so far, per kind.
+    pub failure_retries: i64,
+    pub infrastructure_retries: i64,
+    /// GPU devices leased to the step, e.g. "0,1".
+    pub gpus: Option<String>,
+    /// `<run>/<step>` whose memoized outputs this step reused.
+    pub cached_from: Option<String>,
 }
 
 /// Which plugin ran a step.
@@ -73,6 +82,13 @@ fn step_from_row(row: &AnyRow) -> Result<StepRecord> {
         started_at: row.try_get("started_at").map_err(query_err(DOING))?,
         finished_at: row.try_get("finished_at").map_err(query_err(DOING))?,
         duration_ms: row.try_get("duration_ms").map_err(query_err(DOING))?,
+        failure_kind: row.try_get("failure_kind").map_err(query_err(DOING))?,
+        failure_retries: row.try_get("failure_retries").map_err(query_err(DOING))?,
+        infrastructure_retries: row
+            .try_get("infrastructure_retries")
+            .map_err(query_err(DOING))?,
+        gpus: row.try_get("gpus").map_err(query_err(DOING))?,
+        cached_from: row.try_get("cached_from").map_err(query_err(DOING))?,
     })
 }
 
@@ -113,7 +129,8 @@ impl Store {
         let now = time_fmt::now();
         sqlx::query(
             "UPDATE steps SET status = $1, attempt = attempt + 1, inputs_json = $2, log_path = $3, \
-             started_at = $4, finished_at = NULL, duration_ms = NULL, error_message = NULL \
+             started_at = $4, finished_at = NULL, duration_ms = NULL, error_message = NULL, \
+             failure_kind = NULL, cached_from = NULL, outputs_json = NULL, progress_json = NULL \
              WHERE run_id = $5 AND step_id = $6",
         )
         .bind(StepStatus::Running.as_str())
@@ -196,6 +213,81 @@ impl Store {
         .execute(self.pool())
         .await
         .map_err(query_err("finishing a step"))?;
+        Ok(())
+    }
+
+    /// A step interrupted by an engine crash continues its current attempt (no new attempt).
+    pub async fn resume_step(&self, run_id: &str, step_id: &str) -> Result<i64> {
+        Ok(self.step(run_id, step_id).await?.attempt)
+    }
+
+    /// Record how a failed step failed (`failure` or `infrastructure`).
+    pub async fn set_step_failure_kind(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        kind: &str,
+    ) -> Result<()> {
+        sqlx::query("UPDATE steps SET failure_kind = $1 WHERE run_id = $2 AND step_id = $3")
+            .bind(kind)
+            .bind(run_id)
+            .bind(step_id)
+            .execute(self.pool())
+            .await
+            .map_err(query_err("recording a failure kind"))?;
+        Ok(())
+    }
+
+    /// Count one retry of `kind` (`failure` or `infrastructure`) against the step's budget.
+    pub async fn count_retry(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        infrastructure: bool,
+    ) -> Result<()> {
+        let sql = if infrastructure {
+            "UPDATE steps SET infrastructure_retries = infrastructure_retries + 1 WHERE run_id = $1 AND step_id = $2"
+        } else {
+            "UPDATE steps SET failure_retries = failure_retries + 1 WHERE run_id = $1 AND step_id = $2"
+        };
+        sqlx::query(sql)
+            .bind(run_id)
+            .bind(step_id)
+            .execute(self.pool())
+            .await
+            .map_err(query_err("counting a retry"))?;
+        Ok(())
+    }
+
+    /// Record the GPU devices leased to a step.
+    pub async fn set_step_gpus(&self, run_id: &str, step_id: &str, gpus: &str) -> Result<()> {
+        sqlx::query("UPDATE steps SET gpus = $1 WHERE run_id = $2 AND step_id = $3")
+            .bind(gpus)
+            .bind(run_id)
+            .bind(step_id)
+            .execute(self.pool())
+            .await
+            .map_err(query_err("recording GPUs"))?;
+        Ok(())
+    }
+
+    /// A step that reused memoized outputs: succeeded at once, with where they came from.
+    pub async fn finish_step_cached(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        outputs: &serde_json::Value,
+        cached_from: &str,
+    ) -> Result<()> {
+        self.finish_step(run_id, step_id, StepStatus::Succeeded, Some(outputs), None)
+            .await?;
+        sqlx::query("UPDATE steps SET cached_from = $1 WHERE run_id = $2 AND step_id = $3")
+            .bind(cached_from)
+            .bind(run_id)
+            .bind(step_id)
+            .execute(self.pool())
+            .await
+            .map_err(query_err("recording a cached step"))?;
         Ok(())
     }
 

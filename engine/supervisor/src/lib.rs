@@ -9,9 +9,14 @@
 //!
 //! ```text
 //! DIR/spec.json    what to run (written by the engine)
-//! DIR/child.json   pid, process group and start time of the program (written by the supervisor)
+//! DIR/child.json   pid, process group and start times of program and supervisor
 //! DIR/exit.json    exit code or signal, or why it could not start (written by the supervisor)
 //! ```
+//!
+//! [`Supervised::launch_or_attach`] is keyed by the state directory: called again for the same
+//! directory (an engine restarted after a crash), it re-attaches to the program that is running or
+//! has ended instead of starting a second copy. A program that is gone without an exit record
+//! (the machine rebooted, the supervisor was killed) is reported as [`Error::Lost`].
 //!
 //! Architecture invariant: this crate knows nothing about plugins, workflows or the database.
 
@@ -19,10 +24,11 @@ mod proc_info;
 mod records;
 mod supervise;
 
-pub use proc_info::{ProcessIdentity, group_alive, signal_group};
+pub use proc_info::{ProcessIdentity, Sig, group_alive, signal_group};
 pub use records::{ChildRecord, ExitRecord, LaunchSpec, read_child, read_exit, read_spec};
 pub use supervise::run as supervise_main;
 
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -42,49 +48,113 @@ pub enum Error {
     },
     #[error("cannot start `{program}`: {message}")]
     Start { program: String, message: String },
-    #[error("the supervisor of `{program}` ended without recording an exit status (see {log})")]
-    SupervisorLost { program: String, log: PathBuf },
+    /// The program is gone and nobody recorded how it ended: an infrastructure failure.
+    #[error("`{program}` (pid {pid}) is gone without an exit record ({why}); see {state_dir}")]
+    Lost {
+        program: String,
+        pid: i32,
+        why: String,
+        state_dir: PathBuf,
+    },
     #[error("malformed supervisor record {path}: {message}")]
     Record { path: PathBuf, message: String },
 }
 
+impl Error {
+    /// True for failures of the machine or the engine rather than of the program itself.
+    pub fn is_infrastructure(&self) -> bool {
+        matches!(self, Self::Lost { .. } | Self::SpawnSupervisor { .. })
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// A program running under a supervisor.
+/// A program running (or ended) under a supervisor.
 #[derive(Debug)]
 pub struct Supervised {
-    supervisor: tokio::process::Child,
+    /// Our child when we started the supervisor; None after a re-attach.
+    supervisor: Option<tokio::process::Child>,
     state_dir: PathBuf,
     child: ChildRecord,
     program: String,
+    attached: bool,
 }
 
+/// How often a re-attached engine looks for the exit record.
+const POLL: Duration = Duration::from_millis(100);
+
 impl Supervised {
-    /// Start `spec` under a supervisor run from `supervisor_exe` (normally the `kiln` binary).
+    /// Start `spec` under a supervisor run from `supervisor_exe` (normally the `kiln` binary),
+    /// or, when `state_dir` already holds this launch, re-attach to it. `inherit_fds` stay open in
+    /// the supervisor and the program (e.g. GPU slot locks, held until the last of them exits).
     /// Returns once the program has started, with its pid and process group known.
-    pub async fn launch(
+    pub async fn launch_or_attach(
         supervisor_exe: &Path,
         state_dir: &Path,
         spec: &LaunchSpec,
+        inherit_fds: &[RawFd],
     ) -> Result<Self> {
-        std::fs::create_dir_all(state_dir).map_err(|source| Error::State {
+        let program = spec.program.display().to_string();
+        if records::read_spec(state_dir)?.is_some() {
+            if let Some(attached) = Self::attach(state_dir, &program).await? {
+                return Ok(attached);
+            }
+            tracing::info!(state_dir = %state_dir.display(), "launch was recorded but never started; starting it");
+        }
+        Self::launch(supervisor_exe, state_dir, spec, inherit_fds).await
+    }
+
+    /// Re-attach to the launch recorded in `state_dir`. Ok(None) when it never started.
+    async fn attach(state_dir: &Path, program: &str) -> Result<Option<Self>> {
+        let attached = |child: ChildRecord| Self {
+            supervisor: None,
+            state_dir: state_dir.to_owned(),
+            child,
+            program: program.to_owned(),
+            attached: true,
+        };
+        // A supervisor may be starting right now: give it a moment to record the child.
+        let mut waited = Duration::ZERO;
+        loop {
+            if let Some(child) = records::read_child(state_dir)? {
+                let me = attached(child);
+                if me.try_exit()?.is_none() && !me.alive() {
+                    return Err(me.lost("neither the program nor its supervisor is running"));
+                }
+                return Ok(Some(me));
+            }
+            if let Some(exit) = records::read_exit(state_dir)? {
+                return Err(Error::Start {
+                    program: program.to_owned(),
+                    message: exit
+                        .start_error
+                        .unwrap_or_else(|| "exited before it was recorded".into()),
+                });
+            }
+            if !proc_info::supervisor_running_for(state_dir) || waited > Duration::from_secs(5) {
+                return Ok(None);
+            }
+            tokio::time::sleep(POLL).await;
+            waited += POLL;
+        }
+    }
+
+    async fn launch(
+        supervisor_exe: &Path,
+        state_dir: &Path,
+        spec: &LaunchSpec,
+        inherit_fds: &[RawFd],
+    ) -> Result<Self> {
+        let state_err = |source| Error::State {
             path: state_dir.to_owned(),
             source,
-        })?;
-        records::write_json_atomic(&state_dir.join(records::SPEC_FILE), spec).map_err(
-            |source| Error::State {
-                path: state_dir.to_owned(),
-                source,
-            },
-        )?;
+        };
+        std::fs::create_dir_all(state_dir).map_err(state_err)?;
+        records::write_json_atomic(&state_dir.join(records::SPEC_FILE), spec).map_err(state_err)?;
         let supervisor_log =
-            std::fs::File::create(state_dir.join("supervisor.log")).map_err(|source| {
-                Error::State {
-                    path: state_dir.to_owned(),
-                    source,
-                }
-            })?;
-        let mut supervisor = tokio::process::Command::new(supervisor_exe)
+            std::fs::File::create(state_dir.join("supervisor.log")).map_err(state_err)?;
+        let mut command = tokio::process::Command::new(supervisor_exe);
+        command
             .arg("supervise")
             .arg(state_dir)
             .env_clear()
@@ -92,21 +162,34 @@ impl Supervised {
             .stdout(Stdio::null())
             .stderr(supervisor_log)
             // The supervisor must survive the engine: never kill it when the handle drops.
-            .kill_on_drop(false)
-            .spawn()
-            .map_err(|source| Error::SpawnSupervisor {
-                exe: supervisor_exe.to_owned(),
-                source,
-            })?;
+            .kill_on_drop(false);
+        if !inherit_fds.is_empty() {
+            let fds = inherit_fds.to_vec();
+            // SAFETY: runs in the forked child before exec and only calls fcntl, which is
+            // async-signal-safe; it clears close-on-exec so these descriptors are inherited.
+            unsafe {
+                command.pre_exec(move || {
+                    for fd in &fds {
+                        proc_info::clear_cloexec(*fd)?;
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut supervisor = command.spawn().map_err(|source| Error::SpawnSupervisor {
+            exe: supervisor_exe.to_owned(),
+            source,
+        })?;
         let program = spec.program.display().to_string();
         // Wait for the supervisor to record the started child (or its failure to start).
         loop {
             if let Some(child) = records::read_child(state_dir)? {
                 return Ok(Self {
-                    supervisor,
+                    supervisor: Some(supervisor),
                     state_dir: state_dir.to_owned(),
                     child,
                     program,
+                    attached: false,
                 });
             }
             if let Some(exit) = records::read_exit(state_dir)? {
@@ -115,19 +198,17 @@ impl Supervised {
                     .unwrap_or_else(|| "it exited before it was recorded".into());
                 return Err(Error::Start { program, message });
             }
-            if let Ok(Some(_)) = supervisor.try_wait() {
-                // Re-check once: the records may have landed just before it exited.
-                if let Some(exit) = records::read_exit(state_dir)? {
-                    let message = exit.start_error.unwrap_or_else(|| "exited early".into());
-                    return Err(Error::Start { program, message });
-                }
-                if records::read_child(state_dir)?.is_none() {
-                    return Err(Error::SupervisorLost {
-                        program,
-                        log: state_dir.join("supervisor.log"),
-                    });
-                }
-                continue;
+            if let Ok(Some(_)) = supervisor.try_wait()
+                && records::read_child(state_dir)?.is_none()
+                && records::read_exit(state_dir)?.is_none()
+            {
+                return Err(Error::Start {
+                    program,
+                    message: format!(
+                        "the supervisor exited without starting it (see {})",
+                        state_dir.join("supervisor.log").display()
+                    ),
+                });
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -142,17 +223,55 @@ impl Supervised {
         &self.state_dir
     }
 
+    /// True when this handle re-attached to a launch of an earlier engine process.
+    pub fn is_attached(&self) -> bool {
+        self.attached
+    }
+
+    /// True while the program or its supervisor (which will record the exit) is running.
+    fn alive(&self) -> bool {
+        let program = ProcessIdentity {
+            pid: self.child.pid,
+            start_ticks: self.child.start_ticks,
+        };
+        let supervisor = ProcessIdentity {
+            pid: self.child.supervisor_pid,
+            start_ticks: self.child.supervisor_start_ticks,
+        };
+        program.is_running() || supervisor.is_running()
+    }
+
+    fn lost(&self, why: &str) -> Error {
+        Error::Lost {
+            program: self.program.clone(),
+            pid: self.child.pid,
+            why: why.to_owned(),
+            state_dir: self.state_dir.clone(),
+        }
+    }
+
     /// Wait for the program to end and return its recorded exit status. Does not hold a thread.
     pub async fn wait(&mut self) -> Result<ExitRecord> {
-        let _ = self.supervisor.wait().await;
-        records::read_exit(&self.state_dir)?.ok_or_else(|| Error::SupervisorLost {
-            program: self.program.clone(),
-            log: self.state_dir.join("supervisor.log"),
-        })
+        if let Some(supervisor) = &mut self.supervisor {
+            let _ = supervisor.wait().await;
+            return records::read_exit(&self.state_dir)?
+                .ok_or_else(|| self.lost("its supervisor ended without recording the exit"));
+        }
+        loop {
+            if let Some(exit) = records::read_exit(&self.state_dir)? {
+                return Ok(exit);
+            }
+            if !self.alive() {
+                // The supervisor may have written the record just before it exited.
+                return records::read_exit(&self.state_dir)?
+                    .ok_or_else(|| self.lost("neither the program nor its supervisor is running"));
+            }
+            tokio::time::sleep(POLL).await;
+        }
     }
 
     /// The exit record if the program has already ended.
-    pub fn try_exit(&mut self) -> Result<Option<ExitRecord>> {
+    pub fn try_exit(&self) -> Result<Option<ExitRecord>> {
         records::read_exit(&self.state_dir)
     }
 
@@ -160,20 +279,22 @@ impl Supervised {
     /// Returns once no process of the group remains.
     pub async fn terminate(&mut self, grace: Duration) {
         terminate_group(self.child.pgid, grace).await;
-        let _ = self.supervisor.wait().await;
+        if let Some(s) = &mut self.supervisor {
+            let _ = s.wait().await;
+        }
     }
 }
 
 /// SIGTERM a process group, wait up to `grace` for it to empty, then SIGKILL it and wait until it
 /// is empty.
 pub async fn terminate_group(pgid: i32, grace: Duration) {
-    signal_group(pgid, proc_info::Sig::Term);
+    signal_group(pgid, Sig::Term);
     let deadline = tokio::time::Instant::now() + grace;
     while group_alive(pgid) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     while group_alive(pgid) {
-        signal_group(pgid, proc_info::Sig::Kill);
+        signal_group(pgid, Sig::Kill);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

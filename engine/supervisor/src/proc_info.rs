@@ -52,3 +52,27 @@ impl ProcessIdentity {
         Self::of(self.pid).is_some_and(|now| now.start_ticks == self.start_ticks)
     }
 }
+
+/// True when some process runs `... supervise <state_dir>` (scanning /proc).
+pub(crate) fn supervisor_running_for(state_dir: &std::path::Path) -> bool {
+    let needle = state_dir.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            return false;
+        };
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
+            let mut args = cmd.split(|b| *b == 0);
+            args.any(|a| a == b"supervise") && cmd.split(|b| *b == 0).any(|a| a == needle)
+        })
+    })
+}
+
+/// Let `fd` survive exec (used between fork and exec; async-signal-safe).
+pub(crate) fn clear_cloexec(fd: std::os::fd::RawFd) -> std::io::Result<()> {
+    // SAFETY: the caller owns `fd` for the duration of the spawn.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::empty()).map_err(std::io::Error::from)
+}

@@ -32,6 +32,9 @@ pub struct ChildRecord {
     /// identifies the process even after the pid is recycled.
     pub start_ticks: u64,
     pub supervisor_pid: i32,
+    /// Start time of the supervisor, like `start_ticks`.
+    #[serde(default)]
+    pub supervisor_start_ticks: u64,
     pub started_at: String,
 }
 

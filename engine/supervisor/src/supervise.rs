@@ -64,6 +64,9 @@ fn supervise(state_dir: &Path) -> Result<(), String> {
         pgid: pid,
         start_ticks,
         supervisor_pid: std::process::id() as i32,
+        supervisor_start_ticks: ProcessIdentity::of(std::process::id() as i32)
+            .map(|p| p.start_ticks)
+            .unwrap_or(0),
         started_at: now_rfc3339(),
     };
     if let Err(e) = write_json_atomic(&state_dir.join(CHILD_FILE), &record) {

@@ -9,6 +9,12 @@ pub trait Catalog {
     /// Describe what `uses` (+ `action`) accepts and returns; `Err` (with a message and
     /// a hint) if unknown.
     fn action(&self, uses: &str, action: Option<&str>) -> Result<ActionSpec, CatalogError>;
+
+    /// GPUs of the machine the steps run on; `None` when unknown, which skips the check
+    /// of `resources.gpus`.
+    fn gpus(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// Inputs and outputs of one action.
@@ -115,6 +121,7 @@ impl CatalogError {
 pub struct MemoryCatalog {
     builtins: BTreeMap<String, ActionSpec>,
     plugins: BTreeMap<String, BTreeMap<String, ActionSpec>>,
+    gpus: Option<u32>,
 }
 
 impl MemoryCatalog {
@@ -140,6 +147,18 @@ impl MemoryCatalog {
     ) -> Self {
         self.add_plugin_action(plugin, action, spec);
         self
+    }
+
+    /// Sets the machine's GPU count (unknown by default: `resources.gpus` is not checked).
+    #[must_use]
+    pub fn with_gpus(mut self, gpus: u32) -> Self {
+        self.set_gpus(Some(gpus));
+        self
+    }
+
+    /// Sets the machine's GPU count; `None` for unknown.
+    pub fn set_gpus(&mut self, gpus: Option<u32>) {
+        self.gpus = gpus;
     }
 
     /// Adds a builtin (steps use it without `action`).
@@ -171,6 +190,10 @@ fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
 }
 
 impl Catalog for MemoryCatalog {
+    fn gpus(&self) -> Option<u32> {
+        self.gpus
+    }
+
     fn action(&self, uses: &str, action: Option<&str>) -> Result<ActionSpec, CatalogError> {
         if let Some(spec) = self.builtins.get(uses) {
             return match action {

@@ -263,6 +263,9 @@ mod tests {
             needs: Vec::new(),
             timeout: None,
             with,
+            retry: None,
+            resources: Default::default(),
+            cache: false,
         }
     }
 

@@ -21,7 +21,10 @@ use std::path::Path;
 pub use catalog::{ActionSpec, Catalog, CatalogError, CatalogErrorKind, InputSpec, MemoryCatalog};
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use expr::{ExprContext, RenderError, render_inputs};
-pub use model::{ParamSpec, ParamType, Step, Timeout, Workflow};
+pub use model::{
+    DEFAULT_BACKOFF, MAX_RETRIES, MAX_RETRY_DELAY, ParamSpec, ParamType, Resources, RetryOn,
+    RetryPolicy, Step, Timeout, Workflow,
+};
 pub use params::{ParamError, ParamErrors, resolve_params};
 
 impl Workflow {

@@ -154,6 +154,163 @@ pub struct Step {
     /// `${{ params.project }}` or `${{ steps.extract.outputs.data_yaml }}`.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub with: serde_json::Map<String, serde_json::Value>,
+    /// Retry the step when it fails, e.g. `{max: 3, backoff: 30s, on: [failure, infrastructure]}`.
+    /// Without it, a failed step is not retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// What the step needs from the machine, e.g. `{gpus: 1}`.
+    #[serde(default, skip_serializing_if = "Resources::is_default")]
+    pub resources: Resources,
+    /// Memoize the step's outputs: reuse them instead of running the step again when it
+    /// would run with the same inputs. Off by default.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub cache: bool,
+}
+
+/// Most retries `retry.max` allows, per kind of failure.
+pub const MAX_RETRIES: u32 = 100;
+
+/// Longest wait between two attempts ([`RetryPolicy::delay`]).
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
+
+/// When and how often a failed step is retried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Retries allowed for each kind of failure listed in `on` (each kind has its own
+    /// budget), at most 100.
+    #[schemars(range(max = 100))]
+    pub max: u32,
+    /// Wait before the first retry, doubled for each next one (at most 1 hour), e.g.
+    /// `10s`, `1m 30s`. Default `10s`.
+    #[serde(default = "default_backoff", with = "humantime_duration")]
+    #[schemars(
+        with = "String",
+        description = "Wait before the first retry, doubled for each next one (at most 1 hour), \
+                       e.g. `10s` or `1m 30s`. Default `10s`."
+    )]
+    pub backoff: Duration,
+    /// Kinds of failure that are retried: `failure` (the step or its program failed)
+    /// and/or `infrastructure` (the machine, process or sandbox failed). Default
+    /// `[infrastructure]`.
+    #[serde(default = "default_retry_on")]
+    #[schemars(length(min = 1), extend("uniqueItems" = true))]
+    pub on: Vec<RetryOn>,
+}
+
+/// A kind of failure that [`RetryPolicy::on`] may retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RetryOn {
+    /// The step failed: its action returned an error or its program exited with failure.
+    Failure,
+    /// The infrastructure failed: the process was killed, the sandbox or machine failed.
+    Infrastructure,
+}
+
+impl RetryOn {
+    /// The name used in workflow files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryOn::Failure => "failure",
+            RetryOn::Infrastructure => "infrastructure",
+        }
+    }
+
+    /// Every kind, in the order of the documentation.
+    pub const ALL: [RetryOn; 2] = [RetryOn::Failure, RetryOn::Infrastructure];
+}
+
+impl fmt::Display for RetryOn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `backoff` when not given.
+pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(10);
+
+fn default_backoff() -> Duration {
+    DEFAULT_BACKOFF
+}
+
+fn default_retry_on() -> Vec<RetryOn> {
+    vec![RetryOn::Infrastructure]
+}
+
+impl Default for RetryPolicy {
+    /// No retries (`max: 0`), default backoff and kinds.
+    fn default() -> Self {
+        Self {
+            max: 0,
+            backoff: DEFAULT_BACKOFF,
+            on: default_retry_on(),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Retries allowed for failures of `kind`: `max` if `on` lists it, else 0.
+    pub fn retries(&self, kind: RetryOn) -> u32 {
+        if self.on.contains(&kind) { self.max } else { 0 }
+    }
+
+    /// Wait before retry number `retry_number` (1 for the first retry):
+    /// `backoff * 2^(retry_number - 1)`, at most [`MAX_RETRY_DELAY`] (1 hour).
+    /// `0` counts as `1`.
+    pub fn delay(&self, retry_number: u32) -> Duration {
+        let mut delay = self.backoff.min(MAX_RETRY_DELAY);
+        // At most ~42 doublings before the cap (1ns * 2^42 > 1h); none for zero.
+        for _ in 1..retry_number {
+            if delay.is_zero() || delay == MAX_RETRY_DELAY {
+                break;
+            }
+            delay = delay.saturating_mul(2).min(MAX_RETRY_DELAY);
+        }
+        delay
+    }
+}
+
+/// A duration as humantime text (`10s`, `1m 30s`); zero allowed.
+mod humantime_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        value: &Duration,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_duration(*value))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(text.trim())
+            .map_err(|err| serde::de::Error::custom(format!("invalid duration `{text}`: {err}")))
+    }
+}
+
+/// What a step needs from the machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Number of GPUs the step needs. Default 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gpus: u32,
+}
+
+impl Resources {
+    /// Whether nothing is asked for (what an absent `resources` means).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 /// One step id or a list of step ids (schema of `needs`).
@@ -237,5 +394,61 @@ impl Workflow {
     /// The step with this id.
     pub fn step(&self, id: &str) -> Option<&Step> {
         self.steps.iter().find(|step| step.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(backoff: Duration) -> RetryPolicy {
+        RetryPolicy {
+            max: 5,
+            backoff,
+            on: vec![RetryOn::Failure],
+        }
+    }
+
+    #[test]
+    fn delay_doubles_up_to_an_hour() {
+        let retry = policy(Duration::from_secs(10));
+        assert_eq!(retry.delay(0), Duration::from_secs(10));
+        assert_eq!(retry.delay(1), Duration::from_secs(10));
+        assert_eq!(retry.delay(2), Duration::from_secs(20));
+        assert_eq!(retry.delay(3), Duration::from_secs(40));
+        assert_eq!(retry.delay(9), Duration::from_secs(2560));
+        assert_eq!(retry.delay(10), MAX_RETRY_DELAY);
+        assert_eq!(retry.delay(33), MAX_RETRY_DELAY);
+        assert_eq!(retry.delay(u32::MAX), MAX_RETRY_DELAY);
+        assert_eq!(policy(Duration::from_secs(7200)).delay(1), MAX_RETRY_DELAY);
+        assert_eq!(policy(Duration::ZERO).delay(u32::MAX), Duration::ZERO);
+        assert_eq!(policy(Duration::MAX).delay(2), MAX_RETRY_DELAY);
+        assert_eq!(
+            policy(Duration::from_nanos(1)).delay(33),
+            Duration::from_nanos(1 << 32)
+        );
+        assert_eq!(
+            policy(Duration::from_nanos(1)).delay(u32::MAX),
+            MAX_RETRY_DELAY
+        );
+    }
+
+    #[test]
+    fn retries_per_kind() {
+        let retry = policy(DEFAULT_BACKOFF);
+        assert_eq!(retry.retries(RetryOn::Failure), 5);
+        assert_eq!(retry.retries(RetryOn::Infrastructure), 0);
+        let default = RetryPolicy::default();
+        assert_eq!(default.on, [RetryOn::Infrastructure]);
+        assert_eq!(default.retries(RetryOn::Infrastructure), 0);
+    }
+
+    #[test]
+    fn retry_on_names() {
+        for kind in RetryOn::ALL {
+            let json = serde_json::to_value(kind).unwrap();
+            assert_eq!(json, serde_json::json!(kind.as_str()));
+            assert_eq!(kind.to_string(), kind.as_str());
+        }
     }
 }

@@ -6,12 +6,24 @@ use serde::de::DeserializeOwned;
 use serde_norway::{Mapping, Value};
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
-use crate::model::{ParamType, Timeout, Workflow};
+use crate::model::{MAX_RETRIES, ParamType, RetryOn, Timeout, Workflow};
 use crate::position::{Path, Pos, PositionIndex};
 
 pub(crate) const TOP_LEVEL_KEYS: &[&str] = &["name", "description", "params", "steps"];
 pub(crate) const PARAM_KEYS: &[&str] = &["type", "required", "default", "enum", "description"];
-pub(crate) const STEP_KEYS: &[&str] = &["id", "uses", "action", "needs", "timeout", "with"];
+pub(crate) const STEP_KEYS: &[&str] = &[
+    "id",
+    "uses",
+    "action",
+    "needs",
+    "timeout",
+    "with",
+    "retry",
+    "resources",
+    "cache",
+];
+pub(crate) const RETRY_KEYS: &[&str] = &["max", "backoff", "on"];
+pub(crate) const RESOURCE_KEYS: &[&str] = &["gpus"];
 
 const NAME_HELP: &str =
     "use lowercase letters, digits, `_` and `-`, starting with a letter or digit";
@@ -130,7 +142,26 @@ fn strip_nulls(root: &mut Value) {
     }
     if let Some(Value::Sequence(steps)) = map.get_mut("steps") {
         for step in steps {
-            strip(step, &["action", "needs", "timeout", "with"]);
+            strip(
+                step,
+                &[
+                    "action",
+                    "needs",
+                    "timeout",
+                    "with",
+                    "retry",
+                    "resources",
+                    "cache",
+                ],
+            );
+            if let Value::Mapping(step) = step {
+                if let Some(retry) = step.get_mut("retry") {
+                    strip(retry, &["backoff", "on"]);
+                }
+                if let Some(resources) = step.get_mut("resources") {
+                    strip(resources, &["gpus"]);
+                }
+            }
         }
     }
 }
@@ -472,6 +503,17 @@ impl Checker<'_> {
                 Some("write durations like `30s`, `2h` or `1h 30m`".to_owned()),
             );
         }
+        if let Some(retry) = map.get("retry") {
+            self.retry(retry, &path.key("retry"), &what);
+        }
+        if let Some(resources) = map.get("resources") {
+            let what = format!("`resources` of {what}");
+            let path = path.key("resources");
+            if let Some(map) = self.mapping(resources, &path, &what, RESOURCE_KEYS, &[]) {
+                self.field::<u32>(map, &path, "gpus", &what);
+            }
+        }
+        self.field::<bool>(map, path, "cache", &what);
         if let Some(with) = map.get("with") {
             let with_path = path.key("with");
             let Value::Mapping(inputs) = with else {
@@ -505,6 +547,98 @@ impl Checker<'_> {
                     );
                 }
             }
+        }
+    }
+}
+
+impl Checker<'_> {
+    /// `retry: {max, backoff, on}` of a step.
+    fn retry(&mut self, retry: &Value, path: &Path, step: &str) {
+        let what = format!("`retry` of {step}");
+        let Some(map) = self.mapping(retry, path, &what, RETRY_KEYS, &["max"]) else {
+            return;
+        };
+        if let Some(max) = self.field::<u32>(map, path, "max", &what)
+            && max > MAX_RETRIES
+        {
+            self.at_value(
+                &path.key("max"),
+                format!("`retry.max` of {step} is {max}, more than the {MAX_RETRIES} allowed"),
+                Some(format!(
+                    "retries are counted per kind of failure; use at most {MAX_RETRIES}"
+                )),
+            );
+        }
+        if let Some(backoff) = self.field::<String>(map, path, "backoff", &what)
+            && let Err(err) = humantime::parse_duration(backoff.trim())
+        {
+            self.at_value(
+                &path.key("backoff"),
+                format!("invalid backoff `{backoff}` in {what}: {err}"),
+                Some("write durations like `10s`, `1m` or `1m 30s`".to_owned()),
+            );
+        }
+        let names = RetryOn::ALL.map(RetryOn::as_str);
+        let allowed = names.join(", ");
+        let on_path = path.key("on");
+        match map.get("on") {
+            None => {}
+            Some(Value::Sequence(kinds)) => {
+                if kinds.is_empty() {
+                    self.at_value(
+                        &on_path,
+                        format!("`retry.on` of {step} is empty: nothing would be retried"),
+                        Some(format!(
+                            "list kinds of failure to retry ({allowed}), or remove `retry`"
+                        )),
+                    );
+                }
+                let mut seen = Vec::new();
+                for (i, kind_value) in kinds.iter().enumerate() {
+                    let item = on_path.index(i);
+                    let Value::String(name) = kind_value else {
+                        self.at_value(
+                            &item,
+                            format!(
+                                "`retry.on` of {step} must list kinds of failure, found {}",
+                                kind(kind_value)
+                            ),
+                            Some(format!("kinds: {allowed}")),
+                        );
+                        continue;
+                    };
+                    if !names.contains(&name.as_str()) {
+                        let help = match closest(name, &names) {
+                            Some(close) => format!("did you mean `{close}`? kinds: {allowed}"),
+                            None => format!("kinds: {allowed}"),
+                        };
+                        self.at_value(
+                            &item,
+                            format!("unknown kind of failure `{name}` in `retry.on` of {step}"),
+                            Some(help),
+                        );
+                    } else if seen.contains(name) {
+                        self.at_value(
+                            &item,
+                            format!("`{name}` is listed twice in `retry.on` of {step}"),
+                            Some("list each kind once".to_owned()),
+                        );
+                    } else {
+                        seen.push(name.clone());
+                    }
+                }
+            }
+            Some(other) => self.at_value(
+                &on_path,
+                format!(
+                    "`retry.on` of {step} must be a list of kinds of failure, found {}",
+                    kind(other)
+                ),
+                Some(match other {
+                    Value::String(name) => format!("write `on: [{name}]` (kinds: {allowed})"),
+                    _ => format!("kinds: {allowed}"),
+                }),
+            ),
         }
     }
 }

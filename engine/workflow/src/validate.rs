@@ -219,6 +219,31 @@ impl<'w> Validator<'w> {
         specs
     }
 
+    /// `resources.gpus` against the machine's GPUs, when the catalog knows them.
+    fn resources(&mut self, catalog: &dyn Catalog) {
+        let Some(available) = catalog.gpus() else {
+            return;
+        };
+        for (i, step) in self.workflow.steps.iter().enumerate() {
+            let needed = step.resources.gpus;
+            if needed > available {
+                let unit = if needed == 1 { "GPU" } else { "GPUs" };
+                self.at_value(
+                    &step_path(i).key("resources").key("gpus"),
+                    format!(
+                        "step `{}` needs {needed} {unit} but this machine has {available}",
+                        step.id
+                    ),
+                    Some(
+                        "lower `resources.gpus`, or configure the machine's GPUs \
+                         (kiln --gpus / KILN_GPUS)"
+                            .to_owned(),
+                    ),
+                );
+            }
+        }
+    }
+
     fn inputs(&mut self, i: usize, step: &Step, spec: &ActionSpec) {
         let path = step_path(i);
         let action = match &step.action {
@@ -444,13 +469,15 @@ impl<'w> Validator<'w> {
 
 impl Workflow {
     /// Checks everything that needs more than the file itself: step references and
-    /// cycles, expressions, and `uses` / `action` / `with` against `catalog`. Reports
-    /// every problem found.
+    /// cycles, expressions, `uses` / `action` / `with` against `catalog`, and
+    /// `resources.gpus` against [`Catalog::gpus`] when it is known. Reports every
+    /// problem found.
     pub fn validate(&self, catalog: &dyn Catalog) -> Result<(), Diagnostics> {
         let mut validator = Validator::new(self);
         let edges = validator.needs();
         validator.cycles(&edges);
         let specs = validator.catalog(catalog);
+        validator.resources(catalog);
         validator.expressions(&edges, &specs);
         validator.diagnostics.into_result(())
     }

@@ -3,9 +3,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use std::time::Duration;
+
 use kiln_workflow::{
-    ActionSpec, Diagnostic, ExprContext, MemoryCatalog, Workflow, json_schema, render_inputs,
-    resolve_params,
+    ActionSpec, Catalog, Diagnostic, ExprContext, MemoryCatalog, Resources, RetryOn, RetryPolicy,
+    Workflow, json_schema, render_inputs, resolve_params,
 };
 use serde_json::{Value, json};
 
@@ -171,7 +173,21 @@ fn schema_describes_the_format() {
     assert!(schema["properties"]["name"]["description"].is_string());
     assert!(schema["properties"]["name"]["pattern"].is_string());
     let text = schema.to_string();
-    for needle in ["ParamSpec", "Step", "timeout", "needs", "\"enum\"", "30s"] {
+    for needle in [
+        "ParamSpec",
+        "Step",
+        "timeout",
+        "needs",
+        "\"enum\"",
+        "30s",
+        "RetryPolicy",
+        "RetryOn",
+        "infrastructure",
+        "backoff",
+        "Resources",
+        "gpus",
+        "cache",
+    ] {
         assert!(text.contains(needle), "schema lacks {needle}: {text}");
     }
 }
@@ -220,6 +236,9 @@ fn never_panics() {
             "\t",
             "name: [",
             "{{{{",
+            "name: x\nsteps:\n  - id: a\n    uses: p\n    retry: {max: 99999999999, on: [[x]], backoff: [1]}\n",
+            "name: x\nsteps:\n  - id: a\n    uses: p\n    retry: {max: 1, on: ~, backoff: ~}\n    resources: {gpus: ~}\n    cache: ~\n",
+            "name: x\nsteps:\n  - id: a\n    uses: p\n    retry: {? [max] : 1}\n    resources: {gpus: 4294967296}\n",
         ]
         .map(str::to_owned),
     );
@@ -234,4 +253,146 @@ fn never_panics() {
             let _ = resolve_params(&workflow, BTreeMap::new());
         }
     }
+}
+
+const RETRY_SOURCE: &str = r#"
+name: demo
+steps:
+  - id: b
+    uses: builtin/extract
+    retry: {max: 2}
+    cache: true
+  - id: a
+    uses: p
+    action: resolve
+    needs: b
+    retry:
+      max: 3
+      backoff: 1m 30s
+      on: [failure, infrastructure]
+    resources: {gpus: 2}
+    with: {data: x}
+  - id: c
+    uses: builtin/extract
+    retry: {max: 1, on: [failure], backoff: 0s}
+    resources: {}
+"#;
+
+#[test]
+fn retry_resources_and_cache() {
+    let workflow = Workflow::parse(RETRY_SOURCE, "demo.yaml").unwrap();
+    let [b, a, c] = &workflow.steps[..] else {
+        panic!("three steps")
+    };
+    // Defaults: backoff 10s, infrastructure failures only; no GPUs; no cache.
+    assert_eq!(
+        b.retry,
+        Some(RetryPolicy {
+            max: 2,
+            backoff: Duration::from_secs(10),
+            on: vec![RetryOn::Infrastructure],
+        })
+    );
+    assert_eq!(b.resources, Resources::default());
+    assert!(b.cache);
+    let retry = a.retry.as_ref().unwrap();
+    assert_eq!(retry.backoff, Duration::from_secs(90));
+    assert_eq!(retry.on, [RetryOn::Failure, RetryOn::Infrastructure]);
+    // Separate budgets per kind.
+    assert_eq!(retry.retries(RetryOn::Failure), 3);
+    assert_eq!(retry.retries(RetryOn::Infrastructure), 3);
+    assert_eq!(b.retry.as_ref().unwrap().retries(RetryOn::Failure), 0);
+    assert_eq!(a.resources.gpus, 2);
+    assert!(!a.cache);
+    assert_eq!(c.retry.as_ref().unwrap().delay(3), Duration::ZERO);
+    assert!(c.resources.is_default());
+    assert!(workflow.step("c").unwrap().retry.as_ref().unwrap().on == [RetryOn::Failure]);
+
+    // Serialized: defaults of the step left out, the policy written in full.
+    let json = serde_json::to_value(&workflow).unwrap();
+    assert_eq!(
+        json["steps"][0],
+        json!({
+            "id": "b",
+            "uses": "builtin/extract",
+            "retry": {"max": 2, "backoff": "10s", "on": ["infrastructure"]},
+            "cache": true,
+        })
+    );
+    assert_eq!(json["steps"][1]["retry"]["backoff"], json!("1m 30s"));
+    assert_eq!(json["steps"][1]["resources"], json!({"gpus": 2}));
+    assert!(json["steps"][2].get("resources").is_none());
+    let back: Workflow = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(back.steps, workflow.steps);
+    // Stored definitions without the new fields still deserialize.
+    let old: Workflow = serde_json::from_value(json!({
+        "name": "old",
+        "steps": [{"id": "a", "uses": "builtin/extract", "timeout": "1h"}],
+    }))
+    .unwrap();
+    assert_eq!(old.steps[0].retry, None);
+    assert_eq!(old.steps[0].resources.gpus, 0);
+    assert!(!old.steps[0].cache);
+    let yaml = serde_norway::to_string(&workflow).unwrap();
+    let again = Workflow::parse(&yaml, "again.yaml").unwrap();
+    assert_eq!(again.steps, workflow.steps);
+}
+
+#[test]
+fn gpus_are_checked_against_the_catalog() {
+    let workflow = Workflow::parse(RETRY_SOURCE, "demo.yaml").unwrap();
+    // Unknown GPU count: no check.
+    assert_eq!(catalog().gpus(), None);
+    workflow.validate(&catalog()).unwrap();
+    workflow.validate(&catalog().with_gpus(2)).unwrap();
+    let err = workflow.validate(&catalog().with_gpus(1)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "demo.yaml:16:23: error: step `a` needs 2 GPUs but this machine has 1\n  \
+         help: lower `resources.gpus`, or configure the machine's GPUs (kiln --gpus / KILN_GPUS)"
+    );
+    let one = RETRY_SOURCE.replace("gpus: 2", "gpus: 1");
+    let workflow = Workflow::parse(&one, "demo.yaml").unwrap();
+    let err = workflow.validate(&catalog().with_gpus(0)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("step `a` needs 1 GPU but this machine has 0"),
+        "{err}"
+    );
+}
+
+/// A catalog that only implements `action` keeps compiling: `gpus` is provided.
+#[test]
+fn catalog_gpus_default_to_unknown() {
+    struct Minimal;
+    impl Catalog for Minimal {
+        fn action(
+            &self,
+            uses: &str,
+            action: Option<&str>,
+        ) -> Result<ActionSpec, kiln_workflow::CatalogError> {
+            catalog().action(uses, action)
+        }
+    }
+    assert_eq!(Minimal.gpus(), None);
+    let workflow = Workflow::parse(RETRY_SOURCE, "demo.yaml").unwrap();
+    workflow.validate(&Minimal).unwrap();
+}
+
+#[test]
+fn schema_describes_retry_resources_and_cache() {
+    let schema = json_schema();
+    let step = &schema["$defs"]["Step"]["properties"];
+    for key in ["retry", "resources", "cache"] {
+        assert!(step[key]["description"].is_string(), "{key}: {step}");
+    }
+    let retry = &schema["$defs"]["RetryPolicy"];
+    assert_eq!(retry["required"], json!(["max"]));
+    assert_eq!(retry["properties"]["max"]["maximum"], json!(100));
+    assert_eq!(retry["properties"]["backoff"]["type"], json!("string"));
+    assert_eq!(
+        retry["properties"]["on"]["default"],
+        json!(["infrastructure"])
+    );
+    assert!(schema["$defs"]["Resources"]["properties"]["gpus"]["description"].is_string());
 }

@@ -2,7 +2,7 @@
 //!
 //! `invalid/<case>.yaml` must fail with exactly the diagnostics in `<case>.err`
 //! (regenerate with `UPDATE_EXPECT=1 cargo test -p kiln-workflow`); `valid/*.yaml` must
-//! pass.
+//! pass. The catalog describes a machine with one GPU.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +10,7 @@ use kiln_workflow::{ActionSpec, MemoryCatalog, Workflow};
 
 fn catalog() -> MemoryCatalog {
     MemoryCatalog::new()
+        .with_gpus(1)
         .with_builtin(
             "builtin/extract-release",
             ActionSpec::new(

@@ -45,7 +45,8 @@ pub mod __rt {
 }
 
 pub use bindings::kiln::plugin::types::{
-    ActionInfo, ErrorKind, GrantedDir, InputInfo, PluginInfo, StepContext, StepError,
+    ActionInfo, ErrorKind, GrantedDir, InputInfo, PluginInfo, RetryInfo, RetryReason, StepContext,
+    StepError,
 };
 pub use inputs::Inputs;
 pub use serde_json;

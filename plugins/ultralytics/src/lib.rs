@@ -16,7 +16,8 @@ use args::{Mode, ResolveRequest};
 use kiln_plugin_sdk::lines::LineSplitter;
 use kiln_plugin_sdk::process::{Command, describe_exit};
 use kiln_plugin_sdk::{
-    ActionInfo, GrantedDir, Inputs, Plugin, PluginInfo, StepContext, StepError, log, progress,
+    ActionInfo, GrantedDir, Inputs, Plugin, PluginInfo, RetryReason, StepContext, StepError, log,
+    progress,
 };
 use monitor::{Event, Monitor, Notable};
 use serde_json::{Map, Value, json};
@@ -265,7 +266,12 @@ fn handle(event: Event, mon: &Monitor, csv: &mut ResultsCsv, csv_due: &mut bool)
 
 fn train(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError> {
     let (task, training_name) = common_inputs(inputs)?;
-    let resume = inputs.bool_or("resume", false)?;
+    // An attempt that retries one lost to the infrastructure continues from its checkpoint.
+    let infra_retry = ctx
+        .retry
+        .as_ref()
+        .is_some_and(|r| matches!(r.reason, RetryReason::Infrastructure));
+    let resume = inputs.bool_or("resume", false)? || infra_retry;
     let out = output_dir(ctx, training_name)?;
     let given = inputs.require_object("config")?;
     let mut config = args::check_config(given)?;

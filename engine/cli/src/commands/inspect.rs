@@ -111,8 +111,25 @@ pub async fn runs(ctx: &Context, cmd: RunsCommand) -> anyhow::Result<Exit> {
                     {
                         println!("  {:<16} plugin {n} {v} {d}", "");
                     }
+                    if let Some(from) = &s.cached_from {
+                        println!("  {:<16} cached: outputs reused from {from}", "");
+                    }
+                    if let Some(g) = &s.gpus {
+                        println!("  {:<16} GPUs {g}", "");
+                    }
+                    if s.failure_retries + s.infrastructure_retries > 0 {
+                        println!(
+                            "  {:<16} retries: {} after failures, {} after infrastructure failures",
+                            "", s.failure_retries, s.infrastructure_retries
+                        );
+                    }
                     if let Some(e) = &s.error_message {
-                        println!("  {:<16} {e}", "");
+                        let kind = s
+                            .failure_kind
+                            .as_deref()
+                            .map(|k| format!("[{k}] "))
+                            .unwrap_or_default();
+                        println!("  {:<16} {kind}{e}", "");
                     }
                 }
                 for c in checkpoints {
@@ -120,6 +137,9 @@ pub async fn runs(ctx: &Context, cmd: RunsCommand) -> anyhow::Result<Exit> {
                     println!("checkpoint {} {}{best}", c.step_id, c.path);
                 }
             }
+        }
+        RunsCommand::Cancel { .. } | RunsCommand::Retry(_) => {
+            unreachable!("dispatched to commands::control")
         }
         RunsCommand::Stats { json } => {
             let stats = store.run_stats().await?;

@@ -1,10 +1,11 @@
 //! One module per command.
 
+mod control;
 mod inspect;
 mod run;
 mod validate;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, RunsCommand};
 use crate::context::Context;
 use crate::exit::Exit;
 
@@ -26,7 +27,13 @@ pub async fn dispatch(cli: Cli) -> Exit {
             );
             Ok(Exit::Success)
         }
+        Command::Runs(RunsCommand::Cancel {
+            run,
+            kill_grace_secs,
+        }) => control::cancel(&ctx, &run, kill_grace_secs).await,
+        Command::Runs(RunsCommand::Retry(args)) => control::retry(&ctx, args).await,
         Command::Runs(cmd) => inspect::runs(&ctx, cmd).await,
+        Command::Resume(args) => control::resume(&ctx, args).await,
         Command::Logs { run, step } => inspect::logs(&ctx, &run, step.as_deref()).await,
         Command::Models(cmd) => inspect::models(&ctx, cmd).await,
         Command::Plugins(cmd) => inspect::plugins(&ctx, cmd).await,

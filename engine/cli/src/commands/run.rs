@@ -1,15 +1,16 @@
 //! `kiln run FILE --param k=v ...`: validate, record, execute with live progress; Ctrl-C cancels.
+//! Also the shared execution of `kiln resume` and `kiln runs retry`.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use kiln_runner::{Runner, RunnerConfig};
-use kiln_store::RunStatus;
+use kiln_runner::Runner;
+use kiln_store::{RunRecord, RunStatus};
+use kiln_workflow::Workflow;
 
-use crate::cli::RunArgs;
+use crate::cli::{ExecOptions, RunArgs};
 use crate::commands::validate::load_valid;
 use crate::context::Context;
 use crate::exit::Exit;
@@ -64,16 +65,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<Exit> {
     };
     let yaml = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let store = ctx.store().await?;
-    let runner = Runner::new(
-        store,
-        plugins,
-        ctx.ws.clone(),
-        RunnerConfig {
-            max_parallel: args.max_parallel,
-            kill_grace: Duration::from_secs(args.kill_grace_secs),
-        },
-    );
+    let runner = ctx.runner(&args.exec, plugins).await?;
     let created_by = args
         .created_by
         .clone()
@@ -81,16 +73,33 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<Exit> {
         .unwrap_or_else(|| "cli".into());
     let run = runner.create(&workflow, yaml, &params, &created_by).await?;
     eprintln!("run {} ({}) started", run.id, workflow.name);
+    execute(&runner, &run, &workflow, &args.exec).await
+}
 
+/// Execute `run` with live progress and Ctrl-C handling; prints the outcome.
+pub async fn execute(
+    runner: &Runner,
+    run: &RunRecord,
+    workflow: &Workflow,
+    exec: &ExecOptions,
+) -> anyhow::Result<Exit> {
+    let params = run.params.as_object().cloned().unwrap_or_default();
     let cancel = CancellationToken::new();
     tokio::spawn(cancel_on_signal(cancel.clone()));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let progress = Progress::start(&workflow, rx);
+    let progress = Progress::start(workflow, rx);
     let result = runner
-        .execute(&run, &workflow, &params, cancel, Some(tx))
+        .execute(run, workflow, &params, cancel, Some(tx))
         .await;
     progress.finish().await;
-    let finished = result?;
+    let finished = match result {
+        Ok(f) => f,
+        Err(kiln_runner::Error::Input(message)) => {
+            eprintln!("error: {message}");
+            return Ok(Exit::InvalidInput);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let secs = finished.duration_ms.unwrap_or(0) as f64 / 1000.0;
     match finished.status {
         RunStatus::Succeeded => eprintln!("run {} succeeded in {secs:.1}s", finished.id),
@@ -101,7 +110,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<Exit> {
             finished.id
         ),
     }
-    if args.json {
+    if exec.json {
         let steps = runner.store().steps(&finished.id).await?;
         println!(
             "{}",
@@ -135,7 +144,9 @@ async fn cancel_on_signal(cancel: CancellationToken) {
     eprintln!("cancelling: stopping running steps (press Ctrl-C again to quit at once)");
     cancel.cancel();
     let _ = tokio::signal::ctrl_c().await;
-    eprintln!("quitting without waiting; launched programs may still be running");
+    eprintln!(
+        "quitting without waiting; launched programs keep running (kiln resume continues the run)"
+    );
     std::process::exit(130);
 }
 

@@ -24,7 +24,11 @@ pub async fn load_valid(
         }
     };
     let plugins = ctx.plugins(Duration::from_secs(10)).await?;
-    if let Err(diags) = workflow.validate(&EngineCatalog { plugins: &plugins }) {
+    let catalog = EngineCatalog {
+        plugins: &plugins,
+        gpus: ctx.gpus()?.len() as u32,
+    };
+    if let Err(diags) = workflow.validate(&catalog) {
         eprintln!("{diags}");
         eprintln!("{} problem(s) in {}", diags.len(), file.display());
         return Ok(Err(Exit::InvalidInput));

@@ -47,7 +47,26 @@ impl ProcessTracker {
 struct Launch {
     supervised: Supervised,
     log_path: PathBuf,
+    /// Bytes of output already handed to the plugin; persisted in the launch's state directory
+    /// so that a re-attached plugin continues where the earlier one stopped.
     offset: u64,
+    state_dir: PathBuf,
+}
+
+const OFFSET_FILE: &str = "read-offset";
+
+fn read_offset(state_dir: &Path) -> u64 {
+    std::fs::read_to_string(state_dir.join(OFFSET_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn write_offset(state_dir: &Path, offset: u64) {
+    let tmp = state_dir.join(format!("{OFFSET_FILE}.tmp"));
+    if std::fs::write(&tmp, offset.to_string()).is_ok() {
+        let _ = std::fs::rename(tmp, state_dir.join(OFFSET_FILE));
+    }
 }
 
 /// Per-call state of the process capability.
@@ -62,6 +81,10 @@ pub(crate) struct ProcessState {
     pub log_dir: PathBuf,
     pub state_dir: PathBuf,
     pub tracker: ProcessTracker,
+    /// GPUs leased to the step: exported as CUDA_VISIBLE_DEVICES, locks inherited.
+    pub gpus: Option<crate::GpuGrant>,
+    /// Set when a launched program was lost without an exit status.
+    pub infrastructure_failure: Option<String>,
     launches: Vec<Launch>,
 }
 
@@ -90,8 +113,15 @@ impl ProcessState {
             log_dir,
             state_dir,
             tracker,
+            gpus: None,
+            infrastructure_failure: None,
             launches: Vec::new(),
         }
+    }
+
+    pub fn with_gpus(mut self, gpus: Option<crate::GpuGrant>) -> Self {
+        self.gpus = gpus;
+        self
     }
 
     /// True when `path` lies inside a directory granted to the step (no `..` escapes).
@@ -185,7 +215,15 @@ impl Host for StepState {
         let started = Instant::now();
         let result = async {
             let launch = self.process.launch_mut(handle)?;
-            let exit = launch.supervised.wait().await.map_err(|e| e.to_string())?;
+            let exit = match launch.supervised.wait().await {
+                Ok(exit) => exit,
+                Err(e) => {
+                    if e.is_infrastructure() {
+                        self.process.infrastructure_failure = Some(e.to_string());
+                    }
+                    return Err(e.to_string());
+                }
+            };
             Ok(ExitStatus {
                 code: exit.code,
                 signal: exit.signal,
@@ -239,6 +277,19 @@ impl StepState {
                 None => env.push((k, v)),
             }
         }
+        // The host decides which GPUs a program sees; a plugin cannot widen its lease.
+        let mut inherit = Vec::new();
+        if let Some(gpus) = &self.process.gpus {
+            let devices = gpus
+                .devices
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            env.retain(|(k, _)| k != "CUDA_VISIBLE_DEVICES");
+            env.push(("CUDA_VISIBLE_DEVICES".into(), devices));
+            inherit.extend_from_slice(&gpus.lock_fds);
+        }
         let launch_spec = LaunchSpec {
             program: program.clone(),
             args: spec.args,
@@ -246,20 +297,49 @@ impl StepState {
             cwd,
             log_path: log_path.clone(),
         };
-        let supervised = Supervised::launch(&self.process.supervisor_exe, &state_dir, &launch_spec)
-            .await
-            .map_err(|e| e.to_string())?;
+        // Keyed by the step attempt's state directory: after an engine restart the same launch
+        // re-attaches to the program it started instead of starting a second copy.
+        let supervised = match Supervised::launch_or_attach(
+            &self.process.supervisor_exe,
+            &state_dir,
+            &launch_spec,
+            &inherit,
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                if e.is_infrastructure() {
+                    self.process.infrastructure_failure = Some(e.to_string());
+                }
+                return Err(e.to_string());
+            }
+        };
+        let offset = read_offset(&state_dir);
+        if supervised.is_attached() {
+            self.emit(StepEvent::Log {
+                level: "info".into(),
+                message: format!(
+                    "re-attached to {} (pid {}) started by an earlier engine; following its output from byte {offset}",
+                    program.display(),
+                    supervised.child().pid
+                ),
+            });
+        }
         let pid = supervised.child().pid;
         self.process.tracker.add(supervised.child().pgid);
-        self.emit(StepEvent::Launched {
-            program: program.display().to_string(),
-            pid,
-            log_path: log_path.clone(),
-        });
+        if !supervised.is_attached() {
+            self.emit(StepEvent::Launched {
+                program: program.display().to_string(),
+                pid,
+                log_path: log_path.clone(),
+            });
+        }
         self.process.launches.push(Launch {
             supervised,
             log_path,
-            offset: 0,
+            offset,
+            state_dir,
         });
         Ok(n as u64)
     }
@@ -281,7 +361,10 @@ impl StepState {
                 .map_err(|e| e.to_string())?
                 .is_some();
             let data = read_from(&launch.log_path, launch.offset, max)?;
-            launch.offset += data.len() as u64;
+            if !data.is_empty() {
+                launch.offset += data.len() as u64;
+                write_offset(&launch.state_dir, launch.offset);
+            }
             if !data.is_empty() || exited || Instant::now() >= deadline {
                 return Ok(OutputChunk {
                     finished: exited && data.is_empty(),
