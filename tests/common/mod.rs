@@ -197,3 +197,59 @@ pub fn run_id(out: &Output) -> String {
         .trim()
         .to_owned()
 }
+
+/// Send `signal` (e.g. "KILL", "INT") to `pid`.
+pub fn kill(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status();
+}
+
+/// Wait until `cond` holds, polling; panics with `what` after `secs` seconds.
+pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed().as_secs() < secs,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+}
+
+/// One launch of the stand-in trainer, from its FAKE_YOLO_RECORD file.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub pid: u32,
+    pub argv: Vec<String>,
+    pub cuda: String,
+    pub start: f64,
+    pub end: Option<f64>,
+}
+
+pub fn launches(record: &Path) -> Vec<Launch> {
+    let text = std::fs::read_to_string(record).unwrap_or_default();
+    let mut out: Vec<Launch> = Vec::new();
+    for line in text.lines() {
+        let (pid, rest) = line.split_once(' ').unwrap();
+        let pid: u32 = pid.parse().unwrap();
+        if let Some(end) = rest.strip_prefix("end=") {
+            if let Some(l) = out.iter_mut().rev().find(|l| l.pid == pid) {
+                l.end = end.parse().ok();
+            }
+            continue;
+        }
+        let argv_end = rest.rfind(" cuda=").unwrap();
+        let argv: Vec<String> = serde_json::from_str(&rest[..argv_end]).unwrap();
+        let tail = &rest[argv_end + 1..];
+        let (cuda, start) = tail.split_once(" start=").unwrap();
+        out.push(Launch {
+            pid,
+            argv,
+            cuda: cuda.trim_start_matches("cuda=").to_owned(),
+            start: start.parse().unwrap(),
+            end: None,
+        });
+    }
+    out
+}

@@ -63,6 +63,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    sqlite: bool,
 }
 
 impl Store {
@@ -114,11 +115,29 @@ impl Store {
             url: url.to_owned(),
             source,
         })?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            sqlite: is_sqlite,
+        })
     }
 
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// Begin a transaction that will write. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that reads first cannot wait for another
+    /// process's write and fails with SQLITE_BUSY_SNAPSHOT instead.
+    pub(crate) async fn begin_write(
+        &self,
+        doing: &'static str,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        let tx = if self.sqlite {
+            self.pool.begin_with("BEGIN IMMEDIATE").await
+        } else {
+            self.pool.begin().await
+        };
+        tx.map_err(query_err(doing))
     }
 
     pub async fn close(&self) {

@@ -84,7 +84,7 @@ impl Store {
     /// (project, name). New models are never published.
     pub async fn register_model(&self, m: &NewModel) -> Result<ModelRecord> {
         const DOING: &str = "registering a model";
-        let mut tx = self.pool().begin().await.map_err(query_err(DOING))?;
+        let mut tx = self.begin_write(DOING).await?;
         let existing: Option<String> = sqlx::query_scalar(
             "SELECT id FROM models WHERE training_run_id = $1 AND training_step_id = $2",
         )

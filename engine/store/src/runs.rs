@@ -194,11 +194,7 @@ impl Store {
     /// back to `queued` (keeping their attempt count and outputs of succeeded steps), the run to
     /// `queued` with its end cleared.
     pub async fn reset_for_retry(&self, id: &str) -> Result<()> {
-        let mut tx = self
-            .pool()
-            .begin()
-            .await
-            .map_err(query_err("retrying a run"))?;
+        let mut tx = self.begin_write("retrying a run").await?;
         sqlx::query(
             "UPDATE steps SET status = 'queued', error_message = NULL, failure_kind = NULL, \
              failure_retries = 0, infrastructure_retries = 0 \

@@ -95,11 +95,7 @@ fn step_from_row(row: &AnyRow) -> Result<StepRecord> {
 impl Store {
     /// Record the planned steps of a run, all `queued`, in one transaction.
     pub async fn insert_steps(&self, run_id: &str, steps: &[NewStep]) -> Result<()> {
-        let mut tx = self
-            .pool()
-            .begin()
-            .await
-            .map_err(query_err("planning steps"))?;
+        let mut tx = self.begin_write("planning steps").await?;
         for (position, step) in steps.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO steps (run_id, step_id, position, uses, action, status) \

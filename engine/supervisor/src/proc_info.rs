@@ -21,12 +21,44 @@ pub fn signal_group(pgid: i32, sig: Sig) {
     let _ = kill_process_group(pid, signal);
 }
 
-/// True while any process of the group exists.
+/// True while any live (not zombie) process of the group exists. Zombies are ignored: where
+/// PID 1 does not reap orphans (some containers), a dead process can linger as a zombie forever.
 pub fn group_alive(pgid: i32) -> bool {
-    match Pid::from_raw(pgid) {
-        Some(pid) => test_kill_process_group(pid).is_ok(),
-        None => false,
+    let Some(pid) = Pid::from_raw(pgid) else {
+        return false;
+    };
+    if test_kill_process_group(pid).is_err() {
+        return false;
     }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    entries.flatten().any(|e| {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            return false;
+        };
+        stat_fields(pid).is_some_and(|f| f.pgrp == pgid && !f.zombie)
+    })
+}
+
+struct StatFields {
+    zombie: bool,
+    pgrp: i32,
+    start_ticks: u64,
+}
+
+/// The fields of `/proc/PID/stat` we need: state, process group, start time.
+fn stat_fields(pid: i32) -> Option<StatFields> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `fields[0]` is field 3 (state); pgrp is field 5; start time is field 22.
+    Some(StatFields {
+        zombie: matches!(*fields.first()?, "Z" | "X"),
+        pgrp: fields.get(2)?.parse().ok()?,
+        start_ticks: fields.get(19)?.parse().ok()?,
+    })
 }
 
 /// A pid together with its start time, so that a recycled pid is never mistaken for it.
@@ -37,19 +69,19 @@ pub struct ProcessIdentity {
 }
 
 impl ProcessIdentity {
-    /// Read the identity of a running process from `/proc`.
+    /// Read the identity of a process from `/proc`.
     pub fn of(pid: i32) -> Option<Self> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The command name may contain spaces and parentheses: fields resume after the last ')'.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        // `rest` starts at field 3 (state); start time is field 22.
-        let start_ticks = rest.split_whitespace().nth(19)?.parse().ok()?;
-        Some(Self { pid, start_ticks })
+        let f = stat_fields(pid)?;
+        Some(Self {
+            pid,
+            start_ticks: f.start_ticks,
+        })
     }
 
-    /// True when a process with this pid exists and is the same process (same start time).
+    /// True when a live (not zombie) process with this pid exists and is the same process
+    /// (same start time).
     pub fn is_running(&self) -> bool {
-        Self::of(self.pid).is_some_and(|now| now.start_ticks == self.start_ticks)
+        stat_fields(self.pid).is_some_and(|f| f.start_ticks == self.start_ticks && !f.zombie)
     }
 }
 

@@ -1,0 +1,526 @@
+//! Nothing lost, nothing duplicated: engine crashes (SIGKILL) and re-attach, infrastructure
+//! failures with resume from checkpoint, retry budgets, retrying a failed run, memoization,
+//! cancellation from another process, and GPU slots.
+
+mod common;
+
+use common::*;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+fn demo_workflow(ws: &Workspace, edit: impl FnOnce(String) -> String) -> String {
+    let yaml =
+        std::fs::read_to_string(repo_root().join("workflows/ultralytics-detect.yaml")).unwrap();
+    ws.workflow("durable.yaml", &edit(yaml))
+}
+
+fn spawn(ws: &Workspace, args: &[&str]) -> Child {
+    ws.command(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn run_args<'a>(wf: &'a str, training: &'a str, overrides: &'a str) -> Vec<String> {
+    vec![
+        "run".into(),
+        wf.into(),
+        "-p".into(),
+        "project=demo".into(),
+        "-p".into(),
+        "release=demo-release.zip".into(),
+        "-p".into(),
+        format!("training_name={training}"),
+        "-p".into(),
+        format!("overrides={overrides}"),
+        "--kill-grace-secs".into(),
+        "2".into(),
+    ]
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// The run whose `training_name` param is `training`, if it was recorded.
+fn find_run(ws: &Workspace, training: &str) -> Option<serde_json::Value> {
+    ws.json(&["runs", "list", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["params"]["training_name"] == training)
+        .cloned()
+}
+
+fn yolo_running(ws: &Workspace) -> bool {
+    processes_mentioning(&ws.root().display().to_string())
+        .iter()
+        .any(|(_, c)| c.contains("yolo"))
+}
+
+fn no_process_left(ws: &Workspace) {
+    let marker = ws.root().display().to_string();
+    // Give exiting supervisors a moment to be reaped.
+    for _ in 0..100 {
+        if processes_mentioning(&marker).is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("processes left behind: {:?}", processes_mentioning(&marker));
+}
+
+/// A small deterministic generator for the chaos schedule.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[test]
+fn chaos_sigkill_the_engine_at_random_moments_and_resume() {
+    let seed: u64 = std::env::var("KILN_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        });
+    println!("chaos seed: {seed} (rerun with KILN_CHAOS_SEED={seed})");
+    let mut rng = Lcg(seed);
+    let tmp = tempfile::tempdir().unwrap();
+    let record = tmp.path().join("launches.txt");
+    let ws = Workspace::new()
+        .with_env("FAKE_YOLO_EPOCH_SECONDS", "0.8")
+        .with_env("FAKE_YOLO_RECORD", record.to_str().unwrap());
+    let wf = demo_workflow(&ws, |y| y);
+    const RUNS: usize = 6;
+    let mut kills = 0;
+    // Each round starts (or resumes) every unfinished run at once, then SIGKILLs engines at
+    // random moments; a run whose engine was killed before it was recorded starts again.
+    for round in 0.. {
+        assert!(round < 30, "runs never finished (seed {seed})");
+        let mut engines: Vec<(Child, u64)> = Vec::new();
+        for i in 0..RUNS {
+            let training = format!("chaos{i}");
+            let child = match find_run(&ws, &training) {
+                None => spawn(
+                    &ws,
+                    &strs(&run_args(&wf, &training, "{epochs: 3, imgsz: 64}")),
+                ),
+                Some(run) if run["status"] == "running" || run["status"] == "queued" => spawn(
+                    &ws,
+                    &[
+                        "resume",
+                        run["id"].as_str().unwrap(),
+                        "--kill-grace-secs",
+                        "2",
+                    ],
+                ),
+                Some(_) => continue,
+            };
+            // Two thirds of the engines are killed somewhere in their first 2.4 s.
+            let kill_at = if rng.below(3) < 2 {
+                rng.below(2400)
+            } else {
+                u64::MAX
+            };
+            engines.push((child, kill_at));
+        }
+        if engines.is_empty() {
+            break;
+        }
+        let started = std::time::Instant::now();
+        while engines
+            .iter_mut()
+            .any(|(c, _)| c.try_wait().unwrap().is_none())
+        {
+            for (child, kill_at) in engines.iter_mut() {
+                if started.elapsed().as_millis() as u64 >= *kill_at
+                    && child.try_wait().unwrap().is_none()
+                {
+                    kill(child.id(), "KILL");
+                    kills += 1;
+                    *kill_at = u64::MAX;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    println!("chaos: {kills} engine kills over {RUNS} runs (seed {seed})");
+
+    let all = launches(&record);
+    for i in 0..RUNS {
+        let training = format!("chaos{i}");
+        let run = find_run(&ws, &training).unwrap();
+        assert_eq!(
+            run["status"], "succeeded",
+            "{training} (seed {seed}): {run}"
+        );
+        let id = run["id"].as_str().unwrap();
+        let show = ws.json(&["runs", "show", id, "--json"]);
+        for s in show["steps"].as_array().unwrap() {
+            assert_eq!(s["status"], "succeeded", "seed {seed}: {s}");
+        }
+        assert_eq!(
+            step(&show, "train")["attempt"],
+            1,
+            "seed {seed}: training was not restarted"
+        );
+        assert_eq!(
+            step(&show, "train")["outputs"]["epochs_completed"],
+            3,
+            "seed {seed}"
+        );
+        let name = format!("name={training}");
+        let runs_of_training = all.iter().filter(|l| l.argv.contains(&name)).count();
+        assert_eq!(
+            runs_of_training, 1,
+            "seed {seed}: {training} trained {runs_of_training} times"
+        );
+        let models = ws.json(&["models", "list", "--json"]);
+        let mine = models
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["training_run_id"] == id)
+            .count();
+        assert_eq!(mine, 1, "seed {seed}: run {id} registered {mine} models");
+    }
+    no_process_left(&ws);
+}
+
+#[test]
+fn a_lost_training_is_an_infrastructure_failure_retried_from_its_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let record = tmp.path().join("launches.txt");
+    let ws = Workspace::new()
+        .with_env("FAKE_YOLO_EPOCH_SECONDS", "1")
+        .with_env("FAKE_YOLO_RECORD", record.to_str().unwrap());
+    let wf = demo_workflow(&ws, |y| y.replace("backoff: 30s", "backoff: 0s"));
+    let args = run_args(&wf, "lost", "{epochs: 4, imgsz: 64}");
+    let mut engine = spawn(&ws, &strs(&args));
+    let csv = ws
+        .root()
+        .join("projects/demo/model/training/lost/results.csv");
+    wait_for(60, "the first epoch", || {
+        std::fs::read_to_string(&csv).is_ok_and(|t| t.lines().count() >= 2)
+    });
+    // The engine dies, then the machine "reboots": supervisor and trainer vanish unrecorded.
+    kill(engine.id(), "KILL");
+    engine.wait().unwrap();
+    let run = find_run(&ws, "lost").unwrap();
+    let id = run["id"].as_str().unwrap().to_owned();
+    let launch = ws
+        .root()
+        .join(format!(".kiln/runs/{id}/state/train/attempt-1/launch-1"));
+    let child: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(launch.join("child.json")).unwrap()).unwrap();
+    kill(child["supervisor_pid"].as_u64().unwrap() as u32, "KILL");
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child["pgid"])])
+        .status();
+    no_process_left(&ws);
+
+    let out = ws.kiln(&["resume", &id]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let show = ws.json(&["runs", "show", &id, "--json"]);
+    assert_eq!(show["run"]["status"], "succeeded");
+    let train = step(&show, "train");
+    assert_eq!(train["attempt"], 2, "{train}");
+    assert_eq!(train["infrastructure_retries"], 1);
+    assert_eq!(train["failure_retries"], 0);
+    let resumed = train["outputs"]["resumed_from_epoch"]
+        .as_i64()
+        .expect("resumed_from_epoch");
+    assert!(resumed >= 1, "{train}");
+    let logs = text(&ws.kiln(&["logs", &id, "--step", "train"]).stdout);
+    assert!(logs.contains("infrastructure"), "{logs}");
+    assert!(
+        logs.contains(&format!("resumed from its checkpoint at epoch {resumed}")),
+        "{logs}"
+    );
+    let l = launches(&record);
+    assert_eq!(l.len(), 2, "{l:?}");
+    assert!(l[1].argv.iter().any(|a| a == "resume"), "{l:?}");
+    no_process_left(&ws);
+}
+
+#[test]
+fn trainer_failures_and_infrastructure_failures_have_separate_budgets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let record = tmp.path().join("launches.txt");
+    let ws = Workspace::new()
+        .with_env("FAKE_YOLO_FAIL_AT_EPOCH", "1")
+        .with_env("FAKE_YOLO_RECORD", record.to_str().unwrap());
+    // The shipped policy retries infrastructure failures only: a trainer failure is final.
+    let wf = demo_workflow(&ws, |y| y);
+    let out = ws.kiln(&strs(&run_args(&wf, "once", "{epochs: 2, imgsz: 64}")));
+    assert_eq!(out.status.code(), Some(1));
+    let show = ws.json(&["runs", "show", &run_id(&out), "--json"]);
+    let train = step(&show, "train");
+    assert_eq!(train["attempt"], 1);
+    assert_eq!(train["failure_kind"], "failure");
+
+    // With failures retried once, the trainer runs twice, then the step fails.
+    let wf = demo_workflow(&ws, |y| {
+        y.replace(
+            "retry: {max: 2, backoff: 30s, on: [infrastructure]}",
+            "retry: {max: 1, backoff: 0s, on: [failure]}",
+        )
+    });
+    let out = ws.kiln(&strs(&run_args(&wf, "twice", "{epochs: 2, imgsz: 64}")));
+    assert_eq!(out.status.code(), Some(1));
+    let show = ws.json(&["runs", "show", &run_id(&out), "--json"]);
+    let train = step(&show, "train");
+    assert_eq!(train["attempt"], 2, "{train}");
+    assert_eq!(train["failure_retries"], 1);
+    assert_eq!(train["infrastructure_retries"], 0);
+    assert_eq!(train["status"], "failed");
+    let twice = launches(&record)
+        .iter()
+        .filter(|l| l.argv.iter().any(|a| a == "name=twice"))
+        .count();
+    assert_eq!(twice, 2);
+}
+
+#[test]
+fn retrying_a_failed_run_reruns_only_its_unfinished_steps() {
+    let ws = Workspace::new().with_env("FAKE_YOLO_FAIL_AT_EPOCH", "1");
+    let wf = demo_workflow(&ws, |y| y);
+    let out = ws.kiln(&strs(&run_args(&wf, "again", "{epochs: 2, imgsz: 64}")));
+    assert_eq!(out.status.code(), Some(1));
+    let id = run_id(&out);
+    let fixed = Workspace {
+        dir: ws.dir,
+        env: ws
+            .env
+            .into_iter()
+            .filter(|(k, _)| k != "FAKE_YOLO_FAIL_AT_EPOCH")
+            .collect(),
+    };
+    let out = fixed.kiln(&["runs", "retry", &id]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let show = fixed.json(&["runs", "show", &id, "--json"]);
+    assert_eq!(show["run"]["status"], "succeeded");
+    assert_eq!(
+        step(&show, "extract")["attempt"],
+        1,
+        "succeeded steps are reused"
+    );
+    assert_eq!(step(&show, "resolve")["attempt"], 1);
+    assert_eq!(step(&show, "train")["attempt"], 2);
+    assert_eq!(step(&show, "register")["status"], "succeeded");
+    assert_eq!(
+        fixed
+            .json(&["models", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let again = fixed.kiln(&["runs", "retry", &id]);
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "a succeeded run cannot be retried"
+    );
+}
+
+#[test]
+fn memoized_steps_reuse_outputs_until_an_input_file_changes() {
+    let ws = Workspace::new();
+    let wf = demo_workflow(&ws, |y| {
+        y.replace(
+            "    action: resolve-config\n",
+            "    action: resolve-config\n    cache: true\n",
+        )
+    });
+    let args = run_args(&wf, "memo", "{epochs: 1, imgsz: 64}");
+    let first = ws.kiln(&strs(&args));
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let first = run_id(&first);
+    let second = ws.kiln(&strs(&args));
+    assert!(second.status.success());
+    let second = run_id(&second);
+    let show = ws.json(&["runs", "show", &second, "--json"]);
+    assert_eq!(
+        step(&show, "resolve")["cached_from"],
+        format!("{first}/resolve")
+    );
+    assert_eq!(
+        step(&show, "train")["cached_from"],
+        serde_json::Value::Null,
+        "opt-in only"
+    );
+    let text_show = text(&ws.kiln(&["runs", "show", &second]).stdout);
+    assert!(
+        text_show.contains("cached: outputs reused from"),
+        "{text_show}"
+    );
+
+    // The data.yaml that resolve reads changed: its digest is part of the key.
+    let data = ws
+        .root()
+        .join("projects/demo/training_data/demo-release/data.yaml");
+    let mut yaml = std::fs::read_to_string(&data).unwrap();
+    yaml.push_str("\n# edited\n");
+    std::fs::write(&data, yaml).unwrap();
+    let third = ws.kiln(&strs(&args));
+    assert!(third.status.success());
+    let show = ws.json(&["runs", "show", &run_id(&third), "--json"]);
+    assert_eq!(
+        step(&show, "resolve")["cached_from"],
+        serde_json::Value::Null
+    );
+}
+
+#[test]
+fn runs_cancel_stops_a_run_from_another_process_alive_or_dead_engine() {
+    let ws = Workspace::new().with_env("FAKE_YOLO_EPOCH_SECONDS", "20");
+    let wf = demo_workflow(&ws, |y| y);
+
+    // The engine is alive: it receives the request and stops its steps.
+    let engine = spawn(&ws, &strs(&run_args(&wf, "c1", "{epochs: 3, imgsz: 64}")));
+    wait_for(60, "yolo to start", || yolo_running(&ws));
+    let id = find_run(&ws, "c1").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = ws.kiln(&["runs", "cancel", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let engine = engine.wait_with_output().unwrap();
+    assert_eq!(engine.status.code(), Some(1));
+    let show = ws.json(&["runs", "show", &id, "--json"]);
+    assert_eq!(show["run"]["status"], "cancelled");
+    assert_eq!(step(&show, "train")["status"], "cancelled");
+    no_process_left(&ws);
+
+    // The engine is dead: cancel stops the orphaned trainer itself.
+    let mut engine = spawn(&ws, &strs(&run_args(&wf, "c2", "{epochs: 3, imgsz: 64}")));
+    wait_for(60, "yolo to start", || yolo_running(&ws));
+    kill(engine.id(), "KILL");
+    engine.wait().unwrap();
+    assert!(yolo_running(&ws), "the trainer outlives the engine");
+    let id = find_run(&ws, "c2").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = ws.kiln(&["runs", "cancel", &id, "--kill-grace-secs", "2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    no_process_left(&ws);
+    let show = ws.json(&["runs", "show", &id, "--json"]);
+    assert_eq!(show["run"]["status"], "cancelled");
+    assert!(show["run"]["finished_at"].is_string());
+}
+
+const TWO_TRAININGS: &str = r#"name: two
+steps:
+  - id: extract
+    uses: builtin/extract-release
+    with: {project: demo, release: demo-release.zip}
+  - id: resolve
+    uses: ultralytics
+    action: resolve-config
+    needs: [extract]
+    with:
+      project: demo
+      training_name: a
+      task: detect
+      data: ${{ steps.extract.outputs.data_yaml }}
+      overrides: {epochs: 2, imgsz: 64}
+  - id: train_a
+    uses: ultralytics
+    action: train
+    needs: [resolve]
+    resources: {gpus: 1}
+    with: {project: demo, training_name: a, task: detect, config: '${{ steps.resolve.outputs.config }}'}
+  - id: train_b
+    uses: ultralytics
+    action: train
+    needs: [resolve]
+    resources: {gpus: 1}
+    with: {project: demo, training_name: b, task: detect, config: '${{ steps.resolve.outputs.config }}'}
+"#;
+
+#[test]
+fn gpu_steps_queue_for_free_devices_and_see_only_their_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let record = tmp.path().join("launches.txt");
+    let ws = Workspace::new()
+        .with_env("FAKE_YOLO_EPOCH_SECONDS", "0.5")
+        .with_env("FAKE_YOLO_RECORD", record.to_str().unwrap())
+        .with_env("KILN_GPUS", "1");
+    let wf = ws.workflow("two.yaml", TWO_TRAININGS);
+    let out = ws.kiln(&["run", &wf]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let l = launches(&record);
+    assert_eq!(l.len(), 2, "{l:?}");
+    assert!(l.iter().all(|x| x.cuda == "0"), "{l:?}");
+    let (first, second) = if l[0].start <= l[1].start {
+        (&l[0], &l[1])
+    } else {
+        (&l[1], &l[0])
+    };
+    assert!(
+        first.end.unwrap() <= second.start + 0.05,
+        "with one GPU the trainings must not overlap: {l:?}"
+    );
+    let logs = text(&ws.kiln(&["logs", &run_id(&out)]).stdout);
+    assert!(logs.contains("waiting for 1 free GPU(s)"), "{logs}");
+
+    // Two GPUs: both run at once, on different devices.
+    std::fs::remove_file(&record).unwrap();
+    let ws = ws.with_env("KILN_GPUS", "2");
+    let out = ws.kiln(&["run", &wf]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut cuda: Vec<String> = launches(&record).into_iter().map(|x| x.cuda).collect();
+    cuda.sort();
+    assert_eq!(cuda, ["0", "1"]);
+
+    // More GPUs than the machine has is a validation error.
+    let too_many = ws.workflow(
+        "greedy.yaml",
+        &TWO_TRAININGS.replacen("gpus: 1", "gpus: 3", 1),
+    );
+    let out = ws.kiln(&["validate", &too_many]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("needs 3 GPUs but this machine has 2"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn cancelling_frees_the_gpu_only_when_the_training_is_gone() {
+    let ws = Workspace::new()
+        .with_env("FAKE_YOLO_EPOCH_SECONDS", "20")
+        .with_env("KILN_GPUS", "1");
+    let wf = ws.workflow("two.yaml", TWO_TRAININGS);
+    let engine = spawn(&ws, &["run", &wf, "--kill-grace-secs", "2"]);
+    wait_for(60, "yolo to start", || yolo_running(&ws));
+    let lock = ws.root().join(".kiln/gpus/gpu0.lock");
+    let free = || {
+        std::process::Command::new("flock")
+            .args(["-n", lock.to_str().unwrap(), "true"])
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(!free(), "the GPU is leased while training");
+    kill(engine.id(), "INT");
+    let out = engine.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    no_process_left(&ws);
+    assert!(free(), "the GPU is free once the process group is gone");
+}
