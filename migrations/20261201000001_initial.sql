@@ -23,11 +23,11 @@ CREATE INDEX runs_by_created ON runs (created_at);
 CREATE TABLE steps (
     run_id          TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
     step_id         TEXT NOT NULL,
-    position        INTEGER NOT NULL,           -- order in the workflow file
+    position        BIGINT  NOT NULL,           -- order in the workflow file
     uses            TEXT NOT NULL,
     action          TEXT,
     status          TEXT NOT NULL,              -- queued | running | succeeded | failed | cancelled | skipped
-    attempt         INTEGER NOT NULL DEFAULT 0,
+    attempt         BIGINT  NOT NULL DEFAULT 0,
     inputs_json     TEXT,
     outputs_json    TEXT,
     progress_json   TEXT,
@@ -57,8 +57,8 @@ CREATE TABLE checkpoints (
     run_id          TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
     step_id         TEXT NOT NULL,
     path            TEXT NOT NULL,
-    epoch           INTEGER,
-    is_best         INTEGER NOT NULL DEFAULT 0,
+    epoch           BIGINT,
+    is_best         BIGINT  NOT NULL DEFAULT 0,
     reported_at     TEXT NOT NULL,
     PRIMARY KEY (run_id, step_id, path)
 );
@@ -67,19 +67,19 @@ CREATE TABLE models (
     id              TEXT PRIMARY KEY,
     name            TEXT NOT NULL,
     project         TEXT NOT NULL,
-    version         INTEGER NOT NULL,           -- 1, 2, ... within (project, name)
+    version         BIGINT  NOT NULL,           -- 1, 2, ... within (project, name)
     task            TEXT,
     format          TEXT,
     file_path       TEXT NOT NULL,              -- relative to the workspace
     config_path     TEXT,                       -- relative to the workspace
-    input_size      INTEGER,
+    input_size      BIGINT,
     class_names_json TEXT,
     metrics_json    TEXT,
     dataset         TEXT,
     training_run_id TEXT,
     training_step_id TEXT,
     base_model      TEXT,                       -- lineage: the model or weights it started from
-    is_published    INTEGER NOT NULL DEFAULT 0,
+    is_published    BIGINT  NOT NULL DEFAULT 0,
     created_by      TEXT NOT NULL,
     created_on      TEXT NOT NULL,
     UNIQUE (project, name, version),

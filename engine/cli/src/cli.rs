@@ -68,6 +68,11 @@ pub enum Command {
     /// Inspect installed plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+    /// Serve the HTTP API (/api/v1) and execute the runs it triggers.
+    Serve(ServeArgs),
+    /// Manage API bearer tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// (internal) Supervise a launched program; see kiln-supervisor.
     #[command(hide = true)]
     Supervise { state_dir: PathBuf },
@@ -141,6 +146,46 @@ pub enum RunsCommand {
     /// Run a failed or cancelled run again from its unfinished steps, reusing the outputs of
     /// the steps that succeeded.
     Retry(ExecArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "KILN_ADDR")]
+    pub addr: std::net::SocketAddr,
+    /// Workflows that `POST /runs` can start, by name; defaults to <workspace>/workflows.
+    #[arg(long, env = "KILN_WORKFLOWS_DIR")]
+    pub workflows_dir: Option<PathBuf>,
+    /// Accept requests without tokens, with every claim. For local experiments only.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+    #[command(flatten)]
+    pub exec: ExecOptions,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a token; it is printed once and stored only as a hash.
+    Create {
+        /// Name of the token, recorded as `created_by` on the runs and models it creates.
+        #[arg(long)]
+        name: String,
+        /// Claims, comma-separated: CreateTrainingRun, ScheduleTrainingRun, DeleteTrainingRun,
+        /// PublishTrainingRunTrainedModel, ViewTrainingRuns.
+        #[arg(long, value_delimiter = ',')]
+        claims: Vec<String>,
+        /// Roles from configs/roles.yaml, comma-separated (built in: viewer, trainer, publisher,
+        /// admin).
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by name or id.
+    Revoke { name: String },
 }
 
 #[derive(Subcommand, Debug)]

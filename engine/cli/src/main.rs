@@ -19,7 +19,9 @@ fn main() -> std::process::ExitCode {
     if let Command::Supervise { state_dir } = &cli.command {
         return std::process::ExitCode::from(kiln_supervisor::supervise_main(state_dir) as u8);
     }
-    init_tracing(cli.verbose);
+    // The server logs its requests and runs at info level by default.
+    let serving = matches!(cli.command, Command::Serve(_));
+    init_tracing(cli.verbose.max(u8::from(serving)));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -44,8 +46,10 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -26,7 +26,8 @@ pub struct Checkpoint {
 }
 
 impl Store {
-    /// Append a log line to a run. Sequence numbers are dense per run.
+    /// Append a log line to a run. Sequence numbers are dense per run; two writers that pick
+    /// the same number (PostgreSQL, concurrent steps) retry with the next one.
     pub async fn append_event(
         &self,
         run_id: &str,
@@ -34,19 +35,53 @@ impl Store {
         level: &str,
         message: &str,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO events (run_id, seq, step_id, at, level, message) \
-             VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = $1), $2, $3, $4, $5)",
+        let mut tries = 0;
+        loop {
+            let result = sqlx::query(
+                "INSERT INTO events (run_id, seq, step_id, at, level, message) \
+                 VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = $1), $2, $3, $4, $5)",
+            )
+            .bind(run_id)
+            .bind(step_id)
+            .bind(time_fmt::now())
+            .bind(level)
+            .bind(message)
+            .execute(self.pool())
+            .await;
+            match result {
+                Ok(_) => return Ok(()),
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() && tries < 10 => {
+                    tries += 1;
+                }
+                Err(e) => return Err(query_err("appending a log line")(e)),
+            }
+        }
+    }
+
+    /// Log lines of a run after sequence number `after`, at most `limit`.
+    pub async fn events_after(&self, run_id: &str, after: i64, limit: i64) -> Result<Vec<Event>> {
+        let rows = sqlx::query(
+            "SELECT seq, step_id, at, level, message FROM events \
+             WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
         .bind(run_id)
-        .bind(step_id)
-        .bind(time_fmt::now())
-        .bind(level)
-        .bind(message)
-        .execute(self.pool())
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.pool())
         .await
-        .map_err(query_err("appending a log line"))?;
-        Ok(())
+        .map_err(query_err("reading log lines"))?;
+        rows.iter()
+            .map(|row| {
+                let e = || query_err("reading log lines");
+                Ok(Event {
+                    seq: row.try_get("seq").map_err(e())?,
+                    step_id: row.try_get("step_id").map_err(e())?,
+                    at: row.try_get("at").map_err(e())?,
+                    level: row.try_get("level").map_err(e())?,
+                    message: row.try_get("message").map_err(e())?,
+                })
+            })
+            .collect()
     }
 
     /// Log lines of a run, optionally of one step, in order.

@@ -10,15 +10,18 @@ mod models;
 mod runs;
 mod status;
 mod steps;
+pub mod test_support;
 mod time_fmt;
+mod tokens;
 
 pub use cache::CachedOutputs;
 pub use events::{Checkpoint, Event};
-pub use models::{ModelRecord, NewModel};
+pub use models::{ModelRecord, NewModel, STAGES};
 pub use runs::{NewRun, RunRecord, RunStats};
 pub use status::{ParseStatusError, RunStatus, StepStatus};
 pub use steps::{NewStep, PluginIdentity, StepRecord};
 pub use time_fmt::now;
+pub use tokens::TokenRecord;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions};
@@ -45,6 +48,10 @@ pub enum Error {
         doing: &'static str,
         message: String,
     },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("no model `{0}`")]
+    ModelNotFound(String),
     #[error("no run matches `{0}`")]
     RunNotFound(String),
     #[error("`{prefix}` matches several runs ({candidates}); give more characters of the id")]

@@ -45,9 +45,17 @@ pub struct ModelRecord {
     pub training_step_id: Option<String>,
     pub base_model: Option<String>,
     pub is_published: bool,
+    pub published_at: Option<String>,
+    /// development | testing | production
+    pub stage: String,
+    /// When the model was last promoted to production.
+    pub production_at: Option<String>,
     pub created_by: String,
     pub created_on: String,
 }
+
+/// The stages a model can be promoted to.
+pub const STAGES: &[&str] = &["development", "testing", "production"];
 
 fn model_from_row(row: &AnyRow) -> Result<ModelRecord> {
     const DOING: &str = "reading a model";
@@ -73,6 +81,9 @@ fn model_from_row(row: &AnyRow) -> Result<ModelRecord> {
         training_step_id: row.try_get("training_step_id").map_err(e())?,
         base_model: row.try_get("base_model").map_err(e())?,
         is_published: published != 0,
+        published_at: row.try_get("published_at").map_err(e())?,
+        stage: row.try_get("stage").map_err(e())?,
+        production_at: row.try_get("production_at").map_err(e())?,
         created_by: row.try_get("created_by").map_err(e())?,
         created_on: row.try_get("created_on").map_err(e())?,
     })
@@ -164,10 +175,54 @@ impl Store {
     pub async fn model(&self, id: &str) -> Result<ModelRecord> {
         let row = sqlx::query("SELECT * FROM models WHERE id = $1")
             .bind(id)
-            .fetch_one(self.pool())
+            .fetch_optional(self.pool())
             .await
-            .map_err(query_err("reading a model"))?;
+            .map_err(query_err("reading a model"))?
+            .ok_or_else(|| crate::Error::ModelNotFound(id.to_owned()))?;
         model_from_row(&row)
+    }
+
+    /// Publish a model (idempotent; the first publication time is kept).
+    pub async fn publish_model(&self, id: &str) -> Result<ModelRecord> {
+        self.model(id).await?;
+        sqlx::query(
+            "UPDATE models SET is_published = 1, published_at = COALESCE(published_at, $1) WHERE id = $2",
+        )
+        .bind(time_fmt::now())
+        .bind(id)
+        .execute(self.pool())
+        .await
+        .map_err(query_err("publishing a model"))?;
+        self.model(id).await
+    }
+
+    /// Move a model to `stage` (one of [`STAGES`]); promotion to production records the date.
+    pub async fn promote_model(&self, id: &str, stage: &str) -> Result<ModelRecord> {
+        self.model(id).await?;
+        let production_at = (stage == "production").then(time_fmt::now);
+        sqlx::query(
+            "UPDATE models SET stage = $1, production_at = COALESCE($2, production_at) WHERE id = $3",
+        )
+        .bind(stage)
+        .bind(production_at)
+        .bind(id)
+        .execute(self.pool())
+        .await
+        .map_err(query_err("promoting a model"))?;
+        self.model(id).await
+    }
+
+    /// Models filtered by project and publication, newest first.
+    pub async fn find_models(
+        &self,
+        project: Option<&str>,
+        published: Option<bool>,
+    ) -> Result<Vec<ModelRecord>> {
+        let mut models = self.list_models(project).await?;
+        if let Some(p) = published {
+            models.retain(|m| m.is_published == p);
+        }
+        Ok(models)
     }
 
     /// Models, optionally of one project, newest first.

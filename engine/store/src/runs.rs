@@ -157,6 +157,61 @@ impl Store {
         self.run(&run.id).await
     }
 
+    /// Delete a run and everything recorded with it (steps, events, checkpoints).
+    pub async fn delete_run(&self, id: &str) -> Result<()> {
+        let mut tx = self.begin_write("deleting a run").await?;
+        for sql in [
+            "DELETE FROM events WHERE run_id = $1",
+            "DELETE FROM checkpoints WHERE run_id = $1",
+            "DELETE FROM steps WHERE run_id = $1",
+            "DELETE FROM runs WHERE id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err("deleting a run"))?;
+        }
+        tx.commit().await.map_err(query_err("deleting a run"))
+    }
+
+    /// Runs that were executing when their engine stopped (status queued or running).
+    pub async fn active_runs(&self) -> Result<Vec<RunRecord>> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE status IN ('queued', 'running') ORDER BY created_at"
+        );
+        let rows = sqlx::query(&sql)
+            .fetch_all(self.pool())
+            .await
+            .map_err(query_err("listing active runs"))?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    /// Runs, newest first, skipping `offset`, optionally only those with `status`.
+    pub async fn page_runs(
+        &self,
+        status: Option<RunStatus>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<RunRecord>> {
+        let rows = match status {
+            Some(s) => {
+                let sql = format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE status = $1 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
+                );
+                sqlx::query(&sql).bind(s.as_str()).bind(limit).bind(offset).fetch_all(self.pool()).await
+            }
+            None => {
+                let sql = format!(
+                    "SELECT {RUN_COLUMNS} FROM runs ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2"
+                );
+                sqlx::query(&sql).bind(limit).bind(offset).fetch_all(self.pool()).await
+            }
+        }
+        .map_err(query_err("listing runs"))?;
+        rows.iter().map(run_from_row).collect()
+    }
+
     /// Ask the engine executing a run to cancel it (it polls for this).
     pub async fn request_cancel(&self, id: &str) -> Result<()> {
         sqlx::query("UPDATE runs SET cancel_requested_at = $1 WHERE id = $2 AND cancel_requested_at IS NULL")

@@ -1,9 +1,19 @@
 use super::*;
 
-async fn store() -> (tempfile::TempDir, Store) {
+/// A fresh store on SQLite, and one on PostgreSQL too when KILN_TEST_POSTGRES_URL names a
+/// server (each test gets its own database there).
+async fn stores() -> Vec<(tempfile::TempDir, Store)> {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/kiln.db", dir.path().display());
-    (dir, Store::connect(&url).await.unwrap())
+    let mut out = vec![(dir, Store::connect(&url).await.unwrap())];
+    if let Ok(admin) = std::env::var("KILN_TEST_POSTGRES_URL") {
+        let url = test_support::fresh_postgres_database(&admin).await;
+        out.push((
+            tempfile::tempdir().unwrap(),
+            Store::connect(&url).await.unwrap(),
+        ));
+    }
+    out
 }
 
 fn new_run(id: &str) -> NewRun {
@@ -19,108 +29,109 @@ fn new_run(id: &str) -> NewRun {
 
 #[tokio::test]
 async fn run_lifecycle_records_times_and_status() {
-    let (_d, s) = store().await;
-    let r = s.create_run(&new_run("0001-aaaa")).await.unwrap();
-    assert_eq!(r.status, RunStatus::Queued);
-    assert_eq!(r.params["epochs"], 2);
-    s.start_run("0001-aaaa").await.unwrap();
-    s.insert_steps(
-        "0001-aaaa",
-        &[NewStep {
-            step_id: "a".into(),
-            uses: "builtin/x".into(),
-            action: None,
-        }],
-    )
-    .await
-    .unwrap();
-    let attempt = s
-        .start_step("0001-aaaa", "a", &serde_json::json!({"k": 1}), None)
+    for (_d, s) in stores().await {
+        let r = s.create_run(&new_run("0001-aaaa")).await.unwrap();
+        assert_eq!(r.status, RunStatus::Queued);
+        assert_eq!(r.params["epochs"], 2);
+        s.start_run("0001-aaaa").await.unwrap();
+        s.insert_steps(
+            "0001-aaaa",
+            &[NewStep {
+                step_id: "a".into(),
+                uses: "builtin/x".into(),
+                action: None,
+            }],
+        )
         .await
         .unwrap();
-    assert_eq!(attempt, 1);
-    s.finish_step("0001-aaaa", "a", StepStatus::Failed, None, Some("boom"))
-        .await
-        .unwrap();
-    let done = s
-        .finish_run("0001", RunStatus::Failed, Some("step a failed: boom"), None)
-        .await
-        .unwrap();
-    assert_eq!(done.status, RunStatus::Failed);
-    assert!(done.finished_at.is_some() && done.duration_ms.is_some());
-    let step = s.step("0001-aaaa", "a").await.unwrap();
-    assert_eq!(step.status, StepStatus::Failed);
-    assert_eq!(step.error_message.as_deref(), Some("boom"));
-    let stats = s.run_stats().await.unwrap();
-    assert_eq!(stats.total, 1);
-    assert_eq!(stats.success_rate, Some(0.0));
+        let attempt = s
+            .start_step("0001-aaaa", "a", &serde_json::json!({"k": 1}), None)
+            .await
+            .unwrap();
+        assert_eq!(attempt, 1);
+        s.finish_step("0001-aaaa", "a", StepStatus::Failed, None, Some("boom"))
+            .await
+            .unwrap();
+        let done = s
+            .finish_run("0001", RunStatus::Failed, Some("step a failed: boom"), None)
+            .await
+            .unwrap();
+        assert_eq!(done.status, RunStatus::Failed);
+        assert!(done.finished_at.is_some() && done.duration_ms.is_some());
+        let step = s.step("0001-aaaa", "a").await.unwrap();
+        assert_eq!(step.status, StepStatus::Failed);
+        assert_eq!(step.error_message.as_deref(), Some("boom"));
+        let stats = s.run_stats().await.unwrap();
+        assert_eq!(stats.total, 1);
+        assert_eq!(stats.success_rate, Some(0.0));
+    }
 }
-
 #[tokio::test]
 async fn prefix_lookup_is_unambiguous_or_says_so() {
-    let (_d, s) = store().await;
-    s.create_run(&new_run("abc-1")).await.unwrap();
-    s.create_run(&new_run("abc-2")).await.unwrap();
-    assert!(matches!(
-        s.run("abc").await,
-        Err(Error::AmbiguousRun { .. })
-    ));
-    assert!(matches!(s.run("zzz").await, Err(Error::RunNotFound(_))));
-    assert_eq!(s.run("abc-2").await.unwrap().id, "abc-2");
-    assert_eq!(
-        s.list_runs(Some(RunStatus::Queued), 10)
-            .await
-            .unwrap()
-            .len(),
-        2
-    );
-    assert!(
-        s.list_runs(Some(RunStatus::Running), 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    for (_d, s) in stores().await {
+        s.create_run(&new_run("abc-1")).await.unwrap();
+        s.create_run(&new_run("abc-2")).await.unwrap();
+        assert!(matches!(
+            s.run("abc").await,
+            Err(Error::AmbiguousRun { .. })
+        ));
+        assert!(matches!(s.run("zzz").await, Err(Error::RunNotFound(_))));
+        assert_eq!(s.run("abc-2").await.unwrap().id, "abc-2");
+        assert_eq!(
+            s.list_runs(Some(RunStatus::Queued), 10)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(
+            s.list_runs(Some(RunStatus::Running), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
 }
-
 #[tokio::test]
 async fn model_registration_is_idempotent_per_step_and_versions_per_name() {
-    let (_d, s) = store().await;
-    s.create_run(&new_run("r1")).await.unwrap();
-    s.create_run(&new_run("r2")).await.unwrap();
-    let m = |run: &str| NewModel {
-        name: "det".into(),
-        project: "demo".into(),
-        task: Some("detect".into()),
-        format: Some("pt".into()),
-        file_path: "projects/demo/model/x/weights/best.pt".into(),
-        config_path: None,
-        input_size: Some(64),
-        class_names: vec!["a".into(), "b".into()],
-        metrics: Some(serde_json::json!({"map50": 0.5})),
-        dataset: Some("release.zip".into()),
-        training_run_id: run.into(),
-        training_step_id: "register".into(),
-        base_model: Some("yolo11n.yaml".into()),
-        created_by: "tester".into(),
-    };
-    let a = s.register_model(&m("r1")).await.unwrap();
-    let again = s.register_model(&m("r1")).await.unwrap();
-    assert_eq!(a.id, again.id);
-    assert_eq!(again.version, 1);
-    let b = s.register_model(&m("r2")).await.unwrap();
-    assert_eq!(b.version, 2);
-    assert!(!b.is_published);
-    assert_eq!(b.class_names, vec!["a", "b"]);
-    assert_eq!(s.list_models(Some("demo")).await.unwrap().len(), 2);
+    for (_d, s) in stores().await {
+        s.create_run(&new_run("r1")).await.unwrap();
+        s.create_run(&new_run("r2")).await.unwrap();
+        let m = |run: &str| NewModel {
+            name: "det".into(),
+            project: "demo".into(),
+            task: Some("detect".into()),
+            format: Some("pt".into()),
+            file_path: "projects/demo/model/x/weights/best.pt".into(),
+            config_path: None,
+            input_size: Some(64),
+            class_names: vec!["a".into(), "b".into()],
+            metrics: Some(serde_json::json!({"map50": 0.5})),
+            dataset: Some("release.zip".into()),
+            training_run_id: run.into(),
+            training_step_id: "register".into(),
+            base_model: Some("yolo11n.yaml".into()),
+            created_by: "tester".into(),
+        };
+        let a = s.register_model(&m("r1")).await.unwrap();
+        let again = s.register_model(&m("r1")).await.unwrap();
+        assert_eq!(a.id, again.id);
+        assert_eq!(again.version, 1);
+        let b = s.register_model(&m("r2")).await.unwrap();
+        assert_eq!(b.version, 2);
+        assert!(!b.is_published);
+        assert_eq!(b.class_names, vec!["a", "b"]);
+        assert_eq!(s.list_models(Some("demo")).await.unwrap().len(), 2);
+    }
 }
-
 #[tokio::test]
 async fn events_are_ordered_per_run() {
-    let (_d, s) = store().await;
-    s.create_run(&new_run("r")).await.unwrap();
-    s.append_event("r", Some("a"), "info", "one").await.unwrap();
-    s.append_event("r", None, "warn", "two").await.unwrap();
-    let all = s.events("r", None).await.unwrap();
-    assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
-    assert_eq!(s.events("r", Some("a")).await.unwrap().len(), 1);
+    for (_d, s) in stores().await {
+        s.create_run(&new_run("r")).await.unwrap();
+        s.append_event("r", Some("a"), "info", "one").await.unwrap();
+        s.append_event("r", None, "warn", "two").await.unwrap();
+        let all = s.events("r", None).await.unwrap();
+        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(s.events("r", Some("a")).await.unwrap().len(), 1);
+    }
 }

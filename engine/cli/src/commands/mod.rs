@@ -3,6 +3,7 @@
 mod control;
 mod inspect;
 mod run;
+mod serve;
 mod validate;
 
 use crate::cli::{Cli, Command, RunsCommand};
@@ -34,6 +35,8 @@ pub async fn dispatch(cli: Cli) -> Exit {
         Command::Runs(RunsCommand::Retry(args)) => control::retry(&ctx, args).await,
         Command::Runs(cmd) => inspect::runs(&ctx, cmd).await,
         Command::Resume(args) => control::resume(&ctx, args).await,
+        Command::Serve(args) => serve::serve(&ctx, args).await,
+        Command::Token(cmd) => serve::token(&ctx, cmd).await,
         Command::Logs { run, step } => inspect::logs(&ctx, &run, step.as_deref()).await,
         Command::Models(cmd) => inspect::models(&ctx, cmd).await,
         Command::Plugins(cmd) => inspect::plugins(&ctx, cmd).await,

@@ -55,11 +55,14 @@ struct Launch {
 
 const OFFSET_FILE: &str = "read-offset";
 
-fn read_offset(state_dir: &Path) -> u64 {
+fn read_launch_offset(state_dir: &Path) -> Option<u64> {
     std::fs::read_to_string(state_dir.join(OFFSET_FILE))
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
+}
+
+fn read_offset(state_dir: &Path) -> u64 {
+    read_launch_offset(state_dir).unwrap_or(0)
 }
 
 fn write_offset(state_dir: &Path, offset: u64) {
@@ -297,6 +300,13 @@ impl StepState {
             cwd,
             log_path: log_path.clone(),
         };
+        // A fresh launch follows its output from the log file's current end: earlier attempts
+        // of the step appended to the same file. Recorded before the program can write.
+        if read_launch_offset(&state_dir).is_none() {
+            let _ = std::fs::create_dir_all(&state_dir);
+            let end = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
+            write_offset(&state_dir, end);
+        }
         // Keyed by the step attempt's state directory: after an engine restart the same launch
         // re-attaches to the program it started instead of starting a second copy.
         let supervised = match Supervised::launch_or_attach(

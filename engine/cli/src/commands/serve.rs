@@ -1,0 +1,126 @@
+//! `kiln serve` and `kiln token`.
+
+use std::time::Duration;
+
+use kiln_server::{AppState, Claim, Roles, ServerConfig};
+
+use crate::cli::{ServeArgs, TokenCommand};
+use crate::context::Context;
+use crate::exit::Exit;
+
+fn roles(ctx: &Context) -> anyhow::Result<Roles> {
+    Roles::load(&ctx.ws.configs_dir().join("roles.yaml")).map_err(|e| anyhow::anyhow!(e))
+}
+
+pub async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<Exit> {
+    if args.insecure_no_auth {
+        let warning = "--insecure-no-auth: EVERY REQUEST IS ACCEPTED WITH EVERY CLAIM, WITHOUT A TOKEN. \
+                       Never expose this server beyond your own machine.";
+        eprintln!("\n  WARNING: {warning}\n");
+        tracing::warn!(target: "app.backend", "{warning}");
+    }
+    let plugins = ctx
+        .plugins(Duration::from_secs(args.exec.kill_grace_secs))
+        .await?;
+    let runner = ctx.runner(&args.exec, plugins).await?;
+    let config = ServerConfig {
+        workflows_dir: args
+            .workflows_dir
+            .clone()
+            .unwrap_or_else(|| ctx.ws.root().join("workflows")),
+        insecure_no_auth: args.insecure_no_auth,
+    };
+    let state = AppState::new(runner, roles(ctx)?, config);
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    };
+    kiln_server::serve(state, args.addr, shutdown).await?;
+    eprintln!(
+        "kiln API stopped; runs in flight continue under their supervisors and are recovered on the next start"
+    );
+    Ok(Exit::Success)
+}
+
+pub async fn token(ctx: &Context, cmd: TokenCommand) -> anyhow::Result<Exit> {
+    let store = ctx.store().await?;
+    match cmd {
+        TokenCommand::Create {
+            name,
+            claims,
+            roles: role_names,
+        } => {
+            let claims: Vec<Claim> = match claims
+                .iter()
+                .filter(|c| !c.trim().is_empty())
+                .map(|c| Claim::parse(c))
+                .collect()
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: --claims: {e}");
+                    return Ok(Exit::InvalidInput);
+                }
+            };
+            let role_names: Vec<String> = role_names
+                .into_iter()
+                .filter(|r| !r.trim().is_empty())
+                .collect();
+            match kiln_server::issue_token(&store, &roles(ctx)?, &name, &claims, &role_names).await
+            {
+                Ok((token, record)) => {
+                    eprintln!(
+                        "token `{}` created (id {}); it is shown only now, store it safely:",
+                        record.name, record.id
+                    );
+                    println!("{token}");
+                    Ok(Exit::Success)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(Exit::InvalidInput)
+                }
+            }
+        }
+        TokenCommand::List { json } => {
+            let tokens = store.tokens().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tokens)?);
+            } else {
+                println!(
+                    "{:<12}  {:<20}  {:<8}  CLAIMS / ROLES",
+                    "ID", "NAME", "STATE"
+                );
+                for t in tokens {
+                    let state = if t.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{:<12}  {:<20}  {:<8}  claims [{}] roles [{}]",
+                        t.id,
+                        t.name,
+                        state,
+                        t.claims.join(", "),
+                        t.roles.join(", ")
+                    );
+                }
+            }
+            Ok(Exit::Success)
+        }
+        TokenCommand::Revoke { name } => {
+            if store.revoke_token(&name).await? {
+                eprintln!("token `{name}` revoked");
+                Ok(Exit::Success)
+            } else {
+                eprintln!("error: no active token named `{name}`");
+                Ok(Exit::InvalidInput)
+            }
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! The HTTP API (`kiln serve`): triggers, follows, stops and deletes runs, serves logs,
+//! checkpoints and the model registry, and executes triggered runs in the same process.
+//!
+//! Architecture invariant: this is the only crate that knows HTTP (axum) and the API's JSON
+//! shapes. It reaches the database only through `kiln-store` and runs only through
+//! `kiln-runner`. Every endpoint declares the claim it needs next to its route (`routes/`).
+//!
+//! Log targets: `app.backend` (one line per request), `operations.training` (runs started,
+//! finished, recovered), `errors.api` / `errors.training` (failures).
+
+pub mod auth;
+mod json;
+mod manager;
+mod openapi;
+mod problem;
+mod routes;
+mod state;
+
+pub use auth::{Claim, Roles, issue_token};
+pub use manager::RunManager;
+pub use openapi::openapi;
+pub use problem::ApiError;
+pub use state::{AppState, ServerConfig};
+
+use std::net::SocketAddr;
+
+/// Serve the API on `addr` until `shutdown` resolves. Runs that were active when an earlier
+/// engine stopped are recovered first; on shutdown no new run is accepted, and runs in flight
+/// are left to their supervised programs for the next start to re-attach to.
+pub async fn serve(
+    state: AppState,
+    addr: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let recovered = state.manager().recover().await?;
+    if recovered > 0 {
+        tracing::info!(target: "operations.training", recovered, "recovered active runs");
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(target: "app.backend", %local, "listening");
+    eprintln!("kiln API listening on http://{local}/api/v1 (OpenAPI: /api/v1/openapi.json)");
+    let manager = state.manager().clone();
+    axum::serve(listener, routes::router(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            manager.stop_accepting();
+            tracing::info!(target: "app.backend", "shutting down: no new runs accepted");
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,385 @@
+//! Runs: trigger, list, show, stats, cancel, delete.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use kiln_runner::EngineCatalog;
+use kiln_store::{RunRecord, RunStatus, StepRecord};
+use kiln_workflow::Workflow;
+
+use crate::auth::Caller;
+use crate::json::ApiJson;
+use crate::problem::{ApiError, ApiResult, Problem};
+use crate::state::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(create, list, show, stats, cancel, remove),
+    components(schemas(CreateRun, RunView, StepView, RunPage, RunStats))
+)]
+pub struct Api;
+
+/// `POST /runs` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRun {
+    /// Name of a workflow in the server's workflows directory (see `GET /workflows`).
+    pub workflow: String,
+    /// Params of the workflow.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub params: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A step of a run.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StepView {
+    pub step_id: String,
+    pub uses: String,
+    pub action: Option<String>,
+    /// queued | running | succeeded | failed | cancelled | skipped
+    pub status: String,
+    pub attempt: i64,
+    #[schema(value_type = Option<Object>)]
+    pub outputs: Option<serde_json::Value>,
+    /// Latest progress report: percent, epoch, epochs, metrics, message.
+    #[schema(value_type = Option<Object>)]
+    pub progress: Option<serde_json::Value>,
+    pub error_message: Option<String>,
+    /// failure | infrastructure
+    pub failure_kind: Option<String>,
+    pub plugin_name: Option<String>,
+    pub plugin_version: Option<String>,
+    pub plugin_digest: Option<String>,
+    pub gpus: Option<String>,
+    pub cached_from: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub duration_ms: Option<i64>,
+}
+
+impl From<StepRecord> for StepView {
+    fn from(s: StepRecord) -> Self {
+        Self {
+            step_id: s.step_id,
+            uses: s.uses,
+            action: s.action,
+            status: s.status.to_string(),
+            attempt: s.attempt,
+            outputs: s.outputs,
+            progress: s.progress,
+            error_message: s.error_message,
+            failure_kind: s.failure_kind,
+            plugin_name: s.plugin_name,
+            plugin_version: s.plugin_version,
+            plugin_digest: s.plugin_digest,
+            gpus: s.gpus,
+            cached_from: s.cached_from,
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+            duration_ms: s.duration_ms,
+        }
+    }
+}
+
+/// A run.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunView {
+    pub id: String,
+    pub workflow_name: String,
+    /// queued | running | succeeded | failed | cancelled
+    pub status: String,
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    pub error_message: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub metrics: Option<serde_json::Value>,
+    pub created_by: String,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub duration_ms: Option<i64>,
+    /// Present on `GET /runs/{id}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<StepView>>,
+}
+
+impl RunView {
+    pub fn new(r: RunRecord, steps: Option<Vec<StepRecord>>) -> Self {
+        Self {
+            id: r.id,
+            workflow_name: r.workflow_name,
+            status: r.status.to_string(),
+            params: r.params,
+            error_message: r.error_message,
+            metrics: r.metrics,
+            created_by: r.created_by,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            duration_ms: r.duration_ms,
+            steps: steps.map(|s| s.into_iter().map(StepView::from).collect()),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunPage {
+    pub runs: Vec<RunView>,
+    /// Pass as `offset` for the next page; absent on the last page.
+    pub next_offset: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunStats {
+    pub total: i64,
+    pub by_status: BTreeMap<String, i64>,
+    /// Succeeded / finished runs; null when none has finished.
+    pub success_rate: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// queued | running | succeeded | failed | cancelled
+    pub status: Option<String>,
+    /// Page size, 1..=500 (default 50).
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    /// Also delete the run's training outputs (weights, artifacts) and logs.
+    #[serde(default)]
+    pub purge_outputs: bool,
+}
+
+/// Load the workflows of the server's workflows directory, by name.
+pub(crate) fn find_workflow(state: &AppState, name: &str) -> ApiResult<(Workflow, String)> {
+    let dir = &state.config().workflows_dir;
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir)
+        .map_err(|e| ApiError::internal(format!("cannot read {}: {e}", dir.display())))?
+        .flatten()
+    {
+        let path = entry.path();
+        if !path.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+            continue;
+        }
+        let Ok(wf) = Workflow::load(&path) else {
+            continue;
+        };
+        if wf.name == name {
+            let yaml = std::fs::read_to_string(&path).map_err(ApiError::internal)?;
+            return Ok((wf, yaml));
+        }
+        names.push(wf.name);
+    }
+    names.sort();
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown_workflow",
+        format!(
+            "no workflow named `{name}`; workflows: {}",
+            names.join(", ")
+        ),
+    ))
+}
+
+/// Validate, record and start a run of `workflow` with `params` on behalf of `caller`.
+pub(crate) async fn start_run(
+    state: &AppState,
+    caller: &Caller,
+    workflow_name: &str,
+    params: serde_json::Map<String, serde_json::Value>,
+) -> ApiResult<RunRecord> {
+    if !state.manager().accepting() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down and accepts no new runs; retry against the restarted server",
+        ));
+    }
+    let (workflow, yaml) = find_workflow(state, workflow_name)?;
+    let catalog = EngineCatalog {
+        plugins: state.runner().plugins(),
+        gpus: state.runner().gpu_count(),
+    };
+    workflow.validate(&catalog).map_err(|d| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_workflow",
+            d.to_string(),
+        )
+    })?;
+    let params =
+        kiln_workflow::resolve_params(&workflow, params.into_iter().collect()).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_params",
+                e.to_string(),
+            )
+        })?;
+    let run = state
+        .runner()
+        .create(&workflow, yaml, &params, &caller.name)
+        .await
+        .map_err(|e| ApiError::internal(e))?;
+    state.manager().start(run.clone(), workflow);
+    Ok(run)
+}
+
+/// Trigger a run.
+#[utoipa::path(post, path = "/api/v1/runs", request_body = CreateRun,
+    responses((status = 201, body = RunView), (status = 422, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)))]
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<CreateRun>,
+) -> ApiResult<impl IntoResponse> {
+    let run = start_run(&state, &caller, &body.workflow, body.params).await?;
+    Ok((StatusCode::CREATED, Json(RunView::new(run, None))))
+}
+
+/// List runs, newest first.
+#[utoipa::path(get, path = "/api/v1/runs", params(ListQuery), responses((status = 200, body = RunPage)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<RunPage>> {
+    let status = q
+        .status
+        .as_deref()
+        .map(str::parse::<RunStatus>)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_status", e.to_string()))?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            "limit must be between 1 and 500",
+        ));
+    }
+    let offset = q.offset.unwrap_or(0).max(0);
+    let runs = state.store().page_runs(status, limit + 1, offset).await?;
+    let more = runs.len() as i64 > limit;
+    Ok(Json(RunPage {
+        next_offset: more.then_some(offset + limit),
+        runs: runs
+            .into_iter()
+            .take(limit as usize)
+            .map(|r| RunView::new(r, None))
+            .collect(),
+    }))
+}
+
+/// A run with its steps, progress and metrics.
+#[utoipa::path(get, path = "/api/v1/runs/{id}", params(("id" = String, Path, description = "run id or a unique prefix")),
+    responses((status = 200, body = RunView), (status = 404, body = Problem)))]
+pub async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RunView>> {
+    let run = state.store().run(&id).await?;
+    let steps = state.store().steps(&run.id).await?;
+    Ok(Json(RunView::new(run, Some(steps))))
+}
+
+/// Counts by status and the success rate.
+#[utoipa::path(get, path = "/api/v1/runs/stats", responses((status = 200, body = RunStats)))]
+pub async fn stats(State(state): State<AppState>) -> ApiResult<Json<RunStats>> {
+    let s = state.store().run_stats().await?;
+    Ok(Json(RunStats {
+        total: s.total,
+        by_status: s
+            .by_status
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        success_rate: s.success_rate,
+    }))
+}
+
+/// Cancel a run: its programs get SIGTERM, then SIGKILL after the grace period.
+#[utoipa::path(post, path = "/api/v1/runs/{id}/cancel", params(("id" = String, Path)),
+    responses((status = 202, body = RunView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let run = state.store().run(&id).await?;
+    if run.status.is_terminal() {
+        return Err(ApiError::conflict(
+            "run_finished",
+            format!("run {} already {}", run.id, run.status),
+        ));
+    }
+    state.manager().cancel(&run.id).await?;
+    Ok((StatusCode::ACCEPTED, Json(RunView::new(run, None))))
+}
+
+/// Delete a run's record, cancelling it first if it is active. Training outputs are deleted
+/// only with `purge_outputs=true`.
+#[utoipa::path(delete, path = "/api/v1/runs/{id}", params(("id" = String, Path), DeleteQuery),
+    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn remove(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> ApiResult<StatusCode> {
+    let run = state.store().run(&id).await?;
+    if !run.status.is_terminal() {
+        state.manager().cancel(&run.id).await?;
+        let stopped = state
+            .manager()
+            .wait_stopped(&run.id, std::time::Duration::from_secs(120))
+            .await;
+        let ended = state.store().run(&run.id).await?.status.is_terminal();
+        if !stopped || !ended {
+            return Err(ApiError::conflict(
+                "run_still_active",
+                format!(
+                    "run {} is still being stopped by its engine; retry the delete shortly",
+                    run.id
+                ),
+            ));
+        }
+    }
+    if q.purge_outputs {
+        purge_outputs(&state, &run.id).await?;
+    }
+    state.store().delete_run(&run.id).await?;
+    tracing::info!(target: "operations.training", run_id = %run.id, purge = q.purge_outputs, "run deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Remove what a run wrote: the training output folders of its steps and its run folder.
+async fn purge_outputs(state: &AppState, run_id: &str) -> ApiResult<()> {
+    let ws = state.workspace();
+    for step in state.store().steps(run_id).await? {
+        let Some(inputs) = step.inputs else { continue };
+        if let (Some(p), Some(t)) = (
+            inputs.get("project").and_then(|v| v.as_str()),
+            inputs.get("training_name").and_then(|v| v.as_str()),
+        ) && let Ok(dir) = ws.training_dir(p, t)
+            && dir.exists()
+        {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| ApiError::internal(format!("{}: {e}", dir.display())))?;
+        }
+    }
+    let run_dir = ws.run_dir(run_id);
+    if run_dir.exists() {
+        std::fs::remove_dir_all(&run_dir)
+            .map_err(|e| ApiError::internal(format!("{}: {e}", run_dir.display())))?;
+    }
+    Ok(())
+}
