@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
 # Run the whole test suite: build the plugin components (the integration tests load the real
-# wasm), then every crate's tests, which drive the real kiln binary against real SQLite.
+# wasm), then every crate's tests, which drive the real kiln binary against real SQLite, and
+# against PostgreSQL too when one can be started (KILN_TEST_POSTGRES=off skips it; an existing
+# server is used when KILN_TEST_POSTGRES_URL is set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build-plugins.sh --with-test-plugins
 tests/fixtures/bin/selftest.sh
+if [[ -z "${KILN_TEST_POSTGRES_URL:-}" && "${KILN_TEST_POSTGRES:-auto}" != off ]]; then
+  if url="$(scripts/start-postgres.sh)"; then
+    export KILN_TEST_POSTGRES_URL="$url"
+    echo "PostgreSQL tests against $url"
+  else
+    echo "PostgreSQL could not be started: its test variants are skipped"
+  fi
+fi
 cargo test --workspace
