@@ -406,11 +406,35 @@ pub struct ResolveRequest<'a> {
     pub base: Map<String, Value>,
     /// Host path of the training-output directory.
     pub output_host: &'a str,
+    /// In user mode, drop keys that only developer mode may override and report them
+    /// ([`Resolved::rejected`]) instead of failing. Unknown, reserved and mistyped keys still fail.
+    pub report_rejected: bool,
+}
+
+/// An override that user mode dropped (with [`ResolveRequest::report_rejected`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub key: String,
+    pub reason: String,
+}
+
+/// What [`resolve_reporting`] returns.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub config: Map<String, Value>,
+    /// Empty unless [`ResolveRequest::report_rejected`] was set.
+    pub rejected: Vec<Rejected>,
 }
 
 /// Merge the overrides onto the base config and set the plugin-owned keys.
 pub fn resolve(req: &ResolveRequest<'_>) -> Result<Map<String, Value>, StepError> {
+    resolve_reporting(req).map(|r| r.config)
+}
+
+/// [`resolve`], also returning the overrides user mode dropped when `report_rejected` is set.
+pub fn resolve_reporting(req: &ResolveRequest<'_>) -> Result<Resolved, StepError> {
     let mut config = req.base.clone();
+    let mut rejected = Vec::new();
     for (key, value) in req.overrides {
         let origin = "input 'overrides'";
         if kind_of(key).is_none() {
@@ -422,6 +446,16 @@ pub fn resolve(req: &ResolveRequest<'_>) -> Result<Map<String, Value>, StepError
             )));
         }
         if req.mode == Mode::User && !USER_KEYS.contains(&key.as_str()) {
+            if req.report_rejected {
+                rejected.push(Rejected {
+                    key: key.clone(),
+                    reason: format!(
+                        "only developer mode may override '{key}'; user mode allows: {}",
+                        USER_KEYS.join(", ")
+                    ),
+                });
+                continue;
+            }
             return Err(StepError::invalid_input(format!(
                 "{origin}: '{key}' cannot be overridden in user mode; allowed keys: {}. \
                  Set `mode: developer` to override any Ultralytics argument",
@@ -431,7 +465,7 @@ pub fn resolve(req: &ResolveRequest<'_>) -> Result<Map<String, Value>, StepError
         config.insert(key.clone(), check_value(origin, key, value)?);
     }
     set_plugin_keys(&mut config, req.data, req.output_host);
-    Ok(config)
+    Ok(Resolved { config, rejected })
 }
 
 /// Set data/project/name/exist_ok so Ultralytics' save_dir is exactly `output_host`.
@@ -627,7 +661,60 @@ mod tests {
             overrides: &overrides,
             base: parse_base_config("base", BASE).unwrap(),
             output_host: OUT,
+            report_rejected: false,
         })
+    }
+
+    #[test]
+    fn user_mode_can_report_rejected_keys_instead_of_failing() {
+        let overrides = obj(json!({"epochs": 2, "lr0": 0.02, "mosaic": 0}));
+        let req = ResolveRequest {
+            mode: Mode::User,
+            data: "/d/data.yaml",
+            overrides: &overrides,
+            base: parse_base_config("base", BASE).unwrap(),
+            output_host: OUT,
+            report_rejected: true,
+        };
+        let r = resolve_reporting(&req).unwrap();
+        assert_eq!(r.config["epochs"], json!(2));
+        assert!(!r.config.contains_key("lr0") && !r.config.contains_key("mosaic"));
+        let keys: Vec<&str> = r.rejected.iter().map(|x| x.key.as_str()).collect();
+        assert_eq!(keys, ["lr0", "mosaic"]);
+        assert!(
+            r.rejected[0].reason.contains("developer mode"),
+            "{:?}",
+            r.rejected
+        );
+        // Unknown, reserved and mistyped keys still fail.
+        for bad in [
+            json!({"epoch": 3}),
+            json!({"data": "x"}),
+            json!({"epochs": 0}),
+        ] {
+            let overrides = obj(bad.clone());
+            let e = resolve_reporting(&ResolveRequest {
+                overrides: &overrides,
+                ..req.clone()
+            })
+            .unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidInput, "{bad}");
+        }
+        // Developer mode rejects nothing; without the flag user mode still fails.
+        let dev = resolve_reporting(&ResolveRequest {
+            mode: Mode::Developer,
+            ..req.clone()
+        })
+        .unwrap();
+        assert!(dev.rejected.is_empty());
+        assert_eq!(dev.config["lr0"], json!(0.02));
+        assert!(
+            resolve_reporting(&ResolveRequest {
+                report_rejected: false,
+                ..req
+            })
+            .is_err()
+        );
     }
 
     #[test]

@@ -26,6 +26,8 @@ use serde_json::{Map, Value, json};
 pub const PROGRAM: &str = "yolo";
 pub const ROLE_OUTPUT: &str = "training-output";
 pub const ROLE_CONFIG: &str = "config";
+/// Stands for the training-output directory in a resolve-config preview that was granted none.
+pub const PREVIEW_OUTPUT: &str = "<training-output>";
 
 pub struct Ultralytics;
 
@@ -67,7 +69,8 @@ pub fn describe() -> PluginInfo {
             .optional("base_config", "base config file under the config directory (default <task>/default.yaml)")
             .required("project", "project name")
             .required("training_name", "name of this training; weights land in its training-output directory")
-            .outputs(&["config", "resolved_yaml", "cli_preview", "imgsz", "epochs"]),
+            .optional("report_rejected", "in user mode, drop overrides only developer mode allows and list them in `rejected` instead of failing (default false; unknown keys still fail)")
+            .outputs(&["config", "resolved_yaml", "cli_preview", "imgsz", "epochs", "rejected"]),
         )
         .action(
             ActionInfo::new(
@@ -156,14 +159,35 @@ fn resolve_config(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError
     })?;
     let base = args::parse_base_config(&format!("base config '{base_rel}'"), &base_text)?;
 
-    let out = output_dir(ctx, training_name)?;
-    let config = args::resolve(&ResolveRequest {
+    let report_rejected = inputs.bool_or("report_rejected", false)?;
+
+    // Without a training-output directory (a preview outside a run, e.g. from the API) the
+    // command line shows a placeholder where the training will write.
+    let output_host = if ctx.dir(ROLE_OUTPUT).is_ok() {
+        output_dir(ctx, training_name)?.host_path.clone()
+    } else {
+        log::info(format!(
+            "no '{ROLE_OUTPUT}' directory granted: previewing with {PREVIEW_OUTPUT}/{training_name}"
+        ));
+        format!("{PREVIEW_OUTPUT}/{training_name}")
+    };
+    let resolved = args::resolve_reporting(&ResolveRequest {
         mode,
         data,
         overrides,
         base,
-        output_host: &out.host_path,
+        output_host: &output_host,
+        report_rejected,
     })?;
+    for r in &resolved.rejected {
+        log::warn(format!("override '{}' dropped: {}", r.key, r.reason));
+    }
+    let config = resolved.config;
+    let rejected: Vec<Value> = resolved
+        .rejected
+        .iter()
+        .map(|r| json!({"key": r.key, "reason": r.reason}))
+        .collect();
     let cli_preview = args::preview(PROGRAM, &args::train_args(task, &config));
     log::info(format!("resolved command: {cli_preview}"));
     Ok(json!({
@@ -172,6 +196,7 @@ fn resolve_config(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError
         "imgsz": args::int_of(&config, "imgsz", args::DEFAULT_IMGSZ),
         "epochs": args::int_of(&config, "epochs", args::DEFAULT_EPOCHS),
         "config": Value::Object(config),
+        "rejected": rejected,
     }))
 }
 
@@ -424,6 +449,14 @@ mod tests {
                 .inputs
                 .iter()
                 .any(|i| i.name == "config" && i.required)
+        );
+        let resolve = &info.actions[0];
+        assert!(resolve.outputs.iter().any(|o| o == "rejected"));
+        assert!(
+            resolve
+                .inputs
+                .iter()
+                .any(|i| i.name == "report_rejected" && !i.required)
         );
     }
 

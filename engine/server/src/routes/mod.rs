@@ -47,6 +47,10 @@ pub fn router(state: AppState) -> Router {
             "/runs/{id}/cancel",
             on(post(runs::cancel), ScheduleTrainingRun),
         )
+        .route(
+            "/runs/{id}/retry",
+            on(post(runs::retry), ScheduleTrainingRun),
+        )
         .route("/runs/{id}/logs", on(get(logs::run_logs), ViewTrainingRuns))
         .route(
             "/runs/{id}/checkpoints",

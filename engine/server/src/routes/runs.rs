@@ -20,7 +20,7 @@ use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(create, list, show, stats, cancel, remove),
+    paths(create, list, show, stats, cancel, retry, remove),
     components(schemas(CreateRun, RunView, StepView, RunPage, RunStats))
 )]
 pub struct Api;
@@ -232,7 +232,7 @@ pub(crate) async fn start_run(
         .runner()
         .create(&workflow, yaml, &params, &caller.name)
         .await
-        .map_err(|e| ApiError::internal(e))?;
+        .map_err(ApiError::internal)?;
     state.manager().start(run.clone(), workflow);
     Ok(run)
 }
@@ -323,6 +323,51 @@ pub async fn cancel(
         ));
     }
     state.manager().cancel(&run.id).await?;
+    Ok((StatusCode::ACCEPTED, Json(RunView::new(run, None))))
+}
+
+/// Run a failed or cancelled run again from its unfinished steps, reusing the outputs of the
+/// steps that succeeded.
+#[utoipa::path(post, path = "/api/v1/runs/{id}/retry", params(("id" = String, Path)),
+    responses((status = 202, body = RunView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    if !state.manager().accepting() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down and accepts no new runs",
+        ));
+    }
+    let run = state.store().run(&id).await?;
+    if !matches!(run.status, RunStatus::Failed | RunStatus::Cancelled) {
+        return Err(ApiError::conflict(
+            "run_not_retryable",
+            format!(
+                "run {} is {}; only failed or cancelled runs can be retried",
+                run.id, run.status
+            ),
+        ));
+    }
+    if kiln_runner::RunLock::is_held(&state.workspace().run_dir(&run.id)) {
+        return Err(ApiError::conflict(
+            "run_still_active",
+            format!("run {} is still being executed by an engine", run.id),
+        ));
+    }
+    let file = run.workflow_file.clone().unwrap_or_default();
+    let workflow = Workflow::parse(&run.workflow_yaml, &file).map_err(|d| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_workflow",
+            d.to_string(),
+        )
+    })?;
+    state.store().reset_for_retry(&run.id).await?;
+    let run = state.store().run(&run.id).await?;
+    state.manager().start(run.clone(), workflow);
     Ok((StatusCode::ACCEPTED, Json(RunView::new(run, None))))
 }
 

@@ -1,42 +1,1165 @@
-//! The training façade.
-use axum::extract::State;
-use utoipa::OpenApi;
+//! The training façade: one call per thing a training UI does (base config, config preview,
+//! start, stop, logs, checkpoints, dataset extraction), built on workflows, the plugin host and
+//! the workspace layout.
+//!
+//! A training is named by `(project_id, training_name)`; its runs are the runs whose params
+//! carry `project` and `training_name`. Every path a request names is checked to be a plain
+//! name (no `/`, `..` or hidden files) before it touches the file system.
 
-use crate::problem::{ApiError, ApiResult};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use kiln_plugin_host::{FailureKind, GrantedDir, ProcessTracker, StepInvocation};
+use kiln_runner::builtins::{self, BuiltinCtx};
+use kiln_runner::workspace::check_name;
+use kiln_store::RunRecord;
+
+use super::runs::start_run;
+use crate::auth::Caller;
+use crate::json::ApiJson;
+use crate::problem::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
-#[openapi()]
+#[openapi(
+    paths(
+        default_config,
+        resolve_config,
+        start,
+        stop,
+        logs,
+        checkpoints,
+        check_extracted,
+        extract_release
+    ),
+    components(schemas(
+        DefaultConfig,
+        ResolveConfig,
+        ConfigMode,
+        ResolvedConfig,
+        RejectedKey,
+        StartTraining,
+        StopTraining,
+        TrainingRun,
+        TrainingLogs,
+        Checkpoints,
+        CheckpointFile,
+        ExtractionState,
+        ExtractRelease
+    ))
+)]
 pub struct Api;
 
-fn todo_() -> ApiError {
-    ApiError::new(
-        axum::http::StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        "being written",
+/// The workflow `POST /training/start` runs for each framework.
+const FRAMEWORK_WORKFLOWS: &[(&str, &str)] = &[("ultralytics", "ultralytics-detect")];
+/// Stands for the dataset in a config preview when no `data` is given.
+const DATA_PLACEHOLDER: &str = "<data.yaml>";
+/// Stands for the project and training in a config preview when none is given.
+const PREVIEW_NAME: &str = "preview";
+/// Most log bytes one `GET /training/logs` returns.
+const LOG_PAGE_BYTES: u64 = 1 << 20;
+/// Marker `builtin/extract-release` writes into an extracted dataset.
+const RELEASE_MARKER: &str = ".kiln-release.json";
+
+// ---------------------------------------------------------------------------------------------
+// DTOs
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultConfigQuery {
+    /// Training framework, e.g. `ultralytics` (a folder under `configs/`).
+    pub framework: String,
+    /// Task, e.g. `detect` (a folder under `configs/<framework>/`).
+    pub task: String,
+}
+
+/// A framework's base config for a task.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DefaultConfig {
+    pub framework: String,
+    pub task: String,
+    /// Relative to the workspace, e.g. `configs/ultralytics/detect/default.yaml`.
+    pub path: String,
+    /// The file as written.
+    pub yaml: String,
+    /// The file parsed.
+    #[schema(value_type = Object)]
+    pub config: Value,
+}
+
+/// Who a config is resolved for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfigMode {
+    /// Only a few keys (epochs, imgsz, batch, ...) may be overridden.
+    #[default]
+    User,
+    /// Any argument of the framework may be overridden.
+    Developer,
+}
+
+impl ConfigMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            ConfigMode::User => "user",
+            ConfigMode::Developer => "developer",
+        }
+    }
+}
+
+/// `POST /training/config/resolve` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveConfig {
+    /// An installed plugin with a `resolve-config` action, e.g. `ultralytics`.
+    pub framework: String,
+    /// e.g. `detect` or `segment`.
+    pub task: String,
+    #[serde(default)]
+    pub mode: ConfigMode,
+    /// Base config relative to `configs/<framework>/` (default `<task>/default.yaml`).
+    #[serde(default)]
+    pub base_config: Option<String>,
+    /// Arguments merged onto the base config.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub overrides: Map<String, Value>,
+    /// The dataset's data.yaml as the training will see it (default `<data.yaml>`, a placeholder).
+    #[serde(default)]
+    pub data: Option<String>,
+    /// The training the preview is for (default `preview`); only shown in the preview.
+    #[serde(default)]
+    pub training_name: Option<String>,
+}
+
+/// An override that user mode dropped.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RejectedKey {
+    pub key: String,
+    /// Why, and what would allow it.
+    pub reason: String,
+}
+
+/// A resolved config.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResolvedConfig {
+    /// The config the training will use, as YAML.
+    pub resolved_yaml: String,
+    /// The exact command line the training will run (placeholders where a run fills in paths).
+    pub cli_preview: String,
+    #[schema(value_type = Object)]
+    pub config: Value,
+    /// User mode: overrides dropped because only developer mode may set them. Empty otherwise.
+    pub rejected: Vec<RejectedKey>,
+}
+
+/// `POST /training/start` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartTraining {
+    pub project_id: String,
+    /// Outputs go to `projects/<project_id>/model/training/<training_name>/`.
+    pub training_name: String,
+    /// e.g. `ultralytics`.
+    pub framework: String,
+    /// e.g. `detect`.
+    pub task: String,
+    /// Release ZIP file name under `projects/<project_id>/releases/` (or that full relative path).
+    pub release: String,
+    #[serde(default)]
+    pub mode: ConfigMode,
+    /// Overrides merged onto the task's base config.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub config: Map<String, Value>,
+}
+
+/// `POST /training/stop` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StopTraining {
+    pub project_id: String,
+    pub training_name: String,
+}
+
+/// The run behind a training.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrainingRun {
+    pub run_id: String,
+    /// queued | running | succeeded | failed | cancelled
+    pub status: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingQuery {
+    pub project_id: String,
+    pub training_name: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    pub project_id: String,
+    pub training_name: String,
+    /// Byte offset into the log: 0, or the `next_offset` of the previous page.
+    pub offset: Option<u64>,
+}
+
+/// Output lines of the training program.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrainingLogs {
+    /// The latest run of the training.
+    pub run_id: String,
+    /// Lines split on `\n` and `\r`, ANSI escapes removed, empty lines dropped.
+    pub lines: Vec<String>,
+    /// Pass as `offset` to get what follows.
+    pub next_offset: u64,
+    /// The run has ended and everything it wrote has been returned.
+    pub finished: bool,
+}
+
+/// A file of a training's `weights/` folder.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CheckpointFile {
+    pub name: String,
+    /// Relative to the workspace.
+    pub path: String,
+    pub size: u64,
+    /// RFC 3339, UTC.
+    pub modified: Option<String>,
+    /// `best.pt`, the best weights so far.
+    pub best: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Checkpoints {
+    pub project_id: String,
+    pub training_name: String,
+    pub checkpoints: Vec<CheckpointFile>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct CheckExtractedQuery {
+    /// `projects/<project>/releases/<file>.zip`
+    pub zip_path: String,
+}
+
+/// Whether a release is extracted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExtractionState {
+    pub zip_path: String,
+    /// The dataset folder holds this very archive (same SHA-256).
+    pub extracted: bool,
+    /// Where it is (or would be) extracted, relative to the workspace.
+    pub dataset_dir: String,
+    /// The dataset's data.yaml, relative to the workspace, when extracted.
+    pub data_yaml: Option<String>,
+}
+
+/// `POST /training/extract-release` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractRelease {
+    /// `projects/<project>/releases/<file>.zip`
+    pub zip_path: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
+/// A framework's base config for a task (`configs/<framework>/<task>/default.yaml`).
+#[utoipa::path(get, path = "/api/v1/training/config/default", params(DefaultConfigQuery),
+    responses((status = 200, body = DefaultConfig), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn default_config(
+    State(state): State<AppState>,
+    Query(q): Query<DefaultConfigQuery>,
+) -> ApiResult<Json<DefaultConfig>> {
+    plain_name("framework", &q.framework, StatusCode::BAD_REQUEST)?;
+    plain_name("task", &q.task, StatusCode::BAD_REQUEST)?;
+    let configs = state.workspace().configs_dir();
+    let framework_dir = configs.join(&q.framework);
+    let frameworks = subdirs_with(&configs, |d| !subdirs_with(d, has_default).is_empty());
+    if !frameworks.contains(&q.framework) {
+        return Err(ApiError::not_found(
+            "unknown_framework",
+            format!(
+                "no base configs for framework `{}`; frameworks: {}",
+                q.framework,
+                list_or_none(&frameworks)
+            ),
+        ));
+    }
+    let tasks = subdirs_with(&framework_dir, has_default);
+    if !tasks.contains(&q.task) {
+        return Err(ApiError::not_found(
+            "unknown_task",
+            format!(
+                "framework `{}` has no base config for task `{}`; tasks: {}",
+                q.framework,
+                q.task,
+                list_or_none(&tasks)
+            ),
+        ));
+    }
+    let file = framework_dir.join(&q.task).join("default.yaml");
+    let yaml = std::fs::read_to_string(&file)
+        .map_err(|e| ApiError::internal(format!("cannot read {}: {e}", file.display())))?;
+    let config: Value = if yaml.trim().is_empty() {
+        json!({})
+    } else {
+        serde_norway::from_str(&yaml).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "invalid_base_config",
+                format!(
+                    "{} is not valid YAML: {e}; the operator must fix it",
+                    file.display()
+                ),
+            )
+        })?
+    };
+    Ok(Json(DefaultConfig {
+        path: relative(&state, &file),
+        framework: q.framework,
+        task: q.task,
+        yaml,
+        config,
+    }))
+}
+
+/// Merge overrides onto a base config and preview the exact command line, without starting
+/// anything. In user mode, overrides only developer mode allows are dropped and listed in
+/// `rejected`; unknown or mistyped keys are a 422.
+#[utoipa::path(post, path = "/api/v1/training/config/resolve", request_body = ResolveConfig,
+    responses((status = 200, body = ResolvedConfig), (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub async fn resolve_config(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<ResolveConfig>,
+) -> ApiResult<Json<ResolvedConfig>> {
+    plain_name(
+        "framework",
+        &body.framework,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )?;
+    plain_name("task", &body.task, StatusCode::UNPROCESSABLE_ENTITY)?;
+    let training_name = body.training_name.as_deref().unwrap_or(PREVIEW_NAME);
+    plain_name(
+        "training_name",
+        training_name,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )?;
+    let plugins = state.runner().plugins();
+    let resolvers: Vec<String> = plugins
+        .plugins()
+        .filter(|p| p.info.actions.iter().any(|a| a.name == "resolve-config"))
+        .map(|p| p.info.name.clone())
+        .collect();
+    if !resolvers.contains(&body.framework) {
+        return Err(ApiError::not_found(
+            "unknown_framework",
+            format!(
+                "no installed plugin `{}` with a resolve-config action; frameworks: {} \
+                 (plugins are .wasm files in .kiln/plugins/)",
+                body.framework,
+                list_or_none(&resolvers)
+            ),
+        ));
+    }
+    let ws = state.workspace();
+    let config_dir = ws.configs_dir().join(&body.framework);
+    if !config_dir.is_dir() {
+        return Err(ApiError::not_found(
+            "unknown_framework",
+            format!(
+                "framework `{}` has no config folder {}",
+                body.framework,
+                relative(&state, &config_dir)
+            ),
+        ));
+    }
+    let mut inputs = json!({
+        "project": PREVIEW_NAME,
+        "training_name": training_name,
+        "task": body.task,
+        "mode": body.mode.as_str(),
+        "data": body.data.as_deref().unwrap_or(DATA_PLACEHOLDER),
+        "overrides": body.overrides,
+        "report_rejected": body.mode == ConfigMode::User,
+    });
+    if let Some(base) = &body.base_config {
+        inputs["base_config"] = Value::String(base.clone());
+    }
+    let scratch = Scratch::new(
+        ws.kiln_dir()
+            .join("scratch")
+            .join(uuid::Uuid::new_v4().to_string()),
+    )?;
+    let inv = StepInvocation {
+        run_id: format!("resolve-{}", uuid::Uuid::new_v4()),
+        step_id: "resolve".into(),
+        attempt: 1,
+        action: "resolve-config".into(),
+        inputs,
+        dirs: vec![GrantedDir {
+            role: "config".into(),
+            host_path: config_dir,
+            guest_path: "/config".into(),
+            writable: false,
+        }],
+        log_dir: scratch.0.join("logs"),
+        state_dir: scratch.0.join("state"),
+        processes: ProcessTracker::default(),
+        events: None,
+        retry: None,
+        gpus: None,
+    };
+    let outputs = plugins
+        .run(&body.framework, &inv)
+        .await
+        .map_err(|f| match f.kind {
+            FailureKind::InvalidInput => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_config",
+                f.message,
+            ),
+            _ => {
+                tracing::error!(target: "errors.api", plugin = %body.framework, "resolve-config failed: {}", f.message);
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "plugin_failed",
+                    format!(
+                        "plugin `{}` could not resolve the config: {}",
+                        body.framework, f.message
+                    ),
+                )
+            }
+        })?;
+    drop(scratch);
+    let text = |name: &str| {
+        outputs
+            .get(name)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                ApiError::internal(format!(
+                    "plugin `{}` returned no `{name}` from resolve-config",
+                    body.framework
+                ))
+            })
+    };
+    let rejected = match outputs.get("rejected") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+            ApiError::internal(format!(
+                "plugin `{}` returned a malformed `rejected`: {e}",
+                body.framework
+            ))
+        })?,
+    };
+    Ok(Json(ResolvedConfig {
+        resolved_yaml: text("resolved_yaml")?,
+        cli_preview: text("cli_preview")?,
+        config: outputs.get("config").cloned().unwrap_or_else(|| json!({})),
+        rejected,
+    }))
+}
+
+/// Start a training: runs the framework's standard workflow (for `ultralytics`, the
+/// `ultralytics-detect` workflow: extract the release, resolve the config, train, export,
+/// register). At most one run per training may be active.
+#[utoipa::path(post, path = "/api/v1/training/start", request_body = StartTraining,
+    responses((status = 201, body = TrainingRun), (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub async fn start(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<StartTraining>,
+) -> ApiResult<impl IntoResponse> {
+    let invalid = StatusCode::UNPROCESSABLE_ENTITY;
+    plain_name("project_id", &body.project_id, invalid)?;
+    plain_name("training_name", &body.training_name, invalid)?;
+    plain_name("task", &body.task, invalid)?;
+    let Some((_, workflow)) = FRAMEWORK_WORKFLOWS
+        .iter()
+        .find(|(f, _)| *f == body.framework)
+    else {
+        return Err(ApiError::new(
+            invalid,
+            "unknown_framework",
+            format!(
+                "no training workflow for framework `{}`; frameworks: {}",
+                body.framework,
+                FRAMEWORK_WORKFLOWS
+                    .iter()
+                    .map(|(f, _)| *f)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    };
+    let release = release_file(&body.project_id, &body.release)?;
+    let zip = state
+        .workspace()
+        .releases_dir(&body.project_id)
+        .map_err(|e| ApiError::new(invalid, "invalid_name", e.to_string()))?
+        .join(&release);
+    if !zip.is_file() {
+        return Err(ApiError::new(
+            invalid,
+            "release_not_found",
+            format!(
+                "release {} does not exist; upload the release ZIP there first",
+                relative(&state, &zip)
+            ),
+        ));
+    }
+
+    // One start at a time in this server, so two requests cannot both pass the check.
+    static STARTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _guard = STARTING.lock().await;
+    if let Some(run) = active_run(&state, &body.project_id, &body.training_name).await? {
+        return Err(ApiError::conflict(
+            "training_active",
+            format!(
+                "training `{}` of project `{}` is already running as run {} ({}); stop it \
+                 (POST /training/stop) or wait for it to end",
+                body.training_name, body.project_id, run.id, run.status
+            ),
+        ));
+    }
+    let mut params = Map::new();
+    params.insert("project".into(), body.project_id.clone().into());
+    params.insert("release".into(), release.into());
+    params.insert("training_name".into(), body.training_name.clone().into());
+    params.insert("task".into(), body.task.clone().into());
+    params.insert("mode".into(), body.mode.as_str().into());
+    params.insert("overrides".into(), Value::Object(body.config));
+    let run = start_run(&state, &caller, workflow, params).await?;
+    tracing::info!(target: "operations.training", run_id = %run.id, project = %body.project_id,
+        training = %body.training_name, "training started");
+    Ok((
+        StatusCode::CREATED,
+        Json(TrainingRun {
+            run_id: run.id,
+            status: run.status.to_string(),
+        }),
+    ))
+}
+
+/// Stop the active run of a training: its programs get SIGTERM, then SIGKILL after the grace
+/// period.
+#[utoipa::path(post, path = "/api/v1/training/stop", request_body = StopTraining,
+    responses((status = 202, body = TrainingRun), (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub async fn stop(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<StopTraining>,
+) -> ApiResult<impl IntoResponse> {
+    let invalid = StatusCode::UNPROCESSABLE_ENTITY;
+    plain_name("project_id", &body.project_id, invalid)?;
+    plain_name("training_name", &body.training_name, invalid)?;
+    let Some(run) = active_run(&state, &body.project_id, &body.training_name).await? else {
+        return Err(ApiError::not_found(
+            "no_active_training",
+            format!(
+                "training `{}` of project `{}` has no active run; nothing to stop",
+                body.training_name, body.project_id
+            ),
+        ));
+    };
+    state.manager().cancel(&run.id).await?;
+    tracing::info!(target: "operations.training", run_id = %run.id, "training stop requested");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(TrainingRun {
+            run_id: run.id,
+            status: run.status.to_string(),
+        }),
+    ))
+}
+
+/// The training program's output of the latest run of a training, page by page.
+#[utoipa::path(get, path = "/api/v1/training/logs", params(LogsQuery),
+    responses((status = 200, body = TrainingLogs), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn logs(
+    State(state): State<AppState>,
+    Query(q): Query<LogsQuery>,
+) -> ApiResult<Json<TrainingLogs>> {
+    plain_name("project_id", &q.project_id, StatusCode::BAD_REQUEST)?;
+    plain_name("training_name", &q.training_name, StatusCode::BAD_REQUEST)?;
+    let Some(run) = latest_run(&state, &q.project_id, &q.training_name).await? else {
+        return Err(ApiError::not_found(
+            "training_not_found",
+            format!(
+                "training `{}` of project `{}` has no runs; start it with POST /training/start",
+                q.training_name, q.project_id
+            ),
+        ));
+    };
+    // The status is read before the log: a run that had ended has written everything.
+    let ended = run.status.is_terminal();
+    let steps = state.store().steps(&run.id).await?;
+    let train = steps
+        .iter()
+        .find(|s| s.action.as_deref() == Some("train"))
+        .or_else(|| steps.iter().find(|s| s.step_id == "train"));
+    let path = train.map(|s| {
+        s.log_path.as_ref().map(PathBuf::from).unwrap_or_else(|| {
+            state
+                .workspace()
+                .log_dir(&run.id)
+                .join(format!("{}.log", s.step_id))
+        })
+    });
+    let offset = q.offset.unwrap_or(0);
+    let page = match path {
+        Some(path) => tokio::task::spawn_blocking(move || read_log_page(&path, offset, ended))
+            .await
+            .map_err(ApiError::internal)??,
+        None if offset == 0 => LogPage {
+            at_end: true,
+            ..LogPage::default()
+        },
+        None => return Err(offset_past_end(offset, 0)),
+    };
+    Ok(Json(TrainingLogs {
+        run_id: run.id,
+        finished: ended && page.at_end,
+        next_offset: offset + page.consumed,
+        lines: page.lines,
+    }))
+}
+
+/// Files of a training's `weights/` folder (`best.pt`, `last.pt`, periodic checkpoints).
+#[utoipa::path(get, path = "/api/v1/training/checkpoints", params(TrainingQuery),
+    responses((status = 200, body = Checkpoints), (status = 400, body = Problem)))]
+pub async fn checkpoints(
+    State(state): State<AppState>,
+    Query(q): Query<TrainingQuery>,
+) -> ApiResult<Json<Checkpoints>> {
+    plain_name("project_id", &q.project_id, StatusCode::BAD_REQUEST)?;
+    plain_name("training_name", &q.training_name, StatusCode::BAD_REQUEST)?;
+    let dir = state
+        .workspace()
+        .training_dir(&q.project_id, &q.training_name)
+        .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?
+        .join("weights");
+    let mut files = Vec::new();
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => {
+            for entry in entries.flatten() {
+                let Ok(meta) = entry.metadata() else { continue };
+                if !meta.is_file() {
+                    continue;
+                }
+                let name = entry.file_name().to_string_lossy().into_owned();
+                files.push(CheckpointFile {
+                    path: relative(&state, &entry.path()),
+                    size: meta.len(),
+                    modified: meta.modified().ok().map(rfc3339),
+                    best: name == "best.pt",
+                    name,
+                });
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(ApiError::internal(format!(
+                "cannot list {}: {e}",
+                dir.display()
+            )));
+        }
+    }
+    files.sort_by(|a, b| b.best.cmp(&a.best).then_with(|| a.name.cmp(&b.name)));
+    Ok(Json(Checkpoints {
+        project_id: q.project_id,
+        training_name: q.training_name,
+        checkpoints: files,
+    }))
+}
+
+/// Whether a release ZIP is already extracted (its dataset folder holds this very archive).
+#[utoipa::path(get, path = "/api/v1/training/check-extracted", params(CheckExtractedQuery),
+    responses((status = 200, body = ExtractionState), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn check_extracted(
+    State(state): State<AppState>,
+    Query(q): Query<CheckExtractedQuery>,
+) -> ApiResult<Json<ExtractionState>> {
+    let (project, file) = parse_zip_path(&q.zip_path)?;
+    let ws = state.workspace();
+    let zip = release_zip(&state, &project, &file)?;
+    let stem = file.trim_end_matches(".zip").to_owned();
+    let dataset = ws
+        .training_data_dir(&project)
+        .map_err(|e| ApiError::bad_request("invalid_zip_path", e.to_string()))?
+        .join(&stem);
+    let marker = dataset.join(RELEASE_MARKER);
+    let check = {
+        let (zip, marker, dataset) = (zip.clone(), marker.clone(), dataset.clone());
+        move || -> std::io::Result<Option<PathBuf>> {
+            let Ok(text) = std::fs::read(&marker) else {
+                return Ok(None);
+            };
+            let recorded = serde_json::from_slice::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("sha256").and_then(Value::as_str).map(str::to_owned));
+            let Some(recorded) = recorded else {
+                return Ok(None);
+            };
+            if sha256_file(&zip)? != recorded {
+                return Ok(None);
+            }
+            Ok(Some(find_data_yaml(&dataset).unwrap_or_default()))
+        }
+    };
+    let found = tokio::task::spawn_blocking(check)
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::internal(format!("cannot read {}: {e}", zip.display())))?;
+    Ok(Json(ExtractionState {
+        zip_path: q.zip_path,
+        extracted: found.is_some(),
+        dataset_dir: relative(&state, &dataset),
+        data_yaml: found
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(|p| relative(&state, &p)),
+    }))
+}
+
+/// Extract a release ZIP into `projects/<project>/training_data/<zip stem>/` (does nothing
+/// when that very archive is already extracted). Returns the `builtin/extract-release` outputs:
+/// data_yaml, dataset_dir, class_names, nc, slug, files, release_sha256, extracted.
+#[utoipa::path(post, path = "/api/v1/training/extract-release", request_body = ExtractRelease,
+    responses((status = 200, body = Object), (status = 400, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub async fn extract_release(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<ExtractRelease>,
+) -> ApiResult<Json<Value>> {
+    let (project, file) = parse_zip_path(&body.zip_path)?;
+    release_zip(&state, &project, &file)?;
+    let ws = state.workspace().clone();
+    let store = state.store().clone();
+    let created_by = caller.name.clone();
+    let zip_path = body.zip_path.clone();
+    let inputs = json!({"project": project, "release": file});
+    // Unzipping is blocking file work: run it on a blocking thread, whatever the runtime.
+    let handle = tokio::runtime::Handle::current();
+    let result = tokio::task::spawn_blocking(move || {
+        let log = move |message: &str| {
+            tracing::info!(target: "operations.training", zip_path = %zip_path, "{message}");
+        };
+        let ctx = BuiltinCtx {
+            ws: &ws,
+            store: &store,
+            run_id: "",
+            step_id: "extract-release",
+            created_by: &created_by,
+            inputs: &inputs,
+            log: &log,
+        };
+        handle.block_on(builtins::run("builtin/extract-release", &ctx))
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    match result {
+        Ok(outputs) => Ok(Json(outputs)),
+        Err(kiln_runner::Error::Input(message)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_release",
+            message,
+        )),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// `name` must be a plain name (see `kiln_runner::workspace::check_name`).
+fn plain_name(what: &str, name: &str, status: StatusCode) -> ApiResult<()> {
+    check_name(what, name).map_err(|e| ApiError::new(status, "invalid_name", e.to_string()))
+}
+
+fn list_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn has_default(dir: &Path) -> bool {
+    dir.join("default.yaml").is_file()
+}
+
+/// Sorted names of the plain-named subfolders of `dir` for which `keep` holds.
+fn subdirs_with(dir: &Path, keep: impl Fn(&Path) -> bool) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir() && keep(&e.path()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| check_name("name", n).is_ok())
+        .collect();
+    out.sort();
+    out
+}
+
+/// `path` relative to the workspace (as given when it lies outside).
+fn relative(state: &AppState, path: &Path) -> String {
+    state
+        .workspace()
+        .relative(path)
+        .unwrap_or_else(|| path.to_owned())
+        .display()
+        .to_string()
+}
+
+/// The project and file of `projects/<project>/releases/<file>.zip`.
+fn parse_zip_path(zip_path: &str) -> ApiResult<(String, String)> {
+    let bad = || {
+        ApiError::bad_request(
+            "invalid_zip_path",
+            format!(
+                "zip_path must be exactly `projects/<project>/releases/<file>.zip`, relative to \
+                 the workspace, with plain names (letters, digits, `.`, `_`, `-`); got `{zip_path}`"
+            ),
+        )
+    };
+    let parts: Vec<&str> = zip_path.split('/').collect();
+    let ["projects", project, "releases", file] = parts.as_slice() else {
+        return Err(bad());
+    };
+    let stem = file.strip_suffix(".zip").ok_or_else(bad)?;
+    for (what, name) in [("project", *project), ("release", *file), ("release", stem)] {
+        check_name(what, name).map_err(|_| bad())?;
+    }
+    Ok(((*project).to_owned(), (*file).to_owned()))
+}
+
+/// The host path of a release ZIP, which must exist.
+fn release_zip(state: &AppState, project: &str, file: &str) -> ApiResult<PathBuf> {
+    let zip = state
+        .workspace()
+        .releases_dir(project)
+        .map_err(|e| ApiError::bad_request("invalid_zip_path", e.to_string()))?
+        .join(file);
+    if !zip.is_file() {
+        return Err(ApiError::not_found(
+            "release_not_found",
+            format!(
+                "release {} does not exist; upload the release ZIP there first",
+                relative(state, &zip)
+            ),
+        ));
+    }
+    Ok(zip)
+}
+
+/// The release file name of `release`: a file name, or `projects/<project>/releases/<file>.zip`.
+fn release_file(project: &str, release: &str) -> ApiResult<String> {
+    if release.contains('/') {
+        let (p, file) = parse_zip_path(release).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_release",
+                e.detail,
+            )
+        })?;
+        if p != project {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_release",
+                format!("release `{release}` belongs to project `{p}`, not `{project}`"),
+            ));
+        }
+        return Ok(file);
+    }
+    plain_name("release", release, StatusCode::UNPROCESSABLE_ENTITY)?;
+    Ok(release.to_owned())
+}
+
+fn is_training(run: &RunRecord, project: &str, training_name: &str) -> bool {
+    run.params.get("project").and_then(Value::as_str) == Some(project)
+        && run.params.get("training_name").and_then(Value::as_str) == Some(training_name)
+}
+
+/// The active (queued or running) run of a training.
+async fn active_run(
+    state: &AppState,
+    project: &str,
+    training_name: &str,
+) -> ApiResult<Option<RunRecord>> {
+    Ok(state
+        .store()
+        .active_runs()
+        .await?
+        .into_iter()
+        .filter(|r| is_training(r, project, training_name))
+        .max_by(|a, b| a.created_at.cmp(&b.created_at)))
+}
+
+/// The newest run of a training.
+async fn latest_run(
+    state: &AppState,
+    project: &str,
+    training_name: &str,
+) -> ApiResult<Option<RunRecord>> {
+    const PAGE: i64 = 200;
+    let mut offset = 0;
+    loop {
+        let runs = state.store().page_runs(None, PAGE, offset).await?;
+        let n = runs.len() as i64;
+        if let Some(run) = runs
+            .into_iter()
+            .find(|r| is_training(r, project, training_name))
+        {
+            return Ok(Some(run));
+        }
+        if n < PAGE {
+            return Ok(None);
+        }
+        offset += PAGE;
+    }
+}
+
+fn offset_past_end(offset: u64, len: u64) -> ApiError {
+    ApiError::bad_request(
+        "invalid_offset",
+        format!(
+            "offset {offset} is past the end of the log ({len} bytes); pass 0 or a next_offset \
+             this endpoint returned"
+        ),
     )
 }
-pub async fn default_config(State(_s): State<AppState>) -> ApiResult<()> {
-    Err(todo_())
+
+#[derive(Debug, Default, PartialEq)]
+struct LogPage {
+    lines: Vec<String>,
+    /// Bytes consumed from the offset (whole lines only, unless the log is complete).
+    consumed: u64,
+    /// Everything up to the end of the file was consumed.
+    at_end: bool,
 }
-pub async fn resolve_config(State(_s): State<AppState>) -> ApiResult<()> {
-    Err(todo_())
+
+/// Read whole lines of `path` from byte `offset` (at most [`LOG_PAGE_BYTES`]). A partial last
+/// line is left for the next call unless `complete` (the writer has finished).
+fn read_log_page(path: &Path, offset: u64, complete: bool) -> ApiResult<LogPage> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return if offset == 0 {
+                Ok(LogPage {
+                    at_end: true,
+                    ..LogPage::default()
+                })
+            } else {
+                Err(offset_past_end(offset, 0))
+            };
+        }
+        Err(e) => return Err(ApiError::internal(format!("{}: {e}", path.display()))),
+    };
+    let io = |e: std::io::Error| ApiError::internal(format!("{}: {e}", path.display()));
+    let len = file.metadata().map_err(io)?.len();
+    if offset > len {
+        return Err(offset_past_end(offset, len));
+    }
+    file.seek(SeekFrom::Start(offset)).map_err(io)?;
+    let mut buf = Vec::new();
+    file.take(LOG_PAGE_BYTES)
+        .read_to_end(&mut buf)
+        .map_err(io)?;
+    let reached_end = offset + buf.len() as u64 >= len;
+    Ok(split_log(&buf, complete && reached_end))
 }
-pub async fn start(State(_s): State<AppState>) -> ApiResult<()> {
-    Err(todo_())
+
+/// Split `buf` into cleaned lines. Without `take_rest`, bytes after the last line break stay
+/// unconsumed (a line still being written).
+fn split_log(buf: &[u8], take_rest: bool) -> LogPage {
+    let end = if take_rest {
+        buf.len()
+    } else {
+        buf.iter()
+            .rposition(|b| *b == b'\n' || *b == b'\r')
+            .map_or(0, |i| i + 1)
+    };
+    let lines = buf[..end]
+        .split(|b| *b == b'\n' || *b == b'\r')
+        .map(|l| strip_ansi(&String::from_utf8_lossy(l)))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    LogPage {
+        lines,
+        consumed: end as u64,
+        at_end: end == buf.len(),
+    }
 }
-pub async fn stop(State(_s): State<AppState>) -> ApiResult<()> {
-    Err(todo_())
+
+/// Remove ANSI escape sequences (CSI `ESC [ ... final`, OSC `ESC ] ... BEL|ESC \`, and
+/// two-character escapes).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('[') => {
+                for c in chars.by_ref() {
+                    if ('\u{40}'..='\u{7e}').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            Some(']') => {
+                while let Some(c) = chars.next() {
+                    if c == '\u{7}' {
+                        break;
+                    }
+                    if c == '\u{1b}' && chars.peek() == Some(&'\\') {
+                        chars.next();
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
-pub async fn logs(State(_s): State<AppState>) -> ApiResult<()> {
-    Err(todo_())
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(hex::encode(h.finalize()))
 }
-pub async fn checkpoints(State(_s): State<AppState>) -> ApiResult<()> {
-    Err(todo_())
+
+/// `data.yaml` at the top of the dataset or inside its single top-level folder (where
+/// `builtin/extract-release` looks).
+fn find_data_yaml(dataset: &Path) -> Option<PathBuf> {
+    let direct = dataset.join("data.yaml");
+    if direct.is_file() {
+        return Some(direct);
+    }
+    let subdirs: Vec<PathBuf> = std::fs::read_dir(dataset)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    match subdirs.as_slice() {
+        [only] if only.join("data.yaml").is_file() => Some(only.join("data.yaml")),
+        _ => None,
+    }
 }
-pub async fn check_extracted(State(_s): State<AppState>) -> ApiResult<()> {
-    Err(todo_())
+
+/// A file time as RFC 3339 UTC text with milliseconds (`2026-12-01T13:07:28.123Z`).
+fn rfc3339(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
 }
-pub async fn extract_release(State(_s): State<AppState>) -> ApiResult<()> {
-    Err(todo_())
+
+/// A scratch folder removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(path: PathBuf) -> ApiResult<Self> {
+        std::fs::create_dir_all(&path)
+            .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", path.display())))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zip_paths_must_have_the_exact_form() {
+        assert_eq!(
+            parse_zip_path("projects/demo/releases/r1.zip").unwrap(),
+            ("demo".to_owned(), "r1.zip".to_owned())
+        );
+        for bad in [
+            "projects/demo/releases/r1.tar",
+            "/projects/demo/releases/r1.zip",
+            "projects/../releases/r1.zip",
+            "projects/demo/releases/../r1.zip",
+            "projects/demo/releases/sub/r1.zip",
+            "projects/demo/other/r1.zip",
+            "projects/demo/releases/.zip",
+            "projects/.demo/releases/r1.zip",
+            "projects//releases/r1.zip",
+        ] {
+            let e = parse_zip_path(bad).unwrap_err();
+            assert_eq!(e.code, "invalid_zip_path", "{bad}");
+            assert!(e.detail.contains("projects/<project>/releases/<file>.zip"));
+        }
+    }
+
+    #[test]
+    fn logs_split_on_both_breaks_and_keep_partial_lines() {
+        let text = b"\x1b[34mEpoch 1/2\x1b[0m\r  1/10 \x1b[K\r\n\nbest \x1b]8;;x\x07ok\npart";
+        let page = split_log(text, false);
+        assert_eq!(page.lines, ["Epoch 1/2", "  1/10 ", "best ok"]);
+        assert_eq!(page.consumed, (text.len() - 4) as u64);
+        assert!(!page.at_end);
+        let page = split_log(text, true);
+        assert_eq!(page.lines.last().unwrap(), "part");
+        assert!(page.at_end);
+        assert_eq!(
+            split_log(b"", false),
+            LogPage {
+                at_end: true,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn file_times_are_rfc3339() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_767_225_600_123);
+        assert_eq!(rfc3339(t), "2026-01-01T00:00:00.123Z");
+        assert_eq!(rfc3339(std::time::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let leap = std::time::UNIX_EPOCH + std::time::Duration::from_secs(951_782_400);
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
 }
