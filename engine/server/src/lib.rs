@@ -9,7 +9,7 @@
 //! finished, recovered), `errors.api` / `errors.training` (failures).
 
 pub mod auth;
-mod json;
+mod extract;
 mod manager;
 mod openapi;
 mod problem;

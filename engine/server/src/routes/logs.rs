@@ -15,8 +15,7 @@ use std::path::{Path as FsPath, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +24,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use kiln_store::{StepRecord, StepStatus};
 
+use crate::extract::ApiQuery;
 use crate::problem::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
 
@@ -97,21 +97,6 @@ pub struct CheckpointList {
     pub checkpoints: Vec<CheckpointView>,
 }
 
-/// A query string as problem details instead of axum's plain-text rejection.
-pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
-    q.map(|Query(v)| v).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_query",
-            format!(
-                "the query string is invalid: {}",
-                e.body_text()
-                    .split_once(": ")
-                    .map_or(e.body_text().as_str(), |(_, r)| r)
-            ),
-        )
-    })
-}
-
 /// A page of a step's log (`Accept: application/json`), or its lines live as Server-Sent
 /// Events (`Accept: text/event-stream`): each line is an event whose `id` is the offset after
 /// it (reconnect with `Last-Event-ID` to resume); when the step has ended and everything was
@@ -126,9 +111,8 @@ pub async fn run_logs(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    q: Result<Query<LogQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<LogQuery>,
 ) -> ApiResult<Response> {
-    let q = query(q)?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::bad_request(

@@ -109,7 +109,8 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate_layer,
-        ));
+        ))
+        .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .nest("/api/v1", api)
         .fallback(not_found)
@@ -132,6 +133,18 @@ pub fn openapi_parts() -> Vec<utoipa::openapi::OpenApi> {
 
 async fn openapi_json() -> impl IntoResponse {
     axum::Json(crate::openapi::openapi())
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} is not allowed on {}; see /api/v1/openapi.json for its methods",
+            req.method(),
+            req.uri().path()
+        ),
+    )
 }
 
 async fn not_found(req: Request) -> ApiError {

@@ -1,8 +1,7 @@
 //! The model registry: list, show with lineage, publish, promote; and re-exporting a run's best
 //! weights.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
@@ -13,9 +12,9 @@ use kiln_runner::builtins::{self, BuiltinCtx};
 use kiln_store::{ModelRecord, STAGES};
 
 use crate::auth::Caller;
-use crate::json::ApiJson;
+use crate::extract::ApiJson;
+use crate::extract::ApiQuery;
 use crate::problem::{ApiError, ApiResult, Problem};
-use crate::routes::logs::query;
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -204,9 +203,8 @@ async fn model(state: &AppState, id: &str) -> ApiResult<ModelRecord> {
     responses((status = 200, body = Vec<ModelView>), (status = 400, body = Problem)))]
 pub async fn list(
     State(state): State<AppState>,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Vec<ModelView>>> {
-    let q = query(q)?;
     let models = state
         .store()
         .find_models(q.project.as_deref(), q.published)

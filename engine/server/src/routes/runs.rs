@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
@@ -14,7 +14,8 @@ use kiln_store::{RunRecord, RunStatus, StepRecord};
 use kiln_workflow::Workflow;
 
 use crate::auth::Caller;
-use crate::json::ApiJson;
+use crate::extract::ApiJson;
+use crate::extract::ApiQuery;
 use crate::problem::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
 
@@ -253,7 +254,7 @@ pub async fn create(
 #[utoipa::path(get, path = "/api/v1/runs", params(ListQuery), responses((status = 200, body = RunPage)))]
 pub async fn list(
     State(state): State<AppState>,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<RunPage>> {
     let status = q
         .status
@@ -378,7 +379,7 @@ pub async fn retry(
 pub async fn remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<DeleteQuery>,
+    ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> ApiResult<StatusCode> {
     let run = state.store().run(&id).await?;
     if !run.status.is_terminal() {

@@ -9,7 +9,7 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
@@ -25,7 +25,8 @@ use kiln_store::RunRecord;
 
 use super::runs::start_run;
 use crate::auth::Caller;
-use crate::json::ApiJson;
+use crate::extract::ApiJson;
+use crate::extract::ApiQuery;
 use crate::problem::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
 
@@ -283,7 +284,7 @@ pub struct ExtractRelease {
     responses((status = 200, body = DefaultConfig), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn default_config(
     State(state): State<AppState>,
-    Query(q): Query<DefaultConfigQuery>,
+    ApiQuery(q): ApiQuery<DefaultConfigQuery>,
 ) -> ApiResult<Json<DefaultConfig>> {
     plain_name("framework", &q.framework, StatusCode::BAD_REQUEST)?;
     plain_name("task", &q.task, StatusCode::BAD_REQUEST)?;
@@ -592,7 +593,7 @@ pub async fn stop(
     responses((status = 200, body = TrainingLogs), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn logs(
     State(state): State<AppState>,
-    Query(q): Query<LogsQuery>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
 ) -> ApiResult<Json<TrainingLogs>> {
     plain_name("project_id", &q.project_id, StatusCode::BAD_REQUEST)?;
     plain_name("training_name", &q.training_name, StatusCode::BAD_REQUEST)?;
@@ -644,7 +645,7 @@ pub async fn logs(
     responses((status = 200, body = Checkpoints), (status = 400, body = Problem)))]
 pub async fn checkpoints(
     State(state): State<AppState>,
-    Query(q): Query<TrainingQuery>,
+    ApiQuery(q): ApiQuery<TrainingQuery>,
 ) -> ApiResult<Json<Checkpoints>> {
     plain_name("project_id", &q.project_id, StatusCode::BAD_REQUEST)?;
     plain_name("training_name", &q.training_name, StatusCode::BAD_REQUEST)?;
@@ -692,7 +693,7 @@ pub async fn checkpoints(
     responses((status = 200, body = ExtractionState), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn check_extracted(
     State(state): State<AppState>,
-    Query(q): Query<CheckExtractedQuery>,
+    ApiQuery(q): ApiQuery<CheckExtractedQuery>,
 ) -> ApiResult<Json<ExtractionState>> {
     let (project, file) = parse_zip_path(&q.zip_path)?;
     let ws = state.workspace();

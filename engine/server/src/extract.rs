@@ -1,9 +1,11 @@
-//! `ApiJson<T>`: a JSON body extractor whose rejections are problem details naming what was
-//! wrong (unknown field, wrong type, missing field, body too large, wrong content type).
+//! Extractors whose rejections are problem details naming what was wrong: `ApiJson<T>` for
+//! bodies (unknown field, wrong type, missing field, body too large, wrong content type) and
+//! `ApiQuery<T>` for query strings.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use crate::problem::ApiError;
@@ -62,4 +64,27 @@ fn body_text(text: &str) -> String {
     text.split_once(": ")
         .map(|(_, rest)| rest.to_owned())
         .unwrap_or_else(|| text.to_owned())
+}
+
+/// A query string extractor answering problem details instead of axum's plain-text 400.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Self(v))
+            .map_err(|e| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("the query string is invalid: {}", body_text(&e.body_text())),
+                )
+            })
+    }
 }

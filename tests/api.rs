@@ -1,0 +1,934 @@
+//! The HTTP API through a real `kiln serve` process: the main flow (trigger, follow the logs over
+//! SSE, inspect, publish and promote the model, stats, pagination), the claim of every route,
+//! bad bodies as problem details, deleting a running run, recovery after the server is killed,
+//! the OpenAPI document, and the same flows on PostgreSQL when `KILN_TEST_POSTGRES_URL` is set.
+
+mod common;
+#[path = "common/api.rs"]
+mod http;
+
+use common::*;
+use http::*;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Failed expectations, collected so that one run of a flow reports every broken endpoint.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) -> bool {
+        if !ok {
+            self.0.push(what());
+        }
+        ok
+    }
+
+    #[track_caller]
+    fn assert_none(&self, flow: &str) {
+        assert!(
+            self.0.is_empty(),
+            "{flow}: {} problem(s):\n  - {}",
+            self.0.len(),
+            self.0.join("\n  - ")
+        );
+    }
+}
+
+fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
+    run["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["step_id"] == id))
+        .unwrap_or(&Value::Null)
+}
+
+/// Models from `GET /models` (a list, or an object holding one under `models`).
+fn model_list(v: &Value) -> Vec<Value> {
+    v.as_array()
+        .or_else(|| v["models"].as_array())
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The model of `GET /models/{id}` (`{model, lineage, versions}`) or of publish / promote.
+fn model_of(v: &Value) -> &Value {
+    if v["model"].is_object() {
+        &v["model"]
+    } else {
+        v
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. The main flow
+
+fn main_flow(aws: &ApiWorkspace) {
+    let server = aws.serve();
+    let trainer = aws.token("trainer-bot", &[], &["trainer"]);
+    let publisher = aws.token("publisher-bot", &[], &["publisher"]);
+    let mut p = Problems::default();
+
+    // Trigger.
+    let r = server.post("/api/v1/runs", &trainer, &demo_run("first"));
+    assert_eq!(r.status, 201, "POST /runs: {}", r.text());
+    assert!(
+        r.header("content-type")
+            .unwrap_or("")
+            .starts_with("application/json")
+    );
+    let created = r.json();
+    let id = created["id"].as_str().expect("run id").to_owned();
+    assert_eq!(created["workflow_name"], "ultralytics-detect");
+    assert_eq!(created["created_by"], "trainer-bot");
+    assert_eq!(created["params"]["overrides"]["epochs"], 2);
+    assert_eq!(
+        created["params"]["task"], "detect",
+        "defaults resolved: {created}"
+    );
+    assert!(
+        matches!(created["status"].as_str(), Some("queued" | "running")),
+        "{created}"
+    );
+
+    // Follow the training's log live over SSE until `end`.
+    let logs_path = format!("/api/v1/runs/{id}/logs?step=train");
+    let mut stream = server.sse(&logs_path, &trainer, None);
+    let mut events = Vec::new();
+    if p.check(stream.status == 200, || {
+        format!(
+            "SSE GET {logs_path}: status {} (expected 200)",
+            stream.status
+        )
+    }) {
+        p.check(
+            stream
+                .header("content-type")
+                .is_some_and(|c| c.starts_with("text/event-stream")),
+            || format!("SSE content-type is {:?}", stream.header("content-type")),
+        );
+        events = stream.until_end();
+        let all: String = events.iter().map(|e| e.data.clone() + "\n").collect();
+        p.check(events.last().is_some_and(|e| e.event == "end"), || {
+            format!("SSE stream ended without an `end` event: {events:?}")
+        });
+        p.check(
+            all.contains("Starting training for 2 epochs") && all.contains("2/2"),
+            || format!("SSE lines lack the epoch lines (`Starting training for 2 epochs`, `2/2`): {all}"),
+        );
+    }
+    drop(stream);
+
+    // The run, finished.
+    let run = server.wait_run(&id, &trainer, 120);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["created_by"], "trainer-bot");
+    assert!(
+        run["finished_at"].is_string() && run["duration_ms"].is_i64(),
+        "{run}"
+    );
+    assert!(run["metrics"].is_object(), "run metrics: {run}");
+    let steps = run["steps"].as_array().expect("steps on GET /runs/{id}");
+    let ids: Vec<&str> = steps.iter().filter_map(|s| s["step_id"].as_str()).collect();
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    for sid in ["extract", "resolve", "train", "export", "register"] {
+        assert_eq!(step(&run, sid)["status"], "succeeded", "{sid}: {run}");
+    }
+    assert_eq!(step(&run, "train")["progress"]["epoch"], 2, "{run}");
+    assert_eq!(step(&run, "train")["plugin_name"], "ultralytics");
+
+    // Replaying the finished run's log from a Last-Event-ID resumes right after that event.
+    if events.len() >= 3 && events[1].id.is_some() {
+        let k = 1;
+        let last = events[k].id.clone().unwrap();
+        let mut again = server.sse(&logs_path, &trainer, Some(&last));
+        p.check(again.status == 200, || {
+            format!("SSE with Last-Event-ID: status {}", again.status)
+        });
+        if again.status == 200 {
+            let rest = again.until_end();
+            let first = rest.first().cloned().unwrap_or_default();
+            p.check(first == events[k + 1], || {
+                format!(
+                    "SSE with Last-Event-ID {last}: expected the stream to resume with {:?}, got {first:?}",
+                    events[k + 1]
+                )
+            });
+            p.check(
+                !rest.iter().any(|e| e.id.as_deref() == Some(last.as_str())),
+                || format!("SSE with Last-Event-ID {last} repeated that event"),
+            );
+            let full: Vec<_> = events.iter().filter(|e| e.event != "end").collect();
+            let resumed: Vec<_> = rest.iter().filter(|e| e.event != "end").collect();
+            p.check(resumed.len() == full.len() - (k + 1), || {
+                format!(
+                    "SSE with Last-Event-ID {last}: {} events after resuming, expected {}",
+                    resumed.len(),
+                    full.len() - (k + 1)
+                )
+            });
+        }
+    } else if !events.is_empty() {
+        p.0.push(format!(
+            "SSE events carry no `id:` (needed for Last-Event-ID): {:?}",
+            &events[..events.len().min(3)]
+        ));
+    }
+
+    // Paged logs and checkpoints (plain JSON).
+    let r = server.get(&format!("/api/v1/runs/{id}/logs?step=train"), &trainer);
+    p.check(r.status == 200 && r.text().contains("2/2"), || {
+        format!(
+            "GET /runs/{{id}}/logs?step=train (JSON): {} {}",
+            r.status,
+            r.text()
+        )
+    });
+    let r = server.get(&format!("/api/v1/runs/{id}/checkpoints"), &trainer);
+    p.check(r.status == 200 && r.text().contains("best"), || {
+        format!("GET /runs/{{id}}/checkpoints: {} {}", r.status, r.text())
+    });
+
+    // The model registry.
+    let r = server.get("/api/v1/models?project=demo", &trainer);
+    let model = if p.check(r.status == 200, || {
+        format!("GET /models?project=demo: {} {}", r.status, r.text())
+    }) {
+        let models = model_list(&r.json());
+        let m = models
+            .iter()
+            .find(|m| m["training_run_id"] == id.as_str())
+            .cloned();
+        p.check(m.is_some(), || {
+            format!("no model of run {id} in {}", r.text())
+        });
+        m
+    } else {
+        None
+    };
+    if let Some(m) = model {
+        let mid = m["id"].as_str().unwrap_or_default().to_owned();
+        p.check(m["created_by"] == "trainer-bot", || {
+            format!(
+                "model created_by is {}, expected the token's name trainer-bot",
+                m["created_by"]
+            )
+        });
+        p.check(m["project"] == "demo" && m["version"] == 1, || {
+            format!("model: {m}")
+        });
+        p.check(m["is_published"] == false, || {
+            format!("new model published: {m}")
+        });
+        let r = server.get(&format!("/api/v1/models/{mid}"), &trainer);
+        p.check(
+            r.status == 200 && model_of(&r.json())["id"] == mid.as_str(),
+            || format!("GET /models/{{id}}: {} {}", r.status, r.text()),
+        );
+        // A viewer may not publish.
+        let r = server.call(
+            "POST",
+            &format!("/api/v1/models/{mid}/publish"),
+            Some(&trainer),
+            None,
+        );
+        p.check(r.status == 403, || {
+            format!("publish by a trainer: {} {}", r.status, r.text())
+        });
+
+        let r = server.call(
+            "POST",
+            &format!("/api/v1/models/{mid}/publish"),
+            Some(&publisher),
+            None,
+        );
+        if p.check(r.status == 200, || {
+            format!(
+                "POST /models/{{id}}/publish (no body): {} {}",
+                r.status,
+                r.text()
+            )
+        }) {
+            let v = r.json();
+            let v = model_of(&v);
+            p.check(
+                v["is_published"] == true && v["published_at"].is_string(),
+                || format!("published model: {v}"),
+            );
+        }
+        let promote = format!("/api/v1/models/{mid}/promote");
+        let r = server.post(&promote, &publisher, &json!({"stage": "production"}));
+        if p.check(r.status == 200, || {
+            format!(
+                "POST /models/{{id}}/promote {{stage: production}}: {} {}",
+                r.status,
+                r.text()
+            )
+        }) {
+            let v = r.json();
+            let v = model_of(&v);
+            p.check(
+                v["stage"] == "production" && v["production_at"].is_string(),
+                || format!("promoted model has no production date: {v}"),
+            );
+        }
+        let r = server.post(&promote, &publisher, &json!({"stage": "orbit"}));
+        p.check(
+            (400..500).contains(&r.status) && r.problem_error().is_none(),
+            || format!("promote to an unknown stage: {} {}", r.status, r.text()),
+        );
+        let r = server.get(&format!("/api/v1/models/{mid}"), &trainer);
+        p.check(
+            r.status == 200 && model_of(&r.json())["stage"] == "production",
+            || {
+                format!(
+                    "GET /models/{{id}} after promote: {} {}",
+                    r.status,
+                    r.text()
+                )
+            },
+        );
+    }
+
+    // A second run, for stats and pagination.
+    let r = server.post("/api/v1/runs", &trainer, &demo_run("second"));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id2 = r.json()["id"].as_str().unwrap().to_owned();
+    let run2 = server.wait_run(&id2, &trainer, 120);
+    assert_eq!(run2["status"], "succeeded", "{run2}");
+
+    let stats = server.get("/api/v1/runs/stats", &trainer);
+    assert_eq!(stats.status, 200, "{}", stats.text());
+    let stats = stats.json();
+    assert_eq!(stats["total"], 2, "{stats}");
+    assert_eq!(stats["by_status"]["succeeded"], 2, "{stats}");
+    assert_eq!(stats["success_rate"], 1.0, "{stats}");
+
+    let page1 = server.get("/api/v1/runs?status=succeeded&limit=1", &trainer);
+    assert_eq!(page1.status, 200, "{}", page1.text());
+    let page1 = page1.json();
+    assert_eq!(page1["runs"].as_array().unwrap().len(), 1, "{page1}");
+    assert_eq!(
+        page1["runs"][0]["id"],
+        id2.as_str(),
+        "newest first: {page1}"
+    );
+    assert_eq!(page1["next_offset"], 1, "{page1}");
+    let page2 = server
+        .get("/api/v1/runs?status=succeeded&limit=1&offset=1", &trainer)
+        .json();
+    assert_eq!(page2["runs"][0]["id"], id.as_str(), "{page2}");
+    assert!(page2["next_offset"].is_null(), "last page: {page2}");
+    let none = server.get("/api/v1/runs?status=failed", &trainer).json();
+    assert_eq!(none["runs"], json!([]), "{none}");
+    server
+        .get("/api/v1/runs?limit=0", &trainer)
+        .problem(400, "invalid_limit");
+    server
+        .get("/api/v1/runs?status=bogus", &trainer)
+        .problem(400, "invalid_status");
+
+    // Catalog.
+    let wfs = server.get("/api/v1/workflows", &trainer).json();
+    assert!(
+        wfs.as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["name"] == "ultralytics-detect"),
+        "{wfs}"
+    );
+    let plugins = server.get("/api/v1/plugins", &trainer).json();
+    assert!(
+        plugins
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "ultralytics"),
+        "{plugins}"
+    );
+
+    p.assert_none("main flow");
+}
+
+#[test]
+fn main_flow_trigger_follow_publish_promote_stats_pages() {
+    main_flow(&ApiWorkspace::new());
+}
+
+#[test]
+fn main_flow_on_postgres() {
+    let Some(url) = fresh_postgres() else {
+        eprintln!(
+            "skipped: KILN_TEST_POSTGRES_URL is not set (scripts/start-postgres.sh prints one)"
+        );
+        return;
+    };
+    main_flow(&ApiWorkspace::with(Workspace::new(), Some(url)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Every route × {no token, another claim, its claim}
+
+fn request_body(route: &Route) -> Option<Value> {
+    (route.method == "POST").then(|| json!({}))
+}
+
+fn auth_matrix(aws: &ApiWorkspace) {
+    let routes = route_table();
+    let server = aws.serve();
+    let mut only = std::collections::HashMap::new();
+    let mut all_but = std::collections::HashMap::new();
+    for claim in CLAIMS {
+        only.insert(claim, aws.token(&format!("only-{claim}"), &[claim], &[]));
+        let others: Vec<&str> = CLAIMS.iter().copied().filter(|c| *c != claim).collect();
+        all_but.insert(claim, aws.token(&format!("all-but-{claim}"), &others, &[]));
+    }
+    // A real run id too (a run that failed fast: unknown release).
+    let mut body = demo_run("matrix");
+    body["params"]["release"] = json!("missing.zip");
+    let r = server.post("/api/v1/runs", &only["CreateTrainingRun"], &body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let real = r.json()["id"].as_str().unwrap().to_owned();
+    server.wait_run(&real, &only["ViewTrainingRuns"], 60);
+
+    let mut p = Problems::default();
+    for route in &routes {
+        for id in [FAKE_ID, real.as_str()] {
+            if id == real && !route.path.contains("{id}") {
+                continue;
+            }
+            // DELETE the real run last, below.
+            if id == real && route.method == "DELETE" {
+                continue;
+            }
+            let path = route.concrete(id);
+            let what = format!("{} {}", route.method, path);
+            let body = request_body(route);
+            let Some(claim) = route.claim.as_deref() else {
+                let r = server.call(&route.method, &path, None, body.as_ref());
+                p.check(r.status == 200, || {
+                    format!("{what} (public) without a token: {}", r.status)
+                });
+                continue;
+            };
+            let r = server.call(&route.method, &path, None, body.as_ref());
+            p.check(r.status == 401 && r.problem_error().is_none(), || {
+                format!("{what} without a token: {} {}", r.status, r.text())
+            });
+            let r = server.call(&route.method, &path, Some(&all_but[claim]), body.as_ref());
+            p.check(r.status == 403 && r.problem_error().is_none(), || {
+                format!(
+                    "{what} with every claim but {claim}: {} {}",
+                    r.status,
+                    r.text()
+                )
+            });
+            if r.status == 403 {
+                p.check(
+                    r.json()["detail"].as_str().unwrap_or("").contains(claim),
+                    || {
+                        format!(
+                            "{what}: the 403 does not name the claim {claim}: {}",
+                            r.text()
+                        )
+                    },
+                );
+            }
+            let r = server.call(&route.method, &path, Some(&only[claim]), body.as_ref());
+            p.check(!matches!(r.status, 401 | 403) && r.status < 500, || {
+                format!("{what} with only {claim}: {} {}", r.status, r.text())
+            });
+            if r.status >= 400
+                && let Some(e) = r.problem_error()
+            {
+                p.0.push(format!("{what} with only {claim}: {e}"));
+            }
+        }
+    }
+    // The real run can be deleted with DeleteTrainingRun.
+    let r = server.call(
+        "DELETE",
+        &format!("/api/v1/runs/{real}"),
+        Some(&only["DeleteTrainingRun"]),
+        None,
+    );
+    p.check(r.status == 204, || {
+        format!("DELETE the real run: {} {}", r.status, r.text())
+    });
+    p.assert_none("auth matrix");
+}
+
+#[test]
+fn every_route_needs_its_claim() {
+    auth_matrix(&ApiWorkspace::new());
+}
+
+#[test]
+fn every_route_needs_its_claim_on_postgres() {
+    let Some(url) = fresh_postgres() else {
+        eprintln!(
+            "skipped: KILN_TEST_POSTGRES_URL is not set (scripts/start-postgres.sh prints one)"
+        );
+        return;
+    };
+    auth_matrix(&ApiWorkspace::with(Workspace::new(), Some(url)));
+}
+
+#[test]
+fn revoked_and_malformed_tokens_are_401() {
+    let aws = ApiWorkspace::new();
+    let server = aws.serve();
+    let token = aws.token("soon-revoked", &[], &["viewer"]);
+    assert_eq!(server.get("/api/v1/runs", &token).status, 200);
+    let out = aws.kiln(&["token", "revoke", "soon-revoked"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    server
+        .get("/api/v1/runs", &token)
+        .problem(401, "unauthorized");
+
+    let good = aws.token("good", &[], &["viewer"]);
+    let (id_part, secret) = good.rsplit_once('_').unwrap();
+    let wrong_secret = format!("{id_part}_{}", "0".repeat(secret.len()));
+    let unknown_id = format!("kiln_000000000000_{secret}");
+    for bad in [
+        "garbage",
+        "kiln_",
+        "kiln_nounderscore",
+        wrong_secret.as_str(),
+        unknown_id.as_str(),
+    ] {
+        let r = server.get("/api/v1/runs", bad);
+        let v = r.problem(401, "unauthorized");
+        assert!(
+            v["detail"].as_str().unwrap().contains("kiln token create"),
+            "{v}"
+        );
+    }
+    for header in [
+        format!("Basic {good}"),
+        format!("bearer{good}"),
+        good.clone(),
+        "Bearer".to_owned(),
+        "Bearer ".to_owned(),
+    ] {
+        let r = server.raw("GET", "/api/v1/runs", &[("Authorization", &header)], None);
+        r.problem(401, "unauthorized");
+    }
+    // The good token still works, and roles give their claims.
+    assert_eq!(server.get("/api/v1/runs", &good).status, 200);
+    server
+        .call(
+            "DELETE",
+            &format!("/api/v1/runs/{FAKE_ID}"),
+            Some(&good),
+            None,
+        )
+        .problem(403, "forbidden");
+    // Creating tokens: unknown claims and roles are refused.
+    let out = aws.kiln(&["token", "create", "--name", "x", "--claims", "Root"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = aws.kiln(&["token", "create", "--name", "x", "--roles", "wizard"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Bad bodies
+
+#[test]
+fn bad_bodies_are_problem_details_that_say_what_is_wrong() {
+    let aws = ApiWorkspace::new();
+    let server = aws.serve();
+    let token = aws.token("trainer", &[], &["trainer"]);
+    let auth = format!("Bearer {token}");
+    let post = |body: &[u8], ct: Option<&str>| {
+        let mut h = vec![("Authorization", auth.as_str())];
+        if let Some(ct) = ct {
+            h.push(("Content-Type", ct));
+        }
+        server.raw("POST", "/api/v1/runs", &h, Some(body))
+    };
+    let json_ct = Some("application/json");
+    // (what, body, status, code, words the detail must contain)
+    type Case = (&'static str, Vec<u8>, u16, &'static str, Vec<&'static str>);
+    let cases: Vec<Case> = vec![
+        (
+            "unknown field",
+            br#"{"workflow":"ultralytics-detect","params":{},"priority":1}"#.to_vec(),
+            422,
+            "invalid_body",
+            vec!["unknown field `priority`"],
+        ),
+        (
+            "wrong type",
+            br#"{"workflow":5}"#.to_vec(),
+            422,
+            "invalid_body",
+            vec!["workflow", "invalid type"],
+        ),
+        (
+            "params not an object",
+            br#"{"workflow":"ultralytics-detect","params":[1]}"#.to_vec(),
+            422,
+            "invalid_body",
+            vec!["params", "invalid type"],
+        ),
+        (
+            "missing field",
+            br#"{"params":{}}"#.to_vec(),
+            422,
+            "invalid_body",
+            vec!["missing field `workflow`"],
+        ),
+        (
+            "malformed JSON",
+            br#"{"workflow":"#.to_vec(),
+            400,
+            "malformed_json",
+            vec!["not valid JSON"],
+        ),
+        (
+            "unknown workflow",
+            br#"{"workflow":"nope"}"#.to_vec(),
+            422,
+            "unknown_workflow",
+            vec!["nope", "ultralytics-detect"],
+        ),
+        (
+            "missing params",
+            br#"{"workflow":"ultralytics-detect","params":{"project":"demo"}}"#.to_vec(),
+            422,
+            "invalid_params",
+            vec!["release", "training_name"],
+        ),
+        (
+            "param of the wrong type",
+            serde_json::to_vec(&{
+                let mut b = demo_run("t");
+                b["params"]["overrides"] = json!("epochs=2");
+                b
+            })
+            .unwrap(),
+            422,
+            "invalid_params",
+            vec!["overrides"],
+        ),
+        (
+            "param outside its enum",
+            serde_json::to_vec(&{
+                let mut b = demo_run("t");
+                b["params"]["task"] = json!("classify");
+                b
+            })
+            .unwrap(),
+            422,
+            "invalid_params",
+            vec!["task", "classify"],
+        ),
+    ];
+    for (what, body, status, code, needles) in cases {
+        let r = post(&body, json_ct);
+        assert_eq!(r.status, status, "{what}: {}", r.text());
+        if let Some(e) = r.problem_error() {
+            panic!("{what}: {e}");
+        }
+        let v = r.json();
+        assert_eq!(v["code"], code, "{what}: {v}");
+        let detail = v["detail"].as_str().unwrap();
+        for n in needles {
+            assert!(detail.contains(n), "{what}: detail lacks `{n}`: {detail}");
+        }
+    }
+    // No JSON content type.
+    post(br#"{"workflow":"ultralytics-detect"}"#, None).problem(415, "unsupported_media_type");
+    post(br#"{"workflow":"ultralytics-detect"}"#, Some("text/plain"))
+        .problem(415, "unsupported_media_type");
+    // Over 1 MiB.
+    let mut big = br#"{"workflow":""#.to_vec();
+    big.extend(std::iter::repeat_n(b'a', (1 << 20) + 1000));
+    big.extend(br#""}"#);
+    let v = post(&big, json_ct).problem(413, "body_too_large");
+    assert!(v["detail"].as_str().unwrap().contains("1048576"), "{v}");
+    // No run was created by any of these.
+    let runs = server.get("/api/v1/runs", &token).json();
+    assert_eq!(runs["runs"], json!([]), "{runs}");
+
+    // Unknown endpoints and methods.
+    server
+        .get("/api/v1/nothing-here", &token)
+        .problem(404, "no_such_endpoint");
+    server.get("/runs", &token).problem(404, "no_such_endpoint");
+    server
+        .get(&format!("/api/v1/runs/{FAKE_ID}"), &token)
+        .problem(404, "run_not_found");
+    server
+        .get(&format!("/api/v1/models/{FAKE_ID}"), &token)
+        .problem(404, "model_not_found");
+}
+
+/// Query strings are validated too; their errors must be problem details like the rest.
+#[test]
+fn bad_query_strings_are_problem_details() {
+    let aws = ApiWorkspace::new();
+    let server = aws.serve();
+    let token = aws.token("admin", &[], &["admin"]);
+    let mut p = Problems::default();
+    for path in [
+        "/api/v1/runs?limit=abc".to_owned(),
+        "/api/v1/runs?colour=red".to_owned(),
+        format!("/api/v1/runs/{FAKE_ID}?purge_outputs=maybe"),
+    ] {
+        let method = if path.contains("purge") {
+            "DELETE"
+        } else {
+            "GET"
+        };
+        let r = server.call(method, &path, Some(&token), None);
+        p.check(r.status == 400 && r.problem_error().is_none(), || {
+            format!(
+                "{method} {path}: {} {:?} {}",
+                r.status,
+                r.header("content-type"),
+                r.text()
+            )
+        });
+    }
+    p.assert_none("bad query strings");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Deleting a running run
+
+#[test]
+fn deleting_a_running_run_stops_its_processes_and_forgets_it() {
+    let aws = ApiWorkspace::with(
+        Workspace::new().with_env("FAKE_YOLO_EPOCH_SECONDS", "20"),
+        None,
+    );
+    let server = aws.serve();
+    let admin = aws.token("admin", &[], &["admin"]);
+    let r = server.post("/api/v1/runs", &admin, &demo_run("doomed"));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let marker = aws.marker();
+    wait_for(60, "yolo to be running", || {
+        processes_mentioning(&marker)
+            .iter()
+            .any(|(_, c)| c.contains("yolo"))
+    });
+    let run = server.get(&format!("/api/v1/runs/{id}"), &admin).json();
+    assert_eq!(run["status"], "running", "{run}");
+
+    let started = std::time::Instant::now();
+    let r = server.call("DELETE", &format!("/api/v1/runs/{id}"), Some(&admin), None);
+    assert_eq!(r.status, 204, "DELETE /runs/{{id}}: {}", r.text());
+    assert!(r.body.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "delete took {:?}",
+        started.elapsed()
+    );
+    for _ in 0..200 {
+        if processes_mentioning(&marker).is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        processes_mentioning(&marker).is_empty(),
+        "processes left behind: {:?}",
+        processes_mentioning(&marker)
+    );
+    server
+        .get(&format!("/api/v1/runs/{id}"), &admin)
+        .problem(404, "run_not_found");
+    server
+        .call("DELETE", &format!("/api/v1/runs/{id}"), Some(&admin), None)
+        .problem(404, "run_not_found");
+    let stats = server.get("/api/v1/runs/stats", &admin).json();
+    assert_eq!(stats["total"], 0, "{stats}");
+    // Cancelling a finished (here: unknown) run is answered, not a 5xx.
+    server
+        .call(
+            "POST",
+            &format!("/api/v1/runs/{id}/cancel"),
+            Some(&admin),
+            None,
+        )
+        .problem(404, "run_not_found");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Recovery after the server is killed
+
+#[test]
+fn a_run_survives_a_killed_server_and_completes_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let record = tmp.path().join("launches.txt");
+    let aws = ApiWorkspace::with(
+        Workspace::new()
+            .with_env("FAKE_YOLO_EPOCH_SECONDS", "3")
+            .with_env("FAKE_YOLO_RECORD", record.to_str().unwrap()),
+        None,
+    );
+    let token = aws.token("trainer", &[], &["trainer"]);
+    let mut server = aws.serve();
+    let r = server.post("/api/v1/runs", &token, &demo_run("survivor"));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let marker = aws.marker();
+    wait_for(60, "yolo to be running", || {
+        processes_mentioning(&marker)
+            .iter()
+            .any(|(_, c)| c.contains("yolo"))
+    });
+    wait_for(10, "the launch to be recorded", || {
+        launches(&record).len() == 1
+    });
+    server.kill(); // SIGKILL: no graceful shutdown
+    assert!(
+        processes_mentioning(&marker)
+            .iter()
+            .any(|(_, c)| c.contains("yolo")),
+        "the trainer outlives the server"
+    );
+
+    let server = aws.serve();
+    let run = server.wait_run(&id, &token, 120);
+    assert_eq!(run["status"], "succeeded", "{run}\n{}", server.log_text());
+    for sid in ["extract", "resolve", "train", "export", "register"] {
+        assert_eq!(step(&run, sid)["status"], "succeeded", "{sid}: {run}");
+    }
+    let l = launches(&record);
+    assert_eq!(l.len(), 1, "re-attached, not launched again: {l:?}");
+    assert!(l[0].end.is_some(), "the one launch finished: {l:?}");
+    assert!(
+        server.log_text().contains("recover"),
+        "the restarted server says it recovered the run:\n{}",
+        server.log_text()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. OpenAPI
+
+#[test]
+fn openapi_document_lists_every_route() {
+    let aws = ApiWorkspace::new();
+    let server = aws.serve();
+    let r = server.call("GET", "/api/v1/openapi.json", None, None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.header("content-type")
+            .unwrap_or("")
+            .starts_with("application/json")
+    );
+    let doc = r.json();
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+        "openapi: {}",
+        doc["openapi"]
+    );
+    assert!(doc["info"]["title"].is_string());
+    assert!(
+        doc["components"]["securitySchemes"]["bearer"].is_object(),
+        "bearer scheme: {}",
+        doc["components"]
+    );
+    let mut missing = Vec::new();
+    // Every guarded route (the public document need not describe itself).
+    for route in route_table().into_iter().filter(|r| r.claim.is_some()) {
+        let path = format!("/api/v1{}", route.path);
+        if doc["paths"][&path][route.method.to_lowercase()].is_null() {
+            missing.push(format!("{} {path}", route.method));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} route(s) missing from /api/v1/openapi.json:\n  {}",
+        missing.len(),
+        missing.join("\n  ")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The training façade, end to end
+
+#[test]
+fn training_facade_previews_starts_follows_and_lists_checkpoints() {
+    let aws = ApiWorkspace::new();
+    let server = aws.serve();
+    let token = aws.token("ui", &[], &["trainer"]);
+    let r = server.get(
+        "/api/v1/training/config/default?framework=ultralytics&task=detect",
+        &token,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["yaml"].as_str().unwrap().contains("epochs:"));
+    let r = server.post(
+        "/api/v1/training/config/resolve",
+        &token,
+        &json!({"framework": "ultralytics", "task": "detect",
+                "overrides": {"epochs": 2, "imgsz": 64, "lr0": 0.1}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["config"]["epochs"], 2, "{v}");
+    assert_eq!(v["rejected"][0]["key"], "lr0", "user mode drops lr0: {v}");
+    assert!(
+        v["cli_preview"]
+            .as_str()
+            .unwrap()
+            .starts_with("yolo detect train"),
+        "{v}"
+    );
+
+    let zip = "projects/demo/releases/demo-release.zip";
+    let r = server.get(
+        &format!("/api/v1/training/check-extracted?zip_path={zip}"),
+        &token,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["extracted"], false, "{}", r.text());
+
+    let start = json!({"project_id": "demo", "training_name": "ui1", "framework": "ultralytics",
+        "task": "detect", "release": "demo-release.zip",
+        "config": {"epochs": 2, "imgsz": 64, "batch": 4, "device": "cpu"}});
+    let r = server.post("/api/v1/training/start", &token, &start);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let run_id = r.json()["run_id"].as_str().unwrap().to_owned();
+    let run = server.wait_run(&run_id, &token, 120);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["created_by"], "ui");
+
+    let q = "project_id=demo&training_name=ui1";
+    let r = server.get(&format!("/api/v1/training/logs?{q}"), &token);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("2/2"), "{}", r.text());
+    let r = server.get(&format!("/api/v1/training/checkpoints?{q}"), &token);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let names: Vec<String> = r.json()["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str().map(str::to_owned))
+        .collect();
+    assert!(names.contains(&"best.pt".to_owned()), "{names:?}");
+    let r = server.get(
+        &format!("/api/v1/training/check-extracted?zip_path={zip}"),
+        &token,
+    );
+    assert_eq!(r.json()["extracted"], true, "{}", r.text());
+    server
+        .post(
+            "/api/v1/training/stop",
+            &token,
+            &json!({"project_id": "demo", "training_name": "ui1"}),
+        )
+        .problem(404, "no_active_training");
+    // Path-like names are refused before touching the file system.
+    let r = server.get(
+        "/api/v1/training/checkpoints?project_id=..&training_name=ui1",
+        &token,
+    );
+    assert!((400..500).contains(&r.status), "{} {}", r.status, r.text());
+    assert!(r.problem_error().is_none(), "{:?}", r.problem_error());
+}

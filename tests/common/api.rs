@@ -1,0 +1,697 @@
+//! HTTP test harness for `kiln serve`: a throwaway workspace whose real `kiln serve` process is
+//! killed when the guard drops, a minimal HTTP/1.1 client over `std::net::TcpStream` (with a
+//! server-sent-events reader), tokens made with `kiln token create`, and the route table read
+//! from `engine/server/src/routes/mod.rs` itself so the tests cannot drift from it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{Workspace, repo_root, text};
+
+/// A run id that exists nowhere.
+pub const FAKE_ID: &str = "00000000-0000-0000-0000-000000000000";
+
+/// The demo params of `workflows/ultralytics-detect.yaml` as a `POST /runs` body.
+pub fn demo_run(training: &str) -> Value {
+    serde_json::json!({
+        "workflow": "ultralytics-detect",
+        "params": {
+            "project": "demo",
+            "release": "demo-release.zip",
+            "training_name": training,
+            "overrides": {"epochs": 2, "imgsz": 64, "batch": 4, "device": "cpu"},
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Route table
+
+/// One endpoint of the route table: method, path under /api/v1, the claim it needs (None:
+/// public).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub method: String,
+    pub path: String,
+    pub claim: Option<String>,
+}
+
+impl Route {
+    /// The path with `{id}` replaced.
+    pub fn concrete(&self, id: &str) -> String {
+        format!("/api/v1{}", self.path.replace("{id}", id))
+    }
+}
+
+/// Every route of `engine/server/src/routes/mod.rs`: each `.route("PATH", ...)` with each
+/// `on(METHOD(handler), Claim)` in it; a `METHOD(handler)` without `on(...)` is public.
+pub fn route_table() -> Vec<Route> {
+    let file = repo_root().join("engine/server/src/routes/mod.rs");
+    let src = std::fs::read_to_string(&file).unwrap();
+    // Only the router function.
+    let start = src
+        .find("pub fn router")
+        .expect("routes/mod.rs has `pub fn router`");
+    let body = &src[start..];
+    let end = body.find(".layer(").unwrap_or(body.len());
+    let body: String = body[..end].chars().filter(|c| !c.is_whitespace()).collect();
+    let mut routes = Vec::new();
+    for seg in body.split(".route(").skip(1) {
+        let seg = seg.strip_prefix('"').expect("route path literal");
+        let (path, rest) = seg.split_once('"').unwrap();
+        let mut guarded = 0;
+        let mut cursor = rest;
+        while let Some(i) = cursor.find("on(") {
+            let after = &cursor[i + 3..];
+            let (method, after) = after.split_once('(').unwrap();
+            let (_handler, after) = after.split_once(')').unwrap();
+            let after = after.strip_prefix(',').expect("on(method(handler), Claim)");
+            let (claim, after) = after.split_once(')').unwrap();
+            routes.push(Route {
+                method: method.to_uppercase(),
+                path: path.to_owned(),
+                claim: Some(claim.trim_start_matches("Claim::").to_owned()),
+            });
+            guarded += 1;
+            cursor = after;
+        }
+        if guarded == 0 {
+            // `get(handler)`: a public route.
+            let (method, _) = rest.trim_start_matches(',').split_once('(').unwrap();
+            routes.push(Route {
+                method: method.to_uppercase(),
+                path: path.to_owned(),
+                claim: None,
+            });
+        }
+    }
+    assert!(
+        routes.len() >= 20,
+        "could not read the route table from {}: {routes:?}",
+        file.display()
+    );
+    routes
+}
+
+pub const CLAIMS: [&str; 5] = [
+    "CreateTrainingRun",
+    "ScheduleTrainingRun",
+    "DeleteTrainingRun",
+    "PublishTrainingRunTrainedModel",
+    "ViewTrainingRuns",
+];
+
+// ---------------------------------------------------------------------------------------------
+// HTTP client
+
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        text(&self.body)
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "response {} is not JSON ({e}): {}",
+                self.status,
+                self.text()
+            )
+        })
+    }
+
+    /// Why this is not an RFC 9457 problem with `code` and `detail`, if it is not.
+    pub fn problem_error(&self) -> Option<String> {
+        let ct = self.header("content-type").unwrap_or("");
+        if !ct.starts_with("application/problem+json") {
+            return Some(format!(
+                "{} has content-type `{ct}`, not application/problem+json; body: {}",
+                self.status,
+                self.text()
+            ));
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(&self.body) else {
+            return Some(format!(
+                "{}: problem body is not JSON: {}",
+                self.status,
+                self.text()
+            ));
+        };
+        for key in ["code", "detail", "title", "type"] {
+            if v[key].as_str().is_none_or(str::is_empty) {
+                return Some(format!("{}: problem lacks `{key}`: {v}", self.status));
+            }
+        }
+        if v["status"] != self.status {
+            return Some(format!(
+                "problem `status` {} differs from the HTTP status {}",
+                v["status"], self.status
+            ));
+        }
+        None
+    }
+
+    /// Assert an RFC 9457 problem with this status and code; returns the body.
+    #[track_caller]
+    pub fn problem(&self, status: u16, code: &str) -> Value {
+        assert_eq!(
+            self.status,
+            status,
+            "expected {status} {code}, got: {}",
+            self.text()
+        );
+        if let Some(e) = self.problem_error() {
+            panic!("{e}");
+        }
+        let v = self.json();
+        assert_eq!(v["code"], code, "{v}");
+        v
+    }
+}
+
+fn write_request(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> std::io::Result<()> {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        head.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    } else if matches!(method, "POST" | "PUT" | "PATCH") {
+        head.push_str("Content-Length: 0\r\n");
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    if let Some(b) = body {
+        stream.write_all(b)?;
+    }
+    stream.flush()
+}
+
+fn read_head(reader: &mut impl BufRead) -> std::io::Result<(u16, Vec<(String, String)>)> {
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            break;
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+        }
+    }
+    Ok((status, headers))
+}
+
+/// A response body: plain until EOF (we always send `Connection: close`) or chunked.
+pub struct Body<R: BufRead> {
+    inner: R,
+    chunked: bool,
+    left: usize,
+    done: bool,
+}
+
+impl<R: BufRead> Read for Body<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.done {
+            return Ok(0);
+        }
+        if !self.chunked {
+            return self.inner.read(buf);
+        }
+        if self.left == 0 {
+            let mut line = String::new();
+            self.inner.read_line(&mut line)?;
+            if line.trim().is_empty() {
+                // The CRLF after the previous chunk.
+                line.clear();
+                self.inner.read_line(&mut line)?;
+            }
+            let size = line.trim().split(';').next().unwrap_or("");
+            if size.is_empty() {
+                self.done = true;
+                return Ok(0);
+            }
+            self.left = usize::from_str_radix(size, 16)
+                .map_err(|_| std::io::Error::other(format!("bad chunk size {line:?}")))?;
+            if self.left == 0 {
+                self.done = true;
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.left);
+        let n = self.inner.read(&mut buf[..n])?;
+        if n == 0 {
+            self.done = true;
+        }
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+/// One HTTP/1.1 request; the whole response is read (bounded by `timeout`).
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> std::io::Result<Resp> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    // A server may answer (e.g. 413) before reading the whole body: still read its answer.
+    let written = write_request(&mut stream, addr, method, path, headers, body);
+    let mut reader = BufReader::new(stream);
+    let (status, headers) = match read_head(&mut reader) {
+        Ok(h) => h,
+        Err(e) => return Err(written.err().unwrap_or(e)),
+    };
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let length = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    let mut body = Vec::new();
+    let mut b = Body {
+        inner: reader,
+        chunked,
+        left: 0,
+        done: false,
+    };
+    match length {
+        Some(n) if !chunked => {
+            body.resize(n, 0);
+            b.read_exact(&mut body)?;
+        }
+        _ => {
+            b.read_to_end(&mut body)?;
+        }
+    }
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+/// An open `text/event-stream` response.
+pub struct Sse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    reader: BufReader<Body<BufReader<TcpStream>>>,
+    deadline: Instant,
+}
+
+impl Sse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The next event; None at the end of the stream. Panics past the deadline.
+    pub fn next_event(&mut self) -> Option<SseEvent> {
+        let mut ev = SseEvent::default();
+        let mut has_data = false;
+        let mut any = false;
+        loop {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "SSE stream: deadline passed; so far {ev:?}"
+            );
+            self.reader
+                .get_ref()
+                .inner
+                .get_ref()
+                .set_read_timeout(Some(left))
+                .unwrap();
+            let mut raw = Vec::new();
+            match self.reader.read_until(b'\n', &mut raw) {
+                Ok(0) => return any.then_some(ev),
+                Ok(_) => {}
+                Err(e) => panic!("SSE stream: {e} (deadline reached?); so far {ev:?}"),
+            }
+            let line = String::from_utf8_lossy(&raw);
+            let line = line.trim_end_matches(['\r', '\n']);
+            if line.is_empty() {
+                if any {
+                    if ev.event.is_empty() {
+                        ev.event = "message".into();
+                    }
+                    return Some(ev);
+                }
+                continue;
+            }
+            if line.starts_with(':') {
+                continue; // comment / keep-alive
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            any = true;
+            match field {
+                "event" => ev.event = value.to_owned(),
+                "id" => ev.id = Some(value.to_owned()),
+                "data" => {
+                    if has_data {
+                        ev.data.push('\n');
+                    }
+                    ev.data.push_str(value);
+                    has_data = true;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Every event up to and including the first `end` event (or the end of the stream).
+    pub fn until_end(&mut self) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        while let Some(ev) = self.next_event() {
+            let end = ev.event == "end";
+            out.push(ev);
+            if end {
+                break;
+            }
+        }
+        out
+    }
+}
+
+/// GET `path` as an event stream (the response body is read as it arrives).
+pub fn sse(addr: SocketAddr, path: &str, headers: &[(&str, &str)], timeout: Duration) -> Sse {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    let mut all = vec![("Accept", "text/event-stream")];
+    all.extend_from_slice(headers);
+    write_request(&mut stream, addr, "GET", path, &all, None).unwrap();
+    let mut reader = BufReader::new(stream);
+    let (status, headers) = read_head(&mut reader).unwrap();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    Sse {
+        status,
+        headers,
+        reader: BufReader::new(Body {
+            inner: reader,
+            chunked,
+            left: 0,
+            done: false,
+        }),
+        deadline: Instant::now() + timeout,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workspace and server
+
+/// A test workspace (see `common::Workspace`) with `workflows/` for the server and, optionally,
+/// a PostgreSQL database instead of SQLite.
+pub struct ApiWorkspace {
+    pub ws: Workspace,
+    pub database_url: Option<String>,
+}
+
+/// A fresh database on the PostgreSQL server of `KILN_TEST_POSTGRES_URL`; None when unset.
+pub fn fresh_postgres() -> Option<String> {
+    let admin = std::env::var("KILN_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|s| !s.trim().is_empty())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    Some(rt.block_on(kiln_store::test_support::fresh_postgres_database(&admin)))
+}
+
+impl ApiWorkspace {
+    pub fn new() -> Self {
+        Self::with(Workspace::new(), None)
+    }
+
+    pub fn with(ws: Workspace, database_url: Option<String>) -> Self {
+        let dir = ws.root().join("workflows");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(
+            repo_root().join("workflows/ultralytics-detect.yaml"),
+            dir.join("ultralytics-detect.yaml"),
+        )
+        .unwrap();
+        Self { ws, database_url }
+    }
+
+    fn args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = Vec::new();
+        if let Some(url) = &self.database_url {
+            all.extend(["--database-url", url.as_str()]);
+        }
+        all.extend_from_slice(args);
+        all
+    }
+
+    pub fn kiln(&self, args: &[&str]) -> Output {
+        self.ws.kiln(&self.args(args))
+    }
+
+    /// `kiln token create`: the token printed on stdout.
+    pub fn token(&self, name: &str, claims: &[&str], roles: &[&str]) -> String {
+        let claims = claims.join(",");
+        let roles = roles.join(",");
+        let mut args = vec!["token", "create", "--name", name];
+        if !claims.is_empty() {
+            args.extend(["--claims", &claims]);
+        }
+        if !roles.is_empty() {
+            args.extend(["--roles", &roles]);
+        }
+        let out = self.kiln(&args);
+        assert!(
+            out.status.success(),
+            "kiln {args:?} failed: {}",
+            text(&out.stderr)
+        );
+        let token = text(&out.stdout).trim().to_owned();
+        assert!(token.starts_with("kiln_"), "not a token: {token:?}");
+        token
+    }
+
+    pub fn marker(&self) -> String {
+        self.ws.root().display().to_string()
+    }
+
+    /// Start `kiln serve` on a free port and wait until it answers.
+    pub fn serve(&self) -> Server {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let addr_s = addr.to_string();
+            let log = self.ws.root().join(format!("serve-{port}.log"));
+            let file = std::fs::File::create(&log).unwrap();
+            let child = self
+                .ws
+                .command(&self.args(&["serve", "--addr", &addr_s, "--kill-grace-secs", "2"]))
+                .stdout(Stdio::null())
+                .stderr(file)
+                .spawn()
+                .unwrap();
+            let mut server = Server {
+                child: Some(child),
+                addr,
+                log,
+            };
+            match server.wait_ready(Duration::from_secs(120)) {
+                Ok(()) => return server,
+                Err(e) => {
+                    last = e;
+                    server.kill();
+                }
+            }
+        }
+        panic!("kiln serve did not start: {last}");
+    }
+}
+
+/// A running `kiln serve`; killed (SIGKILL) and reaped on drop, even when a test panics.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Server {
+    fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                return Err(format!("kiln serve exited ({status}): {}", self.log_text()));
+            }
+            if let Ok(r) = request(
+                self.addr,
+                "GET",
+                "/api/v1/openapi.json",
+                &[],
+                None,
+                Duration::from_secs(5),
+            ) && r.status == 200
+            {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                return Err(format!("no answer after {timeout:?}: {}", self.log_text()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL the server (its supervised programs live on) and reap it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// A request with an optional bearer token and JSON body.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Resp {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = Vec::new();
+        if let Some(a) = &auth {
+            headers.push(("Authorization", a.as_str()));
+        }
+        let bytes = body.map(|b| serde_json::to_vec(b).unwrap());
+        if bytes.is_some() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        self.raw(method, path, &headers, bytes.as_deref())
+    }
+
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Resp {
+        request(
+            self.addr,
+            method,
+            path,
+            headers,
+            body,
+            Duration::from_secs(150),
+        )
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}\nserver log:\n{}", self.log_text()))
+    }
+
+    pub fn get(&self, path: &str, token: &str) -> Resp {
+        self.call("GET", path, Some(token), None)
+    }
+
+    pub fn post(&self, path: &str, token: &str, body: &Value) -> Resp {
+        self.call("POST", path, Some(token), Some(body))
+    }
+
+    /// Follow `path` as server-sent events.
+    pub fn sse(&self, path: &str, token: &str, last_event_id: Option<&str>) -> Sse {
+        let auth = format!("Bearer {token}");
+        let mut headers = vec![("Authorization", auth.as_str())];
+        if let Some(id) = last_event_id {
+            headers.push(("Last-Event-ID", id));
+        }
+        sse(self.addr, path, &headers, Duration::from_secs(120))
+    }
+
+    /// Poll `GET /runs/{id}` until the run is finished; returns it.
+    pub fn wait_run(&self, id: &str, token: &str, secs: u64) -> Value {
+        let start = Instant::now();
+        loop {
+            let r = self.get(&format!("/api/v1/runs/{id}"), token);
+            assert_eq!(r.status, 200, "GET /runs/{id}: {}", r.text());
+            let run = r.json();
+            let status = run["status"].as_str().unwrap_or_default().to_owned();
+            if matches!(status.as_str(), "succeeded" | "failed" | "cancelled") {
+                return run;
+            }
+            assert!(
+                start.elapsed().as_secs() < secs,
+                "run {id} still {status} after {secs}s: {run}\nserver log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
