@@ -20,7 +20,7 @@ pub use models::{ModelRecord, NewModel, STAGES};
 pub use runs::{NewRun, RunRecord, RunStats};
 pub use status::{ParseStatusError, RunStatus, StepStatus};
 pub use steps::{NewStep, PluginIdentity, StepRecord};
-pub use time_fmt::now;
+pub use time_fmt::{now, timestamp};
 pub use tokens::TokenRecord;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};

@@ -8,6 +8,11 @@ pub fn now() -> String {
     format(OffsetDateTime::now_utc())
 }
 
+/// A system time (e.g. a file's mtime) in the store's timestamp format.
+pub fn timestamp(t: std::time::SystemTime) -> String {
+    format(OffsetDateTime::from(t))
+}
+
 pub(crate) fn format(t: OffsetDateTime) -> String {
     let f =
         format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");

@@ -105,6 +105,31 @@ pub(crate) fn run(ctx: &BuiltinCtx<'_>) -> Result<Value> {
     outputs(&target, &slug, &sha, files, true)
 }
 
+/// Whether `release` of `project` is extracted (its dataset folder records this very archive);
+/// returns the dataset folder and its data.yaml when it is.
+pub fn extraction_status(
+    ws: &crate::Workspace,
+    project: &str,
+    release: &str,
+) -> Result<Option<(PathBuf, Option<PathBuf>)>> {
+    let zip = ws.releases_dir(project)?.join(release);
+    let stem = Path::new(release)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    check_name("slug", &stem)?;
+    let target = ws.training_data_dir(project)?.join(stem);
+    let Some(marker) = read_marker(&target) else {
+        return Ok(None);
+    };
+    let sha = sha256_file(&zip).map_err(|e| Error::io("reading", &zip, e))?;
+    if marker.sha256 != sha {
+        return Ok(None);
+    }
+    let data_yaml = find_data_yaml(&target).ok();
+    Ok(Some((target, data_yaml)))
+}
+
 fn outputs(target: &Path, slug: &str, sha: &str, files: usize, extracted: bool) -> Result<Value> {
     let data_yaml = find_data_yaml(target)?;
     let class_names = class_names(&data_yaml)?;

@@ -5,6 +5,8 @@ mod export_best;
 mod extract_release;
 mod register_model;
 
+pub use extract_release::extraction_status;
+
 use serde_json::Value;
 
 use kiln_store::Store;

@@ -12,7 +12,7 @@
 use std::convert::Infallible;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path as FsPath, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -273,17 +273,17 @@ fn output_files(log_dir: &FsPath, step: &str) -> Vec<(PathBuf, u64)> {
     files
 }
 
-struct Page {
-    source: &'static str,
+pub(crate) struct Page {
+    pub source: &'static str,
     /// Each line with the offset after it.
-    lines: Vec<(String, u64)>,
-    next_offset: u64,
-    finished: bool,
-    status: StepStatus,
+    pub lines: Vec<(String, u64)>,
+    pub next_offset: u64,
+    pub finished: bool,
+    pub status: StepStatus,
 }
 
 /// Up to `limit` lines of the step's log after `offset`.
-async fn read_page(
+pub(crate) async fn read_page(
     state: &AppState,
     run_id: &str,
     step_id: &str,
@@ -559,7 +559,7 @@ pub(crate) async fn checkpoints_of(
                     epoch: record.and_then(|c| c.epoch),
                     path: rel,
                     size: meta.len(),
-                    modified: meta.modified().ok().map(rfc3339),
+                    modified: meta.modified().ok().map(kiln_store::timestamp),
                     name,
                 })
             })
@@ -568,30 +568,6 @@ pub(crate) async fn checkpoints_of(
         out.extend(files);
     }
     Ok(out)
-}
-
-/// `t` as RFC 3339 UTC with milliseconds, like the store's timestamps.
-fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
 }
 
 #[cfg(test)]
@@ -632,7 +608,7 @@ mod tests {
 
     #[test]
     fn timestamps_are_rfc3339() {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_709_251_200_123);
-        assert_eq!(rfc3339(t), "2024-03-01T00:00:00.123Z");
+        let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_millis(1_709_251_200_123);
+        assert_eq!(kiln_store::timestamp(t), "2024-03-01T00:00:00.123Z");
     }
 }

@@ -6,7 +6,6 @@
 //! carry `project` and `training_name`. Every path a request names is checked to be a plain
 //! name (no `/`, `..` or hidden files) before it touches the file system.
 
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use axum::extract::State;
@@ -15,7 +14,6 @@ use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use kiln_plugin_host::{FailureKind, GrantedDir, ProcessTracker, StepInvocation};
@@ -66,10 +64,8 @@ const FRAMEWORK_WORKFLOWS: &[(&str, &str)] = &[("ultralytics", "ultralytics-dete
 const DATA_PLACEHOLDER: &str = "<data.yaml>";
 /// Stands for the project and training in a config preview when none is given.
 const PREVIEW_NAME: &str = "preview";
-/// Most log bytes one `GET /training/logs` returns.
-const LOG_PAGE_BYTES: u64 = 1 << 20;
-/// Marker `builtin/extract-release` writes into an extracted dataset.
-const RELEASE_MARKER: &str = ".kiln-release.json";
+/// Most log lines one `GET /training/logs` returns.
+const TRAINING_LOG_LINES: usize = 1000;
 
 // ---------------------------------------------------------------------------------------------
 // DTOs
@@ -606,37 +602,27 @@ pub async fn logs(
             ),
         ));
     };
-    // The status is read before the log: a run that had ended has written everything.
-    let ended = run.status.is_terminal();
     let steps = state.store().steps(&run.id).await?;
     let train = steps
         .iter()
         .find(|s| s.action.as_deref() == Some("train"))
         .or_else(|| steps.iter().find(|s| s.step_id == "train"));
-    let path = train.map(|s| {
-        s.log_path.as_ref().map(PathBuf::from).unwrap_or_else(|| {
-            state
-                .workspace()
-                .log_dir(&run.id)
-                .join(format!("{}.log", s.step_id))
-        })
-    });
     let offset = q.offset.unwrap_or(0);
-    let page = match path {
-        Some(path) => tokio::task::spawn_blocking(move || read_log_page(&path, offset, ended))
-            .await
-            .map_err(ApiError::internal)??,
-        None if offset == 0 => LogPage {
-            at_end: true,
-            ..LogPage::default()
-        },
-        None => return Err(offset_past_end(offset, 0)),
+    let Some(train) = train else {
+        return Ok(Json(TrainingLogs {
+            run_id: run.id,
+            lines: Vec::new(),
+            next_offset: offset,
+            finished: run.status.is_terminal(),
+        }));
     };
+    let page =
+        super::logs::read_page(&state, &run.id, &train.step_id, offset, TRAINING_LOG_LINES).await?;
     Ok(Json(TrainingLogs {
         run_id: run.id,
-        finished: ended && page.at_end,
-        next_offset: offset + page.consumed,
-        lines: page.lines,
+        lines: page.lines.into_iter().map(|(line, _)| line).collect(),
+        next_offset: page.next_offset,
+        finished: page.finished,
     }))
 }
 
@@ -666,7 +652,7 @@ pub async fn checkpoints(
                 files.push(CheckpointFile {
                     path: relative(&state, &entry.path()),
                     size: meta.len(),
-                    modified: meta.modified().ok().map(rfc3339),
+                    modified: meta.modified().ok().map(kiln_store::timestamp),
                     best: name == "best.pt",
                     name,
                 });
@@ -697,41 +683,27 @@ pub async fn check_extracted(
 ) -> ApiResult<Json<ExtractionState>> {
     let (project, file) = parse_zip_path(&q.zip_path)?;
     let ws = state.workspace();
-    let zip = release_zip(&state, &project, &file)?;
+    release_zip(&state, &project, &file)?;
     let stem = file.trim_end_matches(".zip").to_owned();
     let dataset = ws
         .training_data_dir(&project)
         .map_err(|e| ApiError::bad_request("invalid_zip_path", e.to_string()))?
         .join(&stem);
-    let marker = dataset.join(RELEASE_MARKER);
-    let check = {
-        let (zip, marker, dataset) = (zip.clone(), marker.clone(), dataset.clone());
-        move || -> std::io::Result<Option<PathBuf>> {
-            let Ok(text) = std::fs::read(&marker) else {
-                return Ok(None);
-            };
-            let recorded = serde_json::from_slice::<Value>(&text)
-                .ok()
-                .and_then(|v| v.get("sha256").and_then(Value::as_str).map(str::to_owned));
-            let Some(recorded) = recorded else {
-                return Ok(None);
-            };
-            if sha256_file(&zip)? != recorded {
-                return Ok(None);
-            }
-            Ok(Some(find_data_yaml(&dataset).unwrap_or_default()))
-        }
-    };
-    let found = tokio::task::spawn_blocking(check)
+    let status = {
+        let ws = ws.clone();
+        tokio::task::spawn_blocking(move || {
+            kiln_runner::builtins::extraction_status(&ws, &project, &file)
+        })
         .await
         .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::internal(format!("cannot read {}: {e}", zip.display())))?;
+        .map_err(|e| ApiError::bad_request("invalid_zip_path", e.to_string()))?
+    };
     Ok(Json(ExtractionState {
         zip_path: q.zip_path,
-        extracted: found.is_some(),
+        extracted: status.is_some(),
         dataset_dir: relative(&state, &dataset),
-        data_yaml: found
-            .filter(|p| !p.as_os_str().is_empty())
+        data_yaml: status
+            .and_then(|(_, data_yaml)| data_yaml)
             .map(|p| relative(&state, &p)),
     }))
 }
@@ -896,6 +868,23 @@ fn is_training(run: &RunRecord, project: &str, training_name: &str) -> bool {
         && run.params.get("training_name").and_then(Value::as_str) == Some(training_name)
 }
 
+/// A scratch folder removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(path: PathBuf) -> ApiResult<Self> {
+        std::fs::create_dir_all(&path)
+            .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", path.display())))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The active (queued or running) run of a training.
 async fn active_run(
     state: &AppState,
@@ -935,180 +924,6 @@ async fn latest_run(
     }
 }
 
-fn offset_past_end(offset: u64, len: u64) -> ApiError {
-    ApiError::bad_request(
-        "invalid_offset",
-        format!(
-            "offset {offset} is past the end of the log ({len} bytes); pass 0 or a next_offset \
-             this endpoint returned"
-        ),
-    )
-}
-
-#[derive(Debug, Default, PartialEq)]
-struct LogPage {
-    lines: Vec<String>,
-    /// Bytes consumed from the offset (whole lines only, unless the log is complete).
-    consumed: u64,
-    /// Everything up to the end of the file was consumed.
-    at_end: bool,
-}
-
-/// Read whole lines of `path` from byte `offset` (at most [`LOG_PAGE_BYTES`]). A partial last
-/// line is left for the next call unless `complete` (the writer has finished).
-fn read_log_page(path: &Path, offset: u64, complete: bool) -> ApiResult<LogPage> {
-    let mut file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return if offset == 0 {
-                Ok(LogPage {
-                    at_end: true,
-                    ..LogPage::default()
-                })
-            } else {
-                Err(offset_past_end(offset, 0))
-            };
-        }
-        Err(e) => return Err(ApiError::internal(format!("{}: {e}", path.display()))),
-    };
-    let io = |e: std::io::Error| ApiError::internal(format!("{}: {e}", path.display()));
-    let len = file.metadata().map_err(io)?.len();
-    if offset > len {
-        return Err(offset_past_end(offset, len));
-    }
-    file.seek(SeekFrom::Start(offset)).map_err(io)?;
-    let mut buf = Vec::new();
-    file.take(LOG_PAGE_BYTES)
-        .read_to_end(&mut buf)
-        .map_err(io)?;
-    let reached_end = offset + buf.len() as u64 >= len;
-    Ok(split_log(&buf, complete && reached_end))
-}
-
-/// Split `buf` into cleaned lines. Without `take_rest`, bytes after the last line break stay
-/// unconsumed (a line still being written).
-fn split_log(buf: &[u8], take_rest: bool) -> LogPage {
-    let end = if take_rest {
-        buf.len()
-    } else {
-        buf.iter()
-            .rposition(|b| *b == b'\n' || *b == b'\r')
-            .map_or(0, |i| i + 1)
-    };
-    let lines = buf[..end]
-        .split(|b| *b == b'\n' || *b == b'\r')
-        .map(|l| strip_ansi(&String::from_utf8_lossy(l)))
-        .filter(|l| !l.trim().is_empty())
-        .collect();
-    LogPage {
-        lines,
-        consumed: end as u64,
-        at_end: end == buf.len(),
-    }
-}
-
-/// Remove ANSI escape sequences (CSI `ESC [ ... final`, OSC `ESC ] ... BEL|ESC \`, and
-/// two-character escapes).
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '\u{1b}' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('[') => {
-                for c in chars.by_ref() {
-                    if ('\u{40}'..='\u{7e}').contains(&c) {
-                        break;
-                    }
-                }
-            }
-            Some(']') => {
-                while let Some(c) = chars.next() {
-                    if c == '\u{7}' {
-                        break;
-                    }
-                    if c == '\u{1b}' && chars.peek() == Some(&'\\') {
-                        chars.next();
-                        break;
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
-fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(hex::encode(h.finalize()))
-}
-
-/// `data.yaml` at the top of the dataset or inside its single top-level folder (where
-/// `builtin/extract-release` looks).
-fn find_data_yaml(dataset: &Path) -> Option<PathBuf> {
-    let direct = dataset.join("data.yaml");
-    if direct.is_file() {
-        return Some(direct);
-    }
-    let subdirs: Vec<PathBuf> = std::fs::read_dir(dataset)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_dir())
-        .collect();
-    match subdirs.as_slice() {
-        [only] if only.join("data.yaml").is_file() => Some(only.join("data.yaml")),
-        _ => None,
-    }
-}
-
-/// A file time as RFC 3339 UTC text with milliseconds (`2026-12-01T13:07:28.123Z`).
-fn rfc3339(t: std::time::SystemTime) -> String {
-    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
-}
-
-/// A scratch folder removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(path: PathBuf) -> ApiResult<Self> {
-        std::fs::create_dir_all(&path)
-            .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", path.display())))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1134,33 +949,5 @@ mod tests {
             assert_eq!(e.code, "invalid_zip_path", "{bad}");
             assert!(e.detail.contains("projects/<project>/releases/<file>.zip"));
         }
-    }
-
-    #[test]
-    fn logs_split_on_both_breaks_and_keep_partial_lines() {
-        let text = b"\x1b[34mEpoch 1/2\x1b[0m\r  1/10 \x1b[K\r\n\nbest \x1b]8;;x\x07ok\npart";
-        let page = split_log(text, false);
-        assert_eq!(page.lines, ["Epoch 1/2", "  1/10 ", "best ok"]);
-        assert_eq!(page.consumed, (text.len() - 4) as u64);
-        assert!(!page.at_end);
-        let page = split_log(text, true);
-        assert_eq!(page.lines.last().unwrap(), "part");
-        assert!(page.at_end);
-        assert_eq!(
-            split_log(b"", false),
-            LogPage {
-                at_end: true,
-                ..Default::default()
-            }
-        );
-    }
-
-    #[test]
-    fn file_times_are_rfc3339() {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_767_225_600_123);
-        assert_eq!(rfc3339(t), "2026-01-01T00:00:00.123Z");
-        assert_eq!(rfc3339(std::time::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let leap = std::time::UNIX_EPOCH + std::time::Duration::from_secs(951_782_400);
-        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
     }
 }
