@@ -294,6 +294,51 @@ fn trainer_failures_and_infrastructure_failures_have_separate_budgets() {
 }
 
 #[test]
+fn an_engine_killed_during_a_retry_backoff_resumes_the_retry_without_counting_it_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let record = tmp.path().join("launches.txt");
+    let ws = Workspace::new()
+        .with_env("FAKE_YOLO_FAIL_AT_EPOCH", "1")
+        .with_env("FAKE_YOLO_RECORD", record.to_str().unwrap());
+    let wf = demo_workflow(&ws, |y| {
+        y.replace(
+            "retry: {max: 2, backoff: 30s, on: [infrastructure]}",
+            "retry: {max: 1, backoff: 4s, on: [failure]}",
+        )
+    });
+    let mut engine = spawn(
+        &ws,
+        &strs(&run_args(&wf, "backoff", "{epochs: 2, imgsz: 64}")),
+    );
+    // The first attempt fails; the retry is recorded before the 4 s wait begins.
+    let mut id = String::new();
+    wait_for(60, "the retry to be recorded", || {
+        let Some(run) = find_run(&ws, "backoff") else {
+            return false;
+        };
+        id = run["id"].as_str().unwrap().to_owned();
+        let show = ws.json(&["runs", "show", &id, "--json"]);
+        step(&show, "train")["attempt"] == 2
+    });
+    kill(engine.id(), "KILL");
+    engine.wait().unwrap();
+    assert_eq!(launches(&record).len(), 1, "the retry had not launched yet");
+
+    let out = ws.kiln(&["resume", &id]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let show = ws.json(&["runs", "show", &id, "--json"]);
+    let train = step(&show, "train");
+    assert_eq!(train["attempt"], 2, "{train}");
+    assert_eq!(
+        train["failure_retries"], 1,
+        "the retry is counted once: {train}"
+    );
+    assert_eq!(train["status"], "failed");
+    assert_eq!(launches(&record).len(), 2, "one launch per attempt");
+    no_process_left(&ws);
+}
+
+#[test]
 fn retrying_a_failed_run_reruns_only_its_unfinished_steps() {
     let ws = Workspace::new().with_env("FAKE_YOLO_FAIL_AT_EPOCH", "1");
     let wf = demo_workflow(&ws, |y| y);

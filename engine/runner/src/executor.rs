@@ -457,7 +457,23 @@ impl Runner {
     ) -> StepOutcome {
         let store = &self.inner.store;
         let policy = step.retry.clone().unwrap_or_default();
+        // An interrupted attempt that was itself a retry keeps telling the plugin why.
         let mut retry: Option<RetryContext> = None;
+        // True only for the first attempt after an engine restart (for the step's log).
+        let mut restarted = resuming;
+        if resuming
+            && let Ok(record) = store.step(run_id, &step.id).await
+            && let Some(reason) = record.retry_reason.as_deref()
+        {
+            retry = Some(RetryContext {
+                reason: if reason == "infrastructure" {
+                    RetryReason::Infrastructure
+                } else {
+                    RetryReason::Failure
+                },
+                previous_error: record.retry_error.unwrap_or_default(),
+            });
+        }
         loop {
             let outcome = match self
                 .attempt(
@@ -468,6 +484,7 @@ impl Runner {
                     &cancel,
                     &updates,
                     resuming,
+                    restarted,
                     retry.clone(),
                 )
                 .await
@@ -475,7 +492,6 @@ impl Runner {
                 Ok(o) => o,
                 Err(e) => StepOutcome::failed(RetryOn::Failure, e.to_string()),
             };
-            resuming = false;
             let Some(kind) = outcome.kind else {
                 return outcome;
             };
@@ -516,8 +532,10 @@ impl Runner {
                     message,
                 },
             );
+            // The next attempt is recorded before the wait: an engine that dies meanwhile
+            // resumes it instead of failing (and counting) the previous one again.
             if store
-                .count_retry(run_id, &step.id, infrastructure)
+                .begin_retry(run_id, &step.id, infrastructure, &error)
                 .await
                 .is_err()
             {
@@ -527,6 +545,8 @@ impl Runner {
                 _ = tokio::time::sleep(delay) => {}
                 _ = cancel.cancelled() => return StepOutcome::cancelled(),
             }
+            resuming = true;
+            restarted = false;
             retry = Some(RetryContext {
                 reason: if infrastructure {
                     RetryReason::Infrastructure
@@ -538,7 +558,8 @@ impl Runner {
         }
     }
 
-    /// One attempt of a step (or the continuation of an interrupted one).
+    /// One attempt of a step. `resuming`: the attempt is already recorded (an interrupted one,
+    /// or a retry begun by `begin_retry`), so it is continued rather than counted anew.
     #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
@@ -549,6 +570,7 @@ impl Runner {
         cancel: &CancellationToken,
         updates: &Option<UnboundedSender<RunUpdate>>,
         resuming: bool,
+        restarted: bool,
         retry: Option<RetryContext>,
     ) -> Result<StepOutcome> {
         let store = &self.inner.store;
@@ -585,7 +607,7 @@ impl Runner {
             rx,
             updates.clone(),
         ));
-        if resuming {
+        if restarted {
             let _ = tx.send(StepEvent::Log {
                 level: "info".into(),
                 message: format!("continuing attempt {attempt} after an engine restart"),

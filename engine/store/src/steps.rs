@@ -45,6 +45,9 @@ pub struct StepRecord {
     pub gpus: Option<String>,
     /// `<run>/<step>` whose memoized outputs this step reused.
     pub cached_from: Option<String>,
+    /// Set while the current attempt retries an earlier one: `failure` or `infrastructure`.
+    pub retry_reason: Option<String>,
+    pub retry_error: Option<String>,
 }
 
 /// Which plugin ran a step.
@@ -89,6 +92,8 @@ fn step_from_row(row: &AnyRow) -> Result<StepRecord> {
             .map_err(query_err(DOING))?,
         gpus: row.try_get("gpus").map_err(query_err(DOING))?,
         cached_from: row.try_get("cached_from").map_err(query_err(DOING))?,
+        retry_reason: row.try_get("retry_reason").map_err(query_err(DOING))?,
+        retry_error: row.try_get("retry_error").map_err(query_err(DOING))?,
     })
 }
 
@@ -126,7 +131,8 @@ impl Store {
         sqlx::query(
             "UPDATE steps SET status = $1, attempt = attempt + 1, inputs_json = $2, log_path = $3, \
              started_at = $4, finished_at = NULL, duration_ms = NULL, error_message = NULL, \
-             failure_kind = NULL, cached_from = NULL, outputs_json = NULL, progress_json = NULL \
+             failure_kind = NULL, cached_from = NULL, outputs_json = NULL, progress_json = NULL, \
+             retry_reason = NULL, retry_error = NULL \
              WHERE run_id = $5 AND step_id = $6",
         )
         .bind(StepStatus::Running.as_str())
@@ -234,25 +240,43 @@ impl Store {
         Ok(())
     }
 
-    /// Count one retry of `kind` (`failure` or `infrastructure`) against the step's budget.
-    pub async fn count_retry(
+    /// Begin the next attempt of a failed step as a retry, in one transaction: count the retry
+    /// against the budget of its kind (`infrastructure` or not), bump the attempt and record why.
+    /// An engine that dies while waiting for the backoff resumes this new attempt, so a retry is
+    /// never counted twice. Returns the new attempt number.
+    pub async fn begin_retry(
         &self,
         run_id: &str,
         step_id: &str,
         infrastructure: bool,
-    ) -> Result<()> {
-        let sql = if infrastructure {
-            "UPDATE steps SET infrastructure_retries = infrastructure_retries + 1 WHERE run_id = $1 AND step_id = $2"
+        previous_error: &str,
+    ) -> Result<i64> {
+        let counter = if infrastructure {
+            "infrastructure_retries = infrastructure_retries + 1"
         } else {
-            "UPDATE steps SET failure_retries = failure_retries + 1 WHERE run_id = $1 AND step_id = $2"
+            "failure_retries = failure_retries + 1"
         };
-        sqlx::query(sql)
+        let sql = format!(
+            "UPDATE steps SET {counter}, attempt = attempt + 1, status = $1, retry_reason = $2, \
+             retry_error = $3, started_at = $4, finished_at = NULL, duration_ms = NULL, \
+             error_message = NULL, failure_kind = NULL, outputs_json = NULL, progress_json = NULL, \
+             gpus = NULL WHERE run_id = $5 AND step_id = $6"
+        );
+        sqlx::query(&sql)
+            .bind(StepStatus::Running.as_str())
+            .bind(if infrastructure {
+                "infrastructure"
+            } else {
+                "failure"
+            })
+            .bind(previous_error)
+            .bind(time_fmt::now())
             .bind(run_id)
             .bind(step_id)
             .execute(self.pool())
             .await
-            .map_err(query_err("counting a retry"))?;
-        Ok(())
+            .map_err(query_err("beginning a retry"))?;
+        Ok(self.step(run_id, step_id).await?.attempt)
     }
 
     /// Record the GPU devices leased to a step.
