@@ -144,6 +144,26 @@ impl StepOutcome {
     }
 }
 
+/// The workflow of a run as it was when the run was created (the definition is stored with the
+/// run), for resuming, retrying and recovering it.
+pub fn stored_workflow(
+    run: &RunRecord,
+) -> std::result::Result<Workflow, kiln_workflow::Diagnostics> {
+    let file = run
+        .workflow_file
+        .clone()
+        .unwrap_or_else(|| format!("run {}", run.id));
+    Workflow::parse(&run.workflow_yaml, &file)
+}
+
+fn retry_reason(infrastructure: bool) -> RetryReason {
+    if infrastructure {
+        RetryReason::Infrastructure
+    } else {
+        RetryReason::Failure
+    }
+}
+
 fn kind_name(kind: RetryOn) -> &'static str {
     match kind {
         RetryOn::Failure => "failure",
@@ -466,11 +486,7 @@ impl Runner {
             && let Some(reason) = record.retry_reason.as_deref()
         {
             retry = Some(RetryContext {
-                reason: if reason == "infrastructure" {
-                    RetryReason::Infrastructure
-                } else {
-                    RetryReason::Failure
-                },
+                reason: retry_reason(reason == "infrastructure"),
                 previous_error: record.retry_error.unwrap_or_default(),
             });
         }
@@ -548,11 +564,7 @@ impl Runner {
             resuming = true;
             restarted = false;
             retry = Some(RetryContext {
-                reason: if infrastructure {
-                    RetryReason::Infrastructure
-                } else {
-                    RetryReason::Failure
-                },
+                reason: retry_reason(infrastructure),
                 previous_error: error,
             });
         }

@@ -17,7 +17,7 @@ mod run_lock;
 pub mod workspace;
 
 pub use catalog::EngineCatalog;
-pub use executor::{RunUpdate, Runner, RunnerConfig};
+pub use executor::{RunUpdate, Runner, RunnerConfig, stored_workflow};
 pub use run_lock::RunLock;
 pub use workspace::Workspace;
 

@@ -107,8 +107,7 @@ impl RunManager {
             if RunLock::is_held(&self.runner.workspace().run_dir(&run.id)) {
                 continue;
             }
-            let file = run.workflow_file.clone().unwrap_or_default();
-            match Workflow::parse(&run.workflow_yaml, &file) {
+            match kiln_runner::stored_workflow(&run) {
                 Ok(workflow) => {
                     tracing::info!(target: "operations.training", run_id = %run.id, "recovering run");
                     self.start(run, workflow);

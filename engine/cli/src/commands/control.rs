@@ -24,11 +24,7 @@ async fn find_run(store: &Store, id: &str) -> anyhow::Result<Result<RunRecord, E
 
 /// The workflow as it was when the run was created (stored with the run).
 fn stored_workflow(run: &RunRecord) -> Result<Workflow, Exit> {
-    let file = run
-        .workflow_file
-        .clone()
-        .unwrap_or_else(|| format!("run {}", run.id));
-    Workflow::parse(&run.workflow_yaml, &file).map_err(|diags| {
+    kiln_runner::stored_workflow(run).map_err(|diags| {
         eprintln!("{diags}");
         eprintln!("the stored workflow of run {} no longer parses", run.id);
         Exit::InvalidInput

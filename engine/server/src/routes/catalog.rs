@@ -46,29 +46,35 @@ pub struct PluginView {
     pub grants: Vec<String>,
 }
 
+/// The workflows of the server's workflows directory (files that do not parse are skipped),
+/// with their paths, sorted by name.
+pub(crate) fn workflows_in_dir(state: &AppState) -> ApiResult<Vec<(std::path::PathBuf, Workflow)>> {
+    let dir = &state.config().workflows_dir;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| ApiError::internal(format!("cannot read {}: {e}", dir.display())))?;
+    let mut out: Vec<(std::path::PathBuf, Workflow)> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .filter_map(|p| Workflow::load(&p).ok().map(|wf| (p, wf)))
+        .collect();
+    out.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+    Ok(out)
+}
+
 /// Workflows that `POST /runs` can start.
 #[utoipa::path(get, path = "/api/v1/workflows", responses((status = 200, body = Vec<WorkflowView>)))]
 pub async fn workflows(State(state): State<AppState>) -> ApiResult<Json<Vec<WorkflowView>>> {
-    let dir = &state.config().workflows_dir;
-    let mut out = Vec::new();
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| ApiError::internal(format!("cannot read {}: {e}", dir.display())))?;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if !path.extension().is_some_and(|x| x == "yaml" || x == "yml") {
-            continue;
-        }
-        if let Ok(wf) = Workflow::load(&path) {
-            out.push(WorkflowView {
-                params: serde_json::to_value(&wf.params).unwrap_or_default(),
-                steps: wf.steps.iter().map(|s| s.id.clone()).collect(),
-                file: path.display().to_string(),
-                description: wf.description,
-                name: wf.name,
-            });
-        }
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
+    let out = workflows_in_dir(&state)?
+        .into_iter()
+        .map(|(path, wf)| WorkflowView {
+            params: serde_json::to_value(&wf.params).unwrap_or_default(),
+            steps: wf.steps.iter().map(|s| s.id.clone()).collect(),
+            file: path.display().to_string(),
+            description: wf.description,
+            name: wf.name,
+        })
+        .collect();
     Ok(Json(out))
 }
 

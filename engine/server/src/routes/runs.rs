@@ -163,28 +163,14 @@ pub struct DeleteQuery {
     pub purge_outputs: bool,
 }
 
-/// Load the workflows of the server's workflows directory, by name.
+/// The workflow named `name` in the server's workflows directory, with its source text.
 pub(crate) fn find_workflow(state: &AppState, name: &str) -> ApiResult<(Workflow, String)> {
-    let dir = &state.config().workflows_dir;
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir)
-        .map_err(|e| ApiError::internal(format!("cannot read {}: {e}", dir.display())))?
-        .flatten()
-    {
-        let path = entry.path();
-        if !path.extension().is_some_and(|x| x == "yaml" || x == "yml") {
-            continue;
-        }
-        let Ok(wf) = Workflow::load(&path) else {
-            continue;
-        };
-        if wf.name == name {
-            let yaml = std::fs::read_to_string(&path).map_err(ApiError::internal)?;
-            return Ok((wf, yaml));
-        }
-        names.push(wf.name);
+    let workflows = super::catalog::workflows_in_dir(state)?;
+    if let Some((path, wf)) = workflows.iter().find(|(_, wf)| wf.name == name) {
+        let yaml = std::fs::read_to_string(path).map_err(ApiError::internal)?;
+        return Ok((wf.clone(), yaml));
     }
-    names.sort();
+    let names: Vec<&str> = workflows.iter().map(|(_, wf)| wf.name.as_str()).collect();
     Err(ApiError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "unknown_workflow",
@@ -358,8 +344,7 @@ pub async fn retry(
             format!("run {} is still being executed by an engine", run.id),
         ));
     }
-    let file = run.workflow_file.clone().unwrap_or_default();
-    let workflow = Workflow::parse(&run.workflow_yaml, &file).map_err(|d| {
+    let workflow = kiln_runner::stored_workflow(&run).map_err(|d| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_workflow",
