@@ -139,3 +139,32 @@ fn extraction_is_idempotent() {
         before
     );
 }
+
+#[test]
+fn concurrent_runs_extract_a_release_once_and_share_it() {
+    let ws = Workspace::new();
+    let wf = ws.workflow("extract.yaml", EXTRACT);
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            ws.command(&["run", &wf, "-p", "release=demo-release.zip"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut extracted = 0;
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let show = ws.json(&["runs", "show", &run_id(&out), "--json"]);
+        if step(&show, "extract")["outputs"]["extracted"] == true {
+            extracted += 1;
+        }
+    }
+    assert_eq!(
+        extracted, 1,
+        "exactly one run extracts; the others reuse its dataset"
+    );
+    assert_eq!(training_data_entries(&ws), ["demo-release"]);
+}

@@ -83,6 +83,9 @@ impl Store {
             url: url.to_owned(),
             source,
         };
+        // SQLite has no migration lock of its own: processes opening a new database at the same
+        // time would both create its tables. A file lock beside the database serializes them.
+        let mut migrate_lock = None;
         let pool = if is_sqlite {
             // Durable commits (FULL) in WAL mode; wait for writers instead of failing at once.
             let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)
@@ -92,6 +95,24 @@ impl Store {
                 .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(30));
+            let db = opts.get_filename();
+            if db != std::path::Path::new(":memory:") {
+                let lock_path = db.with_extension("migrate-lock");
+                let lock = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&lock_path)
+                    .and_then(|f| {
+                        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)?;
+                        Ok(f)
+                    })
+                    .map_err(|e| Error::Connect {
+                        url: url.to_owned(),
+                        source: sqlx::Error::Io(e),
+                    })?;
+                migrate_lock = Some(lock);
+            }
             let any: AnyConnectOptions =
                 AnyConnectOptions::from_url(&opts.to_url_lossy()).map_err(connect_err)?;
             // `to_url_lossy` drops the pragmas above, so set them on every connection too.
@@ -122,6 +143,7 @@ impl Store {
             url: url.to_owned(),
             source,
         })?;
+        drop(migrate_lock);
         Ok(Self {
             pool,
             sqlite: is_sqlite,

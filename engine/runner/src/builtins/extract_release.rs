@@ -61,6 +61,20 @@ pub(crate) fn run(ctx: &BuiltinCtx<'_>) -> Result<Value> {
     let data_root = ctx.ws.training_data_dir(project)?;
     let target = data_root.join(&slug);
 
+    // One extraction of a slug at a time, across runs and processes: a second run waits, then
+    // finds the marker and reuses the dataset instead of swapping it under the first run's feet.
+    let locks = ctx.ws.kiln_dir().join("locks");
+    std::fs::create_dir_all(&locks).map_err(|e| Error::io("creating", &locks, e))?;
+    let lock_path = locks.join(format!("extract-{project}-{slug}.lock"));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::io("opening", &lock_path, e))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| Error::io("locking", &lock_path, e.into()))?;
+
     if let Some(marker) = read_marker(&target)
         && marker.sha256 == sha
     {
