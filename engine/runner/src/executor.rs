@@ -37,7 +37,7 @@ use kiln_plugin_host::{
     StepInvocation,
 };
 use kiln_store::{NewRun, NewStep, PluginIdentity, RunRecord, RunStatus, StepStatus, Store};
-use kiln_workflow::{ExprContext, RetryOn, Step, Workflow, render_inputs};
+use kiln_workflow::{ExprContext, RetryOn, Step, Workflow, render_inputs_until};
 
 use crate::builtins::{self, BuiltinCtx};
 use crate::gpu::{GpuLease, GpuPool};
@@ -337,37 +337,17 @@ impl Runner {
                     continue;
                 }
                 started.insert(step.id.clone());
-                let inputs = match render_inputs(step, &ctx) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        let msg = format!("{e}");
-                        if !resuming {
-                            store
-                                .start_step(&run.id, &step.id, &Value::Null, None)
-                                .await?;
-                        }
-                        store
-                            .finish_step(&run.id, &step.id, StepStatus::Failed, None, Some(&msg))
-                            .await?;
-                        notify(
-                            &updates,
-                            finished(&step.id, StepStatus::Failed, Some(msg.clone())),
-                        );
-                        done.insert(step.id.clone(), StepStatus::Failed);
-                        first_failure.get_or_insert(format!("step `{}` failed: {msg}", step.id));
-                        continue;
-                    }
-                };
                 let this = self.clone();
                 let (run_id, created_by) = (run.id.clone(), run.created_by.clone());
                 let (step, token, updates) = (step.clone(), cancel.child_token(), updates.clone());
+                let ctx = ctx.only(my_deps.iter().copied());
                 tasks.spawn(async move {
                     let outcome = this
                         .run_step(
                             &run_id,
                             &created_by,
                             &step,
-                            inputs,
+                            &ctx,
                             token,
                             updates,
                             resuming,
@@ -463,19 +443,41 @@ impl Runner {
             .await?)
     }
 
-    /// Run a step with its retry policy.
+    /// Render a step's inputs, then run it with its retry policy. Rendering is bounded by
+    /// its work budget and by the step's `timeout`, and a cancelled run does not render.
     #[allow(clippy::too_many_arguments)]
     async fn run_step(
         &self,
         run_id: &str,
         created_by: &str,
         step: &Step,
-        inputs: Value,
+        ctx: &ExprContext,
         cancel: CancellationToken,
         updates: Option<UnboundedSender<RunUpdate>>,
         mut resuming: bool,
     ) -> StepOutcome {
         let store = &self.inner.store;
+        if cancel.is_cancelled() {
+            return StepOutcome::cancelled();
+        }
+        let deadline = step
+            .timeout
+            .map(|t| std::time::Instant::now() + t.as_duration());
+        let inputs = match render_inputs_until(step, ctx, deadline) {
+            Ok(inputs) => inputs,
+            Err(e) => {
+                // The step failed without an attempt: record it as started, with no inputs.
+                let recorded = match resuming {
+                    true => Ok(0),
+                    false => store.start_step(run_id, &step.id, &Value::Null, None).await,
+                };
+                let message = match recorded {
+                    Ok(_) => e.to_string(),
+                    Err(store_error) => format!("{e} (and recording it failed: {store_error})"),
+                };
+                return StepOutcome::failed(RetryOn::Failure, message);
+            }
+        };
         let policy = step.retry.clone().unwrap_or_default();
         // An interrupted attempt that was itself a retry keeps telling the plugin why.
         let mut retry: Option<RetryContext> = None;

@@ -10,6 +10,7 @@
 mod catalog;
 mod diagnostic;
 mod expr;
+pub mod limits;
 mod model;
 mod params;
 mod parse;
@@ -20,7 +21,7 @@ use std::path::Path;
 
 pub use catalog::{ActionSpec, Catalog, CatalogError, CatalogErrorKind, InputSpec, MemoryCatalog};
 pub use diagnostic::{Diagnostic, Diagnostics};
-pub use expr::{ExprContext, RenderError, render_inputs};
+pub use expr::{ExprContext, RenderError, render_inputs, render_inputs_until};
 pub use model::{
     DEFAULT_BACKOFF, MAX_RETRIES, MAX_RETRY_DELAY, ParamSpec, ParamType, Resources, RetryOn,
     RetryPolicy, Step, Timeout, Workflow,
@@ -29,14 +30,24 @@ pub use params::{ParamError, ParamErrors, resolve_params};
 
 impl Workflow {
     /// Reads and parses a workflow file (structural checks only; see [`Self::validate`]).
+    /// Files over [`limits::MAX_FILE_BYTES`] are refused before they are read whole.
     pub fn load(path: impl AsRef<Path>) -> Result<Workflow, Diagnostics> {
+        use std::io::Read;
         let path = path.as_ref();
-        match std::fs::read_to_string(path) {
-            Ok(source) => Self::parse(&source, path),
-            Err(err) => {
-                Err(Diagnostic::new(path, 1, 1, format!("cannot read workflow file: {err}")).into())
-            }
+        let cannot_read = |err: std::io::Error| {
+            Diagnostic::new(path, 1, 1, format!("cannot read workflow file: {err}"))
+        };
+        let file = std::fs::File::open(path).map_err(cannot_read)?;
+        let mut source = String::new();
+        let limit = limits::MAX_FILE_BYTES as u64 + 1;
+        file.take(limit)
+            .read_to_string(&mut source)
+            .map_err(cannot_read)?;
+        if source.len() > limits::MAX_FILE_BYTES {
+            let size = std::fs::metadata(path).map_or(source.len(), |m| m.len() as usize);
+            return Err(parse::too_large(path, size).into());
         }
+        Self::parse(&source, path)
     }
 
     /// Parses a workflow from its source: YAML syntax, known keys, value types, names,

@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 use serde_norway::{Mapping, Value};
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
+use crate::limits::{MAX_FILE_BYTES, MAX_STEPS};
 use crate::model::{MAX_RETRIES, ParamType, RetryOn, Timeout, Workflow};
 use crate::position::{Path, Pos, PositionIndex};
 
@@ -47,7 +48,13 @@ pub(crate) fn is_identifier(name: &str) -> bool {
 }
 
 pub(crate) fn parse(source: &str, file: &FsPath) -> Result<Workflow, Diagnostics> {
-    let positions = PositionIndex::build(source);
+    if source.len() > MAX_FILE_BYTES {
+        return Err(too_large(file, source.len()).into());
+    }
+    let positions = PositionIndex::build(source).map_err(|err| {
+        Diagnostic::new(file, err.pos.line, err.pos.column, err.message)
+            .with_help("workflow files are limited in size and depth; flatten or split it")
+    })?;
     let mut root: Value = match serde_norway::from_str(source) {
         Ok(value) => value,
         Err(err) => {
@@ -96,6 +103,17 @@ pub(crate) fn parse(source: &str, file: &FsPath) -> Result<Workflow, Diagnostics
         // The checks above cover everything serde checks; keep this as a safety net.
         Err(err) => Err(Diagnostic::new(file, 1, 1, strip_location(&err.to_string())).into()),
     }
+}
+
+/// The diagnostic for a file over [`MAX_FILE_BYTES`].
+pub(crate) fn too_large(file: &FsPath, size: usize) -> Diagnostic {
+    Diagnostic::new(
+        file,
+        1,
+        1,
+        format!("the workflow file is {size} bytes; at most {MAX_FILE_BYTES} are allowed"),
+    )
+    .with_help("split it into several workflows")
 }
 
 /// Removes ` at line N column M` from YAML error messages (the diagnostic has it).
@@ -438,6 +456,17 @@ impl Checker<'_> {
         };
         if items.is_empty() {
             self.at_value(path, "a workflow needs at least one step".to_owned(), None);
+        }
+        if items.len() > MAX_STEPS {
+            self.at_key(
+                path,
+                format!(
+                    "the workflow has {} steps; at most {MAX_STEPS} are allowed",
+                    items.len()
+                ),
+                Some("split it into several workflows".to_owned()),
+            );
+            return;
         }
         for (i, step) in items.iter().enumerate() {
             self.step(step, &path.index(i), i);

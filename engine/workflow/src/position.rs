@@ -9,6 +9,8 @@ use std::fmt;
 
 use saphyr_parser::{Event, Parser, Span};
 
+use crate::limits::{MAX_YAML_DEPTH, MAX_YAML_NODES};
+
 /// One step of a path into the document.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Seg {
@@ -35,11 +37,6 @@ impl Path {
         let mut segs = self.0.clone();
         segs.push(Seg::Index(index));
         Self(segs)
-    }
-
-    fn parent(&self) -> Option<Self> {
-        let mut segs = self.0.clone();
-        segs.pop().map(|_| Self(segs))
     }
 }
 
@@ -75,19 +72,30 @@ impl Pos {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Entry {
+struct Node {
     /// Start of the node.
     value: Pos,
     /// Start of the key, for nodes that are mapping values.
     key: Option<Pos>,
 }
 
-/// Path → position of every node of a YAML document.
+/// Every node of a YAML document with its position, as a tree: memory is linear in the
+/// number of nodes whatever their depth (a node stores its segment, not its whole path).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PositionIndex {
-    entries: HashMap<Path, Entry>,
+    /// Node 0 is the document's root, when there is one.
+    nodes: Vec<Node>,
+    /// (parent, segment) → child.
+    children: HashMap<(usize, Seg), usize>,
     /// Keys repeated in a mapping (the second occurrence).
     duplicate_keys: Vec<Pos>,
+}
+
+/// A document beyond [`MAX_YAML_DEPTH`] levels of nesting or [`MAX_YAML_NODES`] nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TooLarge {
+    pub(crate) pos: Pos,
+    pub(crate) message: String,
 }
 
 #[derive(Clone, Copy)]
@@ -98,29 +106,52 @@ enum Kind {
 
 enum Frame {
     Mapping {
-        path: Path,
+        node: usize,
         /// The key read, waiting for its value; `None` while expecting a key.
         pending_key: Option<(Option<String>, Pos)>,
     },
     Sequence {
-        path: Path,
+        node: usize,
         next: usize,
     },
-    /// A complex mapping key (a mapping or sequence used as key): not indexed.
+    /// A complex mapping key (a mapping or sequence used as key), or the value of a
+    /// repeated key: not indexed.
     Skip {
         depth: usize,
     },
 }
 
+fn too_deep() -> String {
+    format!("the workflow file nests mappings and lists more than {MAX_YAML_DEPTH} levels deep")
+}
+
 impl PositionIndex {
     /// Indexes the first document of `source`. On a YAML error the index holds what was
-    /// read before it (callers report YAML errors from `serde_norway`).
-    pub(crate) fn build(source: &str) -> Self {
+    /// read before it (callers report YAML errors from `serde_norway`). Fails, before any
+    /// deep structure is built, when the document nests deeper than [`MAX_YAML_DEPTH`] or has
+    /// more than [`MAX_YAML_NODES`] nodes.
+    pub(crate) fn build(source: &str) -> Result<Self, TooLarge> {
         let mut index = PositionIndex::default();
         let mut stack: Vec<Frame> = Vec::new();
         let mut seen_document = false;
+        let mut nesting = 0usize;
+        let mut count = 0usize;
         for event in Parser::new_from_str(source) {
-            let Ok((event, span)) = event else { break };
+            let (event, span) = match event {
+                Ok(event) => event,
+                // The scanner's own bound on flow nesting, met while it looks ahead: report
+                // it here, since the YAML library reads such nesting in quadratic time.
+                Err(err) if err.info().contains("recursion limit") => {
+                    return Err(TooLarge {
+                        pos: Pos {
+                            line: err.marker().line(),
+                            column: err.marker().col() + 1,
+                        },
+                        message: too_deep(),
+                    });
+                }
+                Err(_) => break,
+            };
             let pos = Pos::from_span(span);
             match event {
                 Event::DocumentStart(_) => {
@@ -129,24 +160,64 @@ impl PositionIndex {
                     }
                     seen_document = true;
                 }
-                Event::Scalar(value, ..) => {
-                    index.node(&mut stack, pos, Some(value.into_owned()), None);
-                }
-                Event::Alias(_) => index.node(&mut stack, pos, None, None),
-                Event::MappingStart(..) => index.node(&mut stack, pos, None, Some(Kind::Mapping)),
-                Event::SequenceStart(..) => {
-                    index.node(&mut stack, pos, None, Some(Kind::Sequence));
-                }
-                Event::MappingEnd | Event::SequenceEnd => match stack.last_mut() {
-                    Some(Frame::Skip { depth }) if *depth > 1 => *depth -= 1,
-                    _ => {
-                        stack.pop();
+                Event::Scalar(..)
+                | Event::Alias(_)
+                | Event::MappingStart(..)
+                | Event::SequenceStart(..) => {
+                    count += 1;
+                    if count > MAX_YAML_NODES {
+                        return Err(TooLarge {
+                            pos,
+                            message: format!(
+                                "the workflow file has more than {MAX_YAML_NODES} YAML nodes"
+                            ),
+                        });
                     }
-                },
+                    match event {
+                        Event::Scalar(value, ..) => {
+                            index.node(&mut stack, pos, Some(value.into_owned()), None);
+                        }
+                        Event::Alias(_) => index.node(&mut stack, pos, None, None),
+                        Event::MappingStart(..) | Event::SequenceStart(..) => {
+                            nesting += 1;
+                            if nesting > MAX_YAML_DEPTH {
+                                return Err(TooLarge {
+                                    pos,
+                                    message: too_deep(),
+                                });
+                            }
+                            let kind = if matches!(event, Event::MappingStart(..)) {
+                                Kind::Mapping
+                            } else {
+                                Kind::Sequence
+                            };
+                            index.node(&mut stack, pos, None, Some(kind));
+                        }
+                        _ => unreachable!("matched above"),
+                    }
+                }
+                Event::MappingEnd | Event::SequenceEnd => {
+                    nesting = nesting.saturating_sub(1);
+                    match stack.last_mut() {
+                        Some(Frame::Skip { depth }) if *depth > 1 => *depth -= 1,
+                        _ => {
+                            stack.pop();
+                        }
+                    }
+                }
                 _ => {}
             }
         }
-        index
+        Ok(index)
+    }
+
+    fn add(&mut self, parent: Option<(usize, Seg)>, value: Pos, key: Option<Pos>) -> usize {
+        let id = self.nodes.len();
+        self.nodes.push(Node { value, key });
+        if let Some(edge) = parent {
+            self.children.insert(edge, id);
+        }
+        id
     }
 
     /// Records a node starting at `pos`; containers push a frame.
@@ -157,44 +228,32 @@ impl PositionIndex {
         scalar: Option<String>,
         container: Option<Kind>,
     ) {
-        let push = |stack: &mut Vec<Frame>, path: Option<Path>| match (container, path) {
+        let push = |stack: &mut Vec<Frame>, node: Option<usize>| match (container, node) {
             (None, _) => {}
             (Some(_), None) => stack.push(Frame::Skip { depth: 1 }),
-            (Some(Kind::Sequence), Some(path)) => stack.push(Frame::Sequence { path, next: 0 }),
-            (Some(Kind::Mapping), Some(path)) => stack.push(Frame::Mapping {
-                path,
+            (Some(Kind::Sequence), Some(node)) => stack.push(Frame::Sequence { node, next: 0 }),
+            (Some(Kind::Mapping), Some(node)) => stack.push(Frame::Mapping {
+                node,
                 pending_key: None,
             }),
         };
         match stack.last_mut() {
             None => {
-                self.entries.insert(
-                    Path::root(),
-                    Entry {
-                        value: pos,
-                        key: None,
-                    },
-                );
-                push(stack, Some(Path::root()));
+                let node = self.add(None, pos, None);
+                push(stack, Some(node));
             }
             Some(Frame::Skip { depth }) => {
                 if container.is_some() {
                     *depth += 1;
                 }
             }
-            Some(Frame::Sequence { path, next }) => {
-                let path = path.index(*next);
+            Some(Frame::Sequence { node, next }) => {
+                let edge = (*node, Seg::Index(*next));
                 *next += 1;
-                self.entries.insert(
-                    path.clone(),
-                    Entry {
-                        value: pos,
-                        key: None,
-                    },
-                );
-                push(stack, Some(path));
+                let node = self.add(Some(edge), pos, None);
+                push(stack, Some(node));
             }
-            Some(Frame::Mapping { path, pending_key }) => match pending_key.take() {
+            Some(Frame::Mapping { node, pending_key }) => match pending_key.take() {
                 None => {
                     // A key. Complex keys are skipped, and so is their value.
                     *pending_key = Some((scalar, pos));
@@ -203,39 +262,41 @@ impl PositionIndex {
                     }
                 }
                 Some((key, key_pos)) => {
-                    let path = key.map(|key| path.key(&key));
-                    if let Some(path) = &path {
-                        if self.entries.contains_key(path) {
-                            self.duplicate_keys.push(key_pos);
-                            push(stack, None);
-                            return;
+                    let parent = *node;
+                    let child = match key {
+                        Some(key) => {
+                            let edge = (parent, Seg::Key(key));
+                            if self.children.contains_key(&edge) {
+                                self.duplicate_keys.push(key_pos);
+                                None
+                            } else {
+                                Some(self.add(Some(edge), pos, Some(key_pos)))
+                            }
                         }
-                        self.entries.insert(
-                            path.clone(),
-                            Entry {
-                                value: pos,
-                                key: Some(key_pos),
-                            },
-                        );
-                    }
-                    push(stack, path);
+                        None => None,
+                    };
+                    push(stack, child);
                 }
             },
         }
     }
 
-    /// Start of the node at `path`, or of its nearest indexed ancestor.
-    pub(crate) fn value(&self, path: &Path) -> Pos {
-        let mut path = path.clone();
-        loop {
-            if let Some(entry) = self.entries.get(&path) {
-                return entry.value;
-            }
-            match path.parent() {
-                Some(parent) => path = parent,
-                None => return Pos::START,
+    /// The node at `path`, or its nearest indexed ancestor, and whether it is exact.
+    fn find(&self, path: &Path) -> Option<(&Node, bool)> {
+        let mut current = 0;
+        self.nodes.first()?;
+        for seg in &path.0 {
+            match self.children.get(&(current, seg.clone())) {
+                Some(&child) => current = child,
+                None => return Some((&self.nodes[current], false)),
             }
         }
+        Some((&self.nodes[current], true))
+    }
+
+    /// Start of the node at `path`, or of its nearest indexed ancestor.
+    pub(crate) fn value(&self, path: &Path) -> Pos {
+        self.find(path).map_or(Pos::START, |(node, _)| node.value)
     }
 
     /// The first key repeated in a mapping, if any.
@@ -245,9 +306,10 @@ impl PositionIndex {
 
     /// Start of the key of the mapping entry at `path` (falls back like [`Self::value`]).
     pub(crate) fn key(&self, path: &Path) -> Pos {
-        match self.entries.get(path) {
-            Some(Entry { key: Some(key), .. }) => *key,
-            _ => self.value(path),
+        match self.find(path) {
+            Some((node, true)) => node.key.unwrap_or(node.value),
+            Some((node, false)) => node.value,
+            None => Pos::START,
         }
     }
 }
@@ -263,7 +325,7 @@ mod tests {
     #[test]
     fn indexes_nested_nodes() {
         let source = "name: x\nsteps:\n  - id: a\n    needs: [b, c]\n    with:\n      k: {x: 1}\n  - id: b\n";
-        let index = PositionIndex::build(source);
+        let index = PositionIndex::build(source).unwrap();
         let root = Path::root();
         assert_eq!(index.value(&root.key("name")), pos(1, 7));
         assert_eq!(index.key(&root.key("name")), pos(1, 1));
@@ -283,20 +345,49 @@ mod tests {
     #[test]
     fn skips_complex_keys() {
         let source = "? [a, b]\n: {x: 1}\nc: 2\n";
-        let index = PositionIndex::build(source);
+        let index = PositionIndex::build(source).unwrap();
         assert_eq!(index.value(&Path::root().key("c")), pos(3, 4));
     }
 
     #[test]
     fn finds_duplicate_keys() {
-        let index = PositionIndex::build("a: 1\nb:\n  c: 1\n  c: {d: 2}\n");
+        let index = PositionIndex::build("a: 1\nb:\n  c: 1\n  c: {d: 2}\n").unwrap();
         assert_eq!(index.first_duplicate_key(), Some(pos(4, 3)));
         assert_eq!(index.value(&Path::root().key("b").key("c")), pos(3, 6));
     }
 
     #[test]
+    fn depth_and_size_are_bounded() {
+        let ok = format!(
+            "{}1{}",
+            "[".repeat(MAX_YAML_DEPTH),
+            "]".repeat(MAX_YAML_DEPTH)
+        );
+        assert!(PositionIndex::build(&ok).is_ok());
+        let deep = format!(
+            "{}1{}",
+            "[".repeat(MAX_YAML_DEPTH + 1),
+            "]".repeat(MAX_YAML_DEPTH + 1)
+        );
+        let err = PositionIndex::build(&deep).unwrap_err();
+        assert_eq!(err.pos, pos(1, MAX_YAML_DEPTH + 1));
+        let block: String = (0..=MAX_YAML_DEPTH)
+            .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+            .collect();
+        let err = PositionIndex::build(&block).unwrap_err();
+        assert_eq!(err.pos.line, MAX_YAML_DEPTH + 1);
+        let wide = format!("[{}]", "1,".repeat(MAX_YAML_NODES));
+        assert!(
+            PositionIndex::build(&wide)
+                .unwrap_err()
+                .message
+                .contains("YAML nodes")
+        );
+    }
+
+    #[test]
     fn malformed_yaml_does_not_panic() {
-        let index = PositionIndex::build("a: [1, 2\nb: {");
+        let index = PositionIndex::build("a: [1, 2\nb: {").unwrap();
         assert_eq!(index.value(&Path::root().key("zzz")), pos(1, 1));
     }
 }

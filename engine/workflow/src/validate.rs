@@ -1,6 +1,6 @@
 //! Semantic checks: step references, dependency cycles, expressions, the catalog.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use petgraph::algo::tarjan_scc;
 use petgraph::graph::DiGraph;
@@ -127,6 +127,7 @@ impl<'w> Validator<'w> {
         let steps = &self.workflow.steps;
         let mut edges = vec![Vec::new(); steps.len()];
         for (i, step) in steps.iter().enumerate() {
+            let mut seen = HashSet::new();
             let first = self.ids[step.id.as_str()];
             if first != i {
                 let line = self
@@ -147,7 +148,7 @@ impl<'w> Validator<'w> {
                 let path = step_path(i).key("needs").index(j);
                 match self.ids.get(need.as_str()) {
                     Some(&target) => {
-                        if !edges[i].contains(&target) {
+                        if seen.insert(target) {
                             edges[i].push(target);
                         }
                     }
@@ -284,25 +285,80 @@ impl<'w> Validator<'w> {
         }
     }
 
-    /// Steps reachable through `needs` from each step.
-    fn ancestors(edges: &[Vec<usize>]) -> Vec<BTreeSet<usize>> {
-        (0..edges.len())
-            .map(|start| {
-                let mut seen = BTreeSet::new();
-                let mut stack = edges[start].clone();
-                while let Some(node) = stack.pop() {
-                    if seen.insert(node) {
-                        stack.extend(&edges[node]);
-                    }
+    /// Answers "is `target` reachable from `from` through `needs`?" for each query, in time
+    /// linear in the graph per 64 distinct targets (one bit per target, propagated in
+    /// topological order). Steps on a cycle (already reported) count as reaching everything.
+    fn reachable(edges: &[Vec<usize>], queries: &[(usize, usize)]) -> Vec<bool> {
+        let n = edges.len();
+        // Kahn's algorithm over `needs` (dependencies first).
+        let mut waiting: Vec<usize> = edges.iter().map(Vec::len).collect();
+        let mut dependents = vec![Vec::new(); n];
+        for (i, deps) in edges.iter().enumerate() {
+            for &dep in deps {
+                dependents[dep].push(i);
+            }
+        }
+        let mut order: Vec<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
+        let mut next = 0;
+        while next < order.len() {
+            let i = order[next];
+            next += 1;
+            for &dependent in &dependents[i] {
+                waiting[dependent] -= 1;
+                if waiting[dependent] == 0 {
+                    order.push(dependent);
                 }
-                seen
+            }
+        }
+        let mut on_cycle = vec![true; n];
+        for &i in &order {
+            on_cycle[i] = false;
+        }
+        let direct: HashSet<(usize, usize)> = edges
+            .iter()
+            .enumerate()
+            .flat_map(|(i, deps)| deps.iter().map(move |&dep| (i, dep)))
+            .collect();
+        let mut answers: Vec<bool> = queries
+            .iter()
+            .map(|&(from, target)| {
+                on_cycle[from] || on_cycle[target] || direct.contains(&(from, target))
             })
-            .collect()
+            .collect();
+        let mut targets: Vec<usize> = queries
+            .iter()
+            .zip(&answers)
+            .filter(|(_, answered)| !**answered)
+            .map(|(&(_, target), _)| target)
+            .collect();
+        targets.sort_unstable();
+        targets.dedup();
+        let mut bit = vec![0u64; n];
+        let mut reach = vec![0u64; n];
+        for batch in targets.chunks(64) {
+            bit.iter_mut().for_each(|b| *b = 0);
+            for (k, &target) in batch.iter().enumerate() {
+                bit[target] = 1 << k;
+            }
+            // reach[i]: the batch's targets that `i` reaches through its needs.
+            for &i in &order {
+                reach[i] = edges[i]
+                    .iter()
+                    .fold(0, |acc, &dep| acc | reach[dep] | bit[dep]);
+            }
+            for (answer, &(from, target)) in answers.iter_mut().zip(queries) {
+                if let Ok(k) = batch.binary_search(&target) {
+                    *answer |= reach[from] & (1 << k) != 0;
+                }
+            }
+        }
+        answers
     }
 
     fn expressions(&mut self, edges: &[Vec<usize>], specs: &[Option<ActionSpec>]) {
-        let ancestors = Self::ancestors(edges);
         let workflow = self.workflow;
+        // Every reference, checked once reachability of the referenced steps is known.
+        let mut found: Vec<(usize, Path, Vec<String>)> = Vec::new();
         for (i, step) in workflow.steps.iter().enumerate() {
             let with_path = step_path(i).key("with");
             let mut strings = Vec::new();
@@ -321,27 +377,27 @@ impl<'w> Validator<'w> {
                         ),
                         None,
                     ),
-                    Ok(mut refs) => {
-                        // `steps.resolve-config.outputs.x` reads as `steps.resolve - config...`:
-                        // report the step, not the stray `config` variable.
-                        let hyphenated = refs.iter().any(|r| {
-                            r.len() >= 2
-                                && r[0] == "steps"
-                                && !self.ids.contains_key(r[1].as_str())
-                                && self
-                                    .ids
-                                    .keys()
-                                    .any(|id| id.starts_with(&format!("{}-", r[1])))
-                        });
-                        if hyphenated {
-                            refs.retain(|r| r[0] == "params" || r[0] == "steps");
-                        }
-                        for reference in refs {
-                            self.reference(i, step, &path, &reference, &ancestors[i], specs);
-                        }
+                    Ok(refs) => {
+                        found.extend(refs.into_iter().map(|r| (i, path.clone(), r)));
                     }
                 }
             }
+        }
+        let queries: Vec<(usize, usize)> = found
+            .iter()
+            .filter_map(|(i, _, r)| match r.as_slice() {
+                [root, id, ..] if root == "steps" => {
+                    self.ids.get(id.as_str()).map(|&target| (*i, target))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut reachable = Self::reachable(edges, &queries).into_iter();
+        for (i, path, reference) in found {
+            let is_step_ref = matches!(reference.as_slice(), [root, id, ..]
+                if root == "steps" && self.ids.contains_key(id.as_str()));
+            let depends = !is_step_ref || reachable.next().unwrap_or(true);
+            self.reference(i, &workflow.steps[i], &path, &reference, depends, specs);
         }
     }
 
@@ -351,7 +407,7 @@ impl<'w> Validator<'w> {
         step: &Step,
         path: &Path,
         reference: &[String],
-        ancestors: &BTreeSet<usize>,
+        depends: bool,
         specs: &[Option<ActionSpec>],
     ) {
         let workflow = self.workflow;
@@ -382,19 +438,7 @@ impl<'w> Validator<'w> {
             ),
             ["steps", id, rest @ ..] => {
                 let Some(&target) = self.ids.get(*id) else {
-                    let hyphenated = workflow
-                        .steps
-                        .iter()
-                        .find(|s| s.id.starts_with(&format!("{id}-")));
-                    let help = match hyphenated {
-                        Some(s) => format!(
-                            "`-` in `steps.{}` reads as a minus sign; rename step `{}` to `{}`",
-                            s.id,
-                            s.id,
-                            s.id.replace('-', "_")
-                        ),
-                        None => format!("known steps: {}", self.other_steps(&step.id)),
-                    };
+                    let help = format!("known steps: {}", self.other_steps(&step.id));
                     self.at_value(
                         path,
                         format!("unknown step `{id}` in expression of step `{}`", step.id),
@@ -410,7 +454,7 @@ impl<'w> Validator<'w> {
                     );
                     return;
                 }
-                if !ancestors.contains(&target) {
+                if !depends {
                     self.at_value(
                         path,
                         format!(

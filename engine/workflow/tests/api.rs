@@ -25,7 +25,7 @@ steps:
     timeout: 1h 30m
     with:
       config: "${{ steps.a.outputs.config }}"
-      note: "epochs=${{ params.overrides.epochs | default(params.epochs) }} on ${{ params.project }}"
+      note: "epochs=${{ params.overrides.epochs || params.epochs }} on ${{ params.project }}"
   - id: a
     uses: p
     action: resolve

@@ -1,0 +1,17 @@
+//! Every bound on what a workflow file may ask for, in one place.
+//!
+//! Each keeps the work of reading, validating or rendering a workflow bounded and linear in
+//! the size of the file, whatever the file holds. A file beyond a limit is refused with a
+//! diagnostic that names the limit, never with a panic or an exhausted machine.
+
+pub use crate::expr::{MAX_DEPTH as MAX_EXPRESSION_DEPTH, MAX_EXPRESSION_LEN};
+pub use crate::expr::{MAX_RENDER_WORK, MAX_RENDERED_BYTES};
+
+/// Largest workflow file, in bytes.
+pub const MAX_FILE_BYTES: usize = 8 * 1024 * 1024;
+/// Deepest nesting of mappings and lists in a workflow file.
+pub const MAX_YAML_DEPTH: usize = 64;
+/// Most YAML nodes (scalars, mappings, lists, aliases) in a workflow file.
+pub const MAX_YAML_NODES: usize = 1_000_000;
+/// Most steps in a workflow.
+pub const MAX_STEPS: usize = 10_000;
