@@ -95,11 +95,11 @@ pub struct RunArgs {
 /// How a run executes (shared by run, resume and retry).
 #[derive(Args, Debug, Clone)]
 pub struct ExecOptions {
-    /// Most steps running at once.
-    #[arg(long, default_value_t = 4)]
+    /// Most steps running at once (1 to 1024).
+    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub max_parallel: usize,
-    /// Seconds between SIGTERM and SIGKILL when stopping a step's programs.
-    #[arg(long, default_value_t = 10)]
+    /// Seconds between SIGTERM and SIGKILL when stopping a step's programs (0 to 3600).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub kill_grace_secs: u64,
     /// Print the final run record as JSON on stdout.
     #[arg(long)]
@@ -120,7 +120,8 @@ pub enum RunsCommand {
     List {
         #[arg(long)]
         status: Option<String>,
-        #[arg(long, default_value_t = 50)]
+        /// Most runs listed (1 to 10000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=10_000))]
         limit: i64,
         #[arg(long)]
         json: bool,
@@ -139,8 +140,8 @@ pub enum RunsCommand {
     /// Cancel a run: its programs get SIGTERM, then SIGKILL after the grace period.
     Cancel {
         run: String,
-        /// Seconds between SIGTERM and SIGKILL (when no engine is executing the run).
-        #[arg(long, default_value_t = 10)]
+        /// Seconds between SIGTERM and SIGKILL (when no engine is executing the run; 0 to 3600).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600))]
         kill_grace_secs: u64,
     },
     /// Run a failed or cancelled run again from its unfinished steps, reusing the outputs of

@@ -54,6 +54,79 @@ struct GrantsFile {
     plugins: BTreeMap<String, PluginEntry>,
 }
 
+/// Largest `memory_mb`: a wasm32 instance cannot address more than 4 GiB.
+pub const MAX_MEMORY_MB: u64 = 4096;
+/// Largest `cpu_seconds_per_call` (a day); the smallest is a millisecond.
+pub const MAX_CPU_SECONDS: f64 = 86_400.0;
+const MIN_CPU_SECONDS: f64 = 0.001;
+
+fn check_limits(at: &str, memory_mb: Option<u64>, cpu_seconds: Option<f64>) -> Result<(), String> {
+    if let Some(mb) = memory_mb
+        && !(1..=MAX_MEMORY_MB).contains(&mb)
+    {
+        return Err(format!(
+            "`{at}.memory_mb` must be between 1 and {MAX_MEMORY_MB} (MiB of the plugin's \
+             linear memory), got {mb}"
+        ));
+    }
+    if let Some(seconds) = cpu_seconds
+        && !(seconds.is_finite() && (MIN_CPU_SECONDS..=MAX_CPU_SECONDS).contains(&seconds))
+    {
+        return Err(format!(
+            "`{at}.cpu_seconds_per_call` must be a number of seconds between {MIN_CPU_SECONDS} \
+             and {MAX_CPU_SECONDS}, got {seconds}"
+        ));
+    }
+    Ok(())
+}
+
+/// A program name: looked up on the search path, never a path itself.
+fn check_program(at: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(format!(
+            "`{at}` lists `{name}`, which is not a program name: give the name only (e.g. \
+             `yolo`); it is looked up in the workspace's .venv/bin, then on PATH"
+        ));
+    }
+    Ok(())
+}
+
+/// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+fn check_env(at: &str, name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!(
+            "`{at}` lists `{name}`, which is not an environment variable name \
+             (letters, digits and `_`, not starting with a digit)"
+        ));
+    }
+    Ok(())
+}
+
+impl GrantsFile {
+    /// Every value in range, every name a name: errors name the key.
+    fn check(&self) -> Result<(), String> {
+        if let Some(d) = &self.defaults {
+            check_limits("defaults", d.memory_mb, d.cpu_seconds_per_call)?;
+        }
+        for (name, entry) in &self.plugins {
+            let at = format!("plugins.{name}");
+            check_limits(&at, entry.memory_mb, entry.cpu_seconds_per_call)?;
+            for program in &entry.programs {
+                check_program(&format!("{at}.programs"), program)?;
+            }
+            for var in &entry.env {
+                check_env(&format!("{at}.env"), var)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The resolved grant of one plugin.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PluginGrant {
@@ -90,10 +163,12 @@ impl Grants {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, GrantError> {
-        let file: GrantsFile = serde_norway::from_str(text).map_err(|e| GrantError::Parse {
+        let error = |message: String| GrantError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let file: GrantsFile = serde_norway::from_str(text).map_err(|e| error(e.to_string()))?;
+        file.check().map_err(error)?;
         Ok(Self { file })
     }
 
@@ -112,8 +187,11 @@ impl Grants {
         PluginGrant {
             programs: entry.map(|e| e.programs.clone()).unwrap_or_default(),
             env: entry.map(|e| e.env.clone()).unwrap_or_default(),
+            // In range: checked when the file was parsed.
             memory_bytes: (memory_mb as usize).saturating_mul(1024 * 1024),
-            cpu_per_call: std::time::Duration::from_secs_f64(cpu.max(0.001)),
+            cpu_per_call: std::time::Duration::from_secs_f64(
+                cpu.clamp(MIN_CPU_SECONDS, MAX_CPU_SECONDS),
+            ),
         }
     }
 }
@@ -134,6 +212,64 @@ mod tests {
         assert_eq!(u.memory_bytes, 64 << 20);
         assert_eq!(u.cpu_per_call, std::time::Duration::from_secs(2));
         assert!(g.for_plugin("other").programs.is_empty());
+    }
+
+    #[test]
+    fn out_of_range_values_are_errors_naming_the_key() {
+        for (text, wanted) in [
+            (
+                "defaults: {memory_mb: 0}",
+                "`defaults.memory_mb` must be between 1 and 4096",
+            ),
+            ("defaults: {memory_mb: 5000}", "got 5000"),
+            ("defaults: {memory_mb: -1}", "memory_mb"),
+            ("defaults: {memory_mb: 1e99}", "memory_mb"),
+            ("defaults: {memory_mb: .nan}", "memory_mb"),
+            (
+                "plugins: {u: {cpu_seconds_per_call: .inf}}",
+                "`plugins.u.cpu_seconds_per_call`",
+            ),
+            ("plugins: {u: {cpu_seconds_per_call: -.inf}}", "got -inf"),
+            ("plugins: {u: {cpu_seconds_per_call: .nan}}", "got NaN"),
+            ("plugins: {u: {cpu_seconds_per_call: 0}}", "got 0"),
+            ("plugins: {u: {cpu_seconds_per_call: -3}}", "got -3"),
+            (
+                "plugins: {u: {cpu_seconds_per_call: 1e300}}",
+                "between 0.001 and 86400",
+            ),
+            (
+                "plugins: {u: {cpu_seconds_per_call: x}}",
+                "cpu_seconds_per_call",
+            ),
+            (
+                "plugins: {u: {programs: [/bin/sh]}}",
+                "`plugins.u.programs` lists `/bin/sh`",
+            ),
+            ("plugins: {u: {programs: ['']}}", "not a program name"),
+            ("plugins: {u: {programs: [..]}}", "not a program name"),
+            (
+                "plugins: {u: {env: ['A=B']}}",
+                "not an environment variable name",
+            ),
+            (
+                "plugins: {u: {env: ['1X']}}",
+                "not an environment variable name",
+            ),
+        ] {
+            let e = Grants::parse(text, Path::new("configs/plugins.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("configs/plugins.yaml") && e.contains(wanted),
+                "{text}: {e}"
+            );
+        }
+        let g = Grants::parse(
+            "defaults: {memory_mb: 4096, cpu_seconds_per_call: 0.001}",
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        assert_eq!(g.for_plugin("x").memory_bytes, 4096 << 20);
     }
 
     #[test]

@@ -343,15 +343,7 @@ impl Runner {
                 let ctx = ctx.only(my_deps.iter().copied());
                 tasks.spawn(async move {
                     let outcome = this
-                        .run_step(
-                            &run_id,
-                            &created_by,
-                            &step,
-                            &ctx,
-                            token,
-                            updates,
-                            resuming,
-                        )
+                        .run_step(&run_id, &created_by, &step, &ctx, token, updates, resuming)
                         .await;
                     (step.id, outcome)
                 });
@@ -462,7 +454,7 @@ impl Runner {
         }
         let deadline = step
             .timeout
-            .map(|t| std::time::Instant::now() + t.as_duration());
+            .and_then(|t| std::time::Instant::now().checked_add(t.as_duration()));
         let inputs = match render_inputs_until(step, ctx, deadline) {
             Ok(inputs) => inputs,
             Err(e) => {

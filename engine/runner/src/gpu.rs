@@ -116,21 +116,47 @@ impl GpuPool {
 
 /// The machine's GPUs: `KILN_GPUS`/`--gpus` (a count like `2` or a list like `0,2`), else the
 /// devices `nvidia-smi -L` lists, else none.
+/// Most GPUs a machine is configured with (and one more than the largest device index).
+pub const MAX_GPUS: u32 = 1024;
+
 pub fn detect(configured: Option<&str>) -> Result<Vec<u32>, String> {
     if let Some(spec) = configured.map(str::trim).filter(|s| !s.is_empty()) {
         if spec.contains(',') {
-            return spec
+            let devices: Vec<u32> = spec
                 .split(',')
                 .map(|d| {
                     d.trim()
-                        .parse()
-                        .map_err(|_| format!("GPU list `{spec}`: `{d}` is not a device index"))
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|&d| d < MAX_GPUS)
+                        .ok_or_else(|| {
+                            format!(
+                                "GPU list `{spec}`: `{d}` is not a device index (0 to {})",
+                                MAX_GPUS - 1
+                            )
+                        })
                 })
-                .collect();
+                .collect::<Result<_, _>>()?;
+            let mut sorted = devices.clone();
+            sorted.sort_unstable();
+            if let Some(pair) = sorted.windows(2).find(|pair| pair[0] == pair[1]) {
+                return Err(format!(
+                    "GPU list `{spec}`: device {} is listed twice",
+                    pair[0]
+                ));
+            }
+            return Ok(devices);
         }
-        let n: u32 = spec.parse().map_err(|_| {
-            format!("GPUs `{spec}`: give a count (2) or a list of device indices (0,1)")
-        })?;
+        let n: u32 = spec
+            .parse()
+            .ok()
+            .filter(|&n| n <= MAX_GPUS)
+            .ok_or_else(|| {
+                format!(
+                    "GPUs `{spec}`: give a count from 0 to {MAX_GPUS} (2) or a list of device \
+                     indices (0,1)"
+                )
+            })?;
         return Ok((0..n).collect());
     }
     let Ok(out) = std::process::Command::new("nvidia-smi").arg("-L").output() else {
@@ -155,6 +181,19 @@ mod tests {
         assert_eq!(detect(Some("2")).unwrap(), vec![0, 1]);
         assert_eq!(detect(Some("0,3")).unwrap(), vec![0, 3]);
         assert!(detect(Some("two")).is_err());
+        assert!(
+            detect(Some("4000000000"))
+                .unwrap_err()
+                .contains("from 0 to 1024")
+        );
+        assert!(detect(Some("-1")).is_err());
+        assert!(
+            detect(Some("0,99999"))
+                .unwrap_err()
+                .contains("not a device index")
+        );
+        assert!(detect(Some("1,1")).unwrap_err().contains("listed twice"));
+        assert_eq!(detect(Some("1024")).unwrap().len(), 1024);
     }
 
     #[test]

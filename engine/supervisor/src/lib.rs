@@ -285,11 +285,14 @@ impl Supervised {
     }
 }
 
-/// SIGTERM a process group, wait up to `grace` for it to empty, then SIGKILL it and wait until it
-/// is empty.
+/// Longest grace [`terminate_group`] waits between SIGTERM and SIGKILL.
+pub const MAX_GRACE: Duration = Duration::from_secs(3600);
+
+/// SIGTERM a process group, wait up to `grace` (at most [`MAX_GRACE`]) for it to empty, then
+/// SIGKILL it and wait until it is empty.
 pub async fn terminate_group(pgid: i32, grace: Duration) {
     signal_group(pgid, Sig::Term);
-    let deadline = tokio::time::Instant::now() + grace;
+    let deadline = tokio::time::Instant::now() + grace.min(MAX_GRACE);
     while group_alive(pgid) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
