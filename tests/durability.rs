@@ -381,29 +381,42 @@ fn retrying_a_failed_run_reruns_only_its_unfinished_steps() {
     );
 }
 
+const MEMO: &str = r#"name: memo
+steps:
+  - id: cached
+    uses: hostile
+    action: ok
+    cache: true
+    with: {data: inputs/data.txt}
+  - id: plain
+    uses: hostile
+    action: ok
+    needs: [cached]
+    with: {data: inputs/data.txt}
+"#;
+
 #[test]
 fn memoized_steps_reuse_outputs_until_an_input_file_changes() {
+    // Memoization keys on plugin, action, inputs and the files they name. (A step that works
+    // in a training folder is never shared between runs: each training has its own run.)
     let ws = Workspace::new();
-    let wf = demo_workflow(&ws, |y| {
-        y.replace(
-            "    action: resolve-config\n",
-            "    action: resolve-config\n    cache: true\n",
-        )
-    });
-    let args = run_args(&wf, "memo", "{epochs: 1, imgsz: 64}");
-    let first = ws.kiln(&strs(&args));
+    let data = ws.root().join("inputs/data.txt");
+    std::fs::create_dir_all(data.parent().unwrap()).unwrap();
+    std::fs::write(&data, "v1").unwrap();
+    let wf = ws.workflow("memo.yaml", MEMO);
+    let first = ws.kiln(&["run", &wf]);
     assert!(first.status.success(), "{}", text(&first.stderr));
     let first = run_id(&first);
-    let second = ws.kiln(&strs(&args));
-    assert!(second.status.success());
+    let second = ws.kiln(&["run", &wf]);
+    assert!(second.status.success(), "{}", text(&second.stderr));
     let second = run_id(&second);
     let show = ws.json(&["runs", "show", &second, "--json"]);
     assert_eq!(
-        step(&show, "resolve")["cached_from"],
-        format!("{first}/resolve")
+        step(&show, "cached")["cached_from"],
+        format!("{first}/cached")
     );
     assert_eq!(
-        step(&show, "train")["cached_from"],
+        step(&show, "plain")["cached_from"],
         serde_json::Value::Null,
         "opt-in only"
     );
@@ -413,18 +426,13 @@ fn memoized_steps_reuse_outputs_until_an_input_file_changes() {
         "{text_show}"
     );
 
-    // The data.yaml that resolve reads changed: its digest is part of the key.
-    let data = ws
-        .root()
-        .join("projects/demo/training_data/demo-release/data.yaml");
-    let mut yaml = std::fs::read_to_string(&data).unwrap();
-    yaml.push_str("\n# edited\n");
-    std::fs::write(&data, yaml).unwrap();
-    let third = ws.kiln(&strs(&args));
-    assert!(third.status.success());
+    // The file named by an input changed: its digest is part of the key.
+    std::fs::write(&data, "v2").unwrap();
+    let third = ws.kiln(&["run", &wf]);
+    assert!(third.status.success(), "{}", text(&third.stderr));
     let show = ws.json(&["runs", "show", &run_id(&third), "--json"]);
     assert_eq!(
-        step(&show, "resolve")["cached_from"],
+        step(&show, "cached")["cached_from"],
         serde_json::Value::Null
     );
 }
@@ -523,9 +531,14 @@ fn gpu_steps_queue_for_free_devices_and_see_only_their_own() {
     let logs = text(&ws.kiln(&["logs", &run_id(&out)]).stdout);
     assert!(logs.contains("waiting for 1 free GPU(s)"), "{logs}");
 
-    // Two GPUs: both run at once, on different devices.
+    // Two GPUs: both run at once, on different devices (a new workspace: the trainings `a`
+    // and `b` belong to the first run).
     std::fs::remove_file(&record).unwrap();
-    let ws = ws.with_env("KILN_GPUS", "2");
+    let ws = Workspace::new()
+        .with_env("FAKE_YOLO_EPOCH_SECONDS", "0.5")
+        .with_env("FAKE_YOLO_RECORD", record.to_str().unwrap())
+        .with_env("KILN_GPUS", "2");
+    let wf = ws.workflow("two.yaml", TWO_TRAININGS);
     let out = ws.kiln(&["run", &wf]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let mut cuda: Vec<String> = launches(&record).into_iter().map(|x| x.cuda).collect();

@@ -147,6 +147,15 @@ pub enum RunsCommand {
     /// Run a failed or cancelled run again from its unfinished steps, reusing the outputs of
     /// the steps that succeeded.
     Retry(ExecArgs),
+    /// Delete a finished run's records (its training names become free again).
+    Delete {
+        run: String,
+        /// Also delete what the run owns on disk: its logs and state, its training folders
+        /// (refused while a registered model references a file in one) and the datasets no
+        /// other run used.
+        #[arg(long)]
+        purge_outputs: bool,
+    },
 }
 
 #[derive(Args, Debug)]

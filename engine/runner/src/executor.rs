@@ -42,7 +42,7 @@ use kiln_workflow::{ExprContext, RetryOn, Step, Workflow, render_inputs_until};
 use crate::builtins::{self, BuiltinCtx};
 use crate::gpu::{GpuLease, GpuPool};
 use crate::run_lock::RunLock;
-use crate::{Error, Result, Workspace, memo};
+use crate::{Error, Result, Workspace, memo, ownership};
 
 /// What a watcher (the CLI's progress display) hears about a run.
 #[derive(Debug, Clone, PartialEq)]
@@ -207,7 +207,9 @@ impl Runner {
         self.inner.gpus.count()
     }
 
-    /// Record a new run of `workflow` with resolved `params`, and its planned steps.
+    /// Record a new run of `workflow` with resolved `params` and its planned steps, and claim
+    /// the training folders its steps name through params alone (see [`crate::ownership`]):
+    /// a training another run owns, or a folder no run owns, refuses the run.
     pub async fn create(
         &self,
         workflow: &Workflow,
@@ -217,18 +219,11 @@ impl Runner {
     ) -> Result<RunRecord> {
         let id = uuid::Uuid::now_v7().to_string();
         let file = workflow.file().display().to_string();
-        let run = self
-            .inner
-            .store
-            .create_run(&NewRun {
-                id: id.clone(),
-                workflow_name: workflow.name.clone(),
-                workflow_file: (!file.is_empty()).then_some(file),
-                workflow_yaml,
-                params: Value::Object(params.clone()),
-                created_by: created_by.to_owned(),
-            })
-            .await?;
+        let trainings = ownership::planned_trainings(&self.inner.ws, workflow, params)?;
+        for training in &trainings {
+            ownership::check_unowned_folder(&self.inner.ws, &self.inner.store, training, None)
+                .await?;
+        }
         let steps: Vec<NewStep> = workflow
             .steps
             .iter()
@@ -238,7 +233,23 @@ impl Runner {
                 action: s.action.clone(),
             })
             .collect();
-        self.inner.store.insert_steps(&id, &steps).await?;
+        let run = self
+            .inner
+            .store
+            .create_run(
+                &NewRun {
+                    id: id.clone(),
+                    workflow_name: workflow.name.clone(),
+                    workflow_file: (!file.is_empty()).then_some(file),
+                    workflow_yaml,
+                    params: Value::Object(params.clone()),
+                    created_by: created_by.to_owned(),
+                },
+                &steps,
+                &trainings,
+            )
+            .await
+            .map_err(ownership::conflict)?;
         Ok(run)
     }
 
@@ -303,6 +314,10 @@ impl Runner {
         }
 
         loop {
+            // A step that ended because of the cancel can be joined before the cancel itself is
+            // seen below: check it here, or its dependents would be skipped and the run
+            // reported as succeeded.
+            cancelled |= cancel.is_cancelled();
             // Start what is ready (interrupted steps first: their programs may be running), skip
             // what can never run.
             let can_start = !cancelled && first_failure.is_none();
@@ -651,6 +666,16 @@ impl Runner {
                 message,
             });
         };
+
+        // The training folder the step works in must be the run's own.
+        if let Err(e) = ownership::claim_for_step(ws, store, run_id, inputs).await {
+            return match e {
+                Error::Conflict(message) | Error::Input(message) => {
+                    Ok(StepOutcome::failed(RetryOn::Failure, message))
+                }
+                other => Err(other),
+            };
+        }
 
         // Memoized outputs.
         let cache_key = if step.cache {

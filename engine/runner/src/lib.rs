@@ -13,6 +13,7 @@ mod catalog;
 mod executor;
 pub mod gpu;
 mod memo;
+pub mod ownership;
 mod run_lock;
 pub mod workspace;
 
@@ -29,6 +30,10 @@ pub enum Error {
     /// A step's input is wrong; the message names the input and what to do.
     #[error("{0}")]
     Input(String),
+    /// What the request would do belongs to another run (or to no run); the message names
+    /// the owner and what to do.
+    #[error("{0}")]
+    Conflict(String),
     #[error("{doing} {path}: {source}")]
     Io {
         doing: &'static str,

@@ -108,6 +108,14 @@ impl Workspace {
             .join(training_name))
     }
 
+    /// `path` for messages: relative to the workspace root when it lies inside it.
+    pub fn display(&self, path: &Path) -> String {
+        self.relative(path)
+            .unwrap_or_else(|| path.to_path_buf())
+            .display()
+            .to_string()
+    }
+
     /// `path` relative to the workspace root, when it lies inside it.
     pub fn relative(&self, path: &Path) -> Option<PathBuf> {
         path.strip_prefix(&self.root).ok().map(Path::to_path_buf)

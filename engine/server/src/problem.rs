@@ -84,6 +84,19 @@ impl From<kiln_store::Error> for ApiError {
     }
 }
 
+impl From<kiln_runner::Error> for ApiError {
+    fn from(e: kiln_runner::Error) -> Self {
+        match e {
+            kiln_runner::Error::Input(message) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", message)
+            }
+            kiln_runner::Error::Conflict(message) => Self::conflict("conflict", message),
+            kiln_runner::Error::Store(e) => e.into(),
+            other => Self::internal(other),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Problem {

@@ -7,6 +7,7 @@
 mod cache;
 mod events;
 mod models;
+mod ownership;
 mod runs;
 mod status;
 mod steps;
@@ -17,6 +18,7 @@ mod tokens;
 pub use cache::CachedOutputs;
 pub use events::{Checkpoint, Event};
 pub use models::{ModelRecord, NewModel, STAGES};
+pub use ownership::{ClaimOutcome, DatasetUse, TrainingRef};
 pub use runs::{NewRun, RunRecord, RunStats};
 pub use status::{ParseStatusError, RunStatus, StepStatus};
 pub use steps::{NewStep, PluginIdentity, StepRecord};
@@ -50,6 +52,16 @@ pub enum Error {
     },
     #[error("{0}")]
     Conflict(String),
+    #[error(
+        "training `{name}` of project `{project}` belongs to run {owner} ({status}); choose \
+         another training_name, or delete run {owner} to free it"
+    )]
+    TrainingTaken {
+        project: String,
+        name: String,
+        owner: String,
+        status: RunStatus,
+    },
     #[error("no model `{0}`")]
     ModelNotFound(String),
     #[error("no run matches `{0}`")]

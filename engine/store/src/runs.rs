@@ -4,7 +4,7 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::{Error, Result, RunStatus, Store, query_err, time_fmt};
+use crate::{Error, NewStep, Result, RunStatus, Store, TrainingRef, query_err, time_fmt};
 
 /// What the engine knows when a run is created.
 #[derive(Debug, Clone)]
@@ -89,8 +89,17 @@ fn run_from_row(row: &AnyRow) -> Result<RunRecord> {
 }
 
 impl Store {
-    /// Record a new run in `queued`.
-    pub async fn create_run(&self, run: &NewRun) -> Result<RunRecord> {
+    /// Record a new run in `queued` with its planned steps, and claim the training folders it
+    /// is known to write, in one transaction: either all of it is recorded or nothing is
+    /// ([`Error::TrainingTaken`] when another run owns one of the trainings).
+    pub async fn create_run(
+        &self,
+        run: &NewRun,
+        steps: &[NewStep],
+        trainings: &[TrainingRef],
+    ) -> Result<RunRecord> {
+        const DOING: &str = "creating a run";
+        let mut tx = self.begin_write(DOING).await?;
         sqlx::query(
             "INSERT INTO runs (id, workflow_name, workflow_file, workflow_yaml, status, \
              params_json, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -103,9 +112,14 @@ impl Store {
         .bind(run.params.to_string())
         .bind(&run.created_by)
         .bind(time_fmt::now())
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await
-        .map_err(query_err("creating a run"))?;
+        .map_err(query_err(DOING))?;
+        crate::steps::insert_steps(&mut tx, &run.id, steps).await?;
+        for training in trainings {
+            crate::ownership::claim(&mut tx, &run.id, training, DOING).await?;
+        }
+        tx.commit().await.map_err(query_err(DOING))?;
         self.run(&run.id).await
     }
 
@@ -164,6 +178,8 @@ impl Store {
             "DELETE FROM events WHERE run_id = $1",
             "DELETE FROM checkpoints WHERE run_id = $1",
             "DELETE FROM steps WHERE run_id = $1",
+            "DELETE FROM trainings WHERE run_id = $1",
+            "DELETE FROM dataset_uses WHERE run_id = $1",
             "DELETE FROM runs WHERE id = $1",
         ] {
             sqlx::query(sql)

@@ -97,28 +97,32 @@ fn step_from_row(row: &AnyRow) -> Result<StepRecord> {
     })
 }
 
+/// Inserts a run's planned steps, all `queued`, inside the run's creating transaction.
+pub(crate) async fn insert_steps(
+    conn: &mut sqlx::AnyConnection,
+    run_id: &str,
+    steps: &[NewStep],
+) -> Result<()> {
+    for (position, step) in steps.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO steps (run_id, step_id, position, uses, action, status) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(run_id)
+        .bind(&step.step_id)
+        .bind(position as i64)
+        .bind(&step.uses)
+        .bind(&step.action)
+        .bind(StepStatus::Queued.as_str())
+        .execute(&mut *conn)
+        .await
+        .map_err(query_err("planning steps"))?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Record the planned steps of a run, all `queued`, in one transaction.
-    pub async fn insert_steps(&self, run_id: &str, steps: &[NewStep]) -> Result<()> {
-        let mut tx = self.begin_write("planning steps").await?;
-        for (position, step) in steps.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO steps (run_id, step_id, position, uses, action, status) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(run_id)
-            .bind(&step.step_id)
-            .bind(position as i64)
-            .bind(&step.uses)
-            .bind(&step.action)
-            .bind(StepStatus::Queued.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err("planning steps"))?;
-        }
-        tx.commit().await.map_err(query_err("planning steps"))
-    }
-
     /// A step starts a new attempt with these resolved inputs; returns the attempt number.
     pub async fn start_step(
         &self,

@@ -30,20 +30,18 @@ fn new_run(id: &str) -> NewRun {
 #[tokio::test]
 async fn run_lifecycle_records_times_and_status() {
     for (_d, s) in stores().await {
-        let r = s.create_run(&new_run("0001-aaaa")).await.unwrap();
+        let steps = [NewStep {
+            step_id: "a".into(),
+            uses: "builtin/x".into(),
+            action: None,
+        }];
+        let r = s
+            .create_run(&new_run("0001-aaaa"), &steps, &[])
+            .await
+            .unwrap();
         assert_eq!(r.status, RunStatus::Queued);
         assert_eq!(r.params["epochs"], 2);
         s.start_run("0001-aaaa").await.unwrap();
-        s.insert_steps(
-            "0001-aaaa",
-            &[NewStep {
-                step_id: "a".into(),
-                uses: "builtin/x".into(),
-                action: None,
-            }],
-        )
-        .await
-        .unwrap();
         let attempt = s
             .start_step("0001-aaaa", "a", &serde_json::json!({"k": 1}), None)
             .await
@@ -69,8 +67,8 @@ async fn run_lifecycle_records_times_and_status() {
 #[tokio::test]
 async fn prefix_lookup_is_unambiguous_or_says_so() {
     for (_d, s) in stores().await {
-        s.create_run(&new_run("abc-1")).await.unwrap();
-        s.create_run(&new_run("abc-2")).await.unwrap();
+        s.create_run(&new_run("abc-1"), &[], &[]).await.unwrap();
+        s.create_run(&new_run("abc-2"), &[], &[]).await.unwrap();
         assert!(matches!(
             s.run("abc").await,
             Err(Error::AmbiguousRun { .. })
@@ -95,8 +93,8 @@ async fn prefix_lookup_is_unambiguous_or_says_so() {
 #[tokio::test]
 async fn model_registration_is_idempotent_per_step_and_versions_per_name() {
     for (_d, s) in stores().await {
-        s.create_run(&new_run("r1")).await.unwrap();
-        s.create_run(&new_run("r2")).await.unwrap();
+        s.create_run(&new_run("r1"), &[], &[]).await.unwrap();
+        s.create_run(&new_run("r2"), &[], &[]).await.unwrap();
         let m = |run: &str| NewModel {
             name: "det".into(),
             project: "demo".into(),
@@ -127,11 +125,87 @@ async fn model_registration_is_idempotent_per_step_and_versions_per_name() {
 #[tokio::test]
 async fn events_are_ordered_per_run() {
     for (_d, s) in stores().await {
-        s.create_run(&new_run("r")).await.unwrap();
+        s.create_run(&new_run("r"), &[], &[]).await.unwrap();
         s.append_event("r", Some("a"), "info", "one").await.unwrap();
         s.append_event("r", None, "warn", "two").await.unwrap();
         let all = s.events("r", None).await.unwrap();
         assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(s.events("r", Some("a")).await.unwrap().len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_training_has_one_owner_until_its_run_is_deleted() {
+    for (_d, s) in stores().await {
+        let first = TrainingRef {
+            project: "demo".into(),
+            name: "first".into(),
+        };
+        let other = TrainingRef {
+            project: "demo".into(),
+            name: "other".into(),
+        };
+        s.create_run(&new_run("r1"), &[], std::slice::from_ref(&first))
+            .await
+            .unwrap();
+        // A second run naming the same training is not recorded at all.
+        let err = s
+            .create_run(&new_run("r2"), &[], &[other.clone(), first.clone()])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::TrainingTaken { owner, .. } if owner == "r1"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("delete run r1"), "{err}");
+        assert!(matches!(s.run("r2").await, Err(Error::RunNotFound(_))));
+        assert_eq!(s.training_owner(&other).await.unwrap(), None);
+        // Claims at step start: held by the owner, refused to others.
+        s.create_run(&new_run("r3"), &[], &[]).await.unwrap();
+        assert_eq!(
+            s.claim_training("r1", &first).await.unwrap(),
+            ClaimOutcome::Held
+        );
+        assert!(matches!(
+            s.claim_training("r3", &first).await,
+            Err(Error::TrainingTaken { .. })
+        ));
+        assert_eq!(
+            s.claim_training("r3", &other).await.unwrap(),
+            ClaimOutcome::Claimed
+        );
+        assert_eq!(s.trainings_of("r3").await.unwrap(), vec![other.clone()]);
+        s.release_training("r3", &other).await.unwrap();
+        assert!(s.trainings_of("r3").await.unwrap().is_empty());
+        // Deleting the owner frees the name.
+        s.delete_run("r1").await.unwrap();
+        assert_eq!(s.training_owner(&first).await.unwrap(), None);
+        assert_eq!(
+            s.claim_training("r3", &first).await.unwrap(),
+            ClaimOutcome::Claimed
+        );
+    }
+}
+
+#[tokio::test]
+async fn dataset_uses_are_shared_and_go_with_their_runs() {
+    for (_d, s) in stores().await {
+        s.create_run(&new_run("r1"), &[], &[]).await.unwrap();
+        s.create_run(&new_run("r2"), &[], &[]).await.unwrap();
+        s.use_dataset("r1", "demo", "data", "aa").await.unwrap();
+        s.use_dataset("r2", "demo", "data", "aa").await.unwrap();
+        s.use_dataset("r2", "demo", "data", "bb").await.unwrap();
+        let users = s.dataset_users("demo", "data").await.unwrap();
+        assert_eq!(
+            users.iter().map(|u| u.run_id.as_str()).collect::<Vec<_>>(),
+            vec!["r1", "r2"]
+        );
+        assert_eq!(users[1].release_sha256, "bb");
+        assert_eq!(
+            s.datasets_of("r1").await.unwrap(),
+            vec![("demo".to_owned(), "data".to_owned())]
+        );
+        s.delete_run("r1").await.unwrap();
+        assert_eq!(s.dataset_users("demo", "data").await.unwrap().len(), 1);
     }
 }

@@ -21,7 +21,7 @@ use std::path::Path;
 
 pub use catalog::{ActionSpec, Catalog, CatalogError, CatalogErrorKind, InputSpec, MemoryCatalog};
 pub use diagnostic::{Diagnostic, Diagnostics};
-pub use expr::{ExprContext, RenderError, render_inputs, render_inputs_until};
+pub use expr::{ExprContext, RenderError, render_input, render_inputs, render_inputs_until};
 pub use model::{
     DEFAULT_BACKOFF, MAX_RETRIES, MAX_RETRY_DELAY, ParamSpec, ParamType, Resources, RetryOn,
     RetryPolicy, Step, Timeout, Workflow,

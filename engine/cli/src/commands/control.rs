@@ -1,4 +1,4 @@
-//! Commands that act on an existing run: `resume`, `runs cancel`, `runs retry`.
+//! Commands that act on an existing run: `resume`, `runs cancel`, `runs retry`, `runs delete`.
 
 use std::time::Duration;
 
@@ -186,4 +186,32 @@ fn surviving_groups(state: &std::path::Path) -> Vec<i32> {
         }
     }
     groups
+}
+
+/// `kiln runs delete RUN [--purge-outputs]`: a finished run only (cancel it first).
+pub async fn delete(ctx: &Context, id: &str, purge_outputs: bool) -> anyhow::Result<Exit> {
+    let store = ctx.store().await?;
+    let run = match find_run(&store, id).await? {
+        Ok(r) => r,
+        Err(exit) => return Ok(exit),
+    };
+    if !run.status.is_terminal() || RunLock::is_held(&ctx.ws.run_dir(&run.id)) {
+        eprintln!(
+            "error: run {} is {}; cancel it first (kiln runs cancel {})",
+            run.id, run.status, run.id
+        );
+        return Ok(Exit::InvalidInput);
+    }
+    if purge_outputs {
+        let report = kiln_runner::ownership::purge(&ctx.ws, &store, &run.id).await?;
+        for path in &report.deleted {
+            eprintln!("deleted {path}");
+        }
+        for (path, why) in &report.kept {
+            eprintln!("kept {path}: {why}");
+        }
+    }
+    store.delete_run(&run.id).await?;
+    eprintln!("run {} deleted", run.id);
+    Ok(Exit::Success)
 }

@@ -138,7 +138,7 @@ pub async fn runs(ctx: &Context, cmd: RunsCommand) -> anyhow::Result<Exit> {
                 }
             }
         }
-        RunsCommand::Cancel { .. } | RunsCommand::Retry(_) => {
+        RunsCommand::Cancel { .. } | RunsCommand::Retry(_) | RunsCommand::Delete { .. } => {
             unreachable!("dispatched to commands::control")
         }
         RunsCommand::Stats { json } => {

@@ -33,6 +33,9 @@ pub async fn dispatch(cli: Cli) -> Exit {
             kill_grace_secs,
         }) => control::cancel(&ctx, &run, kill_grace_secs).await,
         Command::Runs(RunsCommand::Retry(args)) => control::retry(&ctx, args).await,
+        Command::Runs(RunsCommand::Delete { run, purge_outputs }) => {
+            control::delete(&ctx, &run, purge_outputs).await
+        }
         Command::Runs(cmd) => inspect::runs(&ctx, cmd).await,
         Command::Resume(args) => control::resume(&ctx, args).await,
         Command::Serve(args) => serve::serve(&ctx, args).await,
@@ -44,6 +47,12 @@ pub async fn dispatch(cli: Cli) -> Exit {
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
-        Exit::Failure
+        // Bad input, or something another run owns: the caller can fix it.
+        match e.downcast_ref::<kiln_runner::Error>() {
+            Some(kiln_runner::Error::Input(_) | kiln_runner::Error::Conflict(_)) => {
+                Exit::InvalidInput
+            }
+            _ => Exit::Failure,
+        }
     })
 }

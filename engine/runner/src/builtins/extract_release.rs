@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::{BuiltinCtx, input_str, opt_str};
 use crate::workspace::check_name;
-use crate::{Error, Result};
+use crate::{Error, Result, ownership};
 
 /// Most entries an archive may hold.
 pub const MAX_ENTRIES: usize = 200_000;
@@ -34,7 +34,7 @@ struct Marker {
     bytes: u64,
 }
 
-pub(crate) fn run(ctx: &BuiltinCtx<'_>) -> Result<Value> {
+pub(crate) async fn run(ctx: &BuiltinCtx<'_>) -> Result<Value> {
     let project = input_str(ctx.inputs, "project")?;
     let release = input_str(ctx.inputs, "release")?;
     let releases = ctx.ws.releases_dir(project)?;
@@ -52,7 +52,7 @@ pub(crate) fn run(ctx: &BuiltinCtx<'_>) -> Result<Value> {
         .unwrap_or_default();
     let slug = opt_str(ctx.inputs, "slug")?.map_or(default_slug, str::to_owned);
     check_name("slug", &slug)?;
-    let sha = sha256_file(&zip_path).map_err(|e| {
+    let sha = tokio::task::block_in_place(|| sha256_file(&zip_path)).map_err(|e| {
         Error::Input(format!(
             "input `release`: cannot read {}: {e}; put the release ZIP there first",
             zip_path.display()
@@ -63,34 +63,77 @@ pub(crate) fn run(ctx: &BuiltinCtx<'_>) -> Result<Value> {
 
     // One extraction of a slug at a time, across runs and processes: a second run waits, then
     // finds the marker and reuses the dataset instead of swapping it under the first run's feet.
-    let locks = ctx.ws.kiln_dir().join("locks");
-    std::fs::create_dir_all(&locks).map_err(|e| Error::io("creating", &locks, e))?;
-    let lock_path = locks.join(format!("extract-{project}-{slug}.lock"));
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| Error::io("opening", &lock_path, e))?;
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| Error::io("locking", &lock_path, e.into()))?;
-
-    if let Some(marker) = read_marker(&target)
+    let _lock = ownership::dataset_lock(ctx.ws, project, &slug).await?;
+    let marker = read_marker(&target);
+    if let Some(marker) = &marker
         && marker.sha256 == sha
     {
+        ctx.store
+            .use_dataset(ctx.run_id, project, &slug, &sha)
+            .await?;
         ctx.log(&format!(
             "release {release} already extracted in {}",
-            target.display()
+            ctx.ws.display(&target)
         ));
         return outputs(&target, &slug, &sha, marker.files, false);
     }
+    // A different release (or files Kiln did not extract) is there: replace it only when no
+    // other run used it.
+    if target.exists() {
+        let Some(marker) = &marker else {
+            return Err(Error::Conflict(format!(
+                "{} exists but was not extracted by Kiln; move it away, or give this release \
+                 another `slug`",
+                ctx.ws.display(&target)
+            )));
+        };
+        let others: Vec<String> = ctx
+            .store
+            .dataset_users(project, &slug)
+            .await?
+            .into_iter()
+            .filter(|u| u.run_id != ctx.run_id)
+            .map(|u| u.run_id)
+            .collect();
+        if !others.is_empty() {
+            return Err(Error::Conflict(format!(
+                "{} holds release {} (SHA-256 {}), used by run(s) {}; give this release its own \
+                 `slug` (e.g. `slug: {slug}-2`), or delete those runs first",
+                ctx.ws.display(&target),
+                marker.release,
+                &marker.sha256[..12.min(marker.sha256.len())],
+                others.join(", ")
+            )));
+        }
+    }
+    ctx.store
+        .use_dataset(ctx.run_id, project, &slug, &sha)
+        .await?;
+    let files = tokio::task::block_in_place(|| {
+        replace_with(&zip_path, &data_root, &target, &slug, release, &sha)
+    })?;
+    ctx.log(&format!(
+        "extracted {files} files of {release} into {}",
+        ctx.ws.display(&target)
+    ));
+    outputs(&target, &slug, &sha, files, true)
+}
 
-    std::fs::create_dir_all(&data_root).map_err(|e| Error::io("creating", &data_root, e))?;
+/// Extracts into a temporary sibling, then swaps it for `target` once complete.
+fn replace_with(
+    zip_path: &Path,
+    data_root: &Path,
+    target: &Path,
+    slug: &str,
+    release: &str,
+    sha: &str,
+) -> Result<usize> {
+    std::fs::create_dir_all(data_root).map_err(|e| Error::io("creating", data_root, e))?;
     let tmp = data_root.join(format!(".{slug}.extracting-{}", uuid::Uuid::new_v4()));
-    let result = extract_into(&zip_path, &tmp).and_then(|(files, bytes)| {
+    let result = extract_into(zip_path, &tmp).and_then(|(files, bytes)| {
         let marker = Marker {
             release: release.to_owned(),
-            sha256: sha.clone(),
+            sha256: sha.to_owned(),
             files,
             bytes,
         };
@@ -108,15 +151,11 @@ pub(crate) fn run(ctx: &BuiltinCtx<'_>) -> Result<Value> {
     // Replace an older extraction (another archive under the same slug) only when complete.
     if target.exists() {
         let old = data_root.join(format!(".{slug}.old-{}", uuid::Uuid::new_v4()));
-        std::fs::rename(&target, &old).map_err(|e| Error::io("moving aside", &target, e))?;
+        std::fs::rename(target, &old).map_err(|e| Error::io("moving aside", target, e))?;
         let _ = std::fs::remove_dir_all(&old);
     }
-    std::fs::rename(&tmp, &target).map_err(|e| Error::io("renaming into", &target, e))?;
-    ctx.log(&format!(
-        "extracted {files} files of {release} into {}",
-        target.display()
-    ));
-    outputs(&target, &slug, &sha, files, true)
+    std::fs::rename(&tmp, target).map_err(|e| Error::io("renaming into", target, e))?;
+    Ok(files)
 }
 
 /// Whether `release` of `project` is extracted (its dataset folder records this very archive);

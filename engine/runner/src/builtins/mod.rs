@@ -89,10 +89,8 @@ impl BuiltinCtx<'_> {
 /// Run builtin `uses` (e.g. `builtin/extract-release`).
 pub async fn run(uses: &str, ctx: &BuiltinCtx<'_>) -> Result<Value> {
     match uses {
-        "builtin/extract-release" => {
-            // Unzipping is blocking file work: keep it off the async workers.
-            tokio::task::block_in_place(|| extract_release::run(ctx))
-        }
+        // Unzipping is blocking file work: it runs in `block_in_place` inside.
+        "builtin/extract-release" => extract_release::run(ctx).await,
         "builtin/export-best" => tokio::task::block_in_place(|| export_best::run(ctx)),
         "builtin/register-model" => register_model::run(ctx).await,
         other => Err(Error::Input(format!("unknown builtin `{other}`"))),

@@ -158,7 +158,9 @@ pub struct ListQuery {
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteQuery {
-    /// Also delete the run's training outputs (weights, artifacts) and logs.
+    /// Also delete what the run owns on disk: its logs and state, the training folders it owns
+    /// (refused while a registered model references a file in one) and the extracted datasets
+    /// no other run used.
     #[serde(default)]
     pub purge_outputs: bool,
 }
@@ -218,8 +220,7 @@ pub(crate) async fn start_run(
     let run = state
         .runner()
         .create(&workflow, yaml, &params, &caller.name)
-        .await
-        .map_err(ApiError::internal)?;
+        .await?;
     state.manager().start(run.clone(), workflow);
     Ok(run)
 }
@@ -357,8 +358,10 @@ pub async fn retry(
     Ok((StatusCode::ACCEPTED, Json(RunView::new(run, None))))
 }
 
-/// Delete a run's record, cancelling it first if it is active. Training outputs are deleted
-/// only with `purge_outputs=true`.
+/// Delete a run's record, cancelling it first if it is active. With `purge_outputs=true` the
+/// files the run owns go too: its run folder, the training folders it owns and the datasets no
+/// other run used; a registered model referencing a file in one of its training folders refuses
+/// the purge (409) and nothing is deleted.
 #[utoipa::path(delete, path = "/api/v1/runs/{id}", params(("id" = String, Path), DeleteQuery),
     responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn remove(
@@ -385,32 +388,11 @@ pub async fn remove(
         }
     }
     if q.purge_outputs {
-        purge_outputs(&state, &run.id).await?;
+        let report =
+            kiln_runner::ownership::purge(state.workspace(), state.store(), &run.id).await?;
+        tracing::info!(target: "operations.training", run_id = %run.id, deleted = ?report.deleted, kept = ?report.kept, "run outputs purged");
     }
     state.store().delete_run(&run.id).await?;
     tracing::info!(target: "operations.training", run_id = %run.id, purge = q.purge_outputs, "run deleted");
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Remove what a run wrote: the training output folders of its steps and its run folder.
-async fn purge_outputs(state: &AppState, run_id: &str) -> ApiResult<()> {
-    let ws = state.workspace();
-    for step in state.store().steps(run_id).await? {
-        let Some(inputs) = step.inputs else { continue };
-        if let (Some(p), Some(t)) = (
-            inputs.get("project").and_then(|v| v.as_str()),
-            inputs.get("training_name").and_then(|v| v.as_str()),
-        ) && let Ok(dir) = ws.training_dir(p, t)
-            && dir.exists()
-        {
-            std::fs::remove_dir_all(&dir)
-                .map_err(|e| ApiError::internal(format!("{}: {e}", dir.display())))?;
-        }
-    }
-    let run_dir = ws.run_dir(run_id);
-    if run_dir.exists() {
-        std::fs::remove_dir_all(&run_dir)
-            .map_err(|e| ApiError::internal(format!("{}: {e}", run_dir.display())))?;
-    }
-    Ok(())
 }

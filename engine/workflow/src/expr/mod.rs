@@ -259,6 +259,35 @@ pub fn render_inputs_until(
     Ok(Value::Object(inputs))
 }
 
+/// Renders one input of a step (`None` when the step has no such input).
+pub fn render_input(
+    step: &Step,
+    key: &str,
+    ctx: &ExprContext,
+) -> Option<Result<Value, RenderError>> {
+    let value = step.with.get(key)?;
+    let outputs = |id: &str| ctx.outputs.get(id).map(Arc::as_ref);
+    let scope = Scope {
+        params: &ctx.params,
+        outputs: &outputs,
+    };
+    let mut budget = Budget::new(None);
+    let mut evaluator = Evaluator {
+        scope: &scope,
+        budget: &mut budget,
+        lenient: false,
+    };
+    Some(
+        render_value(&mut evaluator, value, &Path::root().key(key)).map_err(|(path, message)| {
+            RenderError {
+                step: step.id.clone(),
+                input: path.to_string(),
+                message,
+            }
+        }),
+    )
+}
+
 fn render_value(
     evaluator: &mut Evaluator<'_, '_>,
     value: &Value,

@@ -169,6 +169,11 @@ impl bindings::Guest for Hostile {
                     required: false,
                     description: "Ignored.".to_string(),
                 },
+                InputInfo {
+                    name: "data".to_string(),
+                    required: false,
+                    description: "Ignored (a file to key memoization on).".to_string(),
+                },
             ]
         };
         PluginInfo {
