@@ -40,6 +40,29 @@ pub struct GlobalArgs {
     pub gpus: Option<String>,
 }
 
+impl Command {
+    /// Whether the command only reads and prints: such a command may simply end when its
+    /// output is closed (see `output.rs`); the others change state and must finish.
+    pub fn only_reads(&self) -> bool {
+        match self {
+            Command::Validate { .. }
+            | Command::Schema
+            | Command::Logs { .. }
+            | Command::Models(_)
+            | Command::Plugins(_) => true,
+            Command::Runs(cmd) => matches!(
+                cmd,
+                RunsCommand::List { .. } | RunsCommand::Show { .. } | RunsCommand::Stats { .. }
+            ),
+            Command::Token(cmd) => matches!(cmd, TokenCommand::List { .. }),
+            Command::Run(_)
+            | Command::Resume(_)
+            | Command::Serve(_)
+            | Command::Supervise { .. } => false,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a workflow and follow it to the end.

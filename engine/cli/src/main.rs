@@ -6,8 +6,10 @@ mod cli;
 mod commands;
 mod context;
 mod exit;
+mod output;
 mod progress;
 
+use crate::output::errln;
 use clap::Parser;
 
 use crate::cli::{Cli, Command};
@@ -19,6 +21,9 @@ fn main() -> std::process::ExitCode {
     if let Command::Supervise { state_dir } = &cli.command {
         return std::process::ExitCode::from(kiln_supervisor::supervise_main(state_dir) as u8);
     }
+    if cli.command.only_reads() {
+        output::die_on_sigpipe();
+    }
     // The server logs its requests and runs at info level by default.
     let serving = matches!(cli.command, Command::Serve(_));
     init_tracing(cli.verbose.max(u8::from(serving)));
@@ -28,7 +33,7 @@ fn main() -> std::process::ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            errln!("error: cannot start the async runtime: {e}");
             return Exit::Failure.into();
         }
     };

@@ -1,5 +1,6 @@
 //! Live progress of a run: bars per step on a terminal (indicatif), plain lines otherwise.
 
+use crate::output::errln;
 use std::collections::HashMap;
 use std::io::IsTerminal;
 
@@ -107,7 +108,7 @@ async fn lines(mut rx: UnboundedReceiver<RunUpdate>) {
     while let Some(update) = rx.recv().await {
         match update {
             RunUpdate::StepStarted { step_id, attempt } => {
-                eprintln!("step {step_id}: running (attempt {attempt})");
+                errln!("step {step_id}: running (attempt {attempt})");
             }
             RunUpdate::StepProgress {
                 step_id,
@@ -120,7 +121,7 @@ async fn lines(mut rx: UnboundedReceiver<RunUpdate>) {
                 if last_epoch.insert(step_id.clone(), epoch) != Some(epoch) {
                     let of = epochs.map(|n| format!("/{n}")).unwrap_or_default();
                     let pct = percent.map(|p| format!(" ({p:.0}%)")).unwrap_or_default();
-                    eprintln!("step {step_id}: epoch {epoch}{of}{pct}");
+                    errln!("step {step_id}: epoch {epoch}{of}{pct}");
                 }
             }
             RunUpdate::StepProgress { .. } => {}
@@ -131,7 +132,7 @@ async fn lines(mut rx: UnboundedReceiver<RunUpdate>) {
             } => {
                 // Debug and trace lines stay in the store (`kiln logs`), out of the live view.
                 if !matches!(level.as_str(), "debug" | "trace") {
-                    eprintln!("step {step_id}: {level}: {message}");
+                    errln!("step {step_id}: {level}: {message}");
                 }
             }
             RunUpdate::StepFinished {
@@ -139,8 +140,8 @@ async fn lines(mut rx: UnboundedReceiver<RunUpdate>) {
                 status,
                 error,
             } => match error {
-                Some(e) => eprintln!("step {step_id}: {status}: {e}"),
-                None => eprintln!("step {step_id}: {status}"),
+                Some(e) => errln!("step {step_id}: {status}: {e}"),
+                None => errln!("step {step_id}: {status}"),
             },
         }
     }

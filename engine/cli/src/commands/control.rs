@@ -1,5 +1,6 @@
 //! Commands that act on an existing run: `resume`, `runs cancel`, `runs retry`, `runs delete`.
 
+use crate::output::errln;
 use std::time::Duration;
 
 use kiln_runner::{EngineCatalog, RunLock};
@@ -15,7 +16,7 @@ async fn find_run(store: &Store, id: &str) -> anyhow::Result<Result<RunRecord, E
     match store.run(id).await {
         Ok(r) => Ok(Ok(r)),
         Err(e @ (kiln_store::Error::RunNotFound(_) | kiln_store::Error::AmbiguousRun { .. })) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             Ok(Err(Exit::InvalidInput))
         }
         Err(e) => Err(e.into()),
@@ -25,8 +26,8 @@ async fn find_run(store: &Store, id: &str) -> anyhow::Result<Result<RunRecord, E
 /// The workflow as it was when the run was created (stored with the run).
 fn stored_workflow(run: &RunRecord) -> Result<Workflow, Exit> {
     kiln_runner::stored_workflow(run).map_err(|diags| {
-        eprintln!("{diags}");
-        eprintln!("the stored workflow of run {} no longer parses", run.id);
+        errln!("{diags}");
+        errln!("the stored workflow of run {} no longer parses", run.id);
         Exit::InvalidInput
     })
 }
@@ -45,8 +46,8 @@ async fn continue_run(ctx: &Context, run: RunRecord, args: &ExecArgs) -> anyhow:
         gpus: ctx.gpus()?.len() as u32,
     };
     if let Err(diags) = workflow.validate(&catalog) {
-        eprintln!("{diags}");
-        eprintln!("run {} cannot continue with the installed plugins", run.id);
+        errln!("{diags}");
+        errln!("run {} cannot continue with the installed plugins", run.id);
         return Ok(Exit::InvalidInput);
     }
     let runner = ctx.runner(&args.exec, plugins).await?;
@@ -60,13 +61,15 @@ pub async fn resume(ctx: &Context, args: ExecArgs) -> anyhow::Result<Exit> {
         Err(exit) => return Ok(exit),
     };
     if run.status.is_terminal() {
-        eprintln!(
+        errln!(
             "error: run {} already {}; nothing to resume (to run its failed steps again: kiln runs retry {})",
-            run.id, run.status, run.id
+            run.id,
+            run.status,
+            run.id
         );
         return Ok(Exit::InvalidInput);
     }
-    eprintln!("resuming run {} ({})", run.id, run.workflow_name);
+    errln!("resuming run {} ({})", run.id, run.workflow_name);
     continue_run(ctx, run, &args).await
 }
 
@@ -77,7 +80,7 @@ pub async fn retry(ctx: &Context, args: ExecArgs) -> anyhow::Result<Exit> {
         Err(exit) => return Ok(exit),
     };
     if !matches!(run.status, RunStatus::Failed | RunStatus::Cancelled) {
-        eprintln!(
+        errln!(
             "error: run {} is {}; only failed or cancelled runs can be retried{}",
             run.id,
             run.status,
@@ -90,7 +93,7 @@ pub async fn retry(ctx: &Context, args: ExecArgs) -> anyhow::Result<Exit> {
         return Ok(Exit::InvalidInput);
     }
     if RunLock::is_held(&ctx.ws.run_dir(&run.id)) {
-        eprintln!(
+        errln!(
             "error: run {} is being executed by another kiln process",
             run.id
         );
@@ -98,7 +101,7 @@ pub async fn retry(ctx: &Context, args: ExecArgs) -> anyhow::Result<Exit> {
     }
     store.reset_for_retry(&run.id).await?;
     let run = store.run(&run.id).await?;
-    eprintln!("retrying run {} from its unfinished steps", run.id);
+    errln!("retrying run {} from its unfinished steps", run.id);
     continue_run(ctx, run, &args).await
 }
 
@@ -109,23 +112,23 @@ pub async fn cancel(ctx: &Context, id: &str, kill_grace_secs: u64) -> anyhow::Re
         Err(exit) => return Ok(exit),
     };
     if run.status.is_terminal() {
-        eprintln!("error: run {} already {}", run.id, run.status);
+        errln!("error: run {} already {}", run.id, run.status);
         return Ok(Exit::InvalidInput);
     }
     store.request_cancel(&run.id).await?;
     let run_dir = ctx.ws.run_dir(&run.id);
     // An engine is executing the run: it polls for the request and stops the steps itself.
     if let Err(busy) = RunLock::acquire(&run_dir) {
-        eprintln!("cancel requested; {busy}, waiting for it to stop the run");
+        errln!("cancel requested; {busy}, waiting for it to stop the run");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(kill_grace_secs + 60);
         loop {
             let now = store.run(&run.id).await?;
             if now.status.is_terminal() {
-                eprintln!("run {} {}", now.id, now.status);
+                errln!("run {} {}", now.id, now.status);
                 return Ok(Exit::Success);
             }
             if tokio::time::Instant::now() > deadline {
-                eprintln!(
+                errln!(
                     "error: the engine executing run {} has not stopped it yet",
                     run.id
                 );
@@ -156,7 +159,7 @@ pub async fn cancel(ctx: &Context, id: &str, kill_grace_secs: u64) -> anyhow::Re
     let run = store
         .finish_run(&run.id, RunStatus::Cancelled, Some("cancelled"), None)
         .await?;
-    eprintln!("run {} cancelled", run.id);
+    errln!("run {} cancelled", run.id);
     Ok(Exit::Success)
 }
 
@@ -196,22 +199,24 @@ pub async fn delete(ctx: &Context, id: &str, purge_outputs: bool) -> anyhow::Res
         Err(exit) => return Ok(exit),
     };
     if !run.status.is_terminal() || RunLock::is_held(&ctx.ws.run_dir(&run.id)) {
-        eprintln!(
+        errln!(
             "error: run {} is {}; cancel it first (kiln runs cancel {})",
-            run.id, run.status, run.id
+            run.id,
+            run.status,
+            run.id
         );
         return Ok(Exit::InvalidInput);
     }
     if purge_outputs {
         let report = kiln_runner::ownership::purge(&ctx.ws, &store, &run.id).await?;
         for path in &report.deleted {
-            eprintln!("deleted {path}");
+            errln!("deleted {path}");
         }
         for (path, why) in &report.kept {
-            eprintln!("kept {path}: {why}");
+            errln!("kept {path}: {why}");
         }
     }
     store.delete_run(&run.id).await?;
-    eprintln!("run {} deleted", run.id);
+    errln!("run {} deleted", run.id);
     Ok(Exit::Success)
 }

@@ -1,5 +1,6 @@
 //! Read-only commands: `runs list|show|stats`, `logs`, `models list`, `plugins list`.
 
+use crate::output::{errln, outln};
 use std::time::Duration;
 
 use kiln_store::RunStatus;
@@ -9,7 +10,7 @@ use crate::context::Context;
 use crate::exit::Exit;
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -28,7 +29,7 @@ pub async fn runs(ctx: &Context, cmd: RunsCommand) -> anyhow::Result<Exit> {
             let status = match status.map(|s| s.parse::<RunStatus>()).transpose() {
                 Ok(s) => s,
                 Err(e) => {
-                    eprintln!("error: --status: {e}");
+                    errln!("error: --status: {e}");
                     return Ok(Exit::InvalidInput);
                 }
             };
@@ -36,18 +37,26 @@ pub async fn runs(ctx: &Context, cmd: RunsCommand) -> anyhow::Result<Exit> {
             if json {
                 print_json(&runs)?;
             } else {
-                println!(
+                outln!(
                     "{:<36}  {:<24}  {:<9}  {:<24}  {:>9}",
-                    "ID", "WORKFLOW", "STATUS", "CREATED", "DURATION"
+                    "ID",
+                    "WORKFLOW",
+                    "STATUS",
+                    "CREATED",
+                    "DURATION"
                 );
                 for r in runs {
                     let dur = r
                         .duration_ms
                         .map(|d| format!("{:.1}s", d as f64 / 1000.0))
                         .unwrap_or_else(|| "-".into());
-                    println!(
+                    outln!(
                         "{:<36}  {:<24}  {:<9}  {:<24}  {:>9}",
-                        r.id, r.workflow_name, r.status, r.created_at, dur
+                        r.id,
+                        r.workflow_name,
+                        r.status,
+                        r.created_at,
+                        dur
                     );
                 }
             }
@@ -59,7 +68,7 @@ pub async fn runs(ctx: &Context, cmd: RunsCommand) -> anyhow::Result<Exit> {
                     e
                     @ (kiln_store::Error::RunNotFound(_) | kiln_store::Error::AmbiguousRun { .. }),
                 ) => {
-                    eprintln!("error: {e}");
+                    errln!("error: {e}");
                     return Ok(Exit::InvalidInput);
                 }
                 Err(e) => return Err(e.into()),
@@ -71,27 +80,27 @@ pub async fn runs(ctx: &Context, cmd: RunsCommand) -> anyhow::Result<Exit> {
                     "run": run, "steps": steps, "checkpoints": checkpoints,
                 }))?;
             } else {
-                println!("run        {}", run.id);
-                println!(
+                outln!("run        {}", run.id);
+                outln!(
                     "workflow   {} ({})",
                     run.workflow_name,
                     or_dash(run.workflow_file.as_deref())
                 );
-                println!("status     {}", run.status);
-                println!("created    {} by {}", run.created_at, run.created_by);
-                println!("started    {}", or_dash(run.started_at.as_deref()));
-                println!("finished   {}", or_dash(run.finished_at.as_deref()));
+                outln!("status     {}", run.status);
+                outln!("created    {} by {}", run.created_at, run.created_by);
+                outln!("started    {}", or_dash(run.started_at.as_deref()));
+                outln!("finished   {}", or_dash(run.finished_at.as_deref()));
                 if let Some(d) = run.duration_ms {
-                    println!("duration   {:.1}s", d as f64 / 1000.0);
+                    outln!("duration   {:.1}s", d as f64 / 1000.0);
                 }
-                println!("params     {}", run.params);
+                outln!("params     {}", run.params);
                 if let Some(m) = &run.metrics {
-                    println!("metrics    {m}");
+                    outln!("metrics    {m}");
                 }
                 if let Some(e) = &run.error_message {
-                    println!("error      {e}");
+                    outln!("error      {e}");
                 }
-                println!("steps:");
+                outln!("steps:");
                 for s in steps {
                     let what = match &s.action {
                         Some(a) => format!("{} {a}", s.uses),
@@ -101,7 +110,7 @@ pub async fn runs(ctx: &Context, cmd: RunsCommand) -> anyhow::Result<Exit> {
                         .duration_ms
                         .map(|d| format!(" {:.1}s", d as f64 / 1000.0))
                         .unwrap_or_default();
-                    println!(
+                    outln!(
                         "  {:<16} {:<10} {what}{dur}",
                         s.step_id,
                         s.status.to_string()
@@ -109,18 +118,20 @@ pub async fn runs(ctx: &Context, cmd: RunsCommand) -> anyhow::Result<Exit> {
                     if let (Some(n), Some(v), Some(d)) =
                         (&s.plugin_name, &s.plugin_version, &s.plugin_digest)
                     {
-                        println!("  {:<16} plugin {n} {v} {d}", "");
+                        outln!("  {:<16} plugin {n} {v} {d}", "");
                     }
                     if let Some(from) = &s.cached_from {
-                        println!("  {:<16} cached: outputs reused from {from}", "");
+                        outln!("  {:<16} cached: outputs reused from {from}", "");
                     }
                     if let Some(g) = &s.gpus {
-                        println!("  {:<16} GPUs {g}", "");
+                        outln!("  {:<16} GPUs {g}", "");
                     }
                     if s.failure_retries + s.infrastructure_retries > 0 {
-                        println!(
+                        outln!(
                             "  {:<16} retries: {} after failures, {} after infrastructure failures",
-                            "", s.failure_retries, s.infrastructure_retries
+                            "",
+                            s.failure_retries,
+                            s.infrastructure_retries
                         );
                     }
                     if let Some(e) = &s.error_message {
@@ -129,12 +140,12 @@ pub async fn runs(ctx: &Context, cmd: RunsCommand) -> anyhow::Result<Exit> {
                             .as_deref()
                             .map(|k| format!("[{k}] "))
                             .unwrap_or_default();
-                        println!("  {:<16} {kind}{e}", "");
+                        outln!("  {:<16} {kind}{e}", "");
                     }
                 }
                 for c in checkpoints {
                     let best = if c.is_best { " (best)" } else { "" };
-                    println!("checkpoint {} {}{best}", c.step_id, c.path);
+                    outln!("checkpoint {} {}{best}", c.step_id, c.path);
                 }
             }
         }
@@ -147,12 +158,12 @@ pub async fn runs(ctx: &Context, cmd: RunsCommand) -> anyhow::Result<Exit> {
                 print_json(&stats)?;
             } else {
                 for (status, n) in &stats.by_status {
-                    println!("{status:<10} {n}");
+                    outln!("{status:<10} {n}");
                 }
-                println!("{:<10} {}", "total", stats.total);
+                outln!("{:<10} {}", "total", stats.total);
                 match stats.success_rate {
-                    Some(r) => println!("success rate {:.1}% of finished runs", r * 100.0),
-                    None => println!("success rate - (no finished runs)"),
+                    Some(r) => outln!("success rate {:.1}% of finished runs", r * 100.0),
+                    None => outln!("success rate - (no finished runs)"),
                 }
             }
         }
@@ -165,7 +176,7 @@ pub async fn logs(ctx: &Context, run: &str, step: Option<&str>) -> anyhow::Resul
     let run = match store.run(run).await {
         Ok(r) => r,
         Err(e @ (kiln_store::Error::RunNotFound(_) | kiln_store::Error::AmbiguousRun { .. })) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return Ok(Exit::InvalidInput);
         }
         Err(e) => return Err(e.into()),
@@ -174,7 +185,7 @@ pub async fn logs(ctx: &Context, run: &str, step: Option<&str>) -> anyhow::Resul
     if let Some(s) = step
         && !steps.iter().any(|x| x.step_id == s)
     {
-        eprintln!(
+        errln!(
             "error: run {} has no step `{s}`; steps: {}",
             run.id,
             steps
@@ -190,15 +201,15 @@ pub async fn logs(ctx: &Context, run: &str, step: Option<&str>) -> anyhow::Resul
         .iter()
         .filter(|s| step.is_none_or(|want| want == s.step_id))
     {
-        println!("== step {} ({}) ==", s.step_id, s.status);
+        outln!("== step {} ({}) ==", s.step_id, s.status);
         for e in events
             .iter()
             .filter(|e| e.step_id.as_deref() == Some(&s.step_id))
         {
-            println!("{} {:<5} {}", e.at, e.level, e.message);
+            outln!("{} {:<5} {}", e.at, e.level, e.message);
         }
         if let Some(e) = &s.error_message {
-            println!("error: {e}");
+            outln!("error: {e}");
         }
         // Programs' raw output, launch by launch.
         let dir = ctx.ws.log_dir(&run.id);
@@ -208,14 +219,20 @@ pub async fn logs(ctx: &Context, run: &str, step: Option<&str>) -> anyhow::Resul
                 1 => dir.join(format!("{}.log", s.step_id)),
                 n => dir.join(format!("{}-{n}.log", s.step_id)),
             };
-            let Ok(bytes) = std::fs::read(&path) else {
+            let Ok(mut file) = std::fs::File::open(&path) else {
                 break;
             };
-            println!("-- output ({}) --", path.display());
-            use std::io::Write;
+            outln!("-- output ({}) --", path.display());
+            // Streamed: a training's log can be larger than memory.
+            use std::io::{Seek, Write};
             let mut out = std::io::stdout().lock();
-            out.write_all(&bytes)?;
-            if !bytes.ends_with(b"\n") {
+            let copied = std::io::copy(&mut file, &mut out)?;
+            let mut last = [0u8; 1];
+            if copied > 0
+                && file.seek(std::io::SeekFrom::Start(copied - 1)).is_ok()
+                && std::io::Read::read_exact(&mut file, &mut last).is_ok()
+                && last[0] != b'\n'
+            {
                 writeln!(out)?;
             }
             n += 1;
@@ -231,12 +248,17 @@ pub async fn models(ctx: &Context, cmd: ModelsCommand) -> anyhow::Result<Exit> {
     if json {
         print_json(&models)?;
     } else {
-        println!(
+        outln!(
             "{:<36}  {:<12}  {:<20}  {:>3}  {:<8}  {:<9}  FILE",
-            "ID", "PROJECT", "NAME", "VER", "TASK", "PUBLISHED"
+            "ID",
+            "PROJECT",
+            "NAME",
+            "VER",
+            "TASK",
+            "PUBLISHED"
         );
         for m in models {
-            println!(
+            outln!(
                 "{:<36}  {:<12}  {:<20}  {:>3}  {:<8}  {:<9}  {}",
                 m.id,
                 m.project,
@@ -259,11 +281,11 @@ pub async fn plugins(ctx: &Context, cmd: PluginsCommand) -> anyhow::Result<Exit>
         print_json(&infos)?;
     } else {
         for p in infos {
-            println!("{} {} {}", p.name, p.version, p.digest);
-            println!("  file     {}", p.path.display());
-            println!("  programs [{}]", p.programs.join(", "));
+            outln!("{} {} {}", p.name, p.version, p.digest);
+            outln!("  file     {}", p.path.display());
+            outln!("  programs [{}]", p.programs.join(", "));
             for a in p.actions {
-                println!("  action   {}: {}", a.name, a.description);
+                outln!("  action   {}: {}", a.name, a.description);
             }
         }
     }

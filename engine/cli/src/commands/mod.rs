@@ -9,12 +9,13 @@ mod validate;
 use crate::cli::{Cli, Command, RunsCommand};
 use crate::context::Context;
 use crate::exit::Exit;
+use crate::output::{errln, outln};
 
 pub async fn dispatch(cli: Cli) -> Exit {
     let ctx = match Context::new(&cli.global) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            errln!("error: {e:#}");
             return Exit::InvalidInput;
         }
     };
@@ -22,7 +23,7 @@ pub async fn dispatch(cli: Cli) -> Exit {
         Command::Run(args) => run::run(&ctx, args).await,
         Command::Validate { file } => validate::validate(&ctx, &file).await,
         Command::Schema => {
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&kiln_workflow::json_schema()).unwrap_or_default()
             );
@@ -46,7 +47,7 @@ pub async fn dispatch(cli: Cli) -> Exit {
         Command::Supervise { .. } => unreachable!("handled before the runtime starts"),
     };
     result.unwrap_or_else(|e| {
-        eprintln!("error: {e:#}");
+        errln!("error: {e:#}");
         // Bad input, or something another run owns: the caller can fix it.
         match e.downcast_ref::<kiln_runner::Error>() {
             Some(kiln_runner::Error::Input(_) | kiln_runner::Error::Conflict(_)) => {

@@ -1,6 +1,7 @@
 //! `kiln run FILE --param k=v ...`: validate, record, execute with live progress; Ctrl-C cancels.
 //! Also the shared execution of `kiln resume` and `kiln runs retry`.
 
+use crate::output::{errln, outln};
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;
@@ -44,7 +45,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<Exit> {
     let provided = match parse_params(&args.params) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return Ok(Exit::InvalidInput);
         }
     };
@@ -55,8 +56,8 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<Exit> {
     let params = match kiln_workflow::resolve_params(&workflow, provided) {
         Ok(p) => p,
         Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!(
+            errln!("{errors}");
+            errln!(
                 "the run was not started; fix the params of {}",
                 args.file.display()
             );
@@ -72,7 +73,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<Exit> {
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| "cli".into());
     let run = runner.create(&workflow, yaml, &params, &created_by).await?;
-    eprintln!("run {} ({}) started", run.id, workflow.name);
+    errln!("run {} ({}) started", run.id, workflow.name);
     execute(&runner, &run, &workflow, &args.exec).await
 }
 
@@ -95,15 +96,15 @@ pub async fn execute(
     let finished = match result {
         Ok(f) => f,
         Err(kiln_runner::Error::Input(message)) => {
-            eprintln!("error: {message}");
+            errln!("error: {message}");
             return Ok(Exit::InvalidInput);
         }
         Err(e) => return Err(e.into()),
     };
     let secs = finished.duration_ms.unwrap_or(0) as f64 / 1000.0;
     match finished.status {
-        RunStatus::Succeeded => eprintln!("run {} succeeded in {secs:.1}s", finished.id),
-        status => eprintln!(
+        RunStatus::Succeeded => errln!("run {} succeeded in {secs:.1}s", finished.id),
+        status => errln!(
             "run {} {status} after {secs:.1}s: {}\n  see: kiln logs {}",
             finished.id,
             finished.error_message.as_deref().unwrap_or(""),
@@ -112,12 +113,12 @@ pub async fn execute(
     }
     if exec.json {
         let steps = runner.store().steps(&finished.id).await?;
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({"run": finished, "steps": steps}))?
         );
     } else {
-        println!("{}", finished.id);
+        outln!("{}", finished.id);
     }
     Ok(if finished.status == RunStatus::Succeeded {
         Exit::Success
@@ -141,10 +142,10 @@ async fn cancel_on_signal(cancel: CancellationToken) {
         _ = tokio::signal::ctrl_c() => {}
         _ = term_recv => {}
     }
-    eprintln!("cancelling: stopping running steps (press Ctrl-C again to quit at once)");
+    errln!("cancelling: stopping running steps (press Ctrl-C again to quit at once)");
     cancel.cancel();
     let _ = tokio::signal::ctrl_c().await;
-    eprintln!(
+    errln!(
         "quitting without waiting; launched programs keep running (kiln resume continues the run)"
     );
     std::process::exit(130);

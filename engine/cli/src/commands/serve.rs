@@ -1,5 +1,6 @@
 //! `kiln serve` and `kiln token`.
 
+use crate::output::{errln, outln};
 use std::time::Duration;
 
 use kiln_server::{AppState, Claim, Roles, ServerConfig};
@@ -16,7 +17,7 @@ pub async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<Exit> {
     if args.insecure_no_auth {
         let warning = "--insecure-no-auth: EVERY REQUEST IS ACCEPTED WITH EVERY CLAIM, WITHOUT A TOKEN. \
                        Never expose this server beyond your own machine.";
-        eprintln!("\n  WARNING: {warning}\n");
+        errln!("\n  WARNING: {warning}\n");
         tracing::warn!(target: "app.backend", "{warning}");
     }
     let plugins = ctx
@@ -40,7 +41,7 @@ pub async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<Exit> {
         }
     };
     kiln_server::serve(state, args.addr, shutdown).await?;
-    eprintln!(
+    errln!(
         "kiln API stopped; runs in flight continue under their supervisors and are recovered on the next start"
     );
     Ok(Exit::Success)
@@ -62,7 +63,7 @@ pub async fn token(ctx: &Context, cmd: TokenCommand) -> anyhow::Result<Exit> {
             {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("error: --claims: {e}");
+                    errln!("error: --claims: {e}");
                     return Ok(Exit::InvalidInput);
                 }
             };
@@ -73,15 +74,16 @@ pub async fn token(ctx: &Context, cmd: TokenCommand) -> anyhow::Result<Exit> {
             match kiln_server::issue_token(&store, &roles(ctx)?, &name, &claims, &role_names).await
             {
                 Ok((token, record)) => {
-                    eprintln!(
+                    errln!(
                         "token `{}` created (id {}); it is shown only now, store it safely:",
-                        record.name, record.id
+                        record.name,
+                        record.id
                     );
-                    println!("{token}");
+                    outln!("{token}");
                     Ok(Exit::Success)
                 }
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    errln!("error: {e}");
                     Ok(Exit::InvalidInput)
                 }
             }
@@ -89,11 +91,13 @@ pub async fn token(ctx: &Context, cmd: TokenCommand) -> anyhow::Result<Exit> {
         TokenCommand::List { json } => {
             let tokens = store.tokens().await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&tokens)?);
+                outln!("{}", serde_json::to_string_pretty(&tokens)?);
             } else {
-                println!(
+                outln!(
                     "{:<12}  {:<20}  {:<8}  CLAIMS / ROLES",
-                    "ID", "NAME", "STATE"
+                    "ID",
+                    "NAME",
+                    "STATE"
                 );
                 for t in tokens {
                     let state = if t.revoked_at.is_some() {
@@ -101,7 +105,7 @@ pub async fn token(ctx: &Context, cmd: TokenCommand) -> anyhow::Result<Exit> {
                     } else {
                         "active"
                     };
-                    println!(
+                    outln!(
                         "{:<12}  {:<20}  {:<8}  claims [{}] roles [{}]",
                         t.id,
                         t.name,
@@ -115,10 +119,10 @@ pub async fn token(ctx: &Context, cmd: TokenCommand) -> anyhow::Result<Exit> {
         }
         TokenCommand::Revoke { name } => {
             if store.revoke_token(&name).await? {
-                eprintln!("token `{name}` revoked");
+                errln!("token `{name}` revoked");
                 Ok(Exit::Success)
             } else {
-                eprintln!("error: no active token named `{name}`");
+                errln!("error: no active token named `{name}`");
                 Ok(Exit::InvalidInput)
             }
         }

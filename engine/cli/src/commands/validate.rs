@@ -1,5 +1,6 @@
 //! `kiln validate FILE`.
 
+use crate::output::{errln, outln};
 use std::path::Path;
 use std::time::Duration;
 
@@ -18,8 +19,8 @@ pub async fn load_valid(
     let workflow = match Workflow::load(file) {
         Ok(w) => w,
         Err(diags) => {
-            eprintln!("{diags}");
-            eprintln!("{} problem(s) in {}", diags.len(), file.display());
+            errln!("{diags}");
+            errln!("{} problem(s) in {}", diags.len(), file.display());
             return Ok(Err(Exit::InvalidInput));
         }
     };
@@ -29,8 +30,8 @@ pub async fn load_valid(
         gpus: ctx.gpus()?.len() as u32,
     };
     if let Err(diags) = workflow.validate(&catalog) {
-        eprintln!("{diags}");
-        eprintln!("{} problem(s) in {}", diags.len(), file.display());
+        errln!("{diags}");
+        errln!("{} problem(s) in {}", diags.len(), file.display());
         return Ok(Err(Exit::InvalidInput));
     }
     Ok(Ok((workflow, plugins)))
@@ -39,7 +40,7 @@ pub async fn load_valid(
 pub async fn validate(ctx: &Context, file: &Path) -> anyhow::Result<Exit> {
     Ok(match load_valid(ctx, file).await? {
         Ok((workflow, _)) => {
-            println!(
+            outln!(
                 "{}: workflow `{}` is valid ({} steps)",
                 file.display(),
                 workflow.name,

@@ -1,0 +1,36 @@
+//! Output that a closed pipe cannot crash.
+//!
+//! Commands that only read (`runs list`, `logs`, `schema`, …) behave like other Unix tools:
+//! the first write to a closed pipe ends them with SIGPIPE (`kiln runs list | head`), quietly,
+//! with the status a shell reports for it (141). Commands that change state (`run`, `resume`,
+//! `runs retry|cancel|delete`, `serve`, `token create|revoke`) must finish their work whatever
+//! happens to their output, so for them SIGPIPE stays ignored and what cannot be written is
+//! dropped. Everything is printed through [`outln!`] and [`errln!`], never `println!`, which
+//! panics on a closed pipe and would abort an engine in the middle of a run.
+
+/// `println!` that drops what cannot be written.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that drops what cannot be written.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+pub(crate) use {errln, outln};
+
+/// Lets SIGPIPE end the process, as it does other tools (Rust ignores it by default).
+pub fn die_on_sigpipe() {
+    // SAFETY: called at start-up, before any thread exists; setting a signal's disposition to
+    // its default has no other effect.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

@@ -1,0 +1,104 @@
+//! The CLI as a Unix tool: closed pipes (`kiln … | head`, `kiln … | true`).
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+
+use common::{Workspace, repo_root, text};
+
+const SIGPIPE: i32 = 13;
+
+/// Runs `kiln args` with stdout (and stderr, when `close_stderr`) a pipe whose reading end is
+/// closed before kiln writes anything.
+fn with_closed_output(
+    ws: &Workspace,
+    args: &[&str],
+    close_stderr: bool,
+) -> (std::process::ExitStatus, String) {
+    let mut child = ws
+        .command(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let stderr = if close_stderr {
+        drop(child.stderr.take());
+        String::new()
+    } else {
+        let mut s = String::new();
+        use std::io::Read;
+        child.stderr.take().unwrap().read_to_string(&mut s).unwrap();
+        s
+    };
+    (child.wait().unwrap(), stderr)
+}
+
+#[test]
+fn reading_commands_end_quietly_on_a_closed_pipe() {
+    let ws = Workspace::new();
+    let out = ws.run_demo("piped", &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run = common::run_id(&out);
+    let wf = repo_root().join("workflows/ultralytics-detect.yaml");
+    let wf = wf.to_str().unwrap();
+    for args in [
+        vec!["schema"],
+        vec!["runs", "list"],
+        vec!["runs", "list", "--json"],
+        vec!["runs", "show", &run],
+        vec!["runs", "show", &run, "--json"],
+        vec!["runs", "stats"],
+        vec!["logs", &run],
+        vec!["models", "list"],
+        vec!["models", "list", "--json"],
+        vec!["plugins", "list"],
+        vec!["plugins", "list", "--json"],
+        vec!["token", "list"],
+        vec!["validate", wf],
+    ] {
+        let (status, stderr) = with_closed_output(&ws, &args, false);
+        assert!(!stderr.contains("panicked"), "kiln {args:?}: {stderr}");
+        // Like other tools: ended by SIGPIPE (a shell shows 141), or done before writing.
+        assert!(
+            status.signal() == Some(SIGPIPE) || status.success(),
+            "kiln {args:?}: {status:?}: {stderr}"
+        );
+    }
+    // Something that surely writes: killed by SIGPIPE, not exited with an error.
+    let (status, _) = with_closed_output(&ws, &["schema"], false);
+    assert_eq!(status.signal(), Some(SIGPIPE));
+}
+
+#[test]
+fn a_run_finishes_when_its_output_is_closed() {
+    let ws = Workspace::new();
+    let wf = repo_root().join("workflows/ultralytics-detect.yaml");
+    let (status, _) = with_closed_output(
+        &ws,
+        &[
+            "run",
+            wf.to_str().unwrap(),
+            "-p",
+            "project=demo",
+            "-p",
+            "release=demo-release.zip",
+            "-p",
+            "training_name=closed",
+            "-p",
+            "overrides={epochs: 2, imgsz: 64}",
+        ],
+        true,
+    );
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let runs = ws.json(&["runs", "list", "--json"]);
+    assert_eq!(runs[0]["status"], "succeeded", "{runs}");
+    assert_eq!(
+        ws.json(&["models", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
