@@ -168,3 +168,48 @@ fn concurrent_runs_extract_a_release_once_and_share_it() {
     );
     assert_eq!(training_data_entries(&ws), ["demo-release"]);
 }
+
+#[test]
+fn a_step_timeout_stops_a_long_extraction_and_leaves_nothing_behind() {
+    // A small archive that expands to 2 GiB: one deflated 16 MiB entry copied 128 times.
+    let ws = Workspace::new();
+    let seed = ws.root().join("seed.zip");
+    {
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&seed).unwrap());
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        z.start_file("zeros.bin", opts).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        for _ in 0..16 {
+            z.write_all(&chunk).unwrap();
+        }
+        z.finish().unwrap();
+    }
+    zip_with(&ws, "big.zip", |z| {
+        let mut source = zip::ZipArchive::new(std::fs::File::open(&seed).unwrap()).unwrap();
+        for i in 0..128 {
+            let entry = source.by_index_raw(0).unwrap();
+            z.raw_copy_file_rename(entry, format!("train/zeros-{i}.bin"))
+                .unwrap();
+        }
+    });
+    let wf = ws.workflow(
+        "slow.yaml",
+        &EXTRACT.replace(
+            "    uses: builtin/extract-release\n",
+            "    uses: builtin/extract-release\n    timeout: 1s\n",
+        ),
+    );
+    let out = ws.kiln(&["run", &wf, "-p", "release=big.zip"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let show = ws.json(&["runs", "show", &run_id(&out), "--json"]);
+    let err = step(&show, "extract")["error_message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(err.contains("timed out after 1s"), "{err}");
+    // The extraction stops on its own thread and removes its temporary folder.
+    wait_for(30, "the temporary folder to be removed", || {
+        training_data_entries(&ws).is_empty()
+    });
+}

@@ -224,26 +224,29 @@ fn remove_dir(ws: &Workspace, dir: &Path, report: &mut PurgeReport) -> Result<()
 }
 
 /// The lock that serializes everything done to one extracted dataset (extraction, reuse,
-/// purge) across runs and processes. Held until dropped.
+/// purge) across runs and processes. Held until dropped; waiting for it ends when the future
+/// is dropped (a cancelled or timed-out step).
 pub(crate) async fn dataset_lock(
     ws: &Workspace,
     project: &str,
     slug: &str,
 ) -> Result<std::fs::File> {
     let locks = ws.kiln_dir().join("locks");
+    std::fs::create_dir_all(&locks).map_err(|e| Error::io("creating", &locks, e))?;
     let lock_path = locks.join(format!("extract-{project}-{slug}.lock"));
-    tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&locks).map_err(|e| Error::io("creating", &locks, e))?;
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io("opening", &lock_path, e))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| Error::io("locking", &lock_path, e.into()))?;
-        Ok(lock)
-    })
-    .await
-    .map_err(|e| Error::Input(format!("locking a dataset: {e}")))?
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::io("opening", &lock_path, e))?;
+    loop {
+        match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(lock),
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(Error::io("locking", &lock_path, e.into())),
+        }
+    }
 }

@@ -17,3 +17,23 @@ pub const MAX_YAML_NODES: usize = 1_000_000;
 pub const MAX_STEPS: usize = 10_000;
 /// Longest step `timeout` (a year).
 pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+/// Checks that a YAML text from outside (a dataset's `data.yaml`, a `--param` value) is within
+/// [`MAX_FILE_BYTES`], [`MAX_YAML_DEPTH`] and [`MAX_YAML_NODES`] before a YAML library reads
+/// it: deep nesting costs the library quadratic time. The error says where and why.
+pub fn check_yaml(source: &str) -> Result<(), String> {
+    if source.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "{} bytes of YAML; at most {MAX_FILE_BYTES} are read",
+            source.len()
+        ));
+    }
+    crate::position::PositionIndex::build(source)
+        .map(drop)
+        .map_err(|e| {
+            format!(
+                "line {}, column {}: {}",
+                e.pos.line, e.pos.column, e.message
+            )
+        })
+}

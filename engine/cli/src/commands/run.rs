@@ -31,6 +31,8 @@ fn parse_params(raw: &[String]) -> Result<BTreeMap<String, serde_json::Value>, S
         let value = if v.trim().is_empty() {
             serde_json::Value::String(String::new())
         } else {
+            kiln_workflow::limits::check_yaml(v)
+                .map_err(|e| format!("--param {key}: the value is too large: {e}"))?;
             serde_norway::from_str::<serde_json::Value>(v)
                 .map_err(|e| format!("--param {key}: `{v}` is not a valid YAML value: {e}"))?
         };

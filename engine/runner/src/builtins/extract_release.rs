@@ -24,6 +24,9 @@ pub const MAX_ENTRIES: usize = 200_000;
 /// Most bytes an archive may expand to.
 pub const MAX_TOTAL_BYTES: u64 = 20 * 1024 * 1024 * 1024;
 
+/// Largest `data.yaml` read from a release.
+pub const MAX_DATA_YAML_BYTES: u64 = 1024 * 1024;
+
 const MARKER: &str = ".kiln-release.json";
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -52,7 +55,15 @@ pub(crate) async fn run(ctx: &BuiltinCtx<'_>) -> Result<Value> {
         .unwrap_or_default();
     let slug = opt_str(ctx.inputs, "slug")?.map_or(default_slug, str::to_owned);
     check_name("slug", &slug)?;
-    let sha = tokio::task::block_in_place(|| sha256_file(&zip_path)).map_err(|e| {
+    // Hashing and unzipping are long blocking work: they run on the blocking pool and stop
+    // (cleaning up) when this step is cancelled or times out, which drops this future.
+    let stop = Stop::default();
+    let _stop_on_drop = stop.on_drop();
+    let sha = {
+        let (zip_path, stop) = (zip_path.clone(), stop.clone());
+        blocking(move || sha256_file(&zip_path, &stop)).await?
+    }
+    .map_err(|e| {
         Error::Input(format!(
             "input `release`: cannot read {}: {e}; put the release ZIP there first",
             zip_path.display()
@@ -63,7 +74,7 @@ pub(crate) async fn run(ctx: &BuiltinCtx<'_>) -> Result<Value> {
 
     // One extraction of a slug at a time, across runs and processes: a second run waits, then
     // finds the marker and reuses the dataset instead of swapping it under the first run's feet.
-    let _lock = ownership::dataset_lock(ctx.ws, project, &slug).await?;
+    let lock = ownership::dataset_lock(ctx.ws, project, &slug).await?;
     let marker = read_marker(&target);
     if let Some(marker) = &marker
         && marker.sha256 == sha
@@ -109,9 +120,20 @@ pub(crate) async fn run(ctx: &BuiltinCtx<'_>) -> Result<Value> {
     ctx.store
         .use_dataset(ctx.run_id, project, &slug, &sha)
         .await?;
-    let files = tokio::task::block_in_place(|| {
-        replace_with(&zip_path, &data_root, &target, &slug, release, &sha)
-    })?;
+    let files = {
+        let (release, slug, target, sha) = (
+            release.to_owned(),
+            slug.clone(),
+            target.clone(),
+            sha.clone(),
+        );
+        // The lock goes with the work: it is released only when the extraction has ended.
+        blocking(move || {
+            let _lock = lock;
+            replace_with(&zip_path, &data_root, &target, &slug, &release, &sha, &stop)
+        })
+        .await??
+    };
     ctx.log(&format!(
         "extracted {files} files of {release} into {}",
         ctx.ws.display(&target)
@@ -127,10 +149,12 @@ fn replace_with(
     slug: &str,
     release: &str,
     sha: &str,
+    stop: &Stop,
 ) -> Result<usize> {
     std::fs::create_dir_all(data_root).map_err(|e| Error::io("creating", data_root, e))?;
     let tmp = data_root.join(format!(".{slug}.extracting-{}", uuid::Uuid::new_v4()));
-    let result = extract_into(zip_path, &tmp).and_then(|(files, bytes)| {
+    let result = extract_into(zip_path, &tmp, stop).and_then(|(files, bytes)| {
+        stop.check()?;
         let marker = Marker {
             release: release.to_owned(),
             sha256: sha.to_owned(),
@@ -175,7 +199,7 @@ pub fn extraction_status(
     let Some(marker) = read_marker(&target) else {
         return Ok(None);
     };
-    let sha = sha256_file(&zip).map_err(|e| Error::io("reading", &zip, e))?;
+    let sha = sha256_file(&zip, &Stop::default()).map_err(|e| Error::io("reading", &zip, e))?;
     if marker.sha256 != sha {
         return Ok(None);
     }
@@ -203,15 +227,67 @@ fn read_marker(target: &Path) -> Option<Marker> {
     serde_json::from_slice(&text).ok()
 }
 
-fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = File::open(path)?;
+fn sha256_file(path: &Path, stop: &Stop) -> std::io::Result<String> {
+    let mut f = stop.reader(File::open(path)?);
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h)?;
     Ok(hex::encode(h.finalize()))
 }
 
+/// Tells blocking work to stop: set when the step's future is dropped (cancel, timeout).
+#[derive(Clone, Default)]
+struct Stop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Stop {
+    fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.is_set() {
+            Err(Error::Input(STOPPED.into()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A guard that sets the flag when dropped.
+    fn on_drop(&self) -> impl Drop + use<> {
+        struct SetOnDrop(Stop);
+        impl Drop for SetOnDrop {
+            fn drop(&mut self) {
+                (self.0).0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        SetOnDrop(self.clone())
+    }
+
+    /// `inner`, failing its next read once the flag is set.
+    fn reader<R: Read>(&self, inner: R) -> impl Read {
+        struct Stoppable<R>(R, Stop);
+        impl<R: Read> Read for Stoppable<R> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.1.is_set() {
+                    return Err(std::io::Error::other(STOPPED));
+                }
+                self.0.read(buf)
+            }
+        }
+        Stoppable(inner, self.clone())
+    }
+}
+
+const STOPPED: &str = "stopped: the step was cancelled or timed out";
+
+/// Runs blocking work on the blocking pool.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Input(format!("extraction failed: {e}")))
+}
+
 /// Extract every entry of `zip_path` below `dest`; returns (files, bytes).
-fn extract_into(zip_path: &Path, dest: &Path) -> Result<(usize, u64)> {
+fn extract_into(zip_path: &Path, dest: &Path, stop: &Stop) -> Result<(usize, u64)> {
     let bad = |msg: String| Error::Input(format!("release {}: {msg}", zip_path.display()));
     let file = File::open(zip_path).map_err(|e| Error::io("opening", zip_path, e))?;
     let mut archive =
@@ -249,6 +325,7 @@ fn extract_into(zip_path: &Path, dest: &Path) -> Result<(usize, u64)> {
     std::fs::create_dir_all(dest).map_err(|e| Error::io("creating", dest, e))?;
     let (mut files, mut written) = (0usize, 0u64);
     for i in 0..archive.len() {
+        stop.check()?;
         let mut entry = archive
             .by_index(i)
             .map_err(|e| bad(format!("entry {i} is unreadable: {e}")))?;
@@ -265,7 +342,7 @@ fn extract_into(zip_path: &Path, dest: &Path) -> Result<(usize, u64)> {
         let mut f = File::create(&out).map_err(|e| Error::io("creating", &out, e))?;
         // Never trust the declared size: stop at the remaining budget.
         let budget = MAX_TOTAL_BYTES - written;
-        let n = std::io::copy(&mut (&mut entry).take(budget + 1), &mut f)
+        let n = std::io::copy(&mut stop.reader((&mut entry).take(budget + 1)), &mut f)
             .map_err(|e| bad(format!("entry `{name}` cannot be decompressed: {e}")))?;
         if n > budget {
             return Err(bad(format!(
@@ -321,8 +398,19 @@ fn find_data_yaml(target: &Path) -> Result<PathBuf> {
 
 /// Class names from `names:` (a list, or a map of index to name).
 fn class_names(data_yaml: &Path) -> Result<Vec<String>> {
+    let size = std::fs::metadata(data_yaml)
+        .map_err(|e| Error::io("reading", data_yaml, e))?
+        .len();
+    if size > MAX_DATA_YAML_BYTES {
+        return Err(Error::Input(format!(
+            "{} is {size} bytes; a data.yaml may have at most {MAX_DATA_YAML_BYTES}",
+            data_yaml.display()
+        )));
+    }
     let text =
         std::fs::read_to_string(data_yaml).map_err(|e| Error::io("reading", data_yaml, e))?;
+    kiln_workflow::limits::check_yaml(&text)
+        .map_err(|e| Error::Input(format!("{}: {e}", data_yaml.display())))?;
     let doc: serde_norway::Value = serde_norway::from_str(&text)
         .map_err(|e| Error::Input(format!("{}: not valid YAML: {e}", data_yaml.display())))?;
     let names = doc.get("names").ok_or_else(|| {
