@@ -621,6 +621,10 @@ pub async fn logs(
 ) -> ApiResult<Json<TrainingLogs>> {
     plain_name("project_id", &q.project_id, StatusCode::BAD_REQUEST)?;
     plain_name("training_name", &q.training_name, StatusCode::BAD_REQUEST)?;
+    let offset = match &q.offset {
+        Some(raw) => super::logs::offset("offset", raw, "invalid_offset")?,
+        None => 0,
+    };
     let Some(run) = latest_run(&state, &q.project_id, &q.training_name).await? else {
         return Err(ApiError::not_found(
             "training_not_found",
@@ -635,10 +639,6 @@ pub async fn logs(
         .iter()
         .find(|s| s.action.as_deref() == Some("train"))
         .or_else(|| steps.iter().find(|s| s.step_id == "train"));
-    let offset = match &q.offset {
-        Some(raw) => super::logs::offset("offset", raw, "invalid_offset")?,
-        None => 0,
-    };
     let Some(train) = train else {
         return Ok(Json(TrainingLogs {
             run_id: run.id,
