@@ -51,7 +51,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const MAX_REJECTING: usize = 64;
 /// How long answering an over-the-bound connection may take.
 const REJECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Largest request head (and read buffer) of a connection.
+/// Largest request head (request line and headers; larger is a bare 431) and read buffer.
+const MAX_HEAD: usize = 64 << 10;
 const MAX_BUF: usize = 64 << 10;
 const MAX_HEADERS: usize = 100;
 
@@ -363,6 +364,7 @@ async fn connection(
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true)
         .max_buf_size(MAX_BUF)
+        .max_header_size(MAX_HEAD)
         .max_headers(MAX_HEADERS);
     let mut conn = pin!(builder.serve_connection(io, service));
     let mut closing = false;
@@ -425,7 +427,8 @@ async fn reject(stream: TcpStream, max: usize, _permit: OwnedSemaphorePermit) {
         .timer(TokioTimer::new())
         .header_read_timeout(REJECT_TIMEOUT)
         .keep_alive(false)
-        .max_buf_size(MAX_BUF);
+        .max_buf_size(MAX_BUF)
+        .max_header_size(MAX_HEAD);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     let _ = tokio::time::timeout(REJECT_TIMEOUT, conn).await;
 }
