@@ -77,7 +77,7 @@ echo "kiln serve at $base (workspace $ws)"
 # Real records for the operations that take ids (scripts/schemathesis.toml pins them), so those
 # are tested beyond 404: a succeeded run with its registered model, a failed run to retry and
 # another to delete.
-eval "$(KILN_BASE="$base" KILN_TOKEN="$token" python3 - <<'PY'
+records="$(KILN_BASE="$base" KILN_TOKEN="$token" python3 - <<'PY'
 import json, os, time, urllib.request
 base, token = os.environ["KILN_BASE"], os.environ["KILN_TOKEN"]
 def call(method, path, body=None):
@@ -103,7 +103,8 @@ doomed, _ = run("st-doomed", "missing.zip")
 model = next(m["id"] for m in call("GET", "/models?project=demo") if m["training_run_id"] == ok)
 print(f"export KILN_ST_RUN={ok} KILN_ST_FAILED={failed} KILN_ST_DOOMED={doomed} KILN_ST_MODEL={model}")
 PY
-)"
+)" || { echo "could not create the records Schemathesis needs" >&2; tail -n 30 "$log"; exit 1; }
+eval "$records"
 echo "records: run $KILN_ST_RUN, failed run $KILN_ST_FAILED, run to delete $KILN_ST_DOOMED, model $KILN_ST_MODEL"
 
 seed_args=(--seed "$seed")

@@ -240,4 +240,34 @@ mod tests {
         }
         assert!(ids.len() >= 24, "{ids:?}");
     }
+
+    #[test]
+    fn documented_enums_are_the_store_vocabularies() {
+        let doc = serde_json::to_value(openapi()).unwrap();
+        let stages: Vec<&str> = doc["components"]["schemas"]["Stage"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(stages, kiln_store::STAGES);
+        let list = &doc["paths"]["/api/v1/runs"]["get"]["parameters"];
+        let status = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "status")
+            .unwrap();
+        let documented: Vec<&str> = status["schema"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let statuses: Vec<&str> = kiln_store::RunStatus::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        assert_eq!(documented, statuses);
+    }
 }
