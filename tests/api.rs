@@ -932,3 +932,396 @@ fn training_facade_previews_starts_follows_and_lists_checkpoints() {
     assert!((400..500).contains(&r.status), "{} {}", r.status, r.text());
     assert!(r.problem_error().is_none(), "{:?}", r.problem_error());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Slow and hostile clients
+
+/// `GET /runs` with `token`, the connection closed after the answer.
+fn get_runs(server: &Server, token: &str) -> Resp {
+    server.get("/api/v1/runs", token)
+}
+
+#[test]
+fn slow_clients_are_cut_off_and_healthy_streams_are_not() {
+    let aws = ApiWorkspace::with(
+        Workspace::new().with_env("FAKE_YOLO_EPOCH_SECONDS", "1.5"),
+        None,
+    );
+    let server = aws.serve_with(&[
+        "--header-timeout",
+        "2s",
+        "--idle-timeout",
+        "1s",
+        "--body-timeout",
+        "2s",
+    ]);
+    let token = aws.token("trainer", &[], &["trainer"]);
+    // Each of these would go on for a minute; the server must end them long before.
+    let limit = Duration::from_secs(60);
+
+    // Headers dribbled one byte at a time: disconnected, without being served.
+    let headers = Dribbler::headers(server.addr, limit);
+    // A body dribbled one byte at a time: cut off with a 408 problem.
+    let head = format!(
+        "POST /api/v1/runs HTTP/1.1\r\nHost: kiln\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    );
+    let body = Dribbler::start(
+        server.addr,
+        head.as_bytes(),
+        b' ',
+        Duration::from_millis(300),
+        limit,
+    );
+    // A kept-alive connection left idle after its answer: closed.
+    let mut idle = std::net::TcpStream::connect(server.addr).unwrap();
+    idle.set_read_timeout(Some(limit)).unwrap();
+    std::io::Write::write_all(
+        &mut idle,
+        b"GET /api/v1/openapi.json HTTP/1.1\r\nHost: kiln\r\n\r\n",
+    )
+    .unwrap();
+    let idle_start = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let idle_read = std::io::Read::read_to_end(&mut idle, &mut answer);
+    let idle_elapsed = idle_start.elapsed();
+
+    let h = headers.wait();
+    assert!(
+        h.closed_after.is_some_and(|d| d < Duration::from_secs(30)),
+        "a client dribbling its headers was not disconnected: {h:?}"
+    );
+    assert_ne!(
+        h.status(),
+        Some(200),
+        "the dribbled request was served: {h:?}"
+    );
+    let b = body.wait();
+    assert!(
+        b.closed_after.is_some_and(|d| d < Duration::from_secs(30)),
+        "a client dribbling its body was not cut off: {b:?}"
+    );
+    assert_eq!(
+        b.status(),
+        Some(408),
+        "{:?}",
+        String::from_utf8_lossy(&b.response)
+    );
+    let problem: Value = serde_json::from_str(&b.body()).unwrap();
+    assert_eq!(problem["code"], "body_timeout", "{problem}");
+    assert!(
+        String::from_utf8_lossy(&b.response).contains("application/problem+json"),
+        "{b:?}"
+    );
+    assert!(idle_read.is_ok(), "idle connection: {idle_read:?}");
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "the kept-alive request was answered first"
+    );
+    assert!(
+        idle_elapsed < Duration::from_secs(30),
+        "an idle kept-alive connection stayed open for {idle_elapsed:?}"
+    );
+
+    // A live log stream lasts longer than every timeout above and is not cut.
+    let r = server.post("/api/v1/runs", &token, &demo_run("slow"));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    let mut stream = server.sse(&format!("/api/v1/runs/{id}/logs?step=train"), &token, None);
+    assert_eq!(stream.status, 200);
+    let events = stream.until_end();
+    assert_eq!(
+        events.last().map(|e| e.event.as_str()),
+        Some("end"),
+        "the stream ended early after {:?}: {events:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "the training was too short to outlast the timeouts"
+    );
+}
+
+#[test]
+fn the_connection_bound_holds_and_valid_requests_are_served() {
+    let aws = ApiWorkspace::new();
+    let server = aws.serve_with(&[
+        "--max-connections",
+        "4",
+        "--header-timeout",
+        "10s",
+        "--idle-timeout",
+        "1s",
+    ]);
+    let token = aws.token("viewer", &[], &["viewer"]);
+    let limit = Duration::from_secs(90);
+    // Three slow clients: the server still answers a valid request at once.
+    let mut slow: Vec<Dribbler> = (0..3)
+        .map(|_| Dribbler::headers(server.addr, limit))
+        .collect();
+    assert_eq!(get_runs(&server, &token).status, 200);
+    // A fourth fills the bound: the next connection is refused with a 503 problem (retrying
+    // while the previous request's connection is being released).
+    slow.push(Dribbler::headers(server.addr, limit));
+    let mut refused = None;
+    for _ in 0..100 {
+        let r = get_runs(&server, &token);
+        if r.status == 503 {
+            refused = Some(r);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = refused.expect("a connection over --max-connections was served");
+    r.problem(503, "too_many_connections");
+    assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+    // Once the slow clients are cut off by the header timeout, requests are served again.
+    let served = (0..600).any(|_| {
+        let ok = get_runs(&server, &token).status == 200;
+        if !ok {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ok
+    });
+    assert!(
+        served,
+        "valid requests were not served after the slow clients"
+    );
+    for d in slow {
+        let end = d.wait();
+        assert!(end.closed_after.is_some(), "a slow client held on: {end:?}");
+    }
+}
+
+#[test]
+fn bad_tokens_are_locked_out_without_slowing_valid_ones() {
+    let aws = ApiWorkspace::new();
+    let server = aws.serve_with(&["--auth-max-failures", "3", "--auth-lockout", "60s"]);
+    let good = aws.token("good", &[], &["viewer"]);
+    let victim = aws.token("victim", &[], &["viewer"]);
+    let other = aws.token("other", &[], &["viewer"]);
+    let wrong = |token: &str| {
+        let (id, secret) = token.rsplit_once('_').unwrap();
+        format!("{id}_{}", "0".repeat(secret.len()))
+    };
+    // The scheme is case-insensitive.
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let auth = format!("{scheme} {good}");
+        let r = server.raw("GET", "/api/v1/runs", &[("Authorization", &auth)], None);
+        assert_eq!(r.status, 200, "{scheme}: {}", r.text());
+    }
+    // A burst of wrong secrets for one token id, in parallel: at most 3 are checked (401),
+    // the rest are refused at once (429 with Retry-After).
+    let bad = wrong(&victim);
+    let statuses: Vec<Resp> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..12)
+            .map(|_| s.spawn(|| get_runs(&server, &bad)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let unauthorized = statuses.iter().filter(|r| r.status == 401).count();
+    let locked: Vec<&Resp> = statuses.iter().filter(|r| r.status == 429).collect();
+    assert!(
+        unauthorized <= 3 && unauthorized + locked.len() == statuses.len(),
+        "burst statuses: {:?}",
+        statuses.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    for r in &locked {
+        r.problem(429, "too_many_failures");
+        let secs: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&secs), "Retry-After: {secs}");
+    }
+    // Now surely locked: even the right secret of that id waits (it is not verified).
+    get_runs(&server, &bad).problem(429, "too_many_failures");
+    get_runs(&server, &victim).problem(429, "too_many_failures");
+    // A token that already authenticated keeps working while its id is under attack...
+    let bad_good = wrong(&good);
+    let attack = std::thread::scope(|s| {
+        let attacker = s.spawn(|| {
+            (0..20)
+                .map(|_| get_runs(&server, &bad_good).status)
+                .collect::<Vec<_>>()
+        });
+        let started = std::time::Instant::now();
+        for _ in 0..5 {
+            assert_eq!(get_runs(&server, &good).status, 200);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "valid requests slowed to {:?}",
+            started.elapsed()
+        );
+        attacker.join().unwrap()
+    });
+    assert!(attack.contains(&429), "{attack:?}");
+    assert!(attack.iter().all(|s| matches!(s, 401 | 429)), "{attack:?}");
+    // ...and the other tokens are not affected at all.
+    assert_eq!(get_runs(&server, &other).status, 200);
+    // Random ids are answered 401 (never locked, never hashed).
+    for i in 0..20 {
+        let r = get_runs(&server, &format!("kiln_{i:012}_{}", "f".repeat(64)));
+        r.problem(401, "unauthorized");
+    }
+}
+
+#[test]
+fn undecodable_paths_and_out_of_range_numbers_are_400_problems() {
+    let aws = ApiWorkspace::new();
+    let server = aws.serve();
+    let token = aws.token("admin", &[], &["admin"]);
+    let auth = format!("Bearer {token}");
+    let mut p = Problems::default();
+    let mut expect = |method: &str, path: &str, headers: &[(&str, &str)], code: &str| {
+        let mut all = vec![("Authorization", auth.as_str())];
+        all.extend_from_slice(headers);
+        let r = server.raw(method, path, &all, None);
+        let ok = r.status == 400 && r.problem_error().is_none() && r.json()["code"] == code;
+        p.check(ok, || {
+            format!(
+                "{method} {path} {headers:?}: expected 400 {code}, got {} {:?} {}",
+                r.status,
+                r.header("content-type"),
+                r.text()
+            )
+        });
+    };
+    for path in [
+        "/api/v1/runs/%FF",
+        "/api/v1/runs/%C3%28/logs",
+        "/api/v1/runs/a%80b/cancel",
+        "/api/v1/models/%FE%FF",
+    ] {
+        let method = if path.ends_with("cancel") {
+            "POST"
+        } else {
+            "GET"
+        };
+        expect(method, path, &[], "invalid_path");
+    }
+    let huge = "9223372036854775808";
+    let wrap = "18446744073709551616";
+    for v in ["-1", huge, wrap, "abc", "1.5", "+1", "", "0x10"] {
+        expect(
+            "GET",
+            &format!("/api/v1/runs?offset={v}"),
+            &[],
+            "invalid_offset",
+        );
+        expect(
+            "GET",
+            &format!("/api/v1/runs/{FAKE_ID}/logs?offset={v}"),
+            &[],
+            "invalid_offset",
+        );
+        expect(
+            "GET",
+            &format!("/api/v1/training/logs?project_id=demo&training_name=t&offset={v}"),
+            &[],
+            "invalid_offset",
+        );
+        for accept in ["text/event-stream", "application/json"] {
+            expect(
+                "GET",
+                &format!("/api/v1/runs/{FAKE_ID}/logs"),
+                &[("Accept", accept), ("Last-Event-ID", v)],
+                "invalid_last_event_id",
+            );
+        }
+    }
+    for v in ["0", "-1", "501", huge, wrap, "ten"] {
+        expect(
+            "GET",
+            &format!("/api/v1/runs?limit={v}"),
+            &[],
+            "invalid_limit",
+        );
+    }
+    for v in ["0", "-1", "10001", huge] {
+        expect(
+            "GET",
+            &format!("/api/v1/runs/{FAKE_ID}/logs?limit={v}"),
+            &[],
+            "invalid_limit",
+        );
+    }
+    expect(
+        "GET",
+        "/api/v1/runs?status=SUCCEEDED",
+        &[],
+        "invalid_status",
+    );
+    // The largest offset is valid: an empty page, no overflow.
+    let r = server.get("/api/v1/runs?offset=9223372036854775807&limit=500", &token);
+    p.check(r.status == 200 && r.json()["next_offset"].is_null(), || {
+        format!("largest offset: {} {}", r.status, r.text())
+    });
+    // The method and route errors are problems too, and 405 lists the allowed methods.
+    let r = server.call("PUT", "/api/v1/runs", Some(&token), None);
+    r.problem(405, "method_not_allowed");
+    let allow = r.header("allow").unwrap_or_default().to_owned();
+    p.check(allow.contains("GET") && allow.contains("POST"), || {
+        format!("Allow: {allow}")
+    });
+    server
+        .call(
+            "PATCH",
+            &format!("/api/v1/runs/{FAKE_ID}"),
+            Some(&token),
+            None,
+        )
+        .problem(405, "method_not_allowed");
+    p.assert_none("undecodable paths and numbers");
+}
+
+/// `%` and `_` in a run id prefix are literal and case matters, on both databases.
+fn run_prefixes_match_literally(aws: &ApiWorkspace) {
+    let server = aws.serve();
+    let token = aws.token("trainer", &[], &["trainer"]);
+    let mut body = demo_run("prefix");
+    body["params"]["release"] = json!("missing.zip");
+    let r = server.post("/api/v1/runs", &token, &body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    server.wait_run(&id, &token, 60);
+    let prefix = &id[..8];
+    assert_eq!(
+        server.get(&format!("/api/v1/runs/{prefix}"), &token).json()["id"],
+        id.as_str()
+    );
+    let mut wildcards = vec![
+        "%25".to_owned(),
+        "_".to_owned(),
+        format!("{}%25", &prefix[..4]),
+        format!("{}_", &prefix[..7]),
+        format!("%25{}", &id[1..8]),
+        format!("_{}", &id[1..8]),
+    ];
+    // Case matters (SQLite's LIKE ignored it, PostgreSQL's did not).
+    for candidate in [prefix.to_uppercase(), id.to_uppercase()] {
+        if !id.starts_with(&candidate) {
+            wildcards.push(candidate);
+        }
+    }
+    for w in wildcards {
+        server
+            .get(&format!("/api/v1/runs/{w}"), &token)
+            .problem(404, "run_not_found");
+    }
+}
+
+#[test]
+fn run_prefixes_match_literally_on_sqlite() {
+    run_prefixes_match_literally(&ApiWorkspace::new());
+}
+
+#[test]
+fn run_prefixes_match_literally_on_postgres() {
+    let Some(url) = fresh_postgres() else {
+        eprintln!(
+            "skipped: KILN_TEST_POSTGRES_URL is not set (scripts/start-postgres.sh prints one)"
+        );
+        return;
+    };
+    run_prefixes_match_literally(&ApiWorkspace::with(Workspace::new(), Some(url)));
+}

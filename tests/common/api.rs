@@ -452,6 +452,108 @@ pub fn sse(addr: SocketAddr, path: &str, headers: &[(&str, &str)], timeout: Dura
 }
 
 // ---------------------------------------------------------------------------------------------
+// Slow clients
+
+/// How a [`Dribbler`] ended.
+#[derive(Debug)]
+pub struct DribbleEnd {
+    /// When the server closed the connection (None: it was still open when the dribbler
+    /// stopped or ran out of time).
+    pub closed_after: Option<Duration>,
+    /// Whatever the server answered.
+    pub response: Vec<u8>,
+}
+
+impl DribbleEnd {
+    pub fn status(&self) -> Option<u16> {
+        let text = String::from_utf8_lossy(&self.response);
+        text.lines().next()?.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    pub fn body(&self) -> String {
+        let text = String::from_utf8_lossy(&self.response);
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// A client that sends `head`, then one byte of `drip` every `every`, on its own thread, until
+/// the server closes the connection, `limit` passes, or it is stopped.
+pub struct Dribbler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<DribbleEnd>,
+}
+
+impl Dribbler {
+    pub fn start(
+        addr: SocketAddr,
+        head: &[u8],
+        drip: u8,
+        every: Duration,
+        limit: Duration,
+    ) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+        stream.set_read_timeout(Some(every)).unwrap();
+        stream.write_all(head).unwrap();
+        let started = Instant::now();
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut response = Vec::new();
+            let mut buf = [0u8; 4096];
+            let closed = |response| DribbleEnd {
+                closed_after: Some(started.elapsed()),
+                response,
+            };
+            while started.elapsed() < limit && !flag.load(Ordering::SeqCst) {
+                match stream.read(&mut buf) {
+                    Ok(0) => return closed(response),
+                    Ok(n) => response.extend_from_slice(&buf[..n]),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => return closed(response),
+                }
+                if stream.write_all(&[drip]).is_err() {
+                    return closed(response);
+                }
+            }
+            DribbleEnd {
+                closed_after: None,
+                response,
+            }
+        });
+        Self { stop, handle }
+    }
+
+    /// A client dribbling the headers of a GET.
+    pub fn headers(addr: SocketAddr, limit: Duration) -> Self {
+        Self::start(
+            addr,
+            b"GET /api/v1/runs HTTP/1.1\r\nHost: kiln\r\nX-Slow: ",
+            b'a',
+            Duration::from_millis(300),
+            limit,
+        )
+    }
+
+    /// Wait for the end (the server closing, or `limit`).
+    pub fn wait(self) -> DribbleEnd {
+        self.handle.join().unwrap()
+    }
+
+    /// Stop dribbling and close the connection.
+    pub fn stop(self) -> DribbleEnd {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wait()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Workspace and server
 
 /// A test workspace (see `common::Workspace`) with `workflows/` for the server and, optionally,
@@ -530,6 +632,11 @@ impl ApiWorkspace {
 
     /// Start `kiln serve` on a free port and wait until it answers.
     pub fn serve(&self) -> Server {
+        self.serve_with(&[])
+    }
+
+    /// `serve` with extra `kiln serve` flags (e.g. short timeouts).
+    pub fn serve_with(&self, extra: &[&str]) -> Server {
         let mut last = String::new();
         for _ in 0..3 {
             let port = TcpListener::bind("127.0.0.1:0")
@@ -541,9 +648,11 @@ impl ApiWorkspace {
             let addr_s = addr.to_string();
             let log = self.ws.root().join(format!("serve-{port}.log"));
             let file = std::fs::File::create(&log).unwrap();
+            let mut args = vec!["serve", "--addr", &addr_s, "--kill-grace-secs", "2"];
+            args.extend_from_slice(extra);
             let child = self
                 .ws
-                .command(&self.args(&["serve", "--addr", &addr_s, "--kill-grace-secs", "2"]))
+                .command(&self.args(&args))
                 .stdout(Stdio::null())
                 .stderr(file)
                 .spawn()

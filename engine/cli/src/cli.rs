@@ -193,7 +193,71 @@ pub struct ServeArgs {
     #[arg(long)]
     pub insecure_no_auth: bool,
     #[command(flatten)]
+    pub limits: ServeLimits,
+    #[command(flatten)]
     pub exec: ExecOptions,
+}
+
+/// Protection of `kiln serve` against slow and hostile clients (durations like `10s`, `500ms`,
+/// `2m`). The defaults are `kiln_server::ServerLimits::default()`.
+#[derive(Args, Debug, Clone)]
+pub struct ServeLimits {
+    /// Time a client has to send a request's headers (from connecting, or from the end of its
+    /// previous response); a client that dribbles them is disconnected.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: std::time::Duration,
+    /// Time a client has to send a whole request body, from the end of its headers.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_timeout: std::time::Duration,
+    /// Time a kept-alive connection may wait for its next request before it is closed (at most
+    /// --header-timeout).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: std::time::Duration,
+    /// Time a response may wait for a client that does not read it before the connection is
+    /// dropped.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub write_timeout: std::time::Duration,
+    /// Connections served at once; more are answered 503 with Retry-After and closed.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_connections: usize,
+    /// Failed authentications of one token id within --auth-lockout before that id is locked
+    /// out (429 with Retry-After) for --auth-lockout.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub auth_max_failures: u32,
+    /// The window in which failed authentications are counted, and how long a lockout lasts.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub auth_lockout: std::time::Duration,
+}
+
+impl ServeLimits {
+    pub fn to_limits(&self) -> kiln_server::ServerLimits {
+        kiln_server::ServerLimits {
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            idle_timeout: self.idle_timeout,
+            write_timeout: self.write_timeout,
+            max_connections: self.max_connections,
+            auth_max_failures: self.auth_max_failures,
+            auth_lockout: self.auth_lockout,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serve_flag_defaults_are_the_server_defaults() {
+        let cli = Cli::try_parse_from(["kiln", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(
+            args.limits.to_limits(),
+            kiln_server::ServerLimits::default()
+        );
+    }
 }
 
 #[derive(Subcommand, Debug)]

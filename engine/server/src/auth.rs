@@ -7,16 +7,18 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use axum::extract::{Request, State};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 use utoipa::ToSchema;
 
 use kiln_store::{Store, TokenRecord};
@@ -198,12 +200,198 @@ pub async fn issue_token(
     Ok((format!("kiln_{id}_{secret}"), record))
 }
 
-/// Verified tokens, so Argon2 runs once per token and process (revocation is still checked on
-/// every request).
-#[derive(Default)]
-pub struct VerifiedCache(Mutex<HashMap<[u8; 32], Instant>>);
+/// The parts of authentication that protect the server: a bounded pool of blocking threads for
+/// Argon2 (never the async workers), a short-lived cache of verified tokens (keyed by the
+/// SHA-256 of the whole token, never the secret itself), and a lockout of token ids after
+/// repeated failures, answered 429 without hashing. Both maps are bounded: only ids that exist
+/// in the store ever get an entry, and each map is capped besides.
+pub(crate) struct AuthGuard {
+    hashing: Arc<Semaphore>,
+    verified: Mutex<HashMap<[u8; 32], Verified>>,
+    failures: Mutex<HashMap<String, Failures>>,
+    max_failures: u32,
+    lockout: Duration,
+}
 
-const CACHE_TTL: Duration = Duration::from_secs(300);
+struct Verified {
+    token_id: String,
+    /// SHA-256 of the stored hash: a token whose record changed is verified again.
+    stored: [u8; 32],
+    at: Instant,
+}
+
+struct Failures {
+    window_start: Instant,
+    failed: u32,
+    /// Verifications in progress: they count against the limit until they end.
+    pending: u32,
+    locked_until: Option<Instant>,
+}
+
+/// How long a verified token is trusted without hashing again (revocation is still checked
+/// against the store on every request).
+const VERIFIED_TTL: Duration = Duration::from_secs(300);
+/// Most entries in either map.
+const MAX_ENTRIES: usize = 10_000;
+/// Longest token id and secret accepted (issued ones are 12 and 64 characters).
+const MAX_ID_LEN: usize = 64;
+const MAX_SECRET_LEN: usize = 256;
+
+impl AuthGuard {
+    pub(crate) fn new(max_failures: u32, lockout: Duration) -> Self {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
+        Self {
+            hashing: Arc::new(Semaphore::new(threads)),
+            verified: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            max_failures,
+            lockout,
+        }
+    }
+
+    fn is_verified(&self, key: &[u8; 32], token_id: &str, stored: &[u8; 32]) -> bool {
+        let cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        cache.get(key).is_some_and(|v| {
+            v.token_id == token_id && v.stored == *stored && v.at.elapsed() < VERIFIED_TTL
+        })
+    }
+
+    fn remember(&self, key: [u8; 32], token_id: &str, stored: [u8; 32]) {
+        let mut cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= MAX_ENTRIES && !cache.contains_key(&key) {
+            cache.retain(|_, v| v.at.elapsed() < VERIFIED_TTL);
+            if cache.len() >= MAX_ENTRIES
+                && let Some(oldest) = cache.iter().min_by_key(|(_, v)| v.at).map(|(k, _)| *k)
+            {
+                cache.remove(&oldest);
+            }
+        }
+        cache.insert(
+            key,
+            Verified {
+                token_id: token_id.to_owned(),
+                stored,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    /// Reserve one verification of `token_id`, or how long it is locked out.
+    fn begin(&self, token_id: &str) -> Result<Attempt<'_>, Duration> {
+        let now = Instant::now();
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_ENTRIES && !map.contains_key(token_id) {
+            let lockout = self.lockout;
+            map.retain(|_, f| {
+                f.pending > 0
+                    || f.locked_until.is_some_and(|t| t > now)
+                    || now.duration_since(f.window_start) < lockout
+            });
+            if map.len() >= MAX_ENTRIES
+                && let Some(oldest) = map
+                    .iter()
+                    .filter(|(_, f)| f.pending == 0)
+                    .min_by_key(|(_, f)| f.window_start)
+                    .map(|(k, _)| k.clone())
+            {
+                map.remove(&oldest);
+            }
+        }
+        let f = map.entry(token_id.to_owned()).or_insert(Failures {
+            window_start: now,
+            failed: 0,
+            pending: 0,
+            locked_until: None,
+        });
+        if let Some(until) = f.locked_until {
+            if until > now {
+                return Err(until - now);
+            }
+            f.locked_until = None;
+            f.failed = 0;
+            f.window_start = now;
+        }
+        if now.duration_since(f.window_start) >= self.lockout {
+            f.failed = 0;
+            f.window_start = now;
+        }
+        if f.failed + f.pending >= self.max_failures {
+            // Verifications in progress fill the budget: their outcome decides.
+            return Err(Duration::from_secs(1));
+        }
+        f.pending += 1;
+        Ok(Attempt {
+            guard: self,
+            token_id: token_id.to_owned(),
+            done: false,
+        })
+    }
+}
+
+/// One reserved verification; releases its reservation however it ends.
+struct Attempt<'a> {
+    guard: &'a AuthGuard,
+    token_id: String,
+    done: bool,
+}
+
+impl Attempt<'_> {
+    fn finish(mut self, ok: bool) {
+        self.done = true;
+        let mut map = self
+            .guard
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if ok {
+            map.remove(&self.token_id);
+            return;
+        }
+        if let Some(f) = map.get_mut(&self.token_id) {
+            f.pending = f.pending.saturating_sub(1);
+            f.failed += 1;
+            if f.failed >= self.guard.max_failures {
+                f.locked_until = Some(Instant::now() + self.guard.lockout);
+                tracing::warn!(target: "errors.api", token_id = %self.token_id,
+                    failures = f.failed, "token id locked out after failed authentications");
+            }
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut map = self
+                .guard
+                .failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(f) = map.get_mut(&self.token_id) {
+                f.pending = f.pending.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// The token of an `Authorization` header: the scheme `Bearer` in any case (RFC 9110), one or
+/// more blanks, the token.
+fn bearer_token(header: &str) -> Result<&str, ApiError> {
+    let usage = || {
+        ApiError::unauthorized(
+            "use `Authorization: Bearer <token>` (create a token with `kiln token create`)",
+        )
+    };
+    let (scheme, rest) = header
+        .trim_start()
+        .split_once([' ', '\t'])
+        .ok_or_else(usage)?;
+    let token = rest.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(usage());
+    }
+    Ok(token)
+}
 
 async fn authenticate(state: &AppState, header: &str) -> Result<Caller, ApiError> {
     let invalid = || {
@@ -211,12 +399,17 @@ async fn authenticate(state: &AppState, header: &str) -> Result<Caller, ApiError
             "the bearer token is invalid or revoked; create one with `kiln token create`",
         )
     };
-    let token = header
-        .strip_prefix("Bearer ")
-        .ok_or_else(|| ApiError::unauthorized("use `Authorization: Bearer <token>`"))?
-        .trim();
+    let token = bearer_token(header)?;
     let rest = token.strip_prefix("kiln_").ok_or_else(invalid)?;
     let (id, secret) = rest.split_once('_').ok_or_else(invalid)?;
+    if id.is_empty()
+        || id.len() > MAX_ID_LEN
+        || !id.bytes().all(|b| b.is_ascii_alphanumeric())
+        || secret.is_empty()
+        || secret.len() > MAX_SECRET_LEN
+    {
+        return Err(invalid());
+    }
     let record = state
         .store()
         .token(id)
@@ -226,22 +419,45 @@ async fn authenticate(state: &AppState, header: &str) -> Result<Caller, ApiError
     if record.revoked_at.is_some() {
         return Err(invalid());
     }
+    let guard = state.auth();
     let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    let cached = {
-        let cache = state.verified().0.lock().unwrap_or_else(|e| e.into_inner());
-        cache.get(&key).is_some_and(|t| t.elapsed() < CACHE_TTL)
-    };
-    if !cached {
-        let hash = PasswordHash::new(&record.secret_hash).map_err(|_| invalid())?;
-        Argon2::default()
-            .verify_password(secret.as_bytes(), &hash)
-            .map_err(|_| invalid())?;
-        state
-            .verified()
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, Instant::now());
+    let stored: [u8; 32] = Sha256::digest(record.secret_hash.as_bytes()).into();
+    if !guard.is_verified(&key, &record.id, &stored) {
+        let attempt = guard.begin(&record.id).map_err(|wait| {
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failures",
+                format!(
+                    "token id `{}` is locked after {} failed authentications; retry in {secs} s \
+                     with the right token",
+                    record.id, guard.max_failures
+                ),
+            )
+            .with_retry_after(secs)
+        })?;
+        let permit = guard
+            .hashing
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(ApiError::internal)?;
+        let (hash, secret) = (record.secret_hash.clone(), secret.to_owned());
+        let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            PasswordHash::new(&hash).is_ok_and(|hash| {
+                Argon2::default()
+                    .verify_password(secret.as_bytes(), &hash)
+                    .is_ok()
+            })
+        })
+        .await
+        .map_err(ApiError::internal)?;
+        attempt.finish(ok);
+        if !ok {
+            return Err(invalid());
+        }
+        guard.remember(key, &record.id, stored);
     }
     let mut claims: HashSet<Claim> = record
         .claims
@@ -319,6 +535,56 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown role")
         );
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for h in [
+            "Bearer t",
+            "bearer t",
+            "BEARER t",
+            "bEaReR   t ",
+            "Bearer\tt",
+        ] {
+            assert_eq!(bearer_token(h).unwrap(), "t", "{h:?}");
+        }
+        for h in ["Basic t", "Bearer", "Bearer ", "bearert", "Bearer  ", "t"] {
+            assert_eq!(bearer_token(h).unwrap_err().code, "unauthorized", "{h:?}");
+        }
+    }
+
+    #[test]
+    fn failures_lock_an_id_out_and_success_resets() {
+        let guard = AuthGuard::new(3, Duration::from_secs(60));
+        for _ in 0..3 {
+            guard.begin("a").unwrap().finish(false);
+        }
+        let wait = guard.begin("a").err().expect("locked after 3 failures");
+        assert!(wait > Duration::from_secs(50), "{wait:?}");
+        // Other ids are not affected.
+        guard.begin("b").unwrap().finish(true);
+        // Reservations in flight count: a burst cannot start more than the limit.
+        let a = guard.begin("c").unwrap();
+        let b = guard.begin("c").unwrap();
+        let c = guard.begin("c").unwrap();
+        assert!(guard.begin("c").is_err());
+        drop(a); // cancelled: its reservation is released, and it is no failure
+        b.finish(false);
+        c.finish(true);
+        assert!(guard.failures.lock().unwrap().get("c").is_none());
+    }
+
+    #[test]
+    fn maps_stay_bounded() {
+        let guard = AuthGuard::new(3, Duration::from_secs(60));
+        for i in 0..MAX_ENTRIES + 50 {
+            guard.begin(&format!("id{i}")).unwrap().finish(false);
+            let mut key = [0u8; 32];
+            key[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            guard.remember(key, "x", [0; 32]);
+        }
+        assert!(guard.failures.lock().unwrap().len() <= MAX_ENTRIES);
+        assert!(guard.verified.lock().unwrap().len() <= MAX_ENTRIES);
     }
 
     #[test]

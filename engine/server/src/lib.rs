@@ -10,6 +10,8 @@
 
 pub mod auth;
 mod extract;
+mod http;
+mod limits;
 mod manager;
 mod openapi;
 mod problem;
@@ -17,6 +19,8 @@ mod routes;
 mod state;
 
 pub use auth::{Claim, Roles, issue_token};
+pub use http::{BodyTimeout, SHUTDOWN_GRACE};
+pub use limits::{LimitsError, ServerLimits};
 pub use manager::RunManager;
 pub use openapi::openapi;
 pub use problem::ApiError;
@@ -25,13 +29,16 @@ pub use state::{AppState, ServerConfig};
 use std::net::SocketAddr;
 
 /// Serve the API on `addr` until `shutdown` resolves. Runs that were active when an earlier
-/// engine stopped are recovered first; on shutdown no new run is accepted, and runs in flight
-/// are left to their supervised programs for the next start to re-attach to.
+/// engine stopped are recovered first; on shutdown no new run is accepted, live log streams
+/// end, requests in flight get [`SHUTDOWN_GRACE`] to finish, and runs in flight are left to
+/// their supervised programs for the next start to re-attach to. The connection limits and
+/// timeouts are the state's [`ServerLimits`] (see `http.rs`).
 pub async fn serve(
     state: AppState,
     addr: SocketAddr,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    state.limits().validate()?;
     let recovered = state.manager().recover().await?;
     if recovered > 0 {
         tracing::info!(target: "operations.training", recovered, "recovered active runs");
@@ -43,12 +50,18 @@ pub async fn serve(
     tracing::info!(target: "app.backend", %local, "listening");
     eprintln!("kiln API listening on http://{local}/api/v1 (OpenAPI: /api/v1/openapi.json)");
     let manager = state.manager().clone();
-    axum::serve(listener, routes::router(state))
-        .with_graceful_shutdown(async move {
+    let stop = state.shutdown().clone();
+    let limits = state.limits().clone();
+    let signal = tokio::spawn({
+        let stop = stop.clone();
+        async move {
             shutdown.await;
             manager.stop_accepting();
             tracing::info!(target: "app.backend", "shutting down: no new runs accepted");
-        })
-        .await?;
+            stop.cancel();
+        }
+    });
+    http::serve(listener, routes::router(state), limits, stop).await;
+    signal.abort();
     Ok(())
 }

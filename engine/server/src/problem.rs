@@ -13,6 +13,8 @@ pub struct ApiError {
     /// Stable, machine-readable, e.g. `run_not_found`.
     pub code: &'static str,
     pub detail: String,
+    /// Seconds for a `Retry-After` header (429, 503).
+    pub retry_after: Option<u64>,
 }
 
 /// The body of every error response (RFC 9457).
@@ -35,7 +37,14 @@ impl ApiError {
             status,
             code,
             detail: detail.into(),
+            retry_after: None,
         }
+    }
+
+    /// Answer with `Retry-After: secs`.
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
@@ -72,8 +81,9 @@ impl From<kiln_store::Error> for ApiError {
     fn from(e: kiln_store::Error) -> Self {
         match e {
             kiln_store::Error::RunNotFound(_) => Self::not_found("run_not_found", e.to_string()),
+            // The prefix is well-formed; it is the runs that exist that make it ambiguous.
             kiln_store::Error::AmbiguousRun { .. } => {
-                Self::bad_request("ambiguous_run_id", e.to_string())
+                Self::conflict("ambiguous_run_id", e.to_string())
             }
             kiln_store::Error::ModelNotFound(_) => {
                 Self::not_found("model_not_found", e.to_string())
@@ -107,10 +117,14 @@ impl IntoResponse for ApiError {
             code: self.code.to_owned(),
         };
         let mut response = (self.status, axum::Json(body)).into_response();
-        response.headers_mut().insert(
+        let headers = response.headers_mut();
+        headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response
     }
 }

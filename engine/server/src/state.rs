@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use kiln_runner::{Runner, Workspace};
 use kiln_store::Store;
+use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Roles, VerifiedCache};
+use crate::auth::{AuthGuard, Roles};
+use crate::limits::ServerLimits;
 use crate::manager::RunManager;
 
 /// How the server is set up.
@@ -16,6 +18,8 @@ pub struct ServerConfig {
     pub workflows_dir: PathBuf,
     /// Accept every request as an all-claims caller named `anonymous` (local use only).
     pub insecure_no_auth: bool,
+    /// Timeouts, the connection bound and the authentication lockout.
+    pub limits: ServerLimits,
 }
 
 struct Shared {
@@ -23,7 +27,8 @@ struct Shared {
     manager: RunManager,
     roles: Roles,
     config: ServerConfig,
-    verified: VerifiedCache,
+    auth: AuthGuard,
+    shutdown: CancellationToken,
 }
 
 #[derive(Clone)]
@@ -36,8 +41,9 @@ impl AppState {
             runner,
             manager,
             roles,
+            auth: AuthGuard::new(config.limits.auth_max_failures, config.limits.auth_lockout),
             config,
-            verified: VerifiedCache::default(),
+            shutdown: CancellationToken::new(),
         }))
     }
 
@@ -69,7 +75,16 @@ impl AppState {
         self.0.config.insecure_no_auth
     }
 
-    pub(crate) fn verified(&self) -> &VerifiedCache {
-        &self.0.verified
+    pub(crate) fn auth(&self) -> &AuthGuard {
+        &self.0.auth
+    }
+
+    pub fn limits(&self) -> &ServerLimits {
+        &self.0.config.limits
+    }
+
+    /// Cancelled when the server begins to shut down: live log streams end then.
+    pub(crate) fn shutdown(&self) -> &CancellationToken {
+        &self.0.shutdown
     }
 }

@@ -173,6 +173,9 @@ impl Store {
     }
 
     pub async fn model(&self, id: &str) -> Result<ModelRecord> {
+        if !crate::runs::lookup_key_ok(id) {
+            return Err(crate::Error::ModelNotFound(id.to_owned()));
+        }
         let row = sqlx::query("SELECT * FROM models WHERE id = $1")
             .bind(id)
             .fetch_optional(self.pool())
@@ -227,6 +230,10 @@ impl Store {
 
     /// Models, optionally of one project, newest first.
     pub async fn list_models(&self, project: Option<&str>) -> Result<Vec<ModelRecord>> {
+        if project.is_some_and(|p| p.contains('\0')) {
+            // No project can be named so (PostgreSQL cannot even store it).
+            return Ok(Vec::new());
+        }
         let rows = match project {
             Some(p) => sqlx::query(
                 "SELECT * FROM models WHERE project = $1 ORDER BY created_on DESC, version DESC",

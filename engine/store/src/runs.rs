@@ -88,6 +88,12 @@ fn run_from_row(row: &AnyRow) -> Result<RunRecord> {
     })
 }
 
+/// Whether `key` can name a record at all: not empty, and without NUL, which PostgreSQL cannot
+/// store in text (binding it is an error there, while SQLite would just find nothing).
+pub(crate) fn lookup_key_ok(key: &str) -> bool {
+    !key.is_empty() && !key.contains('\0')
+}
+
 impl Store {
     /// Record a new run in `queued` with its planned steps, and claim the training folders it
     /// is known to write, in one transaction: either all of it is recorded or nothing is
@@ -287,7 +293,17 @@ impl Store {
     }
 
     /// The run with this id, or the only run whose id starts with `id_or_prefix`.
+    ///
+    /// The prefix is matched literally and case-sensitively on every backend: no `LIKE` (whose
+    /// `%` and `_` are wildcards, and which SQLite compares case-insensitively), no range over
+    /// the column (whose order depends on the database's collation on PostgreSQL), but
+    /// `substr(id, 1, length(prefix)) = prefix`, where both databases count characters and
+    /// compare equal strings equal. An empty prefix, or one PostgreSQL could not even store (a
+    /// NUL character), matches nothing.
     pub async fn run(&self, id_or_prefix: &str) -> Result<RunRecord> {
+        if !lookup_key_ok(id_or_prefix) {
+            return Err(Error::RunNotFound(id_or_prefix.to_owned()));
+        }
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
         if let Some(row) = sqlx::query(&sql)
             .bind(id_or_prefix)
@@ -297,10 +313,11 @@ impl Store {
         {
             return run_from_row(&row);
         }
-        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id LIKE $1 ORDER BY id LIMIT 5");
-        let escaped = id_or_prefix.replace(['%', '_'], "");
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE substr(id, 1, length($1)) = $1 ORDER BY id LIMIT 5"
+        );
         let rows = sqlx::query(&sql)
-            .bind(format!("{escaped}%"))
+            .bind(id_or_prefix)
             .fetch_all(self.pool())
             .await
             .map_err(query_err("reading a run"))?;

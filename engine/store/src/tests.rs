@@ -90,6 +90,54 @@ async fn prefix_lookup_is_unambiguous_or_says_so() {
         );
     }
 }
+/// `%` and `_` are not wildcards and case matters, on SQLite (whose LIKE ignores ASCII case)
+/// and PostgreSQL alike.
+#[tokio::test]
+async fn prefix_lookup_is_literal_and_case_sensitive() {
+    for (_d, s) in stores().await {
+        for id in [
+            "ab%x-1",
+            "abcx-2",
+            "a_c-3",
+            "abc-4",
+            "Upper-5",
+            "uni-\u{e9}t\u{e9}-6",
+        ] {
+            s.create_run(&new_run(id), &[], &[]).await.unwrap();
+        }
+        // `%` matches only a `%`.
+        assert_eq!(s.run("ab%").await.unwrap().id, "ab%x-1");
+        assert!(matches!(s.run("%").await, Err(Error::RunNotFound(_))));
+        assert!(matches!(s.run("a%").await, Err(Error::RunNotFound(_))));
+        // `_` matches only a `_`.
+        assert_eq!(s.run("a_").await.unwrap().id, "a_c-3");
+        assert!(matches!(s.run("_").await, Err(Error::RunNotFound(_))));
+        assert!(matches!(s.run("ab_").await, Err(Error::RunNotFound(_))));
+        // Still a prefix match, ambiguous when it should be.
+        assert!(matches!(
+            s.run("abc").await,
+            Err(Error::AmbiguousRun { .. })
+        ));
+        assert_eq!(s.run("abcx").await.unwrap().id, "abcx-2");
+        // Case-sensitive everywhere.
+        assert_eq!(s.run("Upper").await.unwrap().id, "Upper-5");
+        assert!(matches!(s.run("upper").await, Err(Error::RunNotFound(_))));
+        assert!(matches!(s.run("ABC").await, Err(Error::RunNotFound(_))));
+        // Characters, not bytes.
+        assert_eq!(s.run("uni-\u{e9}").await.unwrap().id, "uni-\u{e9}t\u{e9}-6");
+        assert!(matches!(
+            s.run("uni-\u{c9}").await,
+            Err(Error::RunNotFound(_))
+        ));
+        // Empty and unstorable keys match nothing (and are no database error on PostgreSQL).
+        assert!(matches!(s.run("").await, Err(Error::RunNotFound(_))));
+        assert!(matches!(s.run("ab\0").await, Err(Error::RunNotFound(_))));
+        assert!(matches!(s.model("m\0").await, Err(Error::ModelNotFound(_))));
+        assert!(s.token("t\0").await.unwrap().is_none());
+        assert!(s.list_models(Some("p\0")).await.unwrap().is_empty());
+    }
+}
+
 #[tokio::test]
 async fn model_registration_is_idempotent_per_step_and_versions_per_name() {
     for (_d, s) in stores().await {

@@ -75,6 +75,9 @@ impl Store {
     }
 
     pub async fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
+        if !crate::runs::lookup_key_ok(id) {
+            return Ok(None);
+        }
         let row = sqlx::query("SELECT * FROM tokens WHERE id = $1")
             .bind(id)
             .fetch_optional(self.pool())

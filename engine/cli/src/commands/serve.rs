@@ -14,6 +14,11 @@ fn roles(ctx: &Context) -> anyhow::Result<Roles> {
 }
 
 pub async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<Exit> {
+    let limits = args.limits.to_limits();
+    if let Err(e) = limits.validate() {
+        eprintln!("error: {e}");
+        return Ok(Exit::InvalidInput);
+    }
     if args.insecure_no_auth {
         let warning = "--insecure-no-auth: EVERY REQUEST IS ACCEPTED WITH EVERY CLAIM, WITHOUT A TOKEN. \
                        Never expose this server beyond your own machine.";
@@ -30,6 +35,7 @@ pub async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<Exit> {
             .clone()
             .unwrap_or_else(|| ctx.ws.root().join("workflows")),
         insecure_no_auth: args.insecure_no_auth,
+        limits,
     };
     let state = AppState::new(runner, roles(ctx)?, config);
     let shutdown = async {

@@ -63,7 +63,7 @@ pub(crate) fn workflows_in_dir(state: &AppState) -> ApiResult<Vec<(std::path::Pa
 }
 
 /// Workflows that `POST /runs` can start.
-#[utoipa::path(get, path = "/api/v1/workflows", responses((status = 200, body = Vec<WorkflowView>)))]
+#[utoipa::path(get, path = "/api/v1/workflows", operation_id = "list_workflows", responses((status = 200, body = Vec<WorkflowView>)))]
 pub async fn workflows(State(state): State<AppState>) -> ApiResult<Json<Vec<WorkflowView>>> {
     let out = workflows_in_dir(&state)?
         .into_iter()
@@ -79,7 +79,7 @@ pub async fn workflows(State(state): State<AppState>) -> ApiResult<Json<Vec<Work
 }
 
 /// Installed plugins with their actions and grants.
-#[utoipa::path(get, path = "/api/v1/plugins", responses((status = 200, body = Vec<PluginView>)))]
+#[utoipa::path(get, path = "/api/v1/plugins", operation_id = "list_plugins", responses((status = 200, body = Vec<PluginView>)))]
 pub async fn plugins(State(state): State<AppState>) -> ApiResult<Json<Vec<PluginView>>> {
     Ok(Json(
         state

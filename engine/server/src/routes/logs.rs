@@ -15,7 +15,7 @@ use std::path::{Path as FsPath, PathBuf};
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -24,7 +24,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use kiln_store::{StepRecord, StepStatus};
 
-use crate::extract::ApiQuery;
+use crate::extract::{ApiPath, ApiQuery, MAX_OFFSET, whole_number};
 use crate::problem::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
 
@@ -47,15 +47,23 @@ const POLL: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
     /// Step id. Default: the running step with program output, else the last step with
     /// program output, else the first step.
     pub step: Option<String>,
     /// Where to start: `next_offset` of the previous page (0, the default, is the beginning).
     /// With `Accept: text/event-stream`, the `Last-Event-ID` header takes precedence.
-    pub offset: Option<u64>,
-    /// Lines per page, 1..=10000 (default 1000).
-    pub limit: Option<usize>,
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 9223372036854775807_i64)]
+    pub offset: Option<String>,
+    /// Lines per page (default 1000).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 10000)]
+    pub limit: Option<String>,
+}
+
+/// An offset given as `raw` (a query parameter or header named `what`).
+pub(crate) fn offset(what: &str, raw: &str, code: &'static str) -> ApiResult<u64> {
+    whole_number(what, raw, 0, MAX_OFFSET, code)
 }
 
 /// A page of a step's log.
@@ -101,25 +109,36 @@ pub struct CheckpointList {
 /// Events (`Accept: text/event-stream`): each line is an event whose `id` is the offset after
 /// it (reconnect with `Last-Event-ID` to resume); when the step has ended and everything was
 /// sent, a last `event: end` with data `{"status": "<step status>"}` closes the stream.
-#[utoipa::path(get, path = "/api/v1/runs/{id}/logs",
+#[utoipa::path(get, path = "/api/v1/runs/{id}/logs", operation_id = "get_run_logs",
     params(("id" = String, Path, description = "run id or a unique prefix"), LogQuery,
-        ("Last-Event-ID" = Option<String>, Header, description = "SSE: resume after this offset")),
+        ("Last-Event-ID" = Option<i64>, Header, minimum = 0, maximum = 9223372036854775807_i64,
+            description = "SSE: resume after this offset (the `id` of the last event received); \
+                           checked, but unused, without `Accept: text/event-stream`")),
     responses(
         (status = 200, content((LogPage = "application/json"), (String = "text/event-stream"))),
         (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn run_logs(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> ApiResult<Response> {
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            format!("limit must be between 1 and {MAX_LIMIT}"),
-        ));
-    }
+    let limit = match &q.limit {
+        Some(raw) => whole_number("limit", raw, 1, MAX_LIMIT as u64, "invalid_limit")? as usize,
+        None => DEFAULT_LIMIT,
+    };
+    let query_offset = match &q.offset {
+        Some(raw) => offset("offset", raw, "invalid_offset")?,
+        None => 0,
+    };
+    let last_event_id = match headers.get("last-event-id") {
+        Some(v) => Some(offset(
+            "Last-Event-ID",
+            v.to_str().unwrap_or("(not text)"),
+            "invalid_last_event_id",
+        )?),
+        None => None,
+    };
     let run = state.store().run(&id).await?;
     let step = pick_step(&state, &run.id, q.step.as_deref()).await?;
     let sse = headers
@@ -127,7 +146,7 @@ pub async fn run_logs(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("text/event-stream"));
     if !sse {
-        let page = read_page(&state, &run.id, &step.step_id, q.offset.unwrap_or(0), limit).await?;
+        let page = read_page(&state, &run.id, &step.step_id, query_offset, limit).await?;
         return Ok(Json(LogPage {
             run_id: run.id,
             step: step.step_id,
@@ -138,20 +157,7 @@ pub async fn run_logs(
         })
         .into_response());
     }
-    let offset = match headers.get("last-event-id") {
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_last_event_id",
-                    "Last-Event-ID must be the id of an event of this stream (an offset); \
-                     drop the header to start from `offset`",
-                )
-            })?,
-        None => q.offset.unwrap_or(0),
-    };
+    let offset = last_event_id.unwrap_or(query_offset);
     let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(64);
     tokio::spawn(follow(state, run.id, step.step_id, offset, tx));
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -171,6 +177,9 @@ async fn follow(
     tx: tokio::sync::mpsc::Sender<SseEvent>,
 ) {
     loop {
+        if state.shutdown().is_cancelled() {
+            return;
+        }
         let mut full = false;
         match read_page(&state, &run_id, &step_id, offset, DEFAULT_LIMIT).await {
             Ok(page) => {
@@ -208,6 +217,9 @@ async fn follow(
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
             _ = tx.closed() => return,
+            // The server is stopping: end the stream without `end`, so the client resumes
+            // with Last-Event-ID against the restarted server.
+            _ = state.shutdown().cancelled() => return,
         }
     }
 }
@@ -471,12 +483,12 @@ fn clean(raw: &[u8]) -> String {
 /// The weights files of the run's trainings: every step with `project` and `training_name`
 /// inputs has its `projects/<project>/model/training/<name>/weights/` listed (each directory
 /// once, under the first step naming it).
-#[utoipa::path(get, path = "/api/v1/runs/{id}/checkpoints",
+#[utoipa::path(get, path = "/api/v1/runs/{id}/checkpoints", operation_id = "get_run_checkpoints",
     params(("id" = String, Path, description = "run id or a unique prefix")),
     responses((status = 200, body = CheckpointList), (status = 404, body = Problem)))]
 pub async fn run_checkpoints(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<CheckpointList>> {
     let run = state.store().run(&id).await?;
     let checkpoints = checkpoints_of(&state, &run.id).await?;

@@ -10,10 +10,11 @@ mod training;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, OriginalUri, Request};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post};
+use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::auth::{self, Claim};
 use crate::problem::ApiError;
@@ -116,7 +117,18 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn(log_requests))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // A handler that panics is a 500 problem, not a dropped connection.
+        .layer(CatchPanicLayer::custom(panicked))
         .with_state(state)
+}
+
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    ApiError::internal(format!("a handler panicked: {what}")).into_response()
 }
 
 /// Each module's part of the OpenAPI document.
@@ -135,14 +147,14 @@ async fn openapi_json() -> impl IntoResponse {
     axum::Json(crate::openapi::openapi())
 }
 
-async fn method_not_allowed(req: Request) -> ApiError {
+async fn method_not_allowed(OriginalUri(uri): OriginalUri, req: Request) -> ApiError {
     ApiError::new(
         axum::http::StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         format!(
-            "{} is not allowed on {}; see /api/v1/openapi.json for its methods",
+            "{} is not allowed on {}; the `Allow` header lists its methods",
             req.method(),
-            req.uri().path()
+            uri.path()
         ),
     )
 }

@@ -1,7 +1,7 @@
 //! The model registry: list, show with lineage, publish, promote; and re-exporting a run's best
 //! weights.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
@@ -12,8 +12,7 @@ use kiln_runner::builtins::{self, BuiltinCtx};
 use kiln_store::{ModelRecord, STAGES};
 
 use crate::auth::Caller;
-use crate::extract::ApiJson;
-use crate::extract::ApiQuery;
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::problem::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
 
@@ -27,6 +26,7 @@ use crate::state::AppState;
         TrainingRunView,
         ModelRef,
         Promote,
+        Stage,
         ExportView
     ))
 )]
@@ -156,6 +156,7 @@ pub struct ModelDetail {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only models of this project.
     pub project: Option<String>,
@@ -167,8 +168,18 @@ pub struct ListQuery {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Promote {
-    /// development | testing | production
+    #[schema(value_type = Stage)]
     pub stage: String,
+}
+
+/// A model's stage (`kiln_store::STAGES`).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum Stage {
+    Development,
+    Testing,
+    Production,
 }
 
 /// What re-exporting a run's best weights produced.
@@ -199,7 +210,7 @@ async fn model(state: &AppState, id: &str) -> ApiResult<ModelRecord> {
 }
 
 /// Registered models, newest first.
-#[utoipa::path(get, path = "/api/v1/models", params(ListQuery),
+#[utoipa::path(get, path = "/api/v1/models", operation_id = "list_models", params(ListQuery),
     responses((status = 200, body = Vec<ModelView>), (status = 400, body = Problem)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -213,11 +224,11 @@ pub async fn list(
 }
 
 /// A model with its lineage (training run, base model, dataset) and its other versions.
-#[utoipa::path(get, path = "/api/v1/models/{id}", params(("id" = String, Path, description = "model id")),
+#[utoipa::path(get, path = "/api/v1/models/{id}", operation_id = "get_model", params(("id" = String, Path, description = "model id")),
     responses((status = 200, body = ModelDetail), (status = 404, body = Problem)))]
 pub async fn show(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<ModelDetail>> {
     let m = model(&state, &id).await?;
     let training_run = match &m.training_run_id {
@@ -267,11 +278,11 @@ pub async fn show(
 }
 
 /// Publish a model (idempotent: the first publication time is kept).
-#[utoipa::path(post, path = "/api/v1/models/{id}/publish", params(("id" = String, Path, description = "model id")),
+#[utoipa::path(post, path = "/api/v1/models/{id}/publish", operation_id = "publish_model", params(("id" = String, Path, description = "model id")),
     responses((status = 200, body = ModelView), (status = 404, body = Problem)))]
 pub async fn publish(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<ModelView>> {
     model(&state, &id).await?;
     let m = state.store().publish_model(&id).await?;
@@ -280,12 +291,12 @@ pub async fn publish(
 }
 
 /// Move a model to a stage; promotion to `production` records the date.
-#[utoipa::path(post, path = "/api/v1/models/{id}/promote", params(("id" = String, Path, description = "model id")),
+#[utoipa::path(post, path = "/api/v1/models/{id}/promote", operation_id = "promote_model", params(("id" = String, Path, description = "model id")),
     request_body = Promote,
     responses((status = 200, body = ModelView), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn promote(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Promote>,
 ) -> ApiResult<Json<ModelView>> {
     if !STAGES.contains(&body.stage.as_str()) {
@@ -308,14 +319,14 @@ pub async fn promote(
 /// Run the export of a finished run's best weights again (`builtin/export-best`): with the
 /// inputs its export step recorded, else with the training step's `best_weights` output and its
 /// `project` / `training_name` inputs.
-#[utoipa::path(post, path = "/api/v1/runs/{id}/export-best",
+#[utoipa::path(post, path = "/api/v1/runs/{id}/export-best", operation_id = "export_run_best",
     params(("id" = String, Path, description = "run id or a unique prefix")),
     responses((status = 200, body = ExportView), (status = 404, body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn export_best(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<ExportView>> {
     let run = state.store().run(&id).await?;
     if !run.status.is_terminal() {

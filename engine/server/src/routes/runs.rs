@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
@@ -14,8 +14,7 @@ use kiln_store::{RunRecord, RunStatus, StepRecord};
 use kiln_workflow::Workflow;
 
 use crate::auth::Caller;
-use crate::extract::ApiJson;
-use crate::extract::ApiQuery;
+use crate::extract::{ApiJson, ApiPath, ApiQuery, MAX_OFFSET, whole_number};
 use crate::problem::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
 
@@ -145,18 +144,39 @@ pub struct RunStats {
     pub success_rate: Option<f64>,
 }
 
+/// Largest page of `GET /runs`.
+const MAX_PAGE: u64 = 500;
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// queued | running | succeeded | failed | cancelled
+    /// Only runs with this status.
+    #[param(inline, value_type = Option<RunStatusParam>)]
     pub status: Option<String>,
-    /// Page size, 1..=500 (default 50).
-    pub limit: Option<i64>,
-    pub offset: Option<i64>,
+    /// Page size (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
+    pub limit: Option<String>,
+    /// Runs to skip: 0 (the default) or the `next_offset` of the previous page.
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 9223372036854775807_i64)]
+    pub offset: Option<String>,
+}
+
+/// A run status.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum RunStatusParam {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeleteQuery {
     /// Also delete what the run owns on disk: its logs and state, the training folders it owns
     /// (refused while a registered model references a file in one) and the extracted datasets
@@ -226,7 +246,7 @@ pub(crate) async fn start_run(
 }
 
 /// Trigger a run.
-#[utoipa::path(post, path = "/api/v1/runs", request_body = CreateRun,
+#[utoipa::path(post, path = "/api/v1/runs", operation_id = "create_run", request_body = CreateRun,
     responses((status = 201, body = RunView), (status = 422, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -238,29 +258,48 @@ pub async fn create(
 }
 
 /// List runs, newest first.
-#[utoipa::path(get, path = "/api/v1/runs", params(ListQuery), responses((status = 200, body = RunPage)))]
+#[utoipa::path(get, path = "/api/v1/runs", operation_id = "list_runs", params(ListQuery), responses((status = 200, body = RunPage)))]
 pub async fn list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<RunPage>> {
+    // Exactly as documented (lowercase), unlike the CLI's forgiving parse.
     let status = q
         .status
         .as_deref()
-        .map(str::parse::<RunStatus>)
-        .transpose()
-        .map_err(|e| ApiError::bad_request("invalid_status", e.to_string()))?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            "limit must be between 1 and 500",
-        ));
-    }
-    let offset = q.offset.unwrap_or(0).max(0);
+        .map(|raw| {
+            RunStatus::ALL
+                .iter()
+                .copied()
+                .find(|s| s.as_str() == raw)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_status",
+                        format!(
+                            "unknown status `{raw}`; use one of: {}",
+                            RunStatus::ALL
+                                .iter()
+                                .map(|s| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )
+                })
+        })
+        .transpose()?;
+    let limit = match &q.limit {
+        Some(raw) => whole_number("limit", raw, 1, MAX_PAGE, "invalid_limit")? as i64,
+        None => 50,
+    };
+    let offset = match &q.offset {
+        Some(raw) => whole_number("offset", raw, 0, MAX_OFFSET, "invalid_offset")? as i64,
+        None => 0,
+    };
     let runs = state.store().page_runs(status, limit + 1, offset).await?;
     let more = runs.len() as i64 > limit;
     Ok(Json(RunPage {
-        next_offset: more.then_some(offset + limit),
+        // Past the largest offset there is nothing more to ask for.
+        next_offset: more.then(|| offset.checked_add(limit)).flatten(),
         runs: runs
             .into_iter()
             .take(limit as usize)
@@ -270,11 +309,11 @@ pub async fn list(
 }
 
 /// A run with its steps, progress and metrics.
-#[utoipa::path(get, path = "/api/v1/runs/{id}", params(("id" = String, Path, description = "run id or a unique prefix")),
+#[utoipa::path(get, path = "/api/v1/runs/{id}", operation_id = "get_run", params(("id" = String, Path, description = "run id or a unique prefix")),
     responses((status = 200, body = RunView), (status = 404, body = Problem)))]
 pub async fn show(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<RunView>> {
     let run = state.store().run(&id).await?;
     let steps = state.store().steps(&run.id).await?;
@@ -282,7 +321,7 @@ pub async fn show(
 }
 
 /// Counts by status and the success rate.
-#[utoipa::path(get, path = "/api/v1/runs/stats", responses((status = 200, body = RunStats)))]
+#[utoipa::path(get, path = "/api/v1/runs/stats", operation_id = "run_stats", responses((status = 200, body = RunStats)))]
 pub async fn stats(State(state): State<AppState>) -> ApiResult<Json<RunStats>> {
     let s = state.store().run_stats().await?;
     Ok(Json(RunStats {
@@ -297,11 +336,11 @@ pub async fn stats(State(state): State<AppState>) -> ApiResult<Json<RunStats>> {
 }
 
 /// Cancel a run: its programs get SIGTERM, then SIGKILL after the grace period.
-#[utoipa::path(post, path = "/api/v1/runs/{id}/cancel", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/api/v1/runs/{id}/cancel", operation_id = "cancel_run", params(("id" = String, Path)),
     responses((status = 202, body = RunView), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn cancel(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<impl IntoResponse> {
     let run = state.store().run(&id).await?;
     if run.status.is_terminal() {
@@ -316,11 +355,11 @@ pub async fn cancel(
 
 /// Run a failed or cancelled run again from its unfinished steps, reusing the outputs of the
 /// steps that succeeded.
-#[utoipa::path(post, path = "/api/v1/runs/{id}/retry", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/api/v1/runs/{id}/retry", operation_id = "retry_run", params(("id" = String, Path)),
     responses((status = 202, body = RunView), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn retry(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<impl IntoResponse> {
     if !state.manager().accepting() {
         return Err(ApiError::new(
@@ -362,11 +401,11 @@ pub async fn retry(
 /// files the run owns go too: its run folder, the training folders it owns and the datasets no
 /// other run used; a registered model referencing a file in one of its training folders refuses
 /// the purge (409) and nothing is deleted.
-#[utoipa::path(delete, path = "/api/v1/runs/{id}", params(("id" = String, Path), DeleteQuery),
+#[utoipa::path(delete, path = "/api/v1/runs/{id}", operation_id = "delete_run", params(("id" = String, Path), DeleteQuery),
     responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn remove(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> ApiResult<StatusCode> {
     let run = state.store().run(&id).await?;

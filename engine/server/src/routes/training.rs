@@ -23,8 +23,7 @@ use kiln_store::RunRecord;
 
 use super::runs::start_run;
 use crate::auth::Caller;
-use crate::extract::ApiJson;
-use crate::extract::ApiQuery;
+use crate::extract::{ApiJson, ApiQuery};
 use crate::problem::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
 
@@ -72,10 +71,13 @@ const TRAINING_LOG_LINES: usize = 1000;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DefaultConfigQuery {
     /// Training framework, e.g. `ultralytics` (a folder under `configs/`).
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub framework: String,
     /// Task, e.g. `detect` (a folder under `configs/<framework>/`).
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub task: String,
 }
 
@@ -118,8 +120,10 @@ impl ConfigMode {
 #[serde(deny_unknown_fields)]
 pub struct ResolveConfig {
     /// An installed plugin with a `resolve-config` action, e.g. `ultralytics`.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub framework: String,
     /// e.g. `detect` or `segment`.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub task: String,
     #[serde(default)]
     pub mode: ConfigMode,
@@ -135,6 +139,7 @@ pub struct ResolveConfig {
     pub data: Option<String>,
     /// The training the preview is for (default `preview`); only shown in the preview.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub training_name: Option<String>,
 }
 
@@ -163,14 +168,21 @@ pub struct ResolvedConfig {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartTraining {
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub project_id: String,
     /// Outputs go to `projects/<project_id>/model/training/<training_name>/`.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub training_name: String,
     /// e.g. `ultralytics`.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub framework: String,
     /// e.g. `detect`.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub task: String,
     /// Release ZIP file name under `projects/<project_id>/releases/` (or that full relative path).
+    #[schema(
+        pattern = "^([A-Za-z0-9][A-Za-z0-9._-]{0,127}|projects/[A-Za-z0-9][A-Za-z0-9._-]{0,127}/releases/[A-Za-z0-9][A-Za-z0-9._-]{0,123}[.]zip)$"
+    )]
     pub release: String,
     #[serde(default)]
     pub mode: ConfigMode,
@@ -184,7 +196,9 @@ pub struct StartTraining {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StopTraining {
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub project_id: String,
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub training_name: String,
 }
 
@@ -198,18 +212,25 @@ pub struct TrainingRun {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct TrainingQuery {
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub project_id: String,
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub training_name: String,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub project_id: String,
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub training_name: String,
     /// Byte offset into the log: 0, or the `next_offset` of the previous page.
-    pub offset: Option<u64>,
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 9223372036854775807_i64)]
+    pub offset: Option<String>,
 }
 
 /// Output lines of the training program.
@@ -247,8 +268,12 @@ pub struct Checkpoints {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct CheckExtractedQuery {
     /// `projects/<project>/releases/<file>.zip`
+    #[param(
+        pattern = "^projects/[A-Za-z0-9][A-Za-z0-9._-]{0,127}/releases/[A-Za-z0-9][A-Za-z0-9._-]{0,123}[.]zip$"
+    )]
     pub zip_path: String,
 }
 
@@ -269,6 +294,9 @@ pub struct ExtractionState {
 #[serde(deny_unknown_fields)]
 pub struct ExtractRelease {
     /// `projects/<project>/releases/<file>.zip`
+    #[schema(
+        pattern = "^projects/[A-Za-z0-9][A-Za-z0-9._-]{0,127}/releases/[A-Za-z0-9][A-Za-z0-9._-]{0,123}[.]zip$"
+    )]
     pub zip_path: String,
 }
 
@@ -276,7 +304,7 @@ pub struct ExtractRelease {
 // Handlers
 
 /// A framework's base config for a task (`configs/<framework>/<task>/default.yaml`).
-#[utoipa::path(get, path = "/api/v1/training/config/default", params(DefaultConfigQuery),
+#[utoipa::path(get, path = "/api/v1/training/config/default", operation_id = "get_training_default_config", params(DefaultConfigQuery),
     responses((status = 200, body = DefaultConfig), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn default_config(
     State(state): State<AppState>,
@@ -338,7 +366,7 @@ pub async fn default_config(
 /// Merge overrides onto a base config and preview the exact command line, without starting
 /// anything. In user mode, overrides only developer mode allows are dropped and listed in
 /// `rejected`; unknown or mistyped keys are a 422.
-#[utoipa::path(post, path = "/api/v1/training/config/resolve", request_body = ResolveConfig,
+#[utoipa::path(post, path = "/api/v1/training/config/resolve", operation_id = "resolve_training_config", request_body = ResolveConfig,
     responses((status = 200, body = ResolvedConfig), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn resolve_config(
     State(state): State<AppState>,
@@ -475,7 +503,7 @@ pub async fn resolve_config(
 /// Start a training: runs the framework's standard workflow (for `ultralytics`, the
 /// `ultralytics-detect` workflow: extract the release, resolve the config, train, export,
 /// register). At most one run per training may be active.
-#[utoipa::path(post, path = "/api/v1/training/start", request_body = StartTraining,
+#[utoipa::path(post, path = "/api/v1/training/start", operation_id = "start_training", request_body = StartTraining,
     responses((status = 201, body = TrainingRun), (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn start(
     State(state): State<AppState>,
@@ -555,7 +583,7 @@ pub async fn start(
 
 /// Stop the active run of a training: its programs get SIGTERM, then SIGKILL after the grace
 /// period.
-#[utoipa::path(post, path = "/api/v1/training/stop", request_body = StopTraining,
+#[utoipa::path(post, path = "/api/v1/training/stop", operation_id = "stop_training", request_body = StopTraining,
     responses((status = 202, body = TrainingRun), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn stop(
     State(state): State<AppState>,
@@ -585,7 +613,7 @@ pub async fn stop(
 }
 
 /// The training program's output of the latest run of a training, page by page.
-#[utoipa::path(get, path = "/api/v1/training/logs", params(LogsQuery),
+#[utoipa::path(get, path = "/api/v1/training/logs", operation_id = "get_training_logs", params(LogsQuery),
     responses((status = 200, body = TrainingLogs), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn logs(
     State(state): State<AppState>,
@@ -593,6 +621,10 @@ pub async fn logs(
 ) -> ApiResult<Json<TrainingLogs>> {
     plain_name("project_id", &q.project_id, StatusCode::BAD_REQUEST)?;
     plain_name("training_name", &q.training_name, StatusCode::BAD_REQUEST)?;
+    let offset = match &q.offset {
+        Some(raw) => super::logs::offset("offset", raw, "invalid_offset")?,
+        None => 0,
+    };
     let Some(run) = latest_run(&state, &q.project_id, &q.training_name).await? else {
         return Err(ApiError::not_found(
             "training_not_found",
@@ -607,7 +639,6 @@ pub async fn logs(
         .iter()
         .find(|s| s.action.as_deref() == Some("train"))
         .or_else(|| steps.iter().find(|s| s.step_id == "train"));
-    let offset = q.offset.unwrap_or(0);
     let Some(train) = train else {
         return Ok(Json(TrainingLogs {
             run_id: run.id,
@@ -627,7 +658,7 @@ pub async fn logs(
 }
 
 /// Files of a training's `weights/` folder (`best.pt`, `last.pt`, periodic checkpoints).
-#[utoipa::path(get, path = "/api/v1/training/checkpoints", params(TrainingQuery),
+#[utoipa::path(get, path = "/api/v1/training/checkpoints", operation_id = "list_training_checkpoints", params(TrainingQuery),
     responses((status = 200, body = Checkpoints), (status = 400, body = Problem)))]
 pub async fn checkpoints(
     State(state): State<AppState>,
@@ -675,7 +706,7 @@ pub async fn checkpoints(
 }
 
 /// Whether a release ZIP is already extracted (its dataset folder holds this very archive).
-#[utoipa::path(get, path = "/api/v1/training/check-extracted", params(CheckExtractedQuery),
+#[utoipa::path(get, path = "/api/v1/training/check-extracted", operation_id = "check_release_extracted", params(CheckExtractedQuery),
     responses((status = 200, body = ExtractionState), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn check_extracted(
     State(state): State<AppState>,
@@ -711,14 +742,16 @@ pub async fn check_extracted(
 /// Extract a release ZIP into `projects/<project>/training_data/<zip stem>/` (does nothing
 /// when that very archive is already extracted). Returns the `builtin/extract-release` outputs:
 /// data_yaml, dataset_dir, class_names, nc, slug, files, release_sha256, extracted.
-#[utoipa::path(post, path = "/api/v1/training/extract-release", request_body = ExtractRelease,
+#[utoipa::path(post, path = "/api/v1/training/extract-release", operation_id = "extract_release", request_body = ExtractRelease,
     responses((status = 200, body = Object), (status = 400, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn extract_release(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     ApiJson(body): ApiJson<ExtractRelease>,
 ) -> ApiResult<Json<Value>> {
-    let (project, file) = parse_zip_path(&body.zip_path)?;
+    // In a body, a malformed path is unprocessable content (422), like every body field.
+    let (project, file) = parse_zip_path(&body.zip_path)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.detail))?;
     release_zip(&state, &project, &file)?;
     let ws = state.workspace().clone();
     let store = state.store().clone();
