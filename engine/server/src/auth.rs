@@ -130,25 +130,47 @@ impl Roles {
         self.roles.keys().map(String::as_str).collect()
     }
 
-    /// All claims granted by `names`, following `includes`.
+    /// All claims granted by `names`, following `includes`. Each role is visited once, so
+    /// roles that include the same roles many ways cost no more than their number.
     pub fn expand(&self, names: &[String]) -> Result<HashSet<Claim>, String> {
         let mut claims = HashSet::new();
-        let mut stack: Vec<(String, Vec<String>)> =
-            names.iter().map(|n| (n.clone(), vec![])).collect();
-        while let Some((name, path)) = stack.pop() {
-            if path.contains(&name) {
+        let mut done: HashSet<&str> = HashSet::new();
+        // Depth-first, without recursion: `Exit` pops a role off the current include path.
+        enum Visit<'a> {
+            Enter(&'a str),
+            Exit(&'a str),
+        }
+        let mut path: Vec<&str> = Vec::new();
+        let mut on_path: HashSet<&str> = HashSet::new();
+        let mut stack: Vec<Visit> = names.iter().rev().map(|n| Visit::Enter(n)).collect();
+        while let Some(visit) = stack.pop() {
+            let name = match visit {
+                Visit::Exit(name) => {
+                    path.pop();
+                    on_path.remove(name);
+                    done.insert(name);
+                    continue;
+                }
+                Visit::Enter(name) => name,
+            };
+            if done.contains(name) {
+                continue;
+            }
+            if on_path.contains(name) {
+                let start = path.iter().position(|n| *n == name).unwrap_or(0);
                 return Err(format!(
                     "role `{name}` includes itself ({} -> {name})",
-                    path.join(" -> ")
+                    path[start..].join(" -> ")
                 ));
             }
-            let role = self.roles.get(&name).ok_or_else(|| {
+            let role = self.roles.get(name).ok_or_else(|| {
                 format!("unknown role `{name}`; roles: {}", self.names().join(", "))
             })?;
             claims.extend(role.claims.iter().copied());
-            let mut next = path.clone();
-            next.push(name.clone());
-            stack.extend(role.includes.iter().map(|i| (i.clone(), next.clone())));
+            path.push(name);
+            on_path.insert(name);
+            stack.push(Visit::Exit(name));
+            stack.extend(role.includes.iter().rev().map(|i| Visit::Enter(i.as_str())));
         }
         Ok(claims)
     }
@@ -534,6 +556,33 @@ mod tests {
                 .expand(&["nobody".into()])
                 .unwrap_err()
                 .contains("unknown role")
+        );
+        // A cycle further down is named from where it starts.
+        let err = Roles::parse(
+            "roles:\n  top: {includes: [a]}\n  a: {includes: [b]}\n  b: {includes: [c]}\n  c: {includes: [a]}\n",
+            Path::new("r.yaml"),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("role `a` includes itself (a -> b -> c -> a)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn roles_reached_many_ways_are_expanded_once() {
+        // r0 includes r1 twice over (through x and y), and so on down: 2^60 paths, 180 roles.
+        let mut text = "roles:\n  r60: {claims: [ViewTrainingRuns]}\n".to_owned();
+        for i in 0..60 {
+            text.push_str(&format!(
+                "  r{i}: {{includes: [x{i}, y{i}]}}\n  x{i}: {{includes: [r{n}]}}\n  y{i}: {{includes: [r{n}]}}\n",
+                n = i + 1
+            ));
+        }
+        let roles = Roles::parse(&text, Path::new("r.yaml")).unwrap();
+        assert_eq!(
+            roles.expand(&["r0".into()]).unwrap(),
+            HashSet::from([Claim::ViewTrainingRuns])
         );
     }
 
