@@ -36,7 +36,9 @@ use kiln_plugin_host::{
     FailureKind, GrantedDir, PluginRegistry, ProcessTracker, RetryContext, RetryReason, StepEvent,
     StepInvocation,
 };
-use kiln_store::{NewRun, NewStep, PluginIdentity, RunRecord, RunStatus, StepStatus, Store};
+use kiln_store::{
+    NewRun, NewStep, PluginIdentity, RunRecord, RunStatus, StepEnd, StepStatus, Store,
+};
 use kiln_workflow::{ExprContext, RetryOn, Step, Workflow, render_inputs_until};
 
 use crate::builtins::{self, BuiltinCtx};
@@ -217,7 +219,40 @@ impl Runner {
         params: &Map<String, Value>,
         created_by: &str,
     ) -> Result<RunRecord> {
+        self.record(workflow, workflow_yaml, params, created_by, None)
+            .await
+    }
+
+    /// [`Self::create`] for a run this process executes at once: the run lock is taken first
+    /// and the run is recorded `running`, in the same commit as its creation. Pass the lock to
+    /// [`Self::execute`].
+    pub async fn start(
+        &self,
+        workflow: &Workflow,
+        workflow_yaml: String,
+        params: &Map<String, Value>,
+        created_by: &str,
+    ) -> Result<(RunRecord, RunLock)> {
         let id = uuid::Uuid::now_v7().to_string();
+        let lock = RunLock::acquire(&self.inner.ws.run_dir(&id))
+            .map_err(|e| Error::Input(format!("run {id}: {e}")))?;
+        let run = self
+            .record(workflow, workflow_yaml, params, created_by, Some(id))
+            .await?;
+        Ok((run, lock))
+    }
+
+    /// Records a run; `started`: the id of a run whose lock the caller holds.
+    async fn record(
+        &self,
+        workflow: &Workflow,
+        workflow_yaml: String,
+        params: &Map<String, Value>,
+        created_by: &str,
+        started: Option<String>,
+    ) -> Result<RunRecord> {
+        let is_started = started.is_some();
+        let id = started.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let file = workflow.file().display().to_string();
         let trainings = ownership::planned_trainings(&self.inner.ws, workflow, params)?;
         for training in &trainings {
@@ -247,6 +282,7 @@ impl Runner {
                 },
                 &steps,
                 &trainings,
+                is_started,
             )
             .await
             .map_err(ownership::conflict)?;
@@ -254,19 +290,28 @@ impl Runner {
     }
 
     /// Execute a run to its end: a new run, one interrupted by an engine crash (resumed), or a
-    /// failed one reset for retry. Returns the final run record.
+    /// failed one reset for retry. Returns the final run record. `lock`: the run lock when the
+    /// run was recorded running by [`Self::start`]; without it the lock is taken here (held by
+    /// another process: an error) and the run marked running.
     pub async fn execute(
         &self,
         run: &RunRecord,
+        lock: Option<RunLock>,
         workflow: &Workflow,
         params: &Map<String, Value>,
         cancel: CancellationToken,
         updates: Option<UnboundedSender<RunUpdate>>,
     ) -> Result<RunRecord> {
         let store = &self.inner.store;
-        let _lock = RunLock::acquire(&self.inner.ws.run_dir(&run.id))
-            .map_err(|e| Error::Input(format!("run {}: {e}", run.id)))?;
-        store.start_run(&run.id).await?;
+        let _lock = match lock {
+            Some(lock) => lock,
+            None => {
+                let lock = RunLock::acquire(&self.inner.ws.run_dir(&run.id))
+                    .map_err(|e| Error::Input(format!("run {}: {e}", run.id)))?;
+                store.start_run(&run.id).await?;
+                lock
+            }
+        };
         let watcher = tokio::spawn(watch_run(store.clone(), run.id.clone(), cancel.clone()));
 
         let deps: HashMap<&str, Vec<&str>> = workflow
@@ -335,9 +380,7 @@ impl Runner {
                     .find(|d| done.get(**d).is_some_and(|s| *s != StepStatus::Succeeded))
                 {
                     let reason = format!("not run: `{bad}` did not succeed");
-                    store
-                        .finish_step(&run.id, &step.id, StepStatus::Skipped, None, Some(&reason))
-                        .await?;
+                    store.end_step_soon(&run.id, &step.id, ended(StepStatus::Skipped, &reason));
                     notify(
                         &updates,
                         finished(&step.id, StepStatus::Skipped, Some(reason)),
@@ -377,21 +420,15 @@ impl Runner {
                             continue;
                         }
                     };
-                    match &outcome.cached_from {
-                        Some(from) => {
-                            store
-                                .finish_step_cached(&run.id, &step_id, outcome.outputs.as_ref().unwrap_or(&Value::Null), from)
-                                .await?
-                        }
-                        None => {
-                            store
-                                .finish_step(&run.id, &step_id, outcome.status, outcome.outputs.as_ref(), outcome.error.as_deref())
-                                .await?
-                        }
-                    }
-                    if let Some(kind) = outcome.kind {
-                        store.set_step_failure_kind(&run.id, &step_id, kind_name(kind)).await?;
-                    }
+                    // Durable with the next commit: the start of a step that needs it, or the
+                    // run's end.
+                    store.end_step_soon(&run.id, &step_id, StepEnd {
+                        status: outcome.status,
+                        outputs: outcome.outputs.clone(),
+                        error_message: outcome.error.clone(),
+                        failure_kind: outcome.kind.map(|k| kind_name(k).to_owned()),
+                        cached_from: outcome.cached_from.clone(),
+                    });
                     notify(&updates, finished(&step_id, outcome.status, outcome.error.clone()));
                     if let (StepStatus::Succeeded, Some(Value::Object(out))) = (outcome.status, &outcome.outputs) {
                         if let Some(m @ Value::Object(_)) = out.get("metrics") {
@@ -433,9 +470,7 @@ impl Runner {
                     },
                 )
             };
-            store
-                .finish_step(&run.id, &step.id, status, None, Some(&reason))
-                .await?;
+            store.end_step_soon(&run.id, &step.id, ended(status, &reason));
             notify(&updates, finished(&step.id, status, Some(reason)));
         }
         let (status, error) = if cancelled {
@@ -476,7 +511,11 @@ impl Runner {
                 // The step failed without an attempt: record it as started, with no inputs.
                 let recorded = match resuming {
                     true => Ok(0),
-                    false => store.start_step(run_id, &step.id, &Value::Null, None).await,
+                    false => {
+                        store
+                            .start_step(run_id, &step.id, &Value::Null, None, None)
+                            .await
+                    }
                 };
                 let message = match recorded {
                     Ok(_) => e.to_string(),
@@ -546,9 +585,7 @@ impl Runner {
                 used + 1,
                 kind_name(kind)
             );
-            let _ = store
-                .append_event(run_id, Some(&step.id), "warn", &message)
-                .await;
+            store.append_event_soon(run_id, Some(&step.id), "warn", &message);
             notify(
                 &updates,
                 RunUpdate::StepLog {
@@ -601,6 +638,15 @@ impl Runner {
         let attempt = if resuming {
             store.resume_step(run_id, &step.id).await?
         } else {
+            // The plugin that runs the step is recorded with its start (one commit).
+            let plugin = is_plugin
+                .then(|| self.inner.plugins.get(&step.uses))
+                .flatten()
+                .map(|p| PluginIdentity {
+                    name: &p.info.name,
+                    version: &p.info.version,
+                    digest: &p.info.digest,
+                });
             store
                 .start_step(
                     run_id,
@@ -610,6 +656,7 @@ impl Runner {
                         .as_ref()
                         .map(|p| p.display().to_string())
                         .as_deref(),
+                    plugin,
                 )
                 .await?
         };
@@ -850,25 +897,12 @@ impl Runner {
     ) -> std::result::Result<Value, (FailureKind, String)> {
         let ws = &self.inner.ws;
         let plugins = &self.inner.plugins;
-        let plugin = plugins.get(&step.uses).ok_or_else(|| {
-            (
+        if plugins.get(&step.uses).is_none() {
+            return Err((
                 FailureKind::Plugin,
                 format!("plugin `{}` is not installed", step.uses),
-            )
-        })?;
-        self.inner
-            .store
-            .set_step_plugin(
-                run_id,
-                &step.id,
-                PluginIdentity {
-                    name: &plugin.info.name,
-                    version: &plugin.info.version,
-                    digest: &plugin.info.digest,
-                },
-            )
-            .await
-            .map_err(|e| (FailureKind::Infrastructure, e.to_string()))?;
+            ));
+        }
         let dirs = granted_dirs(ws, &step.uses, inputs)
             .map_err(|e| (FailureKind::InvalidInput, e.to_string()))?;
         let inv = StepInvocation {
@@ -964,9 +998,8 @@ async fn persist_events(
                         message: message.clone(),
                     },
                 );
-                store
-                    .append_event(&run_id, Some(&step_id), level, message)
-                    .await
+                store.append_event_soon(&run_id, Some(&step_id), level, message);
+                Ok(())
             }
             StepEvent::Progress {
                 percent,
@@ -989,7 +1022,8 @@ async fn persist_events(
                     "percent": percent, "epoch": epoch, "epochs": epochs,
                     "metrics": metrics, "message": message,
                 });
-                store.set_step_progress(&run_id, &step_id, &progress).await
+                store.set_step_progress_soon(&run_id, &step_id, &progress);
+                Ok(())
             }
             StepEvent::Checkpoint {
                 host_path,
@@ -1009,14 +1043,24 @@ async fn persist_events(
                     "launched {program} (pid {pid}); output in {}",
                     log_path.display()
                 );
-                store
-                    .append_event(&run_id, Some(&step_id), "info", &message)
-                    .await
+                store.append_event_soon(&run_id, Some(&step_id), "info", &message);
+                Ok(())
             }
         };
         if let Err(e) = result {
             tracing::error!(target: "errors.store", run_id, step_id, "cannot record a step event: {e}");
         }
+    }
+}
+
+/// The end of a step that did not run (skipped, cancelled), with why.
+fn ended(status: StepStatus, reason: &str) -> StepEnd {
+    StepEnd {
+        status,
+        outputs: None,
+        error_message: Some(reason.to_owned()),
+        failure_kind: None,
+        cached_from: None,
     }
 }
 

@@ -42,8 +42,8 @@ impl RunManager {
             .contains_key(run_id)
     }
 
-    /// Execute `run` in the background.
-    pub fn start(&self, run: RunRecord, workflow: Workflow) {
+    /// Execute `run` in the background (`lock`: its run lock, when it was recorded running).
+    pub fn start(&self, run: RunRecord, lock: Option<RunLock>, workflow: Workflow) {
         let token = CancellationToken::new();
         self.active
             .lock()
@@ -53,7 +53,10 @@ impl RunManager {
         tokio::spawn(async move {
             let params = run.params.as_object().cloned().unwrap_or_default();
             tracing::info!(target: "operations.training", run_id = %run.id, workflow = %run.workflow_name, "run started");
-            match runner.execute(&run, &workflow, &params, token, None).await {
+            match runner
+                .execute(&run, lock, &workflow, &params, token, None)
+                .await
+            {
                 Ok(done) => tracing::info!(
                     target: "operations.training",
                     run_id = %done.id,
@@ -110,7 +113,7 @@ impl RunManager {
             match kiln_runner::stored_workflow(&run) {
                 Ok(workflow) => {
                     tracing::info!(target: "operations.training", run_id = %run.id, "recovering run");
-                    self.start(run, workflow);
+                    self.start(run, None, workflow);
                     n += 1;
                 }
                 Err(e) => {

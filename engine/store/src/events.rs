@@ -25,9 +25,56 @@ pub struct Checkpoint {
     pub reported_at: String,
 }
 
+const EVENT_DOING: &str = "appending a log line";
+
+struct NewEvent {
+    run_id: String,
+    step_id: Option<String>,
+    at: String,
+    level: String,
+    message: String,
+}
+
+fn new_event(run_id: &str, step_id: Option<&str>, level: &str, message: &str) -> NewEvent {
+    NewEvent {
+        run_id: run_id.to_owned(),
+        step_id: step_id.map(str::to_owned),
+        at: time_fmt::now(),
+        level: level.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+/// Inserts with the run's next sequence number; sequence numbers are dense per run. Another
+/// process appending to the same run at the same moment takes a number first: try the next.
+async fn insert_event(conn: &mut sqlx::AnyConnection, e: NewEvent) -> Result<()> {
+    for _ in 0..10 {
+        let inserted = sqlx::query(
+            "INSERT INTO events (run_id, seq, step_id, at, level, message) \
+             VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = $1), $2, $3, $4, $5) \
+             ON CONFLICT (run_id, seq) DO NOTHING",
+        )
+        .bind(&e.run_id)
+        .bind(&e.step_id)
+        .bind(&e.at)
+        .bind(&e.level)
+        .bind(&e.message)
+        .execute(&mut *conn)
+        .await
+        .map_err(query_err(EVENT_DOING))?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(());
+        }
+    }
+    Err(crate::Error::Conflict(format!(
+        "run {}: could not take a sequence number for a log line",
+        e.run_id
+    )))
+}
+
 impl Store {
-    /// Append a log line to a run. Sequence numbers are dense per run; two writers that pick
-    /// the same number (PostgreSQL, concurrent steps) retry with the next one.
+    /// Append a log line to a run; durable when it returns.
     pub async fn append_event(
         &self,
         run_id: &str,
@@ -35,27 +82,17 @@ impl Store {
         level: &str,
         message: &str,
     ) -> Result<()> {
-        let mut tries = 0;
-        loop {
-            let result = sqlx::query(
-                "INSERT INTO events (run_id, seq, step_id, at, level, message) \
-                 VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = $1), $2, $3, $4, $5)",
-            )
-            .bind(run_id)
-            .bind(step_id)
-            .bind(time_fmt::now())
-            .bind(level)
-            .bind(message)
-            .execute(self.pool())
-            .await;
-            match result {
-                Ok(_) => return Ok(()),
-                Err(sqlx::Error::Database(e)) if e.is_unique_violation() && tries < 10 => {
-                    tries += 1;
-                }
-                Err(e) => return Err(query_err("appending a log line")(e)),
-            }
-        }
+        let event = new_event(run_id, step_id, level, message);
+        self.journal()
+            .now(EVENT_DOING, move |conn| Box::pin(insert_event(conn, event)))
+            .await
+    }
+
+    /// Append a log line to a run, durable with the next commit.
+    pub fn append_event_soon(&self, run_id: &str, step_id: Option<&str>, level: &str, message: &str) {
+        let event = new_event(run_id, step_id, level, message);
+        self.journal()
+            .soon(EVENT_DOING, move |conn| Box::pin(insert_event(conn, event)));
     }
 
     /// Log lines of a run after sequence number `after`, at most `limit`.

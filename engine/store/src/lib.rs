@@ -6,6 +6,7 @@
 
 mod cache;
 mod events;
+mod journal;
 mod models;
 mod ownership;
 mod runs;
@@ -21,7 +22,8 @@ pub use models::{ModelRecord, NewModel, STAGES};
 pub use ownership::{ClaimOutcome, DatasetUse, TrainingRef};
 pub use runs::{NewRun, RunRecord, RunStats};
 pub use status::{ParseStatusError, RunStatus, StepStatus};
-pub use steps::{NewStep, PluginIdentity, StepRecord};
+pub use journal::LINGER;
+pub use steps::{NewStep, PluginIdentity, StepEnd, StepRecord};
 pub use time_fmt::{now, timestamp};
 pub use tokens::TokenRecord;
 
@@ -52,6 +54,11 @@ pub enum Error {
     },
     #[error("{0}")]
     Conflict(String),
+    #[error("database error while {doing}: the commit failed: {message}")]
+    Commit {
+        doing: &'static str,
+        message: String,
+    },
     #[error(
         "training `{name}` of project `{project}` belongs to run {owner} ({status}); choose \
          another training_name, or delete run {owner} to free it"
@@ -83,6 +90,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 pub struct Store {
     pool: AnyPool,
     sqlite: bool,
+    journal: journal::Journal,
 }
 
 impl Store {
@@ -156,7 +164,9 @@ impl Store {
             source,
         })?;
         drop(migrate_lock);
+        let begin = if is_sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" };
         Ok(Self {
+            journal: journal::Journal::start(pool.clone(), begin),
             pool,
             sqlite: is_sqlite,
         })
@@ -164,6 +174,15 @@ impl Store {
 
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    pub(crate) fn journal(&self) -> &journal::Journal {
+        &self.journal
+    }
+
+    /// Waits until every write queued so far (log lines, progress, step ends) is durable.
+    pub async fn flush(&self) -> Result<()> {
+        self.journal.flush().await
     }
 
     /// Begin a transaction that will write. On SQLite it takes the write lock up front
@@ -182,6 +201,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        let _ = self.journal.flush().await;
         self.pool.close().await;
     }
 }

@@ -95,38 +95,66 @@ pub(crate) fn lookup_key_ok(key: &str) -> bool {
 }
 
 impl Store {
-    /// Record a new run in `queued` with its planned steps, and claim the training folders it
-    /// is known to write, in one transaction: either all of it is recorded or nothing is
-    /// ([`Error::TrainingTaken`] when another run owns one of the trainings).
+    /// Record a new run with its planned steps and claim the training folders it is known to
+    /// write, in one commit: either all of it is recorded or nothing is
+    /// ([`Error::TrainingTaken`] when another run owns one of the trainings). With `started`
+    /// the run is recorded `running` at once (its engine holds its run lock), else `queued`.
     pub async fn create_run(
         &self,
         run: &NewRun,
         steps: &[NewStep],
         trainings: &[TrainingRef],
+        started: bool,
     ) -> Result<RunRecord> {
         const DOING: &str = "creating a run";
-        let mut tx = self.begin_write(DOING).await?;
-        sqlx::query(
-            "INSERT INTO runs (id, workflow_name, workflow_file, workflow_yaml, status, \
-             params_json, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&run.id)
-        .bind(&run.workflow_name)
-        .bind(&run.workflow_file)
-        .bind(&run.workflow_yaml)
-        .bind(RunStatus::Queued.as_str())
-        .bind(run.params.to_string())
-        .bind(&run.created_by)
-        .bind(time_fmt::now())
-        .execute(&mut *tx)
-        .await
-        .map_err(query_err(DOING))?;
-        crate::steps::insert_steps(&mut tx, &run.id, steps).await?;
-        for training in trainings {
-            crate::ownership::claim(&mut tx, &run.id, training, DOING).await?;
-        }
-        tx.commit().await.map_err(query_err(DOING))?;
-        self.run(&run.id).await
+        let (run, steps, trainings) = (run.clone(), steps.to_vec(), trainings.to_vec());
+        self.journal()
+            .now(DOING, move |conn| {
+                Box::pin(async move {
+                    let now = time_fmt::now();
+                    let (status, started_at) = match started {
+                        true => (RunStatus::Running, Some(now.clone())),
+                        false => (RunStatus::Queued, None),
+                    };
+                    sqlx::query(
+                        "INSERT INTO runs (id, workflow_name, workflow_file, workflow_yaml, status, \
+                         params_json, created_by, created_at, started_at, heartbeat_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+                    )
+                    .bind(&run.id)
+                    .bind(&run.workflow_name)
+                    .bind(&run.workflow_file)
+                    .bind(&run.workflow_yaml)
+                    .bind(status.as_str())
+                    .bind(run.params.to_string())
+                    .bind(&run.created_by)
+                    .bind(&now)
+                    .bind(&started_at)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(query_err(DOING))?;
+                    crate::steps::insert_steps(conn, &run.id, &steps).await?;
+                    for training in &trainings {
+                        crate::ownership::claim(conn, &run.id, training, DOING).await?;
+                    }
+                    Ok(RunRecord {
+                        id: run.id,
+                        workflow_name: run.workflow_name,
+                        workflow_file: run.workflow_file,
+                        workflow_yaml: run.workflow_yaml,
+                        status,
+                        params: run.params,
+                        error_message: None,
+                        metrics: None,
+                        created_by: run.created_by,
+                        created_at: now,
+                        started_at,
+                        finished_at: None,
+                        duration_ms: None,
+                    })
+                })
+            })
+            .await
     }
 
     /// Mark a run as running (its start time is set once).
@@ -145,7 +173,8 @@ impl Store {
         Ok(())
     }
 
-    /// Record the end of a run: status, error, metrics, finish time and duration.
+    /// Record the end of a run: status, error, metrics, finish time and duration. Durable when
+    /// it returns, with everything queued before it (its steps' ends and log lines).
     pub async fn finish_run(
         &self,
         id: &str,
@@ -153,28 +182,48 @@ impl Store {
         error_message: Option<&str>,
         metrics: Option<&serde_json::Value>,
     ) -> Result<RunRecord> {
-        let run = self.run(id).await?;
-        let now = time_fmt::now();
-        let started = run
-            .started_at
-            .clone()
-            .unwrap_or_else(|| run.created_at.clone());
-        let duration = time_fmt::millis_between(&started, &now);
-        sqlx::query(
-            "UPDATE runs SET status = $1, error_message = $2, metrics_json = $3, \
-             finished_at = $4, duration_ms = $5, started_at = COALESCE(started_at, $6) WHERE id = $7",
-        )
-        .bind(status.as_str())
-        .bind(error_message)
-        .bind(metrics.map(|m| m.to_string()))
-        .bind(&now)
-        .bind(duration)
-        .bind(&started)
-        .bind(&run.id)
-        .execute(self.pool())
-        .await
-        .map_err(query_err("finishing a run"))?;
-        self.run(&run.id).await
+        const DOING: &str = "finishing a run";
+        let id = id.to_owned();
+        let error_message = error_message.map(str::to_owned);
+        let metrics = metrics.map(|m| m.to_string());
+        self.journal()
+            .now(DOING, move |conn| {
+                Box::pin(async move {
+                    let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
+                    let row = sqlx::query(&sql)
+                        .bind(&id)
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(query_err(DOING))?
+                        .ok_or_else(|| Error::RunNotFound(id.clone()))?;
+                    let mut run = run_from_row(&row)?;
+                    let now = time_fmt::now();
+                    let started = run.started_at.clone().unwrap_or_else(|| run.created_at.clone());
+                    let duration = time_fmt::millis_between(&started, &now);
+                    sqlx::query(
+                        "UPDATE runs SET status = $1, error_message = $2, metrics_json = $3, \
+                         finished_at = $4, duration_ms = $5, started_at = $6 WHERE id = $7",
+                    )
+                    .bind(status.as_str())
+                    .bind(&error_message)
+                    .bind(&metrics)
+                    .bind(&now)
+                    .bind(duration)
+                    .bind(&started)
+                    .bind(&run.id)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(query_err(DOING))?;
+                    run.status = status;
+                    run.error_message = error_message;
+                    run.metrics = metrics.and_then(|m| serde_json::from_str(&m).ok());
+                    run.finished_at = Some(now);
+                    run.duration_ms = duration;
+                    run.started_at = Some(started);
+                    Ok(run)
+                })
+            })
+            .await
     }
 
     /// Delete a run and everything recorded with it (steps, events, checkpoints).

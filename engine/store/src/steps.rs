@@ -97,6 +97,57 @@ fn step_from_row(row: &AnyRow) -> Result<StepRecord> {
     })
 }
 
+/// How a step ended.
+#[derive(Debug, Clone)]
+pub struct StepEnd {
+    pub status: StepStatus,
+    pub outputs: Option<serde_json::Value>,
+    pub error_message: Option<String>,
+    /// `failure` or `infrastructure`, for a failed step.
+    pub failure_kind: Option<String>,
+    /// `<run>/<step>` whose memoized outputs a succeeded step reused.
+    pub cached_from: Option<String>,
+}
+
+const END_DOING: &str = "finishing a step";
+
+async fn end_step(
+    conn: &mut sqlx::AnyConnection,
+    run_id: String,
+    step_id: String,
+    end: StepEnd,
+) -> Result<()> {
+    let started: Option<String> =
+        sqlx::query_scalar("SELECT started_at FROM steps WHERE run_id = $1 AND step_id = $2")
+            .bind(&run_id)
+            .bind(&step_id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(query_err(END_DOING))?
+            .flatten();
+    let now = time_fmt::now();
+    let duration = started
+        .as_deref()
+        .and_then(|s| time_fmt::millis_between(s, &now));
+    sqlx::query(
+        "UPDATE steps SET status = $1, outputs_json = $2, error_message = $3, finished_at = $4, \
+         duration_ms = $5, failure_kind = $6, cached_from = $7 WHERE run_id = $8 AND step_id = $9",
+    )
+    .bind(end.status.as_str())
+    .bind(end.outputs.map(|o| o.to_string()))
+    .bind(end.error_message)
+    .bind(&now)
+    .bind(duration)
+    .bind(end.failure_kind)
+    .bind(end.cached_from)
+    .bind(&run_id)
+    .bind(&step_id)
+    .execute(&mut *conn)
+    .await
+    .map_err(query_err(END_DOING))?;
+    Ok(())
+}
+
 /// Inserts a run's planned steps, all `queued`, inside the run's creating transaction.
 pub(crate) async fn insert_steps(
     conn: &mut sqlx::AnyConnection,
@@ -123,32 +174,60 @@ pub(crate) async fn insert_steps(
 
 impl Store {
     /// Record the planned steps of a run, all `queued`, in one transaction.
-    /// A step starts a new attempt with these resolved inputs; returns the attempt number.
+    /// A step starts a new attempt with these resolved inputs (and, for a plugin step, the
+    /// plugin that runs it); returns the attempt number. Durable when it returns: whatever the
+    /// attempt launches is keyed by this number.
     pub async fn start_step(
         &self,
         run_id: &str,
         step_id: &str,
         inputs: &serde_json::Value,
         log_path: Option<&str>,
+        plugin: Option<PluginIdentity<'_>>,
     ) -> Result<i64> {
-        let now = time_fmt::now();
-        sqlx::query(
-            "UPDATE steps SET status = $1, attempt = attempt + 1, inputs_json = $2, log_path = $3, \
-             started_at = $4, finished_at = NULL, duration_ms = NULL, error_message = NULL, \
-             failure_kind = NULL, cached_from = NULL, outputs_json = NULL, progress_json = NULL, \
-             retry_reason = NULL, retry_error = NULL \
-             WHERE run_id = $5 AND step_id = $6",
-        )
-        .bind(StepStatus::Running.as_str())
-        .bind(inputs.to_string())
-        .bind(log_path)
-        .bind(&now)
-        .bind(run_id)
-        .bind(step_id)
-        .execute(self.pool())
-        .await
-        .map_err(query_err("starting a step"))?;
-        Ok(self.step(run_id, step_id).await?.attempt)
+        const DOING: &str = "starting a step";
+        let (run_id, step_id) = (run_id.to_owned(), step_id.to_owned());
+        let inputs = inputs.to_string();
+        let log_path = log_path.map(str::to_owned);
+        let plugin = plugin.map(|p| (p.name.to_owned(), p.version.to_owned(), p.digest.to_owned()));
+        let (name, version, digest) = match plugin {
+            Some((n, v, d)) => (Some(n), Some(v), Some(d)),
+            None => (None, None, None),
+        };
+        self.journal()
+            .now(DOING, move |conn| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE steps SET status = $1, attempt = attempt + 1, inputs_json = $2, \
+                         log_path = $3, started_at = $4, finished_at = NULL, duration_ms = NULL, \
+                         error_message = NULL, failure_kind = NULL, cached_from = NULL, \
+                         outputs_json = NULL, progress_json = NULL, retry_reason = NULL, \
+                         retry_error = NULL, plugin_name = COALESCE($5, plugin_name), \
+                         plugin_version = COALESCE($6, plugin_version), \
+                         plugin_digest = COALESCE($7, plugin_digest) \
+                         WHERE run_id = $8 AND step_id = $9",
+                    )
+                    .bind(StepStatus::Running.as_str())
+                    .bind(inputs)
+                    .bind(log_path)
+                    .bind(time_fmt::now())
+                    .bind(name)
+                    .bind(version)
+                    .bind(digest)
+                    .bind(&run_id)
+                    .bind(&step_id)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(query_err(DOING))?;
+                    sqlx::query_scalar("SELECT attempt FROM steps WHERE run_id = $1 AND step_id = $2")
+                        .bind(&run_id)
+                        .bind(&step_id)
+                        .fetch_one(&mut *conn)
+                        .await
+                        .map_err(query_err(DOING))
+                })
+            })
+            .await
     }
 
     /// Record which plugin (name, version, digest) runs the step.
@@ -173,6 +252,24 @@ impl Store {
         Ok(())
     }
 
+    /// The latest progress report of a running step, durable with the next commit.
+    pub fn set_step_progress_soon(&self, run_id: &str, step_id: &str, progress: &serde_json::Value) {
+        const DOING: &str = "recording progress";
+        let (run_id, step_id, progress) = (run_id.to_owned(), step_id.to_owned(), progress.to_string());
+        self.journal().soon(DOING, move |conn| {
+            Box::pin(async move {
+                sqlx::query("UPDATE steps SET progress_json = $1 WHERE run_id = $2 AND step_id = $3")
+                    .bind(progress)
+                    .bind(&run_id)
+                    .bind(&step_id)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(query_err(DOING))?;
+                Ok(())
+            })
+        });
+    }
+
     /// The latest progress report of a running step.
     pub async fn set_step_progress(
         &self,
@@ -180,17 +277,12 @@ impl Store {
         step_id: &str,
         progress: &serde_json::Value,
     ) -> Result<()> {
-        sqlx::query("UPDATE steps SET progress_json = $1 WHERE run_id = $2 AND step_id = $3")
-            .bind(progress.to_string())
-            .bind(run_id)
-            .bind(step_id)
-            .execute(self.pool())
-            .await
-            .map_err(query_err("recording progress"))?;
-        Ok(())
+        self.set_step_progress_soon(run_id, step_id, progress);
+        self.journal().flush().await
     }
 
     /// Record the end of a step (also for steps that never started: skipped, cancelled).
+    /// Durable when it returns.
     pub async fn finish_step(
         &self,
         run_id: &str,
@@ -199,49 +291,30 @@ impl Store {
         outputs: Option<&serde_json::Value>,
         error_message: Option<&str>,
     ) -> Result<()> {
-        let step = self.step(run_id, step_id).await?;
-        let now = time_fmt::now();
-        let duration = step
-            .started_at
-            .as_deref()
-            .and_then(|s| time_fmt::millis_between(s, &now));
-        sqlx::query(
-            "UPDATE steps SET status = $1, outputs_json = $2, error_message = $3, finished_at = $4, \
-             duration_ms = $5 WHERE run_id = $6 AND step_id = $7",
-        )
-        .bind(status.as_str())
-        .bind(outputs.map(|o| o.to_string()))
-        .bind(error_message)
-        .bind(&now)
-        .bind(duration)
-        .bind(run_id)
-        .bind(step_id)
-        .execute(self.pool())
-        .await
-        .map_err(query_err("finishing a step"))?;
-        Ok(())
+        let end = StepEnd {
+            status,
+            outputs: outputs.cloned(),
+            error_message: error_message.map(str::to_owned),
+            failure_kind: None,
+            cached_from: None,
+        };
+        let (run_id, step_id) = (run_id.to_owned(), step_id.to_owned());
+        self.journal()
+            .now(END_DOING, move |conn| Box::pin(end_step(conn, run_id, step_id, end)))
+            .await
+    }
+
+    /// Record the end of a step, durable with the next commit (the start of a step that
+    /// depends on it, the run's end, or at most the journal's linger later).
+    pub fn end_step_soon(&self, run_id: &str, step_id: &str, end: StepEnd) {
+        let (run_id, step_id) = (run_id.to_owned(), step_id.to_owned());
+        self.journal()
+            .soon(END_DOING, move |conn| Box::pin(end_step(conn, run_id, step_id, end)));
     }
 
     /// A step interrupted by an engine crash continues its current attempt (no new attempt).
     pub async fn resume_step(&self, run_id: &str, step_id: &str) -> Result<i64> {
         Ok(self.step(run_id, step_id).await?.attempt)
-    }
-
-    /// Record how a failed step failed (`failure` or `infrastructure`).
-    pub async fn set_step_failure_kind(
-        &self,
-        run_id: &str,
-        step_id: &str,
-        kind: &str,
-    ) -> Result<()> {
-        sqlx::query("UPDATE steps SET failure_kind = $1 WHERE run_id = $2 AND step_id = $3")
-            .bind(kind)
-            .bind(run_id)
-            .bind(step_id)
-            .execute(self.pool())
-            .await
-            .map_err(query_err("recording a failure kind"))?;
-        Ok(())
     }
 
     /// Begin the next attempt of a failed step as a retry, in one transaction: count the retry
@@ -292,26 +365,6 @@ impl Store {
             .execute(self.pool())
             .await
             .map_err(query_err("recording GPUs"))?;
-        Ok(())
-    }
-
-    /// A step that reused memoized outputs: succeeded at once, with where they came from.
-    pub async fn finish_step_cached(
-        &self,
-        run_id: &str,
-        step_id: &str,
-        outputs: &serde_json::Value,
-        cached_from: &str,
-    ) -> Result<()> {
-        self.finish_step(run_id, step_id, StepStatus::Succeeded, Some(outputs), None)
-            .await?;
-        sqlx::query("UPDATE steps SET cached_from = $1 WHERE run_id = $2 AND step_id = $3")
-            .bind(cached_from)
-            .bind(run_id)
-            .bind(step_id)
-            .execute(self.pool())
-            .await
-            .map_err(query_err("recording a cached step"))?;
         Ok(())
     }
 

@@ -36,14 +36,14 @@ async fn run_lifecycle_records_times_and_status() {
             action: None,
         }];
         let r = s
-            .create_run(&new_run("0001-aaaa"), &steps, &[])
+            .create_run(&new_run("0001-aaaa"), &steps, &[], false)
             .await
             .unwrap();
         assert_eq!(r.status, RunStatus::Queued);
         assert_eq!(r.params["epochs"], 2);
         s.start_run("0001-aaaa").await.unwrap();
         let attempt = s
-            .start_step("0001-aaaa", "a", &serde_json::json!({"k": 1}), None)
+            .start_step("0001-aaaa", "a", &serde_json::json!({"k": 1}), None, None)
             .await
             .unwrap();
         assert_eq!(attempt, 1);
@@ -51,7 +51,7 @@ async fn run_lifecycle_records_times_and_status() {
             .await
             .unwrap();
         let done = s
-            .finish_run("0001", RunStatus::Failed, Some("step a failed: boom"), None)
+            .finish_run("0001-aaaa", RunStatus::Failed, Some("step a failed: boom"), None)
             .await
             .unwrap();
         assert_eq!(done.status, RunStatus::Failed);
@@ -67,8 +67,8 @@ async fn run_lifecycle_records_times_and_status() {
 #[tokio::test]
 async fn prefix_lookup_is_unambiguous_or_says_so() {
     for (_d, s) in stores().await {
-        s.create_run(&new_run("abc-1"), &[], &[]).await.unwrap();
-        s.create_run(&new_run("abc-2"), &[], &[]).await.unwrap();
+        s.create_run(&new_run("abc-1"), &[], &[], false).await.unwrap();
+        s.create_run(&new_run("abc-2"), &[], &[], false).await.unwrap();
         assert!(matches!(
             s.run("abc").await,
             Err(Error::AmbiguousRun { .. })
@@ -103,7 +103,7 @@ async fn prefix_lookup_is_literal_and_case_sensitive() {
             "Upper-5",
             "uni-\u{e9}t\u{e9}-6",
         ] {
-            s.create_run(&new_run(id), &[], &[]).await.unwrap();
+            s.create_run(&new_run(id), &[], &[], false).await.unwrap();
         }
         // `%` matches only a `%`.
         assert_eq!(s.run("ab%").await.unwrap().id, "ab%x-1");
@@ -141,8 +141,8 @@ async fn prefix_lookup_is_literal_and_case_sensitive() {
 #[tokio::test]
 async fn model_registration_is_idempotent_per_step_and_versions_per_name() {
     for (_d, s) in stores().await {
-        s.create_run(&new_run("r1"), &[], &[]).await.unwrap();
-        s.create_run(&new_run("r2"), &[], &[]).await.unwrap();
+        s.create_run(&new_run("r1"), &[], &[], false).await.unwrap();
+        s.create_run(&new_run("r2"), &[], &[], false).await.unwrap();
         let m = |run: &str| NewModel {
             name: "det".into(),
             project: "demo".into(),
@@ -173,7 +173,7 @@ async fn model_registration_is_idempotent_per_step_and_versions_per_name() {
 #[tokio::test]
 async fn events_are_ordered_per_run() {
     for (_d, s) in stores().await {
-        s.create_run(&new_run("r"), &[], &[]).await.unwrap();
+        s.create_run(&new_run("r"), &[], &[], false).await.unwrap();
         s.append_event("r", Some("a"), "info", "one").await.unwrap();
         s.append_event("r", None, "warn", "two").await.unwrap();
         let all = s.events("r", None).await.unwrap();
@@ -193,12 +193,12 @@ async fn a_training_has_one_owner_until_its_run_is_deleted() {
             project: "demo".into(),
             name: "other".into(),
         };
-        s.create_run(&new_run("r1"), &[], std::slice::from_ref(&first))
+        s.create_run(&new_run("r1"), &[], std::slice::from_ref(&first), false)
             .await
             .unwrap();
         // A second run naming the same training is not recorded at all.
         let err = s
-            .create_run(&new_run("r2"), &[], &[other.clone(), first.clone()])
+            .create_run(&new_run("r2"), &[], &[other.clone(), first.clone()], false)
             .await
             .unwrap_err();
         assert!(
@@ -209,7 +209,7 @@ async fn a_training_has_one_owner_until_its_run_is_deleted() {
         assert!(matches!(s.run("r2").await, Err(Error::RunNotFound(_))));
         assert_eq!(s.training_owner(&other).await.unwrap(), None);
         // Claims at step start: held by the owner, refused to others.
-        s.create_run(&new_run("r3"), &[], &[]).await.unwrap();
+        s.create_run(&new_run("r3"), &[], &[], false).await.unwrap();
         assert_eq!(
             s.claim_training("r1", &first).await.unwrap(),
             ClaimOutcome::Held
@@ -238,8 +238,8 @@ async fn a_training_has_one_owner_until_its_run_is_deleted() {
 #[tokio::test]
 async fn dataset_uses_are_shared_and_go_with_their_runs() {
     for (_d, s) in stores().await {
-        s.create_run(&new_run("r1"), &[], &[]).await.unwrap();
-        s.create_run(&new_run("r2"), &[], &[]).await.unwrap();
+        s.create_run(&new_run("r1"), &[], &[], false).await.unwrap();
+        s.create_run(&new_run("r2"), &[], &[], false).await.unwrap();
         s.use_dataset("r1", "demo", "data", "aa").await.unwrap();
         s.use_dataset("r2", "demo", "data", "aa").await.unwrap();
         s.use_dataset("r2", "demo", "data", "bb").await.unwrap();

@@ -51,7 +51,7 @@ async fn continue_run(ctx: &Context, run: RunRecord, args: &ExecArgs) -> anyhow:
         return Ok(Exit::InvalidInput);
     }
     let runner = ctx.runner(&args.exec, plugins).await?;
-    execute(&runner, &run, &workflow, &args.exec).await
+    execute(&runner, &run, None, &workflow, &args.exec).await
 }
 
 pub async fn resume(ctx: &Context, args: ExecArgs) -> anyhow::Result<Exit> {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use kiln_runner::Runner;
+use kiln_runner::{RunLock, Runner};
 use kiln_store::{RunRecord, RunStatus};
 use kiln_workflow::Workflow;
 
@@ -74,15 +74,16 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<Exit> {
         .clone()
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| "cli".into());
-    let run = runner.create(&workflow, yaml, &params, &created_by).await?;
+    let (run, lock) = runner.start(&workflow, yaml, &params, &created_by).await?;
     errln!("run {} ({}) started", run.id, workflow.name);
-    execute(&runner, &run, &workflow, &args.exec).await
+    execute(&runner, &run, Some(lock), &workflow, &args.exec).await
 }
 
 /// Execute `run` with live progress and Ctrl-C handling; prints the outcome.
 pub async fn execute(
     runner: &Runner,
     run: &RunRecord,
+    lock: Option<RunLock>,
     workflow: &Workflow,
     exec: &ExecOptions,
 ) -> anyhow::Result<Exit> {
@@ -92,7 +93,7 @@ pub async fn execute(
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let progress = Progress::start(workflow, rx);
     let result = runner
-        .execute(run, workflow, &params, cancel, Some(tx))
+        .execute(run, lock, workflow, &params, cancel, Some(tx))
         .await;
     progress.finish().await;
     let finished = match result {

@@ -237,11 +237,11 @@ pub(crate) async fn start_run(
                 e.to_string(),
             )
         })?;
-    let run = state
+    let (run, lock) = state
         .runner()
-        .create(&workflow, yaml, &params, &caller.name)
+        .start(&workflow, yaml, &params, &caller.name)
         .await?;
-    state.manager().start(run.clone(), workflow);
+    state.manager().start(run.clone(), Some(lock), workflow);
     Ok(run)
 }
 
@@ -393,7 +393,7 @@ pub async fn retry(
     })?;
     state.store().reset_for_retry(&run.id).await?;
     let run = state.store().run(&run.id).await?;
-    state.manager().start(run.clone(), workflow);
+    state.manager().start(run.clone(), None, workflow);
     Ok((StatusCode::ACCEPTED, Json(RunView::new(run, None))))
 }
 

@@ -1,0 +1,189 @@
+//! Group commit: the state transitions of runs and steps are written by one writer task, which
+//! applies every transition queued at that moment in a single transaction.
+//!
+//! A write is either *urgent* (its caller waits until it is durable: a step's start, a run's
+//! end) or *deferred* (queued; durable with the next commit: log lines, progress, a step's end).
+//! The writer commits as soon as an urgent write is queued, taking along everything queued
+//! before it; deferred writes alone wait at most [`LINGER`] for company. So concurrent steps
+//! share commits, and a finished step's record rides in the same commit as the start of the step
+//! that needed it. Each write runs inside its own savepoint: one that fails is rolled back alone
+//! and reports its error, the others commit.
+//!
+//! Order is kept: writes are applied in the order they were queued, so a deferred write is never
+//! durable after an urgent one queued later (what an urgent write's caller has seen complete is
+//! committed with it or before it).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use sqlx::{AnyConnection, AnyPool};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Error, Result};
+
+/// Longest a deferred write waits for an urgent one before it is committed on its own.
+pub const LINGER: Duration = Duration::from_millis(5);
+/// Most writes in one transaction.
+const MAX_BATCH: usize = 512;
+
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Called with the commit's outcome once the batch is committed (or not).
+type Finish = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
+
+/// A queued write: runs in the batch's transaction; returns whether it failed (its savepoint is
+/// then rolled back) and what to do once the batch is committed.
+type Job = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, (bool, Finish)> + Send>;
+
+struct Queued {
+    job: Job,
+    urgent: bool,
+}
+
+/// The sending side of the writer.
+#[derive(Debug, Clone)]
+pub(crate) struct Journal {
+    tx: mpsc::UnboundedSender<Queued>,
+}
+
+impl std::fmt::Debug for Queued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Queued {{ urgent: {} }}", self.urgent)
+    }
+}
+
+impl Journal {
+    /// Starts the writer for `pool`; `begin` is the statement that opens a write transaction.
+    pub(crate) fn start(pool: AnyPool, begin: &'static str) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(writer(pool, begin, rx));
+        Self { tx }
+    }
+
+    fn queue<T: Send + 'static>(
+        &self,
+        urgent: bool,
+        doing: &'static str,
+        write: impl for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+    ) -> oneshot::Receiver<Result<T>> {
+        let (done, wait) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            Box::pin(async move {
+                let outcome = write(conn).await;
+                let failed = outcome.is_err();
+                let finish: Finish = Box::new(move |committed| {
+                    let result = match (outcome, committed) {
+                        (Ok(value), Ok(())) => Ok(value),
+                        (Err(e), _) => Err(e),
+                        (Ok(_), Err(message)) => Err(Error::Commit { doing, message }),
+                    };
+                    let _ = done.send(result);
+                });
+                (failed, finish)
+            })
+        });
+        if let Err(mpsc::error::SendError(_)) = self.tx.send(Queued { job, urgent }) {
+            // The writer is gone (the runtime is shutting down): nothing will be written.
+            let (done, wait) = oneshot::channel();
+            let _ = done.send(Err(Error::Commit {
+                doing,
+                message: "the store is closed".into(),
+            }));
+            return wait;
+        }
+        wait
+    }
+
+    /// Writes and waits until the write is durable.
+    pub(crate) async fn now<T: Send + 'static>(
+        &self,
+        doing: &'static str,
+        write: impl for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        self.queue(true, doing, write)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Commit {
+                    doing,
+                    message: "the writer stopped before committing".into(),
+                })
+            })
+    }
+
+    /// Queues a write for the next commit and returns at once. Its failure is logged.
+    pub(crate) fn soon(
+        &self,
+        doing: &'static str,
+        write: impl for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<()>> + Send + 'static,
+    ) {
+        let wait = self.queue(false, doing, write);
+        tokio::spawn(async move {
+            if let Ok(Err(e)) = wait.await {
+                tracing::error!(target: "errors.store", "{e}");
+            }
+        });
+    }
+
+    /// Waits until everything queued so far is durable.
+    pub(crate) async fn flush(&self) -> Result<()> {
+        self.now("flushing the journal", |_| Box::pin(async { Ok(()) }))
+            .await
+    }
+}
+
+async fn writer(pool: AnyPool, begin: &'static str, mut rx: mpsc::UnboundedReceiver<Queued>) {
+    let mut batch: Vec<Queued> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + LINGER;
+        loop {
+            while batch.len() < MAX_BATCH
+                && let Ok(next) = rx.try_recv()
+            {
+                batch.push(next);
+            }
+            if batch.len() >= MAX_BATCH || batch.iter().any(|q| q.urgent) {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(next)) => batch.push(next),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        commit(&pool, begin, std::mem::take(&mut batch)).await;
+    }
+}
+
+/// Applies `batch` in one transaction, each write in its own savepoint, then tells each
+/// writer how the commit went. When no transaction can be begun, the writes are dropped and
+/// their callers hear that nothing was committed.
+async fn commit(pool: &AnyPool, begin: &'static str, batch: Vec<Queued>) {
+    let mut tx = match pool.begin_with(begin).await {
+        Ok(tx) => tx,
+        Err(e) => {
+            tracing::error!(target: "errors.store", writes = batch.len(), "cannot begin a write transaction: {e}");
+            return;
+        }
+    };
+    let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
+    for queued in batch {
+        let savepoint = sqlx::query("SAVEPOINT kiln_write").execute(&mut *tx).await.is_ok();
+        let (failed, finish) = (queued.job)(&mut tx).await;
+        finishes.push(finish);
+        if savepoint {
+            if failed {
+                let _ = sqlx::query("ROLLBACK TO SAVEPOINT kiln_write")
+                    .execute(&mut *tx)
+                    .await;
+            }
+            let _ = sqlx::query("RELEASE SAVEPOINT kiln_write")
+                .execute(&mut *tx)
+                .await;
+        }
+    }
+    let committed = tx.commit().await.map_err(|e| e.to_string());
+    for finish in finishes {
+        finish(committed.clone());
+    }
+}
