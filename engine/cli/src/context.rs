@@ -14,6 +14,8 @@ use crate::cli::{ExecOptions, GlobalArgs};
 pub struct Context {
     pub ws: Workspace,
     pub global: GlobalArgs,
+    /// Detected once per process: detection may run `nvidia-smi`.
+    gpus: std::sync::OnceLock<Result<Vec<u32>, String>>,
 }
 
 impl Context {
@@ -23,6 +25,7 @@ impl Context {
         Ok(Self {
             ws,
             global: global.clone(),
+            gpus: std::sync::OnceLock::new(),
         })
     }
 
@@ -41,7 +44,9 @@ impl Context {
 
     /// The machine's GPU devices (configured, or detected with nvidia-smi).
     pub fn gpus(&self) -> anyhow::Result<Vec<u32>> {
-        kiln_runner::gpu::detect(self.global.gpus.as_deref())
+        self.gpus
+            .get_or_init(|| kiln_runner::gpu::detect(self.global.gpus.as_deref()))
+            .clone()
             .map_err(|e| anyhow::anyhow!("--gpus: {e}"))
     }
 
@@ -51,8 +56,18 @@ impl Context {
         exec: &ExecOptions,
         plugins: Arc<PluginRegistry>,
     ) -> anyhow::Result<Runner> {
+        self.runner_with(self.store().await?, exec, plugins)
+    }
+
+    /// A runner over an open store and loaded plugins.
+    pub fn runner_with(
+        &self,
+        store: Store,
+        exec: &ExecOptions,
+        plugins: Arc<PluginRegistry>,
+    ) -> anyhow::Result<Runner> {
         Ok(Runner::new(
-            self.store().await?,
+            store,
             plugins,
             self.ws.clone(),
             RunnerConfig {

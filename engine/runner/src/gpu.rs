@@ -159,6 +159,13 @@ pub fn detect(configured: Option<&str>) -> Result<Vec<u32>, String> {
             })?;
         return Ok((0..n).collect());
     }
+    // Spawning costs milliseconds: without nvidia-smi on PATH there is nothing to ask.
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join("nvidia-smi").is_file())
+    });
+    if !on_path {
+        return Ok(Vec::new());
+    }
     let Ok(out) = std::process::Command::new("nvidia-smi").arg("-L").output() else {
         return Ok(Vec::new());
     };

@@ -89,7 +89,13 @@ impl Store {
     }
 
     /// Append a log line to a run, durable with the next commit.
-    pub fn append_event_soon(&self, run_id: &str, step_id: Option<&str>, level: &str, message: &str) {
+    pub fn append_event_soon(
+        &self,
+        run_id: &str,
+        step_id: Option<&str>,
+        level: &str,
+        message: &str,
+    ) {
         let event = new_event(run_id, step_id, level, message);
         self.journal()
             .soon(EVENT_DOING, move |conn| Box::pin(insert_event(conn, event)));

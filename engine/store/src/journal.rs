@@ -101,14 +101,12 @@ impl Journal {
         doing: &'static str,
         write: impl for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
     ) -> Result<T> {
-        self.queue(true, doing, write)
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::Commit {
-                    doing,
-                    message: "the writer stopped before committing".into(),
-                })
+        self.queue(true, doing, write).await.unwrap_or_else(|_| {
+            Err(Error::Commit {
+                doing,
+                message: "the writer stopped before committing".into(),
             })
+        })
     }
 
     /// Queues a write for the next commit and returns at once. Its failure is logged.
@@ -167,11 +165,20 @@ async fn commit(pool: &AnyPool, begin: &'static str, batch: Vec<Queued>) {
         }
     };
     let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
+    // A write alone needs no savepoint: if it fails, the transaction is rolled back whole.
+    let alone = batch.len() == 1;
+    let mut rollback = false;
     for queued in batch {
-        let savepoint = sqlx::query("SAVEPOINT kiln_write").execute(&mut *tx).await.is_ok();
+        let savepoint = !alone
+            && sqlx::query("SAVEPOINT kiln_write")
+                .execute(&mut *tx)
+                .await
+                .is_ok();
         let (failed, finish) = (queued.job)(&mut tx).await;
         finishes.push(finish);
-        if savepoint {
+        if alone {
+            rollback = failed;
+        } else if savepoint {
             if failed {
                 let _ = sqlx::query("ROLLBACK TO SAVEPOINT kiln_write")
                     .execute(&mut *tx)
@@ -181,6 +188,14 @@ async fn commit(pool: &AnyPool, begin: &'static str, batch: Vec<Queued>) {
                 .execute(&mut *tx)
                 .await;
         }
+    }
+    if rollback {
+        let _ = tx.rollback().await;
+        for finish in finishes {
+            // The write's own error is what its caller hears.
+            finish(Ok(()));
+        }
+        return;
     }
     let committed = tx.commit().await.map_err(|e| e.to_string());
     for finish in finishes {

@@ -18,11 +18,11 @@ mod tokens;
 
 pub use cache::CachedOutputs;
 pub use events::{Checkpoint, Event};
+pub use journal::LINGER;
 pub use models::{ModelRecord, NewModel, STAGES};
 pub use ownership::{ClaimOutcome, DatasetUse, TrainingRef};
 pub use runs::{NewRun, RunRecord, RunStats};
 pub use status::{ParseStatusError, RunStatus, StepStatus};
-pub use journal::LINGER;
 pub use steps::{NewStep, PluginIdentity, StepEnd, StepRecord};
 pub use time_fmt::{now, timestamp};
 pub use tokens::TokenRecord;
@@ -164,7 +164,11 @@ impl Store {
             source,
         })?;
         drop(migrate_lock);
-        let begin = if is_sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" };
+        let begin = if is_sqlite {
+            "BEGIN IMMEDIATE"
+        } else {
+            "BEGIN"
+        };
         Ok(Self {
             journal: journal::Journal::start(pool.clone(), begin),
             pool,

@@ -198,7 +198,10 @@ impl Store {
                         .ok_or_else(|| Error::RunNotFound(id.clone()))?;
                     let mut run = run_from_row(&row)?;
                     let now = time_fmt::now();
-                    let started = run.started_at.clone().unwrap_or_else(|| run.created_at.clone());
+                    let started = run
+                        .started_at
+                        .clone()
+                        .unwrap_or_else(|| run.created_at.clone());
                     let duration = time_fmt::millis_between(&started, &now);
                     sqlx::query(
                         "UPDATE runs SET status = $1, error_message = $2, metrics_json = $3, \

@@ -205,7 +205,7 @@ impl Store {
                          retry_error = NULL, plugin_name = COALESCE($5, plugin_name), \
                          plugin_version = COALESCE($6, plugin_version), \
                          plugin_digest = COALESCE($7, plugin_digest) \
-                         WHERE run_id = $8 AND step_id = $9",
+                         WHERE run_id = $8 AND step_id = $9 RETURNING attempt",
                     )
                     .bind(StepStatus::Running.as_str())
                     .bind(inputs)
@@ -216,15 +216,16 @@ impl Store {
                     .bind(digest)
                     .bind(&run_id)
                     .bind(&step_id)
-                    .execute(&mut *conn)
+                    .fetch_optional(&mut *conn)
                     .await
-                    .map_err(query_err(DOING))?;
-                    sqlx::query_scalar("SELECT attempt FROM steps WHERE run_id = $1 AND step_id = $2")
-                        .bind(&run_id)
-                        .bind(&step_id)
-                        .fetch_one(&mut *conn)
-                        .await
-                        .map_err(query_err(DOING))
+                    .map_err(query_err(DOING))?
+                    .map(|row| row.try_get::<i64, _>("attempt"))
+                    .transpose()
+                    .map_err(query_err(DOING))?
+                    .ok_or_else(|| Error::Corrupt {
+                        doing: DOING,
+                        message: format!("run {run_id} has no step `{step_id}`"),
+                    })
                 })
             })
             .await
@@ -253,18 +254,26 @@ impl Store {
     }
 
     /// The latest progress report of a running step, durable with the next commit.
-    pub fn set_step_progress_soon(&self, run_id: &str, step_id: &str, progress: &serde_json::Value) {
+    pub fn set_step_progress_soon(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        progress: &serde_json::Value,
+    ) {
         const DOING: &str = "recording progress";
-        let (run_id, step_id, progress) = (run_id.to_owned(), step_id.to_owned(), progress.to_string());
+        let (run_id, step_id, progress) =
+            (run_id.to_owned(), step_id.to_owned(), progress.to_string());
         self.journal().soon(DOING, move |conn| {
             Box::pin(async move {
-                sqlx::query("UPDATE steps SET progress_json = $1 WHERE run_id = $2 AND step_id = $3")
-                    .bind(progress)
-                    .bind(&run_id)
-                    .bind(&step_id)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(query_err(DOING))?;
+                sqlx::query(
+                    "UPDATE steps SET progress_json = $1 WHERE run_id = $2 AND step_id = $3",
+                )
+                .bind(progress)
+                .bind(&run_id)
+                .bind(&step_id)
+                .execute(&mut *conn)
+                .await
+                .map_err(query_err(DOING))?;
                 Ok(())
             })
         });
@@ -300,7 +309,9 @@ impl Store {
         };
         let (run_id, step_id) = (run_id.to_owned(), step_id.to_owned());
         self.journal()
-            .now(END_DOING, move |conn| Box::pin(end_step(conn, run_id, step_id, end)))
+            .now(END_DOING, move |conn| {
+                Box::pin(end_step(conn, run_id, step_id, end))
+            })
             .await
     }
 
@@ -308,8 +319,9 @@ impl Store {
     /// depends on it, the run's end, or at most the journal's linger later).
     pub fn end_step_soon(&self, run_id: &str, step_id: &str, end: StepEnd) {
         let (run_id, step_id) = (run_id.to_owned(), step_id.to_owned());
-        self.journal()
-            .soon(END_DOING, move |conn| Box::pin(end_step(conn, run_id, step_id, end)));
+        self.journal().soon(END_DOING, move |conn| {
+            Box::pin(end_step(conn, run_id, step_id, end))
+        });
     }
 
     /// A step interrupted by an engine crash continues its current attempt (no new attempt).

@@ -51,7 +51,12 @@ async fn run_lifecycle_records_times_and_status() {
             .await
             .unwrap();
         let done = s
-            .finish_run("0001-aaaa", RunStatus::Failed, Some("step a failed: boom"), None)
+            .finish_run(
+                "0001-aaaa",
+                RunStatus::Failed,
+                Some("step a failed: boom"),
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(done.status, RunStatus::Failed);
@@ -67,8 +72,12 @@ async fn run_lifecycle_records_times_and_status() {
 #[tokio::test]
 async fn prefix_lookup_is_unambiguous_or_says_so() {
     for (_d, s) in stores().await {
-        s.create_run(&new_run("abc-1"), &[], &[], false).await.unwrap();
-        s.create_run(&new_run("abc-2"), &[], &[], false).await.unwrap();
+        s.create_run(&new_run("abc-1"), &[], &[], false)
+            .await
+            .unwrap();
+        s.create_run(&new_run("abc-2"), &[], &[], false)
+            .await
+            .unwrap();
         assert!(matches!(
             s.run("abc").await,
             Err(Error::AmbiguousRun { .. })

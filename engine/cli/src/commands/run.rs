@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
+use std::time::Duration;
+
 use kiln_runner::{RunLock, Runner};
 use kiln_store::{RunRecord, RunStatus};
 use kiln_workflow::Workflow;
@@ -51,7 +53,10 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<Exit> {
             return Ok(Exit::InvalidInput);
         }
     };
-    let (workflow, plugins) = match load_valid(ctx, &args.file).await? {
+    // The database opens while the plugins load.
+    let grace = Duration::from_secs(args.exec.kill_grace_secs);
+    let (valid, store) = tokio::join!(load_valid(ctx, &args.file, grace), ctx.store());
+    let (workflow, plugins) = match valid? {
         Ok(v) => v,
         Err(exit) => return Ok(exit),
     };
@@ -68,7 +73,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<Exit> {
     };
     let yaml = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let runner = ctx.runner(&args.exec, plugins).await?;
+    let runner = ctx.runner_with(store?, &args.exec, plugins)?;
     let created_by = args
         .created_by
         .clone()

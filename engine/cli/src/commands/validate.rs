@@ -15,6 +15,7 @@ use crate::exit::Exit;
 pub async fn load_valid(
     ctx: &Context,
     file: &Path,
+    kill_grace: Duration,
 ) -> anyhow::Result<Result<(Workflow, std::sync::Arc<kiln_plugin_host::PluginRegistry>), Exit>> {
     let workflow = match Workflow::load(file) {
         Ok(w) => w,
@@ -24,7 +25,7 @@ pub async fn load_valid(
             return Ok(Err(Exit::InvalidInput));
         }
     };
-    let plugins = ctx.plugins(Duration::from_secs(10)).await?;
+    let plugins = ctx.plugins(kill_grace).await?;
     let catalog = EngineCatalog {
         plugins: &plugins,
         gpus: ctx.gpus()?.len() as u32,
@@ -38,16 +39,18 @@ pub async fn load_valid(
 }
 
 pub async fn validate(ctx: &Context, file: &Path) -> anyhow::Result<Exit> {
-    Ok(match load_valid(ctx, file).await? {
-        Ok((workflow, _)) => {
-            outln!(
-                "{}: workflow `{}` is valid ({} steps)",
-                file.display(),
-                workflow.name,
-                workflow.steps.len()
-            );
-            Exit::Success
-        }
-        Err(exit) => exit,
-    })
+    Ok(
+        match load_valid(ctx, file, Duration::from_secs(10)).await? {
+            Ok((workflow, _)) => {
+                outln!(
+                    "{}: workflow `{}` is valid ({} steps)",
+                    file.display(),
+                    workflow.name,
+                    workflow.steps.len()
+                );
+                Exit::Success
+            }
+            Err(exit) => exit,
+        },
+    )
 }
