@@ -34,7 +34,14 @@ pub struct Workflow {
     /// Positions of the nodes of the source (for diagnostics).
     #[serde(skip)]
     pub(crate) positions: PositionIndex,
+    /// Step id → index, built on first use.
+    #[serde(skip)]
+    index: StepIndex,
 }
+
+/// Step id → index into `steps`, so that [`Workflow::step`] costs O(1) however many steps.
+#[derive(Debug, Clone, Default)]
+struct StepIndex(std::sync::OnceLock<std::collections::HashMap<String, usize>>);
 
 /// Declaration of one workflow parameter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -395,9 +402,20 @@ impl Workflow {
         &self.file
     }
 
-    /// The step with this id.
+    /// The step with this id (the first, if ids repeat).
     pub fn step(&self, id: &str) -> Option<&Step> {
-        self.steps.iter().find(|step| step.id == id)
+        let index = self.index.0.get_or_init(|| {
+            let mut index = std::collections::HashMap::with_capacity(self.steps.len());
+            for (i, step) in self.steps.iter().enumerate() {
+                index.entry(step.id.clone()).or_insert(i);
+            }
+            index
+        });
+        match index.get(id).and_then(|&i| self.steps.get(i)) {
+            Some(step) if step.id == id => Some(step),
+            // `steps` is public: when it changed since the index was built, look it up.
+            _ => self.steps.iter().find(|step| step.id == id),
+        }
     }
 }
 

@@ -1,0 +1,508 @@
+//! One step: its inputs rendered, its retry policy, each attempt (claims, memoization, GPU
+//! lease, timeout, cancel) and the plugin or builtin call itself.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio_util::sync::CancellationToken;
+
+use kiln_plugin_host::{
+    FailureKind, GrantedDir, ProcessTracker, RetryContext, StepEvent, StepInvocation,
+};
+use kiln_store::{PluginIdentity, StepStatus};
+use kiln_workflow::{ExprContext, RetryOn, Step, render_inputs_until};
+
+use super::events::{notify, persist_events};
+use super::{RunUpdate, Runner, StepOutcome, kind_name, retry_reason};
+use crate::builtins::{self, BuiltinCtx};
+use crate::gpu::GpuLease;
+use crate::{Error, Result, Workspace, memo, ownership};
+
+impl Runner {
+    /// Render a step's inputs, then run it with its retry policy. Rendering is bounded by
+    /// its work budget and by the step's `timeout`, and a cancelled run does not render.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn run_step(
+        &self,
+        run_id: &str,
+        created_by: &str,
+        step: &Step,
+        ctx: &ExprContext,
+        cancel: CancellationToken,
+        updates: Option<UnboundedSender<RunUpdate>>,
+        mut resuming: bool,
+    ) -> StepOutcome {
+        let store = &self.inner.store;
+        if cancel.is_cancelled() {
+            return StepOutcome::cancelled();
+        }
+        let deadline = step
+            .timeout
+            .and_then(|t| std::time::Instant::now().checked_add(t.as_duration()));
+        let inputs = match render_inputs_until(step, ctx, deadline) {
+            Ok(inputs) => inputs,
+            Err(e) => {
+                // The step failed without an attempt: record it as started, with no inputs.
+                let recorded = match resuming {
+                    true => Ok(0),
+                    false => {
+                        store
+                            .start_step(run_id, &step.id, &Value::Null, None, None)
+                            .await
+                    }
+                };
+                let message = match recorded {
+                    Ok(_) => e.to_string(),
+                    Err(store_error) => format!("{e} (and recording it failed: {store_error})"),
+                };
+                return StepOutcome::failed(RetryOn::Failure, message);
+            }
+        };
+        let policy = step.retry.clone().unwrap_or_default();
+        // An interrupted attempt that was itself a retry keeps telling the plugin why.
+        let mut retry: Option<RetryContext> = None;
+        // True only for the first attempt after an engine restart (for the step's log).
+        let mut restarted = resuming;
+        if resuming
+            && let Ok(record) = store.step(run_id, &step.id).await
+            && let Some(reason) = record.retry_reason.as_deref()
+        {
+            retry = Some(RetryContext {
+                reason: retry_reason(reason == "infrastructure"),
+                previous_error: record.retry_error.unwrap_or_default(),
+            });
+        }
+        loop {
+            let outcome = match self
+                .attempt(
+                    run_id,
+                    created_by,
+                    step,
+                    &inputs,
+                    &cancel,
+                    &updates,
+                    resuming,
+                    restarted,
+                    retry.clone(),
+                )
+                .await
+            {
+                Ok(o) => o,
+                Err(e) => StepOutcome::failed(RetryOn::Failure, e.to_string()),
+            };
+            let Some(kind) = outcome.kind else {
+                return outcome;
+            };
+            if cancel.is_cancelled() {
+                return outcome;
+            }
+            let Ok(record) = store.step(run_id, &step.id).await else {
+                return outcome;
+            };
+            let infrastructure = kind == RetryOn::Infrastructure;
+            let used = if infrastructure {
+                record.infrastructure_retries
+            } else {
+                record.failure_retries
+            } as u32;
+            let budget = policy.retries(kind);
+            if used >= budget {
+                return outcome;
+            }
+            let delay = policy.delay(used + 1);
+            let error = outcome.error.clone().unwrap_or_default();
+            let message = format!(
+                "attempt {} failed ({}): {error}; retrying in {:.0?} (retry {} of {budget} for {} failures)",
+                record.attempt,
+                kind_name(kind),
+                delay,
+                used + 1,
+                kind_name(kind)
+            );
+            store.append_event_soon(run_id, Some(&step.id), "warn", &message);
+            notify(
+                &updates,
+                RunUpdate::StepLog {
+                    step_id: step.id.clone(),
+                    level: "warn".into(),
+                    message,
+                },
+            );
+            // The next attempt is recorded before the wait: an engine that dies meanwhile
+            // resumes it instead of failing (and counting) the previous one again.
+            if store
+                .begin_retry(run_id, &step.id, infrastructure, &error)
+                .await
+                .is_err()
+            {
+                return outcome;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = cancel.cancelled() => return StepOutcome::cancelled(),
+            }
+            resuming = true;
+            restarted = false;
+            retry = Some(RetryContext {
+                reason: retry_reason(infrastructure),
+                previous_error: error,
+            });
+        }
+    }
+
+    /// One attempt of a step. `resuming`: the attempt is already recorded (an interrupted one,
+    /// or a retry begun by `begin_retry`), so it is continued rather than counted anew.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        run_id: &str,
+        created_by: &str,
+        step: &Step,
+        inputs: &Value,
+        cancel: &CancellationToken,
+        updates: &Option<UnboundedSender<RunUpdate>>,
+        resuming: bool,
+        restarted: bool,
+        retry: Option<RetryContext>,
+    ) -> Result<StepOutcome> {
+        let store = &self.inner.store;
+        let ws = &self.inner.ws;
+        let is_plugin = !step.uses.starts_with("builtin/");
+        let log_path = is_plugin.then(|| ws.log_dir(run_id).join(format!("{}.log", step.id)));
+        let attempt = if resuming {
+            store.resume_step(run_id, &step.id).await?
+        } else {
+            // The plugin that runs the step is recorded with its start (one commit).
+            let plugin = is_plugin
+                .then(|| self.inner.plugins.get(&step.uses))
+                .flatten()
+                .map(|p| PluginIdentity {
+                    name: &p.info.name,
+                    version: &p.info.version,
+                    digest: &p.info.digest,
+                });
+            store
+                .start_step(
+                    run_id,
+                    &step.id,
+                    inputs,
+                    log_path
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .as_deref(),
+                    plugin,
+                )
+                .await?
+        };
+        notify(
+            updates,
+            RunUpdate::StepStarted {
+                step_id: step.id.clone(),
+                attempt,
+            },
+        );
+        let (tx, rx) = unbounded_channel::<StepEvent>();
+        let drain = tokio::spawn(persist_events(
+            store.clone(),
+            run_id.to_owned(),
+            step.id.clone(),
+            rx,
+            updates.clone(),
+        ));
+        if restarted {
+            let _ = tx.send(StepEvent::Log {
+                level: "info".into(),
+                message: format!("continuing attempt {attempt} after an engine restart"),
+            });
+        }
+        let outcome = self
+            .attempt_inner(
+                run_id, created_by, step, inputs, cancel, attempt, resuming, retry, &tx,
+            )
+            .await;
+        drop(tx);
+        let _ = drain.await;
+        outcome
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt_inner(
+        &self,
+        run_id: &str,
+        created_by: &str,
+        step: &Step,
+        inputs: &Value,
+        cancel: &CancellationToken,
+        attempt: i64,
+        resuming: bool,
+        retry: Option<RetryContext>,
+        tx: &UnboundedSender<StepEvent>,
+    ) -> Result<StepOutcome> {
+        let store = &self.inner.store;
+        let ws = &self.inner.ws;
+        let is_plugin = !step.uses.starts_with("builtin/");
+        let log = |level: &str, message: String| {
+            let _ = tx.send(StepEvent::Log {
+                level: level.into(),
+                message,
+            });
+        };
+
+        // The training folder the step works in must be the run's own.
+        if let Err(e) = ownership::claim_for_step(ws, store, run_id, inputs).await {
+            return match e {
+                Error::Conflict(message) | Error::Input(message) => {
+                    Ok(StepOutcome::failed(RetryOn::Failure, message))
+                }
+                other => Err(other),
+            };
+        }
+
+        // Memoized outputs.
+        let cache_key = if step.cache {
+            let implementation = if is_plugin {
+                match self.inner.plugins.get(&step.uses) {
+                    Some(p) => format!("{}@{}", p.info.name, p.info.digest),
+                    None => step.uses.clone(),
+                }
+            } else {
+                format!("{}@kiln-{}", step.uses, env!("CARGO_PKG_VERSION"))
+            };
+            Some(memo::cache_key(
+                &implementation,
+                step.action.as_deref(),
+                inputs,
+                ws.root(),
+            ))
+        } else {
+            None
+        };
+        if let Some(key) = &cache_key
+            && !resuming
+            && let Some(hit) = store.cached_outputs(key).await?
+        {
+            let from = format!("{}/{}", hit.run_id, hit.step_id);
+            log(
+                "info",
+                format!(
+                    "cached: reused the outputs of step `{}` of run {}",
+                    hit.step_id, hit.run_id
+                ),
+            );
+            let mut outcome = StepOutcome::succeeded(hit.outputs);
+            outcome.cached_from = Some(from);
+            return Ok(outcome);
+        }
+
+        // GPU slots.
+        let lease: Option<GpuLease> = if !self.inner.gpus.managed() {
+            None
+        } else if let Some(devices) = store
+            .step(run_id, &step.id)
+            .await?
+            .gpus
+            .filter(|_| resuming)
+        {
+            let devices: Vec<u32> = devices.split(',').filter_map(|d| d.parse().ok()).collect();
+            Some(
+                self.inner
+                    .gpus
+                    .relock(&devices)
+                    .map_err(|e| Error::io("locking GPUs in", &ws.kiln_dir(), e))?,
+            )
+        } else if step.resources.gpus == 0 {
+            Some(self.inner.gpus.none())
+        } else {
+            let n = step.resources.gpus;
+            let lease = match self
+                .inner
+                .gpus
+                .try_lease(n)
+                .map_err(|e| Error::io("locking GPUs in", &ws.kiln_dir(), e))?
+            {
+                Some(l) => l,
+                None => {
+                    log("info", format!("waiting for {n} free GPU(s)"));
+                    tokio::select! {
+                        l = self.inner.gpus.lease(n) => l.map_err(|e| Error::io("locking GPUs in", &ws.kiln_dir(), e))?,
+                        _ = cancel.cancelled() => return Ok(StepOutcome::cancelled()),
+                    }
+                }
+            };
+            let devices = lease
+                .devices
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            store.set_step_gpus(run_id, &step.id, &devices).await?;
+            log("info", format!("leased GPU(s) {devices}"));
+            Some(lease)
+        };
+
+        let tracker = ProcessTracker::default();
+        let work = async {
+            if is_plugin {
+                self.run_plugin_step(
+                    run_id,
+                    step,
+                    attempt,
+                    inputs,
+                    &tracker,
+                    tx.clone(),
+                    retry,
+                    lease.as_ref(),
+                )
+                .await
+            } else {
+                let log_tx = tx.clone();
+                let log = move |message: &str| {
+                    let _ = log_tx.send(StepEvent::Log {
+                        level: "info".into(),
+                        message: message.to_owned(),
+                    });
+                };
+                let ctx = BuiltinCtx {
+                    ws,
+                    store,
+                    run_id,
+                    step_id: &step.id,
+                    created_by,
+                    inputs,
+                    log: &log,
+                };
+                builtins::run(&step.uses, &ctx)
+                    .await
+                    .map_err(|e| (FailureKind::InvalidInput, e.to_string()))
+            }
+        };
+        let timeout = step.timeout.map(|t| t.as_duration());
+        let outcome = tokio::select! {
+            r = async {
+                match timeout {
+                    Some(t) => tokio::time::timeout(t, work).await.map_err(|_| t),
+                    None => Ok(work.await),
+                }
+            } => match r {
+                Ok(Ok(outputs)) => StepOutcome::succeeded(outputs),
+                Ok(Err((FailureKind::Infrastructure, message))) => StepOutcome::failed(RetryOn::Infrastructure, message),
+                Ok(Err((_, message))) => StepOutcome::failed(RetryOn::Failure, message),
+                Err(t) => {
+                    tracker.terminate_all(self.inner.config.kill_grace).await;
+                    StepOutcome::failed(RetryOn::Failure, format!(
+                        "timed out after {} (the step's `timeout`); its programs were stopped",
+                        humantime_like(t)
+                    ))
+                }
+            },
+            _ = cancel.cancelled() => {
+                tracker.terminate_all(self.inner.config.kill_grace).await;
+                StepOutcome::cancelled()
+            }
+        };
+        drop(lease);
+        if outcome.status == StepStatus::Succeeded
+            && let Some(Value::Object(out)) = &outcome.outputs
+        {
+            if let Some(epoch) = out.get("resumed_from_epoch").and_then(Value::as_i64) {
+                log(
+                    "info",
+                    format!("training resumed from its checkpoint at epoch {epoch}"),
+                );
+            }
+            if let (Some(key), Some(outputs)) = (&cache_key, &outcome.outputs) {
+                store.store_outputs(key, outputs, run_id, &step.id).await?;
+            }
+        }
+        Ok(outcome)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_plugin_step(
+        &self,
+        run_id: &str,
+        step: &Step,
+        attempt: i64,
+        inputs: &Value,
+        tracker: &ProcessTracker,
+        events: UnboundedSender<StepEvent>,
+        retry: Option<RetryContext>,
+        lease: Option<&GpuLease>,
+    ) -> std::result::Result<Value, (FailureKind, String)> {
+        let ws = &self.inner.ws;
+        let plugins = &self.inner.plugins;
+        if plugins.get(&step.uses).is_none() {
+            return Err((
+                FailureKind::Plugin,
+                format!("plugin `{}` is not installed", step.uses),
+            ));
+        }
+        let dirs = granted_dirs(ws, &step.uses, inputs)
+            .map_err(|e| (FailureKind::InvalidInput, e.to_string()))?;
+        let inv = StepInvocation {
+            run_id: run_id.to_owned(),
+            step_id: step.id.clone(),
+            attempt: attempt.max(1) as u32,
+            action: step.action.clone().unwrap_or_default(),
+            inputs: inputs.clone(),
+            dirs,
+            log_dir: ws.log_dir(run_id),
+            state_dir: ws
+                .run_dir(run_id)
+                .join("state")
+                .join(&step.id)
+                .join(format!("attempt-{attempt}")),
+            processes: tracker.clone(),
+            events: Some(events),
+            retry,
+            gpus: lease.map(GpuLease::grant),
+        };
+        plugins
+            .run(&step.uses, &inv)
+            .await
+            .map_err(|f| (f.kind, f.message))
+    }
+}
+
+/// Directories a plugin step is granted, from its `project` and `training_name` inputs:
+/// the project's training data (read-only), the training's output (read-write) and the
+/// plugin's own configuration folder `configs/<plugin>` (read-only).
+fn granted_dirs(ws: &Workspace, plugin: &str, inputs: &Value) -> Result<Vec<GrantedDir>> {
+    let mut dirs = Vec::new();
+    if let Some(project) = inputs.get("project").and_then(Value::as_str) {
+        dirs.push(GrantedDir {
+            role: "training-data".into(),
+            host_path: ws.training_data_dir(project)?,
+            guest_path: "/data".into(),
+            writable: false,
+        });
+        if let Some(training) = inputs.get("training_name").and_then(Value::as_str) {
+            dirs.push(GrantedDir {
+                role: "training-output".into(),
+                host_path: ws.training_dir(project, training)?,
+                guest_path: "/output".into(),
+                writable: true,
+            });
+        }
+    }
+    let config = ws.configs_dir().join(plugin);
+    if config.is_dir() {
+        dirs.push(GrantedDir {
+            role: "config".into(),
+            host_path: config,
+            guest_path: "/config".into(),
+            writable: false,
+        });
+    }
+    Ok(dirs)
+}
+
+fn humantime_like(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, (s % 3600) / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m {s}s"),
+        (h, m, _) => format!("{h}h {m}m"),
+    }
+}

@@ -1,0 +1,128 @@
+//! What a step reports, persisted as it arrives; what a watcher hears; the run's heartbeat and
+//! cancel requests from other processes.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+use kiln_plugin_host::StepEvent;
+use kiln_store::{StepEnd, StepStatus, Store};
+
+use super::RunUpdate;
+
+/// Poll for cancel requests made from other processes (`kiln runs cancel`) and keep the run's
+/// heartbeat fresh.
+pub(super) async fn watch_run(store: Store, run_id: String, cancel: CancellationToken) {
+    let mut beat = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if store.cancel_requested(&run_id).await.unwrap_or(false) {
+            cancel.cancel();
+        }
+        if beat.elapsed() >= Duration::from_secs(5) {
+            beat = tokio::time::Instant::now();
+            let _ = store.heartbeat(&run_id).await;
+        }
+    }
+}
+
+/// Store what a step reports, and tell the watcher.
+pub(super) async fn persist_events(
+    store: Store,
+    run_id: String,
+    step_id: String,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<StepEvent>,
+    updates: Option<UnboundedSender<RunUpdate>>,
+) {
+    while let Some(event) = rx.recv().await {
+        let result = match &event {
+            StepEvent::Log { level, message } => {
+                notify(
+                    &updates,
+                    RunUpdate::StepLog {
+                        step_id: step_id.clone(),
+                        level: level.clone(),
+                        message: message.clone(),
+                    },
+                );
+                store.append_event_soon(&run_id, Some(&step_id), level, message);
+                Ok(())
+            }
+            StepEvent::Progress {
+                percent,
+                epoch,
+                epochs,
+                metrics,
+                message,
+            } => {
+                notify(
+                    &updates,
+                    RunUpdate::StepProgress {
+                        step_id: step_id.clone(),
+                        percent: *percent,
+                        epoch: *epoch,
+                        epochs: *epochs,
+                        message: message.clone(),
+                    },
+                );
+                let progress = json!({
+                    "percent": percent, "epoch": epoch, "epochs": epochs,
+                    "metrics": metrics, "message": message,
+                });
+                store.set_step_progress_soon(&run_id, &step_id, &progress);
+                Ok(())
+            }
+            StepEvent::Checkpoint {
+                host_path,
+                epoch,
+                best,
+            } => {
+                store
+                    .record_checkpoint(&run_id, &step_id, host_path, epoch.map(i64::from), *best)
+                    .await
+            }
+            StepEvent::Launched {
+                program,
+                pid,
+                log_path,
+            } => {
+                let message = format!(
+                    "launched {program} (pid {pid}); output in {}",
+                    log_path.display()
+                );
+                store.append_event_soon(&run_id, Some(&step_id), "info", &message);
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(target: "errors.store", run_id, step_id, "cannot record a step event: {e}");
+        }
+    }
+}
+
+/// The end of a step that did not run (skipped, cancelled), with why.
+pub(super) fn ended(status: StepStatus, reason: &str) -> StepEnd {
+    StepEnd {
+        status,
+        outputs: None,
+        error_message: Some(reason.to_owned()),
+        failure_kind: None,
+        cached_from: None,
+    }
+}
+
+pub(super) fn notify(updates: &Option<UnboundedSender<RunUpdate>>, update: RunUpdate) {
+    if let Some(tx) = updates {
+        let _ = tx.send(update);
+    }
+}
+
+pub(super) fn finished(step_id: &str, status: StepStatus, error: Option<String>) -> RunUpdate {
+    RunUpdate::StepFinished {
+        step_id: step_id.to_owned(),
+        status,
+        error,
+    }
+}
