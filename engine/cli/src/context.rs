@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use kiln_plugin_host::{Grants, HostConfig, PluginEngine, PluginRegistry};
-use kiln_runner::{Runner, RunnerConfig, Workspace};
+use kiln_runner::{RunService, Runner, RunnerConfig, Workspace};
 use kiln_store::Store;
 
 use crate::cli::{ExecOptions, GlobalArgs};
@@ -50,23 +50,34 @@ impl Context {
             .map_err(|e| anyhow::anyhow!("--gpus: {e}"))
     }
 
-    /// A runner over this workspace's store and plugins.
-    pub async fn runner(
-        &self,
-        exec: &ExecOptions,
-        plugins: Arc<PluginRegistry>,
-    ) -> anyhow::Result<Runner> {
-        self.runner_with(self.store().await?, exec, plugins)
+    /// The run service over this workspace's store and plugins, opened together.
+    pub async fn service(&self, exec: &ExecOptions) -> anyhow::Result<RunService> {
+        let grace = Duration::from_secs(exec.kill_grace_secs);
+        let (store, plugins) = tokio::join!(self.store(), self.plugins(grace));
+        self.service_with(store?, exec, plugins?)
     }
 
-    /// A runner over an open store and loaded plugins.
-    pub fn runner_with(
+    /// The run service for commands that start no step (cancel, delete): no plugin loaded.
+    pub async fn service_without_plugins(&self) -> anyhow::Result<RunService> {
+        let config = self.host_config(Duration::from_secs(10))?;
+        let engine = PluginEngine::new(config)?;
+        let plugins = Arc::new(PluginRegistry::empty(&engine));
+        let exec = ExecOptions {
+            max_parallel: 1,
+            kill_grace_secs: 10,
+            json: false,
+        };
+        self.service_with(self.store().await?, &exec, plugins)
+    }
+
+    /// The run service over an open store and loaded plugins.
+    pub fn service_with(
         &self,
         store: Store,
         exec: &ExecOptions,
         plugins: Arc<PluginRegistry>,
-    ) -> anyhow::Result<Runner> {
-        Ok(Runner::new(
+    ) -> anyhow::Result<RunService> {
+        let runner = Runner::new(
             store,
             plugins,
             self.ws.clone(),
@@ -75,11 +86,23 @@ impl Context {
                 kill_grace: Duration::from_secs(exec.kill_grace_secs),
                 gpus: self.gpus()?,
             },
-        ))
+        );
+        Ok(RunService::new(runner, self.ws.root().join("workflows")))
     }
 
     /// Load the installed plugins (compiling them on first use, from the cache after).
     pub async fn plugins(&self, kill_grace: Duration) -> anyhow::Result<Arc<PluginRegistry>> {
+        let engine = PluginEngine::new(self.host_config(kill_grace)?)?;
+        let dir = self
+            .global
+            .plugins_dir
+            .clone()
+            .unwrap_or_else(|| self.ws.plugins_dir());
+        Ok(Arc::new(PluginRegistry::load(&engine, &dir).await?))
+    }
+
+    /// How the plugin host runs plugins and launches their programs here.
+    fn host_config(&self, kill_grace: Duration) -> anyhow::Result<HostConfig> {
         let grants = Grants::load(&self.ws.grants_file())?;
         let mut search_path = vec![self.ws.root().join(".venv").join("bin")];
         let path_var =
@@ -91,7 +114,7 @@ impl Context {
                 base_env.push((key.to_owned(), v));
             }
         }
-        let config = HostConfig {
+        Ok(HostConfig {
             cache_dir: self
                 .global
                 .cache_dir
@@ -102,13 +125,6 @@ impl Context {
             program_base_env: base_env,
             kill_grace,
             grants,
-        };
-        let engine = PluginEngine::new(config)?;
-        let dir = self
-            .global
-            .plugins_dir
-            .clone()
-            .unwrap_or_else(|| self.ws.plugins_dir());
-        Ok(Arc::new(PluginRegistry::load(&engine, &dir).await?))
+        })
     }
 }

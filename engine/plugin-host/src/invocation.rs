@@ -5,15 +5,7 @@ use std::path::PathBuf;
 
 use crate::ProcessTracker;
 
-/// A directory granted to a step, preopened for the plugin at `guest_path`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct GrantedDir {
-    /// "training-data", "training-output" or "config".
-    pub role: String,
-    pub host_path: PathBuf,
-    pub guest_path: String,
-    pub writable: bool,
-}
+pub use crate::capability::files::{GrantedDir, Role};
 
 /// A step to run in a plugin.
 #[derive(Debug, Clone)]

@@ -21,7 +21,7 @@ pub use capability::process::ProcessTracker;
 pub use engine::{HostConfig, PluginEngine};
 pub use grants::{GrantError, Grants, PluginGrant};
 pub use invocation::{
-    FailureKind, GpuGrant, GrantedDir, RetryContext, RetryReason, StepEvent, StepFailure,
+    FailureKind, GpuGrant, GrantedDir, RetryContext, RetryReason, Role, StepEvent, StepFailure,
     StepInvocation,
 };
 pub use registry::{ActionInfo, InputInfo, LoadedPlugin, PluginInfo, PluginRegistry};

@@ -10,7 +10,7 @@ use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings::{Plugin, PluginPre, types};
 use crate::capability::process::ProcessState;
-use crate::invocation::{FailureKind, StepFailure, StepInvocation};
+use crate::invocation::{FailureKind, Role, StepFailure, StepInvocation};
 use crate::sandbox::{StepState, new_store};
 use crate::{Error, PluginEngine, PluginGrant, Result, cache};
 
@@ -95,6 +95,14 @@ fn check_interface_version(
 
 impl PluginRegistry {
     /// Load every `*.wasm` component in `dir` (a missing directory holds no plugins).
+    /// A registry with no plugin (for work that runs no plugin step: cancel, delete).
+    pub fn empty(engine: &PluginEngine) -> Self {
+        Self {
+            engine: engine.clone(),
+            plugins: BTreeMap::new(),
+        }
+    }
+
     pub async fn load(engine: &PluginEngine, dir: &Path) -> Result<Self> {
         let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
             Ok(rd) => rd
@@ -269,7 +277,7 @@ impl LoadedPlugin {
             inv.dirs.iter().map(|d| d.host_path.clone()).collect(),
             inv.dirs
                 .iter()
-                .find(|d| d.role == "training-output")
+                .find(|d| d.role == Role::TrainingOutput)
                 .map(|d| d.host_path.clone()),
             engine.config.supervisor_exe.clone(),
             inv.step_id.clone(),
@@ -299,10 +307,10 @@ impl LoadedPlugin {
                 .dirs
                 .iter()
                 .map(|d| types::GrantedDir {
-                    role: d.role.clone(),
-                    guest_path: d.guest_path.clone(),
+                    role: d.role.name().to_owned(),
+                    guest_path: d.guest_path().to_owned(),
                     host_path: d.host_path.display().to_string(),
-                    writable: d.writable,
+                    writable: d.writable(),
                 })
                 .collect(),
             retry: inv.retry.as_ref().map(|r| types::RetryInfo {

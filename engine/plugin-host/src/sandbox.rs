@@ -103,7 +103,7 @@ pub(crate) fn new_store(
         .allow_udp(false)
         .allow_ip_name_lookup(false);
     for dir in dirs {
-        let perms = if dir.writable {
+        let perms = if dir.writable() {
             FsPerms::ReadWrite
         } else {
             FsPerms::ReadOnly
@@ -114,7 +114,7 @@ pub(crate) fn new_store(
                 dir.host_path.display()
             )
         })?;
-        wasi.preopened_dir(&dir.host_path, &dir.guest_path, perms)
+        wasi.preopened_dir(&dir.host_path, dir.guest_path(), perms)
             .map_err(|e| format!("cannot grant {}: {e}", dir.host_path.display()))?;
     }
     let state = StepState {

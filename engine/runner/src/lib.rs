@@ -15,11 +15,13 @@ pub mod gpu;
 mod memo;
 pub mod ownership;
 mod run_lock;
+pub mod service;
 pub mod workspace;
 
 pub use catalog::EngineCatalog;
 pub use executor::{RunUpdate, Runner, RunnerConfig, stored_workflow};
 pub use run_lock::RunLock;
+pub use service::RunService;
 pub use workspace::Workspace;
 
 use std::path::{Path, PathBuf};
@@ -30,10 +32,21 @@ pub enum Error {
     /// A step's input is wrong; the message names the input and what to do.
     #[error("{0}")]
     Input(String),
-    /// What the request would do belongs to another run (or to no run); the message names
-    /// the owner and what to do.
+    /// What the request would do belongs to another run (or to no run), or the run is not in
+    /// a state that allows it; the message names the owner or the state and what to do.
     #[error("{0}")]
     Conflict(String),
+    /// Something named in the request does not exist.
+    #[error("{1}")]
+    NotFound(Missing, String),
+    #[error("no workflow named `{name}`; workflows: {}", if known.is_empty() { "none".to_owned() } else { known.join(", ") })]
+    UnknownWorkflow { name: String, known: Vec<String> },
+    /// The operator's configuration is broken; the message names the file.
+    #[error("{0}")]
+    Config(String),
+    /// A plugin misbehaved (returned nothing usable, trapped, crashed).
+    #[error("{0}")]
+    Plugin(String),
     #[error("{doing} {path}: {source}")]
     Io {
         doing: &'static str,
@@ -61,3 +74,13 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What [`Error::NotFound`] did not find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    Framework,
+    Task,
+    Release,
+    Training,
+    Step,
+}

@@ -20,6 +20,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use kiln_plugin_host::{GrantedDir, Role};
 use kiln_store::{Store, TrainingRef};
 use kiln_workflow::{ExprContext, Workflow, render_input};
 
@@ -32,6 +33,24 @@ pub(crate) fn training_of(inputs: &Value) -> Option<(&str, &str)> {
         inputs.get("project")?.as_str()?,
         inputs.get("training_name")?.as_str()?,
     ))
+}
+
+/// The directories a plugin step is granted (the files capability's roles): the project's
+/// training data (from its `project` input), the training's output folder (with its
+/// `training_name` input too) and the plugin's own configuration folder `configs/<plugin>/`.
+pub(crate) fn step_dirs(ws: &Workspace, plugin: &str, inputs: &Value) -> Result<Vec<GrantedDir>> {
+    let mut dirs = Vec::new();
+    if let Some(project) = inputs.get("project").and_then(Value::as_str) {
+        dirs.push(Role::TrainingData.grant(ws.training_data_dir(project)?));
+        if let Some((project, name)) = training_of(inputs) {
+            dirs.push(Role::TrainingOutput.grant(ws.training_dir(project, name)?));
+        }
+    }
+    let config = ws.configs_dir().join(plugin);
+    if config.is_dir() {
+        dirs.push(Role::Config.grant(config));
+    }
+    Ok(dirs)
 }
 
 fn training_ref(project: &str, name: &str) -> TrainingRef {

@@ -108,6 +108,13 @@ impl Workspace {
             .join(training_name))
     }
 
+    /// A new, unique scratch folder path under `.kiln/scratch/` (not created).
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.kiln_dir()
+            .join("scratch")
+            .join(uuid::Uuid::new_v4().to_string())
+    }
+
     /// `path` for messages: relative to the workspace root when it lies inside it.
     pub fn display(&self, path: &Path) -> String {
         self.relative(path)

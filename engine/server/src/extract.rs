@@ -169,6 +169,11 @@ pub(crate) fn whole_number(
 /// The largest offset: offsets are stored and compared as signed 64-bit numbers.
 pub(crate) const MAX_OFFSET: u64 = i64::MAX as u64;
 
+/// An offset given as `raw` (a query parameter or header named `what`): 0 to [`MAX_OFFSET`].
+pub(crate) fn offset(what: &str, raw: &str, code: &'static str) -> ApiResult<u64> {
+    whole_number(what, raw, 0, MAX_OFFSET, code)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

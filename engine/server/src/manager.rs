@@ -7,21 +7,22 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
-use kiln_runner::{RunLock, Runner};
-use kiln_store::RunRecord;
-use kiln_workflow::Workflow;
+use kiln_runner::RunService;
+use kiln_runner::service::Execution;
+
+use crate::problem::ApiError;
 
 #[derive(Clone)]
 pub struct RunManager {
-    runner: Runner,
+    service: RunService,
     active: Arc<Mutex<HashMap<String, CancellationToken>>>,
     accepting: Arc<AtomicBool>,
 }
 
 impl RunManager {
-    pub fn new(runner: Runner) -> Self {
+    pub fn new(service: RunService) -> Self {
         Self {
-            runner,
+            service,
             active: Default::default(),
             accepting: Arc::new(AtomicBool::new(true)),
         }
@@ -29,6 +30,38 @@ impl RunManager {
 
     pub fn accepting(&self) -> bool {
         self.accepting.load(Ordering::SeqCst)
+    }
+
+    /// New runs are refused (503) while the server shuts down.
+    pub fn accepting_or_refuse(&self) -> Result<(), ApiError> {
+        if self.accepting() {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down and accepts no new runs; retry against the restarted \
+             server",
+        ))
+    }
+
+    /// Records and starts a run of the workflow named `workflow` (from the workflows
+    /// directory) with `params` on behalf of `created_by`; it executes in this process.
+    pub async fn submit(
+        &self,
+        workflow: &str,
+        params: serde_json::Map<String, serde_json::Value>,
+        created_by: &str,
+    ) -> Result<kiln_store::RunRecord, ApiError> {
+        self.accepting_or_refuse()?;
+        let (workflow, yaml) = self.service.workflow(workflow)?;
+        let execution = self
+            .service
+            .submit(workflow, &yaml, params.into_iter().collect(), created_by)
+            .await?;
+        let run = execution.run.clone();
+        self.start(execution);
+        Ok(run)
     }
 
     pub fn stop_accepting(&self) {
@@ -42,21 +75,18 @@ impl RunManager {
             .contains_key(run_id)
     }
 
-    /// Execute `run` in the background (`lock`: its run lock, when it was recorded running).
-    pub fn start(&self, run: RunRecord, lock: Option<RunLock>, workflow: Workflow) {
+    /// Execute a run in the background.
+    pub fn start(&self, execution: Execution) {
         let token = CancellationToken::new();
+        let run_id = execution.run.id.clone();
         self.active
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(run.id.clone(), token.clone());
-        let (runner, active) = (self.runner.clone(), self.active.clone());
+            .insert(run_id.clone(), token.clone());
+        let (service, active) = (self.service.clone(), self.active.clone());
+        tracing::info!(target: "operations.training", run_id = %run_id, workflow = %execution.run.workflow_name, "run started");
         tokio::spawn(async move {
-            let params = run.params.as_object().cloned().unwrap_or_default();
-            tracing::info!(target: "operations.training", run_id = %run.id, workflow = %run.workflow_name, "run started");
-            match runner
-                .execute(&run, lock, &workflow, &params, token, None)
-                .await
-            {
+            match service.execute(execution, token, None).await {
                 Ok(done) => tracing::info!(
                     target: "operations.training",
                     run_id = %done.id,
@@ -65,29 +95,47 @@ impl RunManager {
                     "run finished"
                 ),
                 Err(e) => {
-                    tracing::error!(target: "errors.training", run_id = %run.id, "run could not be executed: {e}")
+                    tracing::error!(target: "errors.training", run_id = %run_id, "run could not be executed: {e}")
                 }
             }
             active
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .remove(&run.id);
+                .remove(&run_id);
         });
     }
 
-    /// Cancel a run: directly when it executes here, else through the store (the engine that
-    /// executes it polls for the request).
-    pub async fn cancel(&self, run_id: &str) -> Result<(), kiln_store::Error> {
-        self.runner.store().request_cancel(run_id).await?;
-        if let Some(token) = self
+    /// Cancel a run: directly when it executes here; else through the run service (the engine
+    /// that executes it is asked to stop it, or, when none does, its surviving programs are
+    /// stopped here).
+    pub async fn cancel(&self, id: &str) -> Result<kiln_store::RunRecord, kiln_runner::Error> {
+        let run = self.service.run(id).await?;
+        if run.status.is_terminal() {
+            return Err(kiln_runner::Error::Conflict(format!(
+                "run {} already {}",
+                run.id, run.status
+            )));
+        }
+        let token = self
             .active
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(run_id)
-        {
-            token.cancel();
+            .get(&run.id)
+            .cloned();
+        match token {
+            Some(token) => {
+                self.service.store().request_cancel(&run.id).await?;
+                token.cancel();
+                Ok(run)
+            }
+            None => {
+                let grace = self.service.runner().kill_grace();
+                match self.service.cancel(&run.id, grace).await? {
+                    kiln_runner::service::Cancelled::Requested(run)
+                    | kiln_runner::service::Cancelled::Stopped(run) => Ok(run),
+                }
+            }
         }
-        Ok(())
     }
 
     /// Wait until the run is no longer executing in this process (after a cancel).
@@ -106,16 +154,15 @@ impl RunManager {
     /// executing). Returns how many were resumed.
     pub async fn recover(&self) -> anyhow::Result<usize> {
         let mut n = 0;
-        for run in self.runner.store().active_runs().await? {
-            if RunLock::is_held(&self.runner.workspace().run_dir(&run.id)) {
-                continue;
-            }
-            match kiln_runner::stored_workflow(&run) {
-                Ok(workflow) => {
+        for run in self.service.store().active_runs().await? {
+            match self.service.resume(&run.id).await {
+                Ok(execution) => {
                     tracing::info!(target: "operations.training", run_id = %run.id, "recovering run");
-                    self.start(run, None, workflow);
+                    self.start(execution);
                     n += 1;
                 }
+                // Another process executes it: not ours to recover.
+                Err(kiln_runner::Error::Conflict(_)) => {}
                 Err(e) => {
                     tracing::error!(target: "errors.training", run_id = %run.id, "cannot recover: {e}")
                 }

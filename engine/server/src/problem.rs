@@ -47,6 +47,12 @@ impl ApiError {
         self
     }
 
+    /// The same problem under another status (a body field is a 422 where a query is a 400).
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, detail)
     }
@@ -96,12 +102,39 @@ impl From<kiln_store::Error> for ApiError {
 
 impl From<kiln_runner::Error> for ApiError {
     fn from(e: kiln_runner::Error) -> Self {
+        use kiln_runner::{Error, Missing};
+        let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
         match e {
-            kiln_runner::Error::Input(message) => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", message)
+            Error::Input(message) => Self::new(unprocessable, "invalid_input", message),
+            Error::Conflict(message) => Self::conflict("conflict", message),
+            Error::NotFound(what, message) => Self::not_found(
+                match what {
+                    Missing::Framework => "unknown_framework",
+                    Missing::Task => "unknown_task",
+                    Missing::Release => "release_not_found",
+                    Missing::Training => "training_not_found",
+                    Missing::Step => "step_not_found",
+                },
+                message,
+            ),
+            e @ Error::UnknownWorkflow { .. } => {
+                Self::new(unprocessable, "unknown_workflow", e.to_string())
             }
-            kiln_runner::Error::Conflict(message) => Self::conflict("conflict", message),
-            kiln_runner::Error::Store(e) => e.into(),
+            Error::Workflow(d) => Self::new(unprocessable, "invalid_workflow", d.to_string()),
+            Error::Params(e) => Self::new(unprocessable, "invalid_params", e.to_string()),
+            Error::Store(e) => e.into(),
+            Error::Config(message) => {
+                tracing::error!(target: "errors.api", "{message}");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "invalid_operator_config",
+                    message,
+                )
+            }
+            Error::Plugin(message) => {
+                tracing::error!(target: "errors.api", "{message}");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "plugin_failed", message)
+            }
             other => Self::internal(other),
         }
     }

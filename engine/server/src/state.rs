@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use kiln_runner::{Runner, Workspace};
+use kiln_runner::{RunService, Workspace};
 use kiln_store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +23,7 @@ pub struct ServerConfig {
 }
 
 struct Shared {
-    runner: Runner,
+    service: RunService,
     manager: RunManager,
     roles: Roles,
     config: ServerConfig,
@@ -35,10 +35,12 @@ struct Shared {
 pub struct AppState(Arc<Shared>);
 
 impl AppState {
-    pub fn new(runner: Runner, roles: Roles, config: ServerConfig) -> Self {
-        let manager = RunManager::new(runner.clone());
+    /// The server's state over `service`, which starts workflows from `config.workflows_dir`.
+    pub fn new(service: RunService, roles: Roles, config: ServerConfig) -> Self {
+        let service = service.with_workflows(config.workflows_dir.clone());
+        let manager = RunManager::new(service.clone());
         Self(Arc::new(Shared {
-            runner,
+            service,
             manager,
             roles,
             auth: AuthGuard::new(config.limits.auth_max_failures, config.limits.auth_lockout),
@@ -47,16 +49,17 @@ impl AppState {
         }))
     }
 
-    pub fn runner(&self) -> &Runner {
-        &self.0.runner
+    /// Every run-level operation goes through the run service.
+    pub fn service(&self) -> &RunService {
+        &self.0.service
     }
 
     pub fn store(&self) -> &Store {
-        self.0.runner.store()
+        self.0.service.store()
     }
 
     pub fn workspace(&self) -> &Workspace {
-        self.0.runner.workspace()
+        self.0.service.workspace()
     }
 
     pub fn manager(&self) -> &RunManager {

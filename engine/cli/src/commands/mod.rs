@@ -48,9 +48,28 @@ pub async fn dispatch(cli: Cli) -> Exit {
     };
     result.unwrap_or_else(|e| {
         errln!("error: {e:#}");
-        // Bad input, or something another run owns: the caller can fix it.
-        match e.downcast_ref::<kiln_runner::Error>() {
-            Some(kiln_runner::Error::Input(_) | kiln_runner::Error::Conflict(_)) => {
+        // Bad input, something missing, or something another run owns: the caller can fix it.
+        use kiln_runner::Error as E;
+        let store_input = |e: &kiln_store::Error| {
+            matches!(
+                e,
+                kiln_store::Error::RunNotFound(_) | kiln_store::Error::AmbiguousRun { .. }
+            )
+        };
+        match e.downcast_ref::<E>() {
+            Some(
+                E::Input(_)
+                | E::Conflict(_)
+                | E::NotFound(..)
+                | E::UnknownWorkflow { .. }
+                | E::Workflow(_)
+                | E::Params(_),
+            ) => Exit::InvalidInput,
+            Some(E::Store(e)) if store_input(e) => Exit::InvalidInput,
+            _ if e
+                .downcast_ref::<kiln_store::Error>()
+                .is_some_and(store_input) =>
+            {
                 Exit::InvalidInput
             }
             _ => Exit::Failure,

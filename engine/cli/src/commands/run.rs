@@ -1,22 +1,22 @@
 //! `kiln run FILE --param k=v ...`: validate, record, execute with live progress; Ctrl-C cancels.
 //! Also the shared execution of `kiln resume` and `kiln runs retry`.
 
-use crate::output::{errln, outln};
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use std::time::Duration;
-
-use kiln_runner::{RunLock, Runner};
-use kiln_store::{RunRecord, RunStatus};
-use kiln_workflow::Workflow;
+use kiln_runner::RunService;
+use kiln_runner::service::Execution;
+use kiln_store::RunStatus;
 
 use crate::cli::{ExecOptions, RunArgs};
 use crate::commands::validate::load_valid;
 use crate::context::Context;
 use crate::exit::Exit;
+use crate::output::{errln, outln};
 use crate::progress::Progress;
 
 /// Parse `key=value` params; values are YAML (`epochs=2`, `overrides={epochs: 2}`).
@@ -60,9 +60,20 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<Exit> {
         Ok(v) => v,
         Err(exit) => return Ok(exit),
     };
-    let params = match kiln_workflow::resolve_params(&workflow, provided) {
-        Ok(p) => p,
-        Err(errors) => {
+    let yaml = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let service = ctx.service_with(store?, &args.exec, plugins)?;
+    let created_by = args
+        .created_by
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "cli".into());
+    let execution = match service
+        .submit(Arc::new(workflow), &yaml, provided, &created_by)
+        .await
+    {
+        Ok(execution) => execution,
+        Err(kiln_runner::Error::Params(errors)) => {
             errln!("{errors}");
             errln!(
                 "the run was not started; fix the params of {}",
@@ -70,45 +81,29 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<Exit> {
             );
             return Ok(Exit::InvalidInput);
         }
+        Err(e) => return Err(e.into()),
     };
-    let yaml = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let runner = ctx.runner_with(store?, &args.exec, plugins)?;
-    let created_by = args
-        .created_by
-        .clone()
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "cli".into());
-    let (run, lock) = runner.start(&workflow, yaml, &params, &created_by).await?;
-    errln!("run {} ({}) started", run.id, workflow.name);
-    execute(&runner, &run, Some(lock), &workflow, &args.exec).await
+    errln!(
+        "run {} ({}) started",
+        execution.run.id,
+        execution.workflow.name
+    );
+    execute(&service, execution, &args.exec).await
 }
 
-/// Execute `run` with live progress and Ctrl-C handling; prints the outcome.
+/// Execute a run with live progress and Ctrl-C handling; prints the outcome.
 pub async fn execute(
-    runner: &Runner,
-    run: &RunRecord,
-    lock: Option<RunLock>,
-    workflow: &Workflow,
+    service: &RunService,
+    execution: Execution,
     exec: &ExecOptions,
 ) -> anyhow::Result<Exit> {
-    let params = run.params.as_object().cloned().unwrap_or_default();
     let cancel = CancellationToken::new();
     tokio::spawn(cancel_on_signal(cancel.clone()));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let progress = Progress::start(workflow, rx);
-    let result = runner
-        .execute(run, lock, workflow, &params, cancel, Some(tx))
-        .await;
+    let progress = Progress::start(&execution.workflow, rx);
+    let result = service.execute(execution, cancel, Some(tx)).await;
     progress.finish().await;
-    let finished = match result {
-        Ok(f) => f,
-        Err(kiln_runner::Error::Input(message)) => {
-            errln!("error: {message}");
-            return Ok(Exit::InvalidInput);
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let finished = result?;
     let secs = finished.duration_ms.unwrap_or(0) as f64 / 1000.0;
     match finished.status {
         RunStatus::Succeeded => errln!("run {} succeeded in {secs:.1}s", finished.id),
@@ -120,7 +115,7 @@ pub async fn execute(
         ),
     }
     if exec.json {
-        let steps = runner.store().steps(&finished.id).await?;
+        let steps = service.store().steps(&finished.id).await?;
         outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({"run": finished, "steps": steps}))?

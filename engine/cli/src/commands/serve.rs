@@ -1,7 +1,6 @@
 //! `kiln serve` and `kiln token`.
 
 use crate::output::{errln, outln};
-use std::time::Duration;
 
 use kiln_server::{AppState, Claim, Roles, ServerConfig};
 
@@ -16,7 +15,7 @@ fn roles(ctx: &Context) -> anyhow::Result<Roles> {
 pub async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<Exit> {
     let limits = args.limits.to_limits();
     if let Err(e) = limits.validate() {
-        eprintln!("error: {e}");
+        errln!("error: {e}");
         return Ok(Exit::InvalidInput);
     }
     if args.insecure_no_auth {
@@ -25,10 +24,7 @@ pub async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<Exit> {
         errln!("\n  WARNING: {warning}\n");
         tracing::warn!(target: "app.backend", "{warning}");
     }
-    let plugins = ctx
-        .plugins(Duration::from_secs(args.exec.kill_grace_secs))
-        .await?;
-    let runner = ctx.runner(&args.exec, plugins).await?;
+    let service = ctx.service(&args.exec).await?;
     let config = ServerConfig {
         workflows_dir: args
             .workflows_dir
@@ -37,7 +33,7 @@ pub async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<Exit> {
         insecure_no_auth: args.insecure_no_auth,
         limits,
     };
-    let state = AppState::new(runner, roles(ctx)?, config);
+    let state = AppState::new(service, roles(ctx)?, config);
     let shutdown = async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

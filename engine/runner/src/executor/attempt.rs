@@ -7,9 +7,7 @@ use serde_json::Value;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use tokio_util::sync::CancellationToken;
 
-use kiln_plugin_host::{
-    FailureKind, GrantedDir, ProcessTracker, RetryContext, StepEvent, StepInvocation,
-};
+use kiln_plugin_host::{FailureKind, ProcessTracker, RetryContext, StepEvent, StepInvocation};
 use kiln_store::{PluginIdentity, StepStatus};
 use kiln_workflow::{ExprContext, RetryOn, Step, render_inputs_until};
 
@@ -17,7 +15,7 @@ use super::events::{notify, persist_events};
 use super::{RunUpdate, Runner, StepOutcome, kind_name, retry_reason};
 use crate::builtins::{self, BuiltinCtx};
 use crate::gpu::GpuLease;
-use crate::{Error, Result, Workspace, memo, ownership};
+use crate::{Error, Result, memo, ownership};
 
 impl Runner {
     /// Render a step's inputs, then run it with its retry policy. Rendering is bounded by
@@ -438,7 +436,7 @@ impl Runner {
                 format!("plugin `{}` is not installed", step.uses),
             ));
         }
-        let dirs = granted_dirs(ws, &step.uses, inputs)
+        let dirs = ownership::step_dirs(ws, &step.uses, inputs)
             .map_err(|e| (FailureKind::InvalidInput, e.to_string()))?;
         let inv = StepInvocation {
             run_id: run_id.to_owned(),
@@ -463,39 +461,6 @@ impl Runner {
             .await
             .map_err(|f| (f.kind, f.message))
     }
-}
-
-/// Directories a plugin step is granted, from its `project` and `training_name` inputs:
-/// the project's training data (read-only), the training's output (read-write) and the
-/// plugin's own configuration folder `configs/<plugin>` (read-only).
-fn granted_dirs(ws: &Workspace, plugin: &str, inputs: &Value) -> Result<Vec<GrantedDir>> {
-    let mut dirs = Vec::new();
-    if let Some(project) = inputs.get("project").and_then(Value::as_str) {
-        dirs.push(GrantedDir {
-            role: "training-data".into(),
-            host_path: ws.training_data_dir(project)?,
-            guest_path: "/data".into(),
-            writable: false,
-        });
-        if let Some(training) = inputs.get("training_name").and_then(Value::as_str) {
-            dirs.push(GrantedDir {
-                role: "training-output".into(),
-                host_path: ws.training_dir(project, training)?,
-                guest_path: "/output".into(),
-                writable: true,
-            });
-        }
-    }
-    let config = ws.configs_dir().join(plugin);
-    if config.is_dir() {
-        dirs.push(GrantedDir {
-            role: "config".into(),
-            host_path: config,
-            guest_path: "/config".into(),
-            writable: false,
-        });
-    }
-    Ok(dirs)
 }
 
 fn humantime_like(d: Duration) -> String {

@@ -205,6 +205,11 @@ impl Runner {
         &self.inner.ws
     }
 
+    /// Grace between SIGTERM and SIGKILL when stopping a step's programs.
+    pub fn kill_grace(&self) -> Duration {
+        self.inner.config.kill_grace
+    }
+
     /// Number of GPUs the machine has (for validation).
     pub fn gpu_count(&self) -> u32 {
         self.inner.gpus.count()

@@ -5,8 +5,6 @@ use axum::extract::State;
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
-use kiln_workflow::Workflow;
-
 use crate::problem::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -46,35 +44,28 @@ pub struct PluginView {
     pub grants: Vec<String>,
 }
 
-/// The workflows of the server's workflows directory (files that do not parse are skipped),
-/// with their paths, sorted by name.
-pub(crate) fn workflows_in_dir(state: &AppState) -> ApiResult<Vec<(std::path::PathBuf, Workflow)>> {
-    let dir = &state.config().workflows_dir;
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| ApiError::internal(format!("cannot read {}: {e}", dir.display())))?;
-    let mut out: Vec<(std::path::PathBuf, Workflow)> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .filter_map(|p| Workflow::load(&p).ok().map(|wf| (p, wf)))
-        .collect();
-    out.sort_by(|a, b| a.1.name.cmp(&b.1.name));
-    Ok(out)
-}
-
-/// Workflows that `POST /runs` can start.
+/// Workflows that `POST /runs` can start (files of the workflows directory that parse), sorted
+/// by name.
 #[utoipa::path(get, path = "/api/v1/workflows", operation_id = "list_workflows", responses((status = 200, body = Vec<WorkflowView>)))]
 pub async fn workflows(State(state): State<AppState>) -> ApiResult<Json<Vec<WorkflowView>>> {
-    let out = workflows_in_dir(&state)?
-        .into_iter()
-        .map(|(path, wf)| WorkflowView {
-            params: serde_json::to_value(&wf.params).unwrap_or_default(),
-            steps: wf.steps.iter().map(|s| s.id.clone()).collect(),
-            file: path.display().to_string(),
-            description: wf.description,
-            name: wf.name,
+    let catalog = state.service().workflows();
+    let entries = catalog
+        .entries()
+        .map_err(|e| ApiError::internal(format!("cannot read {}: {e}", catalog.dir().display())))?;
+    let mut out: Vec<WorkflowView> = entries
+        .iter()
+        .filter_map(|entry| {
+            let wf = entry.workflow.as_ref().ok()?;
+            Some(WorkflowView {
+                params: serde_json::to_value(&wf.params).unwrap_or_default(),
+                steps: wf.steps.iter().map(|s| s.id.clone()).collect(),
+                file: entry.path.display().to_string(),
+                description: wf.description.clone(),
+                name: wf.name.clone(),
+            })
         })
         .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Json(out))
 }
 
@@ -83,23 +74,22 @@ pub async fn workflows(State(state): State<AppState>) -> ApiResult<Json<Vec<Work
 pub async fn plugins(State(state): State<AppState>) -> ApiResult<Json<Vec<PluginView>>> {
     Ok(Json(
         state
-            .runner()
+            .service()
             .plugins()
-            .plugins()
+            .into_iter()
             .map(|p| PluginView {
-                name: p.info.name.clone(),
-                version: p.info.version.clone(),
-                digest: p.info.digest.clone(),
-                grants: p.info.programs.clone(),
+                name: p.name,
+                version: p.version,
+                digest: p.digest,
+                grants: p.programs,
                 actions: p
-                    .info
                     .actions
-                    .iter()
+                    .into_iter()
                     .map(|a| ActionView {
-                        name: a.name.clone(),
-                        description: a.description.clone(),
-                        inputs: a.inputs.iter().map(|i| i.name.clone()).collect(),
-                        outputs: a.outputs.clone(),
+                        name: a.name,
+                        description: a.description,
+                        inputs: a.inputs,
+                        outputs: a.outputs,
                     })
                     .collect(),
             })

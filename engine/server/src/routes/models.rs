@@ -5,10 +5,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use kiln_runner::builtins::{self, BuiltinCtx};
 use kiln_store::{ModelRecord, STAGES};
 
 use crate::auth::Caller;
@@ -329,110 +328,22 @@ pub async fn export_best(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<ExportView>> {
     let run = state.store().run(&id).await?;
-    if !run.status.is_terminal() {
-        return Err(ApiError::conflict(
-            "run_active",
-            format!(
-                "run {} is {}; export its best weights once it has finished, or cancel it first",
-                run.id, run.status
+    let exported = state
+        .service()
+        .export_best(&run, &caller.name)
+        .await
+        .map_err(|e| match e {
+            kiln_runner::Error::Input(message) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "export_failed",
+                format!(
+                    "cannot export the best weights of run {}: {message}",
+                    run.id
+                ),
             ),
-        ));
-    }
-    let steps = state.store().steps(&run.id).await?;
-    let export_step = steps.iter().find(|s| s.uses == "builtin/export-best");
-    let recorded = export_step.and_then(|s| s.inputs.clone().filter(Value::is_object));
-    let inputs = match recorded {
-        Some(inputs) => inputs,
-        None => {
-            let train = steps.iter().find_map(|s| {
-                let best = s.outputs.as_ref()?.get("best_weights")?.as_str()?;
-                let inputs = s.inputs.as_ref()?;
-                let project = inputs.get("project")?.as_str()?;
-                let training = inputs.get("training_name")?.as_str()?;
-                let mut built = json!({
-                    "project": project,
-                    "training_name": training,
-                    "best_weights": best,
-                });
-                if let Some(metrics) = s.outputs.as_ref().and_then(|o| o.get("metrics")) {
-                    built["metrics"] = metrics.clone();
-                }
-                // The resolved training config, from the step of the same training that
-                // resolved it (`resolved_yaml` output), becomes `artifacts/config.yaml`.
-                let resolved = steps.iter().find_map(|r| {
-                    let i = r.inputs.as_ref()?;
-                    (i.get("project")?.as_str()? == project
-                        && i.get("training_name")?.as_str()? == training)
-                        .then_some(())?;
-                    r.outputs.as_ref()?.get("resolved_yaml")?.as_str()
-                });
-                if let Some(yaml) = resolved {
-                    built["resolved_yaml"] = json!(yaml);
-                }
-                Some(built)
-            });
-            train.ok_or_else(|| {
-                ApiError::conflict(
-                    "no_trained_weights",
-                    format!(
-                        "run {} has nothing to export: no `builtin/export-best` step with \
-                         recorded inputs and no step with a `best_weights` output and \
-                         `project` / `training_name` inputs; only a run whose training \
-                         finished can be exported",
-                        run.id
-                    ),
-                )
-            })?
-        }
-    };
-    let step_id = export_step
-        .map_or("export", |s| s.step_id.as_str())
-        .to_owned();
-    let ws = state.workspace().clone();
-    let store = state.store().clone();
-    let (run_id, by, ctx_inputs, ctx_step) = (
-        run.id.clone(),
-        caller.name.clone(),
-        inputs.clone(),
-        step_id.clone(),
-    );
-    // The builtin does blocking file work (`block_in_place`), which needs a runtime thread
-    // that may block: run it on the blocking pool.
-    let handle = tokio::runtime::Handle::current();
-    let outputs = tokio::task::spawn_blocking(move || {
-        handle.block_on(async {
-            let log = |message: &str| {
-                tracing::info!(target: "operations.training", run_id = %run_id, step_id = %ctx_step, "{message}");
-            };
-            builtins::run(
-                "builtin/export-best",
-                &BuiltinCtx {
-                    ws: &ws,
-                    store: &store,
-                    run_id: &run_id,
-                    step_id: &ctx_step,
-                    created_by: &by,
-                    inputs: &ctx_inputs,
-                    log: &log,
-                },
-            )
-            .await
-        })
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(|e| match e {
-        kiln_runner::Error::Input(message) => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "export_failed",
-            format!("cannot export the best weights of run {}: {message}", run.id),
-        ),
-        kiln_runner::Error::Store(e) => e.into(),
-        other => ApiError::internal(format!(
-            "exporting the best weights of run {}: {other}",
-            run.id
-        )),
-    })?;
+            other => other.into(),
+        })?;
+    let (step_id, inputs, outputs) = (exported.step, exported.inputs, exported.outputs);
     tracing::info!(target: "operations.training", run_id = %run.id, by = %caller.name, "best weights exported again");
     Ok(Json(ExportView {
         run_id: run.id,

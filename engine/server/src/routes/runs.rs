@@ -9,9 +9,7 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use kiln_runner::EngineCatalog;
 use kiln_store::{RunRecord, RunStatus, StepRecord};
-use kiln_workflow::Workflow;
 
 use crate::auth::Caller;
 use crate::extract::{ApiJson, ApiPath, ApiQuery, MAX_OFFSET, whole_number};
@@ -185,66 +183,6 @@ pub struct DeleteQuery {
     pub purge_outputs: bool,
 }
 
-/// The workflow named `name` in the server's workflows directory, with its source text.
-pub(crate) fn find_workflow(state: &AppState, name: &str) -> ApiResult<(Workflow, String)> {
-    let workflows = super::catalog::workflows_in_dir(state)?;
-    if let Some((path, wf)) = workflows.iter().find(|(_, wf)| wf.name == name) {
-        let yaml = std::fs::read_to_string(path).map_err(ApiError::internal)?;
-        return Ok((wf.clone(), yaml));
-    }
-    let names: Vec<&str> = workflows.iter().map(|(_, wf)| wf.name.as_str()).collect();
-    Err(ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "unknown_workflow",
-        format!(
-            "no workflow named `{name}`; workflows: {}",
-            names.join(", ")
-        ),
-    ))
-}
-
-/// Validate, record and start a run of `workflow` with `params` on behalf of `caller`.
-pub(crate) async fn start_run(
-    state: &AppState,
-    caller: &Caller,
-    workflow_name: &str,
-    params: serde_json::Map<String, serde_json::Value>,
-) -> ApiResult<RunRecord> {
-    if !state.manager().accepting() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the server is shutting down and accepts no new runs; retry against the restarted server",
-        ));
-    }
-    let (workflow, yaml) = find_workflow(state, workflow_name)?;
-    let catalog = EngineCatalog {
-        plugins: state.runner().plugins(),
-        gpus: state.runner().gpu_count(),
-    };
-    workflow.validate(&catalog).map_err(|d| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_workflow",
-            d.to_string(),
-        )
-    })?;
-    let params =
-        kiln_workflow::resolve_params(&workflow, params.into_iter().collect()).map_err(|e| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_params",
-                e.to_string(),
-            )
-        })?;
-    let (run, lock) = state
-        .runner()
-        .start(&workflow, yaml, &params, &caller.name)
-        .await?;
-    state.manager().start(run.clone(), Some(lock), workflow);
-    Ok(run)
-}
-
 /// Trigger a run.
 #[utoipa::path(post, path = "/api/v1/runs", operation_id = "create_run", request_body = CreateRun,
     responses((status = 201, body = RunView), (status = 422, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)))]
@@ -253,7 +191,10 @@ pub async fn create(
     Extension(caller): Extension<Caller>,
     ApiJson(body): ApiJson<CreateRun>,
 ) -> ApiResult<impl IntoResponse> {
-    let run = start_run(&state, &caller, &body.workflow, body.params).await?;
+    let run = state
+        .manager()
+        .submit(&body.workflow, body.params, &caller.name)
+        .await?;
     Ok((StatusCode::CREATED, Json(RunView::new(run, None))))
 }
 
@@ -342,14 +283,7 @@ pub async fn cancel(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let run = state.store().run(&id).await?;
-    if run.status.is_terminal() {
-        return Err(ApiError::conflict(
-            "run_finished",
-            format!("run {} already {}", run.id, run.status),
-        ));
-    }
-    state.manager().cancel(&run.id).await?;
+    let run = state.manager().cancel(&id).await?;
     Ok((StatusCode::ACCEPTED, Json(RunView::new(run, None))))
 }
 
@@ -361,39 +295,10 @@ pub async fn retry(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<impl IntoResponse> {
-    if !state.manager().accepting() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the server is shutting down and accepts no new runs",
-        ));
-    }
-    let run = state.store().run(&id).await?;
-    if !matches!(run.status, RunStatus::Failed | RunStatus::Cancelled) {
-        return Err(ApiError::conflict(
-            "run_not_retryable",
-            format!(
-                "run {} is {}; only failed or cancelled runs can be retried",
-                run.id, run.status
-            ),
-        ));
-    }
-    if kiln_runner::RunLock::is_held(&state.workspace().run_dir(&run.id)) {
-        return Err(ApiError::conflict(
-            "run_still_active",
-            format!("run {} is still being executed by an engine", run.id),
-        ));
-    }
-    let workflow = kiln_runner::stored_workflow(&run).map_err(|d| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_workflow",
-            d.to_string(),
-        )
-    })?;
-    state.store().reset_for_retry(&run.id).await?;
-    let run = state.store().run(&run.id).await?;
-    state.manager().start(run.clone(), None, workflow);
+    state.manager().accepting_or_refuse()?;
+    let execution = state.service().retry(&id).await?;
+    let run = execution.run.clone();
+    state.manager().start(execution);
     Ok((StatusCode::ACCEPTED, Json(RunView::new(run, None))))
 }
 
@@ -426,12 +331,10 @@ pub async fn remove(
             ));
         }
     }
-    if q.purge_outputs {
-        let report =
-            kiln_runner::ownership::purge(state.workspace(), state.store(), &run.id).await?;
+    let report = state.service().delete(&run.id, q.purge_outputs).await?;
+    if let Some(report) = report {
         tracing::info!(target: "operations.training", run_id = %run.id, deleted = ?report.deleted, kept = ?report.kept, "run outputs purged");
     }
-    state.store().delete_run(&run.id).await?;
     tracing::info!(target: "operations.training", run_id = %run.id, purge = q.purge_outputs, "run deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -6,24 +6,19 @@
 //! carry `project` and `training_name`. Every path a request names is checked to be a plain
 //! name (no `/`, `..` or hidden files) before it touches the file system.
 
-use std::path::{Path, PathBuf};
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use kiln_plugin_host::{FailureKind, GrantedDir, ProcessTracker, StepInvocation};
-use kiln_runner::builtins::{self, BuiltinCtx};
+use kiln_runner::service::ConfigRequest;
 use kiln_runner::workspace::check_name;
-use kiln_store::RunRecord;
 
-use super::runs::start_run;
 use crate::auth::Caller;
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiQuery, offset};
 use crate::problem::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
 
@@ -59,10 +54,6 @@ pub struct Api;
 
 /// The workflow `POST /training/start` runs for each framework.
 const FRAMEWORK_WORKFLOWS: &[(&str, &str)] = &[("ultralytics", "ultralytics-detect")];
-/// Stands for the dataset in a config preview when no `data` is given.
-const DATA_PLACEHOLDER: &str = "<data.yaml>";
-/// Stands for the project and training in a config preview when none is given.
-const PREVIEW_NAME: &str = "preview";
 /// Most log lines one `GET /training/logs` returns.
 const TRAINING_LOG_LINES: usize = 1000;
 
@@ -312,50 +303,9 @@ pub async fn default_config(
 ) -> ApiResult<Json<DefaultConfig>> {
     plain_name("framework", &q.framework, StatusCode::BAD_REQUEST)?;
     plain_name("task", &q.task, StatusCode::BAD_REQUEST)?;
-    let configs = state.workspace().configs_dir();
-    let framework_dir = configs.join(&q.framework);
-    let frameworks = subdirs_with(&configs, |d| !subdirs_with(d, has_default).is_empty());
-    if !frameworks.contains(&q.framework) {
-        return Err(ApiError::not_found(
-            "unknown_framework",
-            format!(
-                "no base configs for framework `{}`; frameworks: {}",
-                q.framework,
-                list_or_none(&frameworks)
-            ),
-        ));
-    }
-    let tasks = subdirs_with(&framework_dir, has_default);
-    if !tasks.contains(&q.task) {
-        return Err(ApiError::not_found(
-            "unknown_task",
-            format!(
-                "framework `{}` has no base config for task `{}`; tasks: {}",
-                q.framework,
-                q.task,
-                list_or_none(&tasks)
-            ),
-        ));
-    }
-    let file = framework_dir.join(&q.task).join("default.yaml");
-    let yaml = std::fs::read_to_string(&file)
-        .map_err(|e| ApiError::internal(format!("cannot read {}: {e}", file.display())))?;
-    let config: Value = if yaml.trim().is_empty() {
-        json!({})
-    } else {
-        serde_norway::from_str(&yaml).map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "invalid_base_config",
-                format!(
-                    "{} is not valid YAML: {e}; the operator must fix it",
-                    file.display()
-                ),
-            )
-        })?
-    };
+    let (file, yaml, config) = state.service().default_config(&q.framework, &q.task)?;
     Ok(Json(DefaultConfig {
-        path: relative(&state, &file),
+        path: state.workspace().display(&file),
         framework: q.framework,
         task: q.task,
         yaml,
@@ -372,120 +322,31 @@ pub async fn resolve_config(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<ResolveConfig>,
 ) -> ApiResult<Json<ResolvedConfig>> {
-    plain_name(
-        "framework",
-        &body.framework,
-        StatusCode::UNPROCESSABLE_ENTITY,
-    )?;
-    plain_name("task", &body.task, StatusCode::UNPROCESSABLE_ENTITY)?;
-    let training_name = body.training_name.as_deref().unwrap_or(PREVIEW_NAME);
-    plain_name(
-        "training_name",
-        training_name,
-        StatusCode::UNPROCESSABLE_ENTITY,
-    )?;
-    let plugins = state.runner().plugins();
-    let resolvers: Vec<String> = plugins
-        .plugins()
-        .filter(|p| p.info.actions.iter().any(|a| a.name == "resolve-config"))
-        .map(|p| p.info.name.clone())
-        .collect();
-    if !resolvers.contains(&body.framework) {
-        return Err(ApiError::not_found(
-            "unknown_framework",
-            format!(
-                "no installed plugin `{}` with a resolve-config action; frameworks: {} \
-                 (plugins are .wasm files in .kiln/plugins/)",
-                body.framework,
-                list_or_none(&resolvers)
-            ),
-        ));
+    let invalid = StatusCode::UNPROCESSABLE_ENTITY;
+    plain_name("framework", &body.framework, invalid)?;
+    plain_name("task", &body.task, invalid)?;
+    if let Some(name) = &body.training_name {
+        plain_name("training_name", name, invalid)?;
     }
-    let ws = state.workspace();
-    let config_dir = ws.configs_dir().join(&body.framework);
-    if !config_dir.is_dir() {
-        return Err(ApiError::not_found(
-            "unknown_framework",
-            format!(
-                "framework `{}` has no config folder {}",
-                body.framework,
-                relative(&state, &config_dir)
-            ),
-        ));
-    }
-    let mut inputs = json!({
-        "project": PREVIEW_NAME,
-        "training_name": training_name,
-        "task": body.task,
-        "mode": body.mode.as_str(),
-        "data": body.data.as_deref().unwrap_or(DATA_PLACEHOLDER),
-        "overrides": body.overrides,
-        "report_rejected": body.mode == ConfigMode::User,
-    });
-    if let Some(base) = &body.base_config {
-        inputs["base_config"] = Value::String(base.clone());
-    }
-    let scratch = Scratch::new(
-        ws.kiln_dir()
-            .join("scratch")
-            .join(uuid::Uuid::new_v4().to_string()),
-    )?;
-    let inv = StepInvocation {
-        run_id: format!("resolve-{}", uuid::Uuid::new_v4()),
-        step_id: "resolve".into(),
-        attempt: 1,
-        action: "resolve-config".into(),
-        inputs,
-        dirs: vec![GrantedDir {
-            role: "config".into(),
-            host_path: config_dir,
-            guest_path: "/config".into(),
-            writable: false,
-        }],
-        log_dir: scratch.0.join("logs"),
-        state_dir: scratch.0.join("state"),
-        processes: ProcessTracker::default(),
-        events: None,
-        retry: None,
-        gpus: None,
-    };
-    let outputs = plugins
-        .run(&body.framework, &inv)
+    let preview = state
+        .service()
+        .preview_config(&ConfigRequest {
+            framework: body.framework.clone(),
+            task: body.task,
+            mode: body.mode.as_str().to_owned(),
+            overrides: body.overrides,
+            data: body.data,
+            training_name: body.training_name,
+            base_config: body.base_config,
+        })
         .await
-        .map_err(|f| match f.kind {
-            FailureKind::InvalidInput => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_config",
-                f.message,
-            ),
-            _ => {
-                tracing::error!(target: "errors.api", plugin = %body.framework, "resolve-config failed: {}", f.message);
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "plugin_failed",
-                    format!(
-                        "plugin `{}` could not resolve the config: {}",
-                        body.framework, f.message
-                    ),
-                )
-            }
+        .map_err(|e| match e {
+            kiln_runner::Error::Input(message) => ApiError::new(invalid, "invalid_config", message),
+            other => other.into(),
         })?;
-    drop(scratch);
-    let text = |name: &str| {
-        outputs
-            .get(name)
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                ApiError::internal(format!(
-                    "plugin `{}` returned no `{name}` from resolve-config",
-                    body.framework
-                ))
-            })
-    };
-    let rejected = match outputs.get("rejected") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+    let rejected = match preview.rejected {
+        Value::Null => Vec::new(),
+        v => serde_json::from_value(v).map_err(|e| {
             ApiError::internal(format!(
                 "plugin `{}` returned a malformed `rejected`: {e}",
                 body.framework
@@ -493,16 +354,16 @@ pub async fn resolve_config(
         })?,
     };
     Ok(Json(ResolvedConfig {
-        resolved_yaml: text("resolved_yaml")?,
-        cli_preview: text("cli_preview")?,
-        config: outputs.get("config").cloned().unwrap_or_else(|| json!({})),
+        resolved_yaml: preview.resolved_yaml,
+        cli_preview: preview.cli_preview,
+        config: preview.config,
         rejected,
     }))
 }
 
 /// Start a training: runs the framework's standard workflow (for `ultralytics`, the
 /// `ultralytics-detect` workflow: extract the release, resolve the config, train, export,
-/// register). At most one run per training may be active.
+/// register). A training name belongs to one run: a second start is a 409 naming it.
 #[utoipa::path(post, path = "/api/v1/training/start", operation_id = "start_training", request_body = StartTraining,
     responses((status = 201, body = TrainingRun), (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn start(
@@ -533,35 +394,10 @@ pub async fn start(
         ));
     };
     let release = release_file(&body.project_id, &body.release)?;
-    let zip = state
-        .workspace()
-        .releases_dir(&body.project_id)
-        .map_err(|e| ApiError::new(invalid, "invalid_name", e.to_string()))?
-        .join(&release);
-    if !zip.is_file() {
-        return Err(ApiError::new(
-            invalid,
-            "release_not_found",
-            format!(
-                "release {} does not exist; upload the release ZIP there first",
-                relative(&state, &zip)
-            ),
-        ));
-    }
-
-    // One start at a time in this server, so two requests cannot both pass the check.
-    static STARTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let _guard = STARTING.lock().await;
-    if let Some(run) = active_run(&state, &body.project_id, &body.training_name).await? {
-        return Err(ApiError::conflict(
-            "training_active",
-            format!(
-                "training `{}` of project `{}` is already running as run {} ({}); stop it \
-                 (POST /training/stop) or wait for it to end",
-                body.training_name, body.project_id, run.id, run.status
-            ),
-        ));
-    }
+    state
+        .service()
+        .release(&body.project_id, &release)
+        .map_err(|e| ApiError::from(e).with_status(invalid))?;
     let mut params = Map::new();
     params.insert("project".into(), body.project_id.clone().into());
     params.insert("release".into(), release.into());
@@ -569,7 +405,10 @@ pub async fn start(
     params.insert("task".into(), body.task.clone().into());
     params.insert("mode".into(), body.mode.as_str().into());
     params.insert("overrides".into(), Value::Object(body.config));
-    let run = start_run(&state, &caller, workflow, params).await?;
+    let run = state
+        .manager()
+        .submit(workflow, params, &caller.name)
+        .await?;
     tracing::info!(target: "operations.training", run_id = %run.id, project = %body.project_id,
         training = %body.training_name, "training started");
     Ok((
@@ -592,7 +431,12 @@ pub async fn stop(
     let invalid = StatusCode::UNPROCESSABLE_ENTITY;
     plain_name("project_id", &body.project_id, invalid)?;
     plain_name("training_name", &body.training_name, invalid)?;
-    let Some(run) = active_run(&state, &body.project_id, &body.training_name).await? else {
+    let run = state
+        .service()
+        .training_run(&body.project_id, &body.training_name)
+        .await?
+        .filter(|run| !run.status.is_terminal());
+    let Some(run) = run else {
         return Err(ApiError::not_found(
             "no_active_training",
             format!(
@@ -601,7 +445,7 @@ pub async fn stop(
             ),
         ));
     };
-    state.manager().cancel(&run.id).await?;
+    let run = state.manager().cancel(&run.id).await?;
     tracing::info!(target: "operations.training", run_id = %run.id, "training stop requested");
     Ok((
         StatusCode::ACCEPTED,
@@ -612,7 +456,7 @@ pub async fn stop(
     ))
 }
 
-/// The training program's output of the latest run of a training, page by page.
+/// The training program's output of a training's run, page by page.
 #[utoipa::path(get, path = "/api/v1/training/logs", operation_id = "get_training_logs", params(LogsQuery),
     responses((status = 200, body = TrainingLogs), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn logs(
@@ -622,10 +466,14 @@ pub async fn logs(
     plain_name("project_id", &q.project_id, StatusCode::BAD_REQUEST)?;
     plain_name("training_name", &q.training_name, StatusCode::BAD_REQUEST)?;
     let offset = match &q.offset {
-        Some(raw) => super::logs::offset("offset", raw, "invalid_offset")?,
+        Some(raw) => offset("offset", raw, "invalid_offset")?,
         None => 0,
     };
-    let Some(run) = latest_run(&state, &q.project_id, &q.training_name).await? else {
+    let service = state.service();
+    let Some(run) = service
+        .training_run(&q.project_id, &q.training_name)
+        .await?
+    else {
         return Err(ApiError::not_found(
             "training_not_found",
             format!(
@@ -647,8 +495,9 @@ pub async fn logs(
             finished: run.status.is_terminal(),
         }));
     };
-    let page =
-        super::logs::read_page(&state, &run.id, &train.step_id, offset, TRAINING_LOG_LINES).await?;
+    let page = service
+        .log_page(&run.id, Some(&train.step_id), offset, TRAINING_LOG_LINES)
+        .await?;
     Ok(Json(TrainingLogs {
         run_id: run.id,
         lines: page.lines.into_iter().map(|(line, _)| line).collect(),
@@ -666,42 +515,23 @@ pub async fn checkpoints(
 ) -> ApiResult<Json<Checkpoints>> {
     plain_name("project_id", &q.project_id, StatusCode::BAD_REQUEST)?;
     plain_name("training_name", &q.training_name, StatusCode::BAD_REQUEST)?;
-    let dir = state
-        .workspace()
-        .training_dir(&q.project_id, &q.training_name)
-        .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?
-        .join("weights");
-    let mut files = Vec::new();
-    match std::fs::read_dir(&dir) {
-        Ok(entries) => {
-            for entry in entries.flatten() {
-                let Ok(meta) = entry.metadata() else { continue };
-                if !meta.is_file() {
-                    continue;
-                }
-                let name = entry.file_name().to_string_lossy().into_owned();
-                files.push(CheckpointFile {
-                    path: relative(&state, &entry.path()),
-                    size: meta.len(),
-                    modified: meta.modified().ok().map(kiln_store::timestamp),
-                    best: name == "best.pt",
-                    name,
-                });
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(ApiError::internal(format!(
-                "cannot list {}: {e}",
-                dir.display()
-            )));
-        }
-    }
-    files.sort_by(|a, b| b.best.cmp(&a.best).then_with(|| a.name.cmp(&b.name)));
+    let weights = state
+        .service()
+        .weight_files(&q.project_id, &q.training_name)?;
     Ok(Json(Checkpoints {
         project_id: q.project_id,
         training_name: q.training_name,
-        checkpoints: files,
+        checkpoints: weights
+            .files
+            .into_iter()
+            .map(|f| CheckpointFile {
+                name: f.name,
+                path: f.path,
+                size: f.size,
+                modified: f.modified,
+                best: f.best,
+            })
+            .collect(),
     }))
 }
 
@@ -713,29 +543,22 @@ pub async fn check_extracted(
     ApiQuery(q): ApiQuery<CheckExtractedQuery>,
 ) -> ApiResult<Json<ExtractionState>> {
     let (project, file) = parse_zip_path(&q.zip_path)?;
-    let ws = state.workspace();
-    release_zip(&state, &project, &file)?;
-    let stem = file.trim_end_matches(".zip").to_owned();
-    let dataset = ws
-        .training_data_dir(&project)
-        .map_err(|e| ApiError::bad_request("invalid_zip_path", e.to_string()))?
-        .join(&stem);
-    let status = {
-        let ws = ws.clone();
-        tokio::task::spawn_blocking(move || {
-            kiln_runner::builtins::extraction_status(&ws, &project, &file)
-        })
+    let (dataset, data_yaml) = state
+        .service()
+        .extraction_status(&project, &file)
         .await
-        .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::bad_request("invalid_zip_path", e.to_string()))?
-    };
+        .map_err(|e| match e {
+            kiln_runner::Error::Input(message) => {
+                ApiError::bad_request("invalid_zip_path", message)
+            }
+            other => other.into(),
+        })?;
+    let ws = state.workspace();
     Ok(Json(ExtractionState {
         zip_path: q.zip_path,
-        extracted: status.is_some(),
-        dataset_dir: relative(&state, &dataset),
-        data_yaml: status
-            .and_then(|(_, data_yaml)| data_yaml)
-            .map(|p| relative(&state, &p)),
+        extracted: data_yaml.is_some(),
+        dataset_dir: ws.display(&dataset),
+        data_yaml: data_yaml.map(|p| ws.display(&p)),
     }))
 }
 
@@ -743,7 +566,7 @@ pub async fn check_extracted(
 /// when that very archive is already extracted). Returns the `builtin/extract-release` outputs:
 /// data_yaml, dataset_dir, class_names, nc, slug, files, release_sha256, extracted.
 #[utoipa::path(post, path = "/api/v1/training/extract-release", operation_id = "extract_release", request_body = ExtractRelease,
-    responses((status = 200, body = Object), (status = 400, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = Object), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn extract_release(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -752,40 +575,17 @@ pub async fn extract_release(
     // In a body, a malformed path is unprocessable content (422), like every body field.
     let (project, file) = parse_zip_path(&body.zip_path)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.detail))?;
-    release_zip(&state, &project, &file)?;
-    let ws = state.workspace().clone();
-    let store = state.store().clone();
-    let created_by = caller.name.clone();
-    let zip_path = body.zip_path.clone();
-    let inputs = json!({"project": project, "release": file});
-    // Unzipping is blocking file work: run it on a blocking thread, whatever the runtime.
-    let handle = tokio::runtime::Handle::current();
-    let result = tokio::task::spawn_blocking(move || {
-        let log = move |message: &str| {
-            tracing::info!(target: "operations.training", zip_path = %zip_path, "{message}");
-        };
-        let ctx = BuiltinCtx {
-            ws: &ws,
-            store: &store,
-            run_id: "",
-            step_id: "extract-release",
-            created_by: &created_by,
-            inputs: &inputs,
-            log: &log,
-        };
-        handle.block_on(builtins::run("builtin/extract-release", &ctx))
-    })
-    .await
-    .map_err(ApiError::internal)?;
-    match result {
-        Ok(outputs) => Ok(Json(outputs)),
-        Err(kiln_runner::Error::Input(message)) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_release",
-            message,
-        )),
-        Err(e) => Err(ApiError::internal(e)),
-    }
+    let outputs = state
+        .service()
+        .extract_release(&project, &file, &caller.name)
+        .await
+        .map_err(|e| match e {
+            kiln_runner::Error::Input(message) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_release", message)
+            }
+            other => other.into(),
+        })?;
+    Ok(Json(outputs))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -794,42 +594,6 @@ pub async fn extract_release(
 /// `name` must be a plain name (see `kiln_runner::workspace::check_name`).
 fn plain_name(what: &str, name: &str, status: StatusCode) -> ApiResult<()> {
     check_name(what, name).map_err(|e| ApiError::new(status, "invalid_name", e.to_string()))
-}
-
-fn list_or_none(names: &[String]) -> String {
-    if names.is_empty() {
-        "none".into()
-    } else {
-        names.join(", ")
-    }
-}
-
-fn has_default(dir: &Path) -> bool {
-    dir.join("default.yaml").is_file()
-}
-
-/// Sorted names of the plain-named subfolders of `dir` for which `keep` holds.
-fn subdirs_with(dir: &Path, keep: impl Fn(&Path) -> bool) -> Vec<String> {
-    let mut out: Vec<String> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().is_dir() && keep(&e.path()))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| check_name("name", n).is_ok())
-        .collect();
-    out.sort();
-    out
-}
-
-/// `path` relative to the workspace (as given when it lies outside).
-fn relative(state: &AppState, path: &Path) -> String {
-    state
-        .workspace()
-        .relative(path)
-        .unwrap_or_else(|| path.to_owned())
-        .display()
-        .to_string()
 }
 
 /// The project and file of `projects/<project>/releases/<file>.zip`.
@@ -854,25 +618,6 @@ fn parse_zip_path(zip_path: &str) -> ApiResult<(String, String)> {
     Ok(((*project).to_owned(), (*file).to_owned()))
 }
 
-/// The host path of a release ZIP, which must exist.
-fn release_zip(state: &AppState, project: &str, file: &str) -> ApiResult<PathBuf> {
-    let zip = state
-        .workspace()
-        .releases_dir(project)
-        .map_err(|e| ApiError::bad_request("invalid_zip_path", e.to_string()))?
-        .join(file);
-    if !zip.is_file() {
-        return Err(ApiError::not_found(
-            "release_not_found",
-            format!(
-                "release {} does not exist; upload the release ZIP there first",
-                relative(state, &zip)
-            ),
-        ));
-    }
-    Ok(zip)
-}
-
 /// The release file name of `release`: a file name, or `projects/<project>/releases/<file>.zip`.
 fn release_file(project: &str, release: &str) -> ApiResult<String> {
     if release.contains('/') {
@@ -894,67 +639,6 @@ fn release_file(project: &str, release: &str) -> ApiResult<String> {
     }
     plain_name("release", release, StatusCode::UNPROCESSABLE_ENTITY)?;
     Ok(release.to_owned())
-}
-
-fn is_training(run: &RunRecord, project: &str, training_name: &str) -> bool {
-    run.params.get("project").and_then(Value::as_str) == Some(project)
-        && run.params.get("training_name").and_then(Value::as_str) == Some(training_name)
-}
-
-/// A scratch folder removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(path: PathBuf) -> ApiResult<Self> {
-        std::fs::create_dir_all(&path)
-            .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", path.display())))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The active (queued or running) run of a training.
-async fn active_run(
-    state: &AppState,
-    project: &str,
-    training_name: &str,
-) -> ApiResult<Option<RunRecord>> {
-    Ok(state
-        .store()
-        .active_runs()
-        .await?
-        .into_iter()
-        .filter(|r| is_training(r, project, training_name))
-        .max_by(|a, b| a.created_at.cmp(&b.created_at)))
-}
-
-/// The newest run of a training.
-async fn latest_run(
-    state: &AppState,
-    project: &str,
-    training_name: &str,
-) -> ApiResult<Option<RunRecord>> {
-    const PAGE: i64 = 200;
-    let mut offset = 0;
-    loop {
-        let runs = state.store().page_runs(None, PAGE, offset).await?;
-        let n = runs.len() as i64;
-        if let Some(run) = runs
-            .into_iter()
-            .find(|r| is_training(r, project, training_name))
-        {
-            return Ok(Some(run));
-        }
-        if n < PAGE {
-            return Ok(None);
-        }
-        offset += PAGE;
-    }
 }
 
 #[cfg(test)]

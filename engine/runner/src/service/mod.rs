@@ -1,0 +1,348 @@
+//! The run service: every run-level operation, one way, for `kiln` and `kiln serve` alike.
+//!
+//! Submitting (validate, resolve params, create and start), executing, resuming, retrying,
+//! cancelling (an engine's runs, or a dead engine's surviving programs), deleting and purging;
+//! and for the training façade: finding a training's run, previewing a config, extracting a
+//! release, exporting best weights, reading log pages and checkpoints. The CLI and the HTTP API
+//! are adapters: they turn arguments or requests into these calls and [`Error`]s into exit codes
+//! or problem documents. Neither reaches past this module into the plugin host or the store's
+//! writes.
+
+mod catalog;
+mod logs;
+mod orphans;
+mod training;
+
+pub use catalog::{CatalogEntry, WorkflowCatalog};
+pub use logs::CheckpointView;
+pub use logs::{LogLine, LogPage, OUTPUT_LEVEL};
+pub use training::{
+    CheckpointFile, ConfigPreview, ConfigRequest, ExportedBest, PREVIEW_NAME, WeightFiles,
+};
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+use kiln_store::{RunRecord, RunStatus, Store};
+use kiln_workflow::{Diagnostics, Workflow};
+
+use crate::{EngineCatalog, Error, Result, RunLock, RunUpdate, Runner, Workspace, ownership};
+
+/// A run ready to execute: its record, its workflow as stored, and (for a run started by this
+/// process) its run lock.
+pub struct Execution {
+    pub run: RunRecord,
+    pub workflow: Arc<Workflow>,
+    lock: Option<RunLock>,
+}
+
+impl std::fmt::Debug for Execution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Execution")
+            .field("run", &self.run.id)
+            .field("locked", &self.lock.is_some())
+            .finish()
+    }
+}
+
+/// What a cancel did.
+#[derive(Debug)]
+pub enum Cancelled {
+    /// An engine executes the run: it was asked to stop it (it stops the programs itself).
+    Requested(RunRecord),
+    /// No engine held the run: its surviving programs were stopped here and it was recorded
+    /// `cancelled`.
+    Stopped(RunRecord),
+}
+
+/// A plugin as the service describes it.
+#[derive(Debug, Clone)]
+pub struct PluginSummary {
+    pub name: String,
+    pub version: String,
+    pub digest: String,
+    /// Programs the operator granted it.
+    pub programs: Vec<String>,
+    /// (name, description, inputs, outputs) of each action.
+    pub actions: Vec<ActionSummary>,
+}
+
+/// An action of a plugin.
+#[derive(Debug, Clone)]
+pub struct ActionSummary {
+    pub name: String,
+    pub description: String,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+}
+
+/// Every run-level operation over one workspace, its store and its plugins. Cheap to clone.
+#[derive(Clone)]
+pub struct RunService {
+    runner: Runner,
+    workflows: Arc<WorkflowCatalog>,
+}
+
+impl RunService {
+    /// The service over `runner`; `workflows_dir` holds the workflows it starts by name.
+    pub fn new(runner: Runner, workflows_dir: PathBuf) -> Self {
+        Self {
+            runner,
+            workflows: Arc::new(WorkflowCatalog::new(workflows_dir)),
+        }
+    }
+
+    /// The same service, starting workflows by name from `dir` instead.
+    #[must_use]
+    pub fn with_workflows(mut self, dir: PathBuf) -> Self {
+        self.workflows = Arc::new(WorkflowCatalog::new(dir));
+        self
+    }
+
+    pub fn runner(&self) -> &Runner {
+        &self.runner
+    }
+
+    pub fn store(&self) -> &Store {
+        self.runner.store()
+    }
+
+    pub fn workspace(&self) -> &Workspace {
+        self.runner.workspace()
+    }
+
+    pub fn workflows(&self) -> &WorkflowCatalog {
+        &self.workflows
+    }
+
+    /// The installed plugins.
+    pub fn plugins(&self) -> Vec<PluginSummary> {
+        self.runner
+            .plugins()
+            .plugins()
+            .map(|p| PluginSummary {
+                name: p.info.name.clone(),
+                version: p.info.version.clone(),
+                digest: p.info.digest.clone(),
+                programs: p.info.programs.clone(),
+                actions: p
+                    .info
+                    .actions
+                    .iter()
+                    .map(|a| ActionSummary {
+                        name: a.name.clone(),
+                        description: a.description.clone(),
+                        inputs: a.inputs.iter().map(|i| i.name.clone()).collect(),
+                        outputs: a.outputs.clone(),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Checks `workflow` against the builtins, the installed plugins and the machine's GPUs.
+    pub fn check(&self, workflow: &Workflow) -> std::result::Result<(), Diagnostics> {
+        workflow.validate(&EngineCatalog {
+            plugins: self.runner.plugins(),
+            gpus: self.runner.gpu_count(),
+        })
+    }
+
+    /// The workflow named `name` in the workflows directory, with its text.
+    pub fn workflow(&self, name: &str) -> Result<(Arc<Workflow>, Arc<str>)> {
+        let dir = self.workflows.dir();
+        match self
+            .workflows
+            .get(name)
+            .map_err(|e| Error::io("reading the workflows in", dir, e))?
+        {
+            Some(found) => Ok(found),
+            None => Err(Error::UnknownWorkflow {
+                name: name.to_owned(),
+                known: self
+                    .workflows
+                    .names()
+                    .map_err(|e| Error::io("reading the workflows in", dir, e))?,
+            }),
+        }
+    }
+
+    /// Validates `workflow`, resolves `params` and records the run, started (its run lock
+    /// taken, `running`, in one commit). Nothing is recorded when anything is wrong.
+    pub async fn submit(
+        &self,
+        workflow: Arc<Workflow>,
+        yaml: &str,
+        params: BTreeMap<String, Value>,
+        created_by: &str,
+    ) -> Result<Execution> {
+        self.check(&workflow)?;
+        let params = kiln_workflow::resolve_params(&workflow, params)?;
+        let (run, lock) = self
+            .runner
+            .start(&workflow, yaml.to_owned(), &params, created_by)
+            .await?;
+        Ok(Execution {
+            run,
+            workflow,
+            lock: Some(lock),
+        })
+    }
+
+    /// Executes a run to its end (see [`Runner::execute`]).
+    pub async fn execute(
+        &self,
+        execution: Execution,
+        cancel: CancellationToken,
+        updates: Option<UnboundedSender<RunUpdate>>,
+    ) -> Result<RunRecord> {
+        let params = execution
+            .run
+            .params
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        self.runner
+            .execute(
+                &execution.run,
+                execution.lock,
+                &execution.workflow,
+                &params,
+                cancel,
+                updates,
+            )
+            .await
+    }
+
+    /// A run by id or unique prefix.
+    pub async fn run(&self, id: &str) -> Result<RunRecord> {
+        Ok(self.store().run(id).await?)
+    }
+
+    /// The workflow stored with `run`, checked against what is installed now.
+    fn stored(&self, run: &RunRecord) -> Result<Arc<Workflow>> {
+        let workflow = crate::stored_workflow(run)?;
+        self.check(&workflow).map_err(|d| {
+            Error::Input(format!(
+                "{d}\nrun {} cannot continue with the installed plugins",
+                run.id
+            ))
+        })?;
+        Ok(Arc::new(workflow))
+    }
+
+    /// A run whose engine died, ready to continue where it stopped (its succeeded steps reused,
+    /// its running steps re-attached).
+    pub async fn resume(&self, id: &str) -> Result<Execution> {
+        let run = self.run(id).await?;
+        if run.status.is_terminal() {
+            return Err(Error::Conflict(format!(
+                "run {} already {}; nothing to resume (to run its failed steps again: retry it)",
+                run.id, run.status
+            )));
+        }
+        if RunLock::is_held(&self.workspace().run_dir(&run.id)) {
+            return Err(Error::Conflict(format!(
+                "run {} is being executed by another kiln process",
+                run.id
+            )));
+        }
+        let workflow = self.stored(&run)?;
+        Ok(Execution {
+            run,
+            workflow,
+            lock: None,
+        })
+    }
+
+    /// A failed or cancelled run, reset to run its unfinished steps again with fresh retry
+    /// budgets, reusing the outputs of the steps that succeeded.
+    pub async fn retry(&self, id: &str) -> Result<Execution> {
+        let run = self.run(id).await?;
+        if !matches!(run.status, RunStatus::Failed | RunStatus::Cancelled) {
+            let hint = if run.status.is_terminal() {
+                ""
+            } else {
+                " (an interrupted run continues with resume)"
+            };
+            return Err(Error::Conflict(format!(
+                "run {} is {}; only failed or cancelled runs can be retried{hint}",
+                run.id, run.status
+            )));
+        }
+        if RunLock::is_held(&self.workspace().run_dir(&run.id)) {
+            return Err(Error::Conflict(format!(
+                "run {} is still being executed by an engine",
+                run.id
+            )));
+        }
+        let workflow = self.stored(&run)?;
+        self.store().reset_for_retry(&run.id).await?;
+        let run = self.store().run(&run.id).await?;
+        Ok(Execution {
+            run,
+            workflow,
+            lock: None,
+        })
+    }
+
+    /// Cancels a run: the engine executing it is asked to stop it; when no engine holds it,
+    /// its surviving programs get SIGTERM, then SIGKILL after `grace`, and it is recorded
+    /// `cancelled` here.
+    pub async fn cancel(&self, id: &str, grace: std::time::Duration) -> Result<Cancelled> {
+        let run = self.run(id).await?;
+        if run.status.is_terminal() {
+            return Err(Error::Conflict(format!(
+                "run {} already {}",
+                run.id, run.status
+            )));
+        }
+        self.store().request_cancel(&run.id).await?;
+        let run_dir = self.workspace().run_dir(&run.id);
+        let Ok(_lock) = RunLock::acquire(&run_dir) else {
+            return Ok(Cancelled::Requested(run));
+        };
+        orphans::stop(&run_dir, grace).await;
+        let store = self.store();
+        for step in store.steps(&run.id).await? {
+            if !step.status.is_terminal() {
+                store
+                    .finish_step(
+                        &run.id,
+                        &step.step_id,
+                        kiln_store::StepStatus::Cancelled,
+                        None,
+                        Some("cancelled"),
+                    )
+                    .await?;
+            }
+        }
+        let run = store
+            .finish_run(&run.id, RunStatus::Cancelled, Some("cancelled"), None)
+            .await?;
+        Ok(Cancelled::Stopped(run))
+    }
+
+    /// Deletes a finished run's records; with `purge` first what it owns on disk (see
+    /// [`ownership::purge`]). A run still executing is refused: cancel it first.
+    pub async fn delete(&self, id: &str, purge: bool) -> Result<Option<ownership::PurgeReport>> {
+        let run = self.run(id).await?;
+        if !run.status.is_terminal() || RunLock::is_held(&self.workspace().run_dir(&run.id)) {
+            return Err(Error::Conflict(format!(
+                "run {} is {}; cancel it first",
+                run.id, run.status
+            )));
+        }
+        let report = match purge {
+            true => Some(ownership::purge(self.workspace(), self.store(), &run.id).await?),
+            false => None,
+        };
+        self.store().delete_run(&run.id).await?;
+        Ok(report)
+    }
+}
