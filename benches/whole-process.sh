@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Whole-process benchmark of `kiln run`: the peers' scenarios (see /work/shared/peers/README.md)
+# Whole-process benchmark of `kiln run`: the peers' scenarios (see ../shared/peers/README.md)
 # as Kiln workflows of trivial plugin steps, timed from outside, one fresh `kiln` process per run.
 #
 # usage: benches/whole-process.sh [SCENARIO...]      (default: one chain5 chain50 fanout100)
@@ -13,8 +13,11 @@
 #   chain5     5 steps, each `needs` the previous one
 #   chain50    50 steps in a chain; (chain50 - chain5)/45 is the marginal cost of a step
 #   fanout100  100 independent steps, then a join step that needs all 100 (n_tasks=101)
-# `spawn5` is not measured: no plugin here can launch /bin/true and wait for it (the hostile
-# plugin launches only `sh`, to be refused; see benches/README.md).
+#   spawn5     5 chained steps, each launching `true` through the process capability and its
+#              supervisor (`kiln supervise`), and waiting for it (action `launch-true`)
+#   layered1000, layered3000, layered10000
+#              N steps in layers of 10, each needing two steps of the layer before: the cost
+#              of large workflows (1 run each after the warm-up; see benches/README.md)
 #
 # Prerequisites (from the repository root):
 #   cargo build --release -p kiln
@@ -43,7 +46,7 @@ wasm="${KILN_BENCH_WASM:-$repo/target/wasm32-wasip2/release/kiln_test_hostile.wa
 runs="${KILN_BENCH_RUNS:-5}"
 parallel="${KILN_BENCH_PARALLEL:-4}"
 scenarios=("$@")
-[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(one chain5 chain50 fanout100)
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(one chain5 chain50 fanout100 spawn5)
 
 die() { echo "whole-process.sh: $*" >&2; exit 1; }
 [[ -x "$kiln" ]] || die "$kiln is missing: run \`cargo build --release -p kiln\` first"
@@ -51,12 +54,12 @@ die() { echo "whole-process.sh: $*" >&2; exit 1; }
 command -v python3 >/dev/null || die "python3 is needed to read JSON"
 
 ws="${KILN_BENCH_DIR:-$(mktemp -d /tmp/kiln-bench.XXXXXX)}"
-mkdir -p "$ws/.kiln/plugins" "$ws/configs" "$ws/workflows"
+mkdir -p "$ws/.kiln/plugins" "$ws/configs/hostile" "$ws/workflows"
 cp "$wasm" "$ws/.kiln/plugins/hostile.wasm"
-# Nothing granted: no programs, no environment; the default limits.
+# The default limits; `true` is the only program granted (spawn5 launches it).
 cat > "$ws/configs/plugins.yaml" <<'EOF'
 defaults: {memory_mb: 256, cpu_seconds_per_call: 10}
-plugins: {}
+plugins: {hostile: {programs: ["true"]}}
 EOF
 
 export KILN_WORKSPACE="$ws" KILN_CACHE_DIR="$ws/.kiln/cache" KILN_USER=bench
@@ -70,12 +73,29 @@ gen() { # gen SCENARIO -> writes $ws/workflows/SCENARIO.yaml, prints n_tasks
         chain5) n=5 ;;
         chain50) n=50 ;;
         fanout100) n=100 ;;
-        *) die "unknown scenario $s (one, chain5, chain50, fanout100)" ;;
+        spawn5) n=5 ;;
+        layered*) n=${s#layered} ;;
+        *) die "unknown scenario $s (one, chain5, chain50, fanout100, spawn5, layeredN)" ;;
     esac
     {
         echo "name: bench-$s"
         echo "steps:"
-        if [[ $s == fanout100 ]]; then
+        if [[ $s == layered* ]]; then
+            for ((i = 0; i < n; i++)); do
+                if ((i < 10)); then
+                    echo "  - {id: s$i, uses: hostile, action: ok}"
+                else
+                    local layer=$((i / 10)) a b
+                    a=$(((layer - 1) * 10 + i % 10)); b=$(((layer - 1) * 10 + (i + 1) % 10))
+                    echo "  - {id: s$i, uses: hostile, action: ok, needs: [s$a, s$b]}"
+                fi
+            done
+        elif [[ $s == spawn5 ]]; then
+            echo "  - {id: s0, uses: hostile, action: launch-true}"
+            for ((i = 1; i < n; i++)); do
+                echo "  - {id: s$i, uses: hostile, action: launch-true, needs: [s$((i - 1))]}"
+            done
+        elif [[ $s == fanout100 ]]; then
             for ((i = 0; i < n; i++)); do echo "  - {id: s$i, uses: hostile, action: ok}"; done
             local needs
             needs=$(seq -s ', s' 0 $((n - 1)))
@@ -95,9 +115,9 @@ gen() { # gen SCENARIO -> writes $ws/workflows/SCENARIO.yaml, prints n_tasks
 use_hyperfine=0
 if [[ -z "${KILN_BENCH_NO_HYPERFINE:-}" ]] && command -v hyperfine >/dev/null; then use_hyperfine=1; fi
 
-# time_runs FILE -> prints the timed runs' wall times in seconds, one a line
+# time_runs FILE RUNS -> prints the timed runs' wall times in seconds, one a line
 time_runs() {
-    local f="$1" out="$ws/hyperfine.json" i t0 t1
+    local f="$1" runs="$2" out="$ws/hyperfine.json" i t0 t1
     if ((use_hyperfine)); then
         hyperfine --shell=none --warmup 1 --runs "$runs" --style none \
             --export-json "$out" "$kiln run $f --max-parallel $parallel" >/dev/null
@@ -154,15 +174,30 @@ echo "whole-process.sh: workspace $ws, kiln $version, runs $runs (+1 warm-up), -
 for s in "${scenarios[@]}"; do
     n=$(gen "$s")
     f="$ws/workflows/$s.yaml"
+    # Large workflows: one timed run each (plus the warm-up).
+    r=$runs
+    [[ $s == layered* ]] && r=1
+    t0=$(date +%s%N)
     "$kiln" validate "$f" >/dev/null || die "$f does not validate"
+    validate_s=$(python3 -c "print(($(date +%s%N) - $t0) / 1e9)")
     flock 9
-    times=$(time_runs "$f")
+    times=$(time_runs "$f" "$r")
+    # One more run for its peak memory (GNU time), outside the timed ones.
+    rss_kb=0
+    if [[ -x /usr/bin/time ]]; then
+        /usr/bin/time -f %M -o "$ws/rss.txt" "$kiln" run "$f" --max-parallel "$parallel" >/dev/null 2>&1 \
+            || die "run of $f failed"
+        rss_kb=$(tail -n 1 "$ws/rss.txt")
+    else
+        "$kiln" run "$f" --max-parallel "$parallel" >/dev/null 2>&1 || die "run of $f failed"
+    fi
     flock -u 9
-    inner=$(check "$s" "$n" $((runs + 1)))
+    # The newest run is the memory run: leave it out of the durations.
+    inner=$(check "$s" "$n" $((r + 2)) | tail -n +2)
     load1=$(cut -d' ' -f1 /proc/loadavg)
-    python3 - "$s" "$n" "$version" "$parallel" "$load1" "$( ((use_hyperfine)) && echo hyperfine || echo bash-loop)" "$times" "$inner" <<'EOF'
+    python3 - "$s" "$n" "$version" "$parallel" "$load1" "$( ((use_hyperfine)) && echo hyperfine || echo bash-loop)" "$times" "$inner" "$rss_kb" "$validate_s" <<'EOF'
 import json, statistics, sys
-s, n, version, parallel, load1, timer, times, inner = sys.argv[1:]
+s, n, version, parallel, load1, timer, times, inner, rss_kb, validate_s = sys.argv[1:]
 t = [float(x) for x in times.split()]
 i = [float(x) for x in inner.split()]
 print(json.dumps({
@@ -171,8 +206,9 @@ print(json.dumps({
     "n_tasks": int(n), "runs": len(t), "version": version,
     "mode": "process/sqlite-full", "max_parallel": int(parallel), "timer": timer,
     "inner_median_s": round(statistics.median(i), 4),
+    "max_rss_mb": round(int(rss_kb) / 1024, 1), "validate_s": round(float(validate_s), 4),
     "load1": float(load1),
 }), flush=True)
 EOF
-    echo "whole-process.sh: $s ok ($n steps succeeded in each of $((runs + 1)) runs)" >&2
+    echo "whole-process.sh: $s ok ($n steps succeeded in each of $((r + 2)) runs)" >&2
 done

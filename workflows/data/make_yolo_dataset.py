@@ -1,4 +1,4 @@
-# Copied verbatim (below this header) from /work/shared/realclient/make_yolo_dataset.py, the script used
+# Copied verbatim (below this header) from ../shared/realclient/make_yolo_dataset.py, the script used
 # to make the dataset the real Ultralytics 8.4.190 trainer was observed with.
 # It produced workflows/data/demo-release.zip (= OUT_DIR/release.zip). To regenerate (needs Pillow):
 #   python3 -m venv /tmp/pilvenv && /tmp/pilvenv/bin/pip install pillow

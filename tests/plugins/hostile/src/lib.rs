@@ -10,6 +10,7 @@
 //! | `escape`           | tries to read/write outside its preopens; `Ok` only if all failed   |
 //! | `env`              | returns every environment variable it can see                      |
 //! | `ok`               | logs one line and returns `{"result": "ok"}`                        |
+//! | `launch-true`      | launches the granted program `true` (cwd: its `/config` folder), waits for it; benchmarks' `spawn5` |
 //! | `panic`            | panics (a trap)                                                     |
 //!
 //! Build: `cargo build --target wasm32-wasip2 --release -p kiln-test-hostile`
@@ -53,6 +54,10 @@ const ACTIONS: &[(&str, &str)] = &[
         "Returns every environment variable the plugin can see.",
     ),
     ("ok", "Logs a line and succeeds."),
+    (
+        "launch-true",
+        "Launches the granted program `true` in its config folder and waits for it.",
+    ),
     ("panic", "Panics (a trap)."),
 ];
 
@@ -101,6 +106,35 @@ fn launch_ungranted() -> Result<String, StepError> {
             format!("escaped: the host launched ungranted program 'sh' (handle {handle})"),
         )),
     }
+}
+
+fn launch_true(ctx: &StepContext) -> Result<String, StepError> {
+    let cwd = ctx
+        .dirs
+        .iter()
+        .find(|d| d.role == "config")
+        .map(|d| d.host_path.clone())
+        .ok_or_else(|| {
+            err(
+                ErrorKind::InvalidInput,
+                "no config folder granted: create configs/hostile/",
+            )
+        })?;
+    let spec = Spec {
+        program: "true".to_string(),
+        args: Vec::new(),
+        env: Vec::new(),
+        cwd: Some(cwd),
+    };
+    let handle = process::launch(&spec).map_err(|m| err(ErrorKind::Denied, m))?;
+    let status = process::wait(handle).map_err(|m| err(ErrorKind::Internal, m))?;
+    if !status.success {
+        return Err(err(
+            ErrorKind::ProgramFailed,
+            format!("`true` failed: {:?} {:?}", status.code, status.signal),
+        ));
+    }
+    Ok(outputs(serde_json::Value::String("ok".to_string())))
 }
 
 fn escape(ctx: &StepContext) -> Result<String, StepError> {
@@ -208,6 +242,7 @@ impl bindings::Guest for Hostile {
                 );
                 Ok(outputs(serde_json::Value::String("ok".to_string())))
             }
+            "launch-true" => launch_true(&ctx),
             "panic" => panic!("hostile plugin panics on purpose"),
             other => Err(err(
                 ErrorKind::InvalidInput,
