@@ -72,14 +72,21 @@ fn check_interface_version(
     component: &wasmtime::component::Component,
     path: &Path,
 ) -> Result<()> {
-    let ours = INTERFACE_VERSION
-        .rsplit_once('.')
-        .map_or(INTERFACE_VERSION, |(mm, _)| mm);
+    // Versions 0.x break at every minor version, later ones at every major (semver).
+    let ours = semver::Version::parse(INTERFACE_VERSION).map_err(|e| {
+        Error::Engine(format!("kiln:plugin@{INTERFACE_VERSION} is not a version: {e}"))
+    })?;
+    let compatible = semver::VersionReq::parse(&format!("^{ours}"))
+        .map_err(|e| Error::Engine(format!("kiln:plugin@{INTERFACE_VERSION}: {e}")))?;
     for (name, _) in component.component_type().imports(engine) {
         if let Some(rest) = name.strip_prefix("kiln:plugin/") {
             let version = rest.split_once('@').map(|(_, v)| v).unwrap_or("(none)");
-            let theirs = version.rsplit_once('.').map_or(version, |(mm, _)| mm);
-            if theirs != ours {
+            let theirs = semver::Version::parse(version).ok();
+            // A plugin may be built against an older patch of the same interface.
+            let same_line = theirs.as_ref().is_some_and(|v| {
+                compatible.matches(v) || semver::VersionReq::parse(&format!("^{v}")).is_ok_and(|r| r.matches(&ours))
+            });
+            if !same_line {
                 return Err(Error::InvalidPlugin {
                     path: path.to_owned(),
                     message: format!(

@@ -71,52 +71,13 @@ fn clean(bytes: &[u8]) -> Option<String> {
     }
 }
 
-/// Remove ANSI escape sequences (CSI `ESC[...X`, OSC `ESC]...BEL|ESC\`, two-byte `ESC X`)
-/// and other control characters except tab.
+/// Remove ANSI escape sequences (CSI, OSC, and the rest of ECMA-48) and other control
+/// characters except tab.
 pub fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\u{1b}' => match chars.next() {
-                Some('[') => {
-                    // CSI: parameters/intermediates until a final byte in 0x40..=0x7e.
-                    for c in chars.by_ref() {
-                        if ('\u{40}'..='\u{7e}').contains(&c) {
-                            break;
-                        }
-                    }
-                }
-                Some(']') => {
-                    // OSC: until BEL or ESC '\'.
-                    while let Some(c) = chars.next() {
-                        if c == '\u{7}' {
-                            break;
-                        }
-                        if c == '\u{1b}' {
-                            if chars.peek() == Some(&'\\') {
-                                chars.next();
-                            }
-                            break;
-                        }
-                    }
-                }
-                Some(_) | None => {}
-            },
-            '\u{9b}' => {
-                // 8-bit CSI.
-                for c in chars.by_ref() {
-                    if ('\u{40}'..='\u{7e}').contains(&c) {
-                        break;
-                    }
-                }
-            }
-            '\t' => out.push(c),
-            c if c.is_control() => {}
-            c => out.push(c),
-        }
-    }
-    out
+    strip_ansi_escapes::strip_str(s)
+        .chars()
+        .filter(|c| *c == '\t' || !c.is_control())
+        .collect()
 }
 
 #[cfg(test)]

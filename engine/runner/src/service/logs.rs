@@ -349,43 +349,12 @@ fn read_output(
 
 /// A line without ANSI escape sequences, control characters or trailing blanks.
 fn clean(raw: &[u8]) -> String {
-    let text = String::from_utf8_lossy(raw);
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\x1b' => match chars.next() {
-                // CSI: parameters and intermediates up to a final byte in @..~
-                Some('[') => {
-                    for n in chars.by_ref() {
-                        if ('@'..='~').contains(&n) {
-                            break;
-                        }
-                    }
-                }
-                // OSC: up to BEL or ESC \
-                Some(']') => {
-                    while let Some(n) = chars.next() {
-                        if n == '\x07' {
-                            break;
-                        }
-                        if n == '\x1b' {
-                            if chars.peek() == Some(&'\\') {
-                                chars.next();
-                            }
-                            break;
-                        }
-                    }
-                }
-                // Two-character sequences (ESC 7, ESC =, …).
-                _ => {}
-            },
-            '\t' | '\n' => out.push(c),
-            c if c.is_control() => {}
-            c => out.push(c),
-        }
-    }
-    let trimmed = out.trim_end();
+    let stripped = strip_ansi_escapes::strip(raw);
+    let text: String = String::from_utf8_lossy(&stripped)
+        .chars()
+        .filter(|c| *c == '\t' || !c.is_control())
+        .collect();
+    let trimmed = text.trim_end();
     if trimmed.trim_start().is_empty() {
         String::new()
     } else {
