@@ -74,10 +74,16 @@ fn clean(bytes: &[u8]) -> Option<String> {
 /// Remove ANSI escape sequences (CSI, OSC, and the rest of ECMA-48) and other control
 /// characters except tab.
 pub fn strip_ansi(s: &str) -> String {
-    strip_ansi_escapes::strip_str(s)
-        .chars()
-        .filter(|c| *c == '\t' || !c.is_control())
-        .collect()
+    // strip-ansi-escapes drops tabs too: strip between them.
+    s.split('\t')
+        .map(|piece| {
+            strip_ansi_escapes::strip_str(piece)
+                .chars()
+                .filter(|c| !c.is_control())
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("\t")
 }
 
 #[cfg(test)]

@@ -349,11 +349,17 @@ fn read_output(
 
 /// A line without ANSI escape sequences, control characters or trailing blanks.
 fn clean(raw: &[u8]) -> String {
-    let stripped = strip_ansi_escapes::strip(raw);
-    let text: String = String::from_utf8_lossy(&stripped)
-        .chars()
-        .filter(|c| *c == '\t' || !c.is_control())
-        .collect();
+    // strip-ansi-escapes drops tabs too: strip between them.
+    let text: String = raw
+        .split(|b| *b == b'\t')
+        .map(|piece| {
+            String::from_utf8_lossy(&strip_ansi_escapes::strip(piece))
+                .chars()
+                .filter(|c| !c.is_control())
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("\t");
     let trimmed = text.trim_end();
     if trimmed.trim_start().is_empty() {
         String::new()
