@@ -924,6 +924,57 @@ fn training_facade_previews_starts_follows_and_lists_checkpoints() {
             &json!({"project_id": "demo", "training_name": "ui1"}),
         )
         .problem(404, "no_active_training");
+    // A second start of the same training is refused, naming the run that owns it.
+    let r = server.post("/api/v1/training/start", &token, &start);
+    let problem = r.problem(409, "conflict");
+    assert!(
+        problem["detail"].as_str().unwrap().contains(&run_id),
+        "{problem}"
+    );
+
+    // Extracting a release outside a run: done (or found done), and done once.
+    std::fs::copy(
+        aws.ws.root().join(zip),
+        aws.ws.root().join("projects/demo/releases/second.zip"),
+    )
+    .unwrap();
+    for extracted in [true, false] {
+        let r = server.post(
+            "/api/v1/training/extract-release",
+            &token,
+            &json!({"zip_path": "projects/demo/releases/second.zip"}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["extracted"], extracted, "{}", r.text());
+        assert_eq!(r.json()["slug"], "second", "{}", r.text());
+    }
+    // A folder Kiln did not extract is not replaced: 409, not 500.
+    std::fs::create_dir_all(aws.ws.root().join("projects/demo/training_data/third")).unwrap();
+    std::fs::write(
+        aws.ws
+            .root()
+            .join("projects/demo/training_data/third/mine.txt"),
+        "x",
+    )
+    .unwrap();
+    std::fs::copy(
+        aws.ws.root().join(zip),
+        aws.ws.root().join("projects/demo/releases/third.zip"),
+    )
+    .unwrap();
+    let r = server.post(
+        "/api/v1/training/extract-release",
+        &token,
+        &json!({"zip_path": "projects/demo/releases/third.zip"}),
+    );
+    let problem = r.problem(409, "conflict");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not extracted by Kiln"),
+        "{problem}"
+    );
     // Path-like names are refused before touching the file system.
     let r = server.get(
         "/api/v1/training/checkpoints?project_id=..&training_name=ui1",
@@ -1061,17 +1112,23 @@ fn the_connection_bound_holds_and_valid_requests_are_served() {
         .map(|_| Dribbler::headers(server.addr, limit))
         .collect();
     assert_eq!(get_runs(&server, &token).status, 200);
-    // A fourth fills the bound: the next connection is refused with a 503 problem (retrying
-    // while the previous request's connection is being released).
-    slow.push(Dribbler::headers(server.addr, limit));
+    // A fourth fills the bound: the next connection is refused with a 503 problem. (Under
+    // load the previous request's connection may still hold its slot when the fourth slow
+    // client arrives, which is then the one refused: add slow clients until the bound is full.)
     let mut refused = None;
-    for _ in 0..100 {
-        let r = get_runs(&server, &token);
-        if r.status == 503 {
-            refused = Some(r);
+    for _ in 0..20 {
+        slow.push(Dribbler::headers(server.addr, limit));
+        for _ in 0..10 {
+            let r = get_runs(&server, &token);
+            if r.status == 503 {
+                refused = Some(r);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if refused.is_some() {
             break;
         }
-        std::thread::sleep(Duration::from_millis(100));
     }
     let r = refused.expect("a connection over --max-connections was served");
     r.problem(503, "too_many_connections");

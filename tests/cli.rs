@@ -73,7 +73,8 @@ fn reading_commands_end_quietly_on_a_closed_pipe() {
 
 #[test]
 fn a_run_finishes_when_its_output_is_closed() {
-    let ws = Workspace::new();
+    // Debug logs too: every line the engine writes goes to a closed pipe.
+    let ws = Workspace::new().with_env("KILN_LOG", "debug");
     let wf = repo_root().join("workflows/ultralytics-detect.yaml");
     let (status, _) = with_closed_output(
         &ws,
@@ -101,4 +102,51 @@ fn a_run_finishes_when_its_output_is_closed() {
             .len(),
         1
     );
+}
+
+#[test]
+fn a_server_keeps_serving_when_its_stderr_is_closed() {
+    use std::io::{Read, Write};
+    let ws = Workspace::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = ws
+        .command(&["serve", "--insecure-no-auth", "--addr", &addr])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let get = || -> Option<String> {
+        let mut s = std::net::TcpStream::connect(&addr).ok()?;
+        s.write_all(b"GET /api/v1/runs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        Some(text)
+    };
+    common::wait_for(30, "the server to answer", || get().is_some());
+    // Each request logs a line to the closed stderr.
+    for _ in 0..50 {
+        let answer = get().unwrap_or_default();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    common::kill(child.id(), "TERM");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGTERM did not stop the server"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

@@ -582,3 +582,34 @@ fn cancelling_frees_the_gpu_only_when_the_training_is_gone() {
     no_process_left(&ws);
     assert!(free(), "the GPU is free once the process group is gone");
 }
+
+#[test]
+fn a_step_timeout_covers_its_wait_for_a_gpu() {
+    let ws = Workspace::new().with_env("KILN_GPUS", "1");
+    // Someone else holds the only GPU (a lease is a flock on its lock file).
+    let gpus = ws.root().join(".kiln/gpus");
+    std::fs::create_dir_all(&gpus).unwrap();
+    let held = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(gpus.join("gpu0.lock"))
+        .unwrap();
+    held.lock().unwrap();
+    let wf = ws.workflow(
+        "gpu-wait.yaml",
+        "name: gpu-wait\nsteps:\n  - id: waiter\n    uses: hostile\n    action: ok\n    \
+         timeout: 1s\n    resources: {gpus: 1}\n",
+    );
+    let out = ws.kiln(&["run", &wf]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let show = ws.json(&["runs", "show", &run_id(&out), "--json"]);
+    let waiter = step(&show, "waiter");
+    assert_eq!(waiter["status"], "failed", "{show}");
+    let err = waiter["error_message"].as_str().unwrap();
+    assert!(
+        err.contains("timed out after 1s") && err.contains("waiting for 1 free GPU(s)"),
+        "{err}"
+    );
+    drop(held);
+}

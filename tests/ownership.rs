@@ -225,3 +225,154 @@ fn a_dataset_another_run_used_is_not_replaced() {
         marker
     );
 }
+
+const REGISTER: &str = r#"
+name: register
+params:
+  project: {type: string, default: demo}
+  weights: {type: string, required: true}
+  config_path: {type: string}
+steps:
+  - id: register
+    uses: builtin/register-model
+    with:
+      name: stolen
+      project: ${{ params.project }}
+      weights: ${{ params.weights }}
+      config_path: ${{ params.config_path }}
+"#;
+
+/// A run that trains `training` and registers nothing; returns its id.
+fn train_only(ws: &Workspace, training: &str) -> String {
+    let wf = ws.workflow(
+        "train-only.yaml",
+        &std::fs::read_to_string(repo_root().join("workflows/ultralytics-detect.yaml"))
+            .unwrap()
+            .split("\n  - id: register")
+            .next()
+            .unwrap()
+            .replace("name: ultralytics-detect", "name: train-only"),
+    );
+    let out = ws.kiln(&[
+        "run",
+        &wf,
+        "-p",
+        "project=demo",
+        "-p",
+        "release=demo-release.zip",
+        "-p",
+        &format!("training_name={training}"),
+        "-p",
+        "overrides={epochs: 1, imgsz: 64, batch: 4, device: cpu}",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    run_id(&out)
+}
+
+fn register(ws: &Workspace, params: &[&str]) -> std::process::Output {
+    let wf = ws.workflow("register.yaml", REGISTER);
+    let mut args = vec!["run", wf.as_str()];
+    for p in params {
+        args.extend(["-p", p]);
+    }
+    ws.kiln(&args)
+}
+
+fn purge_refused(ws: &Workspace, run: &str, wanted: &str) {
+    let out = ws.kiln(&["runs", "delete", run, "--purge-outputs"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("nothing was purged") && stderr.contains(wanted),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn purge_refuses_however_a_model_references_its_files() {
+    let ws = Workspace::new();
+    let root = ws.root().to_owned();
+
+    // A model of another project.
+    let a = train_only(&ws, "a");
+    let out = register(
+        &ws,
+        &[
+            "project=other",
+            "weights=projects/demo/model/training/a/weights/best.pt",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    purge_refused(&ws, &a, "of project `other`");
+    assert!(
+        root.join("projects/demo/model/training/a/weights/best.pt")
+            .is_file()
+    );
+
+    // Through a symlink: the registry records where the file really is.
+    let b = train_only(&ws, "b");
+    std::fs::create_dir_all(root.join("projects/other")).unwrap();
+    std::os::unix::fs::symlink(
+        root.join("projects/demo/model/training/b/weights"),
+        root.join("projects/other/link"),
+    )
+    .unwrap();
+    let out = register(&ws, &["weights=projects/other/link/best.pt"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let models = ws.json(&["models", "list", "--json"]);
+    assert!(
+        models
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["file_path"] == "projects/demo/model/training/b/weights/best.pt"),
+        "{models}"
+    );
+    purge_refused(&ws, &b, "training/b/weights/best.pt");
+
+    // Paths that climb (`..`) or are absolute are not references a model can make.
+    for weights in [
+        "projects/demo/model/../model/training/b/weights/best.pt".to_owned(),
+        root.join("projects/demo/model/training/b/weights/best.pt")
+            .display()
+            .to_string(),
+    ] {
+        let out = register(&ws, &[&format!("weights={weights}")]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        let show = ws.json(&["runs", "show", &run_id(&out), "--json"]);
+        let err = common::step(&show, "register")["error_message"].to_string();
+        assert!(
+            err.contains("relative to the workspace, without `..`"),
+            "{err}"
+        );
+    }
+    let out = register(
+        &ws,
+        &[
+            "weights=projects/demo/model/training/b/weights/best.pt",
+            "config_path=projects/demo/../demo/x.yaml",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+
+    // A model file inside a dataset that only the purged run used.
+    std::fs::copy(
+        root.join("projects/demo/releases/demo-release.zip"),
+        root.join("projects/demo/releases/solo.zip"),
+    )
+    .unwrap();
+    let extract = ws.workflow(
+        "extract.yaml",
+        "name: extract\nsteps:\n  - {id: extract, uses: builtin/extract-release, with: {project: demo, release: solo.zip}}\n",
+    );
+    let out = ws.kiln(&["run", &extract]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let solo = run_id(&out);
+    let out = register(&ws, &["weights=projects/demo/training_data/solo/data.yaml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    purge_refused(&ws, &solo, "training_data/solo/data.yaml");
+    assert!(
+        root.join("projects/demo/training_data/solo/data.yaml")
+            .is_file()
+    );
+}

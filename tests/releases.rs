@@ -213,3 +213,24 @@ fn a_step_timeout_stops_a_long_extraction_and_leaves_nothing_behind() {
         training_data_entries(&ws).is_empty()
     });
 }
+
+#[test]
+fn leftovers_of_a_killed_extraction_are_removed_by_the_next_one() {
+    let ws = Workspace::new();
+    let data = ws.root().join("projects/demo/training_data");
+    for leftover in [".demo-release.extracting-1234", ".demo-release.old-5678"] {
+        std::fs::create_dir_all(data.join(leftover).join("train")).unwrap();
+        std::fs::write(
+            data.join(leftover).join("train/big.bin"),
+            vec![0u8; 1 << 16],
+        )
+        .unwrap();
+    }
+    // Another slug's work in progress is not ours to touch.
+    std::fs::create_dir_all(data.join(".other.extracting-1")).unwrap();
+    let (code, _) = extract(&ws, "demo-release.zip");
+    assert_eq!(code, Some(0));
+    let mut left = training_data_entries(&ws);
+    left.sort();
+    assert_eq!(left, vec![".other.extracting-1", "demo-release"]);
+}

@@ -87,3 +87,67 @@ fn schema_is_a_json_schema_of_the_workflow_format() {
         assert!(props.get(key).is_some(), "schema lacks {key}: {schema}");
     }
 }
+
+#[test]
+fn odd_inputs_are_clear_errors_with_exit_2() {
+    let ws = Workspace::new();
+    let wf = repo_root().join("workflows/ultralytics-detect.yaml");
+    let wf = wf.to_str().unwrap();
+    let base = [
+        "run",
+        wf,
+        "-p",
+        "project=demo",
+        "-p",
+        "release=demo-release.zip",
+    ];
+    // NaN and infinity are not JSON: never silently a null or the default.
+    for bad in ["overrides={a: .nan}", "overrides={a: [1, .inf]}"] {
+        let mut args = base.to_vec();
+        args.extend(["-p", "training_name=t", "-p", bad]);
+        let out = ws.kiln(&args);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("NaN or infinity"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    // A file that is not a regular file; a workflow that starts with a byte order mark.
+    let out = ws.kiln(&["validate", "/dev/null"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("not a regular file"),
+        "{}",
+        text(&out.stderr)
+    );
+    let source =
+        std::fs::read_to_string(repo_root().join("workflows/ultralytics-detect.yaml")).unwrap();
+    let bom = ws.workflow("bom.yaml", &format!("\u{feff}{source}"));
+    let out = ws.kiln(&["validate", &bom]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Bad machine and config options are invalid input too.
+    let out = ws.kiln(&["--gpus", "many", "validate", &bom]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    std::fs::write(
+        ws.root().join("configs/plugins.yaml"),
+        "defaults: {cpu_seconds_per_call: .inf}",
+    )
+    .unwrap();
+    let out = ws.kiln(&["validate", &bom]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cpu_seconds_per_call"),
+        "{}",
+        text(&out.stderr)
+    );
+    let deep = format!("defaults: {}1{}", "[".repeat(100_000), "]".repeat(100_000));
+    std::fs::write(ws.root().join("configs/plugins.yaml"), deep).unwrap();
+    let out = ws.kiln(&["validate", &bom]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("levels deep"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -47,7 +47,7 @@ impl Context {
         self.gpus
             .get_or_init(|| kiln_runner::gpu::detect(self.global.gpus.as_deref()))
             .clone()
-            .map_err(|e| anyhow::anyhow!("--gpus: {e}"))
+            .map_err(|e| kiln_runner::Error::Input(format!("--gpus: {e}")).into())
     }
 
     /// The run service over this workspace's store and plugins, opened together.
@@ -101,9 +101,26 @@ impl Context {
         Ok(Arc::new(PluginRegistry::load(&engine, &dir).await?))
     }
 
+    /// `configs/plugins.yaml` (no file: no grants), checked for size and depth before it is
+    /// parsed.
+    fn grants(&self) -> anyhow::Result<Grants> {
+        let path = self.ws.grants_file();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Grants::default()),
+            Err(e) => {
+                let message = format!("cannot read {}: {e}", path.display());
+                return Err(kiln_runner::Error::Config(message).into());
+            }
+        };
+        kiln_workflow::limits::check_yaml(&text)
+            .map_err(|e| kiln_runner::Error::Config(format!("{}: {e}", path.display())))?;
+        Grants::parse(&text, &path).map_err(|e| kiln_runner::Error::Config(e.to_string()).into())
+    }
+
     /// How the plugin host runs plugins and launches their programs here.
     fn host_config(&self, kill_grace: Duration) -> anyhow::Result<HostConfig> {
-        let grants = Grants::load(&self.ws.grants_file())?;
+        let grants = self.grants()?;
         let mut search_path = vec![self.ws.root().join(".venv").join("bin")];
         let path_var =
             std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());

@@ -26,6 +26,22 @@ macro_rules! errln {
 
 pub(crate) use {errln, outln};
 
+/// A writer that drops what cannot be written (for the log lines tracing writes to stderr:
+/// its own fallback panics on a closed pipe).
+pub struct Lossy<W>(pub W);
+
+impl<W: std::io::Write> std::io::Write for Lossy<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.0.flush();
+        Ok(())
+    }
+}
+
 /// Lets SIGPIPE end the process, as it does other tools (Rust ignores it by default).
 pub fn die_on_sigpipe() {
     // SAFETY: called at start-up, before any thread exists; setting a signal's disposition to

@@ -17,11 +17,6 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrantError {
-    #[error("cannot read plugin grants {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error(
         "{path}: {message}\n  help: see the comment at the top of configs/plugins.yaml for the format"
     )]
@@ -147,21 +142,8 @@ const DEFAULT_MEMORY_MB: u64 = 256;
 const DEFAULT_CPU_SECONDS: f64 = 10.0;
 
 impl Grants {
-    /// Read grants from `path`; a missing file grants nothing beyond the default limits.
-    pub fn load(path: &Path) -> Result<Self, GrantError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(source) => {
-                return Err(GrantError::Read {
-                    path: path.to_owned(),
-                    source,
-                });
-            }
-        };
-        Self::parse(&text, path)
-    }
-
+    /// Grants from the text of `path` (which only names the file in errors). The caller reads
+    /// the file, and checks its size and depth first (`kiln_workflow::limits::check_yaml`).
     pub fn parse(text: &str, path: &Path) -> Result<Self, GrantError> {
         let error = |message: String| GrantError::Parse {
             path: path.to_owned(),

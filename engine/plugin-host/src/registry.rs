@@ -74,7 +74,9 @@ fn check_interface_version(
 ) -> Result<()> {
     // Versions 0.x break at every minor version, later ones at every major (semver).
     let ours = semver::Version::parse(INTERFACE_VERSION).map_err(|e| {
-        Error::Engine(format!("kiln:plugin@{INTERFACE_VERSION} is not a version: {e}"))
+        Error::Engine(format!(
+            "kiln:plugin@{INTERFACE_VERSION} is not a version: {e}"
+        ))
     })?;
     let compatible = semver::VersionReq::parse(&format!("^{ours}"))
         .map_err(|e| Error::Engine(format!("kiln:plugin@{INTERFACE_VERSION}: {e}")))?;
@@ -84,7 +86,8 @@ fn check_interface_version(
             let theirs = semver::Version::parse(version).ok();
             // A plugin may be built against an older patch of the same interface.
             let same_line = theirs.as_ref().is_some_and(|v| {
-                compatible.matches(v) || semver::VersionReq::parse(&format!("^{v}")).is_ok_and(|r| r.matches(&ours))
+                compatible.matches(v)
+                    || semver::VersionReq::parse(&format!("^{v}")).is_ok_and(|r| r.matches(&ours))
             });
             if !same_line {
                 return Err(Error::InvalidPlugin {

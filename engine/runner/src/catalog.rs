@@ -78,6 +78,7 @@ impl Catalog for EngineCatalog<'_> {
                 .map(|i| InputSpec::new(i.name.clone(), i.required))
                 .collect(),
             outputs: info.outputs.clone(),
+            memoizable: true,
         })
     }
 }

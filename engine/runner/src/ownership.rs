@@ -22,10 +22,13 @@ use serde_json::{Map, Value};
 
 use kiln_plugin_host::{GrantedDir, Role};
 use kiln_store::{Store, TrainingRef};
-use kiln_workflow::{ExprContext, Workflow, render_input};
+use kiln_workflow::{ExprContext, RenderBudget, Workflow, render_input};
 
 use crate::workspace::{Workspace, check_name};
 use crate::{Error, Result};
+
+/// How long naming a run's trainings may take at most (a hostile expression runs out of it).
+const PLANNING_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The training a step's inputs name: its `project` and `training_name`, when both are strings.
 pub(crate) fn training_of(inputs: &Value) -> Option<(&str, &str)> {
@@ -69,12 +72,26 @@ pub(crate) fn planned_trainings(
 ) -> Result<Vec<TrainingRef>> {
     let ctx = ExprContext::new(params.clone());
     let mut trainings = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    // One budget for every step: naming a run's trainings costs one rendering at most.
+    let deadline = std::time::Instant::now() + PLANNING_TIME;
+    let mut budget = RenderBudget::new(Some(deadline));
     for step in &workflow.steps {
-        let (Some(Ok(project)), Some(Ok(name))) = (
-            render_input(step, "project", &ctx),
-            render_input(step, "training_name", &ctx),
-        ) else {
+        let project = render_input(step, "project", &ctx, &mut budget);
+        let name = render_input(step, "training_name", &ctx, &mut budget);
+        let (Some(project), Some(name)) = (project, name) else {
             continue;
+        };
+        let (project, name) = match (project, name) {
+            (Ok(project), Ok(name)) => (project, name),
+            // Out of budget: refused. Else it needs other steps' outputs: claimed at its start.
+            (Err(e), _) | (_, Err(e)) if budget.is_spent() => {
+                return Err(Error::Input(format!(
+                    "step `{}`: naming its training costs too much: {}",
+                    e.step, e.message
+                )));
+            }
+            _ => continue,
         };
         let (Some(project), Some(name)) = (project.as_str(), name.as_str()) else {
             continue;
@@ -82,7 +99,7 @@ pub(crate) fn planned_trainings(
         ws.training_dir(project, name)
             .map_err(|e| Error::Input(format!("step `{}`: {e}", step.id)))?;
         let training = training_ref(project, name);
-        if !trainings.contains(&training) {
+        if seen.insert(training.clone()) {
             trainings.push(training);
         }
     }
@@ -152,13 +169,26 @@ pub(crate) async fn claim_for_step(
     Ok(())
 }
 
-/// `path` made relative to nothing: `.` and empty components dropped, `..` kept (such a path
-/// never lies inside a training folder).
-fn lexical(path: &str) -> PathBuf {
-    Path::new(path)
-        .components()
-        .filter(|c| !matches!(c, Component::CurDir))
-        .collect()
+/// `path` with `.` dropped and `..` applied, without touching the file system.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Where `path` (relative to the workspace, or absolute) really is: with symlinks resolved when
+/// it exists, else with `.` and `..` resolved by name.
+pub(crate) fn resolve(ws: &Workspace, path: &Path) -> PathBuf {
+    let path = ws.root().join(path);
+    std::fs::canonicalize(&path).unwrap_or_else(|_| normalize(&path))
 }
 
 /// What a purge removed and what it kept, with why.
@@ -175,26 +205,56 @@ pub struct PurgeReport {
 /// run's training folders.
 pub async fn purge(ws: &Workspace, store: &Store, run_id: &str) -> Result<PurgeReport> {
     let mut report = PurgeReport::default();
-    let trainings = store.trainings_of(run_id).await?;
-    let mut referenced = Vec::new();
+    // What would go: the run's training folders, the datasets no other run used, its folder.
     let mut folders = Vec::new();
-    for training in &trainings {
-        let dir = ws.training_dir(&training.project, &training.name)?;
-        let relative = ws.relative(&dir).unwrap_or_else(|| dir.clone());
-        for model in store.list_models(Some(&training.project)).await? {
-            let files =
-                std::iter::once(model.file_path.as_str()).chain(model.config_path.as_deref());
-            if let Some(file) = files
-                .into_iter()
-                .find(|f| lexical(f).starts_with(&relative))
-            {
+    for training in store.trainings_of(run_id).await? {
+        folders.push(ws.training_dir(&training.project, &training.name)?);
+    }
+    // Hold the datasets' locks (in name order, as one extraction holds one) until the end, so
+    // no extraction starts using one while it is being purged.
+    let mut locks = Vec::new();
+    let mut datasets = store.datasets_of(run_id).await?;
+    datasets.sort();
+    for (project, slug) in datasets {
+        check_name("project", &project)?;
+        check_name("slug", &slug)?;
+        let dir = ws.training_data_dir(&project)?.join(&slug);
+        locks.push(dataset_lock(ws, &project, &slug).await?);
+        let others: Vec<String> = store
+            .dataset_users(&project, &slug)
+            .await?
+            .into_iter()
+            .filter(|u| u.run_id != run_id)
+            .map(|u| u.run_id)
+            .collect();
+        if others.is_empty() {
+            folders.push(dir);
+        } else if dir.exists() {
+            report.kept.push((
+                ws.display(&dir),
+                format!("also used by run(s) {}", others.join(", ")),
+            ));
+        }
+    }
+    folders.push(ws.run_dir(run_id));
+    // No file a registered model references may go, whatever the model's project, however
+    // its path is written, through whatever symlink.
+    let roots: Vec<PathBuf> = folders
+        .iter()
+        .map(|dir| std::fs::canonicalize(dir).unwrap_or_else(|_| normalize(dir)))
+        .collect();
+    let mut referenced = Vec::new();
+    for model in store.list_models(None).await? {
+        let files = std::iter::once(model.file_path.as_str()).chain(model.config_path.as_deref());
+        for file in files {
+            let real = resolve(ws, Path::new(file));
+            if roots.iter().any(|root| real.starts_with(root)) {
                 referenced.push(format!(
-                    "model `{}` version {} ({}) references {file}",
-                    model.name, model.version, model.id
+                    "model `{}` version {} of project `{}` ({}) references {file}",
+                    model.name, model.version, model.project, model.id
                 ));
             }
         }
-        folders.push(dir);
     }
     if !referenced.is_empty() {
         return Err(Error::Conflict(format!(
@@ -206,28 +266,7 @@ pub async fn purge(ws: &Workspace, store: &Store, run_id: &str) -> Result<PurgeR
     for dir in folders {
         remove_dir(ws, &dir, &mut report)?;
     }
-    for (project, slug) in store.datasets_of(run_id).await? {
-        check_name("project", &project)?;
-        check_name("slug", &slug)?;
-        let dir = ws.training_data_dir(&project)?.join(&slug);
-        let _lock = dataset_lock(ws, &project, &slug).await?;
-        let others: Vec<String> = store
-            .dataset_users(&project, &slug)
-            .await?
-            .into_iter()
-            .filter(|u| u.run_id != run_id)
-            .map(|u| u.run_id)
-            .collect();
-        if others.is_empty() {
-            remove_dir(ws, &dir, &mut report)?;
-        } else if dir.exists() {
-            report.kept.push((
-                ws.display(&dir),
-                format!("also used by run(s) {}", others.join(", ")),
-            ));
-        }
-    }
-    remove_dir(ws, &ws.run_dir(run_id), &mut report)?;
+    drop(locks);
     Ok(report)
 }
 

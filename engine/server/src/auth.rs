@@ -115,14 +115,15 @@ impl Roles {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, String> {
+        kiln_workflow::limits::check_yaml(text).map_err(|e| format!("{}: {e}", path.display()))?;
         let file: RolesFile =
             serde_norway::from_str(text).map_err(|e| format!("{}: {e}", path.display()))?;
         let roles = Self { roles: file.roles };
-        for name in roles.roles.keys() {
-            roles
-                .expand(std::slice::from_ref(name))
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-        }
+        // Every role at once: one walk finds unknown roles and cycles, each role visited once.
+        let names: Vec<String> = roles.roles.keys().cloned().collect();
+        roles
+            .expand(&names)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(roles)
     }
 

@@ -64,7 +64,8 @@ where
                         ),
                     )
                 }
-                other => ApiError::bad_request("invalid_body", other.body_text()),
+                // The body could not be read at all (a broken chunk, a reset): not its content.
+                other => ApiError::bad_request("unreadable_body", other.body_text()),
             }),
         }
     }

@@ -48,7 +48,12 @@ pub async fn serve(
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
     tracing::info!(target: "app.backend", %local, "listening");
-    eprintln!("kiln API listening on http://{local}/api/v1 (OpenAPI: /api/v1/openapi.json)");
+    // Written, not printed: a closed stderr must not stop the server.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("kiln API listening on http://{local}/api/v1 (OpenAPI: /api/v1/openapi.json)\n")
+            .as_bytes(),
+    );
     let manager = state.manager().clone();
     let stop = state.shutdown().clone();
     let limits = state.limits().clone();

@@ -18,7 +18,10 @@ pub fn run(state_dir: &Path) -> i32 {
     match supervise(state_dir) {
         Ok(()) => 0,
         Err(message) => {
-            eprintln!("kiln supervise: {message}");
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!("kiln supervise: {message}\n").as_bytes(),
+            );
             let record = ExitRecord {
                 code: None,
                 signal: None,

@@ -24,6 +24,9 @@ pub struct ActionSpec {
     pub inputs: Vec<InputSpec>,
     /// Names of the outputs, for `${{ steps.<id>.outputs.<name> }}`.
     pub outputs: Vec<String>,
+    /// Whether `cache: true` may reuse its outputs. Not for actions whose effects are records
+    /// of their own (a dataset's users, a registered model): replaying outputs would skip them.
+    pub memoizable: bool,
 }
 
 impl ActionSpec {
@@ -41,7 +44,15 @@ impl ActionSpec {
         Self {
             inputs,
             outputs: outputs.into_iter().map(str::to_owned).collect(),
+            memoizable: true,
         }
+    }
+
+    /// The same action, refusing `cache: true`.
+    #[must_use]
+    pub fn not_memoizable(mut self) -> Self {
+        self.memoizable = false;
+        self
     }
 }
 

@@ -21,7 +21,9 @@ use std::path::Path;
 
 pub use catalog::{ActionSpec, Catalog, CatalogError, CatalogErrorKind, InputSpec, MemoryCatalog};
 pub use diagnostic::{Diagnostic, Diagnostics};
-pub use expr::{ExprContext, RenderError, render_input, render_inputs, render_inputs_until};
+pub use expr::{
+    ExprContext, RenderBudget, RenderError, render_input, render_inputs, render_inputs_until,
+};
 pub use model::{
     DEFAULT_BACKOFF, MAX_RETRIES, MAX_RETRY_DELAY, ParamSpec, ParamType, Resources, RetryOn,
     RetryPolicy, Step, Timeout, Workflow,
@@ -32,12 +34,23 @@ impl Workflow {
     /// Reads and parses a workflow file (structural checks only; see [`Self::validate`]).
     /// Files over [`limits::MAX_FILE_BYTES`] are refused before they are read whole.
     pub fn load(path: impl AsRef<Path>) -> Result<Workflow, Diagnostics> {
+        Self::load_with_source(path).map(|(workflow, _)| workflow)
+    }
+
+    /// [`Self::load`], with the text it parsed (read once: what is stored with a run is what
+    /// was validated).
+    pub fn load_with_source(path: impl AsRef<Path>) -> Result<(Workflow, String), Diagnostics> {
         use std::io::Read;
         let path = path.as_ref();
         let cannot_read = |err: std::io::Error| {
             Diagnostic::new(path, 1, 1, format!("cannot read workflow file: {err}"))
         };
         let file = std::fs::File::open(path).map_err(cannot_read)?;
+        if !file.metadata().map_err(cannot_read)?.is_file() {
+            return Err(Diagnostic::new(path, 1, 1, "not a regular file".to_owned())
+                .with_help("give the path of a workflow file")
+                .into());
+        }
         let mut source = String::new();
         let limit = limits::MAX_FILE_BYTES as u64 + 1;
         file.take(limit)
@@ -47,7 +60,8 @@ impl Workflow {
             let size = std::fs::metadata(path).map_or(source.len(), |m| m.len() as usize);
             return Err(parse::too_large(path, size).into());
         }
-        Self::parse(&source, path)
+        let workflow = Self::parse(&source, path)?;
+        Ok((workflow, source))
     }
 
     /// Parses a workflow from its source: YAML syntax, known keys, value types, names,

@@ -15,6 +15,9 @@ pub const MAX_YAML_DEPTH: usize = 64;
 pub const MAX_YAML_NODES: usize = 1_000_000;
 /// Most steps in a workflow.
 pub const MAX_STEPS: usize = 10_000;
+/// Shortest step `timeout`: below it, a step that finishes at its first poll would never be
+/// held to it.
+pub const MIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Longest step `timeout` (a year).
 pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 

@@ -366,6 +366,10 @@ impl Timeout {
             Ok(duration) if duration.is_zero() => {
                 Err("a timeout must be longer than zero".to_owned())
             }
+            Ok(duration) if duration < crate::limits::MIN_TIMEOUT => Err(format!(
+                "a timeout must be at least {}s",
+                crate::limits::MIN_TIMEOUT.as_secs()
+            )),
             Ok(duration) if duration > crate::limits::MAX_TIMEOUT => Err(format!(
                 "a timeout can be at most {} days",
                 crate::limits::MAX_TIMEOUT.as_secs() / 86_400

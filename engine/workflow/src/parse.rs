@@ -48,6 +48,8 @@ pub(crate) fn is_identifier(name: &str) -> bool {
 }
 
 pub(crate) fn parse(source: &str, file: &FsPath) -> Result<Workflow, Diagnostics> {
+    // A byte order mark is not part of the YAML.
+    let source = source.strip_prefix('\u{feff}').unwrap_or(source);
     if source.len() > MAX_FILE_BYTES {
         return Err(too_large(file, source.len()).into());
     }

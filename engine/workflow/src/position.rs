@@ -122,7 +122,7 @@ enum Frame {
 }
 
 fn too_deep() -> String {
-    format!("the workflow file nests mappings and lists more than {MAX_YAML_DEPTH} levels deep")
+    format!("mappings and lists nest more than {MAX_YAML_DEPTH} levels deep")
 }
 
 impl PositionIndex {
@@ -168,9 +168,7 @@ impl PositionIndex {
                     if count > MAX_YAML_NODES {
                         return Err(TooLarge {
                             pos,
-                            message: format!(
-                                "the workflow file has more than {MAX_YAML_NODES} YAML nodes"
-                            ),
+                            message: format!("more than {MAX_YAML_NODES} YAML nodes"),
                         });
                     }
                     match event {

@@ -201,6 +201,20 @@ impl<'w> Validator<'w> {
             match catalog.action(&step.uses, step.action.as_deref()) {
                 Ok(spec) => {
                     self.inputs(i, step, &spec);
+                    if step.cache && !spec.memoizable {
+                        self.at_value(
+                            &path.key("cache"),
+                            format!(
+                                "step `{}`: `{}` cannot be cached (`cache: true`): it records \
+                                 what it does, and reusing its outputs would skip that",
+                                step.id, step.uses
+                            ),
+                            Some(format!(
+                                "remove `cache: true`; `{}` already does no work twice",
+                                step.uses
+                            )),
+                        );
+                    }
                     specs.push(Some(spec));
                 }
                 Err(err) => {

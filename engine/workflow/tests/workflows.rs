@@ -17,7 +17,8 @@ fn catalog() -> MemoryCatalog {
                 ["project", "release"],
                 [],
                 ["data_yaml", "class_names", "slug", "extracted"],
-            ),
+            )
+            .not_memoizable(),
         )
         .with_plugin_action(
             "ultralytics",

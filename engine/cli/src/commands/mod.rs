@@ -63,7 +63,8 @@ pub async fn dispatch(cli: Cli) -> Exit {
                 | E::NotFound(..)
                 | E::UnknownWorkflow { .. }
                 | E::Workflow(_)
-                | E::Params(_),
+                | E::Params(_)
+                | E::Config(_),
             ) => Exit::InvalidInput,
             Some(E::Store(e)) if store_input(e) => Exit::InvalidInput,
             _ if e

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use kiln_runner::RunService;
@@ -18,6 +17,19 @@ use crate::context::Context;
 use crate::exit::Exit;
 use crate::output::{errln, outln};
 use crate::progress::Progress;
+
+/// Whether a YAML value holds a NaN or infinite number (JSON has none: they would become null).
+fn has_non_finite(value: &serde_norway::Value) -> bool {
+    match value {
+        serde_norway::Value::Number(n) => n.as_f64().is_some_and(|f| !f.is_finite()),
+        serde_norway::Value::Sequence(items) => items.iter().any(has_non_finite),
+        serde_norway::Value::Mapping(map) => map
+            .iter()
+            .any(|(k, v)| has_non_finite(k) || has_non_finite(v)),
+        serde_norway::Value::Tagged(tagged) => has_non_finite(&tagged.value),
+        _ => false,
+    }
+}
 
 /// Parse `key=value` params; values are YAML (`epochs=2`, `overrides={epochs: 2}`).
 fn parse_params(raw: &[String]) -> Result<BTreeMap<String, serde_json::Value>, String> {
@@ -35,8 +47,16 @@ fn parse_params(raw: &[String]) -> Result<BTreeMap<String, serde_json::Value>, S
         } else {
             kiln_workflow::limits::check_yaml(v)
                 .map_err(|e| format!("--param {key}: the value is too large: {e}"))?;
-            serde_norway::from_str::<serde_json::Value>(v)
-                .map_err(|e| format!("--param {key}: `{v}` is not a valid YAML value: {e}"))?
+            let yaml: serde_norway::Value = serde_norway::from_str(v)
+                .map_err(|e| format!("--param {key}: `{v}` is not a valid YAML value: {e}"))?;
+            if has_non_finite(&yaml) {
+                return Err(format!(
+                    "--param {key}: `{v}` holds NaN or infinity, which a param cannot be \
+                     (params are JSON values)"
+                ));
+            }
+            serde_json::to_value(&yaml)
+                .map_err(|e| format!("--param {key}: `{v}` is not a JSON value: {e}"))?
         };
         if out.insert(key.to_owned(), value).is_some() {
             return Err(format!("--param {key} is given twice"));
@@ -56,12 +76,10 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<Exit> {
     // The database opens while the plugins load.
     let grace = Duration::from_secs(args.exec.kill_grace_secs);
     let (valid, store) = tokio::join!(load_valid(ctx, &args.file, grace), ctx.store());
-    let (workflow, plugins) = match valid? {
+    let (workflow, yaml, plugins) = match valid? {
         Ok(v) => v,
         Err(exit) => return Ok(exit),
     };
-    let yaml = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
     let service = ctx.service_with(store?, &args.exec, plugins)?;
     let created_by = args
         .created_by

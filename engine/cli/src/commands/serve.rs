@@ -9,7 +9,8 @@ use crate::context::Context;
 use crate::exit::Exit;
 
 fn roles(ctx: &Context) -> anyhow::Result<Roles> {
-    Roles::load(&ctx.ws.configs_dir().join("roles.yaml")).map_err(|e| anyhow::anyhow!(e))
+    Roles::load(&ctx.ws.configs_dir().join("roles.yaml"))
+        .map_err(|e| kiln_runner::Error::Config(e).into())
 }
 
 pub async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<Exit> {

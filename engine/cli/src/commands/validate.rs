@@ -10,14 +10,21 @@ use kiln_workflow::Workflow;
 use crate::context::Context;
 use crate::exit::Exit;
 
+/// A workflow file that validates: the workflow, its text and the plugins it was checked against.
+pub type Valid = (
+    Workflow,
+    String,
+    std::sync::Arc<kiln_plugin_host::PluginRegistry>,
+);
+
 /// Parse and validate a workflow against the builtins and installed plugins. On problems, prints
 /// every diagnostic to stderr and returns `Err(Exit::InvalidInput)`.
 pub async fn load_valid(
     ctx: &Context,
     file: &Path,
     kill_grace: Duration,
-) -> anyhow::Result<Result<(Workflow, std::sync::Arc<kiln_plugin_host::PluginRegistry>), Exit>> {
-    let workflow = match Workflow::load(file) {
+) -> anyhow::Result<Result<Valid, Exit>> {
+    let (workflow, source) = match Workflow::load_with_source(file) {
         Ok(w) => w,
         Err(diags) => {
             errln!("{diags}");
@@ -35,13 +42,13 @@ pub async fn load_valid(
         errln!("{} problem(s) in {}", diags.len(), file.display());
         return Ok(Err(Exit::InvalidInput));
     }
-    Ok(Ok((workflow, plugins)))
+    Ok(Ok((workflow, source, plugins)))
 }
 
 pub async fn validate(ctx: &Context, file: &Path) -> anyhow::Result<Exit> {
     Ok(
         match load_valid(ctx, file, Duration::from_secs(10)).await? {
-            Ok((workflow, _)) => {
+            Ok((workflow, _, _)) => {
                 outln!(
                     "{}: workflow `{}` is valid ({} steps)",
                     file.display(),

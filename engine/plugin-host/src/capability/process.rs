@@ -18,28 +18,70 @@ use crate::bindings::process::{ExitStatus, Host, OutputChunk, Spec};
 use crate::invocation::StepEvent;
 use crate::sandbox::StepState;
 
-/// The process groups a step has launched, shared with the runner so it can stop them.
+/// The programs a step has launched, shared with the runner so it can stop them: their
+/// process groups, and the state folders of launches still starting (a cancel that arrives
+/// while a launch is under way must stop its program too, once the supervisor records it).
 #[derive(Debug, Clone, Default)]
-pub struct ProcessTracker(Arc<Mutex<Vec<i32>>>);
+pub struct ProcessTracker(Arc<Mutex<Tracked>>);
+
+#[derive(Debug, Default)]
+struct Tracked {
+    groups: Vec<i32>,
+    launching: Vec<PathBuf>,
+}
+
+/// How long stopping waits for a launch under way to record its program.
+const LAUNCH_RECORD_WAIT: Duration = Duration::from_secs(10);
 
 impl ProcessTracker {
-    fn add(&self, pgid: i32) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(pgid);
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tracked> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn launching(&self, state_dir: &Path) {
+        self.lock().launching.push(state_dir.to_owned());
+    }
+
+    fn add(&self, state_dir: &Path, pgid: i32) {
+        let mut tracked = self.lock();
+        tracked.launching.retain(|d| d != state_dir);
+        tracked.groups.push(pgid);
     }
 
     /// Process groups launched so far.
     pub fn groups(&self) -> Vec<i32> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.lock().groups.clone()
     }
 
-    /// SIGTERM every launched group, SIGKILL after `grace`; returns when all are gone.
+    /// SIGTERM every launched group, SIGKILL after `grace`; returns when all are gone. A launch
+    /// still under way is waited for (at most 10 s) until its supervisor records the program.
     pub async fn terminate_all(&self, grace: Duration) {
-        let groups = self.groups();
-        let stops = groups
-            .into_iter()
-            .map(|pgid| kiln_supervisor::terminate_group(pgid, grace));
-        for stop in stops {
-            stop.await;
+        let (mut groups, launching) = {
+            let tracked = self.lock();
+            (tracked.groups.clone(), tracked.launching.clone())
+        };
+        for dir in launching {
+            let deadline = tokio::time::Instant::now() + LAUNCH_RECORD_WAIT;
+            loop {
+                if let Ok(Some(child)) = kiln_supervisor::read_child(&dir) {
+                    groups.push(child.pgid);
+                    break;
+                }
+                // Ended before it recorded a program (or never started): nothing to stop.
+                let ended = matches!(kiln_supervisor::read_exit(&dir), Ok(Some(_)));
+                if ended
+                    || !dir.join("spec.json").exists()
+                    || tokio::time::Instant::now() >= deadline
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        groups.sort_unstable();
+        groups.dedup();
+        for pgid in groups {
+            kiln_supervisor::terminate_group(pgid, grace).await;
         }
     }
 }
@@ -308,7 +350,9 @@ impl StepState {
             write_offset(&state_dir, end);
         }
         // Keyed by the step attempt's state directory: after an engine restart the same launch
-        // re-attaches to the program it started instead of starting a second copy.
+        // re-attaches to the program it started instead of starting a second copy. Tracked
+        // before it starts: a cancel meanwhile still finds the program.
+        self.process.tracker.launching(&state_dir);
         let supervised = match Supervised::launch_or_attach(
             &self.process.supervisor_exe,
             &state_dir,
@@ -337,7 +381,9 @@ impl StepState {
             });
         }
         let pid = supervised.child().pid;
-        self.process.tracker.add(supervised.child().pgid);
+        self.process
+            .tracker
+            .add(&state_dir, supervised.child().pgid);
         if !supervised.is_attached() {
             self.emit(StepEvent::Launched {
                 program: program.display().to_string(),

@@ -76,12 +76,17 @@ pub(crate) async fn run(ctx: &BuiltinCtx<'_>) -> Result<Value> {
     // finds the marker and reuses the dataset instead of swapping it under the first run's feet.
     let lock = ownership::dataset_lock(ctx.ws, project, &slug).await?;
     let marker = read_marker(&target);
+    // An extraction outside a run (the API's extract-release) records no user.
+    let record_use = || async {
+        match ctx.run_id {
+            "" => Ok(()),
+            run => ctx.store.use_dataset(run, project, &slug, &sha).await,
+        }
+    };
     if let Some(marker) = &marker
         && marker.sha256 == sha
     {
-        ctx.store
-            .use_dataset(ctx.run_id, project, &slug, &sha)
-            .await?;
+        record_use().await?;
         ctx.log(&format!(
             "release {release} already extracted in {}",
             ctx.ws.display(&target)
@@ -117,9 +122,7 @@ pub(crate) async fn run(ctx: &BuiltinCtx<'_>) -> Result<Value> {
             )));
         }
     }
-    ctx.store
-        .use_dataset(ctx.run_id, project, &slug, &sha)
-        .await?;
+    record_use().await?;
     let files = {
         let (release, slug, target, sha) = (
             release.to_owned(),
@@ -152,6 +155,20 @@ fn replace_with(
     stop: &Stop,
 ) -> Result<usize> {
     std::fs::create_dir_all(data_root).map_err(|e| Error::io("creating", data_root, e))?;
+    // Leftovers of an extraction whose engine was killed: under the slug's lock, nobody else
+    // is writing them.
+    let leftovers = [format!(".{slug}.extracting-"), format!(".{slug}.old-")];
+    if let Ok(entries) = std::fs::read_dir(data_root) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if leftovers
+                .iter()
+                .any(|prefix| name.starts_with(prefix.as_str()))
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
     let tmp = data_root.join(format!(".{slug}.extracting-{}", uuid::Uuid::new_v4()));
     let result = extract_into(zip_path, &tmp, stop).and_then(|(files, bytes)| {
         stop.check()?;

@@ -15,7 +15,9 @@ use kiln_workflow::ActionSpec;
 use crate::workspace::Workspace;
 use crate::{Error, Result};
 
-/// The builtins and what they take and return.
+/// The builtins and what they take and return. None is memoizable: each already does no work
+/// twice, and each keeps records (a dataset's users, exported weights, a registered model) that
+/// reusing its outputs would skip.
 pub fn specs() -> Vec<(&'static str, ActionSpec)> {
     vec![
         (
@@ -33,7 +35,8 @@ pub fn specs() -> Vec<(&'static str, ActionSpec)> {
                     "release_sha256",
                     "extracted",
                 ],
-            ),
+            )
+            .not_memoizable(),
         ),
         (
             "builtin/export-best",
@@ -47,7 +50,8 @@ pub fn specs() -> Vec<(&'static str, ActionSpec)> {
                     "report_path",
                     "artifacts_dir",
                 ],
-            ),
+            )
+            .not_memoizable(),
         ),
         (
             "builtin/register-model",
@@ -64,7 +68,8 @@ pub fn specs() -> Vec<(&'static str, ActionSpec)> {
                     "base_model",
                 ],
                 ["model_id", "name", "version", "file_path"],
-            ),
+            )
+            .not_memoizable(),
         ),
     ]
 }

@@ -7,24 +7,53 @@ use super::{BuiltinCtx, input_str, opt_str};
 use crate::workspace::check_name;
 use crate::{Error, Result};
 
+/// A file a model references: given relative to the workspace, without `..`; recorded as
+/// where it really is (symlinks resolved), which must be inside the workspace, so the registry
+/// names real locations (see `ownership::purge`).
+fn workspace_file(
+    ctx: &BuiltinCtx<'_>,
+    input: &str,
+    path: &str,
+    must_exist: bool,
+) -> Result<String> {
+    let given = std::path::Path::new(path);
+    if given.is_absolute()
+        || given
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(Error::Input(format!(
+            "input `{input}`: `{path}` must be a path relative to the workspace, without `..`"
+        )));
+    }
+    let abs = ctx.ws.root().join(given);
+    if must_exist && !abs.is_file() {
+        return Err(Error::Input(format!(
+            "input `{input}`: {} does not exist",
+            abs.display()
+        )));
+    }
+    let real = crate::ownership::resolve(ctx.ws, given);
+    let root = std::fs::canonicalize(ctx.ws.root()).unwrap_or_else(|_| ctx.ws.root().to_owned());
+    match real.strip_prefix(&root) {
+        Ok(relative) => Ok(relative.display().to_string()),
+        Err(_) => Err(Error::Input(format!(
+            "input `{input}`: `{path}` leads outside the workspace (to {})",
+            real.display()
+        ))),
+    }
+}
+
 pub(crate) async fn run(ctx: &BuiltinCtx<'_>) -> Result<Value> {
     let name = input_str(ctx.inputs, "name")?;
     check_name("model name", name)?;
     let project = input_str(ctx.inputs, "project")?;
     check_name("project", project)?;
-    let weights = input_str(ctx.inputs, "weights")?;
-    let abs = ctx.ws.root().join(weights);
-    if std::path::Path::new(weights).is_absolute() || weights.split('/').any(|c| c == "..") {
-        return Err(Error::Input(format!(
-            "input `weights`: `{weights}` must be a path relative to the workspace"
-        )));
-    }
-    if !abs.is_file() {
-        return Err(Error::Input(format!(
-            "input `weights`: {} does not exist",
-            abs.display()
-        )));
-    }
+    let weights = workspace_file(ctx, "weights", input_str(ctx.inputs, "weights")?, true)?;
+    let config_path = match opt_str(ctx.inputs, "config_path")? {
+        Some(path) => Some(workspace_file(ctx, "config_path", path, false)?),
+        None => None,
+    };
     let input_size = match ctx.inputs.get("input_size") {
         None | Some(Value::Null) => None,
         Some(v) => Some(v.as_i64().ok_or_else(|| {
@@ -51,8 +80,8 @@ pub(crate) async fn run(ctx: &BuiltinCtx<'_>) -> Result<Value> {
         project: project.to_owned(),
         task: opt_str(ctx.inputs, "task")?.map(str::to_owned),
         format: Some(opt_str(ctx.inputs, "format")?.unwrap_or("pt").to_owned()),
-        file_path: weights.to_owned(),
-        config_path: opt_str(ctx.inputs, "config_path")?.map(str::to_owned),
+        file_path: weights,
+        config_path,
         input_size,
         class_names,
         metrics: ctx.inputs.get("metrics").filter(|m| !m.is_null()).cloned(),

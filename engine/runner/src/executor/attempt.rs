@@ -246,6 +246,18 @@ impl Runner {
                 message,
             });
         };
+        // The step's `timeout` bounds the whole attempt: waiting for GPUs too.
+        let timeout = step.timeout.map(|t| t.as_duration());
+        let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
+        let timed_out = |t: Duration, doing: &str| {
+            StepOutcome::failed(
+                RetryOn::Failure,
+                format!(
+                    "timed out after {} (the step's `timeout`) {doing}",
+                    humantime_like(t)
+                ),
+            )
+        };
 
         // The training folder the step works in must be the run's own.
         if let Err(e) = ownership::claim_for_step(ws, store, run_id, inputs).await {
@@ -322,9 +334,18 @@ impl Runner {
                 Some(l) => l,
                 None => {
                     log("info", format!("waiting for {n} free GPU(s)"));
+                    let wait_until = async {
+                        match deadline {
+                            Some(d) => tokio::time::sleep_until(d).await,
+                            None => std::future::pending().await,
+                        }
+                    };
                     tokio::select! {
                         l = self.inner.gpus.lease(n) => l.map_err(|e| Error::io("locking GPUs in", &ws.kiln_dir(), e))?,
                         _ = cancel.cancelled() => return Ok(StepOutcome::cancelled()),
+                        _ = wait_until => {
+                            return Ok(timed_out(timeout.unwrap_or_default(), &format!("while waiting for {n} free GPU(s)")));
+                        }
                     }
                 }
             };
@@ -375,12 +396,11 @@ impl Runner {
                     .map_err(|e| (FailureKind::InvalidInput, e.to_string()))
             }
         };
-        let timeout = step.timeout.map(|t| t.as_duration());
         let outcome = tokio::select! {
             r = async {
-                match timeout {
-                    Some(t) => tokio::time::timeout(t, work).await.map_err(|_| t),
-                    None => Ok(work.await),
+                match (deadline, timeout) {
+                    (Some(d), Some(t)) => tokio::time::timeout_at(d, work).await.map_err(|_| t),
+                    _ => Ok(work.await),
                 }
             } => match r {
                 Ok(Ok(outputs)) => StepOutcome::succeeded(outputs),

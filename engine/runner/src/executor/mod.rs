@@ -323,8 +323,8 @@ impl Runner {
 
     /// Execute a run to its end: a new run, one interrupted by an engine crash (resumed), or a
     /// failed one reset for retry. Returns the final run record. `lock`: the run lock when the
-    /// run was recorded running by [`Self::start`]; without it the lock is taken here (held by
-    /// another process: an error) and the run marked running.
+    /// caller took it (see [`Self::start`] and the run service); without it the lock is taken
+    /// here (held by another process: a conflict). A run not yet recorded `running` is marked so.
     pub async fn execute(
         &self,
         run: &RunRecord,
@@ -337,13 +337,13 @@ impl Runner {
         let store = &self.inner.store;
         let _lock = match lock {
             Some(lock) => lock,
-            None => {
-                let lock = RunLock::acquire(&self.inner.ws.run_dir(&run.id))
-                    .map_err(|e| Error::Input(format!("run {}: {e}", run.id)))?;
-                store.start_run(&run.id).await?;
-                lock
-            }
+            None => RunLock::acquire(&self.inner.ws.run_dir(&run.id))
+                .map_err(|e| Error::Conflict(format!("run {}: {e}", run.id)))?,
         };
+        // A run recorded `running` at its creation is not marked again.
+        if run.status != RunStatus::Running {
+            store.start_run(&run.id).await?;
+        }
         let watcher = tokio::spawn(watch_run(store.clone(), run.id.clone(), cancel.clone()));
 
         // Dependencies by index: deciding what to start costs the edges involved.

@@ -246,18 +246,20 @@ impl RunService {
                 run.id, run.status
             )));
         }
-        if RunLock::is_held(&self.workspace().run_dir(&run.id)) {
-            return Err(Error::Conflict(format!(
-                "run {} is being executed by another kiln process",
-                run.id
-            )));
-        }
+        let lock = self.lock(&run)?;
         let workflow = self.stored(&run)?;
         Ok(Execution {
             run,
             workflow,
-            lock: None,
+            lock: Some(lock),
         })
+    }
+
+    /// The run lock of `run`, taken now and held by what this process does with the run next
+    /// (so a delete and a retry of one run cannot overlap); held elsewhere: a conflict.
+    fn lock(&self, run: &RunRecord) -> Result<RunLock> {
+        RunLock::acquire(&self.workspace().run_dir(&run.id))
+            .map_err(|e| Error::Conflict(format!("run {} is still being executed: {e}", run.id)))
     }
 
     /// A failed or cancelled run, reset to run its unfinished steps again with fresh retry
@@ -275,19 +277,14 @@ impl RunService {
                 run.id, run.status
             )));
         }
-        if RunLock::is_held(&self.workspace().run_dir(&run.id)) {
-            return Err(Error::Conflict(format!(
-                "run {} is still being executed by an engine",
-                run.id
-            )));
-        }
+        let lock = self.lock(&run)?;
         let workflow = self.stored(&run)?;
         self.store().reset_for_retry(&run.id).await?;
         let run = self.store().run(&run.id).await?;
         Ok(Execution {
             run,
             workflow,
-            lock: None,
+            lock: Some(lock),
         })
     }
 
@@ -332,11 +329,16 @@ impl RunService {
     /// [`ownership::purge`]). A run still executing is refused: cancel it first.
     pub async fn delete(&self, id: &str, purge: bool) -> Result<Option<ownership::PurgeReport>> {
         let run = self.run(id).await?;
-        if !run.status.is_terminal() || RunLock::is_held(&self.workspace().run_dir(&run.id)) {
-            return Err(Error::Conflict(format!(
-                "run {} is {}; cancel it first",
-                run.id, run.status
-            )));
+        let not_finished =
+            || Error::Conflict(format!("run {} is {}; cancel it first", run.id, run.status));
+        if !run.status.is_terminal() {
+            return Err(not_finished());
+        }
+        // Held until the records are gone: no retry or resume starts meanwhile.
+        let _lock = self.lock(&run).map_err(|_| not_finished())?;
+        let run = self.run(&run.id).await?;
+        if !run.status.is_terminal() {
+            return Err(not_finished());
         }
         let report = match purge {
             true => Some(ownership::purge(self.workspace(), self.store(), &run.id).await?),

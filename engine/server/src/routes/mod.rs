@@ -116,6 +116,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api)
         .fallback(not_found)
         .layer(middleware::from_fn(log_requests))
+        .layer(middleware::from_fn(refuse_large_bodies))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         // A handler that panics is a 500 problem, not a dropped connection.
         .layer(CatchPanicLayer::custom(panicked))
@@ -168,6 +169,25 @@ async fn not_found(req: Request) -> ApiError {
             req.uri().path()
         ),
     )
+}
+
+/// A body announced larger than [`BODY_LIMIT`] is refused at once (413), before any of it is
+/// waited for.
+async fn refuse_large_bodies(req: Request, next: Next) -> Response {
+    let announced = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than {BODY_LIMIT} bytes"),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// One log line per request under `app.backend`.

@@ -185,7 +185,7 @@ pub struct DeleteQuery {
 
 /// Trigger a run.
 #[utoipa::path(post, path = "/api/v1/runs", operation_id = "create_run", request_body = CreateRun,
-    responses((status = 201, body = RunView), (status = 422, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)))]
+    responses((status = 201, body = RunView), (status = 409, description = "a training the run names belongs to another run", body = Problem), (status = 422, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -17,32 +17,41 @@ use super::template::{Part, Template};
 use crate::parse::{json_eq, json_kind};
 
 /// Work units (about one per byte copied, compared or produced) one step's inputs may cost.
-pub const MAX_RENDER_WORK: u64 = 64 * 1024 * 1024;
+pub const MAX_RENDER_WORK: u64 = 16 * 1024 * 1024;
 /// Largest rendered value of one input, in bytes of JSON.
 pub const MAX_RENDERED_BYTES: usize = 8 * 1024 * 1024;
 
-/// What rendering may still spend.
+/// What rendering may still spend: [`MAX_RENDER_WORK`] units, and the time until a deadline.
+/// One budget can be shared by several renderings (all the steps a run names, say).
 #[derive(Debug)]
-pub(crate) struct Budget {
+pub struct Budget {
     work: u64,
     deadline: Option<Instant>,
     /// Work done since the clock was last read.
     unclocked: u64,
+    spent: bool,
 }
 
 impl Budget {
-    pub(crate) fn new(deadline: Option<Instant>) -> Self {
+    pub fn new(deadline: Option<Instant>) -> Self {
         Self {
             work: MAX_RENDER_WORK,
             deadline,
             unclocked: 0,
+            spent: false,
         }
+    }
+
+    /// Whether a rendering ran out of work or time (as opposed to failing on its own).
+    pub fn is_spent(&self) -> bool {
+        self.spent
     }
 
     fn charge(&mut self, units: usize) -> Result<(), String> {
         let units = units as u64 + 1;
         if units > self.work {
             self.work = 0;
+            self.spent = true;
             return Err(format!(
                 "the expressions of this step would do more than {MAX_RENDER_WORK} units of work \
                  (bytes copied, compared or produced); use smaller values"
@@ -55,6 +64,7 @@ impl Budget {
             if let Some(deadline) = self.deadline
                 && Instant::now() >= deadline
             {
+                self.spent = true;
                 return Err("the step's timeout ran out while rendering its inputs".to_owned());
             }
         }
@@ -247,6 +257,7 @@ impl<'a> Evaluator<'a, '_> {
                 Ok(Val::Json(Cow::Owned(Value::Bool(!truthy(&value)))))
             }
             Expr::Binary(op, a, b) => self.binary(*op, a, b),
+            Expr::Logic(op, items) => self.logic(*op, items),
             Expr::Call(func, args) => self.call(expr, *func, args),
         }
     }
@@ -332,27 +343,37 @@ impl<'a> Evaluator<'a, '_> {
         })
     }
 
-    fn binary(&mut self, op: BinOp, a: &Expr, b: &Expr) -> Evaluated<Val<'a>> {
-        let lenient = self.lenient;
-        self.lenient = lenient || op == BinOp::Or;
-        let left = self.eval(a);
-        self.lenient = lenient;
-        let left = left?;
-        let left = self.json(a, left)?;
-        match op {
-            // `a || b`: the first truthy value, else the last (`params.x || 'default'`).
-            BinOp::Or if truthy(&left) => return Ok(Val::Json(left)),
-            BinOp::And if !truthy(&left) => return Ok(Val::Json(left)),
-            BinOp::Or | BinOp::And => return self.eval(b),
-            _ => {}
+    /// `a || b || …`: the first truthy value, else the last (`params.x || 'default'`; on the
+    /// left of `||` a missing key is `null`). `a && b && …`: the first falsy value, else the last.
+    fn logic(&mut self, op: BinOp, items: &[Expr]) -> Evaluated<Val<'a>> {
+        let Some((last, rest)) = items.split_last() else {
+            return Ok(Val::Json(Cow::Owned(Value::Null)));
+        };
+        for item in rest {
+            let lenient = self.lenient;
+            self.lenient = lenient || op == BinOp::Or;
+            let value = self.eval(item);
+            self.lenient = lenient;
+            let value = self.json(item, value?)?;
+            if truthy(&value) == (op == BinOp::Or) {
+                return Ok(Val::Json(value));
+            }
         }
+        self.eval(last)
+    }
+
+    fn binary(&mut self, op: BinOp, a: &Expr, b: &Expr) -> Evaluated<Val<'a>> {
+        let left = self.eval(a)?;
+        let left = self.json(a, left)?;
         let right = self.eval(b)?;
         let right = self.json(b, right)?;
         let result = match op {
             BinOp::Eq | BinOp::Ne => {
+                // Weighing walks both values: that walk is what is charged.
                 let limit = self.budget.work;
-                self.budget
-                    .charge(weight(&left, limit).min(weight(&right, limit)))?;
+                self.budget.charge(weight(&left, limit))?;
+                let limit = self.budget.work;
+                self.budget.charge(weight(&right, limit))?;
                 json_eq_deep(&left, &right) == (op == BinOp::Eq)
             }
             _ => {
@@ -410,13 +431,16 @@ impl<'a> Evaluator<'a, '_> {
         let out = match func {
             Func::Contains => match values[0].as_ref() {
                 Value::String(haystack) => {
+                    self.budget.charge(weight(&values[1], limit))?;
                     let needle = text(&values[1]);
                     self.budget.charge(haystack.len())?;
                     Value::Bool(haystack.contains(needle.as_ref()))
                 }
                 Value::Array(items) => {
                     let mut found = false;
+                    self.budget.charge(weight(&values[1], limit))?;
                     for item in items {
+                        let limit = self.budget.work;
                         self.budget.charge(weight(item, limit))?;
                         if json_eq_deep(item, &values[1]) {
                             found = true;

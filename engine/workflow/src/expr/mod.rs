@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 use crate::model::Step;
 use crate::position::Path;
 
-pub use eval::{MAX_RENDER_WORK, MAX_RENDERED_BYTES};
+pub use eval::{Budget as RenderBudget, MAX_RENDER_WORK, MAX_RENDERED_BYTES};
 pub use syntax::{MAX_DEPTH, MAX_EXPRESSION_LEN};
 
 use eval::{Budget, Evaluator, Scope};
@@ -74,6 +74,9 @@ fn collect_references(expr: &Expr, out: &mut Vec<Vec<String>>) -> Result<(), Str
             collect_references(a, out)?;
             collect_references(b, out)
         }
+        Expr::Logic(_, items) => items
+            .iter()
+            .try_for_each(|item| collect_references(item, out)),
         Expr::Call(_, args) => args.iter().try_for_each(|arg| collect_references(arg, out)),
         Expr::Var(_) | Expr::Member(..) | Expr::Index(..) => {
             // Walk the chain down to its root, innermost segment last.
@@ -259,11 +262,13 @@ pub fn render_inputs_until(
     Ok(Value::Object(inputs))
 }
 
-/// Renders one input of a step (`None` when the step has no such input).
+/// Renders one input of a step (`None` when the step has no such input), spending from
+/// `budget` (which several renderings may share).
 pub fn render_input(
     step: &Step,
     key: &str,
     ctx: &ExprContext,
+    budget: &mut RenderBudget,
 ) -> Option<Result<Value, RenderError>> {
     let value = step.with.get(key)?;
     let outputs = |id: &str| ctx.outputs.get(id).map(Arc::as_ref);
@@ -271,10 +276,9 @@ pub fn render_input(
         params: &ctx.params,
         outputs: &outputs,
     };
-    let mut budget = Budget::new(None);
     let mut evaluator = Evaluator {
         scope: &scope,
-        budget: &mut budget,
+        budget,
         lenient: false,
     };
     Some(
@@ -567,6 +571,28 @@ mod tests {
             .collect();
         let err = render_inputs(&step(json!({ "v": list })), &ctx).unwrap_err();
         assert!(err.message.contains("units of work"), "{err}");
+        // What an operation walks is charged, not what it returns: a big needle, or comparing
+        // a big value with a small one.
+        let object: Map<String, Value> =
+            (0..100_000).map(|i| (format!("k{i}"), json!(i))).collect();
+        let array: Vec<Value> = (0..400_000).map(|i| json!(i)).collect();
+        let Value::Object(params) = json!({ "o": object, "a": array }) else {
+            unreachable!()
+        };
+        let ctx = ExprContext::new(params);
+        for expr in [
+            "${{ contains('a', params.o) }}",
+            "${{ params.a == 1 }}",
+            "${{ contains(params.a, params.o) }}",
+        ] {
+            let many: Vec<Value> = (0..300).map(|_| json!(expr)).collect();
+            let err = render_inputs(&step(json!({ "v": many })), &ctx).unwrap_err();
+            assert!(err.message.contains("units of work"), "{expr}: {err}");
+        }
+        let Value::Object(params) = json!({ "big": "x".repeat(1 << 20) }) else {
+            unreachable!()
+        };
+        let ctx = ExprContext::new(params);
         // A deadline in the past stops rendering once the clock is read.
         let err = render_inputs_until(
             &step(json!({ "v": vec!["${{ toJSON(params.big) }}"; 40] })),
