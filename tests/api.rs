@@ -10,7 +10,7 @@ mod http;
 use common::*;
 use http::*;
 use serde_json::{Value, json};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Failed expectations, collected so that one run of a flow reports every broken endpoint.
 #[derive(Default)]
@@ -754,6 +754,93 @@ fn deleting_a_running_run_stops_its_processes_and_forgets_it() {
             None,
         )
         .problem(404, "run_not_found");
+}
+
+/// `GET /runs/{id}?wait=` answers when the time is up with the run as it is, and as soon as
+/// the run ends (here: cancelled while a long poll waits) with its final record.
+#[test]
+fn long_poll_answers_when_the_run_ends_or_the_wait_is_up() {
+    let aws = ApiWorkspace::with(
+        Workspace::new().with_env("FAKE_YOLO_EPOCH_SECONDS", "20"),
+        None,
+    );
+    let server = aws.serve();
+    let admin = aws.token("admin", &[], &["admin"]);
+    let r = server.post("/api/v1/runs", &admin, &demo_run("polled"));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let marker = aws.marker();
+    wait_for(60, "yolo to be running", || {
+        processes_mentioning(&marker)
+            .iter()
+            .any(|(_, c)| c.contains("yolo"))
+    });
+
+    let prefix = &id[..8];
+    let started = Instant::now();
+    let run = server
+        .get(&format!("/api/v1/runs/{prefix}?wait=1"), &admin)
+        .json();
+    assert_eq!(run["status"], "running", "{run}");
+    assert_eq!(run["id"], id.as_str());
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+
+    for bad in ["61", "-1", "1.5", "soon", ""] {
+        server
+            .get(&format!("/api/v1/runs/{id}?wait={bad}"), &admin)
+            .problem(400, "invalid_wait");
+    }
+
+    let waiting = {
+        let (addr, token, id) = (server.addr, admin.clone(), id.clone());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let auth = format!("Bearer {token}");
+            let r = request(
+                addr,
+                "GET",
+                &format!("/api/v1/runs/{id}?wait=60"),
+                &[("Authorization", auth.as_str())],
+                None,
+                Duration::from_secs(90),
+            )
+            .expect("long poll");
+            (r, started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let r = server.call(
+        "POST",
+        &format!("/api/v1/runs/{id}/cancel"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let (r, took) = waiting.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let run = r.json();
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert!(run["finished_at"].is_string(), "{run}");
+    assert!(
+        took < Duration::from_secs(50),
+        "the long poll took {took:?}"
+    );
+
+    // An ended run is answered at once.
+    let started = Instant::now();
+    let run = server
+        .get(&format!("/api/v1/runs/{id}?wait=60"), &admin)
+        .json();
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -782,8 +782,9 @@ impl Server {
     pub fn wait_run(&self, id: &str, token: &str, secs: u64) -> Value {
         let start = Instant::now();
         loop {
-            let r = self.get(&format!("/api/v1/runs/{id}"), token);
-            assert_eq!(r.status, 200, "GET /runs/{id}: {}", r.text());
+            // Long poll: the server answers as soon as the run has ended.
+            let r = self.get(&format!("/api/v1/runs/{id}?wait=5"), token);
+            assert_eq!(r.status, 200, "GET /runs/{id}?wait=5: {}", r.text());
             let run = r.json();
             let status = run["status"].as_str().unwrap_or_default().to_owned();
             if matches!(status.as_str(), "succeeded" | "failed" | "cancelled") {
@@ -794,7 +795,6 @@ impl Server {
                 "run {id} still {status} after {secs}s: {run}\nserver log:\n{}",
                 self.log_text()
             );
-            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use kiln_runner::RunService;
@@ -15,8 +16,15 @@ use crate::problem::ApiError;
 #[derive(Clone)]
 pub struct RunManager {
     service: RunService,
-    active: Arc<Mutex<HashMap<String, CancellationToken>>>,
+    active: Arc<Mutex<HashMap<String, Active>>>,
     accepting: Arc<AtomicBool>,
+}
+
+/// A run executing in this process.
+struct Active {
+    cancel: CancellationToken,
+    /// Changes (to `true`) once the execution has ended: the run's end is durable by then.
+    ended: watch::Receiver<bool>,
 }
 
 impl RunManager {
@@ -68,21 +76,31 @@ impl RunManager {
         self.accepting.store(false, Ordering::SeqCst);
     }
 
-    pub fn is_active(&self, run_id: &str) -> bool {
+    /// Whether the run executes in this process; `None` when it does not, else a receiver that
+    /// changes once its execution has ended.
+    fn ended(&self, run_id: &str) -> Option<watch::Receiver<bool>> {
         self.active
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains_key(run_id)
+            .get(run_id)
+            .map(|a| a.ended.clone())
     }
 
     /// Execute a run in the background.
     pub fn start(&self, execution: Execution) {
         let token = CancellationToken::new();
         let run_id = execution.run.id.clone();
+        let (ended_tx, ended) = watch::channel(false);
         self.active
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(run_id.clone(), token.clone());
+            .insert(
+                run_id.clone(),
+                Active {
+                    cancel: token.clone(),
+                    ended,
+                },
+            );
         let (service, active) = (self.service.clone(), self.active.clone());
         tracing::info!(target: "operations.training", run_id = %run_id, workflow = %execution.run.workflow_name, "run started");
         tokio::spawn(async move {
@@ -102,6 +120,7 @@ impl RunManager {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&run_id);
+            ended_tx.send_replace(true);
         });
     }
 
@@ -121,7 +140,7 @@ impl RunManager {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&run.id)
-            .cloned();
+            .map(|a| a.cancel.clone());
         match token {
             Some(token) => {
                 self.service.store().request_cancel(&run.id).await?;
@@ -138,16 +157,54 @@ impl RunManager {
         }
     }
 
-    /// Wait until the run is no longer executing in this process (after a cancel).
+    /// Wait until the run is no longer executing in this process, at most `timeout`; whether
+    /// it is not.
     pub async fn wait_stopped(&self, run_id: &str, timeout: std::time::Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while self.is_active(run_id) {
-            if tokio::time::Instant::now() > deadline {
-                return false;
+        let Some(mut ended) = self.ended(run_id) else {
+            return true;
+        };
+        tokio::time::timeout(timeout, ended.wait_for(|ended| *ended))
+            .await
+            .is_ok()
+    }
+
+    /// Wait until the run has ended, at most until `deadline` or until `stop` is cancelled
+    /// (the server shuts down); the run's record as it then is. A run executing here is
+    /// awaited; one that another engine executes is looked up every [`POLL`].
+    pub async fn wait_ended(
+        &self,
+        id: &str,
+        deadline: tokio::time::Instant,
+        stop: &CancellationToken,
+    ) -> Result<kiln_store::RunRecord, kiln_runner::Error> {
+        const POLL: std::time::Duration = std::time::Duration::from_millis(250);
+        let mut run = self.service.run(id).await?;
+        loop {
+            if run.status.is_terminal() || tokio::time::Instant::now() >= deadline {
+                return Ok(run);
             }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let mut ended = self.ended(&run.id);
+            if ended.is_none() {
+                // Not executing here, or its execution ended since the read above (the end is
+                // durable before it leaves the table): look again at once.
+                run = self.service.run(&run.id).await?;
+                if run.status.is_terminal() {
+                    return Ok(run);
+                }
+            }
+            let poll = tokio::time::Instant::now() + POLL;
+            tokio::select! {
+                _ = stop.cancelled() => return self.service.run(&run.id).await,
+                _ = tokio::time::sleep_until(deadline.min(poll)) => {}
+                Ok(_) = async {
+                    match ended.as_mut() {
+                        Some(ended) => ended.wait_for(|ended| *ended).await.map(|_| ()),
+                        None => std::future::pending().await,
+                    }
+                } => {}
+            }
+            run = self.service.run(&run.id).await?;
         }
-        true
     }
 
     /// Resume the runs that were active when their engine stopped (and that no other process is

@@ -249,14 +249,42 @@ pub async fn list(
     }))
 }
 
-/// A run with its steps, progress and metrics.
-#[utoipa::path(get, path = "/api/v1/runs/{id}", operation_id = "get_run", params(("id" = String, Path, description = "run id or a unique prefix")),
+/// Longest `GET /runs/{id}?wait=` in seconds.
+pub const MAX_WAIT_SECS: u64 = 60;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ShowQuery {
+    /// Seconds to wait for the run to end before answering (long poll): the answer comes as
+    /// soon as the run is succeeded, failed or cancelled, or when the time is up, with the run
+    /// as it then is. 0 (the default) answers at once.
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 60)]
+    pub wait: Option<String>,
+}
+
+/// A run with its steps, progress and metrics; with `wait`, once it has ended (or the wait is
+/// up).
+#[utoipa::path(get, path = "/api/v1/runs/{id}", operation_id = "get_run", params(("id" = String, Path, description = "run id or a unique prefix"), ShowQuery),
     responses((status = 200, body = RunView), (status = 404, body = Problem)))]
 pub async fn show(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ShowQuery>,
 ) -> ApiResult<Json<RunView>> {
-    let run = state.store().run(&id).await?;
+    let wait = match &q.wait {
+        Some(raw) => whole_number("wait", raw, 0, MAX_WAIT_SECS, "invalid_wait")?,
+        None => 0,
+    };
+    let run = if wait == 0 {
+        state.store().run(&id).await?
+    } else {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+        state
+            .manager()
+            .wait_ended(&id, deadline, state.shutdown())
+            .await?
+    };
     let steps = state.store().steps(&run.id).await?;
     Ok(Json(RunView::new(run, Some(steps))))
 }
