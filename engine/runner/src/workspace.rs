@@ -82,8 +82,27 @@ impl Workspace {
         self.kiln_dir().join("runs").join(run_id)
     }
 
+    /// Where the programs a run's steps launch write their output.
     pub fn log_dir(&self, run_id: &str) -> PathBuf {
         self.run_dir(run_id).join("logs")
+    }
+
+    /// The output of a step's `launch`-th program (from 1).
+    pub fn step_log(&self, run_id: &str, step: &str, launch: usize) -> PathBuf {
+        kiln_plugin_host::launch_log(&self.log_dir(run_id), step, launch)
+    }
+
+    /// The supervisors' state of a run's launches (`STEP/attempt-N/launch-M`): what re-attaches
+    /// after a restart and what stopping a dead engine's programs looks at.
+    pub fn state_dir(&self, run_id: &str) -> PathBuf {
+        self.run_dir(run_id).join("state")
+    }
+
+    /// The state of one attempt of a step.
+    pub fn attempt_state_dir(&self, run_id: &str, step: &str, attempt: i64) -> PathBuf {
+        self.state_dir(run_id)
+            .join(step)
+            .join(format!("attempt-{attempt}"))
     }
 
     pub fn project_dir(&self, project: &str) -> Result<PathBuf, Error> {

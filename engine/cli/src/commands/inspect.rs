@@ -212,13 +212,9 @@ pub async fn logs(ctx: &Context, run: &str, step: Option<&str>) -> anyhow::Resul
             outln!("error: {e}");
         }
         // Programs' raw output, launch by launch.
-        let dir = ctx.ws.log_dir(&run.id);
         let mut n = 1;
         loop {
-            let path = match n {
-                1 => dir.join(format!("{}.log", s.step_id)),
-                n => dir.join(format!("{}-{n}.log", s.step_id)),
-            };
+            let path = ctx.ws.step_log(&run.id, &s.step_id, n);
             let Ok(mut file) = std::fs::File::open(&path) else {
                 break;
             };

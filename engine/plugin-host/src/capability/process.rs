@@ -18,6 +18,15 @@ use crate::bindings::process::{ExitStatus, Host, OutputChunk, Spec};
 use crate::invocation::StepEvent;
 use crate::sandbox::StepState;
 
+/// The file the output of a step's `launch`-th program (from 1) goes to, in the run's log folder:
+/// `STEP.log`, then `STEP-2.log`, `STEP-3.log`… The one place this naming is decided.
+pub fn launch_log(log_dir: &Path, step: &str, launch: usize) -> PathBuf {
+    match launch {
+        1 => log_dir.join(format!("{step}.log")),
+        n => log_dir.join(format!("{step}-{n}.log")),
+    }
+}
+
 /// The programs a step has launched, shared with the runner so it can stop them: their
 /// process groups, and the state folders of launches still starting (a cancel that arrives
 /// while a launch is under way must stop its program too, once the supervisor records it).
@@ -304,10 +313,7 @@ impl StepState {
             .map_err(|e| format!("cannot create {}: {e}", cwd.display()))?;
         let n = self.process.launches.len() + 1;
         let step = &self.process.step_id;
-        let log_path = match n {
-            1 => self.process.log_dir.join(format!("{step}.log")),
-            n => self.process.log_dir.join(format!("{step}-{n}.log")),
-        };
+        let log_path = launch_log(&self.process.log_dir, step, n);
         let state_dir = self.process.state_dir.join(format!("launch-{n}"));
         let mut env = self.process.base_env.clone();
         if let Some(dir) = program.parent() {

@@ -167,7 +167,7 @@ impl Runner {
         let store = &self.inner.store;
         let ws = &self.inner.ws;
         let is_plugin = !step.uses.starts_with("builtin/");
-        let log_path = is_plugin.then(|| ws.log_dir(run_id).join(format!("{}.log", step.id)));
+        let log_path = is_plugin.then(|| ws.step_log(run_id, &step.id, 1));
         let attempt = if resuming {
             store.resume_step(run_id, &step.id).await?
         } else {
@@ -466,11 +466,7 @@ impl Runner {
             inputs: inputs.clone(),
             dirs,
             log_dir: ws.log_dir(run_id),
-            state_dir: ws
-                .run_dir(run_id)
-                .join("state")
-                .join(&step.id)
-                .join(format!("attempt-{attempt}")),
+            state_dir: ws.attempt_state_dir(run_id, &step.id, attempt),
             processes: tracker.clone(),
             events: Some(events),
             retry,

@@ -89,7 +89,7 @@ impl RunService {
         let log_dir = self.workspace().log_dir(run_id);
         let with_output: Vec<&StepRecord> = steps
             .iter()
-            .filter(|s| log_file(&log_dir, &s.step_id, 1).is_file())
+            .filter(|s| kiln_plugin_host::launch_log(&log_dir, &s.step_id, 1).is_file())
             .collect();
         with_output
             .iter()
@@ -261,18 +261,11 @@ impl RunService {
     }
 }
 
-fn log_file(log_dir: &FsPath, step: &str, launch: usize) -> PathBuf {
-    match launch {
-        1 => log_dir.join(format!("{step}.log")),
-        n => log_dir.join(format!("{step}-{n}.log")),
-    }
-}
-
 /// The step's output files, launch by launch, with their current lengths.
 fn output_files(log_dir: &FsPath, step: &str) -> Vec<(PathBuf, u64)> {
     let mut files = Vec::new();
     for n in 1.. {
-        let path = log_file(log_dir, step, n);
+        let path = kiln_plugin_host::launch_log(log_dir, step, n);
         match std::fs::metadata(&path) {
             Ok(m) if m.is_file() => files.push((path, m.len())),
             _ => break,

@@ -304,7 +304,7 @@ impl RunService {
         let Ok(_lock) = RunLock::acquire(&run_dir) else {
             return Ok(Cancelled::Requested(run));
         };
-        orphans::stop(&run_dir, grace).await;
+        orphans::stop(&self.workspace().state_dir(&run.id), grace).await;
         let store = self.store();
         for step in store.steps(&run.id).await? {
             if !step.status.is_terminal() {

@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// SIGTERM, then SIGKILL after `grace`, to each surviving program group of the run.
-pub(super) async fn stop(run_dir: &Path, grace: Duration) {
-    for pgid in surviving_groups(&run_dir.join("state")) {
+/// SIGTERM, then SIGKILL after `grace`, to each surviving program group of the run whose
+/// launches' state is under `state` ([`crate::Workspace::state_dir`]).
+pub(super) async fn stop(state: &Path, grace: Duration) {
+    for pgid in surviving_groups(state) {
         kiln_supervisor::terminate_group(pgid, grace).await;
     }
 }
