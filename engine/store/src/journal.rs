@@ -17,7 +17,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use sqlx::{AnyConnection, AnyPool};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Connection};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{Error, Result};
@@ -61,7 +62,7 @@ impl Journal {
         Self { tx }
     }
 
-    fn queue<T: Send + 'static>(
+    pub(crate) fn queue<T: Send + 'static>(
         &self,
         urgent: bool,
         doing: &'static str,
@@ -132,6 +133,9 @@ impl Journal {
 
 async fn writer(pool: AnyPool, begin: &'static str, mut rx: mpsc::UnboundedReceiver<Queued>) {
     let mut batch: Vec<Queued> = Vec::new();
+    // The writer keeps one connection of its own: no wait for readers to give one back, no
+    // check before each use. It is dropped (and another taken) when a transaction cannot begin.
+    let mut conn: Option<PoolConnection<Any>> = None;
     while let Some(first) = rx.recv().await {
         batch.push(first);
         let deadline = tokio::time::Instant::now() + LINGER;
@@ -149,19 +153,35 @@ async fn writer(pool: AnyPool, begin: &'static str, mut rx: mpsc::UnboundedRecei
                 Ok(None) | Err(_) => break,
             }
         }
-        commit(&pool, begin, std::mem::take(&mut batch)).await;
+        let batch = std::mem::take(&mut batch);
+        let held = match conn.take() {
+            Some(held) => Ok(held),
+            None => pool.acquire().await,
+        };
+        match held {
+            Ok(mut held) => {
+                if commit(&mut held, begin, batch).await {
+                    conn = Some(held);
+                }
+            }
+            Err(e) => {
+                tracing::error!(target: "errors.store", writes = batch.len(), "cannot get a connection to write: {e}");
+            }
+        }
     }
 }
 
 /// Applies `batch` in one transaction, each write in its own savepoint, then tells each
 /// writer how the commit went. When no transaction can be begun, the writes are dropped and
-/// their callers hear that nothing was committed.
-async fn commit(pool: &AnyPool, begin: &'static str, batch: Vec<Queued>) {
-    let mut tx = match pool.begin_with(begin).await {
+/// their callers hear that nothing was committed. Whether the connection is still fit to use.
+async fn commit(conn: &mut AnyConnection, begin: &'static str, batch: Vec<Queued>) -> bool {
+    let began = std::time::Instant::now();
+    let writes = batch.len();
+    let mut tx = match conn.begin_with(begin).await {
         Ok(tx) => tx,
         Err(e) => {
             tracing::error!(target: "errors.store", writes = batch.len(), "cannot begin a write transaction: {e}");
-            return;
+            return false;
         }
     };
     let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
@@ -178,27 +198,27 @@ async fn commit(pool: &AnyPool, begin: &'static str, batch: Vec<Queued>) {
         finishes.push(finish);
         if alone {
             rollback = failed;
-        } else if savepoint {
-            if failed {
-                let _ = sqlx::query("ROLLBACK TO SAVEPOINT kiln_write")
-                    .execute(&mut *tx)
-                    .await;
-            }
-            let _ = sqlx::query("RELEASE SAVEPOINT kiln_write")
+        } else if savepoint && failed {
+            // To the newest savepoint of that name: this write's. Savepoints are not released
+            // one by one (a statement each); the commit releases them all.
+            let _ = sqlx::query("ROLLBACK TO SAVEPOINT kiln_write")
                 .execute(&mut *tx)
                 .await;
         }
     }
     if rollback {
-        let _ = tx.rollback().await;
+        let fit = tx.rollback().await.is_ok();
         for finish in finishes {
             // The write's own error is what its caller hears.
             finish(Ok(()));
         }
-        return;
+        return fit;
     }
     let committed = tx.commit().await.map_err(|e| e.to_string());
+    let fit = committed.is_ok();
+    tracing::debug!(target: "store.journal", writes, micros = began.elapsed().as_micros() as u64, ok = fit, "commit");
     for finish in finishes {
         finish(committed.clone());
     }
+    fit
 }

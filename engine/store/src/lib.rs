@@ -136,8 +136,11 @@ impl Store {
             let any: AnyConnectOptions =
                 AnyConnectOptions::from_url(&opts.to_url_lossy()).map_err(connect_err)?;
             // `to_url_lossy` drops the pragmas above, so set them on every connection too.
+            // Readers never wait long for a connection (WAL: they do not block the writer,
+            // which holds one of its own); a local file needs no check before each use.
             AnyPoolOptions::new()
-                .max_connections(4)
+                .max_connections(8)
+                .test_before_acquire(false)
                 .after_connect(|conn, _| {
                     Box::pin(async move {
                         use sqlx::Executor;

@@ -148,26 +148,48 @@ async fn end_step(
     Ok(())
 }
 
-/// Inserts a run's planned steps, all `queued`, inside the run's creating transaction.
+/// Inserts a run's planned steps, all `queued`, inside the run's creating transaction: many rows
+/// per statement (each statement is a round trip to the database).
 pub(crate) async fn insert_steps(
     conn: &mut sqlx::AnyConnection,
     run_id: &str,
     steps: &[NewStep],
 ) -> Result<()> {
-    for (position, step) in steps.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO steps (run_id, step_id, position, uses, action, status) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(run_id)
-        .bind(&step.step_id)
-        .bind(position as i64)
-        .bind(&step.uses)
-        .bind(&step.action)
-        .bind(StepStatus::Queued.as_str())
-        .execute(&mut *conn)
-        .await
-        .map_err(query_err("planning steps"))?;
+    /// Rows per statement: 6 parameters each, well under SQLite's and PostgreSQL's limits.
+    const ROWS: usize = 256;
+    for (chunk_no, chunk) in steps.chunks(ROWS).enumerate() {
+        let mut sql = String::from(
+            "INSERT INTO steps (run_id, step_id, position, uses, action, status) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let n = i * 6;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${})",
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4,
+                n + 5,
+                n + 6
+            ));
+        }
+        let mut query = sqlx::query(&sql);
+        for (i, step) in chunk.iter().enumerate() {
+            query = query
+                .bind(run_id)
+                .bind(&step.step_id)
+                .bind((chunk_no * ROWS + i) as i64)
+                .bind(&step.uses)
+                .bind(&step.action)
+                .bind(StepStatus::Queued.as_str());
+        }
+        query
+            .execute(&mut *conn)
+            .await
+            .map_err(query_err("planning steps"))?;
     }
     Ok(())
 }

@@ -266,3 +266,64 @@ async fn dataset_uses_are_shared_and_go_with_their_runs() {
         assert_eq!(s.dataset_users("demo", "data").await.unwrap().len(), 1);
     }
 }
+
+/// A write of an event with a given sequence number, as the journal takes it.
+fn log_write(
+    seq: i64,
+    message: &'static str,
+) -> impl for<'c> FnOnce(&'c mut sqlx::AnyConnection) -> journal::BoxFuture<'c, Result<()>>
++ Send
++ 'static {
+    move |conn| {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO events (run_id, seq, step_id, at, level, message) \
+                 VALUES ('run-ok', $1, NULL, '2026-01-01T00:00:00.000Z', 'info', $2)",
+            )
+            .bind(seq)
+            .bind(message)
+            .execute(conn)
+            .await
+            .map(|_| ())
+            .map_err(query_err("a test write"))
+        })
+    }
+}
+
+/// Writes queued together share one commit; one that fails is rolled back alone (its
+/// savepoint) and its caller hears why, while the others commit. On both databases: on
+/// PostgreSQL a failed statement would otherwise abort the whole transaction.
+#[tokio::test]
+async fn a_failing_write_does_not_take_its_batch_down() {
+    for (_dir, store) in stores().await {
+        store
+            .create_run(&new_run("run-ok"), &[], &[], false)
+            .await
+            .unwrap();
+        let journal = store.journal();
+        // Deferred writes wait for the urgent one: all three go in one transaction.
+        let first = journal.queue(false, "test", log_write(1, "before"));
+        let broken = journal.queue(false, "test", |conn| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO no_such_table VALUES (1)")
+                    .execute(conn)
+                    .await
+                    .map(|_| ())
+                    .map_err(query_err("a broken write"))
+            })
+        });
+        let last = journal.now("test", log_write(2, "after")).await;
+        assert!(last.is_ok(), "{last:?}");
+        assert!(first.await.unwrap().is_ok());
+        let e = broken.await.unwrap().unwrap_err().to_string();
+        assert!(e.contains("no_such_table"), "{e}");
+        let messages: Vec<String> = store
+            .events_after("run-ok", 0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.message)
+            .collect();
+        assert_eq!(messages, ["before", "after"]);
+    }
+}
