@@ -133,8 +133,8 @@ impl Journal {
 
 async fn writer(pool: AnyPool, begin: &'static str, mut rx: mpsc::UnboundedReceiver<Queued>) {
     let mut batch: Vec<Queued> = Vec::new();
-    // The writer keeps one connection of its own: no wait for readers to give one back, no
-    // check before each use. It is dropped (and another taken) when a transaction cannot begin.
+    // While writes keep coming the writer keeps its connection: no wait for readers to give
+    // one back. It is given back when a transaction cannot begin (another is taken).
     let mut conn: Option<PoolConnection<Any>> = None;
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -160,7 +160,9 @@ async fn writer(pool: AnyPool, begin: &'static str, mut rx: mpsc::UnboundedRecei
         };
         match held {
             Ok(mut held) => {
-                if commit(&mut held, begin, batch).await {
+                // Kept while more is queued; given back when the queue is empty, so that a
+                // quiet process (one `kiln run`) needs no second connection for its reads.
+                if commit(&mut held, begin, batch).await && !rx.is_empty() {
                     conn = Some(held);
                 }
             }
