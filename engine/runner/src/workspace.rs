@@ -9,9 +9,15 @@
 //! .kiln/kiln.db                            the default SQLite database
 //! .kiln/plugins/*.wasm                     installed plugin components
 //! .kiln/cache/                             compiled plugin code
+//! .kiln/runs/<run-id>/engine.lock          held by the engine executing the run
 //! .kiln/runs/<run-id>/logs/<step>.log      programs' output, appended as it arrives
-//! .kiln/runs/<run-id>/state/<step>/...     supervisor records of launched programs
+//!                         <step>-<n>.log   (the n-th program the step launched)
+//! .kiln/runs/<run-id>/state/<step>/attempt-<a>/launch-<n>/  supervisor records of a launch
 //! ```
+//!
+//! Every path is built here, except a launch's log file name (`kiln_plugin_host::launch_log`,
+//! which `step_log` calls, since the plugin host creates it) and `engine.lock` (`RunLock`, given
+//! the run folder).
 
 use std::path::{Path, PathBuf};
 
