@@ -327,3 +327,215 @@ async fn a_failing_write_does_not_take_its_batch_down() {
         assert_eq!(messages, ["before", "after"]);
     }
 }
+
+/// Sets `column` of the rows `filter` selects in `table` to `value` (SQL text), as a damaged or
+/// hand-edited database would have it.
+async fn corrupt(s: &Store, table: &str, column: &str, value: &str, filter: &str) {
+    sqlx::query(&format!(
+        "UPDATE {table} SET {column} = {value} WHERE {filter}"
+    ))
+    .execute(s.pool())
+    .await
+    .unwrap();
+}
+
+const RUN_STATUSES: &str = "queued running succeeded failed cancelled ";
+const STEP_STATUSES: &str = "queued running succeeded failed cancelled skipped ";
+
+/// A bad status or JSON text in a record is a typed error naming what was read, never a panic;
+/// JSON lists of the wrong shape read as empty, unknown statuses of owners as `queued`.
+#[tokio::test]
+async fn corrupt_records_are_typed_errors() {
+    #[track_caller]
+    fn err<T>(r: Result<T>) -> String {
+        match r {
+            Err(e @ Error::Corrupt { .. }) => e.to_string(),
+            Err(e) => panic!("not a corrupt record: {e}"),
+            Ok(_) => panic!("a corrupt record was read"),
+        }
+    }
+    for (_d, s) in stores().await {
+        let steps = [NewStep {
+            step_id: "a".into(),
+            uses: "builtin/x".into(),
+            action: None,
+        }];
+        let training = TrainingRef {
+            project: "demo".into(),
+            name: "t".into(),
+        };
+        s.create_run(
+            &new_run("r"),
+            &steps,
+            std::slice::from_ref(&training),
+            false,
+        )
+        .await
+        .unwrap();
+        s.create_run(&new_run("q"), &[], &[], false).await.unwrap();
+
+        // Runs: status, then the JSON columns.
+        corrupt(&s, "runs", "status", "'bogus'", "id = 'r'").await;
+        let bad_status = format!(
+            "corrupt record while reading a run: unknown status `bogus`; expected one of: \
+             {RUN_STATUSES}"
+        );
+        assert_eq!(err(s.run("r").await), bad_status);
+        assert_eq!(err(s.list_runs(None, 10).await), bad_status);
+        assert_eq!(err(s.page_runs(None, 10, 0).await), bad_status);
+        assert_eq!(
+            err(s.finish_run("r", RunStatus::Failed, None, None).await),
+            bad_status
+        );
+        let stats = s.run_stats().await.unwrap();
+        assert_eq!(stats.total, 1, "unknown statuses are not counted");
+        assert_eq!(
+            s.training_owner(&training).await.unwrap(),
+            Some(("r".to_owned(), RunStatus::Queued))
+        );
+        match s.claim_training("q", &training).await {
+            Err(Error::TrainingTaken { owner, status, .. }) => {
+                assert_eq!((owner.as_str(), status), ("r", RunStatus::Queued))
+            }
+            other => panic!("{other:?}"),
+        }
+        corrupt(&s, "runs", "status", "'QUEUED'", "id = 'r'").await;
+        assert_eq!(s.run("r").await.unwrap().status, RunStatus::Queued);
+        corrupt(&s, "runs", "status", "'queued'", "id = 'r'").await;
+        corrupt(&s, "runs", "params_json", "'not json'", "id = 'r'").await;
+        assert_eq!(
+            err(s.run("r").await),
+            "corrupt record while reading a run: column params_json: expected ident at line 1 \
+             column 2"
+        );
+        corrupt(&s, "runs", "params_json", "'{}'", "id = 'r'").await;
+        corrupt(&s, "runs", "metrics_json", "'{'", "id = 'r'").await;
+        assert_eq!(
+            err(s.active_runs().await),
+            "corrupt record while reading a run: column metrics_json: EOF while parsing an \
+             object at line 1 column 1"
+        );
+        corrupt(&s, "runs", "metrics_json", "NULL", "id = 'r'").await;
+        assert_eq!(s.active_runs().await.unwrap().len(), 2);
+
+        // Steps.
+        corrupt(&s, "steps", "status", "'later'", "run_id = 'r'").await;
+        let bad_status = format!(
+            "corrupt record while reading a step: unknown status `later`; expected one of: \
+             {STEP_STATUSES}"
+        );
+        assert_eq!(err(s.step("r", "a").await), bad_status);
+        assert_eq!(err(s.steps("r").await), bad_status);
+        corrupt(&s, "steps", "status", "'queued'", "run_id = 'r'").await;
+        for column in ["inputs_json", "outputs_json", "progress_json"] {
+            corrupt(&s, "steps", column, "'[1,'", "run_id = 'r'").await;
+            assert_eq!(
+                err(s.steps("r").await),
+                format!(
+                    "corrupt record while reading a step: column {column}: EOF while parsing a \
+                     value at line 1 column 3"
+                )
+            );
+            corrupt(&s, "steps", column, "NULL", "run_id = 'r'").await;
+        }
+        assert_eq!(s.step("r", "a").await.unwrap().inputs, None);
+
+        // Models: class names that are no list of strings read as none.
+        let model = s
+            .register_model(&NewModel {
+                name: "det".into(),
+                project: "demo".into(),
+                task: None,
+                format: None,
+                file_path: "best.pt".into(),
+                config_path: None,
+                input_size: None,
+                class_names: vec!["a".into()],
+                metrics: None,
+                dataset: None,
+                training_run_id: "r".into(),
+                training_step_id: "a".into(),
+                base_model: None,
+                created_by: "tester".into(),
+            })
+            .await
+            .unwrap();
+        corrupt(&s, "models", "class_names_json", "'{\"a\": 1}'", "1 = 1").await;
+        assert!(s.model(&model.id).await.unwrap().class_names.is_empty());
+        corrupt(&s, "models", "class_names_json", "NULL", "1 = 1").await;
+        assert!(s.model(&model.id).await.unwrap().class_names.is_empty());
+        corrupt(&s, "models", "class_names_json", "'nope'", "1 = 1").await;
+        let bad_names = "corrupt record while reading a model: column class_names_json: \
+                         expected ident at line 1 column 2";
+        assert_eq!(err(s.model(&model.id).await), bad_names);
+        assert_eq!(err(s.list_models(None).await), bad_names);
+        corrupt(&s, "models", "class_names_json", "'[\"a\"]'", "1 = 1").await;
+        corrupt(&s, "models", "metrics_json", "'1 2'", "1 = 1").await;
+        assert_eq!(
+            err(s.find_models(Some("demo"), None).await),
+            "corrupt record while reading a model: column metrics_json: trailing characters at \
+             line 1 column 3"
+        );
+        corrupt(&s, "models", "metrics_json", "NULL", "1 = 1").await;
+        corrupt(&s, "models", "is_published", "7", "1 = 1").await;
+        assert!(s.model(&model.id).await.unwrap().is_published);
+
+        // Tokens: the same for claims and roles.
+        s.create_token("tok", "ci", "hash", &["runs:read".into()], &[])
+            .await
+            .unwrap();
+        corrupt(&s, "tokens", "roles_json", "'\"admin\"'", "1 = 1").await;
+        let token = s.token("tok").await.unwrap().unwrap();
+        assert_eq!(
+            (token.claims, token.roles),
+            (vec!["runs:read".to_owned()], vec![])
+        );
+        corrupt(&s, "tokens", "claims_json", "'['", "1 = 1").await;
+        let bad_claims = "corrupt record while reading a token: column claims_json: EOF while \
+                          parsing a list at line 1 column 1";
+        assert_eq!(err(s.token("tok").await), bad_claims);
+        assert_eq!(err(s.tokens().await), bad_claims);
+
+        // The step cache.
+        s.store_outputs("key", &serde_json::json!({"x": 1}), "r", "a")
+            .await
+            .unwrap();
+        corrupt(&s, "step_cache", "outputs_json", "'{\"x\"'", "1 = 1").await;
+        assert_eq!(
+            err(s.cached_outputs("key").await),
+            "corrupt record while reading the step cache: column outputs_json: EOF while \
+             parsing an object at line 1 column 4"
+        );
+
+        // Checkpoints: any non-zero flag is the best.
+        s.record_checkpoint("r", "a", "last.pt", Some(3), false)
+            .await
+            .unwrap();
+        corrupt(&s, "checkpoints", "is_best", "2", "1 = 1").await;
+        let checkpoints = s.checkpoints("r").await.unwrap();
+        assert_eq!(checkpoints.len(), 1);
+        assert!(checkpoints[0].is_best);
+        assert_eq!(checkpoints[0].epoch, Some(3));
+    }
+}
+
+/// A value of the wrong type (SQLite stores what it is given) is a database error naming the
+/// record being read, whichever query read it.
+#[tokio::test]
+async fn mistyped_columns_name_the_record_being_read() {
+    let (_d, s) = stores().await.swap_remove(0);
+    s.create_run(&new_run("r"), &[], &[], false).await.unwrap();
+    corrupt(&s, "runs", "duration_ms", "'long'", "id = 'r'").await;
+    for result in [
+        s.run("r").await.map(|_| ()),
+        s.list_runs(None, 1).await.map(|_| ()),
+    ] {
+        match result {
+            Err(Error::Query { doing, source }) => {
+                assert_eq!(doing, "reading a run");
+                assert!(source.to_string().contains("duration_ms"), "{source}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
