@@ -5,6 +5,7 @@
 //! one set of portable migrations (`migrations/` at the repository root) and portable queries.
 
 mod cache;
+mod columns;
 mod events;
 mod journal;
 mod models;

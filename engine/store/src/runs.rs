@@ -1,10 +1,10 @@
 //! Run records.
 
 use serde::Serialize;
-use sqlx::Row;
 use sqlx::any::AnyRow;
+use sqlx::{FromRow, Row};
 
-use crate::{Error, NewStep, Result, RunStatus, Store, TrainingRef, query_err, time_fmt};
+use crate::{Error, NewStep, Result, RunStatus, Store, TrainingRef, columns, query_err, time_fmt};
 
 /// What the engine knows when a run is created.
 #[derive(Debug, Clone)]
@@ -54,38 +54,58 @@ pub(crate) fn json_column(
     doing: &'static str,
 ) -> Result<Option<serde_json::Value>> {
     let text: Option<String> = row.try_get(col).map_err(query_err(doing))?;
-    text.map(|t| {
-        serde_json::from_str(&t).map_err(|e| Error::Corrupt {
-            doing,
-            message: format!("column {col}: {e}"),
-        })
-    })
-    .transpose()
+    columns::json(text, col, doing)
 }
 
+/// A row of `runs` as [`RUN_COLUMNS`] select it.
+#[derive(FromRow)]
+struct RunRow {
+    id: String,
+    workflow_name: String,
+    workflow_file: Option<String>,
+    workflow_yaml: String,
+    status: String,
+    /// NOT NULL in the schema; read as JSON `null` were it NULL.
+    params_json: Option<String>,
+    error_message: Option<String>,
+    metrics_json: Option<String>,
+    created_by: String,
+    created_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    duration_ms: Option<i64>,
+}
+
+const READING: &str = "reading a run";
+
+impl TryFrom<RunRow> for RunRecord {
+    type Error = Error;
+
+    fn try_from(row: RunRow) -> Result<Self> {
+        Ok(RunRecord {
+            status: columns::status(&row.status, READING)?,
+            params: columns::json(row.params_json, "params_json", READING)?.unwrap_or_default(),
+            metrics: columns::json(row.metrics_json, "metrics_json", READING)?,
+            id: row.id,
+            workflow_name: row.workflow_name,
+            workflow_file: row.workflow_file,
+            workflow_yaml: row.workflow_yaml,
+            error_message: row.error_message,
+            created_by: row.created_by,
+            created_at: row.created_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+            duration_ms: row.duration_ms,
+        })
+    }
+}
+
+/// A run read by any query: a column of the wrong type is an error while reading a run (not
+/// `query_as`, which would report it as an error of the query that listed the runs).
 fn run_from_row(row: &AnyRow) -> Result<RunRecord> {
-    const DOING: &str = "reading a run";
-    let status: String = row.try_get("status").map_err(query_err(DOING))?;
-    Ok(RunRecord {
-        id: row.try_get("id").map_err(query_err(DOING))?,
-        workflow_name: row.try_get("workflow_name").map_err(query_err(DOING))?,
-        workflow_file: row.try_get("workflow_file").map_err(query_err(DOING))?,
-        workflow_yaml: row.try_get("workflow_yaml").map_err(query_err(DOING))?,
-        status: status
-            .parse()
-            .map_err(|e: crate::ParseStatusError| Error::Corrupt {
-                doing: DOING,
-                message: e.to_string(),
-            })?,
-        params: json_column(row, "params_json", DOING)?.unwrap_or_default(),
-        error_message: row.try_get("error_message").map_err(query_err(DOING))?,
-        metrics: json_column(row, "metrics_json", DOING)?,
-        created_by: row.try_get("created_by").map_err(query_err(DOING))?,
-        created_at: row.try_get("created_at").map_err(query_err(DOING))?,
-        started_at: row.try_get("started_at").map_err(query_err(DOING))?,
-        finished_at: row.try_get("finished_at").map_err(query_err(DOING))?,
-        duration_ms: row.try_get("duration_ms").map_err(query_err(DOING))?,
-    })
+    RunRow::from_row(row)
+        .map_err(query_err(READING))?
+        .try_into()
 }
 
 /// Whether `key` can name a record at all: not empty, and without NUL, which PostgreSQL cannot

@@ -1,11 +1,10 @@
 //! Step records: one row per step of a run, updated as the step moves through its states.
 
 use serde::Serialize;
-use sqlx::Row;
 use sqlx::any::AnyRow;
+use sqlx::{FromRow, Row};
 
-use crate::runs::json_column;
-use crate::{Error, Result, StepStatus, Store, query_err, time_fmt};
+use crate::{Error, Result, StepStatus, Store, columns, query_err, time_fmt};
 
 /// A step as planned when the run is created.
 #[derive(Debug, Clone)]
@@ -58,43 +57,77 @@ pub struct PluginIdentity<'a> {
     pub digest: &'a str,
 }
 
+/// A row of `steps`.
+#[derive(FromRow)]
+struct StepRow {
+    run_id: String,
+    step_id: String,
+    position: i64,
+    uses: String,
+    action: Option<String>,
+    status: String,
+    attempt: i64,
+    inputs_json: Option<String>,
+    outputs_json: Option<String>,
+    progress_json: Option<String>,
+    error_message: Option<String>,
+    plugin_name: Option<String>,
+    plugin_version: Option<String>,
+    plugin_digest: Option<String>,
+    log_path: Option<String>,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    duration_ms: Option<i64>,
+    failure_kind: Option<String>,
+    failure_retries: i64,
+    infrastructure_retries: i64,
+    gpus: Option<String>,
+    cached_from: Option<String>,
+    retry_reason: Option<String>,
+    retry_error: Option<String>,
+}
+
+const READING: &str = "reading a step";
+
+impl TryFrom<StepRow> for StepRecord {
+    type Error = Error;
+
+    fn try_from(row: StepRow) -> Result<Self> {
+        Ok(StepRecord {
+            status: columns::status(&row.status, READING)?,
+            inputs: columns::json(row.inputs_json, "inputs_json", READING)?,
+            outputs: columns::json(row.outputs_json, "outputs_json", READING)?,
+            progress: columns::json(row.progress_json, "progress_json", READING)?,
+            run_id: row.run_id,
+            step_id: row.step_id,
+            position: row.position,
+            uses: row.uses,
+            action: row.action,
+            attempt: row.attempt,
+            error_message: row.error_message,
+            plugin_name: row.plugin_name,
+            plugin_version: row.plugin_version,
+            plugin_digest: row.plugin_digest,
+            log_path: row.log_path,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+            duration_ms: row.duration_ms,
+            failure_kind: row.failure_kind,
+            failure_retries: row.failure_retries,
+            infrastructure_retries: row.infrastructure_retries,
+            gpus: row.gpus,
+            cached_from: row.cached_from,
+            retry_reason: row.retry_reason,
+            retry_error: row.retry_error,
+        })
+    }
+}
+
+/// A step read by any query: a column of the wrong type is an error while reading a step.
 fn step_from_row(row: &AnyRow) -> Result<StepRecord> {
-    const DOING: &str = "reading a step";
-    let status: String = row.try_get("status").map_err(query_err(DOING))?;
-    Ok(StepRecord {
-        run_id: row.try_get("run_id").map_err(query_err(DOING))?,
-        step_id: row.try_get("step_id").map_err(query_err(DOING))?,
-        position: row.try_get("position").map_err(query_err(DOING))?,
-        uses: row.try_get("uses").map_err(query_err(DOING))?,
-        action: row.try_get("action").map_err(query_err(DOING))?,
-        status: status
-            .parse()
-            .map_err(|e: crate::ParseStatusError| Error::Corrupt {
-                doing: DOING,
-                message: e.to_string(),
-            })?,
-        attempt: row.try_get("attempt").map_err(query_err(DOING))?,
-        inputs: json_column(row, "inputs_json", DOING)?,
-        outputs: json_column(row, "outputs_json", DOING)?,
-        progress: json_column(row, "progress_json", DOING)?,
-        error_message: row.try_get("error_message").map_err(query_err(DOING))?,
-        plugin_name: row.try_get("plugin_name").map_err(query_err(DOING))?,
-        plugin_version: row.try_get("plugin_version").map_err(query_err(DOING))?,
-        plugin_digest: row.try_get("plugin_digest").map_err(query_err(DOING))?,
-        log_path: row.try_get("log_path").map_err(query_err(DOING))?,
-        started_at: row.try_get("started_at").map_err(query_err(DOING))?,
-        finished_at: row.try_get("finished_at").map_err(query_err(DOING))?,
-        duration_ms: row.try_get("duration_ms").map_err(query_err(DOING))?,
-        failure_kind: row.try_get("failure_kind").map_err(query_err(DOING))?,
-        failure_retries: row.try_get("failure_retries").map_err(query_err(DOING))?,
-        infrastructure_retries: row
-            .try_get("infrastructure_retries")
-            .map_err(query_err(DOING))?,
-        gpus: row.try_get("gpus").map_err(query_err(DOING))?,
-        cached_from: row.try_get("cached_from").map_err(query_err(DOING))?,
-        retry_reason: row.try_get("retry_reason").map_err(query_err(DOING))?,
-        retry_error: row.try_get("retry_error").map_err(query_err(DOING))?,
-    })
+    StepRow::from_row(row)
+        .map_err(query_err(READING))?
+        .try_into()
 }
 
 /// How a step ended.
