@@ -1,9 +1,6 @@
 //! Memoized step outputs (`cache: true` steps).
 
-use sqlx::Row;
-
-use crate::runs::json_column;
-use crate::{Result, Store, query_err, time_fmt};
+use crate::{Error, Result, Store, columns, query_err, time_fmt};
 
 /// Outputs stored under a cache key, and where they came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,28 +10,39 @@ pub struct CachedOutputs {
     pub step_id: String,
 }
 
+/// A row of `step_cache` as [`Store::cached_outputs`] selects it.
+#[derive(sqlx::FromRow)]
+struct CacheRow {
+    /// NOT NULL in the schema; read as JSON `null` were it NULL.
+    outputs_json: Option<String>,
+    run_id: String,
+    step_id: String,
+}
+
+const READING: &str = "reading the step cache";
+
+impl TryFrom<CacheRow> for CachedOutputs {
+    type Error = Error;
+
+    fn try_from(row: CacheRow) -> Result<Self> {
+        Ok(CachedOutputs {
+            outputs: columns::json(row.outputs_json, "outputs_json", READING)?.unwrap_or_default(),
+            run_id: row.run_id,
+            step_id: row.step_id,
+        })
+    }
+}
+
 impl Store {
     pub async fn cached_outputs(&self, key: &str) -> Result<Option<CachedOutputs>> {
-        let row = sqlx::query(
+        let row: Option<CacheRow> = sqlx::query_as(
             "SELECT outputs_json, run_id, step_id FROM step_cache WHERE cache_key = $1",
         )
         .bind(key)
         .fetch_optional(self.pool())
         .await
-        .map_err(query_err("reading the step cache"))?;
-        row.map(|row| {
-            Ok(CachedOutputs {
-                outputs: json_column(&row, "outputs_json", "reading the step cache")?
-                    .unwrap_or_default(),
-                run_id: row
-                    .try_get("run_id")
-                    .map_err(query_err("reading the step cache"))?,
-                step_id: row
-                    .try_get("step_id")
-                    .map_err(query_err("reading the step cache"))?,
-            })
-        })
-        .transpose()
+        .map_err(query_err(READING))?;
+        row.map(CachedOutputs::try_from).transpose()
     }
 
     pub async fn store_outputs(

@@ -20,6 +20,17 @@ pub(crate) fn json(
     .transpose()
 }
 
+/// A JSON list of strings; NULL, or JSON of another shape, reads as no strings.
+pub(crate) fn string_list(
+    text: Option<String>,
+    col: &str,
+    doing: &'static str,
+) -> Result<Vec<String>> {
+    Ok(json(text, col, doing)?
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default())
+}
+
 /// A run's or step's status.
 pub(crate) fn status<S>(text: &str, doing: &'static str) -> Result<S>
 where

@@ -1,11 +1,10 @@
 //! The model registry.
 
 use serde::Serialize;
-use sqlx::Row;
+use sqlx::FromRow;
 use sqlx::any::AnyRow;
 
-use crate::runs::json_column;
-use crate::{Result, Store, query_err, time_fmt};
+use crate::{Error, Result, Store, columns, query_err, time_fmt};
 
 /// A model to register, as produced by a training run.
 #[derive(Debug, Clone)]
@@ -57,36 +56,69 @@ pub struct ModelRecord {
 /// The stages a model can be promoted to.
 pub const STAGES: &[&str] = &["development", "testing", "production"];
 
+/// A row of `models`.
+#[derive(FromRow)]
+struct ModelRow {
+    id: String,
+    name: String,
+    project: String,
+    version: i64,
+    task: Option<String>,
+    format: Option<String>,
+    file_path: String,
+    config_path: Option<String>,
+    input_size: Option<i64>,
+    class_names_json: Option<String>,
+    metrics_json: Option<String>,
+    dataset: Option<String>,
+    training_run_id: Option<String>,
+    training_step_id: Option<String>,
+    base_model: Option<String>,
+    is_published: i64,
+    published_at: Option<String>,
+    stage: String,
+    production_at: Option<String>,
+    created_by: String,
+    created_on: String,
+}
+
+const READING: &str = "reading a model";
+
+impl TryFrom<ModelRow> for ModelRecord {
+    type Error = Error;
+
+    fn try_from(row: ModelRow) -> Result<Self> {
+        Ok(ModelRecord {
+            class_names: columns::string_list(row.class_names_json, "class_names_json", READING)?,
+            metrics: columns::json(row.metrics_json, "metrics_json", READING)?,
+            is_published: row.is_published != 0,
+            id: row.id,
+            name: row.name,
+            project: row.project,
+            version: row.version,
+            task: row.task,
+            format: row.format,
+            file_path: row.file_path,
+            config_path: row.config_path,
+            input_size: row.input_size,
+            dataset: row.dataset,
+            training_run_id: row.training_run_id,
+            training_step_id: row.training_step_id,
+            base_model: row.base_model,
+            published_at: row.published_at,
+            stage: row.stage,
+            production_at: row.production_at,
+            created_by: row.created_by,
+            created_on: row.created_on,
+        })
+    }
+}
+
+/// A model read by any query: a column of the wrong type is an error while reading a model.
 fn model_from_row(row: &AnyRow) -> Result<ModelRecord> {
-    const DOING: &str = "reading a model";
-    let e = || query_err(DOING);
-    let published: i64 = row.try_get("is_published").map_err(e())?;
-    let class_names = json_column(row, "class_names_json", DOING)?
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_default();
-    Ok(ModelRecord {
-        id: row.try_get("id").map_err(e())?,
-        name: row.try_get("name").map_err(e())?,
-        project: row.try_get("project").map_err(e())?,
-        version: row.try_get("version").map_err(e())?,
-        task: row.try_get("task").map_err(e())?,
-        format: row.try_get("format").map_err(e())?,
-        file_path: row.try_get("file_path").map_err(e())?,
-        config_path: row.try_get("config_path").map_err(e())?,
-        input_size: row.try_get("input_size").map_err(e())?,
-        class_names,
-        metrics: json_column(row, "metrics_json", DOING)?,
-        dataset: row.try_get("dataset").map_err(e())?,
-        training_run_id: row.try_get("training_run_id").map_err(e())?,
-        training_step_id: row.try_get("training_step_id").map_err(e())?,
-        base_model: row.try_get("base_model").map_err(e())?,
-        is_published: published != 0,
-        published_at: row.try_get("published_at").map_err(e())?,
-        stage: row.try_get("stage").map_err(e())?,
-        production_at: row.try_get("production_at").map_err(e())?,
-        created_by: row.try_get("created_by").map_err(e())?,
-        created_on: row.try_get("created_on").map_err(e())?,
-    })
+    ModelRow::from_row(row)
+        .map_err(query_err(READING))?
+        .try_into()
 }
 
 impl Store {

@@ -48,15 +48,6 @@ pub struct RunStats {
 const RUN_COLUMNS: &str = "id, workflow_name, workflow_file, workflow_yaml, status, params_json, \
     error_message, metrics_json, created_by, created_at, started_at, finished_at, duration_ms";
 
-pub(crate) fn json_column(
-    row: &AnyRow,
-    col: &str,
-    doing: &'static str,
-) -> Result<Option<serde_json::Value>> {
-    let text: Option<String> = row.try_get(col).map_err(query_err(doing))?;
-    columns::json(text, col, doing)
-}
-
 /// A row of `runs` as [`RUN_COLUMNS`] select it.
 #[derive(FromRow)]
 struct RunRow {

@@ -1,11 +1,10 @@
 //! API tokens. Only a hash of each token's secret is stored.
 
 use serde::Serialize;
-use sqlx::Row;
+use sqlx::FromRow;
 use sqlx::any::AnyRow;
 
-use crate::runs::json_column;
-use crate::{Error, Result, Store, query_err, time_fmt};
+use crate::{Error, Result, Store, columns, query_err, time_fmt};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TokenRecord {
@@ -19,22 +18,41 @@ pub struct TokenRecord {
     pub revoked_at: Option<String>,
 }
 
+/// A row of `tokens`.
+#[derive(FromRow)]
+struct TokenRow {
+    id: String,
+    name: String,
+    secret_hash: String,
+    claims_json: Option<String>,
+    roles_json: Option<String>,
+    created_at: String,
+    revoked_at: Option<String>,
+}
+
+const READING: &str = "reading a token";
+
+impl TryFrom<TokenRow> for TokenRecord {
+    type Error = Error;
+
+    fn try_from(row: TokenRow) -> Result<Self> {
+        Ok(TokenRecord {
+            claims: columns::string_list(row.claims_json, "claims_json", READING)?,
+            roles: columns::string_list(row.roles_json, "roles_json", READING)?,
+            id: row.id,
+            name: row.name,
+            secret_hash: row.secret_hash,
+            created_at: row.created_at,
+            revoked_at: row.revoked_at,
+        })
+    }
+}
+
+/// A token read by any query: a column of the wrong type is an error while reading a token.
 fn token_from_row(row: &AnyRow) -> Result<TokenRecord> {
-    const DOING: &str = "reading a token";
-    let list = |col| -> Result<Vec<String>> {
-        Ok(json_column(row, col, DOING)?
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default())
-    };
-    Ok(TokenRecord {
-        id: row.try_get("id").map_err(query_err(DOING))?,
-        name: row.try_get("name").map_err(query_err(DOING))?,
-        secret_hash: row.try_get("secret_hash").map_err(query_err(DOING))?,
-        claims: list("claims_json")?,
-        roles: list("roles_json")?,
-        created_at: row.try_get("created_at").map_err(query_err(DOING))?,
-        revoked_at: row.try_get("revoked_at").map_err(query_err(DOING))?,
-    })
+    TokenRow::from_row(row)
+        .map_err(query_err(READING))?
+        .try_into()
 }
 
 impl Store {
