@@ -1,12 +1,11 @@
 //! Structured log lines (engine and plugin messages) and reported checkpoints.
 
 use serde::Serialize;
-use sqlx::Row;
 
 use crate::{Result, Store, query_err, time_fmt};
 
 /// One structured log line of a run.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, sqlx::FromRow)]
 pub struct Event {
     pub seq: i64,
     pub step_id: Option<String>,
@@ -23,6 +22,28 @@ pub struct Checkpoint {
     pub epoch: Option<i64>,
     pub is_best: bool,
     pub reported_at: String,
+}
+
+/// A row of `checkpoints` as [`Store::checkpoints`] selects it.
+#[derive(sqlx::FromRow)]
+struct CheckpointRow {
+    step_id: String,
+    path: String,
+    epoch: Option<i64>,
+    is_best: i64,
+    reported_at: String,
+}
+
+impl From<CheckpointRow> for Checkpoint {
+    fn from(row: CheckpointRow) -> Self {
+        Checkpoint {
+            step_id: row.step_id,
+            path: row.path,
+            epoch: row.epoch,
+            is_best: row.is_best != 0,
+            reported_at: row.reported_at,
+        }
+    }
 }
 
 const EVENT_DOING: &str = "appending a log line";
@@ -103,7 +124,7 @@ impl Store {
 
     /// Log lines of a run after sequence number `after`, at most `limit`.
     pub async fn events_after(&self, run_id: &str, after: i64, limit: i64) -> Result<Vec<Event>> {
-        let rows = sqlx::query(
+        sqlx::query_as(
             "SELECT seq, step_id, at, level, message FROM events \
              WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
@@ -112,25 +133,13 @@ impl Store {
         .bind(limit)
         .fetch_all(self.pool())
         .await
-        .map_err(query_err("reading log lines"))?;
-        rows.iter()
-            .map(|row| {
-                let e = || query_err("reading log lines");
-                Ok(Event {
-                    seq: row.try_get("seq").map_err(e())?,
-                    step_id: row.try_get("step_id").map_err(e())?,
-                    at: row.try_get("at").map_err(e())?,
-                    level: row.try_get("level").map_err(e())?,
-                    message: row.try_get("message").map_err(e())?,
-                })
-            })
-            .collect()
+        .map_err(query_err("reading log lines"))
     }
 
     /// Log lines of a run, optionally of one step, in order.
     pub async fn events(&self, run_id: &str, step_id: Option<&str>) -> Result<Vec<Event>> {
-        let rows = match step_id {
-            Some(s) => sqlx::query(
+        match step_id {
+            Some(s) => sqlx::query_as(
                 "SELECT seq, step_id, at, level, message FROM events \
                  WHERE run_id = $1 AND step_id = $2 ORDER BY seq",
             )
@@ -138,32 +147,14 @@ impl Store {
             .bind(s)
             .fetch_all(self.pool())
             .await,
-            None => sqlx::query(
+            None => sqlx::query_as(
                 "SELECT seq, step_id, at, level, message FROM events WHERE run_id = $1 ORDER BY seq",
             )
             .bind(run_id)
             .fetch_all(self.pool())
             .await,
         }
-        .map_err(query_err("reading log lines"))?;
-        rows.iter()
-            .map(|row| {
-                let e = query_err("reading log lines");
-                Ok(Event {
-                    seq: row.try_get("seq").map_err(e)?,
-                    step_id: row
-                        .try_get("step_id")
-                        .map_err(query_err("reading log lines"))?,
-                    at: row.try_get("at").map_err(query_err("reading log lines"))?,
-                    level: row
-                        .try_get("level")
-                        .map_err(query_err("reading log lines"))?,
-                    message: row
-                        .try_get("message")
-                        .map_err(query_err("reading log lines"))?,
-                })
-            })
-            .collect()
+        .map_err(query_err("reading log lines"))
     }
 
     /// Record (or refresh) a checkpoint reported by a step.
@@ -193,7 +184,7 @@ impl Store {
     }
 
     pub async fn checkpoints(&self, run_id: &str) -> Result<Vec<Checkpoint>> {
-        let rows = sqlx::query(
+        let rows: Vec<CheckpointRow> = sqlx::query_as(
             "SELECT step_id, path, epoch, is_best, reported_at FROM checkpoints \
              WHERE run_id = $1 ORDER BY step_id, path",
         )
@@ -201,27 +192,6 @@ impl Store {
         .fetch_all(self.pool())
         .await
         .map_err(query_err("reading checkpoints"))?;
-        rows.iter()
-            .map(|row| {
-                let best: i64 = row
-                    .try_get("is_best")
-                    .map_err(query_err("reading checkpoints"))?;
-                Ok(Checkpoint {
-                    step_id: row
-                        .try_get("step_id")
-                        .map_err(query_err("reading checkpoints"))?,
-                    path: row
-                        .try_get("path")
-                        .map_err(query_err("reading checkpoints"))?,
-                    epoch: row
-                        .try_get("epoch")
-                        .map_err(query_err("reading checkpoints"))?,
-                    is_best: best != 0,
-                    reported_at: row
-                        .try_get("reported_at")
-                        .map_err(query_err("reading checkpoints"))?,
-                })
-            })
-            .collect()
+        Ok(rows.into_iter().map(Checkpoint::from).collect())
     }
 }

@@ -3,12 +3,11 @@
 //! The store only keeps the records; what they mean for files is the runner's policy.
 
 use serde::Serialize;
-use sqlx::Row;
 
 use crate::{Error, Result, RunStatus, Store, query_err, time_fmt};
 
 /// A training folder, by project and training name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, sqlx::FromRow)]
 pub struct TrainingRef {
     pub project: String,
     pub name: String,
@@ -24,7 +23,7 @@ pub enum ClaimOutcome {
 }
 
 /// A run that used an extracted dataset, and the release it held then.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct DatasetUse {
     pub run_id: String,
     pub release_sha256: String,
@@ -36,7 +35,7 @@ pub(crate) async fn owner_of(
     training: &TrainingRef,
     doing: &'static str,
 ) -> Result<Option<(String, String)>> {
-    let row = sqlx::query(
+    sqlx::query_as(
         "SELECT t.run_id, r.status FROM trainings t JOIN runs r ON r.id = t.run_id \
          WHERE t.project = $1 AND t.name = $2",
     )
@@ -44,14 +43,7 @@ pub(crate) async fn owner_of(
     .bind(&training.name)
     .fetch_optional(&mut *conn)
     .await
-    .map_err(query_err(doing))?;
-    row.map(|row| -> Result<(String, String)> {
-        Ok((
-            row.try_get("run_id").map_err(query_err(doing))?,
-            row.try_get("status").map_err(query_err(doing))?,
-        ))
-    })
-    .transpose()
+    .map_err(query_err(doing))
 }
 
 /// Claims `training` for `run_id` inside a write transaction.
@@ -135,21 +127,13 @@ impl Store {
     /// The trainings a run owns.
     pub async fn trainings_of(&self, run_id: &str) -> Result<Vec<TrainingRef>> {
         const DOING: &str = "listing a run's training folders";
-        let rows = sqlx::query(
+        sqlx::query_as(
             "SELECT project, name FROM trainings WHERE run_id = $1 ORDER BY project, name",
         )
         .bind(run_id)
         .fetch_all(self.pool())
         .await
-        .map_err(query_err(DOING))?;
-        rows.iter()
-            .map(|row| {
-                Ok(TrainingRef {
-                    project: row.try_get("project").map_err(query_err(DOING))?,
-                    name: row.try_get("name").map_err(query_err(DOING))?,
-                })
-            })
-            .collect()
+        .map_err(query_err(DOING))
     }
 
     /// Records that `run_id` uses the dataset `project`/`slug` holding the release `sha256`.
@@ -179,7 +163,7 @@ impl Store {
     /// The runs that used a dataset.
     pub async fn dataset_users(&self, project: &str, slug: &str) -> Result<Vec<DatasetUse>> {
         const DOING: &str = "listing a dataset's users";
-        let rows = sqlx::query(
+        sqlx::query_as(
             "SELECT run_id, release_sha256 FROM dataset_uses WHERE project = $1 AND slug = $2 \
              ORDER BY used_at",
         )
@@ -187,34 +171,18 @@ impl Store {
         .bind(slug)
         .fetch_all(self.pool())
         .await
-        .map_err(query_err(DOING))?;
-        rows.iter()
-            .map(|row| {
-                Ok(DatasetUse {
-                    run_id: row.try_get("run_id").map_err(query_err(DOING))?,
-                    release_sha256: row.try_get("release_sha256").map_err(query_err(DOING))?,
-                })
-            })
-            .collect()
+        .map_err(query_err(DOING))
     }
 
     /// The datasets a run used, as (project, slug).
     pub async fn datasets_of(&self, run_id: &str) -> Result<Vec<(String, String)>> {
         const DOING: &str = "listing a run's datasets";
-        let rows = sqlx::query(
+        sqlx::query_as(
             "SELECT project, slug FROM dataset_uses WHERE run_id = $1 ORDER BY project, slug",
         )
         .bind(run_id)
         .fetch_all(self.pool())
         .await
-        .map_err(query_err(DOING))?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get("project").map_err(query_err(DOING))?,
-                    row.try_get("slug").map_err(query_err(DOING))?,
-                ))
-            })
-            .collect()
+        .map_err(query_err(DOING))
     }
 }

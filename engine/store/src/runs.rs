@@ -420,14 +420,13 @@ impl Store {
 
     /// Counts by status and the success rate of finished runs.
     pub async fn run_stats(&self) -> Result<RunStats> {
-        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM runs GROUP BY status")
-            .fetch_all(self.pool())
-            .await
-            .map_err(query_err("counting runs"))?;
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) AS n FROM runs GROUP BY status")
+                .fetch_all(self.pool())
+                .await
+                .map_err(query_err("counting runs"))?;
         let mut by_status: Vec<(RunStatus, i64)> = RunStatus::ALL.iter().map(|s| (*s, 0)).collect();
-        for row in &rows {
-            let status: String = row.try_get("status").map_err(query_err("counting runs"))?;
-            let n: i64 = row.try_get("n").map_err(query_err("counting runs"))?;
+        for (status, n) in rows {
             if let Ok(s) = status.parse::<RunStatus>()
                 && let Some(slot) = by_status.iter_mut().find(|(k, _)| *k == s)
             {
