@@ -1,8 +1,8 @@
 //! Step records: one row per step of a run, updated as the step moves through its states.
 
 use serde::Serialize;
+use sqlx::FromRow;
 use sqlx::any::AnyRow;
-use sqlx::{FromRow, Row};
 
 use crate::{Error, Result, StepStatus, Store, columns, query_err, time_fmt};
 
@@ -252,7 +252,7 @@ impl Store {
         self.journal()
             .now(DOING, move |conn| {
                 Box::pin(async move {
-                    sqlx::query(
+                    sqlx::query_scalar::<_, i64>(
                         "UPDATE steps SET status = $1, attempt = attempt + 1, inputs_json = $2, \
                          log_path = $3, started_at = $4, finished_at = NULL, duration_ms = NULL, \
                          error_message = NULL, failure_kind = NULL, cached_from = NULL, \
@@ -273,9 +273,6 @@ impl Store {
                     .bind(&step_id)
                     .fetch_optional(&mut *conn)
                     .await
-                    .map_err(query_err(DOING))?
-                    .map(|row| row.try_get::<i64, _>("attempt"))
-                    .transpose()
                     .map_err(query_err(DOING))?
                     .ok_or_else(|| Error::Corrupt {
                         doing: DOING,
