@@ -227,6 +227,76 @@ pub(crate) async fn insert_steps(
     Ok(())
 }
 
+const START_DOING: &str = "starting a step";
+
+/// The start of a step's attempt, as written.
+struct StepStart {
+    run_id: String,
+    step_id: String,
+    /// The attempt's number when the caller knows it; else the recorded one + 1.
+    attempt: Option<i64>,
+    inputs: String,
+    log_path: Option<String>,
+    plugin: Option<(String, String, String)>,
+    at: String,
+}
+
+impl StepStart {
+    fn new(
+        run_id: &str,
+        step_id: &str,
+        attempt: Option<i64>,
+        inputs: &serde_json::Value,
+        log_path: Option<&str>,
+        plugin: Option<PluginIdentity<'_>>,
+    ) -> Self {
+        Self {
+            run_id: run_id.to_owned(),
+            step_id: step_id.to_owned(),
+            attempt,
+            inputs: inputs.to_string(),
+            log_path: log_path.map(str::to_owned),
+            plugin: plugin.map(|p| (p.name.to_owned(), p.version.to_owned(), p.digest.to_owned())),
+            at: time_fmt::now(),
+        }
+    }
+
+    /// Writes the start; returns the attempt number.
+    async fn write(self, conn: &mut sqlx::AnyConnection) -> Result<i64> {
+        let (name, version, digest) = match self.plugin {
+            Some((n, v, d)) => (Some(n), Some(v), Some(d)),
+            None => (None, None, None),
+        };
+        sqlx::query_scalar::<_, i64>(
+            "UPDATE steps SET status = $1, attempt = COALESCE($10, attempt + 1), \
+             inputs_json = $2, log_path = $3, started_at = $4, finished_at = NULL, \
+             duration_ms = NULL, error_message = NULL, failure_kind = NULL, cached_from = NULL, \
+             outputs_json = NULL, progress_json = NULL, retry_reason = NULL, \
+             retry_error = NULL, plugin_name = COALESCE($5, plugin_name), \
+             plugin_version = COALESCE($6, plugin_version), \
+             plugin_digest = COALESCE($7, plugin_digest) \
+             WHERE run_id = $8 AND step_id = $9 RETURNING attempt",
+        )
+        .bind(StepStatus::Running.as_str())
+        .bind(self.inputs)
+        .bind(self.log_path)
+        .bind(self.at)
+        .bind(name)
+        .bind(version)
+        .bind(digest)
+        .bind(&self.run_id)
+        .bind(&self.step_id)
+        .bind(self.attempt)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(query_err(START_DOING))?
+        .ok_or_else(|| Error::Corrupt {
+            doing: START_DOING,
+            message: format!("run {} has no step `{}`", self.run_id, self.step_id),
+        })
+    }
+}
+
 impl Store {
     /// Record the planned steps of a run, all `queued`, in one transaction.
     /// A step starts a new attempt with these resolved inputs (and, for a plugin step, the
@@ -240,47 +310,29 @@ impl Store {
         log_path: Option<&str>,
         plugin: Option<PluginIdentity<'_>>,
     ) -> Result<i64> {
-        const DOING: &str = "starting a step";
-        let (run_id, step_id) = (run_id.to_owned(), step_id.to_owned());
-        let inputs = inputs.to_string();
-        let log_path = log_path.map(str::to_owned);
-        let plugin = plugin.map(|p| (p.name.to_owned(), p.version.to_owned(), p.digest.to_owned()));
-        let (name, version, digest) = match plugin {
-            Some((n, v, d)) => (Some(n), Some(v), Some(d)),
-            None => (None, None, None),
-        };
+        let start = StepStart::new(run_id, step_id, None, inputs, log_path, plugin);
         self.journal()
-            .now(DOING, move |conn| {
-                Box::pin(async move {
-                    sqlx::query_scalar::<_, i64>(
-                        "UPDATE steps SET status = $1, attempt = attempt + 1, inputs_json = $2, \
-                         log_path = $3, started_at = $4, finished_at = NULL, duration_ms = NULL, \
-                         error_message = NULL, failure_kind = NULL, cached_from = NULL, \
-                         outputs_json = NULL, progress_json = NULL, retry_reason = NULL, \
-                         retry_error = NULL, plugin_name = COALESCE($5, plugin_name), \
-                         plugin_version = COALESCE($6, plugin_version), \
-                         plugin_digest = COALESCE($7, plugin_digest) \
-                         WHERE run_id = $8 AND step_id = $9 RETURNING attempt",
-                    )
-                    .bind(StepStatus::Running.as_str())
-                    .bind(inputs)
-                    .bind(log_path)
-                    .bind(time_fmt::now())
-                    .bind(name)
-                    .bind(version)
-                    .bind(digest)
-                    .bind(&run_id)
-                    .bind(&step_id)
-                    .fetch_optional(&mut *conn)
-                    .await
-                    .map_err(query_err(DOING))?
-                    .ok_or_else(|| Error::Corrupt {
-                        doing: DOING,
-                        message: format!("run {run_id} has no step `{step_id}`"),
-                    })
-                })
-            })
+            .now(START_DOING, move |conn| Box::pin(start.write(conn)))
             .await
+    }
+
+    /// Start attempt `attempt` of a step (the attempt this engine knows to be next), durable
+    /// with the next commit like a step's end: for a step that launches nothing, where no
+    /// program or file is keyed by the attempt number. Lost in a crash, the step is `queued`
+    /// on resume and runs again as the same attempt.
+    pub fn start_step_soon(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        attempt: i64,
+        inputs: &serde_json::Value,
+        log_path: Option<&str>,
+        plugin: Option<PluginIdentity<'_>>,
+    ) {
+        let start = StepStart::new(run_id, step_id, Some(attempt), inputs, log_path, plugin);
+        self.journal().soon(START_DOING, move |conn| {
+            Box::pin(async move { start.write(conn).await.map(|_| ()) })
+        });
     }
 
     /// Record which plugin (name, version, digest) runs the step.

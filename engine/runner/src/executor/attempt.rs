@@ -30,6 +30,7 @@ impl Runner {
         cancel: CancellationToken,
         updates: Option<UnboundedSender<RunUpdate>>,
         mut resuming: bool,
+        attempts: i64,
     ) -> StepOutcome {
         let store = &self.inner.store;
         if cancel.is_cancelled() {
@@ -83,6 +84,7 @@ impl Runner {
                     resuming,
                     restarted,
                     retry.clone(),
+                    attempts,
                 )
                 .await
             {
@@ -93,6 +95,11 @@ impl Runner {
                 return outcome;
             };
             if cancel.is_cancelled() {
+                return outcome;
+            }
+            // The attempt's start may still be queued (a step that launches nothing): read
+            // the step as recorded after it.
+            if store.flush().await.is_err() {
                 return outcome;
             }
             let Ok(record) = store.step(run_id, &step.id).await else {
@@ -163,6 +170,7 @@ impl Runner {
         resuming: bool,
         restarted: bool,
         retry: Option<RetryContext>,
+        attempts: i64,
     ) -> Result<StepOutcome> {
         let store = &self.inner.store;
         let ws = &self.inner.ws;
@@ -171,27 +179,35 @@ impl Runner {
         let attempt = if resuming {
             store.resume_step(run_id, &step.id).await?
         } else {
-            // The plugin that runs the step is recorded with its start (one commit).
-            let plugin = is_plugin
+            // The plugin that runs the step is recorded with its start (one write).
+            let loaded = is_plugin
                 .then(|| self.inner.plugins.get(&step.uses))
-                .flatten()
-                .map(|p| PluginIdentity {
-                    name: &p.info.name,
-                    version: &p.info.version,
-                    digest: &p.info.digest,
-                });
-            store
-                .start_step(
+                .flatten();
+            let plugin = loaded.map(|p| PluginIdentity {
+                name: &p.info.name,
+                version: &p.info.version,
+                digest: &p.info.digest,
+            });
+            let log_path = log_path.as_ref().map(|p| p.display().to_string());
+            // A plugin granted no program cannot launch one: nothing outside the database is
+            // keyed by this attempt, so its start need not be durable before the step runs.
+            // Builtins and plugins that may launch wait for it.
+            if loaded.is_some_and(|p| p.grant.programs.is_empty()) {
+                let attempt = attempts + 1;
+                store.start_step_soon(
                     run_id,
                     &step.id,
+                    attempt,
                     inputs,
-                    log_path
-                        .as_ref()
-                        .map(|p| p.display().to_string())
-                        .as_deref(),
+                    log_path.as_deref(),
                     plugin,
-                )
-                .await?
+                );
+                attempt
+            } else {
+                store
+                    .start_step(run_id, &step.id, inputs, log_path.as_deref(), plugin)
+                    .await?
+            }
         };
         notify(
             updates,

@@ -295,7 +295,8 @@ impl Runner {
         Ok(run)
     }
 
-    /// Start step `i` in its own task, with the outputs of only its dependencies.
+    /// Start step `i` in its own task, with the outputs of only its dependencies. `attempts`:
+    /// the step's attempts as recorded when this execution began (its next is that + 1).
     #[allow(clippy::too_many_arguments)]
     fn spawn_step(
         &self,
@@ -307,6 +308,7 @@ impl Runner {
         cancel: &CancellationToken,
         updates: &Option<UnboundedSender<RunUpdate>>,
         resuming: bool,
+        attempts: i64,
     ) {
         let step = workflow.steps[i].clone();
         let ctx = ctx.only(workflow.dependencies(&step.id));
@@ -315,7 +317,16 @@ impl Runner {
         let (token, updates) = (cancel.child_token(), updates.clone());
         tasks.spawn(async move {
             let outcome = this
-                .run_step(&run_id, &created_by, &step, &ctx, token, updates, resuming)
+                .run_step(
+                    &run_id,
+                    &created_by,
+                    &step,
+                    &ctx,
+                    token,
+                    updates,
+                    resuming,
+                    attempts,
+                )
                 .await;
             (i, outcome)
         });
@@ -373,10 +384,13 @@ impl Runner {
 
         // What an earlier execution of this run already did.
         let mut interrupted: BTreeSet<usize> = BTreeSet::new();
+        // Only this engine changes them while it holds the run lock.
+        let mut attempts: Vec<i64> = vec![0; workflow.steps.len()];
         for record in store.steps(&run.id).await? {
             let Some(&i) = index.get(record.step_id.as_str()) else {
                 continue;
             };
+            attempts[i] = record.attempt;
             match record.status {
                 StepStatus::Succeeded => {
                     if let Some(Value::Object(out)) = &record.outputs {
@@ -415,7 +429,17 @@ impl Runner {
             for &i in &interrupted {
                 if schedule.is_ready(i) {
                     schedule.start(i);
-                    self.spawn_step(&mut tasks, run, workflow, i, &ctx, &cancel, &updates, true);
+                    self.spawn_step(
+                        &mut tasks,
+                        run,
+                        workflow,
+                        i,
+                        &ctx,
+                        &cancel,
+                        &updates,
+                        true,
+                        attempts[i],
+                    );
                 }
             }
             // Then ready steps in file order while there is room. A step whose dependency did
@@ -440,7 +464,17 @@ impl Runner {
                     continue;
                 }
                 schedule.start(i);
-                self.spawn_step(&mut tasks, run, workflow, i, &ctx, &cancel, &updates, false);
+                self.spawn_step(
+                    &mut tasks,
+                    run,
+                    workflow,
+                    i,
+                    &ctx,
+                    &cancel,
+                    &updates,
+                    false,
+                    attempts[i],
+                );
             }
             if tasks.is_empty() {
                 break;
