@@ -1,7 +1,8 @@
 //! HTTP test harness for `kiln serve`: a throwaway workspace whose real `kiln serve` process is
 //! killed when the guard drops, a minimal HTTP/1.1 client over `std::net::TcpStream` (with a
 //! server-sent-events reader), tokens made with `kiln token create`, and the route table read
-//! from `engine/server/src/routes/mod.rs` itself so the tests cannot drift from it.
+//! from `engine/server/src/routes/` itself (`mod.rs` and the handlers' `#[utoipa::path]`) so the
+//! tests cannot drift from it.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -49,47 +50,52 @@ impl Route {
     }
 }
 
-/// Every route of `engine/server/src/routes/mod.rs`: each `.route("PATH", ...)` with each
-/// `on(METHOD(handler), Claim)` in it; a `METHOD(handler)` without `on(...)` is public.
+/// Every route of the route table, `engine/server/src/routes/mod.rs`: each
+/// `on(routes!(module::handler), Claim)` of `api()` is a guarded route whose method and path are
+/// those of the handler's `#[utoipa::path(METHOD, path = "PATH", ...)]` (in `routes/<module>.rs`
+/// or a file of `routes/<module>/`); each `.route("PATH", METHOD(...))` of `router()` is public.
 pub fn route_table() -> Vec<Route> {
-    let file = repo_root().join("engine/server/src/routes/mod.rs");
+    let dir = repo_root().join("engine/server/src/routes");
+    let file = dir.join("mod.rs");
     let src = std::fs::read_to_string(&file).unwrap();
-    // Only the router function.
-    let start = src
-        .find("pub fn router")
-        .expect("routes/mod.rs has `pub fn router`");
-    let body = &src[start..];
-    let end = body.find(".layer(").unwrap_or(body.len());
-    let body: String = body[..end].chars().filter(|c| !c.is_whitespace()).collect();
+    // The body of a function of the file, without whitespace.
+    let body = |name: &str| -> String {
+        let start = src
+            .find(name)
+            .unwrap_or_else(|| panic!("routes/mod.rs has `{name}`"));
+        let rest = &src[start..];
+        let end = rest.find("\n}\n").unwrap_or(rest.len());
+        squeeze(&rest[..end])
+    };
     let mut routes = Vec::new();
-    for seg in body.split(".route(").skip(1) {
+    for seg in body("pub fn api(").split("on(routes!(").skip(1) {
+        let (handler, rest) = seg
+            .split_once("),")
+            .expect("on(routes!(module::handler), Claim)");
+        let (claim, _) = rest.split_once(')').unwrap();
+        let (module, name) = handler.rsplit_once("::").expect("routes!(module::handler)");
+        let (method, path) = operation(&dir, module, name);
+        routes.push(Route {
+            method,
+            path,
+            claim: Some(
+                claim
+                    .trim_end_matches(',')
+                    .trim_start_matches("Claim::")
+                    .to_owned(),
+            ),
+        });
+    }
+    for seg in body("pub fn router(").split(".route(").skip(1) {
+        // `.route("PATH", get(handler))`: a public route.
         let seg = seg.strip_prefix('"').expect("route path literal");
         let (path, rest) = seg.split_once('"').unwrap();
-        let mut guarded = 0;
-        let mut cursor = rest;
-        while let Some(i) = cursor.find("on(") {
-            let after = &cursor[i + 3..];
-            let (method, after) = after.split_once('(').unwrap();
-            let (_handler, after) = after.split_once(')').unwrap();
-            let after = after.strip_prefix(',').expect("on(method(handler), Claim)");
-            let (claim, after) = after.split_once(')').unwrap();
-            routes.push(Route {
-                method: method.to_uppercase(),
-                path: path.to_owned(),
-                claim: Some(claim.trim_start_matches("Claim::").to_owned()),
-            });
-            guarded += 1;
-            cursor = after;
-        }
-        if guarded == 0 {
-            // `get(handler)`: a public route.
-            let (method, _) = rest.trim_start_matches(',').split_once('(').unwrap();
-            routes.push(Route {
-                method: method.to_uppercase(),
-                path: path.to_owned(),
-                claim: None,
-            });
-        }
+        let (method, _) = rest.trim_start_matches(',').split_once('(').unwrap();
+        routes.push(Route {
+            method: method.to_uppercase(),
+            path: path.to_owned(),
+            claim: None,
+        });
     }
     assert!(
         routes.len() >= 20,
@@ -97,6 +103,47 @@ pub fn route_table() -> Vec<Route> {
         file.display()
     );
     routes
+}
+
+fn squeeze(s: &str) -> String {
+    s.chars().filter(|c| !c.is_whitespace()).collect()
+}
+
+/// The method and path of the `#[utoipa::path(...)]` of `pub async fn name` in the route module
+/// `module` of `dir`.
+fn operation(dir: &std::path::Path, module: &str, name: &str) -> (String, String) {
+    let mut files = vec![dir.join(format!("{module}.rs"))];
+    if let Ok(entries) = std::fs::read_dir(dir.join(module)) {
+        files.extend(entries.map(|e| e.unwrap().path()));
+    }
+    for file in files {
+        let Ok(src) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        let Some(at) = src.find(&format!("pub async fn {name}(")) else {
+            continue;
+        };
+        let attr = src[..at]
+            .rfind("#[utoipa::path(")
+            .unwrap_or_else(|| panic!("{}: `{name}` has no #[utoipa::path]", file.display()));
+        let attr = squeeze(&src[attr + "#[utoipa::path(".len()..at]);
+        let (method, rest) = attr.split_once(',').unwrap();
+        let path = rest
+            .strip_prefix("path=\"")
+            .and_then(|p| p.split_once('"'))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: #[utoipa::path({method}, path = \"...\"",
+                    file.display()
+                )
+            })
+            .0;
+        return (method.to_uppercase(), path.to_owned());
+    }
+    panic!(
+        "no `pub async fn {name}` in the route module `{module}` of {}",
+        dir.display()
+    );
 }
 
 pub const CLAIMS: [&str; 5] = [

@@ -8,7 +8,7 @@
 //! forget a status that the extractors, the auth layer or the connection bound produce.
 
 use utoipa::openapi::header::HeaderBuilder;
-use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
 use utoipa::openapi::schema::SchemaType;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, Response, Type};
@@ -160,30 +160,39 @@ impl ErrorResponses {
 impl Modify for ErrorResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         for (path, item) in openapi.paths.paths.iter_mut() {
-            for op in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.options,
-                &mut item.head,
-                &mut item.patch,
-                &mut item.trace,
-            ]
-            .into_iter()
-            .flatten()
-            {
+            for op in operations(item) {
                 Self::complete(path, op);
             }
         }
     }
 }
 
-/// The whole document: the base plus each route module's paths, with [`ErrorResponses`].
+/// The operations of a path.
+fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.options,
+        &mut item.head,
+        &mut item.patch,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// The whole document: the base, the operations of the route table (`routes::api`) under
+/// [`routes::API_PREFIX`], and [`ErrorResponses`].
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let mut doc = ApiDoc::openapi();
-    for part in routes::openapi_parts() {
-        doc.merge(part);
+    let mut doc = ApiDoc::openapi().nest(routes::API_PREFIX, routes::api().into_openapi());
+    // Every operation has a `tags` list, empty: the document says the same as when it was
+    // derived with `#[openapi(paths(...))]`, which writes one (`routes!` writes none).
+    for item in doc.paths.paths.values_mut() {
+        for op in operations(item) {
+            op.tags.get_or_insert_with(Vec::new);
+        }
     }
     ErrorResponses.modify(&mut doc);
     doc

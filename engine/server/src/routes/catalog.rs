@@ -3,17 +3,10 @@
 use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::ToSchema;
 
 use crate::problem::{ApiError, ApiResult};
 use crate::state::AppState;
-
-#[derive(OpenApi)]
-#[openapi(
-    paths(workflows, plugins),
-    components(schemas(WorkflowView, PluginView, ActionView))
-)]
-pub struct Api;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WorkflowView {
@@ -46,7 +39,7 @@ pub struct PluginView {
 
 /// Workflows that `POST /runs` can start (files of the workflows directory that parse), sorted
 /// by name.
-#[utoipa::path(get, path = "/api/v1/workflows", operation_id = "list_workflows", responses((status = 200, body = Vec<WorkflowView>)))]
+#[utoipa::path(get, path = "/workflows", operation_id = "list_workflows", responses((status = 200, body = Vec<WorkflowView>)))]
 pub async fn workflows(State(state): State<AppState>) -> ApiResult<Json<Vec<WorkflowView>>> {
     let catalog = state.service().workflows();
     let entries = catalog
@@ -70,7 +63,7 @@ pub async fn workflows(State(state): State<AppState>) -> ApiResult<Json<Vec<Work
 }
 
 /// Installed plugins with their actions and grants.
-#[utoipa::path(get, path = "/api/v1/plugins", operation_id = "list_plugins", responses((status = 200, body = Vec<PluginView>)))]
+#[utoipa::path(get, path = "/plugins", operation_id = "list_plugins", responses((status = 200, body = Vec<PluginView>)))]
 pub async fn plugins(State(state): State<AppState>) -> ApiResult<Json<Vec<PluginView>>> {
     Ok(Json(
         state

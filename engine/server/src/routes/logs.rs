@@ -10,18 +10,11 @@ use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::extract::{ApiPath, ApiQuery, offset, whole_number};
 use crate::problem::{ApiResult, Problem};
 use crate::state::AppState;
-
-#[derive(OpenApi)]
-#[openapi(
-    paths(run_logs, run_checkpoints),
-    components(schemas(LogPage, CheckpointView, CheckpointList))
-)]
-pub struct Api;
 
 /// Lines per page unless `limit` says otherwise.
 const DEFAULT_LIMIT: usize = 1000;
@@ -88,7 +81,7 @@ pub struct CheckpointList {
 /// Events (`Accept: text/event-stream`): each line is an event whose `id` is the offset after
 /// it (reconnect with `Last-Event-ID` to resume); when the step has ended and everything was
 /// sent, a last `event: end` with data `{"status": "<step status>"}` closes the stream.
-#[utoipa::path(get, path = "/api/v1/runs/{id}/logs", operation_id = "get_run_logs",
+#[utoipa::path(get, path = "/runs/{id}/logs", operation_id = "get_run_logs",
     params(("id" = String, Path, description = "run id or a unique prefix"), LogQuery,
         ("Last-Event-ID" = Option<i64>, Header, minimum = 0, maximum = 9223372036854775807_i64,
             description = "SSE: resume after this offset (the `id` of the last event received); \
@@ -217,7 +210,7 @@ async fn follow(
 /// The weights files of the run's trainings: every step with `project` and `training_name`
 /// inputs has its `projects/<project>/model/training/<name>/weights/` listed (each directory
 /// once, under the first step naming it).
-#[utoipa::path(get, path = "/api/v1/runs/{id}/checkpoints", operation_id = "get_run_checkpoints",
+#[utoipa::path(get, path = "/runs/{id}/checkpoints", operation_id = "get_run_checkpoints",
     params(("id" = String, Path, description = "run id or a unique prefix")),
     responses((status = 200, body = CheckpointList), (status = 404, body = Problem)))]
 pub async fn run_checkpoints(

@@ -1,5 +1,7 @@
-//! The route table. Every endpoint names the claim it needs right here, next to its path:
-//! `on(get(handler), Claim::X)`. Handlers live in one module per resource.
+//! The route table. Every endpoint is registered once, with the claim it needs right next to
+//! it: `on(routes!(module::handler), Claim::X)`. The handler's `#[utoipa::path]` gives its method,
+//! its path (under `/api/v1`) and its OpenAPI operation, so what is served and what is documented
+//! cannot drift apart. Handlers live in one module per resource.
 
 mod catalog;
 mod logs;
@@ -13,8 +15,10 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, OriginalUri, Request};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, delete, get, post};
+use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::auth::{self, Claim};
 use crate::problem::ApiError;
@@ -23,88 +27,57 @@ use crate::state::AppState;
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 1 << 20;
 
-/// `router` guarded by `claim`.
-fn on(router: MethodRouter<AppState>, claim: Claim) -> MethodRouter<AppState> {
-    router.route_layer(middleware::from_fn(move |req: Request, next: Next| {
-        auth::require(claim, req, next)
-    }))
+/// Where the API is served; the paths of the handlers' `#[utoipa::path]` are relative to it.
+pub const API_PREFIX: &str = "/api/v1";
+
+/// `routes` guarded by `claim` (a route layer: a method the route lacks is still a 405).
+fn on(routes: UtoipaMethodRouter<AppState>, claim: Claim) -> UtoipaMethodRouter<AppState> {
+    routes.map(|router| {
+        router.route_layer(middleware::from_fn(move |req: Request, next: Next| {
+            auth::require(claim, req, next)
+        }))
+    })
+}
+
+/// Every guarded endpoint with its OpenAPI operation; paths relative to [`API_PREFIX`].
+pub fn api() -> OpenApiRouter<AppState> {
+    use Claim::*;
+    OpenApiRouter::default()
+        // Runs
+        .routes(on(routes!(runs::list), ViewTrainingRuns))
+        .routes(on(routes!(runs::create), CreateTrainingRun))
+        .routes(on(routes!(runs::stats), ViewTrainingRuns))
+        .routes(on(routes!(runs::show), ViewTrainingRuns))
+        .routes(on(routes!(runs::remove), DeleteTrainingRun))
+        .routes(on(routes!(runs::cancel), ScheduleTrainingRun))
+        .routes(on(routes!(runs::retry), ScheduleTrainingRun))
+        .routes(on(routes!(logs::run_logs), ViewTrainingRuns))
+        .routes(on(routes!(logs::run_checkpoints), ViewTrainingRuns))
+        .routes(on(
+            routes!(models::export_best),
+            PublishTrainingRunTrainedModel,
+        ))
+        // Models
+        .routes(on(routes!(models::list), ViewTrainingRuns))
+        .routes(on(routes!(models::show), ViewTrainingRuns))
+        .routes(on(routes!(models::publish), PublishTrainingRunTrainedModel))
+        .routes(on(routes!(models::promote), PublishTrainingRunTrainedModel))
+        // Training façade
+        .routes(on(routes!(training::default_config), ViewTrainingRuns))
+        .routes(on(routes!(training::resolve_config), ViewTrainingRuns))
+        .routes(on(routes!(training::start), CreateTrainingRun))
+        .routes(on(routes!(training::stop), ScheduleTrainingRun))
+        .routes(on(routes!(training::logs), ViewTrainingRuns))
+        .routes(on(routes!(training::checkpoints), ViewTrainingRuns))
+        .routes(on(routes!(training::check_extracted), ViewTrainingRuns))
+        .routes(on(routes!(training::extract_release), CreateTrainingRun))
+        // Catalog
+        .routes(on(routes!(catalog::workflows), ViewTrainingRuns))
+        .routes(on(routes!(catalog::plugins), ViewTrainingRuns))
 }
 
 pub fn router(state: AppState) -> Router {
-    use Claim::*;
-    let api = Router::new()
-        // Runs
-        .route(
-            "/runs",
-            on(get(runs::list), ViewTrainingRuns).merge(on(post(runs::create), CreateTrainingRun)),
-        )
-        .route("/runs/stats", on(get(runs::stats), ViewTrainingRuns))
-        .route(
-            "/runs/{id}",
-            on(get(runs::show), ViewTrainingRuns)
-                .merge(on(delete(runs::remove), DeleteTrainingRun)),
-        )
-        .route(
-            "/runs/{id}/cancel",
-            on(post(runs::cancel), ScheduleTrainingRun),
-        )
-        .route(
-            "/runs/{id}/retry",
-            on(post(runs::retry), ScheduleTrainingRun),
-        )
-        .route("/runs/{id}/logs", on(get(logs::run_logs), ViewTrainingRuns))
-        .route(
-            "/runs/{id}/checkpoints",
-            on(get(logs::run_checkpoints), ViewTrainingRuns),
-        )
-        .route(
-            "/runs/{id}/export-best",
-            on(post(models::export_best), PublishTrainingRunTrainedModel),
-        )
-        // Models
-        .route("/models", on(get(models::list), ViewTrainingRuns))
-        .route("/models/{id}", on(get(models::show), ViewTrainingRuns))
-        .route(
-            "/models/{id}/publish",
-            on(post(models::publish), PublishTrainingRunTrainedModel),
-        )
-        .route(
-            "/models/{id}/promote",
-            on(post(models::promote), PublishTrainingRunTrainedModel),
-        )
-        // Training façade
-        .route(
-            "/training/config/default",
-            on(get(training::default_config), ViewTrainingRuns),
-        )
-        .route(
-            "/training/config/resolve",
-            on(post(training::resolve_config), ViewTrainingRuns),
-        )
-        .route(
-            "/training/start",
-            on(post(training::start), CreateTrainingRun),
-        )
-        .route(
-            "/training/stop",
-            on(post(training::stop), ScheduleTrainingRun),
-        )
-        .route("/training/logs", on(get(training::logs), ViewTrainingRuns))
-        .route(
-            "/training/checkpoints",
-            on(get(training::checkpoints), ViewTrainingRuns),
-        )
-        .route(
-            "/training/check-extracted",
-            on(get(training::check_extracted), ViewTrainingRuns),
-        )
-        .route(
-            "/training/extract-release",
-            on(post(training::extract_release), CreateTrainingRun),
-        )
-        // Catalog
-        .route("/workflows", on(get(catalog::workflows), ViewTrainingRuns))
-        .route("/plugins", on(get(catalog::plugins), ViewTrainingRuns))
+    let api = Router::from(api())
         // The API description is public.
         .route("/openapi.json", get(openapi_json))
         .layer(middleware::from_fn_with_state(
@@ -113,7 +86,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()
-        .nest("/api/v1", api)
+        .nest(API_PREFIX, api)
         .fallback(not_found)
         .layer(middleware::from_fn(log_requests))
         .layer(middleware::from_fn(refuse_large_bodies))
@@ -130,18 +103,6 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("(no message)");
     ApiError::internal(format!("a handler panicked: {what}")).into_response()
-}
-
-/// Each module's part of the OpenAPI document.
-pub fn openapi_parts() -> Vec<utoipa::openapi::OpenApi> {
-    use utoipa::OpenApi;
-    vec![
-        runs::Api::openapi(),
-        logs::Api::openapi(),
-        models::Api::openapi(),
-        training::Api::openapi(),
-        catalog::Api::openapi(),
-    ]
 }
 
 async fn openapi_json() -> impl IntoResponse {

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::{IntoParams, ToSchema};
 
 use kiln_store::{ModelRecord, STAGES};
 
@@ -14,22 +14,6 @@ use crate::auth::Caller;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::problem::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
-
-#[derive(OpenApi)]
-#[openapi(
-    paths(list, show, publish, promote, export_best),
-    components(schemas(
-        ModelView,
-        ModelDetail,
-        Lineage,
-        TrainingRunView,
-        ModelRef,
-        Promote,
-        Stage,
-        ExportView
-    ))
-)]
-pub struct Api;
 
 /// A registered model.
 #[derive(Debug, Serialize, ToSchema)]
@@ -209,7 +193,7 @@ async fn model(state: &AppState, id: &str) -> ApiResult<ModelRecord> {
 }
 
 /// Registered models, newest first.
-#[utoipa::path(get, path = "/api/v1/models", operation_id = "list_models", params(ListQuery),
+#[utoipa::path(get, path = "/models", operation_id = "list_models", params(ListQuery),
     responses((status = 200, body = Vec<ModelView>), (status = 400, body = Problem)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -223,7 +207,7 @@ pub async fn list(
 }
 
 /// A model with its lineage (training run, base model, dataset) and its other versions.
-#[utoipa::path(get, path = "/api/v1/models/{id}", operation_id = "get_model", params(("id" = String, Path, description = "model id")),
+#[utoipa::path(get, path = "/models/{id}", operation_id = "get_model", params(("id" = String, Path, description = "model id")),
     responses((status = 200, body = ModelDetail), (status = 404, body = Problem)))]
 pub async fn show(
     State(state): State<AppState>,
@@ -277,7 +261,7 @@ pub async fn show(
 }
 
 /// Publish a model (idempotent: the first publication time is kept).
-#[utoipa::path(post, path = "/api/v1/models/{id}/publish", operation_id = "publish_model", params(("id" = String, Path, description = "model id")),
+#[utoipa::path(post, path = "/models/{id}/publish", operation_id = "publish_model", params(("id" = String, Path, description = "model id")),
     responses((status = 200, body = ModelView), (status = 404, body = Problem)))]
 pub async fn publish(
     State(state): State<AppState>,
@@ -290,7 +274,7 @@ pub async fn publish(
 }
 
 /// Move a model to a stage; promotion to `production` records the date.
-#[utoipa::path(post, path = "/api/v1/models/{id}/promote", operation_id = "promote_model", params(("id" = String, Path, description = "model id")),
+#[utoipa::path(post, path = "/models/{id}/promote", operation_id = "promote_model", params(("id" = String, Path, description = "model id")),
     request_body = Promote,
     responses((status = 200, body = ModelView), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn promote(
@@ -318,7 +302,7 @@ pub async fn promote(
 /// Run the export of a finished run's best weights again (`builtin/export-best`): with the
 /// inputs its export step recorded, else with the training step's `best_weights` output and its
 /// `project` / `training_name` inputs.
-#[utoipa::path(post, path = "/api/v1/runs/{id}/export-best", operation_id = "export_run_best",
+#[utoipa::path(post, path = "/runs/{id}/export-best", operation_id = "export_run_best",
     params(("id" = String, Path, description = "run id or a unique prefix")),
     responses((status = 200, body = ExportView), (status = 404, body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem)))]

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::{IntoParams, ToSchema};
 
 use kiln_store::{RunRecord, RunStatus, StepRecord};
 
@@ -15,13 +15,6 @@ use crate::auth::Caller;
 use crate::extract::{ApiJson, ApiPath, ApiQuery, MAX_OFFSET, whole_number};
 use crate::problem::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
-
-#[derive(OpenApi)]
-#[openapi(
-    paths(create, list, show, stats, cancel, retry, remove),
-    components(schemas(CreateRun, RunView, StepView, RunPage, RunStats))
-)]
-pub struct Api;
 
 /// `POST /runs` body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -184,7 +177,7 @@ pub struct DeleteQuery {
 }
 
 /// Trigger a run.
-#[utoipa::path(post, path = "/api/v1/runs", operation_id = "create_run", request_body = CreateRun,
+#[utoipa::path(post, path = "/runs", operation_id = "create_run", request_body = CreateRun,
     responses((status = 201, body = RunView), (status = 409, description = "a training the run names belongs to another run", body = Problem), (status = 422, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -199,7 +192,7 @@ pub async fn create(
 }
 
 /// List runs, newest first.
-#[utoipa::path(get, path = "/api/v1/runs", operation_id = "list_runs", params(ListQuery), responses((status = 200, body = RunPage)))]
+#[utoipa::path(get, path = "/runs", operation_id = "list_runs", params(ListQuery), responses((status = 200, body = RunPage)))]
 pub async fn list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
@@ -265,7 +258,7 @@ pub struct ShowQuery {
 
 /// A run with its steps, progress and metrics; with `wait`, once it has ended (or the wait is
 /// up).
-#[utoipa::path(get, path = "/api/v1/runs/{id}", operation_id = "get_run", params(("id" = String, Path, description = "run id or a unique prefix"), ShowQuery),
+#[utoipa::path(get, path = "/runs/{id}", operation_id = "get_run", params(("id" = String, Path, description = "run id or a unique prefix"), ShowQuery),
     responses((status = 200, body = RunView), (status = 404, body = Problem)))]
 pub async fn show(
     State(state): State<AppState>,
@@ -290,7 +283,7 @@ pub async fn show(
 }
 
 /// Counts by status and the success rate.
-#[utoipa::path(get, path = "/api/v1/runs/stats", operation_id = "run_stats", responses((status = 200, body = RunStats)))]
+#[utoipa::path(get, path = "/runs/stats", operation_id = "run_stats", responses((status = 200, body = RunStats)))]
 pub async fn stats(State(state): State<AppState>) -> ApiResult<Json<RunStats>> {
     let s = state.store().run_stats().await?;
     Ok(Json(RunStats {
@@ -305,7 +298,7 @@ pub async fn stats(State(state): State<AppState>) -> ApiResult<Json<RunStats>> {
 }
 
 /// Cancel a run: its programs get SIGTERM, then SIGKILL after the grace period.
-#[utoipa::path(post, path = "/api/v1/runs/{id}/cancel", operation_id = "cancel_run", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/runs/{id}/cancel", operation_id = "cancel_run", params(("id" = String, Path)),
     responses((status = 202, body = RunView), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn cancel(
     State(state): State<AppState>,
@@ -317,7 +310,7 @@ pub async fn cancel(
 
 /// Run a failed or cancelled run again from its unfinished steps, reusing the outputs of the
 /// steps that succeeded.
-#[utoipa::path(post, path = "/api/v1/runs/{id}/retry", operation_id = "retry_run", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/runs/{id}/retry", operation_id = "retry_run", params(("id" = String, Path)),
     responses((status = 202, body = RunView), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn retry(
     State(state): State<AppState>,
@@ -334,7 +327,7 @@ pub async fn retry(
 /// files the run owns go too: its run folder, the training folders it owns and the datasets no
 /// other run used; a registered model referencing a file in one of its training folders refuses
 /// the purge (409) and nothing is deleted.
-#[utoipa::path(delete, path = "/api/v1/runs/{id}", operation_id = "delete_run", params(("id" = String, Path), DeleteQuery),
+#[utoipa::path(delete, path = "/runs/{id}", operation_id = "delete_run", params(("id" = String, Path), DeleteQuery),
     responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn remove(
     State(state): State<AppState>,

@@ -12,7 +12,7 @@ use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::{IntoParams, ToSchema};
 
 use kiln_runner::service::ConfigRequest;
 use kiln_runner::workspace::check_name;
@@ -21,36 +21,6 @@ use crate::auth::Caller;
 use crate::extract::{ApiJson, ApiQuery, offset};
 use crate::problem::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
-
-#[derive(OpenApi)]
-#[openapi(
-    paths(
-        default_config,
-        resolve_config,
-        start,
-        stop,
-        logs,
-        checkpoints,
-        check_extracted,
-        extract_release
-    ),
-    components(schemas(
-        DefaultConfig,
-        ResolveConfig,
-        ConfigMode,
-        ResolvedConfig,
-        RejectedKey,
-        StartTraining,
-        StopTraining,
-        TrainingRun,
-        TrainingLogs,
-        Checkpoints,
-        CheckpointFile,
-        ExtractionState,
-        ExtractRelease
-    ))
-)]
-pub struct Api;
 
 /// The workflow `POST /training/start` runs for each framework.
 const FRAMEWORK_WORKFLOWS: &[(&str, &str)] = &[("ultralytics", "ultralytics-detect")];
@@ -295,7 +265,7 @@ pub struct ExtractRelease {
 // Handlers
 
 /// A framework's base config for a task (`configs/<framework>/<task>/default.yaml`).
-#[utoipa::path(get, path = "/api/v1/training/config/default", operation_id = "get_training_default_config", params(DefaultConfigQuery),
+#[utoipa::path(get, path = "/training/config/default", operation_id = "get_training_default_config", params(DefaultConfigQuery),
     responses((status = 200, body = DefaultConfig), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn default_config(
     State(state): State<AppState>,
@@ -316,7 +286,7 @@ pub async fn default_config(
 /// Merge overrides onto a base config and preview the exact command line, without starting
 /// anything. In user mode, overrides only developer mode allows are dropped and listed in
 /// `rejected`; unknown or mistyped keys are a 422.
-#[utoipa::path(post, path = "/api/v1/training/config/resolve", operation_id = "resolve_training_config", request_body = ResolveConfig,
+#[utoipa::path(post, path = "/training/config/resolve", operation_id = "resolve_training_config", request_body = ResolveConfig,
     responses((status = 200, body = ResolvedConfig), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn resolve_config(
     State(state): State<AppState>,
@@ -364,7 +334,7 @@ pub async fn resolve_config(
 /// Start a training: runs the framework's standard workflow (for `ultralytics`, the
 /// `ultralytics-detect` workflow: extract the release, resolve the config, train, export,
 /// register). A training name belongs to one run: a second start is a 409 naming it.
-#[utoipa::path(post, path = "/api/v1/training/start", operation_id = "start_training", request_body = StartTraining,
+#[utoipa::path(post, path = "/training/start", operation_id = "start_training", request_body = StartTraining,
     responses((status = 201, body = TrainingRun), (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn start(
     State(state): State<AppState>,
@@ -422,7 +392,7 @@ pub async fn start(
 
 /// Stop the active run of a training: its programs get SIGTERM, then SIGKILL after the grace
 /// period.
-#[utoipa::path(post, path = "/api/v1/training/stop", operation_id = "stop_training", request_body = StopTraining,
+#[utoipa::path(post, path = "/training/stop", operation_id = "stop_training", request_body = StopTraining,
     responses((status = 202, body = TrainingRun), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn stop(
     State(state): State<AppState>,
@@ -457,7 +427,7 @@ pub async fn stop(
 }
 
 /// The training program's output of a training's run, page by page.
-#[utoipa::path(get, path = "/api/v1/training/logs", operation_id = "get_training_logs", params(LogsQuery),
+#[utoipa::path(get, path = "/training/logs", operation_id = "get_training_logs", params(LogsQuery),
     responses((status = 200, body = TrainingLogs), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn logs(
     State(state): State<AppState>,
@@ -507,7 +477,7 @@ pub async fn logs(
 }
 
 /// Files of a training's `weights/` folder (`best.pt`, `last.pt`, periodic checkpoints).
-#[utoipa::path(get, path = "/api/v1/training/checkpoints", operation_id = "list_training_checkpoints", params(TrainingQuery),
+#[utoipa::path(get, path = "/training/checkpoints", operation_id = "list_training_checkpoints", params(TrainingQuery),
     responses((status = 200, body = Checkpoints), (status = 400, body = Problem)))]
 pub async fn checkpoints(
     State(state): State<AppState>,
@@ -536,7 +506,7 @@ pub async fn checkpoints(
 }
 
 /// Whether a release ZIP is already extracted (its dataset folder holds this very archive).
-#[utoipa::path(get, path = "/api/v1/training/check-extracted", operation_id = "check_release_extracted", params(CheckExtractedQuery),
+#[utoipa::path(get, path = "/training/check-extracted", operation_id = "check_release_extracted", params(CheckExtractedQuery),
     responses((status = 200, body = ExtractionState), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn check_extracted(
     State(state): State<AppState>,
@@ -565,7 +535,7 @@ pub async fn check_extracted(
 /// Extract a release ZIP into `projects/<project>/training_data/<zip stem>/` (does nothing
 /// when that very archive is already extracted). Returns the `builtin/extract-release` outputs:
 /// data_yaml, dataset_dir, class_names, nc, slug, files, release_sha256, extracted.
-#[utoipa::path(post, path = "/api/v1/training/extract-release", operation_id = "extract_release", request_body = ExtractRelease,
+#[utoipa::path(post, path = "/training/extract-release", operation_id = "extract_release", request_body = ExtractRelease,
     responses((status = 200, body = Object), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn extract_release(
     State(state): State<AppState>,
