@@ -5,264 +5,37 @@
 //! A training is named by `(project_id, training_name)`; its runs are the runs whose params
 //! carry `project` and `training_name`. Every path a request names is checked to be a plain
 //! name (no `/`, `..` or hidden files) before it touches the file system.
+//!
+//! The handlers are here; `dto.rs` holds the request and response types, `names.rs` the checks
+//! of the names and release paths.
+
+mod dto;
+mod names;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use utoipa::{IntoParams, ToSchema};
 
 use kiln_runner::service::ConfigRequest;
-use kiln_runner::workspace::check_name;
 
 use crate::auth::Caller;
 use crate::extract::{ApiJson, ApiQuery, offset};
 use crate::problem::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
 
+use dto::{
+    CheckExtractedQuery, CheckpointFile, Checkpoints, DefaultConfig, DefaultConfigQuery,
+    ExtractRelease, ExtractionState, LogsQuery, ResolveConfig, ResolvedConfig, StartTraining,
+    StopTraining, TrainingLogs, TrainingQuery, TrainingRun,
+};
+use names::{parse_zip_path, plain_name, release_file};
+
 /// The workflow `POST /training/start` runs for each framework.
 const FRAMEWORK_WORKFLOWS: &[(&str, &str)] = &[("ultralytics", "ultralytics-detect")];
 /// Most log lines one `GET /training/logs` returns.
 const TRAINING_LOG_LINES: usize = 1000;
-
-// ---------------------------------------------------------------------------------------------
-// DTOs
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct DefaultConfigQuery {
-    /// Training framework, e.g. `ultralytics` (a folder under `configs/`).
-    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-    pub framework: String,
-    /// Task, e.g. `detect` (a folder under `configs/<framework>/`).
-    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-    pub task: String,
-}
-
-/// A framework's base config for a task.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DefaultConfig {
-    pub framework: String,
-    pub task: String,
-    /// Relative to the workspace, e.g. `configs/ultralytics/detect/default.yaml`.
-    pub path: String,
-    /// The file as written.
-    pub yaml: String,
-    /// The file parsed.
-    #[schema(value_type = Object)]
-    pub config: Value,
-}
-
-/// Who a config is resolved for.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ConfigMode {
-    /// Only a few keys (epochs, imgsz, batch, ...) may be overridden.
-    #[default]
-    User,
-    /// Any argument of the framework may be overridden.
-    Developer,
-}
-
-impl ConfigMode {
-    fn as_str(self) -> &'static str {
-        match self {
-            ConfigMode::User => "user",
-            ConfigMode::Developer => "developer",
-        }
-    }
-}
-
-/// `POST /training/config/resolve` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ResolveConfig {
-    /// An installed plugin with a `resolve-config` action, e.g. `ultralytics`.
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-    pub framework: String,
-    /// e.g. `detect` or `segment`.
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-    pub task: String,
-    #[serde(default)]
-    pub mode: ConfigMode,
-    /// Base config relative to `configs/<framework>/` (default `<task>/default.yaml`).
-    #[serde(default)]
-    pub base_config: Option<String>,
-    /// Arguments merged onto the base config.
-    #[serde(default)]
-    #[schema(value_type = Object)]
-    pub overrides: Map<String, Value>,
-    /// The dataset's data.yaml as the training will see it (default `<data.yaml>`, a placeholder).
-    #[serde(default)]
-    pub data: Option<String>,
-    /// The training the preview is for (default `preview`); only shown in the preview.
-    #[serde(default)]
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-    pub training_name: Option<String>,
-}
-
-/// An override that user mode dropped.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RejectedKey {
-    pub key: String,
-    /// Why, and what would allow it.
-    pub reason: String,
-}
-
-/// A resolved config.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ResolvedConfig {
-    /// The config the training will use, as YAML.
-    pub resolved_yaml: String,
-    /// The exact command line the training will run (placeholders where a run fills in paths).
-    pub cli_preview: String,
-    #[schema(value_type = Object)]
-    pub config: Value,
-    /// User mode: overrides dropped because only developer mode may set them. Empty otherwise.
-    pub rejected: Vec<RejectedKey>,
-}
-
-/// `POST /training/start` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StartTraining {
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-    pub project_id: String,
-    /// Outputs go to `projects/<project_id>/model/training/<training_name>/`.
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-    pub training_name: String,
-    /// e.g. `ultralytics`.
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-    pub framework: String,
-    /// e.g. `detect`.
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-    pub task: String,
-    /// Release ZIP file name under `projects/<project_id>/releases/` (or that full relative path).
-    #[schema(
-        pattern = "^([A-Za-z0-9][A-Za-z0-9._-]{0,127}|projects/[A-Za-z0-9][A-Za-z0-9._-]{0,127}/releases/[A-Za-z0-9][A-Za-z0-9._-]{0,123}[.]zip)$"
-    )]
-    pub release: String,
-    #[serde(default)]
-    pub mode: ConfigMode,
-    /// Overrides merged onto the task's base config.
-    #[serde(default)]
-    #[schema(value_type = Object)]
-    pub config: Map<String, Value>,
-}
-
-/// `POST /training/stop` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StopTraining {
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-    pub project_id: String,
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-    pub training_name: String,
-}
-
-/// The run behind a training.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TrainingRun {
-    pub run_id: String,
-    /// queued | running | succeeded | failed | cancelled
-    pub status: String,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct TrainingQuery {
-    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-    pub project_id: String,
-    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-    pub training_name: String,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct LogsQuery {
-    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-    pub project_id: String,
-    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-    pub training_name: String,
-    /// Byte offset into the log: 0, or the `next_offset` of the previous page.
-    #[param(value_type = Option<i64>, minimum = 0, maximum = 9223372036854775807_i64)]
-    pub offset: Option<String>,
-}
-
-/// Output lines of the training program.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TrainingLogs {
-    /// The latest run of the training.
-    pub run_id: String,
-    /// Lines split on `\n` and `\r`, ANSI escapes removed, empty lines dropped.
-    pub lines: Vec<String>,
-    /// Pass as `offset` to get what follows.
-    pub next_offset: u64,
-    /// The run has ended and everything it wrote has been returned.
-    pub finished: bool,
-}
-
-/// A file of a training's `weights/` folder.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CheckpointFile {
-    pub name: String,
-    /// Relative to the workspace.
-    pub path: String,
-    pub size: u64,
-    /// RFC 3339, UTC.
-    pub modified: Option<String>,
-    /// `best.pt`, the best weights so far.
-    pub best: bool,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Checkpoints {
-    pub project_id: String,
-    pub training_name: String,
-    pub checkpoints: Vec<CheckpointFile>,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct CheckExtractedQuery {
-    /// `projects/<project>/releases/<file>.zip`
-    #[param(
-        pattern = "^projects/[A-Za-z0-9][A-Za-z0-9._-]{0,127}/releases/[A-Za-z0-9][A-Za-z0-9._-]{0,123}[.]zip$"
-    )]
-    pub zip_path: String,
-}
-
-/// Whether a release is extracted.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ExtractionState {
-    pub zip_path: String,
-    /// The dataset folder holds this very archive (same SHA-256).
-    pub extracted: bool,
-    /// Where it is (or would be) extracted, relative to the workspace.
-    pub dataset_dir: String,
-    /// The dataset's data.yaml, relative to the workspace, when extracted.
-    pub data_yaml: Option<String>,
-}
-
-/// `POST /training/extract-release` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ExtractRelease {
-    /// `projects/<project>/releases/<file>.zip`
-    #[schema(
-        pattern = "^projects/[A-Za-z0-9][A-Za-z0-9._-]{0,127}/releases/[A-Za-z0-9][A-Za-z0-9._-]{0,123}[.]zip$"
-    )]
-    pub zip_path: String,
-}
-
-// ---------------------------------------------------------------------------------------------
-// Handlers
 
 /// A framework's base config for a task (`configs/<framework>/<task>/default.yaml`).
 #[utoipa::path(get, path = "/training/config/default", operation_id = "get_training_default_config", params(DefaultConfigQuery),
@@ -556,85 +329,4 @@ pub async fn extract_release(
             other => other.into(),
         })?;
     Ok(Json(outputs))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Helpers
-
-/// `name` must be a plain name (see `kiln_runner::workspace::check_name`).
-fn plain_name(what: &str, name: &str, status: StatusCode) -> ApiResult<()> {
-    check_name(what, name).map_err(|e| ApiError::new(status, "invalid_name", e.to_string()))
-}
-
-/// The project and file of `projects/<project>/releases/<file>.zip`.
-fn parse_zip_path(zip_path: &str) -> ApiResult<(String, String)> {
-    let bad = || {
-        ApiError::bad_request(
-            "invalid_zip_path",
-            format!(
-                "zip_path must be exactly `projects/<project>/releases/<file>.zip`, relative to \
-                 the workspace, with plain names (letters, digits, `.`, `_`, `-`); got `{zip_path}`"
-            ),
-        )
-    };
-    let parts: Vec<&str> = zip_path.split('/').collect();
-    let ["projects", project, "releases", file] = parts.as_slice() else {
-        return Err(bad());
-    };
-    let stem = file.strip_suffix(".zip").ok_or_else(bad)?;
-    for (what, name) in [("project", *project), ("release", *file), ("release", stem)] {
-        check_name(what, name).map_err(|_| bad())?;
-    }
-    Ok(((*project).to_owned(), (*file).to_owned()))
-}
-
-/// The release file name of `release`: a file name, or `projects/<project>/releases/<file>.zip`.
-fn release_file(project: &str, release: &str) -> ApiResult<String> {
-    if release.contains('/') {
-        let (p, file) = parse_zip_path(release).map_err(|e| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_release",
-                e.detail,
-            )
-        })?;
-        if p != project {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_release",
-                format!("release `{release}` belongs to project `{p}`, not `{project}`"),
-            ));
-        }
-        return Ok(file);
-    }
-    plain_name("release", release, StatusCode::UNPROCESSABLE_ENTITY)?;
-    Ok(release.to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn zip_paths_must_have_the_exact_form() {
-        assert_eq!(
-            parse_zip_path("projects/demo/releases/r1.zip").unwrap(),
-            ("demo".to_owned(), "r1.zip".to_owned())
-        );
-        for bad in [
-            "projects/demo/releases/r1.tar",
-            "/projects/demo/releases/r1.zip",
-            "projects/../releases/r1.zip",
-            "projects/demo/releases/../r1.zip",
-            "projects/demo/releases/sub/r1.zip",
-            "projects/demo/other/r1.zip",
-            "projects/demo/releases/.zip",
-            "projects/.demo/releases/r1.zip",
-            "projects//releases/r1.zip",
-        ] {
-            let e = parse_zip_path(bad).unwrap_err();
-            assert_eq!(e.code, "invalid_zip_path", "{bad}");
-            assert!(e.detail.contains("projects/<project>/releases/<file>.zip"));
-        }
-    }
 }
