@@ -697,15 +697,16 @@ fn bad_query_strings_are_problem_details() {
 // ---------------------------------------------------------------------------------------------
 // 4. Deleting a running run
 
-#[test]
-fn deleting_a_running_run_stops_its_processes_and_forgets_it() {
+/// A server whose run `training_name`'s training is under way (20 s per epoch): the workspace,
+/// the server, an admin token and the run's id.
+fn training_in_progress(training_name: &str) -> (ApiWorkspace, Server, String, String) {
     let aws = ApiWorkspace::with(
         Workspace::new().with_env("FAKE_YOLO_EPOCH_SECONDS", "20"),
         None,
     );
     let server = aws.serve();
     let admin = aws.token("admin", &[], &["admin"]);
-    let r = server.post("/api/v1/runs", &admin, &demo_run("doomed"));
+    let r = server.post("/api/v1/runs", &admin, &demo_run(training_name));
     assert_eq!(r.status, 201, "{}", r.text());
     let id = r.json()["id"].as_str().unwrap().to_owned();
     let marker = aws.marker();
@@ -714,6 +715,13 @@ fn deleting_a_running_run_stops_its_processes_and_forgets_it() {
             .iter()
             .any(|(_, c)| c.contains("yolo"))
     });
+    (aws, server, admin, id)
+}
+
+#[test]
+fn deleting_a_running_run_stops_its_processes_and_forgets_it() {
+    let (aws, server, admin, id) = training_in_progress("doomed");
+    let marker = aws.marker();
     let run = server.get(&format!("/api/v1/runs/{id}"), &admin).json();
     assert_eq!(run["status"], "running", "{run}");
 
@@ -760,21 +768,7 @@ fn deleting_a_running_run_stops_its_processes_and_forgets_it() {
 /// the run ends (here: cancelled while a long poll waits) with its final record.
 #[test]
 fn long_poll_answers_when_the_run_ends_or_the_wait_is_up() {
-    let aws = ApiWorkspace::with(
-        Workspace::new().with_env("FAKE_YOLO_EPOCH_SECONDS", "20"),
-        None,
-    );
-    let server = aws.serve();
-    let admin = aws.token("admin", &[], &["admin"]);
-    let r = server.post("/api/v1/runs", &admin, &demo_run("polled"));
-    assert_eq!(r.status, 201, "{}", r.text());
-    let id = r.json()["id"].as_str().unwrap().to_owned();
-    let marker = aws.marker();
-    wait_for(60, "yolo to be running", || {
-        processes_mentioning(&marker)
-            .iter()
-            .any(|(_, c)| c.contains("yolo"))
-    });
+    let (_aws, server, admin, id) = training_in_progress("polled");
 
     let prefix = &id[..8];
     let started = Instant::now();
