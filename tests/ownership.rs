@@ -132,29 +132,7 @@ fn purge_deletes_only_what_the_run_owns() {
 
     // A third run whose weights no model references (it stops after training): its purge
     // deletes its own training folder and run folder, and keeps the dataset the others use.
-    let wf = ws.workflow(
-        "train-only.yaml",
-        &std::fs::read_to_string(repo_root().join("workflows/ultralytics-detect.yaml"))
-            .unwrap()
-            .split("\n  - id: register")
-            .next()
-            .unwrap()
-            .replace("name: ultralytics-detect", "name: train-only"),
-    );
-    let out = ws.kiln(&[
-        "run",
-        &wf,
-        "-p",
-        "project=demo",
-        "-p",
-        "release=demo-release.zip",
-        "-p",
-        "training_name=third",
-        "-p",
-        "overrides={epochs: 1, imgsz: 64, batch: 4, device: cpu}",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let third = run_id(&out);
+    let third = train_only(&ws, "third");
     assert!(training("third").join("weights/best.pt").is_file());
     let out = ws.kiln(&["runs", "delete", &third, "--purge-outputs"]);
     assert!(out.status.success(), "{}", text(&out.stderr));

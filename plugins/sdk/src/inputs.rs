@@ -11,7 +11,8 @@ pub struct Inputs {
     map: Map<String, Value>,
 }
 
-fn type_name(v: &Value) -> &'static str {
+/// How a JSON value's type reads in an error message: `a string`, `a list`, `null`…
+pub fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

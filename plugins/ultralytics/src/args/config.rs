@@ -2,10 +2,11 @@
 //! the keys the plugin owns set, and a config handed to `train` checked again.
 
 use kiln_plugin_sdk::StepError;
+use kiln_plugin_sdk::inputs::type_name;
 use serde_json::{Map, Value};
 
 use super::keys::{Kind, USER_KEYS, kind_of, reserved_reason, unknown_key_error};
-use super::values::{check_value, value_type};
+use super::values::check_value;
 
 /// `user` or `developer`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +39,7 @@ pub fn parse_base_config(origin: &str, yaml: &str) -> Result<Map<String, Value>,
         other => {
             return Err(StepError::invalid_input(format!(
                 "{origin}: must be a mapping of Ultralytics arguments, got {}",
-                value_type(&other)
+                type_name(&other)
             )));
         }
     };

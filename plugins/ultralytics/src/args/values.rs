@@ -1,20 +1,10 @@
 //! Checking a value given for a key, coercing strings the way Ultralytics' CLI would.
 
 use kiln_plugin_sdk::StepError;
+use kiln_plugin_sdk::inputs::type_name;
 use serde_json::{Map, Number, Value};
 
 use super::keys::{Kind, kind_of, unknown_key_error};
-
-pub(super) fn value_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
 
 fn as_int(v: &Value) -> Option<i64> {
     match v {
@@ -60,7 +50,7 @@ pub fn check_value(origin: &str, key: &str, value: &Value) -> Result<Value, Step
     let bad = |want: &str| {
         StepError::invalid_input(format!(
             "{origin}: '{key}' must be {want}, got {} ({value})",
-            value_type(value)
+            type_name(value)
         ))
     };
     let Some(kind) = kind_of(key) else {
