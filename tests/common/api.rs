@@ -1,7 +1,8 @@
 //! HTTP test harness for `kiln serve`: a throwaway workspace whose real `kiln serve` process is
-//! killed when the guard drops, a minimal HTTP/1.1 client over `std::net::TcpStream` (with a
-//! server-sent-events reader), tokens made with `kiln token create`, and the route table read
-//! from `engine/server/src/routes/` itself (`mod.rs` and the handlers' `#[utoipa::path]`) so the
+//! killed when the guard drops, requests through `ureq` (plus a raw HTTP/1.1 client over
+//! `std::net::TcpStream` for what no well-behaved client sends, and a server-sent-events reader),
+//! tokens made with `kiln token create`, and the route table read from
+//! `engine/server/src/routes/` itself (`mod.rs` and the handlers' `#[utoipa::path]`) so the
 //! tests cannot drift from it.
 #![allow(dead_code)]
 
@@ -235,6 +236,72 @@ impl Resp {
     }
 }
 
+/// A `ureq` agent for one request: every status is an answer (not an error), redirects are not
+/// followed, and the whole exchange, its body included, is bounded by `timeout`.
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_connect(Some(Duration::from_secs(5)))
+        .timeout_global(Some(timeout))
+        .build()
+        .into()
+}
+
+/// Send one request through `ureq`; the response body is left to read. Each request has its
+/// own connection (`Connection: close`), as the server's connection bound and timeouts expect.
+fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+    let mut req = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("Connection", "close");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let agent = agent(timeout);
+    match body {
+        Some(b) => agent.run(req.body(b)?),
+        // `Content-Length: 0`, as for any body-carrying method.
+        None if matches!(method, "POST" | "PUT" | "PATCH") => agent.run(req.body(&b""[..])?),
+        None => agent.run(req.body(())?),
+    }
+}
+
+/// The headers as (lowercase name, value) pairs.
+fn header_list(headers: &ureq::http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            (k.as_str().to_owned(), v)
+        })
+        .collect()
+}
+
+/// One request through `ureq`; the whole response is read (bounded by `timeout`).
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Resp, ureq::Error> {
+    let (parts, mut body) = send(addr, method, path, headers, body, timeout)?.into_parts();
+    Ok(Resp {
+        status: parts.status.as_u16(),
+        headers: header_list(&parts.headers),
+        body: body.read_to_vec()?,
+    })
+}
+
 fn write_request(
     stream: &mut TcpStream,
     addr: SocketAddr,
@@ -331,8 +398,9 @@ impl<R: BufRead> Read for Body<R> {
     }
 }
 
-/// One HTTP/1.1 request; the whole response is read (bounded by `timeout`).
-pub fn request(
+/// One HTTP/1.1 request written by hand, for what no well-behaved client sends; the whole
+/// response is read (bounded by `timeout`).
+pub fn raw_request(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -786,10 +854,11 @@ impl Server {
         if bytes.is_some() {
             headers.push(("Content-Type", "application/json"));
         }
-        self.raw(method, path, &headers, bytes.as_deref())
+        self.send(method, path, &headers, bytes.as_deref())
     }
 
-    pub fn raw(
+    /// A request with these headers and body.
+    pub fn send(
         &self,
         method: &str,
         path: &str,
@@ -797,6 +866,25 @@ impl Server {
         body: Option<&[u8]>,
     ) -> Resp {
         request(
+            self.addr,
+            method,
+            path,
+            headers,
+            body,
+            Duration::from_secs(150),
+        )
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}\nserver log:\n{}", self.log_text()))
+    }
+
+    /// A request written by hand ([`raw_request`]), for what no well-behaved client sends.
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Resp {
+        raw_request(
             self.addr,
             method,
             path,
