@@ -460,7 +460,8 @@ pub struct SseEvent {
 pub struct Sse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
-    reader: BufReader<Body<BufReader<TcpStream>>>,
+    /// The body as it arrives; `ureq` fails a read past the deadline.
+    reader: BufReader<ureq::BodyReader<'static>>,
     deadline: Instant,
 }
 
@@ -483,12 +484,6 @@ impl Sse {
                 !left.is_zero(),
                 "SSE stream: deadline passed; so far {ev:?}"
             );
-            self.reader
-                .get_ref()
-                .inner
-                .get_ref()
-                .set_read_timeout(Some(left))
-                .unwrap();
             let mut raw = Vec::new();
             match self.reader.read_until(b'\n', &mut raw) {
                 Ok(0) => return any.then_some(ev),
@@ -541,29 +536,24 @@ impl Sse {
     }
 }
 
-/// GET `path` as an event stream (the response body is read as it arrives).
-pub fn sse(addr: SocketAddr, path: &str, headers: &[(&str, &str)], timeout: Duration) -> Sse {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    stream.set_read_timeout(Some(timeout)).unwrap();
+/// GET `path` as an event stream through `ureq` (the response body is read as it arrives, until
+/// `timeout` from now).
+pub fn sse(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<Sse, ureq::Error> {
+    let deadline = Instant::now() + timeout;
     let mut all = vec![("Accept", "text/event-stream")];
     all.extend_from_slice(headers);
-    write_request(&mut stream, addr, "GET", path, &all, None).unwrap();
-    let mut reader = BufReader::new(stream);
-    let (status, headers) = read_head(&mut reader).unwrap();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-    Sse {
-        status,
-        headers,
-        reader: BufReader::new(Body {
-            inner: reader,
-            chunked,
-            left: 0,
-            done: false,
-        }),
-        deadline: Instant::now() + timeout,
-    }
+    let (parts, body) = send(addr, "GET", path, &all, None, timeout)?.into_parts();
+    Ok(Sse {
+        status: parts.status.as_u16(),
+        headers: header_list(&parts.headers),
+        reader: BufReader::new(body.into_reader()),
+        deadline,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -911,6 +901,7 @@ impl Server {
             headers.push(("Last-Event-ID", id));
         }
         sse(self.addr, path, &headers, Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("SSE GET {path}: {e}\nserver log:\n{}", self.log_text()))
     }
 
     /// Poll `GET /runs/{id}` until the run is finished; returns it.
