@@ -327,79 +327,39 @@ fn write_request(
     stream.flush()
 }
 
-fn read_head(reader: &mut impl BufRead) -> std::io::Result<(u16, Vec<(String, String)>)> {
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            break;
-        }
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-        }
-    }
-    Ok((status, headers))
+/// The head of a raw response.
+struct Head {
+    status: u16,
+    /// (lowercase name, value)
+    headers: Vec<(String, String)>,
+    /// Its length in bytes: the body follows.
+    len: usize,
 }
 
-/// A response body: plain until EOF (we always send `Connection: close`) or chunked.
-pub struct Body<R: BufRead> {
-    inner: R,
-    chunked: bool,
-    left: usize,
-    done: bool,
-}
-
-impl<R: BufRead> Read for Body<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.done {
-            return Ok(0);
-        }
-        if !self.chunked {
-            return self.inner.read(buf);
-        }
-        if self.left == 0 {
-            let mut line = String::new();
-            self.inner.read_line(&mut line)?;
-            if line.trim().is_empty() {
-                // The CRLF after the previous chunk.
-                line.clear();
-                self.inner.read_line(&mut line)?;
-            }
-            let size = line.trim().split(';').next().unwrap_or("");
-            if size.is_empty() {
-                self.done = true;
-                return Ok(0);
-            }
-            self.left = usize::from_str_radix(size, 16)
-                .map_err(|_| std::io::Error::other(format!("bad chunk size {line:?}")))?;
-            if self.left == 0 {
-                self.done = true;
-                return Ok(0);
-            }
-        }
-        let n = buf.len().min(self.left);
-        let n = self.inner.read(&mut buf[..n])?;
-        if n == 0 {
-            self.done = true;
-        }
-        self.left -= n;
-        Ok(n)
-    }
+/// The head of a raw response, once `bytes` hold all of it.
+fn parse_head(bytes: &[u8]) -> std::io::Result<Option<Head>> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(len) = resp.parse(bytes).map_err(std::io::Error::other)? else {
+        return Ok(None);
+    };
+    let headers = resp
+        .headers
+        .iter()
+        .map(|h| {
+            let v = String::from_utf8_lossy(h.value).into_owned();
+            (h.name.to_ascii_lowercase(), v)
+        })
+        .collect();
+    Ok(Some(Head {
+        status: resp.code.unwrap_or_default(),
+        headers,
+        len,
+    }))
 }
 
 /// One HTTP/1.1 request written by hand, for what no well-behaved client sends; the whole
-/// response is read (bounded by `timeout`).
+/// response, which must have a `Content-Length`, is read (bounded by `timeout`).
 pub fn raw_request(
     addr: SocketAddr,
     method: &str,
@@ -413,37 +373,40 @@ pub fn raw_request(
     stream.set_write_timeout(Some(timeout))?;
     // A server may answer (e.g. 413) before reading the whole body: still read its answer.
     let written = write_request(&mut stream, addr, method, path, headers, body);
-    let mut reader = BufReader::new(stream);
-    let (status, headers) = match read_head(&mut reader) {
-        Ok(h) => h,
-        Err(e) => return Err(written.err().unwrap_or(e)),
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head = loop {
+        if let Some(head) = parse_head(&buf)? {
+            break head;
+        }
+        let n = match stream.read(&mut chunk) {
+            Ok(0) => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("closed before a whole answer: {:?}", text(&buf)),
+            )),
+            other => other,
+        };
+        match n {
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(written.err().unwrap_or(e)),
+        }
     };
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-    let length = headers
+    let length = head
+        .headers
         .iter()
         .find(|(k, _)| k == "content-length")
-        .and_then(|(_, v)| v.parse::<usize>().ok());
-    let mut body = Vec::new();
-    let mut b = Body {
-        inner: reader,
-        chunked,
-        left: 0,
-        done: false,
-    };
-    match length {
-        Some(n) if !chunked => {
-            body.resize(n, 0);
-            b.read_exact(&mut body)?;
-        }
-        _ => {
-            b.read_to_end(&mut body)?;
-        }
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no Content-Length in {:?}", head.headers)))?;
+    let mut body = buf.split_off(head.len);
+    if body.len() < length {
+        let mut rest = vec![0; length - body.len()];
+        stream.read_exact(&mut rest)?;
+        body.extend(rest);
     }
+    body.truncate(length);
     Ok(Resp {
-        status,
-        headers,
+        status: head.status,
+        headers: head.headers,
         body,
     })
 }
@@ -570,16 +533,17 @@ pub struct DribbleEnd {
 }
 
 impl DribbleEnd {
+    /// The status of the answer, when its whole head arrived.
     pub fn status(&self) -> Option<u16> {
-        let text = String::from_utf8_lossy(&self.response);
-        text.lines().next()?.split_whitespace().nth(1)?.parse().ok()
+        Some(parse_head(&self.response).ok()??.status)
     }
 
+    /// What came after the answer's head.
     pub fn body(&self) -> String {
-        let text = String::from_utf8_lossy(&self.response);
-        text.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default()
+        match parse_head(&self.response) {
+            Ok(Some(head)) => text(&self.response[head.len..]),
+            _ => String::new(),
+        }
     }
 }
 
