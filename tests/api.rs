@@ -645,8 +645,7 @@ fn bad_bodies_are_problem_details_that_say_what_is_wrong() {
     let mut big = br#"{"workflow":""#.to_vec();
     big.extend(std::iter::repeat_n(b'a', (1 << 20) + 1000));
     big.extend(br#""}"#);
-    // Raw: the server answers 413 before reading the body, which a client may see as a reset
-    // while it is still writing.
+    // Raw: the server answers 413 before reading the body; a client still writing it may fail.
     let h = [
         ("Authorization", auth.as_str()),
         ("Content-Type", "application/json"),
@@ -1100,8 +1099,9 @@ fn slow_clients_are_cut_off_and_healthy_streams_are_not() {
     let limit = Duration::from_secs(60);
 
     // Headers dribbled one byte at a time: disconnected, without being served.
+    // Raw (Dribbler): no client library dribbles its request.
     let headers = Dribbler::headers(server.addr, limit);
-    // A body dribbled one byte at a time: cut off with a 408 problem.
+    // A body dribbled one byte at a time: cut off with a 408 problem. Raw, as above.
     let head = format!(
         "POST /api/v1/runs HTTP/1.1\r\nHost: kiln\r\nAuthorization: Bearer {token}\r\n\
          Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
@@ -1114,6 +1114,7 @@ fn slow_clients_are_cut_off_and_healthy_streams_are_not() {
         limit,
     );
     // A kept-alive connection left idle after its answer: closed.
+    // Raw: the test holds the connection itself to see the server close it.
     let mut idle = std::net::TcpStream::connect(server.addr).unwrap();
     idle.set_read_timeout(Some(limit)).unwrap();
     std::io::Write::write_all(
@@ -1197,6 +1198,7 @@ fn the_connection_bound_holds_and_valid_requests_are_served() {
     let token = aws.token("viewer", &[], &["viewer"]);
     let limit = Duration::from_secs(90);
     // Three slow clients: the server still answers a valid request at once.
+    // Raw (Dribbler): the slow clients hold connections open; the valid requests go through ureq.
     let mut slow: Vec<Dribbler> = (0..3)
         .map(|_| Dribbler::headers(server.addr, limit))
         .collect();

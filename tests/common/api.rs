@@ -1,6 +1,6 @@
 //! HTTP test harness for `kiln serve`: a throwaway workspace whose real `kiln serve` process is
-//! killed when the guard drops, requests through `ureq` (plus a raw HTTP/1.1 client over
-//! `std::net::TcpStream` for what no well-behaved client sends, and a server-sent-events reader),
+//! killed when the guard drops, requests and server-sent events through `ureq` (plus raw
+//! HTTP/1.1 over `std::net::TcpStream`, and slow clients, for what no well-behaved client sends),
 //! tokens made with `kiln token create`, and the route table read from
 //! `engine/server/src/routes/` itself (`mod.rs` and the handlers' `#[utoipa::path]`) so the
 //! tests cannot drift from it.
