@@ -1,7 +1,10 @@
 //! One step handed to a plugin, and what comes back.
 
 use serde::Serialize;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use crate::ProcessTracker;
 
@@ -30,6 +33,37 @@ pub struct StepInvocation {
     pub retry: Option<RetryContext>,
     /// GPU devices leased to the step (and the lock descriptors that hold them).
     pub gpus: Option<GpuGrant>,
+    /// Awaited before each program the step launches (see [`BeforeLaunch`]).
+    pub before_launch: Option<BeforeLaunch>,
+}
+
+type BeforeLaunchFn =
+    dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync;
+
+/// What must hold before a step launches a program: the runner makes the step's start (its
+/// attempt number, which keys every launch) durable here, so a restarted engine re-attaches
+/// instead of launching twice. An error refuses the launch.
+#[derive(Clone)]
+pub struct BeforeLaunch(Arc<BeforeLaunchFn>);
+
+impl BeforeLaunch {
+    pub fn new<F, Fut>(f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        Self(Arc::new(move || Box::pin(f())))
+    }
+
+    pub(crate) async fn run(&self) -> Result<(), String> {
+        (self.0)().await
+    }
+}
+
+impl std::fmt::Debug for BeforeLaunch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BeforeLaunch")
+    }
 }
 
 /// Why an attempt runs again.

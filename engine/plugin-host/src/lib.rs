@@ -21,8 +21,8 @@ pub use capability::process::{ProcessTracker, launch_log};
 pub use engine::{HostConfig, PluginEngine};
 pub use grants::{GrantError, Grants, PluginGrant};
 pub use invocation::{
-    FailureKind, GpuGrant, GrantedDir, RetryContext, RetryReason, Role, StepEvent, StepFailure,
-    StepInvocation,
+    BeforeLaunch, FailureKind, GpuGrant, GrantedDir, RetryContext, RetryReason, Role, StepEvent,
+    StepFailure, StepInvocation,
 };
 pub use registry::{ActionInfo, InputInfo, LoadedPlugin, PluginInfo, PluginRegistry};
 

@@ -295,7 +295,8 @@ impl LoadedPlugin {
             inv.state_dir.clone(),
             inv.processes.clone(),
         )
-        .with_gpus(inv.gpus.clone());
+        .with_gpus(inv.gpus.clone())
+        .with_before_launch(inv.before_launch.clone());
         let mut store = new_store(
             engine,
             name,

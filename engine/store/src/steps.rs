@@ -317,9 +317,9 @@ impl Store {
     }
 
     /// Start attempt `attempt` of a step (the attempt this engine knows to be next), durable
-    /// with the next commit like a step's end: for a step that launches nothing, where no
-    /// program or file is keyed by the attempt number. Lost in a crash, the step is `queued`
-    /// on resume and runs again as the same attempt.
+    /// with the next commit like a step's end. For a caller that flushes before anything keyed
+    /// by the attempt number happens (a launch). Lost in a crash, the step is `queued` on
+    /// resume and runs again as the same attempt.
     pub fn start_step_soon(
         &self,
         run_id: &str,

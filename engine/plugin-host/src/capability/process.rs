@@ -137,6 +137,8 @@ pub(crate) struct ProcessState {
     pub tracker: ProcessTracker,
     /// GPUs leased to the step: exported as CUDA_VISIBLE_DEVICES, locks inherited.
     pub gpus: Option<crate::GpuGrant>,
+    /// Awaited before each launch (the step's start made durable).
+    pub before_launch: Option<crate::BeforeLaunch>,
     /// Set when a launched program was lost without an exit status.
     pub infrastructure_failure: Option<String>,
     launches: Vec<Launch>,
@@ -168,6 +170,7 @@ impl ProcessState {
             state_dir,
             tracker,
             gpus: None,
+            before_launch: None,
             infrastructure_failure: None,
             launches: Vec::new(),
         }
@@ -175,6 +178,11 @@ impl ProcessState {
 
     pub fn with_gpus(mut self, gpus: Option<crate::GpuGrant>) -> Self {
         self.gpus = gpus;
+        self
+    }
+
+    pub fn with_before_launch(mut self, before_launch: Option<crate::BeforeLaunch>) -> Self {
+        self.before_launch = before_launch;
         self
     }
 
@@ -348,6 +356,13 @@ impl StepState {
             cwd,
             log_path: log_path.clone(),
         };
+        // Nothing keyed by the attempt is written before the attempt is durable.
+        if let Some(before) = &self.process.before_launch {
+            before
+                .run()
+                .await
+                .map_err(|e| format!("cannot launch {}: {e}", program.display()))?;
+        }
         // A fresh launch follows its output from the log file's current end: earlier attempts
         // of the step appended to the same file. Recorded before the program can write.
         if read_launch_offset(&state_dir).is_none() {

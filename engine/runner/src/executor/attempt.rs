@@ -7,7 +7,9 @@ use serde_json::Value;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use tokio_util::sync::CancellationToken;
 
-use kiln_plugin_host::{FailureKind, ProcessTracker, RetryContext, StepEvent, StepInvocation};
+use kiln_plugin_host::{
+    BeforeLaunch, FailureKind, ProcessTracker, RetryContext, StepEvent, StepInvocation,
+};
 use kiln_store::{PluginIdentity, StepStatus};
 use kiln_workflow::{ExprContext, RetryOn, Step, render_inputs_until};
 
@@ -189,10 +191,10 @@ impl Runner {
                 digest: &p.info.digest,
             });
             let log_path = log_path.as_ref().map(|p| p.display().to_string());
-            // A plugin granted no program cannot launch one: nothing outside the database is
-            // keyed by this attempt, so its start need not be durable before the step runs.
-            // Builtins and plugins that may launch wait for it.
-            if loaded.is_some_and(|p| p.grant.programs.is_empty()) {
+            // A plugin step's start need not be durable before the step runs, only before it
+            // launches a program (the attempt number keys every launch): the process capability
+            // awaits `before_launch`, which flushes the journal. Builtins wait for it.
+            if loaded.is_some() {
                 let attempt = attempts + 1;
                 store.start_step_soon(
                     run_id,
@@ -487,6 +489,14 @@ impl Runner {
             events: Some(events),
             retry,
             gpus: lease.map(GpuLease::grant),
+            // The step's start may still be queued: it is durable before anything is launched.
+            before_launch: Some(BeforeLaunch::new({
+                let store = self.inner.store.clone();
+                move || {
+                    let store = store.clone();
+                    async move { store.flush().await.map_err(|e| e.to_string()) }
+                }
+            })),
         };
         plugins
             .run(&step.uses, &inv)

@@ -221,6 +221,8 @@ impl RunService {
             events: None,
             retry: None,
             gpus: None,
+            // A preview records nothing.
+            before_launch: None,
         };
         let outputs = plugins
             .run(&request.framework, &inv)
