@@ -48,6 +48,7 @@ impl From<CheckpointRow> for Checkpoint {
 
 const EVENT_DOING: &str = "appending a log line";
 
+#[derive(Clone)]
 struct NewEvent {
     run_id: String,
     step_id: Option<String>,
@@ -105,7 +106,9 @@ impl Store {
     ) -> Result<()> {
         let event = new_event(run_id, step_id, level, message);
         self.journal()
-            .now(EVENT_DOING, move |conn| Box::pin(insert_event(conn, event)))
+            .now(EVENT_DOING, move |conn| {
+                Box::pin(insert_event(conn, event.clone()))
+            })
             .await
     }
 
@@ -118,8 +121,9 @@ impl Store {
         message: &str,
     ) {
         let event = new_event(run_id, step_id, level, message);
-        self.journal()
-            .soon(EVENT_DOING, move |conn| Box::pin(insert_event(conn, event)));
+        self.journal().soon(EVENT_DOING, move |conn| {
+            Box::pin(insert_event(conn, event.clone()))
+        });
     }
 
     /// Log lines of a run after sequence number `after`, at most `limit`.

@@ -6,8 +6,8 @@
 //! The writer commits as soon as an urgent write is queued, taking along everything queued
 //! before it; deferred writes alone wait at most [`LINGER`] for company. So concurrent steps
 //! share commits, and a finished step's record rides in the same commit as the start of the step
-//! that needed it. Each write runs inside its own savepoint: one that fails is rolled back alone
-//! and reports its error, the others commit.
+//! that needed it. A write that fails is rolled back alone and reports its error, the others
+//! commit (the batch is then applied again with a savepoint around each write).
 //!
 //! Order is kept: writes are applied in the order they were queued, so a deferred write is never
 //! durable after an urgent one queued later (what an urgent write's caller has seen complete is
@@ -15,6 +15,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
@@ -33,12 +34,13 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Called with the commit's outcome once the batch is committed (or not).
 type Finish = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
 
-/// A queued write: runs in the batch's transaction; returns whether it failed (its savepoint is
-/// then rolled back) and what to do once the batch is committed.
-type Job = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, (bool, Finish)> + Send>;
+/// Applies a queued write in the batch's transaction and keeps its outcome for [`Finish`];
+/// returns whether it failed. Called again when its batch is replayed.
+type Apply = Box<dyn for<'c> FnMut(&'c mut AnyConnection) -> BoxFuture<'c, bool> + Send>;
 
 struct Queued {
-    job: Job,
+    apply: Apply,
+    finish: Finish,
     urgent: bool,
 }
 
@@ -62,29 +64,48 @@ impl Journal {
         Self { tx }
     }
 
+    /// Queues `write`. It may be applied more than once (a batch in which another write fails
+    /// is replayed), each time in a fresh transaction: it must only act on the database.
     pub(crate) fn queue<T: Send + 'static>(
         &self,
         urgent: bool,
         doing: &'static str,
-        write: impl for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+        write: impl for<'c> Fn(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
     ) -> oneshot::Receiver<Result<T>> {
         let (done, wait) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            Box::pin(async move {
-                let outcome = write(conn).await;
-                let failed = outcome.is_err();
-                let finish: Finish = Box::new(move |committed| {
-                    let result = match (outcome, committed) {
-                        (Ok(value), Ok(())) => Ok(value),
-                        (Err(e), _) => Err(e),
-                        (Ok(_), Err(message)) => Err(Error::Commit { doing, message }),
-                    };
-                    let _ = done.send(result);
-                });
-                (failed, finish)
-            })
+        let outcome: Arc<Mutex<Option<Result<T>>>> = Arc::default();
+        let apply: Apply = Box::new({
+            let outcome = outcome.clone();
+            move |conn| {
+                let applying = write(conn);
+                let outcome = outcome.clone();
+                Box::pin(async move {
+                    let result = applying.await;
+                    let failed = result.is_err();
+                    *outcome.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+                    failed
+                })
+            }
         });
-        if let Err(mpsc::error::SendError(_)) = self.tx.send(Queued { job, urgent }) {
+        let finish: Finish = Box::new(move |committed| {
+            let applied = outcome.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let result = match (applied, committed) {
+                (Some(Ok(value)), Ok(())) => Ok(value),
+                (Some(Err(e)), _) => Err(e),
+                (Some(Ok(_)), Err(message)) => Err(Error::Commit { doing, message }),
+                (None, _) => Err(Error::Commit {
+                    doing,
+                    message: "the write was not applied".into(),
+                }),
+            };
+            let _ = done.send(result);
+        });
+        let queued = Queued {
+            apply,
+            finish,
+            urgent,
+        };
+        if let Err(mpsc::error::SendError(_)) = self.tx.send(queued) {
             // The writer is gone (the runtime is shutting down): nothing will be written.
             let (done, wait) = oneshot::channel();
             let _ = done.send(Err(Error::Commit {
@@ -100,7 +121,7 @@ impl Journal {
     pub(crate) async fn now<T: Send + 'static>(
         &self,
         doing: &'static str,
-        write: impl for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+        write: impl for<'c> Fn(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
     ) -> Result<T> {
         self.queue(true, doing, write).await.unwrap_or_else(|_| {
             Err(Error::Commit {
@@ -114,7 +135,7 @@ impl Journal {
     pub(crate) fn soon(
         &self,
         doing: &'static str,
-        write: impl for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<()>> + Send + 'static,
+        write: impl for<'c> Fn(&'c mut AnyConnection) -> BoxFuture<'c, Result<()>> + Send + 'static,
     ) {
         let wait = self.queue(false, doing, write);
         tokio::spawn(async move {
@@ -174,34 +195,70 @@ async fn writer(pool: AnyPool, begin: &'static str, mut rx: mpsc::UnboundedRecei
     }
 }
 
-/// Applies `batch` in one transaction, each write in its own savepoint, then tells each
-/// writer how the commit went. When no transaction can be begun, the writes are dropped and
-/// their callers hear that nothing was committed. Whether the connection is still fit to use.
-async fn commit(conn: &mut AnyConnection, begin: &'static str, batch: Vec<Queued>) -> bool {
+/// Applies `batch` in one transaction, then tells each writer how the commit went. The writes
+/// are applied one after the other without savepoints (each savepoint costs two more round
+/// trips to the database); if one fails, that transaction is rolled back and the batch is
+/// applied again with each write in its own savepoint, so the failing write is rolled back
+/// alone and reports its error while the others commit. When no transaction can be begun,
+/// the writes are dropped and their callers hear that nothing was committed. Returns whether
+/// the connection is still fit to use.
+async fn commit(conn: &mut AnyConnection, begin: &'static str, mut batch: Vec<Queued>) -> bool {
     let began = std::time::Instant::now();
     let writes = batch.len();
+    let (committed, fit) = match apply(conn, begin, &mut batch, false).await {
+        Pass::Committed(committed) => {
+            let fit = committed.is_ok();
+            (committed, fit)
+        }
+        // A write alone: its own error is what its caller hears.
+        Pass::WriteFailed { fit } if writes == 1 => (Ok(()), fit),
+        Pass::WriteFailed { .. } => match apply(conn, begin, &mut batch, true).await {
+            Pass::Committed(committed) => {
+                let fit = committed.is_ok();
+                (committed, fit)
+            }
+            Pass::WriteFailed { .. } | Pass::NotBegun => return false,
+        },
+        Pass::NotBegun => return false,
+    };
+    tracing::debug!(target: "store.journal", writes, micros = began.elapsed().as_micros() as u64, ok = committed.is_ok(), "commit");
+    for queued in batch {
+        (queued.finish)(committed.clone());
+    }
+    fit
+}
+
+enum Pass {
+    Committed(std::result::Result<(), String>),
+    /// A write failed without a savepoint around it; the transaction was rolled back.
+    WriteFailed {
+        fit: bool,
+    },
+    NotBegun,
+}
+
+/// One transaction over `batch`, with or without a savepoint around each write.
+async fn apply(
+    conn: &mut AnyConnection,
+    begin: &'static str,
+    batch: &mut [Queued],
+    savepoints: bool,
+) -> Pass {
     let mut tx = match conn.begin_with(begin).await {
         Ok(tx) => tx,
         Err(e) => {
             tracing::error!(target: "errors.store", writes = batch.len(), "cannot begin a write transaction: {e}");
-            return false;
+            return Pass::NotBegun;
         }
     };
-    let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
-    // A write alone needs no savepoint: if it fails, the transaction is rolled back whole.
-    let alone = batch.len() == 1;
-    let mut rollback = false;
-    for queued in batch {
-        let savepoint = !alone
+    for queued in batch.iter_mut() {
+        let savepoint = savepoints
             && sqlx::query("SAVEPOINT kiln_write")
                 .execute(&mut *tx)
                 .await
                 .is_ok();
-        let (failed, finish) = (queued.job)(&mut tx).await;
-        finishes.push(finish);
-        if alone {
-            rollback = failed;
-        } else if savepoint {
+        let failed = (queued.apply)(&mut tx).await;
+        if savepoint {
             if failed {
                 let _ = sqlx::query("ROLLBACK TO SAVEPOINT kiln_write")
                     .execute(&mut *tx)
@@ -212,21 +269,10 @@ async fn commit(conn: &mut AnyConnection, begin: &'static str, batch: Vec<Queued
             let _ = sqlx::query("RELEASE SAVEPOINT kiln_write")
                 .execute(&mut *tx)
                 .await;
+        } else if failed && !savepoints {
+            let fit = tx.rollback().await.is_ok();
+            return Pass::WriteFailed { fit };
         }
     }
-    if rollback {
-        let fit = tx.rollback().await.is_ok();
-        for finish in finishes {
-            // The write's own error is what its caller hears.
-            finish(Ok(()));
-        }
-        return fit;
-    }
-    let committed = tx.commit().await.map_err(|e| e.to_string());
-    let fit = committed.is_ok();
-    tracing::debug!(target: "store.journal", writes, micros = began.elapsed().as_micros() as u64, ok = fit, "commit");
-    for finish in finishes {
-        finish(committed.clone());
-    }
-    fit
+    Pass::Committed(tx.commit().await.map_err(|e| e.to_string()))
 }

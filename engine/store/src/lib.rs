@@ -141,6 +141,9 @@ impl Store {
             // which holds one of its own); a local file needs no check before each use.
             AnyPoolOptions::new()
                 .max_connections(8)
+                // Two open at once, in the background: the journal's writer keeps one, and
+                // the first read must not wait for a connection to be opened.
+                .min_connections(2)
                 .test_before_acquire(false)
                 .after_connect(|conn, _| {
                     Box::pin(async move {

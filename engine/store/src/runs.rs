@@ -3,6 +3,7 @@
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
+use std::sync::Arc;
 
 use crate::{Error, NewStep, Result, RunStatus, Store, TrainingRef, columns, query_err, time_fmt};
 
@@ -118,10 +119,12 @@ impl Store {
         started: bool,
     ) -> Result<RunRecord> {
         const DOING: &str = "creating a run";
-        let (run, steps, trainings) = (run.clone(), steps.to_vec(), trainings.to_vec());
+        let new = Arc::new((run.clone(), steps.to_vec(), trainings.to_vec()));
         self.journal()
             .now(DOING, move |conn| {
+                let new = new.clone();
                 Box::pin(async move {
+                    let (run, steps, trainings) = &*new;
                     let now = time_fmt::now();
                     let (status, started_at) = match started {
                         true => (RunStatus::Running, Some(now.clone())),
@@ -144,20 +147,20 @@ impl Store {
                     .execute(&mut *conn)
                     .await
                     .map_err(query_err(DOING))?;
-                    crate::steps::insert_steps(conn, &run.id, &steps).await?;
-                    for training in &trainings {
+                    crate::steps::insert_steps(conn, &run.id, steps).await?;
+                    for training in trainings {
                         crate::ownership::claim(conn, &run.id, training, DOING).await?;
                     }
                     Ok(RunRecord {
-                        id: run.id,
-                        workflow_name: run.workflow_name,
-                        workflow_file: run.workflow_file,
-                        workflow_yaml: run.workflow_yaml,
+                        id: run.id.clone(),
+                        workflow_name: run.workflow_name.clone(),
+                        workflow_file: run.workflow_file.clone(),
+                        workflow_yaml: run.workflow_yaml.clone(),
                         status,
-                        params: run.params,
+                        params: run.params.clone(),
                         error_message: None,
                         metrics: None,
-                        created_by: run.created_by,
+                        created_by: run.created_by.clone(),
                         created_at: now,
                         started_at,
                         finished_at: None,
@@ -199,6 +202,8 @@ impl Store {
         let metrics = metrics.map(|m| m.to_string());
         self.journal()
             .now(DOING, move |conn| {
+                let (id, error_message, metrics) =
+                    (id.clone(), error_message.clone(), metrics.clone());
                 Box::pin(async move {
                     let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
                     let row = sqlx::query(&sql)

@@ -230,6 +230,7 @@ pub(crate) async fn insert_steps(
 const START_DOING: &str = "starting a step";
 
 /// The start of a step's attempt, as written.
+#[derive(Clone)]
 struct StepStart {
     run_id: String,
     step_id: String,
@@ -312,7 +313,7 @@ impl Store {
     ) -> Result<i64> {
         let start = StepStart::new(run_id, step_id, None, inputs, log_path, plugin);
         self.journal()
-            .now(START_DOING, move |conn| Box::pin(start.write(conn)))
+            .now(START_DOING, move |conn| Box::pin(start.clone().write(conn)))
             .await
     }
 
@@ -331,6 +332,7 @@ impl Store {
     ) {
         let start = StepStart::new(run_id, step_id, Some(attempt), inputs, log_path, plugin);
         self.journal().soon(START_DOING, move |conn| {
+            let start = start.clone();
             Box::pin(async move { start.write(conn).await.map(|_| ()) })
         });
     }
@@ -368,6 +370,7 @@ impl Store {
         let (run_id, step_id, progress) =
             (run_id.to_owned(), step_id.to_owned(), progress.to_string());
         self.journal().soon(DOING, move |conn| {
+            let (run_id, step_id, progress) = (run_id.clone(), step_id.clone(), progress.clone());
             Box::pin(async move {
                 sqlx::query(
                     "UPDATE steps SET progress_json = $1 WHERE run_id = $2 AND step_id = $3",
@@ -414,7 +417,7 @@ impl Store {
         let (run_id, step_id) = (run_id.to_owned(), step_id.to_owned());
         self.journal()
             .now(END_DOING, move |conn| {
-                Box::pin(end_step(conn, run_id, step_id, end))
+                Box::pin(end_step(conn, run_id.clone(), step_id.clone(), end.clone()))
             })
             .await
     }
@@ -424,7 +427,7 @@ impl Store {
     pub fn end_step_soon(&self, run_id: &str, step_id: &str, end: StepEnd) {
         let (run_id, step_id) = (run_id.to_owned(), step_id.to_owned());
         self.journal().soon(END_DOING, move |conn| {
-            Box::pin(end_step(conn, run_id, step_id, end))
+            Box::pin(end_step(conn, run_id.clone(), step_id.clone(), end.clone()))
         });
     }
 

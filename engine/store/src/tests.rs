@@ -271,9 +271,8 @@ async fn dataset_uses_are_shared_and_go_with_their_runs() {
 fn log_write(
     seq: i64,
     message: &'static str,
-) -> impl for<'c> FnOnce(&'c mut sqlx::AnyConnection) -> journal::BoxFuture<'c, Result<()>>
-+ Send
-+ 'static {
+) -> impl for<'c> Fn(&'c mut sqlx::AnyConnection) -> journal::BoxFuture<'c, Result<()>> + Send + 'static
+{
     move |conn| {
         Box::pin(async move {
             sqlx::query(
@@ -290,9 +289,10 @@ fn log_write(
     }
 }
 
-/// Writes queued together share one commit; one that fails is rolled back alone (its
-/// savepoint) and its caller hears why, while the others commit. On both databases: on
-/// PostgreSQL a failed statement would otherwise abort the whole transaction.
+/// Writes queued together share one commit; one that fails is rolled back alone and its caller
+/// hears why, while the others commit, each once (the batch is rolled back and applied again
+/// with a savepoint around each write). On both databases: on PostgreSQL a failed statement
+/// aborts the whole transaction.
 #[tokio::test]
 async fn a_failing_write_does_not_take_its_batch_down() {
     for (_dir, store) in stores().await {
