@@ -16,11 +16,14 @@ macro_rules! outln {
     }};
 }
 
-/// `eprintln!` that drops what cannot be written.
+/// `eprintln!` that drops what cannot be written. The line is written with one `write`:
+/// stderr is unbuffered, and `writeln!` would write each piece of the format on its own.
 macro_rules! errln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
+        let mut line = format!($($arg)*);
+        line.push('\n');
+        let _ = std::io::stderr().write_all(line.as_bytes());
     }};
 }
 

@@ -73,9 +73,9 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<Exit> {
             return Ok(Exit::InvalidInput);
         }
     };
-    // The database opens while the plugins load.
+    // The database opens while the plugins load (polled first, so its connection starts first).
     let grace = Duration::from_secs(args.exec.kill_grace_secs);
-    let (valid, store) = tokio::join!(load_valid(ctx, &args.file, grace), ctx.store());
+    let (store, valid) = tokio::join!(ctx.store(), load_valid(ctx, &args.file, grace));
     let (workflow, yaml, plugins) = match valid? {
         Ok(v) => v,
         Err(exit) => return Ok(exit),
