@@ -436,11 +436,11 @@ impl Sse {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The next event; None at the end of the stream. Panics past the deadline.
+    /// The next event; None at the end of the stream. Panics past the deadline. As a browser
+    /// does, a block without a `data` line is not an event (it is skipped).
     pub fn next_event(&mut self) -> Option<SseEvent> {
         let mut ev = SseEvent::default();
         let mut has_data = false;
-        let mut any = false;
         loop {
             let left = self.deadline.saturating_duration_since(Instant::now());
             assert!(
@@ -449,19 +449,21 @@ impl Sse {
             );
             let mut raw = Vec::new();
             match self.reader.read_until(b'\n', &mut raw) {
-                Ok(0) => return any.then_some(ev),
+                // An unterminated last block is not dispatched either.
+                Ok(0) => return None,
                 Ok(_) => {}
                 Err(e) => panic!("SSE stream: {e} (deadline reached?); so far {ev:?}"),
             }
             let line = String::from_utf8_lossy(&raw);
             let line = line.trim_end_matches(['\r', '\n']);
             if line.is_empty() {
-                if any {
+                if has_data {
                     if ev.event.is_empty() {
                         ev.event = "message".into();
                     }
                     return Some(ev);
                 }
+                ev = SseEvent::default();
                 continue;
             }
             if line.starts_with(':') {
@@ -469,7 +471,6 @@ impl Sse {
             }
             let (field, value) = line.split_once(':').unwrap_or((line, ""));
             let value = value.strip_prefix(' ').unwrap_or(value);
-            any = true;
             match field {
                 "event" => ev.event = value.to_owned(),
                 "id" => ev.id = Some(value.to_owned()),

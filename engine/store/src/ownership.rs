@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::{Error, Result, RunStatus, Store, query_err, time_fmt};
+use crate::{Error, Result, RunStatus, Store, columns, query_err, time_fmt};
 
 /// A training folder, by project and training name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, sqlx::FromRow)]
@@ -74,7 +74,7 @@ pub(crate) async fn claim(
             project: training.project.clone(),
             name: training.name.clone(),
             owner,
-            status: status.parse().unwrap_or(RunStatus::Queued),
+            status: columns::status(&status, doing)?,
         }),
         // Released between the insert and the read: the caller may simply try again.
         None => Err(Error::Conflict(format!(
@@ -119,9 +119,10 @@ impl Store {
     ) -> Result<Option<(String, RunStatus)>> {
         const DOING: &str = "reading the owner of a training folder";
         let mut conn = self.pool().acquire().await.map_err(query_err(DOING))?;
-        Ok(owner_of(&mut conn, training, DOING)
+        owner_of(&mut conn, training, DOING)
             .await?
-            .map(|(run, status)| (run, status.parse().unwrap_or(RunStatus::Queued))))
+            .map(|(run, status)| Ok((run, columns::status(&status, DOING)?)))
+            .transpose()
     }
 
     /// The trainings a run owns.
