@@ -123,6 +123,8 @@ fn extraction_is_idempotent() {
     assert_eq!(code, Some(0));
     let out = &step(&show, "extract")["outputs"];
     assert_eq!(out["extracted"], true);
+    assert_eq!(out["layout"], "yolo");
+    assert_eq!(out["splits"], serde_json::json!(["train", "val"]));
     assert_eq!(
         out["class_names"],
         serde_json::json!(["red_box", "blue_box"])
@@ -138,6 +140,49 @@ fn extraction_is_idempotent() {
         std::fs::metadata(&marker).unwrap().modified().unwrap(),
         before
     );
+}
+
+/// The shipped COCO demo release (the layout the real MMDetection trainer was run with):
+/// extracted by the same builtin, which reports its layout, splits, classes and files.
+#[test]
+fn a_coco_release_is_extracted_with_its_splits_and_classes() {
+    let ws = Workspace::new();
+    std::fs::copy(
+        repo_root().join("workflows/data/demo-coco-release.zip"),
+        ws.root()
+            .join("projects/demo/releases/demo-coco-release.zip"),
+    )
+    .unwrap();
+    let (code, show) = extract(&ws, "demo-coco-release.zip");
+    assert_eq!(code, Some(0), "{show}");
+    let out = &step(&show, "extract")["outputs"];
+    let dir = ws
+        .root()
+        .join("projects/demo/training_data/demo-coco-release");
+    let at = |p: &str| dir.join(p).display().to_string();
+    assert_eq!(out["layout"], "coco");
+    assert_eq!(
+        out["class_names"],
+        serde_json::json!(["red_rect", "blue_rect"])
+    );
+    assert_eq!(out["nc"], 2);
+    assert_eq!(out["splits"], serde_json::json!(["train", "val"]));
+    assert_eq!(out["data_root"], dir.display().to_string());
+    assert_eq!(
+        out["annotations"],
+        serde_json::json!({"train": at("annotations/train.json"), "val": at("annotations/val.json")})
+    );
+    assert_eq!(
+        out["images"],
+        serde_json::json!({"train": at("train"), "val": at("val")})
+    );
+    // The counts of the real run's dataset (../shared/realclient/mmdetection/REPORT.md).
+    assert_eq!(
+        out["counts"],
+        serde_json::json!({"train": {"images": 16, "boxes": 26}, "val": {"images": 4, "boxes": 10}})
+    );
+    assert!(out.get("data_yaml").is_none(), "{out}");
+    assert_eq!(out["files"], 22);
 }
 
 #[test]

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::dataset::{self, Layout};
 use super::{BuiltinCtx, input_str, opt_str};
 use crate::workspace::check_name;
 use crate::{Error, Result, ownership};
@@ -23,9 +24,6 @@ use crate::{Error, Result, ownership};
 pub const MAX_ENTRIES: usize = 200_000;
 /// Most bytes an archive may expand to.
 pub const MAX_TOTAL_BYTES: u64 = 20 * 1024 * 1024 * 1024;
-
-/// Largest `data.yaml` read from a release.
-pub const MAX_DATA_YAML_BYTES: u64 = 1024 * 1024;
 
 const MARKER: &str = ".kiln-release.json";
 
@@ -91,7 +89,7 @@ pub(crate) async fn run(ctx: &BuiltinCtx<'_>) -> Result<Value> {
             "release {release} already extracted in {}",
             ctx.ws.display(&target)
         ));
-        return outputs(&target, &slug, &sha, marker.files, false);
+        return outputs(&target, &slug, &sha, marker.files, false, &stop).await;
     }
     // A different release (or files Kiln did not extract) is there: replace it only when no
     // other run used it.
@@ -124,11 +122,12 @@ pub(crate) async fn run(ctx: &BuiltinCtx<'_>) -> Result<Value> {
     }
     record_use().await?;
     let files = {
-        let (release, slug, target, sha) = (
+        let (release, slug, target, sha, stop) = (
             release.to_owned(),
             slug.clone(),
             target.clone(),
             sha.clone(),
+            stop.clone(),
         );
         // The lock goes with the work: it is released only when the extraction has ended.
         blocking(move || {
@@ -141,7 +140,7 @@ pub(crate) async fn run(ctx: &BuiltinCtx<'_>) -> Result<Value> {
         "extracted {files} files of {release} into {}",
         ctx.ws.display(&target)
     ));
-    outputs(&target, &slug, &sha, files, true)
+    outputs(&target, &slug, &sha, files, true, &stop).await
 }
 
 /// Extracts into a temporary sibling, then swaps it for `target` once complete.
@@ -220,23 +219,65 @@ pub fn extraction_status(
     if marker.sha256 != sha {
         return Ok(None);
     }
-    let data_yaml = find_data_yaml(&target).ok();
+    let data_yaml = dataset::inspect(&target, |f| f)
+        .ok()
+        .and_then(|d| d.data_yaml);
     Ok(Some((target, data_yaml)))
 }
 
-fn outputs(target: &Path, slug: &str, sha: &str, files: usize, extracted: bool) -> Result<Value> {
-    let data_yaml = find_data_yaml(target)?;
-    let class_names = class_names(&data_yaml)?;
-    Ok(json!({
-        "data_yaml": data_yaml.display().to_string(),
-        "dataset_dir": target.display().to_string(),
-        "class_names": class_names,
-        "nc": class_names.len(),
+/// The step's outputs: the dataset's layout, splits and classes (read on the blocking pool,
+/// stopped with the step), and what the extraction did.
+async fn outputs(
+    target: &Path,
+    slug: &str,
+    sha: &str,
+    files: usize,
+    extracted: bool,
+    stop: &Stop,
+) -> Result<Value> {
+    let dataset = {
+        let (target, stop) = (target.to_owned(), stop.clone());
+        blocking(move || dataset::inspect(&target, |f| stop.reader(f))).await??
+    };
+    let path = |p: &Path| p.display().to_string();
+    let mut out = json!({
+        "layout": dataset.layout.as_str(),
+        "dataset_dir": path(target),
+        "class_names": dataset.class_names,
+        "nc": dataset.class_names.len(),
+        "splits": dataset.splits.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
         "slug": slug,
         "files": files,
         "release_sha256": sha,
         "extracted": extracted,
-    }))
+    });
+    if let Some(data_yaml) = &dataset.data_yaml {
+        out["data_yaml"] = json!(path(data_yaml));
+    }
+    if dataset.layout == Layout::Coco {
+        let coco = || {
+            dataset
+                .splits
+                .iter()
+                .filter_map(|s| Some((s, s.coco.as_ref()?)))
+        };
+        out["data_root"] = json!(path(&dataset.root));
+        out["annotations"] = coco()
+            .map(|(s, c)| (s.name.clone(), json!(path(&c.annotations))))
+            .collect();
+        out["images"] = coco()
+            .map(|(s, c)| (s.name.clone(), json!(path(&c.images_dir))))
+            .collect();
+        out["counts"] = coco()
+            .map(|(s, c)| {
+                (
+                    s.name.clone(),
+                    json!({"images": c.images, "boxes": c.boxes}),
+                )
+            })
+            .collect();
+    }
+    Ok(out)
 }
 
 fn read_marker(target: &Path) -> Option<Marker> {
@@ -388,76 +429,6 @@ fn safe_relative(name: &str) -> Option<PathBuf> {
         }
     }
     (!out.as_os_str().is_empty()).then_some(out)
-}
-
-/// `data.yaml` at the top of the dataset or inside its single top-level folder.
-fn find_data_yaml(target: &Path) -> Result<PathBuf> {
-    let direct = target.join("data.yaml");
-    if direct.is_file() {
-        return Ok(direct);
-    }
-    let subdirs: Vec<PathBuf> = std::fs::read_dir(target)
-        .map_err(|e| Error::io("listing", target, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    if let [only] = subdirs.as_slice()
-        && only.join("data.yaml").is_file()
-    {
-        return Ok(only.join("data.yaml"));
-    }
-    Err(Error::Input(format!(
-        "the release has no data.yaml at its top level (looked in {}); export the dataset in \
-         YOLO format",
-        target.display()
-    )))
-}
-
-/// Class names from `names:` (a list, or a map of index to name).
-fn class_names(data_yaml: &Path) -> Result<Vec<String>> {
-    let size = std::fs::metadata(data_yaml)
-        .map_err(|e| Error::io("reading", data_yaml, e))?
-        .len();
-    if size > MAX_DATA_YAML_BYTES {
-        return Err(Error::Input(format!(
-            "{} is {size} bytes; a data.yaml may have at most {MAX_DATA_YAML_BYTES}",
-            data_yaml.display()
-        )));
-    }
-    let text =
-        std::fs::read_to_string(data_yaml).map_err(|e| Error::io("reading", data_yaml, e))?;
-    kiln_workflow::limits::check_yaml(&text)
-        .map_err(|e| Error::Input(format!("{}: {e}", data_yaml.display())))?;
-    let doc: serde_norway::Value = serde_norway::from_str(&text)
-        .map_err(|e| Error::Input(format!("{}: not valid YAML: {e}", data_yaml.display())))?;
-    let names = doc.get("names").ok_or_else(|| {
-        Error::Input(format!(
-            "{} has no `names:` list of classes",
-            data_yaml.display()
-        ))
-    })?;
-    let scalar = |v: &serde_norway::Value| match v {
-        serde_norway::Value::String(s) => s.clone(),
-        other => serde_norway::to_string(other)
-            .unwrap_or_default()
-            .trim()
-            .to_owned(),
-    };
-    match names {
-        serde_norway::Value::Sequence(seq) => Ok(seq.iter().map(scalar).collect()),
-        serde_norway::Value::Mapping(map) => {
-            let mut pairs: Vec<(i64, String)> = map
-                .iter()
-                .map(|(k, v)| (k.as_i64().unwrap_or(i64::MAX), scalar(v)))
-                .collect();
-            pairs.sort();
-            Ok(pairs.into_iter().map(|(_, v)| v).collect())
-        }
-        _ => Err(Error::Input(format!(
-            "{}: `names` must be a list or a map of class names",
-            data_yaml.display()
-        ))),
-    }
 }
 
 #[cfg(test)]

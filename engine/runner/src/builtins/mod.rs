@@ -1,6 +1,7 @@
 //! Steps the engine runs itself (`uses: builtin/<name>`): they need the workspace or the
 //! database, which plugins never reach.
 
+mod dataset;
 mod export_best;
 mod extract_release;
 mod register_model;
@@ -26,10 +27,18 @@ pub fn specs() -> Vec<(&'static str, ActionSpec)> {
                 ["project", "release"],
                 ["slug"],
                 [
-                    "data_yaml",
+                    "layout",
                     "dataset_dir",
                     "class_names",
                     "nc",
+                    "splits",
+                    // YOLO releases
+                    "data_yaml",
+                    // COCO releases: per split
+                    "data_root",
+                    "annotations",
+                    "images",
+                    "counts",
                     "slug",
                     "files",
                     "release_sha256",

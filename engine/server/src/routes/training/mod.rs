@@ -307,7 +307,8 @@ pub async fn check_extracted(
 
 /// Extract a release ZIP into `projects/<project>/training_data/<zip stem>/` (does nothing
 /// when that very archive is already extracted). Returns the `builtin/extract-release` outputs:
-/// data_yaml, dataset_dir, class_names, nc, slug, files, release_sha256, extracted.
+/// layout (yolo or coco), dataset_dir, class_names, nc, splits, data_yaml (YOLO), data_root,
+/// annotations, images and counts per split (COCO), slug, files, release_sha256, extracted.
 #[utoipa::path(post, path = "/training/extract-release", operation_id = "extract_release", request_body = ExtractRelease,
     responses((status = 200, body = Object), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn extract_release(
