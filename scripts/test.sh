@@ -2,7 +2,8 @@
 # Run the whole test suite: build the plugin components (the integration tests load the real
 # wasm), then every crate's tests, which drive the real kiln binary against real SQLite, and
 # against PostgreSQL too when one can be started (KILN_TEST_POSTGRES=off skips it; an existing
-# server is used when KILN_TEST_POSTGRES_URL is set); then Schemathesis against a real
+# server is used when KILN_TEST_POSTGRES_URL is set), and the mmdetection plugin's config
+# resolution against a real MMEngine (scripts/mmdet-venv.sh); then Schemathesis against a real
 # `kiln serve` (scripts/schemathesis.sh; it installs Schemathesis from PyPI into target/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,10 @@ if [[ -z "${KILN_TEST_POSTGRES_URL:-}" && "${KILN_TEST_POSTGRES:-auto}" != off ]
   else
     echo "PostgreSQL could not be started: its test variants are skipped"
   fi
+fi
+if [[ -z "${KILN_TEST_MMDET_PYTHON:-}" ]]; then
+  KILN_TEST_MMDET_PYTHON="$(scripts/mmdet-venv.sh)"
+  export KILN_TEST_MMDET_PYTHON
 fi
 cargo test --workspace
 scripts/schemathesis.sh

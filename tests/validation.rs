@@ -51,7 +51,7 @@ fn errors_name_what_is_wrong_and_what_to_do() {
         "{err}"
     );
     assert!(
-        err.contains("installed plugins: hostile, ultralytics"),
+        err.contains("installed plugins: hostile, mmdetection, ultralytics"),
         "{err}"
     );
     assert!(

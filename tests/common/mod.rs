@@ -29,7 +29,7 @@ pub struct Workspace {
 }
 
 pub const GRANTS: &str = "defaults: {memory_mb: 256, cpu_seconds_per_call: 10}\n\
-plugins:\n  ultralytics: {programs: [yolo], env: [FAKE_YOLO_EPOCH_SECONDS, FAKE_YOLO_FAIL_AT_EPOCH, FAKE_YOLO_RECORD]}\n  hostile: {programs: [yolo], memory_mb: 64, cpu_seconds_per_call: 1}\n";
+plugins:\n  ultralytics: {programs: [yolo], env: [FAKE_YOLO_EPOCH_SECONDS, FAKE_YOLO_FAIL_AT_EPOCH, FAKE_YOLO_RECORD]}\n  hostile: {programs: [yolo], memory_mb: 64, cpu_seconds_per_call: 1}\n  mmdetection: {programs: [python]}\n";
 
 impl Workspace {
     /// A workspace with the demo release under projects/demo/releases and both plugins.
@@ -43,16 +43,23 @@ impl Workspace {
             root.join("projects/demo/releases/demo-release.zip"),
         )
         .unwrap();
-        copy_dir(
-            &repo.join("configs/ultralytics"),
-            &root.join("configs/ultralytics"),
-        );
+        for plugin in ["ultralytics", "mmdetection"] {
+            copy_dir(
+                &repo.join("configs").join(plugin),
+                &root.join("configs").join(plugin),
+            );
+        }
         std::fs::write(root.join("configs/plugins.yaml"), GRANTS).unwrap();
         let plugins = root.join(".kiln/plugins");
         std::fs::create_dir_all(&plugins).unwrap();
         std::fs::copy(
             plugin_wasm("kiln_plugin_ultralytics.wasm"),
             plugins.join("ultralytics.wasm"),
+        )
+        .unwrap();
+        std::fs::copy(
+            plugin_wasm("kiln_plugin_mmdetection.wasm"),
+            plugins.join("mmdetection.wasm"),
         )
         .unwrap();
         std::fs::copy(

@@ -1,0 +1,467 @@
+//! Kiln plugin for MMDetection (`uses: mmdetection`).
+//!
+//! Actions:
+//! - `resolve-config`: MMEngine itself reads a base config under `configs/mmdetection/<task>/`
+//!   (MMDetection's Python format, `_base_` inheritance included), applies the overrides (user
+//!   mode: the safe options; developer mode: any key of the resolved config), points every
+//!   dataloader and evaluator at the extracted COCO release, and writes the resolved config to
+//!   the training's `artifacts/config.py` with the exact command line `train` will run. The
+//!   plugin launches `python` (granted by the operator) with the resolver in
+//!   [`RESOLVER`]: nothing of Python's config semantics is re-implemented here.
+//!
+//! The request and the resolver's answer are plain functions ([`request`], [`answer`]) with
+//! native tests; this file's `run` holds the glue to the host.
+
+use kiln_plugin_sdk::lines::LineSplitter;
+use kiln_plugin_sdk::process::{Command, describe_exit};
+use kiln_plugin_sdk::{
+    ActionInfo, GrantedDir, Inputs, Plugin, PluginInfo, StepContext, StepError, log,
+};
+use serde_json::{Map, Value, json};
+
+/// The program the operator grants this plugin: the Python that has MMEngine and MMDetection.
+pub const PROGRAM: &str = "python";
+pub const ROLE_OUTPUT: &str = "training-output";
+pub const ROLE_CONFIG: &str = "config";
+pub const TASKS: &[&str] = &["detect"];
+/// The resolver run in that Python (`python -c RESOLVER REQUEST`).
+pub const RESOLVER: &str = include_str!("resolve.py");
+
+const READ_MAX_BYTES: u32 = 64 * 1024;
+/// Largest request handed to the resolver (one argument: Linux caps one at 128 KiB).
+const MAX_REQUEST_BYTES: usize = 100 * 1024;
+const READ_TIMEOUT_MS: u32 = 1000;
+
+pub struct MmDetection;
+
+kiln_plugin_sdk::export_plugin!(MmDetection);
+
+impl Plugin for MmDetection {
+    fn describe() -> PluginInfo {
+        describe()
+    }
+
+    fn run(action: String, ctx: StepContext) -> Result<String, StepError> {
+        let inputs = ctx.inputs()?;
+        let outputs = match action.as_str() {
+            "resolve-config" => resolve_config(&ctx, &inputs)?,
+            other => {
+                return Err(StepError::invalid_input(format!(
+                    "unknown action '{other}' (mmdetection offers: resolve-config)"
+                )));
+            }
+        };
+        serde_json::to_string(&outputs)
+            .map_err(|e| StepError::internal(format!("encoding the outputs: {e}")))
+    }
+}
+
+pub fn describe() -> PluginInfo {
+    PluginInfo::new("mmdetection", env!("CARGO_PKG_VERSION")).action(
+        ActionInfo::new(
+            "resolve-config",
+            "Resolve a base config under configs/mmdetection/<task>/ with MMEngine, apply the \
+             overrides, point it at the dataset, and write it with the exact training command \
+             to the training's artifacts/",
+        )
+        .required("task", "detect")
+        .required(
+            "dataset",
+            "the COCO release: builtin/extract-release's outputs (data_root, annotations, \
+             images, class_names)",
+        )
+        .optional(
+            "base_config",
+            "base config file under the config directory (default detect/tiny_retinanet_cpu.py)",
+        )
+        .optional(
+            "mode",
+            "user (default: only epochs, batch_size, lr, imgsz, device, checkpoint_interval, \
+             val_interval, amp) or developer (any key of the resolved config, dotted)",
+        )
+        .optional(
+            "overrides",
+            "object of options (user mode) or dotted config keys (developer mode)",
+        )
+        .optional(
+            "report_rejected",
+            "in user mode, drop overrides only developer mode allows and list them in \
+             `rejected` instead of failing (default false; unknown keys still fail)",
+        )
+        .required("project", "project name")
+        .required(
+            "training_name",
+            "name of this training; the resolved config lands in its artifacts/",
+        )
+        .outputs(&[
+            "config_path",
+            "resolved_text",
+            "command",
+            "cli_preview",
+            "train_script",
+            "epochs",
+            "imgsz",
+            "device",
+            "splits",
+            "rejected",
+        ]),
+    )
+}
+
+/// A relative path under the config directory, without `..` or absolute parts.
+fn check_relative(input: &str, rel: &str) -> Result<(), StepError> {
+    if rel.starts_with('/') || rel.split(['/', '\\']).any(|c| c == "..") || rel.trim().is_empty() {
+        return Err(StepError::invalid_input(format!(
+            "input '{input}' must be a relative path inside the config directory, got '{rel}'"
+        )));
+    }
+    Ok(())
+}
+
+/// The COCO dataset part of the request, from the extract step's outputs.
+pub fn dataset_of(inputs: &Inputs) -> Result<Value, StepError> {
+    let dataset = inputs.require_object("dataset")?;
+    match dataset.get("layout").and_then(Value::as_str) {
+        Some("coco") | None => {}
+        Some(other) => {
+            return Err(StepError::invalid_input(format!(
+                "input 'dataset' is a {other} release; MMDetection trains on COCO releases \
+                 (annotations/<split>.json with the images beside them)"
+            )));
+        }
+    }
+    let field = |name: &str| {
+        dataset.get(name).ok_or_else(|| {
+            StepError::invalid_input(format!(
+                "input 'dataset' has no '{name}' (pass builtin/extract-release's outputs of a \
+                 COCO release)"
+            ))
+        })
+    };
+    let data_root = field("data_root")?
+        .as_str()
+        .filter(|s| s.starts_with('/'))
+        .ok_or_else(|| {
+            StepError::invalid_input("input 'dataset.data_root' must be an absolute path")
+        })?;
+    let paths = |name: &str| -> Result<Map<String, Value>, StepError> {
+        let map = field(name)?.as_object().cloned().ok_or_else(|| {
+            StepError::invalid_input(format!(
+                "input 'dataset.{name}' must be an object of split → path"
+            ))
+        })?;
+        if let Some((split, _)) = map
+            .iter()
+            .find(|(_, v)| !v.as_str().is_some_and(|p| p.starts_with('/')))
+        {
+            return Err(StepError::invalid_input(format!(
+                "input 'dataset.{name}.{split}' must be an absolute path"
+            )));
+        }
+        Ok(map)
+    };
+    let annotations = paths("annotations")?;
+    let images = paths("images")?;
+    if let Some(split) = annotations.keys().find(|k| !images.contains_key(*k)) {
+        return Err(StepError::invalid_input(format!(
+            "input 'dataset' has annotations for split '{split}' but no images folder for it"
+        )));
+    }
+    let class_names = field("class_names")?
+        .as_array()
+        .filter(|names| {
+            !names.is_empty()
+                && names
+                    .iter()
+                    .all(|n| n.as_str().is_some_and(|s| !s.trim().is_empty()))
+        })
+        .ok_or_else(|| {
+            StepError::invalid_input("input 'dataset.class_names' must be a list of class names")
+        })?;
+    Ok(json!({
+        "data_root": data_root,
+        "annotations": annotations,
+        "images": images,
+        "class_names": class_names,
+    }))
+}
+
+/// The resolver's request.
+pub fn request(
+    base_config: &str,
+    mode: &str,
+    overrides: &Map<String, Value>,
+    report_rejected: bool,
+    dataset: Value,
+    output_dir: Option<&str>,
+) -> Value {
+    json!({
+        "base_config": base_config,
+        "mode": mode,
+        "overrides": overrides,
+        "report_rejected": report_rejected,
+        "dataset": dataset,
+        "output_dir": output_dir,
+    })
+}
+
+/// What the resolver printed: its result, its refusal (a step error), or, when it printed
+/// neither, the end of its output to explain the failure.
+pub fn answer(output: &[String], exit: &str) -> Result<Value, StepError> {
+    for line in output.iter().rev() {
+        if let Some(result) = line.strip_prefix("KILN_RESULT ") {
+            return serde_json::from_str(result).map_err(|e| {
+                StepError::internal(format!("the resolver's result is not JSON: {e}"))
+            });
+        }
+        if let Some(error) = line.strip_prefix("KILN_ERROR ") {
+            let parsed: Value = serde_json::from_str(error).unwrap_or_else(|_| json!({}));
+            let message = parsed["message"].as_str().unwrap_or(error).to_owned();
+            let error = parsed;
+            return Err(match error["kind"].as_str() {
+                Some("invalid_input") => StepError::invalid_input(message),
+                _ => StepError::program_failed(message),
+            });
+        }
+    }
+    let tail: Vec<&str> = output
+        .iter()
+        .rev()
+        .take(12)
+        .rev()
+        .map(String::as_str)
+        .collect();
+    Err(StepError::program_failed(format!(
+        "the MMEngine resolver ended ({exit}) without a result; its last output:\n{}",
+        tail.join("\n")
+    )))
+}
+
+fn output_dir<'a>(ctx: &'a StepContext, training_name: &str) -> Result<&'a GrantedDir, StepError> {
+    let out = ctx.dir(ROLE_OUTPUT)?;
+    if !out.writable {
+        return Err(StepError::denied(format!(
+            "the '{ROLE_OUTPUT}' directory {} was granted read-only",
+            out.host_path
+        )));
+    }
+    if !out
+        .host_path
+        .trim_end_matches('/')
+        .ends_with(&format!("/{training_name}"))
+    {
+        log::warn(format!(
+            "training-output directory {} does not end in training_name '{training_name}'",
+            out.host_path
+        ));
+    }
+    Ok(out)
+}
+
+fn resolve_config(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError> {
+    inputs.require_str("project")?;
+    inputs.choice("task", TASKS, None)?;
+    let training_name = inputs.require_str("training_name")?;
+    let mode = inputs.choice("mode", &["user", "developer"], Some("user"))?;
+    let empty = Map::new();
+    let overrides = inputs.opt_object("overrides")?.unwrap_or(&empty);
+    let base_rel = inputs.str_or("base_config", "detect/tiny_retinanet_cpu.py")?;
+    check_relative("base_config", base_rel)?;
+    let report_rejected = inputs.bool_or("report_rejected", false)?;
+    let dataset = dataset_of(inputs)?;
+
+    let config_dir = ctx.dir(ROLE_CONFIG)?;
+    if std::fs::metadata(config_dir.guest(base_rel)).is_err() {
+        return Err(StepError::invalid_input(format!(
+            "input 'base_config': there is no '{base_rel}' in the config directory ({})",
+            config_dir.host_path
+        )));
+    }
+    let out = output_dir(ctx, training_name)?;
+    let request = request(
+        &config_dir.host(base_rel),
+        mode,
+        overrides,
+        report_rejected,
+        dataset,
+        Some(&out.host_path),
+    );
+    let request = request.to_string();
+    // It travels as one argument, which the kernel caps at 128 KiB.
+    if request.len() > MAX_REQUEST_BYTES {
+        return Err(StepError::invalid_input(format!(
+            "the overrides and dataset make a request of {} bytes; at most {MAX_REQUEST_BYTES} \
+             fit (use fewer or shorter overrides)",
+            request.len()
+        )));
+    }
+    log::info(format!(
+        "resolving {base_rel} with MMEngine ({mode} mode, {} override(s))",
+        overrides.len()
+    ));
+    let proc = Command::new(PROGRAM)
+        .arg("-c")
+        .arg(RESOLVER)
+        .arg(request)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .cwd(out.host_path.clone())
+        .launch()?;
+    let mut splitter = LineSplitter::new();
+    let mut lines = Vec::new();
+    loop {
+        let chunk = proc.read_output(READ_MAX_BYTES, READ_TIMEOUT_MS)?;
+        lines.extend(splitter.push(&chunk.data));
+        if chunk.finished {
+            break;
+        }
+    }
+    lines.extend(splitter.finish());
+    let status = proc.wait()?;
+    let mut result = answer(&lines, &describe_exit(&status))?;
+    let command: Vec<String> = result["command"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let cli_preview = command.join(" ");
+    log::info(format!(
+        "resolved config: {}",
+        result["config_path"].as_str().unwrap_or("?")
+    ));
+    log::info(format!("training command: {cli_preview}"));
+    if let Some(rejected) = result["rejected"].as_array() {
+        for r in rejected {
+            log::warn(format!(
+                "override '{}' dropped: {}",
+                r["key"].as_str().unwrap_or("?"),
+                r["reason"].as_str().unwrap_or("?")
+            ));
+        }
+    }
+    result["cli_preview"] = Value::String(cli_preview);
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(text: &[&str]) -> Vec<String> {
+        text.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_resolvers_answer_is_its_last_marker_line() {
+        let ok = answer(
+            &lines(&[
+                "loading",
+                r#"KILN_RESULT {"config_path": "/t/artifacts/config.py"}"#,
+            ]),
+            "exit code 0",
+        )
+        .unwrap();
+        assert_eq!(ok["config_path"], "/t/artifacts/config.py");
+        let refused = answer(
+            &lines(&[r#"KILN_ERROR {"kind": "invalid_input", "message": "override 'x': unknown option"}"#]),
+            "exit code 2",
+        )
+        .unwrap_err();
+        assert_eq!(refused.message, "override 'x': unknown option");
+        assert!(matches!(
+            refused.kind,
+            kiln_plugin_sdk::ErrorKind::InvalidInput
+        ));
+        let crashed = answer(
+            &lines(&[
+                "Traceback (most recent call last):",
+                "ModuleNotFoundError: No module named 'yaml'",
+            ]),
+            "exit code 1",
+        )
+        .unwrap_err();
+        assert!(
+            crashed.message.contains("(exit code 1) without a result")
+                && crashed.message.ends_with("No module named 'yaml'"),
+            "{}",
+            crashed.message
+        );
+    }
+
+    #[test]
+    fn the_dataset_must_be_a_coco_release_with_absolute_paths() {
+        let good = json!({
+            "layout": "coco",
+            "data_root": "/d",
+            "annotations": {"train": "/d/annotations/train.json"},
+            "images": {"train": "/d/train"},
+            "class_names": ["a"],
+        });
+        let inputs = |dataset: Value| {
+            Inputs::from_map(json!({"dataset": dataset}).as_object().unwrap().clone())
+        };
+        assert_eq!(
+            dataset_of(&inputs(good.clone())).unwrap()["class_names"],
+            json!(["a"])
+        );
+        let mut yolo = good.clone();
+        yolo["layout"] = json!("yolo");
+        let cases = [
+            (yolo, "is a yolo release"),
+            (json!({"layout": "coco"}), "has no 'data_root'"),
+            (
+                {
+                    let mut d = good.clone();
+                    d["data_root"] = json!("rel");
+                    d
+                },
+                "absolute path",
+            ),
+            (
+                {
+                    let mut d = good.clone();
+                    d["images"] = json!({});
+                    d
+                },
+                "no images folder for it",
+            ),
+            (
+                {
+                    let mut d = good.clone();
+                    d["annotations"]["train"] = json!("x.json");
+                    d
+                },
+                "'dataset.annotations.train' must be an absolute path",
+            ),
+            (
+                {
+                    let mut d = good.clone();
+                    d["class_names"] = json!([]);
+                    d
+                },
+                "list of class names",
+            ),
+        ];
+        for (dataset, expected) in cases {
+            let e = dataset_of(&inputs(dataset)).unwrap_err();
+            assert!(e.message.contains(expected), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn describe_lists_resolve_config() {
+        let info = describe();
+        assert_eq!(info.name, "mmdetection");
+        assert_eq!(info.actions[0].name, "resolve-config");
+        assert!(info.actions[0].outputs.iter().any(|o| o == "config_path"));
+    }
+
+    #[test]
+    fn relative_paths_only() {
+        assert!(check_relative("base_config", "detect/tiny_retinanet_cpu.py").is_ok());
+        assert!(check_relative("base_config", "../x.py").is_err());
+        assert!(check_relative("base_config", "/etc/passwd").is_err());
+    }
+}

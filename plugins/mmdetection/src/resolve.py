@@ -1,0 +1,242 @@
+# Kiln's MMDetection config resolver: run by the mmdetection plugin as `python -c <this> REQUEST`
+# in the Python that has MMEngine and MMDetection. MMEngine itself reads the base config (with its
+# `_base_` inheritance), applies the overrides and writes the resolved config: nothing of
+# Python's config semantics is re-implemented in Kiln. Needs neither torch nor mmcv.
+#
+# REQUEST (JSON): base_config (path), mode ("user" | "developer"), overrides (object),
+# report_rejected (bool), dataset ({data_root, annotations: {split: path}, images: {split: dir},
+# class_names}), output_dir (the training folder, or null for a preview).
+# Prints one line `KILN_RESULT <json>` on success, or `KILN_ERROR <json>` ({kind, message}) and
+# exits 2 when the request is wrong; anything else (a traceback) is an unexpected failure.
+import difflib
+import importlib.util
+import json
+import os
+import sys
+
+# User mode: the safe options, and where each goes in the config.
+USER_KEYS = {
+    "epochs": "number of training epochs (train_cfg.max_epochs)",
+    "batch_size": "images per batch (train_dataloader.batch_size)",
+    "lr": "learning rate (optim_wrapper.optimizer.lr)",
+    "imgsz": "image scale: one side, or [width, height] (every Resize in the pipelines)",
+    "device": "cpu, cuda or cuda:N (which devices the trainer sees)",
+    "checkpoint_interval": "epochs between checkpoints (default_hooks.checkpoint.interval)",
+    "val_interval": "epochs between validations (train_cfg.val_interval)",
+    "amp": "mixed precision (optim_wrapper.type AmpOptimWrapper)",
+}
+
+
+def fail(kind, message):
+    print("KILN_ERROR " + json.dumps({"kind": kind, "message": message}), flush=True)
+    sys.exit(2)
+
+
+def number(key, value, kind, low):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        fail("invalid_input", f"override '{key}' must be a number, got {json.dumps(value)}")
+    if kind is int and value != int(value):
+        fail("invalid_input", f"override '{key}' must be a whole number, got {value}")
+    if not (value >= low) or value != value or value in (float("inf"), float("-inf")):
+        fail("invalid_input", f"override '{key}' must be at least {low}, got {value}")
+    return kind(value)
+
+
+def path_exists(cfg, dotted):
+    node = cfg.to_dict()
+    for part in dotted.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            keys = list(node.keys()) if isinstance(node, dict) else []
+            close = difflib.get_close_matches(part, keys, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            return f"'{dotted}' is not a key of the resolved config ('{part}' not found{hint})"
+    return None
+
+
+def set_scale(pipeline, scale):
+    found = 0
+    for step in pipeline or []:
+        if isinstance(step, dict):
+            if step.get("type") in ("Resize", "RandomResize", "FixShapeResize") and "scale" in step:
+                step["scale"] = scale
+                found += 1
+            for inner in ("transforms",):
+                if isinstance(step.get(inner), list):
+                    found += set_scale(step[inner], scale)
+    return found
+
+
+def innermost_dataset(loader):
+    dataset = loader.get("dataset") if isinstance(loader, dict) else None
+    while isinstance(dataset, dict) and isinstance(dataset.get("dataset"), dict):
+        dataset = dataset["dataset"]
+    return dataset
+
+
+def pick_split(names, wanted):
+    for name in names:
+        if name == wanted:
+            return name
+    for name in names:
+        if name.startswith(wanted):
+            return name
+    return None
+
+
+def main():
+    req = json.loads(sys.argv[1])
+    try:
+        from mmengine.config import Config
+    except ImportError as e:
+        fail("program_failed", f"MMEngine is not installed in {sys.executable} ({e}); install "
+             "mmengine and mmdet there (see docs)")
+    spec = importlib.util.find_spec("mmdet")
+    if spec is None or not spec.submodule_search_locations:
+        fail("program_failed", f"MMDetection (mmdet) is not installed in {sys.executable}")
+    train_script = os.path.join(list(spec.submodule_search_locations)[0], ".mim", "tools",
+                                "train.py")
+
+    try:
+        cfg = Config.fromfile(req["base_config"])
+    except Exception as e:  # MMEngine reports syntax errors, missing bases, ... as exceptions
+        fail("invalid_input", f"base config {req['base_config']}: {type(e).__name__}: {e}")
+
+    mode = req.get("mode", "user")
+    overrides = req.get("overrides") or {}
+    rejected = []
+    device = None
+    dotted = {}
+    for key, value in overrides.items():
+        if mode == "user" and key not in USER_KEYS:
+            why = ("only developer mode may set it" if path_exists(cfg, key) is None
+                   else "unknown option")
+            if req.get("report_rejected") and why.startswith("only"):
+                rejected.append({"key": key, "reason": why})
+                continue
+            allowed = ", ".join(sorted(USER_KEYS))
+            fail("invalid_input", f"override '{key}': {why} (user mode allows: {allowed})")
+        if mode == "user":
+            if key == "epochs":
+                dotted["train_cfg.max_epochs"] = number(key, value, int, 1)
+            elif key == "batch_size":
+                dotted["train_dataloader.batch_size"] = number(key, value, int, 1)
+            elif key == "lr":
+                lr = number(key, value, float, 0)
+                if lr <= 0:
+                    fail("invalid_input", f"override 'lr' must be above 0, got {value}")
+                dotted["optim_wrapper.optimizer.lr"] = lr
+            elif key == "checkpoint_interval":
+                dotted["default_hooks.checkpoint.interval"] = number(key, value, int, 1)
+            elif key == "val_interval":
+                dotted["train_cfg.val_interval"] = number(key, value, int, 1)
+            elif key == "imgsz":
+                if isinstance(value, list) and len(value) == 2:
+                    scale = tuple(number(key, v, int, 32) for v in value)
+                else:
+                    side = number(key, value, int, 32)
+                    scale = (side, side)
+                found = sum(set_scale(cfg.get(f"{s}_dataloader", {}).get("dataset", {})
+                                      .get("pipeline"), scale) for s in ("train", "val", "test"))
+                if not found:
+                    fail("invalid_input", "override 'imgsz': the base config's pipelines have no "
+                         "Resize with a scale to set")
+            elif key == "amp":
+                if not isinstance(value, bool):
+                    fail("invalid_input", f"override 'amp' must be true or false, got {json.dumps(value)}")
+                if value:
+                    dotted["optim_wrapper.type"] = "AmpOptimWrapper"
+                    dotted["optim_wrapper.loss_scale"] = "dynamic"
+            elif key == "device":
+                if not isinstance(value, str) or not (value == "cpu" or value == "cuda" or
+                                                      (value.startswith("cuda:") and value[5:].isdigit())):
+                    fail("invalid_input", f"override 'device' must be cpu, cuda or cuda:N, got {json.dumps(value)}")
+                device = value
+        else:
+            problem = path_exists(cfg, key)
+            if problem:
+                fail("invalid_input", f"override {problem}")
+            dotted[key] = value
+    if dotted:
+        cfg.merge_from_dict(dotted, allow_list_keys=True)
+
+    # The dataset, leaf by leaf: a top-level `data_root` in the config was resolved when the file
+    # was read, so setting it would change nothing.
+    dataset = req["dataset"]
+    root = dataset["data_root"].rstrip("/") + "/"
+    annotations, images = dataset["annotations"], dataset["images"]
+    names = list(annotations)
+    classes = tuple(dataset["class_names"])
+    chosen = {}
+    for split in ("train", "val", "test"):
+        name = pick_split(names, split) or (pick_split(names, "val") if split == "test" else None)
+        if name is None:
+            fail("invalid_input", f"the dataset has no {split} split (it has: {', '.join(names)})")
+        chosen[split] = name
+        loader = cfg.get(f"{split}_dataloader")
+        target = innermost_dataset(loader)
+        if target is None:
+            fail("invalid_input", f"the base config has no {split}_dataloader.dataset to point at the data")
+        target["data_root"] = root
+        target["ann_file"] = os.path.relpath(annotations[name], root)
+        target["data_prefix"] = dict(img=os.path.relpath(images[name], root) + "/")
+        target["metainfo"] = dict(classes=classes)
+        if split in ("val", "test"):
+            evaluator = cfg.get(f"{split}_evaluator")
+            for ev in evaluator if isinstance(evaluator, list) else [evaluator]:
+                if isinstance(ev, dict) and "ann_file" in ev:
+                    ev["ann_file"] = annotations[name]
+
+    def set_num_classes(node):
+        count = 0
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "num_classes":
+                    node[k] = len(classes)
+                    count += 1
+                else:
+                    count += set_num_classes(v)
+        elif isinstance(node, list):
+            for v in node:
+                count += set_num_classes(v)
+        return count
+
+    set_num_classes(cfg.get("model"))
+    cfg.data_root = root  # only for whoever reads the dump: the leaves above are what counts
+
+    output_dir = req.get("output_dir")
+    config_path = None
+    if output_dir:
+        cfg.work_dir = output_dir
+        artifacts = os.path.join(output_dir, "artifacts")
+        os.makedirs(artifacts, exist_ok=True)
+        config_path = os.path.join(artifacts, "config.py")
+        cfg.dump(config_path)
+    command = [sys.executable, train_script, config_path or "<resolved config>", "--work-dir",
+               output_dir or "<training-output>"]
+    if output_dir:
+        with open(os.path.join(output_dir, "artifacts", "command.txt"), "w") as f:
+            f.write(" ".join(command) + "\n")
+    scale = None
+    for step in cfg.get("train_dataloader", {}).get("dataset", {}).get("pipeline", []) or []:
+        if isinstance(step, dict) and step.get("type") == "Resize" and "scale" in step:
+            scale = list(step["scale"])
+            break
+    result = {
+        "config_path": config_path,
+        "resolved_text": cfg.pretty_text,
+        "command": command,
+        "train_script": train_script,
+        "epochs": cfg.get("train_cfg", {}).get("max_epochs"),
+        "imgsz": scale,
+        "device": device,
+        "splits": chosen,
+        "rejected": rejected,
+    }
+    print("KILN_RESULT " + json.dumps(result), flush=True)
+
+
+main()
