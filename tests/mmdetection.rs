@@ -1,6 +1,8 @@
-//! The mmdetection plugin's `resolve-config` through the real binary, against a real MMEngine
+//! The mmdetection plugin through the real binary: `resolve-config` against a real MMEngine
 //! (`KILN_TEST_MMDET_PYTHON`: a Python with mmengine and mmdet's configs; scripts/test.sh makes
-//! one with scripts/mmdet-venv.sh). Without it these tests say so and check nothing.
+//! one with scripts/mmdet-venv.sh), `train` against the stand-in for MMDetection's
+//! `tools/train.py` (tests/fixtures/bin/mmdet-train, which replays the real trainer's output and
+//! files). Without that Python these tests say so and check nothing.
 
 mod common;
 
@@ -17,7 +19,16 @@ fn workspace() -> Option<Workspace> {
     let bin = ws.root().join(".venv/bin");
     std::fs::create_dir_all(&bin).unwrap();
     let wrapper = bin.join("python");
-    std::fs::write(&wrapper, format!("#!/bin/sh\nexec '{python}' \"$@\"\n")).unwrap();
+    // MMDetection's tools/train.py needs torch: the stand-in plays it; the rest is real.
+    let stand_in = repo_root().join("tests/fixtures/bin/mmdet-train");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in */tools/train.py) shift; exec '{}' \"$@\";; esac\nexec '{python}' \"$@\"\n",
+            stand_in.display()
+        ),
+    )
+    .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::copy(
@@ -232,4 +243,157 @@ fn a_yolo_release_or_a_missing_base_config_is_refused_before_anything_runs() {
         .unwrap()
         .to_owned();
     assert!(e.contains("there is no 'detect/nope.py'"), "{e}");
+}
+
+/// The reference workflow, from the release to the exported weights.
+fn train(ws: &Workspace, name: &str, extra: &[&str]) -> (Option<i32>, Value) {
+    let wf = repo_root().join("workflows/mmdetection-detect.yaml");
+    let mut args = vec![
+        "run".to_owned(),
+        wf.display().to_string(),
+        "-p".into(),
+        "project=demo".into(),
+        "-p".into(),
+        "release=demo-coco-release.zip".into(),
+        "-p".into(),
+        format!("training_name={name}"),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ws.kiln(&args);
+    let show = ws.json(&["runs", "show", &run_id(&out), "--json"]);
+    (out.status.code(), show)
+}
+
+#[test]
+fn the_mmdetection_workflow_trains_and_exports_the_best_weights() {
+    let Some(ws) = workspace() else { return };
+    let (code, show) = train(&ws, "t1", &["-p", "overrides={epochs: 2}"]);
+    assert_eq!(code, Some(0), "{show}");
+    let dir = ws.root().join("projects/demo/model/training/t1");
+    let at = |p: &str| dir.join(p).display().to_string();
+    let out = &step(&show, "train")["outputs"];
+    assert_eq!(out["work_dir"], dir.display().to_string());
+    assert_eq!(out["best_weights"], at("best_coco_bbox_mAP_epoch_2.pth"));
+    assert_eq!(out["last_checkpoint"], at("epoch_2.pth"));
+    assert_eq!(out["epochs_completed"], 2);
+    assert!(out["resumed_from_epoch"].is_null(), "{out}");
+    assert!(out["metrics"]["coco/bbox_mAP"].as_f64().is_some(), "{out}");
+    let paths: Vec<&str> = out["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["path"].as_str().unwrap())
+        .collect();
+    assert!(paths.contains(&at("epoch_2.pth").as_str()), "{paths:?}");
+    assert!(
+        paths.contains(&at("best_coco_bbox_mAP_epoch_2.pth").as_str()),
+        "{paths:?}"
+    );
+    assert!(
+        out["scalars_json"]
+            .as_str()
+            .unwrap()
+            .ends_with("/vis_data/scalars.json")
+    );
+    // The progress the run recorded: the last epoch of two.
+    let progress = &step(&show, "train")["progress"];
+    assert_eq!(progress["epoch"], 2, "{progress}");
+    assert_eq!(progress["epochs"], 2, "{progress}");
+    // Exported with MMDetection's extension, the resolved config recorded.
+    let export = &step(&show, "export")["outputs"];
+    assert_eq!(
+        export["weights"],
+        "projects/demo/model/training/t1/weights/best.pth"
+    );
+    assert!(dir.join("weights/best.pth").is_file());
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("artifacts/report.json")).unwrap()).unwrap();
+    assert_eq!(
+        report["config"],
+        "projects/demo/model/training/t1/artifacts/config.py"
+    );
+    assert!(report["metrics"]["coco/bbox_mAP"].is_number(), "{report}");
+}
+
+#[test]
+fn a_training_without_detections_fails_and_says_why() {
+    let Some(ws) = workspace() else { return };
+    let ws = ws.with_env("FAKE_MMDET_NO_DETECTIONS", "1");
+    let (code, show) = train(&ws, "t2", &[]);
+    assert_eq!(code, Some(1), "{show}");
+    let e = step(&show, "train")["error_message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        e.contains("found no detections") && e.contains("score_thr"),
+        "{e}"
+    );
+    assert_eq!(step(&show, "export")["status"], "skipped");
+}
+
+#[test]
+fn a_failed_training_reports_the_exception_and_a_retry_resumes_it() {
+    let Some(ws) = workspace() else { return };
+    let record = ws.root().join("launches.jsonl");
+    let failing = ws
+        .with_env("FAKE_MMDET_FAIL_AT_EPOCH", "2")
+        .with_env("FAKE_MMDET_RECORD", record.to_str().unwrap());
+    // `resume: true` on the train step, as an infrastructure retry sets it.
+    let yaml = std::fs::read_to_string(repo_root().join("workflows/mmdetection-detect.yaml"))
+        .unwrap()
+        .replace(
+            "      cpu_threads: ${{ params.cpu_threads }}\n",
+            "      cpu_threads: ${{ params.cpu_threads }}\n      resume: true\n",
+        );
+    let wf = failing.workflow("resume.yaml", &yaml);
+    let out = failing.kiln(&[
+        "run",
+        &wf,
+        "-p",
+        "project=demo",
+        "-p",
+        "release=demo-coco-release.zip",
+        "-p",
+        "training_name=t3",
+        "-p",
+        "overrides={epochs: 3}",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let id = run_id(&out);
+    let show = failing.json(&["runs", "show", &id, "--json"]);
+    let e = step(&show, "train")["error_message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        e.starts_with("MMDetection failed (exit code 1): RuntimeError"),
+        "{e}"
+    );
+    let ws = failing.with_env("FAKE_MMDET_FAIL_AT_EPOCH", "");
+    let out = ws.kiln(&["runs", "retry", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let show = ws.json(&["runs", "show", &id, "--json"]);
+    let train = &step(&show, "train")["outputs"];
+    assert_eq!(train["resumed_from_epoch"], 1, "{train}");
+    assert_eq!(train["epochs_completed"], 3, "{train}");
+    let launches: Vec<Value> = std::fs::read_to_string(&record)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(launches.len(), 2, "{launches:?}");
+    assert!(
+        launches[1]["argv"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "--resume"),
+        "{launches:?}"
+    );
 }

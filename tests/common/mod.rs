@@ -29,7 +29,7 @@ pub struct Workspace {
 }
 
 pub const GRANTS: &str = "defaults: {memory_mb: 256, cpu_seconds_per_call: 10}\n\
-plugins:\n  ultralytics: {programs: [yolo], env: [FAKE_YOLO_EPOCH_SECONDS, FAKE_YOLO_FAIL_AT_EPOCH, FAKE_YOLO_RECORD]}\n  hostile: {programs: [yolo], memory_mb: 64, cpu_seconds_per_call: 1}\n  mmdetection: {programs: [python]}\n";
+plugins:\n  ultralytics: {programs: [yolo], env: [FAKE_YOLO_EPOCH_SECONDS, FAKE_YOLO_FAIL_AT_EPOCH, FAKE_YOLO_RECORD]}\n  hostile: {programs: [yolo], memory_mb: 64, cpu_seconds_per_call: 1}\n  mmdetection: {programs: [python], env: [FAKE_MMDET_EPOCH_SECONDS, FAKE_MMDET_FAIL_AT_EPOCH, FAKE_MMDET_NO_DETECTIONS, FAKE_MMDET_RECORD]}\n";
 
 impl Workspace {
     /// A workspace with the demo release under projects/demo/releases and both plugins.

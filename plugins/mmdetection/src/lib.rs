@@ -8,15 +8,24 @@
 //!   the training's `artifacts/config.py` with the exact command line `train` will run. The
 //!   plugin launches `python` (granted by the operator) with the resolver in
 //!   [`RESOLVER`]: nothing of Python's config semantics is re-implemented here.
+//! - `train`: launches MMDetection's `tools/train.py` itself (not `mim`, whose trainer outlives a
+//!   SIGTERM) with `--work-dir` = the training's folder, follows its log ([`monitor`]: epoch and
+//!   iteration, losses, ETA, `coco/bbox_mAP…` validations), reports `epoch_N.pth` and
+//!   `best_coco_bbox_mAP_epoch_N.pth` as checkpoints, resumes with `--resume` on a retry after an
+//!   infrastructure failure, and fails a run that ends without detections or best weights.
 //!
 //! The request and the resolver's answer are plain functions ([`request`], [`answer`]) with
 //! native tests; this file's `run` holds the glue to the host.
 
+pub mod monitor;
+
 use kiln_plugin_sdk::lines::LineSplitter;
 use kiln_plugin_sdk::process::{Command, describe_exit};
 use kiln_plugin_sdk::{
-    ActionInfo, GrantedDir, Inputs, Plugin, PluginInfo, StepContext, StepError, log,
+    ActionInfo, GrantedDir, Inputs, Plugin, PluginInfo, RetryReason, StepContext, StepError, log,
+    progress,
 };
+use monitor::{Event, Monitor};
 use serde_json::{Map, Value, json};
 
 /// The program the operator grants this plugin: the Python that has MMEngine and MMDetection.
@@ -45,9 +54,10 @@ impl Plugin for MmDetection {
         let inputs = ctx.inputs()?;
         let outputs = match action.as_str() {
             "resolve-config" => resolve_config(&ctx, &inputs)?,
+            "train" => train(&ctx, &inputs)?,
             other => {
                 return Err(StepError::invalid_input(format!(
-                    "unknown action '{other}' (mmdetection offers: resolve-config)"
+                    "unknown action '{other}' (mmdetection offers: resolve-config, train)"
                 )));
             }
         };
@@ -104,6 +114,39 @@ pub fn describe() -> PluginInfo {
             "device",
             "splits",
             "rejected",
+        ]),
+    )
+    .action(
+        ActionInfo::new(
+            "train",
+            "Train with MMDetection's tools/train.py on a config from resolve-config",
+        )
+        .required("task", "detect")
+        .required(
+            "config",
+            "resolve-config's outputs (config_path, train_script, epochs, device)",
+        )
+        .required("project", "project name")
+        .required("training_name", "name of this training (its folder is the work dir)")
+        .optional(
+            "resume",
+            "continue from the work dir's last_checkpoint (--resume; default false; a retry \
+             after an infrastructure failure always does)",
+        )
+        .optional(
+            "cpu_threads",
+            "OMP_NUM_THREADS for the trainer (on a small shared CPU machine 1 is fastest)",
+        )
+        .outputs(&[
+            "work_dir",
+            "best_weights",
+            "last_checkpoint",
+            "checkpoints",
+            "metrics",
+            "epochs_completed",
+            "resumed_from_epoch",
+            "scalars_json",
+            "config_path",
         ]),
     )
 }
@@ -345,6 +388,287 @@ fn resolve_config(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError
     Ok(result)
 }
 
+/// The trainer's run folder of this invocation: `<work_dir>/<YYYYMMDD_HHMMSS>/`, the newest.
+fn newest_run_dir(out: &GrantedDir) -> Option<String> {
+    std::fs::read_dir(out.guest(""))
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| {
+            n.len() == 15
+                && n.as_bytes()[8] == b'_'
+                && n.bytes()
+                    .enumerate()
+                    .all(|(i, b)| i == 8 || b.is_ascii_digit())
+        })
+        .max()
+}
+
+/// `epoch_N.pth` → N; `best_…_epoch_N.pth` → N.
+fn epoch_of(file: &str) -> Option<u32> {
+    file.strip_suffix(".pth")?
+        .rsplit_once("epoch_")?
+        .1
+        .parse()
+        .ok()
+}
+
+fn train(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError> {
+    inputs.require_str("project")?;
+    inputs.choice("task", TASKS, None)?;
+    let training_name = inputs.require_str("training_name")?;
+    let out = output_dir(ctx, training_name)?;
+    let config = inputs.require_object("config")?;
+    let text = |name: &str| {
+        config.get(name).and_then(Value::as_str).ok_or_else(|| {
+            StepError::invalid_input(format!(
+                "input 'config' has no '{name}' (pass resolve-config's outputs)"
+            ))
+        })
+    };
+    let config_path = text("config_path")?;
+    let train_script = text("train_script")?;
+    // The config is Python that the trainer runs: only the one resolve-config wrote for this
+    // training is taken.
+    let Some(config_rel) = config_path
+        .strip_prefix(out.host_path.trim_end_matches('/'))
+        .and_then(|r| r.strip_prefix('/'))
+        .filter(|r| !r.split('/').any(|c| c == ".."))
+    else {
+        return Err(StepError::invalid_input(format!(
+            "input 'config.config_path' ({config_path}) is not in this training's folder {}; \
+             pass the outputs of resolve-config for the same training_name",
+            out.host_path
+        )));
+    };
+    if std::fs::metadata(out.guest(config_rel)).is_err() {
+        return Err(StepError::invalid_input(format!(
+            "input 'config.config_path': {config_path} does not exist; run resolve-config first"
+        )));
+    }
+    if !train_script.ends_with("/tools/train.py") {
+        return Err(StepError::invalid_input(format!(
+            "input 'config.train_script' ({train_script}) is not MMDetection's tools/train.py"
+        )));
+    }
+    let epochs = config
+        .get("epochs")
+        .and_then(Value::as_u64)
+        .and_then(|e| u32::try_from(e).ok());
+    let device = config.get("device").and_then(Value::as_str);
+    // A retry after the machine lost the trainer continues from its last checkpoint.
+    let infra_retry = ctx
+        .retry
+        .as_ref()
+        .is_some_and(|r| matches!(r.reason, RetryReason::Infrastructure));
+    let resume = inputs.bool_or("resume", false)? || infra_retry;
+
+    let mut command = Command::new(PROGRAM)
+        .arg(train_script)
+        .arg(config_path)
+        .arg("--work-dir")
+        .arg(out.host_path.clone())
+        // Lines as they are logged, not when Python's buffer fills.
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .cwd(out.host_path.clone());
+    if resume {
+        command = command.arg("--resume");
+    }
+    if device == Some("cpu") {
+        command = command.env("CUDA_VISIBLE_DEVICES", "");
+    }
+    if let Some(threads) = inputs.opt_i64("cpu_threads")? {
+        if !(1..=1024).contains(&threads) {
+            return Err(StepError::invalid_input(format!(
+                "input 'cpu_threads' must be between 1 and 1024, got {threads}"
+            )));
+        }
+        command = command.env("OMP_NUM_THREADS", threads.to_string());
+    }
+    log::info(format!("running: {}", command.display()));
+    let proc = command.launch()?;
+    let mut splitter = LineSplitter::new();
+    let mut mon = Monitor::new();
+    let mut checkpoints: Vec<Value> = Vec::new();
+    let handle = |line: &str, mon: &mut Monitor, checkpoints: &mut Vec<Value>| {
+        let Some(event) = mon.line(line) else { return };
+        match event {
+            Event::Train {
+                epoch,
+                iter,
+                iters,
+                eta,
+                metrics,
+            } => {
+                let percent = epochs.filter(|e| *e > 0 && iters > 0).map(|e| {
+                    let done = f64::from(epoch - 1) * f64::from(iters) + f64::from(iter);
+                    (done / (f64::from(e) * f64::from(iters)) * 100.0).min(100.0)
+                });
+                let of = epochs.map(|e| format!("/{e}")).unwrap_or_default();
+                let eta = eta.map(|e| format!(", eta {e}")).unwrap_or_default();
+                progress::report(&progress::Update {
+                    percent,
+                    epoch: Some(epoch),
+                    epochs,
+                    metrics,
+                    message: Some(format!("epoch {epoch}{of}, iteration {iter}/{iters}{eta}")),
+                });
+            }
+            Event::Validation { epoch, metrics } => {
+                let map = metrics
+                    .iter()
+                    .find(|(k, _)| k == "coco/bbox_mAP")
+                    .map(|(_, v)| format!(": bbox_mAP {v}"))
+                    .unwrap_or_default();
+                log::info(format!("validation after epoch {epoch}{map}"));
+                progress::report(&progress::Update {
+                    percent: None,
+                    epoch: Some(epoch),
+                    epochs,
+                    metrics,
+                    message: Some(format!("validated epoch {epoch}")),
+                });
+            }
+            Event::Saved { epoch } => {
+                let file = format!("epoch_{epoch}.pth");
+                if std::fs::metadata(out.guest(&file)).is_ok() {
+                    progress::checkpoint(out.host(&file), Some(epoch), false);
+                    checkpoints
+                        .push(json!({"path": out.host(&file), "epoch": epoch, "best": false}));
+                }
+            }
+            Event::Best { epoch, file } => {
+                if std::fs::metadata(out.guest(&file)).is_ok() {
+                    progress::checkpoint(out.host(&file), Some(epoch), true);
+                    checkpoints.retain(|c| c["best"] != json!(true));
+                    checkpoints
+                        .push(json!({"path": out.host(&file), "epoch": epoch, "best": true}));
+                }
+            }
+            Event::Resumed { epoch } => log::info(format!("resumed after epoch {epoch}")),
+            Event::NoDetections => log::warn(
+                "the validation found no detections (CocoMetric: the testing results of the \
+                 whole dataset is empty): no metrics and no best checkpoint for this epoch",
+            ),
+            Event::Warn(w) => log::warn(w),
+            Event::Error(e) => log::error(e),
+        }
+    };
+    loop {
+        let chunk = proc.read_output(READ_MAX_BYTES, READ_TIMEOUT_MS)?;
+        for line in splitter.push(&chunk.data) {
+            handle(&line, &mut mon, &mut checkpoints);
+        }
+        if chunk.finished {
+            break;
+        }
+    }
+    if let Some(line) = splitter.finish() {
+        handle(&line, &mut mon, &mut checkpoints);
+    }
+    let status = proc.wait()?;
+    if !status.success {
+        return Err(StepError::program_failed(
+            mon.failure_message(&describe_exit(&status)),
+        ));
+    }
+
+    // What the work dir holds now (a resumed run's earlier checkpoints included).
+    let files: Vec<String> = std::fs::read_dir(out.guest(""))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let best = files
+        .iter()
+        .filter(|f| f.starts_with("best_") && f.ends_with(".pth"))
+        .max_by_key(|f| epoch_of(f))
+        .cloned();
+    let last = std::fs::read_to_string(out.guest("last_checkpoint"))
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty());
+    let epochs_completed = last
+        .as_deref()
+        .and_then(|l| epoch_of(l.rsplit('/').next().unwrap_or(l)))
+        .or(mon.last_epoch_saved);
+    let best_weights = match (&best, &last) {
+        (Some(best), _) => out.host(best),
+        (None, _) if mon.no_detections => {
+            return Err(StepError::program_failed(format!(
+                "MMDetection finished ({}) but its validation found no detections (\"The \
+                 testing results of the whole dataset is empty\"), so it saved no best \
+                 checkpoint: train longer, or lower model.test_cfg.score_thr (developer mode)",
+                describe_exit(&status)
+            )));
+        }
+        (None, Some(last)) => {
+            log::warn(format!(
+                "no best checkpoint in {} (the config sets no save_best): the best weights are \
+                 the last checkpoint, {last}",
+                out.host_path
+            ));
+            last.clone()
+        }
+        (None, None) => {
+            return Err(StepError::program_failed(format!(
+                "MMDetection finished ({}) but wrote no checkpoint in {}",
+                describe_exit(&status),
+                out.host_path
+            )));
+        }
+    };
+    let run_dir = newest_run_dir(out);
+    let scalars_rel = run_dir.map(|d| format!("{d}/vis_data/scalars.json"));
+    // The last validation, at full precision when scalars.json has it.
+    let metrics: Map<String, Value> = scalars_rel
+        .as_deref()
+        .and_then(|rel| std::fs::read_to_string(out.guest(rel)).ok())
+        .and_then(|t| monitor::validations(&t).pop())
+        .map(|(_, m)| m)
+        .unwrap_or_else(|| {
+            mon.last_validation
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((k.clone(), Value::Number(serde_json::Number::from_f64(*v)?)))
+                })
+                .collect()
+        });
+    // MMEngine keeps the last `max_keep_ckpts` epochs: only those still there are listed.
+    checkpoints.retain(|c| {
+        c["path"]
+            .as_str()
+            .and_then(|p| p.rsplit('/').next())
+            .is_some_and(|f| std::fs::metadata(out.guest(f)).is_ok())
+    });
+    if checkpoints.is_empty() {
+        // Nothing saved in this invocation (a resume of a finished training): report what is there.
+        if let Some(last) = &last {
+            checkpoints.push(json!({"path": last, "epoch": epochs_completed, "best": false}));
+        }
+        if let Some(best) = &best {
+            checkpoints
+                .push(json!({"path": out.host(best), "epoch": epoch_of(best), "best": true}));
+        }
+    }
+    log::info(format!(
+        "training finished: {} epochs, best weights {best_weights}",
+        epochs_completed.map_or("?".into(), |n| n.to_string())
+    ));
+    Ok(json!({
+        "work_dir": out.host_path,
+        "best_weights": best_weights,
+        "last_checkpoint": last,
+        "checkpoints": checkpoints,
+        "metrics": metrics,
+        "epochs_completed": epochs_completed,
+        "resumed_from_epoch": mon.resumed_from_epoch,
+        "scalars_json": scalars_rel.map(|r| out.host(&r)),
+        "config_path": config_path,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,11 +775,20 @@ mod tests {
     }
 
     #[test]
-    fn describe_lists_resolve_config() {
+    fn describe_lists_resolve_config_and_train() {
         let info = describe();
         assert_eq!(info.name, "mmdetection");
         assert_eq!(info.actions[0].name, "resolve-config");
+        assert_eq!(info.actions[1].name, "train");
+        assert!(info.actions[1].outputs.iter().any(|o| o == "best_weights"));
         assert!(info.actions[0].outputs.iter().any(|o| o == "config_path"));
+    }
+
+    #[test]
+    fn checkpoint_names_give_their_epoch() {
+        assert_eq!(epoch_of("epoch_12.pth"), Some(12));
+        assert_eq!(epoch_of("best_coco_bbox_mAP_epoch_2.pth"), Some(2));
+        assert_eq!(epoch_of("latest.pth"), None);
     }
 
     #[test]

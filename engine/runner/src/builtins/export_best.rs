@@ -1,6 +1,8 @@
 //! `builtin/export-best`: put the best weights at the stable
-//! `projects/<project>/model/training/<name>/weights/best.pt` and write `artifacts/` beside it:
-//! the resolved training config (`config.yaml`) and a report (`report.json`) with the metrics.
+//! `projects/<project>/model/training/<name>/weights/best.<ext>` (the framework's extension kept:
+//! `.pt` for Ultralytics, `.pth` for MMDetection) and write `artifacts/` beside it: the resolved
+//! training config (`config.yaml` from `resolved_yaml`, or a `config_file` already in the
+//! training's folder) and a report (`report.json`) with the metrics.
 
 use std::path::{Path, PathBuf};
 
@@ -28,7 +30,13 @@ pub(crate) fn run(ctx: &BuiltinCtx<'_>) -> Result<Value> {
             best.display()
         )));
     }
-    let stable = training_dir.join("weights").join("best.pt");
+    // The weights keep their format's extension (a `.pth` is no `.pt`); none reads as `.pt`.
+    let ext = best
+        .extension()
+        .and_then(|e| e.to_str())
+        .filter(|e| !e.is_empty() && e.chars().all(|c| c.is_ascii_alphanumeric()))
+        .unwrap_or("pt");
+    let stable = training_dir.join("weights").join(format!("best.{ext}"));
     if best != stable {
         copy_atomic(&best, &stable)?;
     }
@@ -40,13 +48,34 @@ pub(crate) fn run(ctx: &BuiltinCtx<'_>) -> Result<Value> {
     };
     let artifacts = training_dir.join("artifacts");
     std::fs::create_dir_all(&artifacts).map_err(|e| Error::io("creating", &artifacts, e))?;
-    let config_path = match opt_str(ctx.inputs, "resolved_yaml")? {
-        Some(yaml) => {
+    let config_path = match (
+        opt_str(ctx.inputs, "resolved_yaml")?,
+        opt_str(ctx.inputs, "config_file")?,
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(Error::Input(
+                "give `resolved_yaml` or `config_file`, not both".into(),
+            ));
+        }
+        (Some(yaml), None) => {
             let p = artifacts.join("config.yaml");
             write_atomic(&p, yaml.as_bytes())?;
             Some(p)
         }
-        None => None,
+        (None, Some(file)) => {
+            let p = PathBuf::from(file);
+            if !p.starts_with(&training_dir)
+                || p.components().any(|c| c.as_os_str() == "..")
+                || !p.is_file()
+            {
+                return Err(Error::Input(format!(
+                    "input `config_file`: {file} is not a file in the training's folder {}",
+                    training_dir.display()
+                )));
+            }
+            Some(p)
+        }
+        (None, None) => None,
     };
     let rel = |p: &Path| {
         ctx.ws

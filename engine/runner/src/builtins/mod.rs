@@ -51,7 +51,7 @@ pub fn specs() -> Vec<(&'static str, ActionSpec)> {
             "builtin/export-best",
             ActionSpec::new(
                 ["project", "training_name", "best_weights"],
-                ["resolved_yaml", "metrics", "extra"],
+                ["resolved_yaml", "config_file", "metrics", "extra"],
                 [
                     "weights",
                     "weights_sha256",
