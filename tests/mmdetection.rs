@@ -314,6 +314,19 @@ fn the_mmdetection_workflow_trains_and_exports_the_best_weights() {
         "projects/demo/model/training/t1/artifacts/config.py"
     );
     assert!(report["metrics"]["coco/bbox_mAP"].is_number(), "{report}");
+    // Registered with its framework, format, classes, input size and metrics.
+    let models = ws.json(&["models", "list", "--json"]);
+    let model = &models.as_array().unwrap()[0];
+    assert_eq!(model["framework"], "mmdetection", "{model}");
+    assert_eq!(model["format"], "pth");
+    assert_eq!(
+        model["file_path"],
+        "projects/demo/model/training/t1/weights/best.pth"
+    );
+    assert_eq!(model["class_names"], json!(["red_rect", "blue_rect"]));
+    assert_eq!(model["input_size"], 128);
+    assert_eq!(model["base_model"], "detect/tiny_retinanet_cpu.py");
+    assert!(model["metrics"]["coco/bbox_mAP"].is_number(), "{model}");
 }
 
 #[test]

@@ -12,6 +12,8 @@ pub struct NewModel {
     pub name: String,
     pub project: String,
     pub task: Option<String>,
+    /// The framework that trained it (`ultralytics`, `mmdetection`, …).
+    pub framework: Option<String>,
     pub format: Option<String>,
     /// Relative to the workspace.
     pub file_path: String,
@@ -33,6 +35,8 @@ pub struct ModelRecord {
     pub project: String,
     pub version: i64,
     pub task: Option<String>,
+    /// The framework that trained it; None for models registered before it was recorded.
+    pub framework: Option<String>,
     pub format: Option<String>,
     pub file_path: String,
     pub config_path: Option<String>,
@@ -64,6 +68,7 @@ struct ModelRow {
     project: String,
     version: i64,
     task: Option<String>,
+    framework: Option<String>,
     format: Option<String>,
     file_path: String,
     config_path: Option<String>,
@@ -97,6 +102,7 @@ impl TryFrom<ModelRow> for ModelRecord {
             project: row.project,
             version: row.version,
             task: row.task,
+            framework: row.framework,
             format: row.format,
             file_path: row.file_path,
             config_path: row.config_path,
@@ -143,7 +149,7 @@ impl Store {
                 sqlx::query(
                     "UPDATE models SET task = $1, format = $2, file_path = $3, config_path = $4, \
                      input_size = $5, class_names_json = $6, metrics_json = $7, dataset = $8, \
-                     base_model = $9 WHERE id = $10",
+                     base_model = $9, framework = $11 WHERE id = $10",
                 )
                 .bind(&m.task)
                 .bind(&m.format)
@@ -155,6 +161,7 @@ impl Store {
                 .bind(&m.dataset)
                 .bind(&m.base_model)
                 .bind(&id)
+                .bind(&m.framework)
                 .execute(&mut *tx)
                 .await
                 .map_err(query_err(DOING))?;
@@ -174,8 +181,8 @@ impl Store {
                     "INSERT INTO models (id, name, project, version, task, format, file_path, \
                      config_path, input_size, class_names_json, metrics_json, dataset, \
                      training_run_id, training_step_id, base_model, is_published, created_by, \
-                     created_on) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-                     $14, $15, 0, $16, $17)",
+                     created_on, framework) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+                     $12, $13, $14, $15, 0, $16, $17, $18)",
                 )
                 .bind(&id)
                 .bind(&m.name)
@@ -194,6 +201,7 @@ impl Store {
                 .bind(&m.base_model)
                 .bind(&m.created_by)
                 .bind(time_fmt::now())
+                .bind(&m.framework)
                 .execute(&mut *tx)
                 .await
                 .map_err(query_err(DOING))?;

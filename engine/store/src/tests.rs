@@ -156,6 +156,7 @@ async fn model_registration_is_idempotent_per_step_and_versions_per_name() {
             name: "det".into(),
             project: "demo".into(),
             task: Some("detect".into()),
+            framework: Some("ultralytics".into()),
             format: Some("pt".into()),
             file_path: "projects/demo/model/x/weights/best.pt".into(),
             config_path: None,
@@ -169,6 +170,7 @@ async fn model_registration_is_idempotent_per_step_and_versions_per_name() {
             created_by: "tester".into(),
         };
         let a = s.register_model(&m("r1")).await.unwrap();
+        assert_eq!(a.framework.as_deref(), Some("ultralytics"));
         let again = s.register_model(&m("r1")).await.unwrap();
         assert_eq!(a.id, again.id);
         assert_eq!(again.version, 1);
@@ -446,6 +448,7 @@ async fn corrupt_records_are_typed_errors() {
                 name: "det".into(),
                 project: "demo".into(),
                 task: None,
+                framework: None,
                 format: None,
                 file_path: "best.pt".into(),
                 config_path: None,

@@ -111,6 +111,7 @@ pub fn describe() -> PluginInfo {
             "train_script",
             "epochs",
             "imgsz",
+            "input_size",
             "device",
             "splits",
             "rejected",
@@ -388,6 +389,100 @@ fn resolve_config(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError
     Ok(result)
 }
 
+/// Turns the trainer's events into progress reports, logs and checkpoints.
+struct Reporter<'a> {
+    out: &'a GrantedDir,
+    epochs: Option<u32>,
+    checkpoints: Vec<Value>,
+    /// Epochs whose `Saving checkpoint` line came: MMEngine logs it before it writes the file.
+    saving: Vec<u32>,
+}
+
+impl Reporter<'_> {
+    fn event(&mut self, event: Event) {
+        let epochs = self.epochs;
+        match event {
+            Event::Train {
+                epoch,
+                iter,
+                iters,
+                eta,
+                metrics,
+            } => {
+                let percent = epochs.filter(|e| *e > 0 && iters > 0).map(|e| {
+                    let done =
+                        f64::from(epoch.saturating_sub(1)) * f64::from(iters) + f64::from(iter);
+                    (done / (f64::from(e) * f64::from(iters)) * 100.0).min(100.0)
+                });
+                let of = epochs.map(|e| format!("/{e}")).unwrap_or_default();
+                let eta = eta.map(|e| format!(", eta {e}")).unwrap_or_default();
+                progress::report(&progress::Update {
+                    percent,
+                    epoch: Some(epoch),
+                    epochs,
+                    metrics,
+                    message: Some(format!("epoch {epoch}{of}, iteration {iter}/{iters}{eta}")),
+                });
+            }
+            Event::Validation { epoch, metrics } => {
+                let map = metrics
+                    .iter()
+                    .find(|(k, _)| k == "coco/bbox_mAP")
+                    .map(|(_, v)| format!(": bbox_mAP {v}"))
+                    .unwrap_or_default();
+                log::info(format!("validation after epoch {epoch}{map}"));
+                progress::report(&progress::Update {
+                    percent: None,
+                    epoch: Some(epoch),
+                    epochs,
+                    metrics,
+                    message: Some(format!("validated epoch {epoch}")),
+                });
+            }
+            Event::Saved { epoch } => {
+                self.saving.push(epoch);
+                self.saved_since();
+            }
+            Event::Best { epoch, file } => {
+                // Logged once the file is written.
+                if std::fs::metadata(self.out.guest(&file)).is_ok() {
+                    progress::checkpoint(self.out.host(&file), Some(epoch), true);
+                    self.checkpoints.retain(|c| c["best"] != json!(true));
+                    self.checkpoints
+                        .push(json!({"path": self.out.host(&file), "epoch": epoch, "best": true}));
+                }
+            }
+            Event::Resumed { epoch } => log::info(format!("resumed after epoch {epoch}")),
+            Event::NoDetections => log::warn(
+                "the validation found no detections (CocoMetric: the testing results of the \
+                 whole dataset is empty): no metrics and no best checkpoint for this epoch",
+            ),
+            Event::Warn(w) => log::warn(w),
+            Event::Error(e) => log::error(e),
+        }
+    }
+
+    /// Reports the epoch checkpoints announced and now written.
+    fn saved_since(&mut self) {
+        let out = self.out;
+        let mut written = Vec::new();
+        self.saving.retain(|epoch| {
+            let file = format!("epoch_{epoch}.pth");
+            if std::fs::metadata(out.guest(&file)).is_ok() {
+                written.push((*epoch, file));
+                false
+            } else {
+                true
+            }
+        });
+        for (epoch, file) in written {
+            progress::checkpoint(out.host(&file), Some(epoch), false);
+            self.checkpoints
+                .push(json!({"path": out.host(&file), "epoch": epoch, "best": false}));
+        }
+    }
+}
+
 /// The trainer's run folder of this invocation: `<work_dir>/<YYYYMMDD_HHMMSS>/`, the newest.
 fn newest_run_dir(out: &GrantedDir) -> Option<String> {
     std::fs::read_dir(out.guest(""))
@@ -489,83 +584,31 @@ fn train(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError> {
     let proc = command.launch()?;
     let mut splitter = LineSplitter::new();
     let mut mon = Monitor::new();
-    let mut checkpoints: Vec<Value> = Vec::new();
-    let handle = |line: &str, mon: &mut Monitor, checkpoints: &mut Vec<Value>| {
-        let Some(event) = mon.line(line) else { return };
-        match event {
-            Event::Train {
-                epoch,
-                iter,
-                iters,
-                eta,
-                metrics,
-            } => {
-                let percent = epochs.filter(|e| *e > 0 && iters > 0).map(|e| {
-                    let done = f64::from(epoch - 1) * f64::from(iters) + f64::from(iter);
-                    (done / (f64::from(e) * f64::from(iters)) * 100.0).min(100.0)
-                });
-                let of = epochs.map(|e| format!("/{e}")).unwrap_or_default();
-                let eta = eta.map(|e| format!(", eta {e}")).unwrap_or_default();
-                progress::report(&progress::Update {
-                    percent,
-                    epoch: Some(epoch),
-                    epochs,
-                    metrics,
-                    message: Some(format!("epoch {epoch}{of}, iteration {iter}/{iters}{eta}")),
-                });
-            }
-            Event::Validation { epoch, metrics } => {
-                let map = metrics
-                    .iter()
-                    .find(|(k, _)| k == "coco/bbox_mAP")
-                    .map(|(_, v)| format!(": bbox_mAP {v}"))
-                    .unwrap_or_default();
-                log::info(format!("validation after epoch {epoch}{map}"));
-                progress::report(&progress::Update {
-                    percent: None,
-                    epoch: Some(epoch),
-                    epochs,
-                    metrics,
-                    message: Some(format!("validated epoch {epoch}")),
-                });
-            }
-            Event::Saved { epoch } => {
-                let file = format!("epoch_{epoch}.pth");
-                if std::fs::metadata(out.guest(&file)).is_ok() {
-                    progress::checkpoint(out.host(&file), Some(epoch), false);
-                    checkpoints
-                        .push(json!({"path": out.host(&file), "epoch": epoch, "best": false}));
-                }
-            }
-            Event::Best { epoch, file } => {
-                if std::fs::metadata(out.guest(&file)).is_ok() {
-                    progress::checkpoint(out.host(&file), Some(epoch), true);
-                    checkpoints.retain(|c| c["best"] != json!(true));
-                    checkpoints
-                        .push(json!({"path": out.host(&file), "epoch": epoch, "best": true}));
-                }
-            }
-            Event::Resumed { epoch } => log::info(format!("resumed after epoch {epoch}")),
-            Event::NoDetections => log::warn(
-                "the validation found no detections (CocoMetric: the testing results of the \
-                 whole dataset is empty): no metrics and no best checkpoint for this epoch",
-            ),
-            Event::Warn(w) => log::warn(w),
-            Event::Error(e) => log::error(e),
-        }
+    let mut reporter = Reporter {
+        out,
+        epochs,
+        checkpoints: Vec::new(),
+        saving: Vec::new(),
     };
     loop {
         let chunk = proc.read_output(READ_MAX_BYTES, READ_TIMEOUT_MS)?;
         for line in splitter.push(&chunk.data) {
-            handle(&line, &mut mon, &mut checkpoints);
+            if let Some(event) = mon.line(&line) {
+                reporter.event(event);
+            }
         }
+        reporter.saved_since();
         if chunk.finished {
             break;
         }
     }
-    if let Some(line) = splitter.finish() {
-        handle(&line, &mut mon, &mut checkpoints);
+    if let Some(line) = splitter.finish()
+        && let Some(event) = mon.line(&line)
+    {
+        reporter.event(event);
     }
+    reporter.saved_since();
+    let mut checkpoints = reporter.checkpoints;
     let status = proc.wait()?;
     if !status.success {
         return Err(StepError::program_failed(

@@ -232,6 +232,8 @@ def main():
         "train_script": train_script,
         "epochs": cfg.get("train_cfg", {}).get("max_epochs"),
         "imgsz": scale,
+        # One number for the registry: the longer side the images are resized to.
+        "input_size": max(scale) if scale else None,
         "device": device,
         "splits": chosen,
         "rejected": rejected,

@@ -245,22 +245,24 @@ pub async fn models(ctx: &Context, cmd: ModelsCommand) -> anyhow::Result<Exit> {
         print_json(&models)?;
     } else {
         outln!(
-            "{:<36}  {:<12}  {:<20}  {:>3}  {:<8}  {:<9}  FILE",
+            "{:<36}  {:<12}  {:<20}  {:>3}  {:<8}  {:<12}  {:<9}  FILE",
             "ID",
             "PROJECT",
             "NAME",
             "VER",
             "TASK",
+            "FRAMEWORK",
             "PUBLISHED"
         );
         for m in models {
             outln!(
-                "{:<36}  {:<12}  {:<20}  {:>3}  {:<8}  {:<9}  {}",
+                "{:<36}  {:<12}  {:<20}  {:>3}  {:<8}  {:<12}  {:<9}  {}",
                 m.id,
                 m.project,
                 m.name,
                 m.version,
                 or_dash(m.task.as_deref()),
+                or_dash(m.framework.as_deref()),
                 m.is_published,
                 m.file_path
             );

@@ -68,6 +68,7 @@ pub fn specs() -> Vec<(&'static str, ActionSpec)> {
                 ["name", "project", "weights"],
                 [
                     "task",
+                    "framework",
                     "format",
                     "config_path",
                     "input_size",

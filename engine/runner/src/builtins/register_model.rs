@@ -79,7 +79,22 @@ pub(crate) async fn run(ctx: &BuiltinCtx<'_>) -> Result<Value> {
         name: name.to_owned(),
         project: project.to_owned(),
         task: opt_str(ctx.inputs, "task")?.map(str::to_owned),
-        format: Some(opt_str(ctx.inputs, "format")?.unwrap_or("pt").to_owned()),
+        framework: match opt_str(ctx.inputs, "framework")? {
+            Some(f) => {
+                check_name("framework", f)?;
+                Some(f.to_owned())
+            }
+            None => None,
+        },
+        // The weights' extension unless given (`pt`, `pth`, …).
+        format: Some(match opt_str(ctx.inputs, "format")? {
+            Some(f) => f.to_owned(),
+            None => std::path::Path::new(&weights)
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("pt")
+                .to_owned(),
+        }),
         file_path: weights,
         config_path,
         input_size,

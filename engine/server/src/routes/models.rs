@@ -24,6 +24,8 @@ pub struct ModelView {
     /// Counts up per (project, name).
     pub version: i64,
     pub task: Option<String>,
+    /// The framework that trained it (ultralytics, mmdetection); null for older models.
+    pub framework: Option<String>,
     pub format: Option<String>,
     /// Weights, relative to the workspace.
     pub file_path: String,
@@ -55,6 +57,7 @@ impl From<ModelRecord> for ModelView {
             project: m.project,
             version: m.version,
             task: m.task,
+            framework: m.framework,
             format: m.format,
             file_path: m.file_path,
             config_path: m.config_path,
