@@ -314,6 +314,17 @@ fn the_mmdetection_workflow_trains_and_exports_the_best_weights() {
         "projects/demo/model/training/t1/artifacts/config.py"
     );
     assert!(report["metrics"]["coco/bbox_mAP"].is_number(), "{report}");
+    // The trainer's log is in the training's folder too (MMDetection writes its own there).
+    let run = show["run"]["id"].as_str().unwrap();
+    let train_log = std::fs::read_to_string(dir.join("logs").join(run).join("train.log")).unwrap();
+    assert!(
+        train_log.contains("Epoch(val) [2][4/4]    coco/bbox_mAP:"),
+        "{train_log}"
+    );
+    assert_eq!(
+        export["logs_dir"],
+        format!("projects/demo/model/training/t1/logs/{run}")
+    );
     // Registered with its framework, format, classes, input size and metrics.
     let models = ws.json(&["models", "list", "--json"]);
     let model = &models.as_array().unwrap()[0];

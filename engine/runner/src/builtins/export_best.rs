@@ -2,7 +2,9 @@
 //! `projects/<project>/model/training/<name>/weights/best.<ext>` (the framework's extension kept:
 //! `.pt` for Ultralytics, `.pth` for MMDetection) and write `artifacts/` beside it: the resolved
 //! training config (`config.yaml` from `resolved_yaml`, or a `config_file` already in the
-//! training's folder) and a report (`report.json`) with the metrics.
+//! training's folder) and a report (`report.json`) with the metrics; and the run's program logs
+//! (the trainer's among them) under `logs/<run>/`, so the training folder holds them whatever
+//! the framework.
 
 use std::path::{Path, PathBuf};
 
@@ -101,6 +103,10 @@ pub(crate) fn run(ctx: &BuiltinCtx<'_>) -> Result<Value> {
         &report_path,
         &serde_json::to_vec_pretty(&report).unwrap_or_default(),
     )?;
+    let logs = copy_logs(
+        &ctx.ws.log_dir(ctx.run_id),
+        &training_dir.join("logs").join(ctx.run_id),
+    )?;
     ctx.log(&format!("best weights at {} (sha256 {sha})", rel(&stable)));
     Ok(json!({
         "weights": rel(&stable),
@@ -108,7 +114,27 @@ pub(crate) fn run(ctx: &BuiltinCtx<'_>) -> Result<Value> {
         "config_path": config_path.as_deref().map(rel),
         "report_path": rel(&report_path),
         "artifacts_dir": rel(&artifacts),
+        "logs_dir": logs.as_deref().map(rel),
     }))
+}
+
+/// Copies the run's program logs (`<step>.log`, …) into `to`; None when the run has none (an
+/// export outside a run).
+fn copy_logs(from: &Path, to: &Path) -> Result<Option<PathBuf>> {
+    let Ok(entries) = std::fs::read_dir(from) else {
+        return Ok(None);
+    };
+    std::fs::create_dir_all(to).map_err(|e| Error::io("creating", to, e))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        // Regular files only: a link there is not the engine's.
+        let is_log = entry.file_type().is_ok_and(|t| t.is_file())
+            && path.extension().is_some_and(|e| e == "log");
+        if is_log {
+            copy_atomic(&path, &to.join(entry.file_name()))?;
+        }
+    }
+    Ok(Some(to.to_owned()))
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -58,6 +58,7 @@ pub fn specs() -> Vec<(&'static str, ActionSpec)> {
                     "config_path",
                     "report_path",
                     "artifacts_dir",
+                    "logs_dir",
                 ],
             )
             .not_memoizable(),
