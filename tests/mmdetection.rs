@@ -5,8 +5,11 @@
 //! files). Without that Python these tests say so and check nothing.
 
 mod common;
+#[path = "common/api.rs"]
+mod http;
 
 use common::*;
+use http::*;
 use serde_json::{Value, json};
 
 /// A workspace whose `.venv/bin/python` is the MMEngine Python, with the COCO demo release.
@@ -336,7 +339,7 @@ fn the_mmdetection_workflow_trains_and_exports_the_best_weights() {
     );
     assert_eq!(model["class_names"], json!(["red_rect", "blue_rect"]));
     assert_eq!(model["input_size"], 128);
-    assert_eq!(model["base_model"], "detect/tiny_retinanet_cpu.py");
+    assert_eq!(model["base_model"], "detect/default.py");
     assert!(model["metrics"]["coco/bbox_mAP"].is_number(), "{model}");
 }
 
@@ -419,5 +422,78 @@ fn a_failed_training_reports_the_exception_and_a_retry_resumes_it() {
             .iter()
             .any(|a| a == "--resume"),
         "{launches:?}"
+    );
+}
+
+/// The training façade with `framework: mmdetection`: the default config, a preview resolved by
+/// MMEngine, and a start that runs mmdetection-detect to a registered model.
+#[test]
+fn the_training_api_speaks_mmdetection() {
+    let Some(ws) = workspace() else { return };
+    let aws = ApiWorkspace::with(ws, None);
+    let server = aws.serve();
+    let token = aws.token("ui", &[], &["trainer"]);
+    let r = server.get(
+        "/api/v1/training/config/default?framework=mmdetection&task=detect",
+        &token,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["path"], "configs/mmdetection/detect/default.py");
+    assert_eq!(v["format"], "python");
+    assert!(v["config"].is_null(), "{v}");
+    assert!(v["yaml"].as_str().unwrap().contains("_base_"), "{v}");
+
+    let r = server.post(
+        "/api/v1/training/config/resolve",
+        &token,
+        &json!({"framework": "mmdetection", "task": "detect",
+                "overrides": {"epochs": 4, "model.backbone.depth": 34}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["format"], "python");
+    assert_eq!(v["config"]["train_cfg"]["max_epochs"], 4, "{v}");
+    assert_eq!(v["rejected"][0]["key"], "model.backbone.depth", "{v}");
+    assert!(
+        v["resolved_yaml"]
+            .as_str()
+            .unwrap()
+            .contains("max_epochs=4"),
+        "{v}"
+    );
+    let cli = v["cli_preview"].as_str().unwrap();
+    assert!(
+        cli.contains("mmdet/.mim/tools/train.py <resolved config> --work-dir <training-output>"),
+        "{cli}"
+    );
+    let r = server.post(
+        "/api/v1/training/config/resolve",
+        &token,
+        &json!({"framework": "mmdetection", "task": "detect", "mode": "developer",
+                "overrides": {"model.backbone.depthh": 34}}),
+    );
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("did you mean 'depth'"), "{}", r.text());
+
+    std::fs::copy(
+        repo_root().join("workflows/data/demo-coco-release.zip"),
+        aws.ws.root().join("projects/demo/releases/coco.zip"),
+    )
+    .unwrap();
+    let start = json!({"project_id": "demo", "training_name": "api1", "framework": "mmdetection",
+        "task": "detect", "release": "coco.zip", "config": {"epochs": 2}});
+    let r = server.post("/api/v1/training/start", &token, &start);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let run_id = r.json()["run_id"].as_str().unwrap().to_owned();
+    let run = server.wait_run(&run_id, &token, 120);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let r = server.get("/api/v1/models?project=demo", &token);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let model = &r.json()[0];
+    assert_eq!(model["framework"], "mmdetection", "{model}");
+    assert_eq!(
+        model["file_path"],
+        "projects/demo/model/training/api1/weights/best.pth"
     );
 }

@@ -653,11 +653,13 @@ impl ApiWorkspace {
     pub fn with(ws: Workspace, database_url: Option<String>) -> Self {
         let dir = ws.root().join("workflows");
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::copy(
-            repo_root().join("workflows/ultralytics-detect.yaml"),
-            dir.join("ultralytics-detect.yaml"),
-        )
-        .unwrap();
+        for workflow in ["ultralytics-detect.yaml", "mmdetection-detect.yaml"] {
+            std::fs::copy(
+                repo_root().join("workflows").join(workflow),
+                dir.join(workflow),
+            )
+            .unwrap();
+        }
         Self { ws, database_url }
     }
 

@@ -67,89 +67,95 @@ impl Plugin for MmDetection {
 }
 
 pub fn describe() -> PluginInfo {
-    PluginInfo::new("mmdetection", env!("CARGO_PKG_VERSION")).action(
-        ActionInfo::new(
-            "resolve-config",
-            "Resolve a base config under configs/mmdetection/<task>/ with MMEngine, apply the \
+    PluginInfo::new("mmdetection", env!("CARGO_PKG_VERSION"))
+        .action(
+            ActionInfo::new(
+                "resolve-config",
+                "Resolve a base config under configs/mmdetection/<task>/ with MMEngine, apply the \
              overrides, point it at the dataset, and write it with the exact training command \
              to the training's artifacts/",
-        )
-        .required("task", "detect")
-        .required(
-            "dataset",
-            "the COCO release: builtin/extract-release's outputs (data_root, annotations, \
-             images, class_names)",
-        )
-        .optional(
-            "base_config",
-            "base config file under the config directory (default detect/tiny_retinanet_cpu.py)",
-        )
-        .optional(
-            "mode",
-            "user (default: only epochs, batch_size, lr, imgsz, device, checkpoint_interval, \
+            )
+            .required("task", "detect")
+            .optional(
+                "dataset",
+                "the COCO release: builtin/extract-release's outputs (data_root, annotations, \
+             images, class_names); required in a run, optional in a preview",
+            )
+            .optional(
+                "base_config",
+                "base config file under the config directory (default detect/default.py)",
+            )
+            .optional(
+                "mode",
+                "user (default: only epochs, batch_size, lr, imgsz, device, checkpoint_interval, \
              val_interval, amp) or developer (any key of the resolved config, dotted)",
-        )
-        .optional(
-            "overrides",
-            "object of options (user mode) or dotted config keys (developer mode)",
-        )
-        .optional(
-            "report_rejected",
-            "in user mode, drop overrides only developer mode allows and list them in \
+            )
+            .optional(
+                "overrides",
+                "object of options (user mode) or dotted config keys (developer mode)",
+            )
+            .optional(
+                "report_rejected",
+                "in user mode, drop overrides only developer mode allows and list them in \
              `rejected` instead of failing (default false; unknown keys still fail)",
+            )
+            .required("project", "project name")
+            .required(
+                "training_name",
+                "name of this training; the resolved config lands in its artifacts/",
+            )
+            .outputs(&[
+                "config_path",
+                "resolved_text",
+                "command",
+                "cli_preview",
+                "train_script",
+                "epochs",
+                "imgsz",
+                "input_size",
+                "device",
+                "splits",
+                "rejected",
+                "config",
+                "format",
+            ]),
         )
-        .required("project", "project name")
-        .required(
-            "training_name",
-            "name of this training; the resolved config lands in its artifacts/",
-        )
-        .outputs(&[
-            "config_path",
-            "resolved_text",
-            "command",
-            "cli_preview",
-            "train_script",
-            "epochs",
-            "imgsz",
-            "input_size",
-            "device",
-            "splits",
-            "rejected",
-        ]),
-    )
-    .action(
-        ActionInfo::new(
-            "train",
-            "Train with MMDetection's tools/train.py on a config from resolve-config",
-        )
-        .required("task", "detect")
-        .required(
-            "config",
-            "resolve-config's outputs (config_path, train_script, epochs, device)",
-        )
-        .required("project", "project name")
-        .required("training_name", "name of this training (its folder is the work dir)")
-        .optional(
-            "resume",
-            "continue from the work dir's last_checkpoint (--resume; default false; a retry \
+        .action(
+            ActionInfo::new(
+                "train",
+                "Train with MMDetection's tools/train.py on a config from resolve-config",
+            )
+            .required("task", "detect")
+            .required(
+                "config",
+                "resolve-config's outputs (config_path, train_script, epochs, device)",
+            )
+            .required("project", "project name")
+            .required(
+                "training_name",
+                "name of this training (its folder is the work dir)",
+            )
+            .optional(
+                "resume",
+                "continue from the work dir's last_checkpoint (--resume; default false; a retry \
              after an infrastructure failure always does)",
+            )
+            .optional(
+                "cpu_threads",
+                "OMP_NUM_THREADS for the trainer (on a small shared CPU machine 1 is fastest)",
+            )
+            .outputs(&[
+                "work_dir",
+                "best_weights",
+                "last_checkpoint",
+                "checkpoints",
+                "metrics",
+                "epochs_completed",
+                "resumed_from_epoch",
+                "scalars_json",
+                "config_path",
+            ]),
         )
-        .optional(
-            "cpu_threads",
-            "OMP_NUM_THREADS for the trainer (on a small shared CPU machine 1 is fastest)",
-        )
-        .outputs(&[
-            "work_dir",
-            "best_weights",
-            "last_checkpoint",
-            "checkpoints",
-            "metrics",
-            "epochs_completed",
-            "resumed_from_epoch",
-            "scalars_json",
-            "config_path",
-        ]),
-    )
 }
 
 /// A relative path under the config directory, without `..` or absolute parts.
@@ -309,10 +315,24 @@ fn resolve_config(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError
     let mode = inputs.choice("mode", &["user", "developer"], Some("user"))?;
     let empty = Map::new();
     let overrides = inputs.opt_object("overrides")?.unwrap_or(&empty);
-    let base_rel = inputs.str_or("base_config", "detect/tiny_retinanet_cpu.py")?;
+    let base_rel = inputs.str_or("base_config", "detect/default.py")?;
     check_relative("base_config", base_rel)?;
     let report_rejected = inputs.bool_or("report_rejected", false)?;
-    let dataset = dataset_of(inputs)?;
+    // Without a training folder (a preview outside a run, e.g. from the API) nothing is written
+    // and the dataset may be left out: the command line shows placeholders.
+    let out = match ctx.dir(ROLE_OUTPUT) {
+        Ok(_) => Some(output_dir(ctx, training_name)?),
+        Err(_) => {
+            log::info(format!(
+                "no '{ROLE_OUTPUT}' directory granted: a preview, nothing is written"
+            ));
+            None
+        }
+    };
+    let dataset = match (out, inputs.contains("dataset")) {
+        (None, false) => Value::Null,
+        _ => dataset_of(inputs)?,
+    };
 
     let config_dir = ctx.dir(ROLE_CONFIG)?;
     if std::fs::metadata(config_dir.guest(base_rel)).is_err() {
@@ -321,14 +341,13 @@ fn resolve_config(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError
             config_dir.host_path
         )));
     }
-    let out = output_dir(ctx, training_name)?;
     let request = request(
         &config_dir.host(base_rel),
         mode,
         overrides,
         report_rejected,
         dataset,
-        Some(&out.host_path),
+        out.map(|o| o.host_path.as_str()),
     );
     let request = request.to_string();
     // It travels as one argument, which the kernel caps at 128 KiB.
@@ -343,12 +362,13 @@ fn resolve_config(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError
         "resolving {base_rel} with MMEngine ({mode} mode, {} override(s))",
         overrides.len()
     ));
+    let cwd = out.unwrap_or(config_dir).host_path.clone();
     let proc = Command::new(PROGRAM)
         .arg("-c")
         .arg(RESOLVER)
         .arg(request)
         .env("PYTHONDONTWRITEBYTECODE", "1")
-        .cwd(out.host_path.clone())
+        .cwd(cwd)
         .launch()?;
     let mut splitter = LineSplitter::new();
     let mut lines = Vec::new();

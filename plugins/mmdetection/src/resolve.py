@@ -87,6 +87,48 @@ def pick_split(names, wanted):
     return None
 
 
+def set_dataset(cfg, dataset, chosen):
+    root = dataset["data_root"].rstrip("/") + "/"
+    annotations, images = dataset["annotations"], dataset["images"]
+    names = list(annotations)
+    classes = tuple(dataset["class_names"])
+    for split in ("train", "val", "test"):
+        name = pick_split(names, split) or (pick_split(names, "val") if split == "test" else None)
+        if name is None:
+            fail("invalid_input", f"the dataset has no {split} split (it has: {', '.join(names)})")
+        chosen[split] = name
+        loader = cfg.get(f"{split}_dataloader")
+        target = innermost_dataset(loader)
+        if target is None:
+            fail("invalid_input", f"the base config has no {split}_dataloader.dataset to point at the data")
+        target["data_root"] = root
+        target["ann_file"] = os.path.relpath(annotations[name], root)
+        target["data_prefix"] = dict(img=os.path.relpath(images[name], root) + "/")
+        target["metainfo"] = dict(classes=classes)
+        if split in ("val", "test"):
+            evaluator = cfg.get(f"{split}_evaluator")
+            for ev in evaluator if isinstance(evaluator, list) else [evaluator]:
+                if isinstance(ev, dict) and "ann_file" in ev:
+                    ev["ann_file"] = annotations[name]
+
+    def set_num_classes(node):
+        count = 0
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "num_classes":
+                    node[k] = len(classes)
+                    count += 1
+                else:
+                    count += set_num_classes(v)
+        elif isinstance(node, list):
+            for v in node:
+                count += set_num_classes(v)
+        return count
+
+    set_num_classes(cfg.get("model"))
+    cfg.data_root = root  # only for whoever reads the dump: the leaves above are what counts
+
+
 def main():
     req = json.loads(sys.argv[1])
     try:
@@ -164,49 +206,14 @@ def main():
         cfg.merge_from_dict(dotted, allow_list_keys=True)
 
     # The dataset, leaf by leaf: a top-level `data_root` in the config was resolved when the file
-    # was read, so setting it would change nothing.
-    dataset = req["dataset"]
-    root = dataset["data_root"].rstrip("/") + "/"
-    annotations, images = dataset["annotations"], dataset["images"]
-    names = list(annotations)
-    classes = tuple(dataset["class_names"])
+    # was read, so setting it would change nothing. A preview may have none: the base config's
+    # dataset paths stay.
+    dataset = req.get("dataset")
     chosen = {}
-    for split in ("train", "val", "test"):
-        name = pick_split(names, split) or (pick_split(names, "val") if split == "test" else None)
-        if name is None:
-            fail("invalid_input", f"the dataset has no {split} split (it has: {', '.join(names)})")
-        chosen[split] = name
-        loader = cfg.get(f"{split}_dataloader")
-        target = innermost_dataset(loader)
-        if target is None:
-            fail("invalid_input", f"the base config has no {split}_dataloader.dataset to point at the data")
-        target["data_root"] = root
-        target["ann_file"] = os.path.relpath(annotations[name], root)
-        target["data_prefix"] = dict(img=os.path.relpath(images[name], root) + "/")
-        target["metainfo"] = dict(classes=classes)
-        if split in ("val", "test"):
-            evaluator = cfg.get(f"{split}_evaluator")
-            for ev in evaluator if isinstance(evaluator, list) else [evaluator]:
-                if isinstance(ev, dict) and "ann_file" in ev:
-                    ev["ann_file"] = annotations[name]
+    if dataset:
+        set_dataset(cfg, dataset, chosen)
 
-    def set_num_classes(node):
-        count = 0
-        if isinstance(node, dict):
-            for k, v in node.items():
-                if k == "num_classes":
-                    node[k] = len(classes)
-                    count += 1
-                else:
-                    count += set_num_classes(v)
-        elif isinstance(node, list):
-            for v in node:
-                count += set_num_classes(v)
-        return count
-
-    set_num_classes(cfg.get("model"))
-    cfg.data_root = root  # only for whoever reads the dump: the leaves above are what counts
-
+    output_dir = req.get("output_dir")
     output_dir = req.get("output_dir")
     config_path = None
     if output_dir:
@@ -237,6 +244,9 @@ def main():
         "device": device,
         "splits": chosen,
         "rejected": rejected,
+        # The resolved config as JSON (tuples become lists), and the format it is written in.
+        "config": json.loads(json.dumps(cfg.to_dict(), default=str)),
+        "format": "python",
     }
     print("KILN_RESULT " + json.dumps(result), flush=True)
 

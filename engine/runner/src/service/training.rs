@@ -35,7 +35,10 @@ pub struct ConfigRequest {
 /// The plugin's resolve-config outputs.
 #[derive(Debug, Clone)]
 pub struct ConfigPreview {
+    /// The resolved config as the framework writes it (see `format`).
     pub resolved_yaml: String,
+    /// `yaml` (Ultralytics) or `python` (MMDetection's config files).
+    pub format: String,
     pub cli_preview: String,
     pub config: Value,
     /// Keys dropped in user mode (the plugin's `rejected` output), as it gave them.
@@ -67,8 +70,17 @@ pub struct ExportedBest {
     pub outputs: Value,
 }
 
+/// A task folder's default base config: `default.yaml` (Ultralytics) or `default.py`
+/// (MMDetection's Python configs).
+fn default_file(dir: &Path) -> Option<PathBuf> {
+    ["default.yaml", "default.py"]
+        .into_iter()
+        .map(|name| dir.join(name))
+        .find(|p| p.is_file())
+}
+
 fn has_default(dir: &Path) -> bool {
-    dir.join("default.yaml").is_file()
+    default_file(dir).is_some()
 }
 
 /// Sorted names of the plain-named subfolders of `dir` for which `keep` holds.
@@ -115,9 +127,14 @@ impl RunService {
         }
     }
 
-    /// A framework's base config for a task: the path of
-    /// `configs/<framework>/<task>/default.yaml`, its text and its content.
-    pub fn default_config(&self, framework: &str, task: &str) -> Result<(PathBuf, String, Value)> {
+    /// A framework's base config for a task: the path of `configs/<framework>/<task>/default.yaml`
+    /// (or `default.py`), its text, and its content when it is YAML (a Python config is only
+    /// known once its framework resolves it: None).
+    pub fn default_config(
+        &self,
+        framework: &str,
+        task: &str,
+    ) -> Result<(PathBuf, String, Option<Value>)> {
         check_name("framework", framework)?;
         check_name("task", task)?;
         let configs = self.workspace().configs_dir();
@@ -132,7 +149,12 @@ impl RunService {
             ));
         }
         let tasks = subdirs_with(&configs.join(framework), has_default);
-        if !tasks.iter().any(|t| t == task) {
+        let Some(file) = tasks
+            .iter()
+            .any(|t| t == task)
+            .then(|| default_file(&configs.join(framework).join(task)))
+            .flatten()
+        else {
             return Err(Error::NotFound(
                 Missing::Task,
                 format!(
@@ -140,14 +162,16 @@ impl RunService {
                     list_or_none(&tasks)
                 ),
             ));
+        };
+        let text = std::fs::read_to_string(&file).map_err(|e| Error::io("reading", &file, e))?;
+        if file.extension().is_some_and(|e| e == "py") {
+            return Ok((file, text, None));
         }
-        let file = configs.join(framework).join(task).join("default.yaml");
-        let yaml = std::fs::read_to_string(&file).map_err(|e| Error::io("reading", &file, e))?;
-        let config = if yaml.trim().is_empty() {
+        let config = if text.trim().is_empty() {
             json!({})
         } else {
-            kiln_workflow::limits::check_yaml(&yaml)
-                .and_then(|()| serde_norway::from_str(&yaml).map_err(|e| e.to_string()))
+            kiln_workflow::limits::check_yaml(&text)
+                .and_then(|()| serde_norway::from_str(&text).map_err(|e| e.to_string()))
                 .map_err(|e| {
                     Error::Config(format!(
                         "{} is not valid YAML: {e}; the operator must fix it",
@@ -155,7 +179,7 @@ impl RunService {
                     ))
                 })?
         };
-        Ok((file, yaml, config))
+        Ok((file, text, Some(config)))
     }
 
     /// Runs the framework plugin's `resolve-config` on `request` in a scratch folder: the
@@ -248,7 +272,13 @@ impl RunService {
                 })
         };
         Ok(ConfigPreview {
-            resolved_yaml: text("resolved_yaml")?,
+            // Ultralytics gives YAML; a framework whose configs are not YAML says so.
+            resolved_yaml: text("resolved_yaml").or_else(|_| text("resolved_text"))?,
+            format: outputs
+                .get("format")
+                .and_then(Value::as_str)
+                .unwrap_or("yaml")
+                .to_owned(),
             cli_preview: text("cli_preview")?,
             config: outputs.get("config").cloned().unwrap_or_else(|| json!({})),
             rejected: outputs.get("rejected").cloned().unwrap_or(Value::Null),

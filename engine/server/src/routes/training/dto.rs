@@ -22,13 +22,16 @@ pub struct DefaultConfigQuery {
 pub struct DefaultConfig {
     pub framework: String,
     pub task: String,
-    /// Relative to the workspace, e.g. `configs/ultralytics/detect/default.yaml`.
+    /// Relative to the workspace, e.g. `configs/ultralytics/detect/default.yaml` or
+    /// `configs/mmdetection/detect/default.py`.
     pub path: String,
-    /// The file as written.
+    /// `yaml`, or `python` for MMDetection's config files.
+    pub format: String,
+    /// The file as written (YAML or Python, see `format`).
     pub yaml: String,
-    /// The file parsed.
-    #[schema(value_type = Object)]
-    pub config: Value,
+    /// The file parsed; null for a Python config (POST /training/config/resolve resolves it).
+    #[schema(value_type = Option<Object>)]
+    pub config: Option<Value>,
 }
 
 /// Who a config is resolved for.
@@ -70,7 +73,8 @@ pub struct ResolveConfig {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub overrides: Map<String, Value>,
-    /// The dataset's data.yaml as the training will see it (default `<data.yaml>`, a placeholder).
+    /// Ultralytics: the dataset's data.yaml as the training will see it (default `<data.yaml>`, a
+    /// placeholder). MMDetection previews leave the base config's dataset paths.
     #[serde(default)]
     pub data: Option<String>,
     /// The training the preview is for (default `preview`); only shown in the preview.
@@ -90,8 +94,11 @@ pub struct RejectedKey {
 /// A resolved config.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ResolvedConfig {
-    /// The config the training will use, as YAML.
+    /// The config the training will use, as the framework writes it: YAML, or Python for
+    /// MMDetection (see `format`).
     pub resolved_yaml: String,
+    /// `yaml` or `python`.
+    pub format: String,
     /// The exact command line the training will run (placeholders where a run fills in paths).
     pub cli_preview: String,
     #[schema(value_type = Object)]

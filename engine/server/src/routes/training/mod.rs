@@ -33,11 +33,15 @@ use dto::{
 use names::{parse_zip_path, plain_name, release_file};
 
 /// The workflow `POST /training/start` runs for each framework.
-const FRAMEWORK_WORKFLOWS: &[(&str, &str)] = &[("ultralytics", "ultralytics-detect")];
+const FRAMEWORK_WORKFLOWS: &[(&str, &str)] = &[
+    ("ultralytics", "ultralytics-detect"),
+    ("mmdetection", "mmdetection-detect"),
+];
 /// Most log lines one `GET /training/logs` returns.
 const TRAINING_LOG_LINES: usize = 1000;
 
-/// A framework's base config for a task (`configs/<framework>/<task>/default.yaml`).
+/// A framework's base config for a task (`configs/<framework>/<task>/default.yaml`, or
+/// `default.py` for MMDetection).
 #[utoipa::path(get, path = "/training/config/default", operation_id = "get_training_default_config", params(DefaultConfigQuery),
     responses((status = 200, body = DefaultConfig), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn default_config(
@@ -51,6 +55,7 @@ pub async fn default_config(
         path: state.workspace().display(&file),
         framework: q.framework,
         task: q.task,
+        format: if config.is_some() { "yaml" } else { "python" }.into(),
         yaml,
         config,
     }))
@@ -98,15 +103,16 @@ pub async fn resolve_config(
     };
     Ok(Json(ResolvedConfig {
         resolved_yaml: preview.resolved_yaml,
+        format: preview.format,
         cli_preview: preview.cli_preview,
         config: preview.config,
         rejected,
     }))
 }
 
-/// Start a training: runs the framework's standard workflow (for `ultralytics`, the
-/// `ultralytics-detect` workflow: extract the release, resolve the config, train, export,
-/// register). A training name belongs to one run: a second start is a 409 naming it.
+/// Start a training: runs the framework's standard workflow (`ultralytics-detect` for
+/// `ultralytics`, `mmdetection-detect` for `mmdetection`: extract the release, resolve the config,
+/// train, export, register). A training name belongs to one run: a second start is a 409 naming it.
 #[utoipa::path(post, path = "/training/start", operation_id = "start_training", request_body = StartTraining,
     responses((status = 201, body = TrainingRun), (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn start(
