@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install a CPU MMDetection 3.3.0 into a Python virtual environment, from PyPI only: the recipe
+# the real trainer was run with (torch 2.1.2, mmengine 0.10.7, mmcv 2.1.0 compiled with its CPU
+# ops, mmdet 3.3.0). The workspace's `.venv/bin/python` is what the mmdetection plugin launches,
+# so point the workspace's .venv at it (or install into .venv itself if it holds nothing else:
+# Ultralytics wants a newer torch, so keep the two apart).
+#
+# usage: scripts/install-mmdetection.sh [VENV_DIR] [WHEEL_DIR]
+#   VENV_DIR   default .venv-mmdet
+#   WHEEL_DIR  default target/mmcv-wheels (an mmcv-2.1.0 wheel there is reused; else mmcv is
+#              compiled from the PyPI sdist into it: ~13 min on 2 cores)
+# then, e.g. for a workspace without Ultralytics:  ln -s .venv-mmdet .venv
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${1:-.venv-mmdet}"
+wheels="${2:-target/mmcv-wheels}"
+python3 -m venv "$venv"
+pip=("$venv/bin/python" -m pip)
+"${pip[@]}" install -q --upgrade pip
+# torch 2.1's ABI is what mmcv is compiled against; numpy 2 breaks torch 2.1, and an
+# opencv-python >= 4.11 would pull numpy 2 in.
+constraints="$(mktemp)"
+trap 'rm -f "$constraints"' EXIT
+printf 'numpy<2\nopencv-python<4.11\ntorch==2.1.2\ntorchvision==0.16.2\n' > "$constraints"
+"${pip[@]}" install -c "$constraints" torch==2.1.2 torchvision==0.16.2 "numpy<2"
+"${pip[@]}" install -c "$constraints" mmengine==0.10.7 "opencv-python<4.11" setuptools wheel ninja psutil pycocotools
+mkdir -p "$wheels"
+if ! ls "$wheels"/mmcv-2.1.0-*.whl >/dev/null 2>&1; then
+    # mmcv's setup.py imports torch (no build isolation) and defaults to 4 jobs.
+    MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS="${MAX_JOBS:-2}" CFLAGS="${MMCV_CFLAGS:--O1 -g0}" \
+        "${pip[@]}" wheel --no-build-isolation --no-deps mmcv==2.1.0 -w "$wheels"
+fi
+"${pip[@]}" install -c "$constraints" "$wheels"/mmcv-2.1.0-*.whl mmdet==3.3.0
+"$venv/bin/python" -c 'import mmdet, mmcv, mmengine, torch; print("mmdet", mmdet.__version__, "mmcv", mmcv.__version__, "mmengine", mmengine.__version__, "torch", torch.__version__)'
