@@ -6,14 +6,18 @@
 # Ultralytics wants a newer torch, so keep the two apart).
 #
 # usage: scripts/install-mmdetection.sh [VENV_DIR] [WHEEL_DIR]
-#   VENV_DIR   default .venv-mmdet
-#   WHEEL_DIR  default target/mmcv-wheels (an mmcv-2.1.0 wheel there is reused; else mmcv is
-#              compiled from the PyPI sdist into it: ~13 min on 2 cores)
+#   VENV_DIR   default .venv-mmdet (idempotent: an install that already works is kept)
+#   WHEEL_DIR  default ${XDG_CACHE_HOME:-~/.cache}/kiln/wheels, outside the checkout: the mmcv
+#              wheel compiled once (~13 min on 2 cores) is reused by the next install (~2 min)
 # then, e.g. for a workspace without Ultralytics:  ln -s .venv-mmdet .venv
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${1:-.venv-mmdet}"
-wheels="${2:-target/mmcv-wheels}"
+wheels="${2:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln/wheels}"
+check='import mmdet, mmcv, mmengine, torch; print("mmdet", mmdet.__version__, "mmcv", mmcv.__version__, "mmengine", mmengine.__version__, "torch", torch.__version__)'
+if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -c "$check" 2>/dev/null; then
+    exit 0
+fi
 python3 -m venv "$venv"
 pip=("$venv/bin/python" -m pip)
 "${pip[@]}" install -q --upgrade pip
@@ -31,4 +35,4 @@ if ! ls "$wheels"/mmcv-2.1.0-*.whl >/dev/null 2>&1; then
         "${pip[@]}" wheel --no-build-isolation --no-deps mmcv==2.1.0 -w "$wheels"
 fi
 "${pip[@]}" install -c "$constraints" "$wheels"/mmcv-2.1.0-*.whl mmdet==3.3.0
-"$venv/bin/python" -c 'import mmdet, mmcv, mmengine, torch; print("mmdet", mmdet.__version__, "mmcv", mmcv.__version__, "mmengine", mmengine.__version__, "torch", torch.__version__)'
+"$venv/bin/python" -c "$check"

@@ -940,6 +940,87 @@ fn openapi_document_lists_every_route() {
 // ---------------------------------------------------------------------------------------------
 // The training façade, end to end
 
+/// What a client written from the training plan sends: `detection` for `detect`, the base config
+/// as its workspace path, the dataset as an extracted folder; and what it gets back: paths
+/// relative to the workspace, errors without the sandbox's errno.
+#[test]
+fn training_facade_speaks_the_plans_request_shapes() {
+    let aws = ApiWorkspace::new();
+    let server = aws.serve();
+    let token = aws.token("ui", &[], &["trainer"]);
+    let r = server.get(
+        "/api/v1/training/config/default?framework=ultralytics&task=detection",
+        &token,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["path"], "configs/ultralytics/detect/default.yaml");
+    let r = server.post(
+        "/api/v1/training/config/resolve",
+        &token,
+        &json!({"framework": "ultralytics", "task": "detection",
+                "base_config": "configs/ultralytics/detect/default.yaml",
+                "overrides": {"epochs": 3}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["config"]["epochs"], 3, "{}", r.text());
+    let r = server.post(
+        "/api/v1/training/config/resolve",
+        &token,
+        &json!({"framework": "ultralytics", "task": "detect", "base_config": "detect/nope.yaml"}),
+    );
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(
+        r.text().contains("cannot read 'detect/nope.yaml'") && !r.text().contains("os error"),
+        "{}",
+        r.text()
+    );
+
+    let r = server.post(
+        "/api/v1/training/extract-release",
+        &token,
+        &json!({"zip_path": "projects/demo/releases/demo-release.zip"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(
+        v["dataset_dir"], "projects/demo/training_data/demo-release",
+        "{v}"
+    );
+    assert_eq!(
+        v["data_yaml"], "projects/demo/training_data/demo-release/data.yaml",
+        "{v}"
+    );
+    assert!(!r.text().contains(&aws.marker()), "{}", r.text());
+
+    let start = json!({"project_id": "demo", "training_name": "plan1", "framework": "ultralytics",
+        "task": "detection", "dataset_path": "projects/demo/training_data/demo-release/",
+        "config": {"epochs": 1, "imgsz": 64, "batch": 4, "device": "cpu"}});
+    let r = server.post("/api/v1/training/start", &token, &start);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let run_id = r.json()["run_id"].as_str().unwrap().to_owned();
+    let run = server.wait_run(&run_id, &token, 120);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["params"]["release"], "demo-release.zip", "{run}");
+    assert_eq!(run["params"]["task"], "detect", "{run}");
+
+    for (body, expected) in [
+        (
+            json!({"project_id": "demo", "training_name": "plan2", "framework": "ultralytics",
+                   "task": "detect", "dataset_path": "projects/demo/training_data/nope"}),
+            "was not extracted by Kiln",
+        ),
+        (
+            json!({"project_id": "demo", "training_name": "plan2", "framework": "ultralytics",
+                   "task": "detect"}),
+            "exactly one of them",
+        ),
+    ] {
+        let r = server.post("/api/v1/training/start", &token, &body);
+        assert_eq!(r.status, 422, "{}", r.text());
+        assert!(r.text().contains(expected), "{}", r.text());
+    }
+}
+
 #[test]
 fn training_facade_previews_starts_follows_and_lists_checkpoints() {
     let aws = ApiWorkspace::new();

@@ -145,6 +145,17 @@ impl GrantedDir {
     }
 }
 
+/// An I/O error as a person reads it: without the errno, which inside the sandbox is WASI's
+/// numbering (`No such file or directory (os error 44)` would name the wrong error to anyone
+/// who knows Linux's 2).
+pub fn io_message(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" (os error ") {
+        Some(at) if text.ends_with(')') => text[..at].to_owned(),
+        _ => text,
+    }
+}
+
 /// Join two `/`-separated paths without touching the file system.
 pub fn join(base: &str, rel: &str) -> String {
     let rel = rel.trim_start_matches('/');
@@ -408,5 +419,17 @@ pub mod process {
             (None, None) if status.success => "success".to_string(),
             (None, None) => "unknown exit status".to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod io_message_tests {
+    use super::*;
+
+    #[test]
+    fn io_messages_carry_no_errno() {
+        let e = std::io::Error::from_raw_os_error(2);
+        assert!(!io_message(&e).contains("os error"), "{}", io_message(&e));
+        assert_eq!(io_message(&std::io::Error::other("plain")), "plain");
     }
 }

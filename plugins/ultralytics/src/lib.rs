@@ -153,8 +153,9 @@ fn resolve_config(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError
     let base_path = config_dir.guest(base_rel);
     let base_text = std::fs::read_to_string(&base_path).map_err(|e| {
         StepError::invalid_input(format!(
-            "input 'base_config': cannot read '{base_rel}' in the config directory ({}): {e}",
-            config_dir.host_path
+            "input 'base_config': cannot read '{base_rel}' in the config directory ({}): {}",
+            config_dir.host_path,
+            kiln_plugin_sdk::io_message(&e)
         ))
     })?;
     let base = args::parse_base_config(&format!("base config '{base_rel}'"), &base_text)?;

@@ -280,6 +280,14 @@ async fn outputs(
     Ok(out)
 }
 
+/// The release file that Kiln extracted into `projects/<project>/training_data/<slug>/`, if it
+/// did (its marker names it).
+pub fn release_of(ws: &crate::Workspace, project: &str, slug: &str) -> Result<Option<String>> {
+    check_name("slug", slug)?;
+    let target = ws.training_data_dir(project)?.join(slug);
+    Ok(read_marker(&target).map(|m| m.release))
+}
+
 fn read_marker(target: &Path) -> Option<Marker> {
     let text = std::fs::read(target.join(MARKER)).ok()?;
     serde_json::from_slice(&text).ok()

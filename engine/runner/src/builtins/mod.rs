@@ -6,7 +6,7 @@ mod export_best;
 mod extract_release;
 mod register_model;
 
-pub use extract_release::extraction_status;
+pub use extract_release::{extraction_status, release_of};
 
 use serde_json::Value;
 

@@ -321,6 +321,12 @@ impl RunService {
         Ok((dataset, status.and_then(|(_, data_yaml)| data_yaml)))
     }
 
+    /// The release file Kiln extracted into dataset folder `slug` of `project`, if it did.
+    pub fn release_of_dataset(&self, project: &str, slug: &str) -> Result<Option<String>> {
+        check_name("project", project)?;
+        builtins::release_of(self.workspace(), project, slug)
+    }
+
     /// Extracts release `file` of `project` (the `builtin/extract-release` outputs).
     pub async fn extract_release(&self, project: &str, file: &str, by: &str) -> Result<Value> {
         self.release(project, file)?;

@@ -123,10 +123,20 @@ pub struct StartTraining {
     #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub task: String,
     /// Release ZIP file name under `projects/<project_id>/releases/` (or that full relative path).
+    /// Give it or `dataset_path`.
+    #[serde(default)]
     #[schema(
         pattern = "^([A-Za-z0-9][A-Za-z0-9._-]{0,127}|projects/[A-Za-z0-9][A-Za-z0-9._-]{0,127}/releases/[A-Za-z0-9][A-Za-z0-9._-]{0,123}[.]zip)$"
     )]
-    pub release: String,
+    pub release: Option<String>,
+    /// The training plan's name for the dataset: an extracted dataset folder
+    /// `projects/<project_id>/training_data/<dataset>/` (extracted by Kiln from a release), or a
+    /// release ZIP path. Give it or `release`.
+    #[serde(default)]
+    #[schema(
+        pattern = "^projects/[A-Za-z0-9][A-Za-z0-9._-]{0,127}/(training_data/[A-Za-z0-9][A-Za-z0-9._-]{0,127}/?|releases/[A-Za-z0-9][A-Za-z0-9._-]{0,123}[.]zip)$"
+    )]
+    pub dataset_path: Option<String>,
     #[serde(default)]
     pub mode: ConfigMode,
     /// Overrides merged onto the task's base config.

@@ -30,7 +30,10 @@ use dto::{
     ExtractRelease, ExtractionState, LogsQuery, ResolveConfig, ResolvedConfig, StartTraining,
     StopTraining, TrainingLogs, TrainingQuery, TrainingRun,
 };
-use names::{parse_zip_path, plain_name, release_file};
+use names::{
+    base_config_rel, parse_zip_path, plain_name, relative_paths, release_file,
+    release_of_dataset_path, task_folder,
+};
 
 /// The workflow `POST /training/start` runs for each framework.
 const FRAMEWORK_WORKFLOWS: &[(&str, &str)] = &[
@@ -50,7 +53,9 @@ pub async fn default_config(
 ) -> ApiResult<Json<DefaultConfig>> {
     plain_name("framework", &q.framework, StatusCode::BAD_REQUEST)?;
     plain_name("task", &q.task, StatusCode::BAD_REQUEST)?;
-    let (file, yaml, config) = state.service().default_config(&q.framework, &q.task)?;
+    let (file, yaml, config) = state
+        .service()
+        .default_config(&q.framework, task_folder(&q.task))?;
     Ok(Json(DefaultConfig {
         path: state.workspace().display(&file),
         framework: q.framework,
@@ -80,12 +85,15 @@ pub async fn resolve_config(
         .service()
         .preview_config(&ConfigRequest {
             framework: body.framework.clone(),
-            task: body.task,
+            task: task_folder(&body.task).to_owned(),
             mode: body.mode.as_str().to_owned(),
             overrides: body.overrides,
             data: body.data,
             training_name: body.training_name,
-            base_config: body.base_config,
+            base_config: body
+                .base_config
+                .as_deref()
+                .map(|b| base_config_rel(&body.framework, b)),
         })
         .await
         .map_err(|e| match e {
@@ -142,7 +150,18 @@ pub async fn start(
             ),
         ));
     };
-    let release = release_file(&body.project_id, &body.release)?;
+    let release = match (&body.release, &body.dataset_path) {
+        (Some(release), None) => release_file(&body.project_id, release)?,
+        (None, Some(path)) => release_of_dataset_path(state.service(), &body.project_id, path)?,
+        _ => {
+            return Err(ApiError::new(
+                invalid,
+                "invalid_body",
+                "give the dataset as `release` (a release ZIP) or `dataset_path` (a release ZIP \
+                 or an extracted dataset folder), exactly one of them",
+            ));
+        }
+    };
     state
         .service()
         .release(&body.project_id, &release)
@@ -151,7 +170,7 @@ pub async fn start(
     params.insert("project".into(), body.project_id.clone().into());
     params.insert("release".into(), release.into());
     params.insert("training_name".into(), body.training_name.clone().into());
-    params.insert("task".into(), body.task.clone().into());
+    params.insert("task".into(), task_folder(&body.task).into());
     params.insert("mode".into(), body.mode.as_str().into());
     params.insert("overrides".into(), Value::Object(body.config));
     let run = state
@@ -335,5 +354,7 @@ pub async fn extract_release(
             }
             other => other.into(),
         })?;
+    let mut outputs = outputs;
+    relative_paths(&mut outputs, state.workspace().root());
     Ok(Json(outputs))
 }

@@ -57,9 +57,111 @@ pub(super) fn release_file(project: &str, release: &str) -> ApiResult<String> {
     Ok(release.to_owned())
 }
 
+/// The task as a folder under `configs/<framework>/`: the training plan's `detection` and
+/// `segmentation` are `detect` and `segment`.
+pub(super) fn task_folder(task: &str) -> &str {
+    match task {
+        "detection" => "detect",
+        "segmentation" => "segment",
+        other => other,
+    }
+}
+
+/// A base config relative to `configs/<framework>/`, also when given as the workspace path
+/// `configs/<framework>/<file>` (as the training plan names it).
+pub(super) fn base_config_rel(framework: &str, base: &str) -> String {
+    base.strip_prefix(&format!("configs/{framework}/"))
+        .unwrap_or(base)
+        .to_owned()
+}
+
+/// Every string in `value` that is a path under `root` becomes relative to it: responses name
+/// workspace files relative to the workspace.
+pub(super) fn relative_paths(value: &mut serde_json::Value, root: &std::path::Path) {
+    let prefix = format!("{}/", root.display());
+    match value {
+        serde_json::Value::String(s) => {
+            if let Some(rel) = s.strip_prefix(&prefix) {
+                *s = rel.to_owned();
+            } else if s.as_str() == prefix.trim_end_matches('/') {
+                *s = ".".into();
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| relative_paths(v, root)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|v| relative_paths(v, root)),
+        _ => {}
+    }
+}
+
+/// The release of `dataset_path`: a release ZIP (`projects/<p>/releases/<file>.zip`) or a
+/// dataset folder Kiln extracted (`projects/<p>/training_data/<slug>/`, whose marker names it).
+pub(super) fn release_of_dataset_path(
+    service: &kiln_runner::RunService,
+    project: &str,
+    dataset_path: &str,
+) -> ApiResult<String> {
+    let invalid = StatusCode::UNPROCESSABLE_ENTITY;
+    if dataset_path.ends_with(".zip") {
+        return release_file(project, dataset_path);
+    }
+    let parts: Vec<&str> = dataset_path.trim_end_matches('/').split('/').collect();
+    let ["projects", p, "training_data", slug] = parts.as_slice() else {
+        return Err(ApiError::new(
+            invalid,
+            "invalid_dataset_path",
+            format!(
+                "dataset_path must be `projects/<project>/training_data/<dataset>/` or \
+                 `projects/<project>/releases/<file>.zip`, relative to the workspace; got \
+                 `{dataset_path}`"
+            ),
+        ));
+    };
+    if *p != project {
+        return Err(ApiError::new(
+            invalid,
+            "invalid_dataset_path",
+            format!("dataset `{dataset_path}` belongs to project `{p}`, not `{project}`"),
+        ));
+    }
+    plain_name("dataset", slug, invalid)?;
+    match service.release_of_dataset(project, slug) {
+        Ok(Some(release)) => Ok(release),
+        Ok(None) => Err(ApiError::new(
+            invalid,
+            "invalid_dataset_path",
+            format!(
+                "{dataset_path} was not extracted by Kiln from a release (no marker); give the \
+                 release ZIP as `release` or `dataset_path`"
+            ),
+        )),
+        Err(e) => Err(ApiError::from(e).with_status(invalid)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plans_names_are_understood() {
+        assert_eq!(task_folder("detection"), "detect");
+        assert_eq!(task_folder("segmentation"), "segment");
+        assert_eq!(task_folder("detect"), "detect");
+        assert_eq!(
+            base_config_rel("ultralytics", "configs/ultralytics/detect/default.yaml"),
+            "detect/default.yaml"
+        );
+        assert_eq!(
+            base_config_rel("ultralytics", "detect/x.yaml"),
+            "detect/x.yaml"
+        );
+        let mut v = serde_json::json!({"a": "/ws/projects/p/x", "b": ["/ws", "/wsx/y", 3]});
+        relative_paths(&mut v, std::path::Path::new("/ws"));
+        assert_eq!(
+            v,
+            serde_json::json!({"a": "projects/p/x", "b": [".", "/wsx/y", 3]})
+        );
+    }
 
     #[test]
     fn zip_paths_must_have_the_exact_form() {
