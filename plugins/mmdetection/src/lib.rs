@@ -255,32 +255,36 @@ pub fn request(
     })
 }
 
-/// What the resolver printed: its result, its refusal (a step error), or, when it printed
-/// neither, the end of its output to explain the failure.
+/// What the resolver printed: its result (hex-encoded JSON over `KILN_RESULT_HEX` lines, ended
+/// by `KILN_RESULT_END`), its refusal (a step error), or, when it printed neither, the end of
+/// its output to explain the failure.
 pub fn answer(output: &[String], exit: &str) -> Result<Value, StepError> {
-    for line in output.iter().rev() {
-        if let Some(result) = line.strip_prefix("KILN_RESULT ") {
-            return serde_json::from_str(result).map_err(|e| {
+    let mut hex_text = String::new();
+    for line in output {
+        if let Some(chunk) = line.strip_prefix("KILN_RESULT_HEX ") {
+            hex_text.push_str(chunk.trim());
+        } else if line == "KILN_RESULT_END" {
+            let bytes = hex::decode(&hex_text).map_err(|e| {
+                StepError::internal(format!("the resolver's result is not hex: {e}"))
+            })?;
+            return serde_json::from_slice(&bytes).map_err(|e| {
                 StepError::internal(format!("the resolver's result is not JSON: {e}"))
             });
-        }
-        if let Some(error) = line.strip_prefix("KILN_ERROR ") {
+        } else if let Some(error) = line.strip_prefix("KILN_ERROR ") {
             let parsed: Value = serde_json::from_str(error).unwrap_or_else(|_| json!({}));
             let message = parsed["message"].as_str().unwrap_or(error).to_owned();
-            let error = parsed;
-            return Err(match error["kind"].as_str() {
+            return Err(match parsed["kind"].as_str() {
                 Some("invalid_input") => StepError::invalid_input(message),
                 _ => StepError::program_failed(message),
             });
         }
     }
-    let tail: Vec<&str> = output
+    let shown: Vec<&str> = output
         .iter()
-        .rev()
-        .take(12)
-        .rev()
+        .filter(|l| !l.starts_with("KILN_RESULT_HEX "))
         .map(String::as_str)
         .collect();
+    let tail = &shown[shown.len().saturating_sub(12)..];
     Err(StepError::program_failed(format!(
         "the MMEngine resolver ended ({exit}) without a result; its last output:\n{}",
         tail.join("\n")
@@ -741,16 +745,20 @@ mod tests {
     }
 
     #[test]
-    fn the_resolvers_answer_is_its_last_marker_line() {
-        let ok = answer(
-            &lines(&[
-                "loading",
-                r#"KILN_RESULT {"config_path": "/t/artifacts/config.py"}"#,
-            ]),
-            "exit code 0",
-        )
-        .unwrap();
-        assert_eq!(ok["config_path"], "/t/artifacts/config.py");
+    fn the_resolvers_answer_is_its_marker_lines() {
+        // A result longer than an output line may be (64 KiB), over several lines.
+        let text = "x ".repeat(50_000);
+        let result = json!({"config_path": "/t/artifacts/config.py", "resolved_text": text});
+        let hex = hex::encode(result.to_string());
+        let mut out = vec!["loading".to_owned()];
+        out.extend(
+            hex.as_bytes()
+                .chunks(32768)
+                .map(|c| format!("KILN_RESULT_HEX {}", std::str::from_utf8(c).unwrap())),
+        );
+        out.push("KILN_RESULT_END".into());
+        let ok = answer(&out, "exit code 0").unwrap();
+        assert_eq!(ok, result);
         let refused = answer(
             &lines(&[r#"KILN_ERROR {"kind": "invalid_input", "message": "override 'x': unknown option"}"#]),
             "exit code 2",

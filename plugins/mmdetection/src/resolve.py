@@ -6,8 +6,10 @@
 # REQUEST (JSON): base_config (path), mode ("user" | "developer"), overrides (object),
 # report_rejected (bool), dataset ({data_root, annotations: {split: path}, images: {split: dir},
 # class_names}), output_dir (the training folder, or null for a preview).
-# Prints one line `KILN_RESULT <json>` on success, or `KILN_ERROR <json>` ({kind, message}) and
-# exits 2 when the request is wrong; anything else (a traceback) is an unexpected failure.
+# On success prints the result as JSON, hex-encoded on `KILN_RESULT_HEX <chunk>` lines (a resolved
+# config is longer than one output line may be) ended by `KILN_RESULT_END`; when the request is
+# wrong prints `KILN_ERROR <json>` ({kind, message}) and exits 2; anything else (a traceback) is an
+# unexpected failure.
 import difflib
 import importlib.util
 import json
@@ -248,7 +250,10 @@ def main():
         "config": json.loads(json.dumps(cfg.to_dict(), default=str)),
         "format": "python",
     }
-    print("KILN_RESULT " + json.dumps(result), flush=True)
+    data = json.dumps(result).encode().hex()
+    for at in range(0, len(data), 32768):
+        print("KILN_RESULT_HEX " + data[at:at + 32768])
+    print("KILN_RESULT_END", flush=True)
 
 
 main()
