@@ -145,10 +145,7 @@ fn developer_mode_takes_any_key_of_the_resolved_config_and_only_those() {
         "      mode: developer\n      overrides: {model.backbone.depthh: 34}\n",
     );
     assert_eq!(code, Some(1));
-    let e = step(&show, "resolve")["error_message"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let e = step_error(&show, "resolve");
     assert!(
         e.contains("'model.backbone.depthh' is not a key of the resolved config")
             && e.contains("did you mean 'depth'?"),
@@ -177,10 +174,7 @@ fn user_mode_refuses_what_only_developer_mode_may_set() {
         "      overrides: {model.backbone.depth: 34}\n",
     );
     assert_eq!(code, Some(1));
-    let e = step(&show, "resolve")["error_message"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let e = step_error(&show, "resolve");
     assert!(
         e.contains("override 'model.backbone.depth': only developer mode may set it")
             && e.contains("user mode allows: amp, batch_size, checkpoint_interval"),
@@ -217,10 +211,7 @@ fn user_mode_refuses_what_only_developer_mode_may_set() {
             &format!("      overrides: {overrides}\n"),
         );
         assert_eq!(code, Some(1), "{overrides}");
-        let e = step(&show, "resolve")["error_message"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let e = step_error(&show, "resolve");
         assert!(e.contains(expected), "{overrides}: {e}");
     }
 }
@@ -230,10 +221,7 @@ fn a_yolo_release_or_a_missing_base_config_is_refused_before_anything_runs() {
     let Some(ws) = workspace() else { return };
     let (code, show, _) = resolve(&ws, "demo-release.zip", "");
     assert_eq!(code, Some(1));
-    let e = step(&show, "resolve")["error_message"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let e = step_error(&show, "resolve");
     assert!(e.contains("input 'dataset' is a yolo release"), "{e}");
     let (code, show, _) = resolve(
         &ws,
@@ -241,10 +229,7 @@ fn a_yolo_release_or_a_missing_base_config_is_refused_before_anything_runs() {
         "      base_config: detect/nope.py\n",
     );
     assert_eq!(code, Some(1));
-    let e = step(&show, "resolve")["error_message"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let e = step_error(&show, "resolve");
     assert!(e.contains("there is no 'detect/nope.py'"), "{e}");
 }
 
@@ -349,10 +334,7 @@ fn a_training_without_detections_fails_and_says_why() {
     let ws = ws.with_env("FAKE_MMDET_NO_DETECTIONS", "1");
     let (code, show) = train(&ws, "t2", &[]);
     assert_eq!(code, Some(1), "{show}");
-    let e = step(&show, "train")["error_message"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let e = step_error(&show, "train");
     assert!(
         e.contains("found no detections") && e.contains("score_thr"),
         "{e}"
@@ -390,10 +372,7 @@ fn a_failed_training_reports_the_exception_and_a_retry_resumes_it() {
     assert_eq!(out.status.code(), Some(1));
     let id = run_id(&out);
     let show = failing.json(&["runs", "show", &id, "--json"]);
-    let e = step(&show, "train")["error_message"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let e = step_error(&show, "train");
     assert!(
         e.starts_with("MMDetection failed (exit code 1): RuntimeError"),
         "{e}"

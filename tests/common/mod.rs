@@ -196,6 +196,14 @@ pub fn step<'a>(show: &'a serde_json::Value, id: &str) -> &'a serde_json::Value 
 }
 
 /// The run id: the last line `kiln run` prints on stdout.
+/// The error message of step `id` in `kiln runs show --json` output (the step must have one).
+pub fn step_error(show: &serde_json::Value, id: &str) -> String {
+    step(show, id)["error_message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("step {id} has no error: {show}"))
+        .to_owned()
+}
+
 pub fn run_id(out: &Output) -> String {
     text(&out.stdout)
         .lines()

@@ -51,18 +51,12 @@ impl Plugin for MmDetection {
     }
 
     fn run(action: String, ctx: StepContext) -> Result<String, StepError> {
-        let inputs = ctx.inputs()?;
-        let outputs = match action.as_str() {
-            "resolve-config" => resolve_config(&ctx, &inputs)?,
-            "train" => train(&ctx, &inputs)?,
-            other => {
-                return Err(StepError::invalid_input(format!(
-                    "unknown action '{other}' (mmdetection offers: resolve-config, train)"
-                )));
-            }
-        };
-        serde_json::to_string(&outputs)
-            .map_err(|e| StepError::internal(format!("encoding the outputs: {e}")))
+        kiln_plugin_sdk::run_action(
+            "mmdetection",
+            &[("resolve-config", resolve_config), ("train", train)],
+            &action,
+            &ctx,
+        )
     }
 }
 
@@ -156,16 +150,6 @@ pub fn describe() -> PluginInfo {
                 "config_path",
             ]),
         )
-}
-
-/// A relative path under the config directory, without `..` or absolute parts.
-fn check_relative(input: &str, rel: &str) -> Result<(), StepError> {
-    if rel.starts_with('/') || rel.split(['/', '\\']).any(|c| c == "..") || rel.trim().is_empty() {
-        return Err(StepError::invalid_input(format!(
-            "input '{input}' must be a relative path inside the config directory, got '{rel}'"
-        )));
-    }
-    Ok(())
 }
 
 /// The COCO dataset part of the request, from the extract step's outputs.
@@ -319,8 +303,7 @@ fn resolve_config(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError
     let mode = inputs.choice("mode", &["user", "developer"], Some("user"))?;
     let empty = Map::new();
     let overrides = inputs.opt_object("overrides")?.unwrap_or(&empty);
-    let base_rel = inputs.str_or("base_config", "detect/default.py")?;
-    check_relative("base_config", base_rel)?;
+    let base_rel = inputs.relative_path_or("base_config", "detect/default.py")?;
     let report_rejected = inputs.bool_or("report_rejected", false)?;
     // Without a training folder (a preview outside a run, e.g. from the API) nothing is written
     // and the dataset may be left out: the command line shows placeholders.
@@ -860,12 +843,5 @@ mod tests {
         assert_eq!(epoch_of("epoch_12.pth"), Some(12));
         assert_eq!(epoch_of("best_coco_bbox_mAP_epoch_2.pth"), Some(2));
         assert_eq!(epoch_of("latest.pth"), None);
-    }
-
-    #[test]
-    fn relative_paths_only() {
-        assert!(check_relative("base_config", "detect/tiny_retinanet_cpu.py").is_ok());
-        assert!(check_relative("base_config", "../x.py").is_err());
-        assert!(check_relative("base_config", "/etc/passwd").is_err());
     }
 }

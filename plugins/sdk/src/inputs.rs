@@ -95,6 +95,24 @@ impl Inputs {
     }
 
     /// An optional string that must be one of `allowed` (`default` when absent).
+    /// A path relative to a granted directory (default `default`): no absolute path, no `..`.
+    pub fn relative_path_or<'a>(
+        &'a self,
+        name: &str,
+        default: &'a str,
+    ) -> Result<&'a str, StepError> {
+        let rel = self.str_or(name, default)?;
+        if rel.starts_with('/')
+            || rel.split(['/', '\\']).any(|c| c == "..")
+            || rel.trim().is_empty()
+        {
+            return Err(StepError::invalid_input(format!(
+                "input '{name}' must be a relative path inside the config directory, got '{rel}'"
+            )));
+        }
+        Ok(rel)
+    }
+
     pub fn choice<'a>(
         &'a self,
         name: &str,
@@ -186,6 +204,45 @@ impl Inputs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_paths_only() {
+        let inputs = |v: &str| {
+            Inputs::from_map(
+                serde_json::json!({"base_config": v})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            )
+        };
+        for good in ["detect/default.yaml", "a.py"] {
+            assert_eq!(
+                inputs(good).relative_path_or("base_config", "x").unwrap(),
+                good
+            );
+        }
+        for bad in [
+            "../secrets.yaml",
+            "/etc/passwd",
+            "a/../../b",
+            " ",
+            "a\\..\\b",
+        ] {
+            let e = inputs(bad)
+                .relative_path_or("base_config", "x")
+                .unwrap_err();
+            assert!(
+                e.message.contains("must be a relative path"),
+                "{bad}: {}",
+                e.message
+            );
+        }
+        let empty = Inputs::from_map(serde_json::Map::new());
+        assert_eq!(
+            empty.relative_path_or("base_config", "d/x.yaml").unwrap(),
+            "d/x.yaml"
+        );
+    }
     use crate::ErrorKind;
 
     fn inputs(json: &str) -> Inputs {

@@ -59,6 +59,31 @@ pub trait Plugin {
     fn run(action: String, ctx: StepContext) -> Result<String, StepError>;
 }
 
+/// One action of a plugin: the step and its parsed inputs in, the outputs out.
+pub type Action = fn(&StepContext, &Inputs) -> Result<serde_json::Value, StepError>;
+
+/// [`Plugin::run`] for a plugin made of `actions`: parses the inputs, runs the action named
+/// `action` and encodes its outputs; an unknown name is an invalid input that lists the plugin's
+/// actions.
+pub fn run_action(
+    plugin: &str,
+    actions: &[(&str, Action)],
+    action: &str,
+    ctx: &StepContext,
+) -> Result<String, StepError> {
+    let inputs = ctx.inputs()?;
+    let Some((_, run)) = actions.iter().find(|(name, _)| *name == action) else {
+        let names: Vec<&str> = actions.iter().map(|(name, _)| *name).collect();
+        return Err(StepError::invalid_input(format!(
+            "unknown action '{action}' ({plugin} offers: {})",
+            names.join(", ")
+        )));
+    };
+    let outputs = run(ctx, &inputs)?;
+    serde_json::to_string(&outputs)
+        .map_err(|e| StepError::internal(format!("encoding the outputs: {e}")))
+}
+
 impl<T: Plugin> bindings::Guest for T {
     fn describe() -> PluginInfo {
         <T as Plugin>::describe()

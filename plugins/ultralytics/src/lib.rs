@@ -39,18 +39,12 @@ impl Plugin for Ultralytics {
     }
 
     fn run(action: String, ctx: StepContext) -> Result<String, StepError> {
-        let inputs = ctx.inputs()?;
-        let outputs = match action.as_str() {
-            "resolve-config" => resolve_config(&ctx, &inputs)?,
-            "train" => train(&ctx, &inputs)?,
-            other => {
-                return Err(StepError::invalid_input(format!(
-                    "unknown action '{other}' (ultralytics offers: resolve-config, train)"
-                )));
-            }
-        };
-        serde_json::to_string(&outputs)
-            .map_err(|e| StepError::internal(format!("encoding the outputs: {e}")))
+        kiln_plugin_sdk::run_action(
+            "ultralytics",
+            &[("resolve-config", resolve_config), ("train", train)],
+            &action,
+            &ctx,
+        )
     }
 }
 
@@ -123,16 +117,6 @@ fn output_dir<'a>(ctx: &'a StepContext, training_name: &str) -> Result<&'a Grant
     Ok(out)
 }
 
-/// A relative path under the config directory, without `..` or absolute parts.
-fn check_relative(input: &str, rel: &str) -> Result<(), StepError> {
-    if rel.starts_with('/') || rel.split(['/', '\\']).any(|c| c == "..") || rel.trim().is_empty() {
-        return Err(StepError::invalid_input(format!(
-            "input '{input}' must be a relative path inside the config directory, got '{rel}'"
-        )));
-    }
-    Ok(())
-}
-
 fn resolve_config(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError> {
     let (task, training_name) = common_inputs(inputs)?;
     let mode = Mode::parse(inputs.choice("mode", &["user", "developer"], Some("user"))?)
@@ -146,8 +130,7 @@ fn resolve_config(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError
     let empty = Map::new();
     let overrides = inputs.opt_object("overrides")?.unwrap_or(&empty);
     let default_base = format!("{task}/default.yaml");
-    let base_rel = inputs.str_or("base_config", &default_base)?;
-    check_relative("base_config", base_rel)?;
+    let base_rel = inputs.relative_path_or("base_config", &default_base)?;
 
     let config_dir = ctx.dir(ROLE_CONFIG)?;
     let base_path = config_dir.guest(base_rel);
@@ -459,13 +442,6 @@ mod tests {
                 .iter()
                 .any(|i| i.name == "report_rejected" && !i.required)
         );
-    }
-
-    #[test]
-    fn relative_paths_only() {
-        assert!(check_relative("base_config", "detect/default.yaml").is_ok());
-        assert!(check_relative("base_config", "../secrets.yaml").is_err());
-        assert!(check_relative("base_config", "/etc/passwd").is_err());
     }
 
     #[test]
