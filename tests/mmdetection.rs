@@ -87,6 +87,7 @@ fn mmengine_resolves_the_base_config_onto_the_coco_release() {
     assert_eq!(out["config_path"], config.display().to_string());
     assert_eq!(out["epochs"], 3);
     assert_eq!(out["imgsz"], json!([160, 160]));
+    assert_eq!(out["input_size"], 160);
     assert_eq!(
         out["splits"],
         json!({"train": "train", "val": "val", "test": "val"})
@@ -193,13 +194,15 @@ fn user_mode_refuses_what_only_developer_mode_may_set() {
     );
     assert_eq!(out["epochs"], 1);
     for (overrides, expected) in [
-        ("{epochs: 0}", "override 'epochs' must be at least 1, got 0"),
+        (
+            "{epochs: 0}",
+            "override 'epochs' must be between 1 and 1000000, got 0",
+        ),
         ("{epochs: 1.5}", "override 'epochs' must be a whole number"),
         ("{lr: -1}", "override 'lr'"),
-        (
-            "{device: gpu}",
-            "override 'device' must be cpu, cuda or cuda:N",
-        ),
+        ("{device: gpu}", "override 'device' must be cpu or cuda"),
+        ("{device: 'cuda:1'}", "which GPUs a step gets is its lease"),
+        ("{amp: true, device: cpu}", "mixed precision needs a GPU"),
         (
             "{no_such_option: 1}",
             "override 'no_such_option': unknown option",
@@ -349,13 +352,9 @@ fn a_failed_training_reports_the_exception_and_a_retry_resumes_it() {
     let failing = ws
         .with_env("FAKE_MMDET_FAIL_AT_EPOCH", "2")
         .with_env("FAKE_MMDET_RECORD", record.to_str().unwrap());
-    // `resume: true` on the train step, as an infrastructure retry sets it.
-    let yaml = std::fs::read_to_string(repo_root().join("workflows/mmdetection-detect.yaml"))
-        .unwrap()
-        .replace(
-            "      cpu_threads: ${{ params.cpu_threads }}\n",
-            "      cpu_threads: ${{ params.cpu_threads }}\n      resume: true\n",
-        );
+    // The reference workflow as it is: a second attempt of the train step resumes by itself.
+    let yaml =
+        std::fs::read_to_string(repo_root().join("workflows/mmdetection-detect.yaml")).unwrap();
     let wf = failing.workflow("resume.yaml", &yaml);
     let out = failing.kiln(&[
         "run",
@@ -467,6 +466,40 @@ fn the_training_api_speaks_mmdetection() {
     let run_id = r.json()["run_id"].as_str().unwrap().to_owned();
     let run = server.wait_run(&run_id, &token, 120);
     assert_eq!(run["status"], "succeeded", "{run}");
+    // The extracted COCO release is seen as extracted; the framework's checkpoints are listed.
+    let r = server.get(
+        "/api/v1/training/check-extracted?zip_path=projects/demo/releases/coco.zip",
+        &token,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["extracted"], true, "{}", r.text());
+    assert!(r.json()["data_yaml"].is_null(), "{}", r.text());
+    let r = server.get(
+        "/api/v1/training/checkpoints?project_id=demo&training_name=api1",
+        &token,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let files: Vec<(String, bool)> = r.json()["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_owned(),
+                c["best"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("best.pth", true),
+        ("best_coco_bbox_mAP_epoch_2.pth", true),
+        ("epoch_2.pth", false),
+    ] {
+        assert!(
+            files.contains(&(expected.0.to_owned(), expected.1)),
+            "{expected:?} not in {files:?}"
+        );
+    }
     let r = server.get("/api/v1/models?project=demo", &token);
     assert_eq!(r.status, 200, "{}", r.text());
     let model = &r.json()[0];
@@ -475,4 +508,69 @@ fn the_training_api_speaks_mmdetection() {
         model["file_path"],
         "projects/demo/model/training/api1/weights/best.pth"
     );
+}
+
+/// Configs whose dataloaders wrap their datasets (RepeatDataset, ConcatDataset): every dataset
+/// inside gets the release, and `imgsz` reaches their pipelines; keys Kiln sets are refused.
+#[test]
+fn wrapped_datasets_get_the_release_and_kiln_keys_are_not_overridden() {
+    let Some(ws) = workspace() else { return };
+    let pipeline = "[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True), \
+                    dict(type='Resize', scale=(64, 64), keep_ratio=True), dict(type='PackDetInputs')]";
+    let inner = |ann: &str| {
+        format!(
+            "dict(type='CocoDataset', data_root='data/', ann_file='{ann}', \
+             data_prefix=dict(img='x/'), pipeline={pipeline})"
+        )
+    };
+    std::fs::write(
+        ws.root().join("configs/mmdetection/detect/wrapped.py"),
+        format!(
+            "_base_ = './tiny_retinanet_cpu.py'\n\
+             train_dataloader = dict(dataset=dict(_delete_=True, type='ConcatDataset', \
+             datasets=[{}, dict(type='RepeatDataset', times=2, dataset={})]))\n",
+            inner("a.json"),
+            inner("b.json")
+        ),
+    )
+    .unwrap();
+    let (code, show, training) = resolve(
+        &ws,
+        "demo-coco-release.zip",
+        "      base_config: detect/wrapped.py\n      overrides: {imgsz: 96}\n",
+    );
+    assert_eq!(code, Some(0), "{show}");
+    let text = std::fs::read_to_string(training.join("artifacts/config.py")).unwrap();
+    let flat: String = text.split_whitespace().collect();
+    assert!(!flat.contains("data_root='data/'"), "{text}");
+    assert!(
+        !flat.contains("'a.json'") && !flat.contains("'b.json'"),
+        "{text}"
+    );
+    // Both inner train datasets, and val and test.
+    assert_eq!(
+        flat.matches("ann_file='annotations/train.json'").count(),
+        2,
+        "{text}"
+    );
+    assert!(!flat.contains("scale=(64,64,)"), "{text}");
+    assert_eq!(step(&show, "resolve")["outputs"]["input_size"], 96);
+
+    for key in [
+        "model.bbox_head.num_classes",
+        "val_evaluator.ann_file",
+        "train_dataloader.dataset.data_root",
+    ] {
+        let (code, show, _) = resolve(
+            &ws,
+            "demo-coco-release.zip",
+            &format!("      mode: developer\n      overrides: {{{key}: 7}}\n"),
+        );
+        assert_eq!(code, Some(1), "{key}");
+        let e = step_error(&show, "resolve");
+        assert!(
+            e.contains(&format!("override '{key}': Kiln sets it from the dataset")),
+            "{e}"
+        );
+    }
 }

@@ -22,8 +22,7 @@ pub mod monitor;
 use kiln_plugin_sdk::lines::LineSplitter;
 use kiln_plugin_sdk::process::{Command, describe_exit};
 use kiln_plugin_sdk::{
-    ActionInfo, GrantedDir, Inputs, Plugin, PluginInfo, RetryReason, StepContext, StepError, log,
-    progress,
+    ActionInfo, GrantedDir, Inputs, Plugin, PluginInfo, StepContext, StepError, log, progress,
 };
 use monitor::{Event, Monitor};
 use serde_json::{Map, Value, json};
@@ -122,7 +121,8 @@ pub fn describe() -> PluginInfo {
             .required("task", "detect")
             .required(
                 "config",
-                "resolve-config's outputs (config_path, train_script, epochs, device)",
+                "resolve-config's outputs (config_path, epochs, device); the trainer is the one \
+             resolve-config recorded in artifacts/command.txt",
             )
             .required("project", "project name")
             .required(
@@ -131,8 +131,8 @@ pub fn describe() -> PluginInfo {
             )
             .optional(
                 "resume",
-                "continue from the work dir's last_checkpoint (--resume; default false; a retry \
-             after an infrastructure failure always does)",
+                "continue from the work dir's last_checkpoint (--resume; default false; every \
+             attempt after the first does)",
             )
             .optional(
                 "cpu_threads",
@@ -396,17 +396,15 @@ fn resolve_config(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError
     Ok(result)
 }
 
-/// Turns the trainer's events into progress reports, logs and checkpoints.
-struct Reporter<'a> {
-    out: &'a GrantedDir,
+/// Turns the trainer's events into progress reports and logs. Checkpoints are reported once the
+/// training ends, those still there: MMEngine deletes older epochs (`max_keep_ckpts`) and every
+/// earlier best as it goes.
+struct Reporter {
     epochs: Option<u32>,
-    checkpoints: Vec<Value>,
-    /// Epochs whose `Saving checkpoint` line came: MMEngine logs it before it writes the file.
-    saving: Vec<u32>,
 }
 
-impl Reporter<'_> {
-    fn event(&mut self, event: Event) {
+impl Reporter {
+    fn event(&self, event: Event) {
         let epochs = self.epochs;
         match event {
             Event::Train {
@@ -446,18 +444,9 @@ impl Reporter<'_> {
                     message: Some(format!("validated epoch {epoch}")),
                 });
             }
-            Event::Saved { epoch } => {
-                self.saving.push(epoch);
-                self.saved_since();
-            }
+            Event::Saved { epoch } => log::debug(format!("saving the checkpoint of epoch {epoch}")),
             Event::Best { epoch, file } => {
-                // Logged once the file is written.
-                if std::fs::metadata(self.out.guest(&file)).is_ok() {
-                    progress::checkpoint(self.out.host(&file), Some(epoch), true);
-                    self.checkpoints.retain(|c| c["best"] != json!(true));
-                    self.checkpoints
-                        .push(json!({"path": self.out.host(&file), "epoch": epoch, "best": true}));
-                }
+                log::info(format!("best checkpoint so far: {file} (epoch {epoch})"));
             }
             Event::Resumed { epoch } => log::info(format!("resumed after epoch {epoch}")),
             Event::NoDetections => log::warn(
@@ -468,41 +457,40 @@ impl Reporter<'_> {
             Event::Error(e) => log::error(e),
         }
     }
-
-    /// Reports the epoch checkpoints announced and now written.
-    fn saved_since(&mut self) {
-        let out = self.out;
-        let mut written = Vec::new();
-        self.saving.retain(|epoch| {
-            let file = format!("epoch_{epoch}.pth");
-            if std::fs::metadata(out.guest(&file)).is_ok() {
-                written.push((*epoch, file));
-                false
-            } else {
-                true
-            }
-        });
-        for (epoch, file) in written {
-            progress::checkpoint(out.host(&file), Some(epoch), false);
-            self.checkpoints
-                .push(json!({"path": out.host(&file), "epoch": epoch, "best": false}));
-        }
-    }
 }
 
-/// The trainer's run folder of this invocation: `<work_dir>/<YYYYMMDD_HHMMSS>/`, the newest.
-fn newest_run_dir(out: &GrantedDir) -> Option<String> {
-    std::fs::read_dir(out.guest(""))
-        .ok()?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| {
-            n.len() == 15
-                && n.as_bytes()[8] == b'_'
-                && n.bytes()
-                    .enumerate()
-                    .all(|(i, b)| i == 8 || b.is_ascii_digit())
+/// Every validation the trainer recorded in this work dir, by epoch: each invocation's
+/// `<ts>/vis_data/scalars.json`, a later one's over an earlier one's.
+fn validations(out: &GrantedDir) -> std::collections::BTreeMap<u32, Map<String, Value>> {
+    let mut by_epoch = std::collections::BTreeMap::new();
+    for dir in run_dirs(out) {
+        if let Ok(text) =
+            std::fs::read_to_string(out.guest(&format!("{dir}/vis_data/scalars.json")))
+        {
+            by_epoch.extend(monitor::validations(&text));
+        }
+    }
+    by_epoch
+}
+
+/// The trainer's run folders in the work dir (`<YYYYMMDD_HHMMSS>/`, one per invocation), oldest
+/// first.
+fn run_dirs(out: &GrantedDir) -> Vec<String> {
+    let mut dirs: Vec<String> = std::fs::read_dir(out.guest(""))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| {
+                    n.len() == 15
+                        && n.as_bytes()[8] == b'_'
+                        && n.bytes()
+                            .enumerate()
+                            .all(|(i, b)| i == 8 || b.is_ascii_digit())
+                })
+                .collect()
         })
-        .max()
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
 }
 
 /// `epoch_N.pth` → N; `best_…_epoch_N.pth` → N.
@@ -528,7 +516,6 @@ fn train(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError> {
         })
     };
     let config_path = text("config_path")?;
-    let train_script = text("train_script")?;
     // The config is Python that the trainer runs: only the one resolve-config wrote for this
     // training is taken.
     let Some(config_rel) = config_path
@@ -547,25 +534,39 @@ fn train(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError> {
             "input 'config.config_path': {config_path} does not exist; run resolve-config first"
         )));
     }
-    if !train_script.ends_with("/tools/train.py") {
+    // The trainer is the one resolve-config found (command.txt, beside the config it wrote),
+    // not a path a workflow passes on.
+    let command_txt = std::fs::read_to_string(out.guest("artifacts/command.txt")).map_err(|e| {
+        StepError::invalid_input(format!(
+            "{} cannot be read ({}); run resolve-config for this training first",
+            out.host("artifacts/command.txt"),
+            kiln_plugin_sdk::io_message(&e)
+        ))
+    })?;
+    let Some(train_script) = command_txt
+        .split_whitespace()
+        .nth(1)
+        .filter(|s| s.ends_with("/tools/train.py"))
+        .map(str::to_owned)
+    else {
         return Err(StepError::invalid_input(format!(
-            "input 'config.train_script' ({train_script}) is not MMDetection's tools/train.py"
+            "{} names no MMDetection tools/train.py; run resolve-config for this training again",
+            out.host("artifacts/command.txt")
         )));
-    }
+    };
     let epochs = config
         .get("epochs")
         .and_then(Value::as_u64)
         .and_then(|e| u32::try_from(e).ok());
     let device = config.get("device").and_then(Value::as_str);
-    // A retry after the machine lost the trainer continues from its last checkpoint.
-    let infra_retry = ctx
-        .retry
-        .as_ref()
-        .is_some_and(|r| matches!(r.reason, RetryReason::Infrastructure));
-    let resume = inputs.bool_or("resume", false)? || infra_retry;
+    // Any attempt after the first continues from the work dir's last checkpoint (a retry after
+    // the machine lost the trainer, or after it failed or was cancelled): the training folder is
+    // this run's, so its checkpoints are this step's. Without one, --resume starts afresh.
+    let retried = ctx.retry.is_some() || ctx.attempt > 1;
+    let resume = inputs.bool_or("resume", false)? || retried;
 
     let mut command = Command::new(PROGRAM)
-        .arg(train_script)
+        .arg(&train_script)
         .arg(config_path)
         .arg("--work-dir")
         .arg(out.host_path.clone())
@@ -591,12 +592,7 @@ fn train(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError> {
     let proc = command.launch()?;
     let mut splitter = LineSplitter::new();
     let mut mon = Monitor::new();
-    let mut reporter = Reporter {
-        out,
-        epochs,
-        checkpoints: Vec::new(),
-        saving: Vec::new(),
-    };
+    let reporter = Reporter { epochs };
     loop {
         let chunk = proc.read_output(READ_MAX_BYTES, READ_TIMEOUT_MS)?;
         for line in splitter.push(&chunk.data) {
@@ -604,7 +600,6 @@ fn train(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError> {
                 reporter.event(event);
             }
         }
-        reporter.saved_since();
         if chunk.finished {
             break;
         }
@@ -614,8 +609,6 @@ fn train(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError> {
     {
         reporter.event(event);
     }
-    reporter.saved_since();
-    let mut checkpoints = reporter.checkpoints;
     let status = proc.wait()?;
     if !status.success {
         return Err(StepError::program_failed(
@@ -630,11 +623,19 @@ fn train(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError> {
                 .collect()
         })
         .unwrap_or_default();
-    let best = files
-        .iter()
-        .filter(|f| f.starts_with("best_") && f.ends_with(".pth"))
-        .max_by_key(|f| epoch_of(f))
-        .cloned();
+    // The best this invocation saved; else (a resume that saved no new best) the one there.
+    let best = mon
+        .best
+        .as_ref()
+        .map(|(_, file)| file.clone())
+        .filter(|f| files.contains(f))
+        .or_else(|| {
+            files
+                .iter()
+                .filter(|f| f.starts_with("best_") && f.ends_with(".pth"))
+                .max_by_key(|f| epoch_of(f))
+                .cloned()
+        });
     let last = std::fs::read_to_string(out.guest("last_checkpoint"))
         .ok()
         .map(|t| t.trim().to_owned())
@@ -669,14 +670,13 @@ fn train(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError> {
             )));
         }
     };
-    let run_dir = newest_run_dir(out);
-    let scalars_rel = run_dir.map(|d| format!("{d}/vis_data/scalars.json"));
-    // The last validation, at full precision when scalars.json has it.
-    let metrics: Map<String, Value> = scalars_rel
-        .as_deref()
-        .and_then(|rel| std::fs::read_to_string(out.guest(rel)).ok())
-        .and_then(|t| monitor::validations(&t).pop())
-        .map(|(_, m)| m)
+    // The metrics of the best weights' epoch (those registered with the model), at full
+    // precision from scalars.json; else the last validation.
+    let validations = validations(out);
+    let best_epoch = best.as_deref().and_then(epoch_of);
+    let metrics: Map<String, Value> = best_epoch
+        .and_then(|e| validations.get(&e).cloned())
+        .or_else(|| validations.values().next_back().cloned())
         .unwrap_or_else(|| {
             mon.last_validation
                 .iter()
@@ -685,23 +685,24 @@ fn train(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError> {
                 })
                 .collect()
         });
-    // MMEngine keeps the last `max_keep_ckpts` epochs: only those still there are listed.
-    checkpoints.retain(|c| {
-        c["path"]
-            .as_str()
-            .and_then(|p| p.rsplit('/').next())
-            .is_some_and(|f| std::fs::metadata(out.guest(f)).is_ok())
-    });
-    if checkpoints.is_empty() {
-        // Nothing saved in this invocation (a resume of a finished training): report what is there.
-        if let Some(last) = &last {
-            checkpoints.push(json!({"path": last, "epoch": epochs_completed, "best": false}));
-        }
-        if let Some(best) = &best {
-            checkpoints
-                .push(json!({"path": out.host(best), "epoch": epoch_of(best), "best": true}));
-        }
+    // The checkpoints still there once the training ended: the epochs MMEngine kept and the best.
+    let mut checkpoints: Vec<Value> = Vec::new();
+    let mut epoch_files: Vec<&String> = files
+        .iter()
+        .filter(|f| f.starts_with("epoch_") && f.ends_with(".pth"))
+        .collect();
+    epoch_files.sort_by_key(|f| epoch_of(f));
+    for file in epoch_files {
+        progress::checkpoint(out.host(file), epoch_of(file), false);
+        checkpoints.push(json!({"path": out.host(file), "epoch": epoch_of(file), "best": false}));
     }
+    if let Some(best) = &best {
+        progress::checkpoint(out.host(best), epoch_of(best), true);
+        checkpoints.push(json!({"path": out.host(best), "epoch": epoch_of(best), "best": true}));
+    }
+    let scalars = run_dirs(out)
+        .pop()
+        .map(|d| out.host(&format!("{d}/vis_data/scalars.json")));
     log::info(format!(
         "training finished: {} epochs, best weights {best_weights}",
         epochs_completed.map_or("?".into(), |n| n.to_string())
@@ -714,7 +715,7 @@ fn train(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError> {
         "metrics": metrics,
         "epochs_completed": epochs_completed,
         "resumed_from_epoch": mon.resumed_from_epoch,
-        "scalars_json": scalars_rel.map(|r| out.host(&r)),
+        "scalars_json": scalars,
         "config_path": config_path,
     }))
 }

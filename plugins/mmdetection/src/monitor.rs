@@ -44,6 +44,8 @@ pub struct Monitor {
     pub resumed_from_epoch: Option<u32>,
     pub no_detections: bool,
     pub last_validation: Vec<(String, f64)>,
+    /// The best checkpoint this run saved last: (epoch, file name).
+    pub best: Option<(u32, String)>,
     /// The last line that looks like the end of a Python traceback (`SomeError: message`).
     last_exception: Option<String>,
     /// The last ERROR line of MMEngine.
@@ -132,6 +134,7 @@ impl Monitor {
                 .parse()
                 .ok()?;
             let file = file.trim_end_matches('.').to_owned();
+            self.best = Some((epoch, file.clone()));
             return Some(Event::Best { epoch, file });
         }
         if let Some(rest) = message.strip_prefix("resumed epoch: ") {

@@ -34,13 +34,15 @@ def fail(kind, message):
     sys.exit(2)
 
 
-def number(key, value, kind, low):
+def number(key, value, kind, low, high=1_000_000):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         fail("invalid_input", f"override '{key}' must be a number, got {json.dumps(value)}")
+    if value != value or value in (float("inf"), float("-inf")):
+        fail("invalid_input", f"override '{key}' must be a finite number, got {value}")
     if kind is int and value != int(value):
         fail("invalid_input", f"override '{key}' must be a whole number, got {value}")
-    if not (value >= low) or value != value or value in (float("inf"), float("-inf")):
-        fail("invalid_input", f"override '{key}' must be at least {low}, got {value}")
+    if not (low <= value <= high):
+        fail("invalid_input", f"override '{key}' must be between {low} and {high}, got {value}")
     return kind(value)
 
 
@@ -59,24 +61,75 @@ def path_exists(cfg, dotted):
     return None
 
 
-def set_scale(pipeline, scale):
-    found = 0
+# Transforms whose sizes are more than one image scale: `imgsz` cannot set them in user mode.
+SIZED_OTHERWISE = ("RandomResize", "Mosaic", "CachedMosaic", "MixUp", "CachedMixUp", "RandomCrop",
+                   "RandomChoiceResize", "Pad", "RandomAffine")
+
+
+def leaf_datasets(node):
+    """The datasets a dataloader reads, through wrappers (RepeatDataset's `dataset`,
+    ConcatDataset's `datasets`)."""
+    if not isinstance(node, dict):
+        return []
+    inner = []
+    if isinstance(node.get("dataset"), dict):
+        inner += leaf_datasets(node["dataset"])
+    for d in node.get("datasets") or []:
+        inner += leaf_datasets(d)
+    return inner or [node]
+
+
+def pipelines(cfg, split):
+    loader = cfg.get(f"{split}_dataloader")
+    dataset = loader.get("dataset") if isinstance(loader, dict) else None
+    return [d.get("pipeline") or [] for d in leaf_datasets(dataset)]
+
+
+def transforms(pipeline):
     for step in pipeline or []:
         if isinstance(step, dict):
-            if step.get("type") in ("Resize", "RandomResize", "FixShapeResize") and "scale" in step:
-                step["scale"] = scale
-                found += 1
-            for inner in ("transforms",):
-                if isinstance(step.get(inner), list):
-                    found += set_scale(step[inner], scale)
-    return found
+            yield step
+            yield from transforms(step.get("transforms"))
 
 
-def innermost_dataset(loader):
-    dataset = loader.get("dataset") if isinstance(loader, dict) else None
-    while isinstance(dataset, dict) and isinstance(dataset.get("dataset"), dict):
-        dataset = dataset["dataset"]
-    return dataset
+def set_scale(cfg, scale):
+    """Sets every Resize of every dataloader's pipelines; refuses pipelines sized otherwise."""
+    found, other = 0, set()
+    for split in ("train", "val", "test"):
+        for pipeline in pipelines(cfg, split):
+            for step in transforms(pipeline):
+                if step.get("type") in ("Resize", "FixShapeResize") and "scale" in step:
+                    step["scale"] = scale
+                    found += 1
+                elif step.get("type") in SIZED_OTHERWISE:
+                    other.add(step["type"])
+    if other:
+        fail("invalid_input", "override 'imgsz': this base config's pipelines size images with "
+             f"{', '.join(sorted(other))} too, which one scale cannot set; use developer mode "
+             "and set their keys")
+    if not found:
+        fail("invalid_input", "override 'imgsz': the base config's pipelines have no Resize "
+             "with a scale to set")
+
+
+def input_size(cfg):
+    """The longer side of the validation pipeline's Resize: what a deployed model is fed."""
+    for pipeline in pipelines(cfg, "val"):
+        for step in transforms(pipeline):
+            if step.get("type") in ("Resize", "FixShapeResize") and "scale" in step:
+                return list(step["scale"])
+    return None
+
+
+def set_by_kiln(key):
+    """Keys Kiln sets from the dataset: an override of them would be silently replaced."""
+    parts = key.split(".")
+    if parts[-1] == "num_classes":
+        return True
+    if parts[0].endswith("_evaluator") and parts[-1] == "ann_file":
+        return True
+    return parts[0].endswith("_dataloader") and any(
+        p in ("data_root", "ann_file", "data_prefix", "metainfo") for p in parts[1:])
 
 
 def pick_split(names, wanted):
@@ -100,13 +153,14 @@ def set_dataset(cfg, dataset, chosen):
             fail("invalid_input", f"the dataset has no {split} split (it has: {', '.join(names)})")
         chosen[split] = name
         loader = cfg.get(f"{split}_dataloader")
-        target = innermost_dataset(loader)
-        if target is None:
+        targets = leaf_datasets(loader.get("dataset") if isinstance(loader, dict) else None)
+        if not targets:
             fail("invalid_input", f"the base config has no {split}_dataloader.dataset to point at the data")
-        target["data_root"] = root
-        target["ann_file"] = os.path.relpath(annotations[name], root)
-        target["data_prefix"] = dict(img=os.path.relpath(images[name], root) + "/")
-        target["metainfo"] = dict(classes=classes)
+        for target in targets:
+            target["data_root"] = root
+            target["ann_file"] = os.path.relpath(annotations[name], root)
+            target["data_prefix"] = dict(img=os.path.relpath(images[name], root) + "/")
+            target["metainfo"] = dict(classes=classes)
         if split in ("val", "test"):
             evaluator = cfg.get(f"{split}_evaluator")
             for ev in evaluator if isinstance(evaluator, list) else [evaluator]:
@@ -153,8 +207,12 @@ def main():
     overrides = req.get("overrides") or {}
     rejected = []
     device = None
+    imgsz = None
     dotted = {}
     for key, value in overrides.items():
+        if key not in USER_KEYS and set_by_kiln(key):
+            fail("invalid_input", f"override '{key}': Kiln sets it from the dataset (paths, "
+                 "classes, num_classes); give the release instead")
         if mode == "user" and key not in USER_KEYS:
             why = ("only developer mode may set it" if path_exists(cfg, key) is None
                    else "unknown option")
@@ -163,13 +221,14 @@ def main():
                 continue
             allowed = ", ".join(sorted(USER_KEYS))
             fail("invalid_input", f"override '{key}': {why} (user mode allows: {allowed})")
-        if mode == "user":
+        # The safe options mean the same in developer mode.
+        if key in USER_KEYS:
             if key == "epochs":
                 dotted["train_cfg.max_epochs"] = number(key, value, int, 1)
             elif key == "batch_size":
-                dotted["train_dataloader.batch_size"] = number(key, value, int, 1)
+                dotted["train_dataloader.batch_size"] = number(key, value, int, 1, 65536)
             elif key == "lr":
-                lr = number(key, value, float, 0)
+                lr = number(key, value, float, 0, 1000)
                 if lr <= 0:
                     fail("invalid_input", f"override 'lr' must be above 0, got {value}")
                 dotted["optim_wrapper.optimizer.lr"] = lr
@@ -179,15 +238,11 @@ def main():
                 dotted["train_cfg.val_interval"] = number(key, value, int, 1)
             elif key == "imgsz":
                 if isinstance(value, list) and len(value) == 2:
-                    scale = tuple(number(key, v, int, 32) for v in value)
+                    scale = tuple(number(key, v, int, 32, 16384) for v in value)
                 else:
-                    side = number(key, value, int, 32)
+                    side = number(key, value, int, 32, 16384)
                     scale = (side, side)
-                found = sum(set_scale(cfg.get(f"{s}_dataloader", {}).get("dataset", {})
-                                      .get("pipeline"), scale) for s in ("train", "val", "test"))
-                if not found:
-                    fail("invalid_input", "override 'imgsz': the base config's pipelines have no "
-                         "Resize with a scale to set")
+                imgsz = scale
             elif key == "amp":
                 if not isinstance(value, bool):
                     fail("invalid_input", f"override 'amp' must be true or false, got {json.dumps(value)}")
@@ -195,9 +250,10 @@ def main():
                     dotted["optim_wrapper.type"] = "AmpOptimWrapper"
                     dotted["optim_wrapper.loss_scale"] = "dynamic"
             elif key == "device":
-                if not isinstance(value, str) or not (value == "cpu" or value == "cuda" or
-                                                      (value.startswith("cuda:") and value[5:].isdigit())):
-                    fail("invalid_input", f"override 'device' must be cpu, cuda or cuda:N, got {json.dumps(value)}")
+                if value not in ("cpu", "cuda"):
+                    fail("invalid_input", f"override 'device' must be cpu or cuda, got "
+                         f"{json.dumps(value)}; which GPUs a step gets is its lease "
+                         "(`resources: {gpus: N}` in the workflow)")
                 device = value
         else:
             problem = path_exists(cfg, key)
@@ -206,6 +262,11 @@ def main():
             dotted[key] = value
     if dotted:
         cfg.merge_from_dict(dotted, allow_list_keys=True)
+    if imgsz:
+        set_scale(cfg, imgsz)
+    if device == "cpu" and cfg.get("optim_wrapper", {}).get("type") == "AmpOptimWrapper":
+        fail("invalid_input", "override 'amp': mixed precision needs a GPU (MMEngine's "
+             "AmpOptimWrapper refuses to train on the CPU); drop amp or the cpu device")
 
     # The dataset, leaf by leaf: a top-level `data_root` in the config was resolved when the file
     # was read, so setting it would change nothing. A preview may have none: the base config's
@@ -215,7 +276,6 @@ def main():
     if dataset:
         set_dataset(cfg, dataset, chosen)
 
-    output_dir = req.get("output_dir")
     output_dir = req.get("output_dir")
     config_path = None
     if output_dir:
@@ -229,11 +289,7 @@ def main():
     if output_dir:
         with open(os.path.join(output_dir, "artifacts", "command.txt"), "w") as f:
             f.write(" ".join(command) + "\n")
-    scale = None
-    for step in cfg.get("train_dataloader", {}).get("dataset", {}).get("pipeline", []) or []:
-        if isinstance(step, dict) and step.get("type") == "Resize" and "scale" in step:
-            scale = list(step["scale"])
-            break
+    scale = input_size(cfg)
     result = {
         "config_path": config_path,
         "resolved_text": cfg.pretty_text,

@@ -5,14 +5,15 @@
 //!   keys `train` / `val` / `test`, as Ultralytics reads it.
 //! - **COCO**: `annotations/*.json` (COCO instances: `images`, `annotations`, `categories`),
 //!   one file per split named for it (`train.json`, or `instances_train2017.json` for the split
-//!   `train2017`), and the split's images in `<split>/` or `images/<split>/`. Every split has
-//!   the same categories; class names are in category-id order.
+//!   `train2017`; `captions_*` and `person_keypoints_*` files are not splits), and the split's
+//!   images in `<split>/` or `images/<split>/`. Every split has the same categories; class
+//!   names are in the order of the file's `categories` list, which is the order of
+//!   MMDetection's labels (pycocotools lists category ids in file order).
 //!
 //! Annotation files are read as a stream: only the categories are kept and the images and
 //! boxes counted, so a file of hundreds of megabytes costs its reading time, not its size in
 //! memory.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -106,6 +107,13 @@ pub fn inspect<R: Read>(target: &Path, wrap: impl Fn(std::fs::File) -> R) -> Res
     )))
 }
 
+/// A YOLO dataset's `data.yaml` in `target` (at its top or in its single top-level folder),
+/// found without reading any annotation file.
+pub fn data_yaml_of(target: &Path) -> Option<PathBuf> {
+    let yaml = dataset_root(target).ok()?.join("data.yaml");
+    yaml.is_file().then_some(yaml)
+}
+
 /// `target`, or its single top-level folder when that is where the dataset is.
 fn dataset_root(target: &Path) -> Result<PathBuf> {
     let holds_dataset =
@@ -183,6 +191,12 @@ fn inspect_coco<R: Read>(
         .map_err(|e| Error::io("listing", annotations, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "json"))
+        // COCO's other annotation kinds are no detection splits.
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| !n.starts_with("captions_") && !n.starts_with("person_keypoints_"))
+        })
         .collect();
     files.sort();
     if files.is_empty() {
@@ -201,7 +215,7 @@ fn inspect_coco<R: Read>(
     }
     let mut splits = Vec::with_capacity(files.len());
     // The first split's categories, and the file they came from.
-    let mut categories: Option<(BTreeMap<i64, String>, PathBuf)> = None;
+    let mut categories: Option<(Vec<(i64, String)>, PathBuf)> = None;
     for file in files {
         let stem = file
             .file_stem()
@@ -258,12 +272,12 @@ fn inspect_coco<R: Read>(
         layout: Layout::Coco,
         root,
         data_yaml: None,
-        class_names: categories.into_values().collect(),
+        class_names: categories.into_iter().map(|(_, name)| name).collect(),
         splits,
     })
 }
 
-fn describe(categories: &BTreeMap<i64, String>) -> String {
+fn describe(categories: &[(i64, String)]) -> String {
     categories
         .iter()
         .map(|(id, name)| format!("{id}: {name}"))
@@ -286,8 +300,8 @@ struct Summary {
 }
 
 impl Summary {
-    /// The categories by id, checked: present, ids unique, names not empty.
-    fn into_categories(self, file: &Path) -> Result<BTreeMap<i64, String>> {
+    /// The categories in file order, checked: present, ids unique, names not empty.
+    fn into_categories(self, file: &Path) -> Result<Vec<(i64, String)>> {
         let bad = |what: String| Error::Input(format!("{}: {what}", file.display()));
         if self.images.is_none() {
             return Err(bad(
@@ -302,19 +316,21 @@ impl Summary {
                 "`categories` is empty: a detection dataset needs a class".into(),
             ));
         }
-        let mut by_id = BTreeMap::new();
+        let mut in_order: Vec<(i64, String)> = Vec::with_capacity(categories.len());
+        let mut seen = std::collections::HashMap::new();
         for c in categories {
             if c.name.trim().is_empty() {
                 return Err(bad(format!("category {} has an empty name", c.id)));
             }
-            if let Some(previous) = by_id.insert(c.id, c.name.clone()) {
+            if let Some(previous) = seen.insert(c.id, c.name.clone()) {
                 return Err(bad(format!(
                     "category id {} is used twice (`{previous}` and `{}`)",
                     c.id, c.name
                 )));
             }
+            in_order.push((c.id, c.name));
         }
-        Ok(by_id)
+        Ok(in_order)
     }
 }
 
@@ -453,6 +469,11 @@ mod tests {
                     &coco(3, 5, CATEGORIES),
                 ),
                 ("annotations/val.json", &coco(1, 0, CATEGORIES)),
+                // Not a split: COCO's captions.
+                (
+                    "annotations/captions_val2017.json",
+                    r#"{"annotations": []}"#,
+                ),
                 ("images/train2017/0.png", ""),
                 ("val/0.png", ""),
             ],
@@ -461,7 +482,8 @@ mod tests {
         let d = inspect(dir.path(), |f| f).unwrap();
         assert_eq!(d.layout, Layout::Coco);
         assert_eq!(d.root, root);
-        assert_eq!(d.class_names, ["red", "blue"]);
+        // In the file's order (ids 2, 1): MMDetection's label 0 is the first category listed.
+        assert_eq!(d.class_names, ["blue", "red"]);
         let splits: Vec<_> = d
             .splits
             .iter()
@@ -567,7 +589,7 @@ mod tests {
         );
         let e = error(dir.path());
         assert!(
-            e.contains("name different categories (1: red, 2: blue against 1: red)")
+            e.contains("name different categories (2: blue, 1: red against 1: red)")
                 && e.contains("same classes"),
             "{e}"
         );

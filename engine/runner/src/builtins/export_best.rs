@@ -14,6 +14,12 @@ use sha2::{Digest, Sha256};
 use super::{BuiltinCtx, input_str, opt_str};
 use crate::{Error, Result};
 
+/// Whether `name` is the stable best weights export writes (`best.pt`, `best.pth`, …).
+pub fn is_exported_best(name: &str) -> bool {
+    name.strip_prefix("best.")
+        .is_some_and(|ext| !ext.is_empty() && ext.chars().all(|c| c.is_ascii_alphanumeric()))
+}
+
 pub(crate) fn run(ctx: &BuiltinCtx<'_>) -> Result<Value> {
     let project = input_str(ctx.inputs, "project")?;
     let training = input_str(ctx.inputs, "training_name")?;

@@ -199,7 +199,7 @@ fn replace_with(
 }
 
 /// Whether `release` of `project` is extracted (its dataset folder records this very archive);
-/// returns the dataset folder and its data.yaml when it is.
+/// returns the dataset folder and, for a YOLO dataset, its data.yaml when it is.
 pub fn extraction_status(
     ws: &crate::Workspace,
     project: &str,
@@ -219,9 +219,7 @@ pub fn extraction_status(
     if marker.sha256 != sha {
         return Ok(None);
     }
-    let data_yaml = dataset::inspect(&target, |f| f)
-        .ok()
-        .and_then(|d| d.data_yaml);
+    let data_yaml = dataset::data_yaml_of(&target);
     Ok(Some((target, data_yaml)))
 }
 

@@ -6,6 +6,7 @@ mod export_best;
 mod extract_release;
 mod register_model;
 
+pub use export_best::is_exported_best;
 pub use extract_release::{extraction_status, release_of};
 
 use serde_json::Value;

@@ -56,7 +56,7 @@ pub struct CheckpointView {
     pub size: u64,
     /// Last modification, RFC 3339 UTC.
     pub modified: Option<String>,
-    /// `best.pt`, or reported as the best checkpoint by the training.
+    /// `best.pt` (`best.pth`, …), or reported as the best checkpoint by the training.
     pub best: bool,
     /// Epoch reported with the checkpoint, when known.
     pub epoch: Option<i64>,
@@ -245,7 +245,8 @@ impl RunService {
                     });
                     Some(CheckpointView {
                         step: step.step_id.clone(),
-                        best: name == "best.pt" || record.is_some_and(|c| c.is_best),
+                        best: crate::builtins::is_exported_best(&name)
+                            || record.is_some_and(|c| c.is_best),
                         epoch: record.and_then(|c| c.epoch),
                         path: rel,
                         size: meta.len(),

@@ -302,13 +302,13 @@ impl RunService {
         Ok(zip)
     }
 
-    /// Where release `file` of `project` is (or would be) extracted, and its data.yaml when it
-    /// is extracted from this very archive.
+    /// Where release `file` of `project` is (or would be) extracted, and, when it is extracted
+    /// from this very archive, Some (with its data.yaml for a YOLO dataset).
     pub async fn extraction_status(
         &self,
         project: &str,
         file: &str,
-    ) -> Result<(PathBuf, Option<PathBuf>)> {
+    ) -> Result<(PathBuf, Option<Option<PathBuf>>)> {
         self.release(project, file)?;
         let stem = file.trim_end_matches(".zip").to_owned();
         let dataset = self.workspace().training_data_dir(project)?.join(&stem);
@@ -318,7 +318,7 @@ impl RunService {
             tokio::task::spawn_blocking(move || builtins::extraction_status(&ws, &project, &file))
                 .await
                 .map_err(|e| Error::Input(format!("checking the extraction: {e}")))??;
-        Ok((dataset, status.and_then(|(_, data_yaml)| data_yaml)))
+        Ok((dataset, status.map(|(_, data_yaml)| data_yaml)))
     }
 
     /// The release file Kiln extracted into dataset folder `slug` of `project`, if it did.
@@ -350,30 +350,33 @@ impl RunService {
         .await
     }
 
-    /// The files of a training's `weights/` folder, `best.pt` first.
+    /// The weights of a training, the exported best first: the files of its `weights/` folder
+    /// (where export puts `best.pt` / `best.pth`), and the checkpoints a framework writes at the
+    /// top of the training's folder (MMDetection's `epoch_N.pth`, `best_…_epoch_N.pth`).
     pub fn weight_files(&self, project: &str, name: &str) -> Result<WeightFiles> {
         let ws = self.workspace();
-        let dir = ws.training_dir(project, name)?.join("weights");
+        let training = ws.training_dir(project, name)?;
         let mut files = Vec::new();
-        match std::fs::read_dir(&dir) {
-            Ok(entries) => {
-                for entry in entries.flatten() {
-                    let Ok(meta) = entry.metadata() else { continue };
-                    if !meta.is_file() {
-                        continue;
-                    }
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    files.push(CheckpointFile {
-                        path: ws.display(&entry.path()),
-                        size: meta.len(),
-                        modified: meta.modified().ok().map(kiln_store::timestamp),
-                        best: name == "best.pt",
-                        name,
-                    });
+        for (dir, top) in [(training.join("weights"), false), (training, true)] {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("listing", &dir, e)),
+            };
+            for entry in entries.flatten() {
+                let Ok(meta) = entry.metadata() else { continue };
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !meta.is_file() || (top && !name.ends_with(".pth")) {
+                    continue;
                 }
+                files.push(CheckpointFile {
+                    path: ws.display(&entry.path()),
+                    size: meta.len(),
+                    modified: meta.modified().ok().map(kiln_store::timestamp),
+                    best: builtins::is_exported_best(&name) || (top && name.starts_with("best_")),
+                    name,
+                });
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("listing", &dir, e)),
         }
         files.sort_by(|a, b| b.best.cmp(&a.best).then_with(|| a.name.cmp(&b.name)));
         Ok(WeightFiles { files })

@@ -311,7 +311,7 @@ pub async fn check_extracted(
     ApiQuery(q): ApiQuery<CheckExtractedQuery>,
 ) -> ApiResult<Json<ExtractionState>> {
     let (project, file) = parse_zip_path(&q.zip_path)?;
-    let (dataset, data_yaml) = state
+    let (dataset, extracted) = state
         .service()
         .extraction_status(&project, &file)
         .await
@@ -324,9 +324,9 @@ pub async fn check_extracted(
     let ws = state.workspace();
     Ok(Json(ExtractionState {
         zip_path: q.zip_path,
-        extracted: data_yaml.is_some(),
+        extracted: extracted.is_some(),
         dataset_dir: ws.display(&dataset),
-        data_yaml: data_yaml.map(|p| ws.display(&p)),
+        data_yaml: extracted.flatten().map(|p| ws.display(&p)),
     }))
 }
 
