@@ -18,7 +18,22 @@ check='import mmdet, mmcv, mmengine, torch; print("mmdet", mmdet.__version__, "m
 if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -c "$check" 2>/dev/null; then
     exit 0
 fi
-python3 -m venv "$venv"
+# What the recipe needs from the machine, said up front rather than after minutes of pip.
+py="${PYTHON:-python3}"
+"$py" -c 'import sys; sys.exit(0 if (3, 8) <= sys.version_info[:2] <= (3, 11) else 1)' || {
+    echo "install-mmdetection.sh: torch 2.1.2 has wheels for Python 3.8-3.11 only; $("$py" --version 2>&1) found (set PYTHON=python3.11)" >&2
+    exit 1
+}
+command -v g++ >/dev/null || { echo "install-mmdetection.sh: mmcv's ops are compiled: install g++ (Debian: build-essential)" >&2; exit 1; }
+"$py" -c 'import sysconfig, os, sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)' || {
+    echo "install-mmdetection.sh: Python's headers are missing (Debian: python3-dev)" >&2
+    exit 1
+}
+"$py" -c 'import ctypes.util, sys; sys.exit(0 if ctypes.util.find_library("GL") else 1)' || {
+    echo "install-mmdetection.sh: OpenCV (which mmcv imports) needs libGL (Debian: libgl1)" >&2
+    exit 1
+}
+"$py" -m venv "$venv"
 pip=("$venv/bin/python" -m pip)
 "${pip[@]}" install -q --upgrade pip
 # torch 2.1's ABI is what mmcv is compiled against; numpy 2 breaks torch 2.1, and an
@@ -29,10 +44,11 @@ printf 'numpy<2\nopencv-python<4.11\ntorch==2.1.2\ntorchvision==0.16.2\n' > "$co
 "${pip[@]}" install -c "$constraints" torch==2.1.2 torchvision==0.16.2 "numpy<2"
 "${pip[@]}" install -c "$constraints" mmengine==0.10.7 "opencv-python<4.11" setuptools wheel ninja psutil pycocotools
 mkdir -p "$wheels"
-if ! ls "$wheels"/mmcv-2.1.0-*.whl >/dev/null 2>&1; then
+tag="$("$venv/bin/python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
+if ! ls "$wheels"/mmcv-2.1.0-"$tag"-*.whl >/dev/null 2>&1; then
     # mmcv's setup.py imports torch (no build isolation) and defaults to 4 jobs.
     MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS="${MAX_JOBS:-2}" CFLAGS="${MMCV_CFLAGS:--O1 -g0}" \
         "${pip[@]}" wheel --no-build-isolation --no-deps mmcv==2.1.0 -w "$wheels"
 fi
-"${pip[@]}" install -c "$constraints" "$wheels"/mmcv-2.1.0-*.whl mmdet==3.3.0
+"${pip[@]}" install -c "$constraints" "$wheels"/mmcv-2.1.0-"$tag"-*.whl mmdet==3.3.0
 "$venv/bin/python" -c "$check"

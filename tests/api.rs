@@ -1007,7 +1007,7 @@ fn training_facade_speaks_the_plans_request_shapes() {
         (
             json!({"project_id": "demo", "training_name": "plan2", "framework": "ultralytics",
                    "task": "detect", "dataset_path": "projects/demo/training_data/nope"}),
-            "was not extracted by Kiln",
+            "projects/demo/training_data/nope does not exist",
         ),
         (
             json!({"project_id": "demo", "training_name": "plan2", "framework": "ultralytics",

@@ -445,6 +445,7 @@ fn the_training_api_speaks_mmdetection() {
         cli.contains("mmdet/.mim/tools/train.py <resolved config> --work-dir <training-output>"),
         "{cli}"
     );
+    let v_preview = v.clone();
     let r = server.post(
         "/api/v1/training/config/resolve",
         &token,
@@ -459,8 +460,15 @@ fn the_training_api_speaks_mmdetection() {
         aws.ws.root().join("projects/demo/releases/coco.zip"),
     )
     .unwrap();
+    // Paths in the workspace are named relative to it.
+    assert!(
+        !v_preview.to_string().contains(&aws.marker()),
+        "{v_preview}"
+    );
+
     let start = json!({"project_id": "demo", "training_name": "api1", "framework": "mmdetection",
-        "task": "detect", "release": "coco.zip", "config": {"epochs": 2}});
+        "task": "detection", "release": "coco.zip", "config": {"epochs": 2},
+        "base_config": "configs/mmdetection/detect/tiny_retinanet_cpu.py"});
     let r = server.post("/api/v1/training/start", &token, &start);
     assert_eq!(r.status, 201, "{}", r.text());
     let run_id = r.json()["run_id"].as_str().unwrap().to_owned();
@@ -504,6 +512,10 @@ fn the_training_api_speaks_mmdetection() {
     assert_eq!(r.status, 200, "{}", r.text());
     let model = &r.json()[0];
     assert_eq!(model["framework"], "mmdetection", "{model}");
+    assert_eq!(
+        model["base_model"], "detect/tiny_retinanet_cpu.py",
+        "{model}"
+    );
     assert_eq!(
         model["file_path"],
         "projects/demo/model/training/api1/weights/best.pth"

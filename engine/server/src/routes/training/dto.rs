@@ -139,6 +139,11 @@ pub struct StartTraining {
     pub dataset_path: Option<String>,
     #[serde(default)]
     pub mode: ConfigMode,
+    /// Base config relative to `configs/<framework>/` (or as `configs/<framework>/<file>`);
+    /// default the task's `default.yaml` / `default.py`.
+    #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._/-]{0,255}$")]
+    pub base_config: Option<String>,
     /// Overrides merged onto the task's base config.
     #[serde(default)]
     #[schema(value_type = Object)]

@@ -109,11 +109,20 @@ pub async fn resolve_config(
             ))
         })?,
     };
+    // Workspace paths as the workspace names them (the command line, the config's paths).
+    let root = state.workspace().root().to_owned();
+    let relative = |text: String| {
+        let mut v = Value::String(text);
+        relative_paths(&mut v, &root);
+        v.as_str().unwrap_or_default().to_owned()
+    };
+    let mut config = preview.config;
+    relative_paths(&mut config, &root);
     Ok(Json(ResolvedConfig {
-        resolved_yaml: preview.resolved_yaml,
+        resolved_yaml: relative(preview.resolved_yaml),
         format: preview.format,
-        cli_preview: preview.cli_preview,
-        config: preview.config,
+        cli_preview: relative(preview.cli_preview),
+        config,
         rejected,
     }))
 }
@@ -173,6 +182,12 @@ pub async fn start(
     params.insert("task".into(), task_folder(&body.task).into());
     params.insert("mode".into(), body.mode.as_str().into());
     params.insert("overrides".into(), Value::Object(body.config));
+    if let Some(base) = &body.base_config {
+        params.insert(
+            "base_config".into(),
+            base_config_rel(&body.framework, base).into(),
+        );
+    }
     let run = state
         .manager()
         .submit(workflow, params, &caller.name)

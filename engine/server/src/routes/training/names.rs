@@ -81,10 +81,11 @@ pub(super) fn relative_paths(value: &mut serde_json::Value, root: &std::path::Pa
     let prefix = format!("{}/", root.display());
     match value {
         serde_json::Value::String(s) => {
-            if let Some(rel) = s.strip_prefix(&prefix) {
-                *s = rel.to_owned();
-            } else if s.as_str() == prefix.trim_end_matches('/') {
+            if s.as_str() == prefix.trim_end_matches('/') {
                 *s = ".".into();
+            } else if s.contains(&prefix) {
+                // Also inside a longer text (a command line, a message).
+                *s = s.replace(&prefix, "");
             }
         }
         serde_json::Value::Array(items) => items.iter_mut().for_each(|v| relative_paths(v, root)),
@@ -126,14 +127,24 @@ pub(super) fn release_of_dataset_path(
     plain_name("dataset", slug, invalid)?;
     match service.release_of_dataset(project, slug) {
         Ok(Some(release)) => Ok(release),
-        Ok(None) => Err(ApiError::new(
-            invalid,
-            "invalid_dataset_path",
-            format!(
-                "{dataset_path} was not extracted by Kiln from a release (no marker); give the \
-                 release ZIP as `release` or `dataset_path`"
-            ),
-        )),
+        Ok(None) => {
+            let exists = service
+                .workspace()
+                .training_data_dir(project)
+                .is_ok_and(|d| d.join(slug).is_dir());
+            let why = if exists {
+                "was not extracted by Kiln from a release (no marker)"
+            } else {
+                "does not exist"
+            };
+            Err(ApiError::new(
+                invalid,
+                "invalid_dataset_path",
+                format!(
+                    "{dataset_path} {why}; give the release ZIP as `release` or `dataset_path`"
+                ),
+            ))
+        }
         Err(e) => Err(ApiError::from(e).with_status(invalid)),
     }
 }
