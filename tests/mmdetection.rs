@@ -586,3 +586,44 @@ fn wrapped_datasets_get_the_release_and_kiln_keys_are_not_overridden() {
         );
     }
 }
+
+/// A cancel stops MMDetection's trainer (SIGTERM to its process group: it dies by the signal,
+/// as the real one does) and nothing of the training is left running.
+#[test]
+fn cancelling_a_training_stops_the_trainer() {
+    let Some(ws) = workspace() else { return };
+    let ws = ws.with_env("FAKE_MMDET_EPOCH_SECONDS", "30");
+    let wf = repo_root().join("workflows/mmdetection-detect.yaml");
+    let mut engine = ws
+        .command(&[
+            "run",
+            wf.to_str().unwrap(),
+            "-p",
+            "project=demo",
+            "-p",
+            "release=demo-coco-release.zip",
+            "-p",
+            "training_name=c1",
+            "-p",
+            "overrides={epochs: 3}",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let trainer = || processes_mentioning("training/c1/artifacts/config.py");
+    wait_for(60, "the trainer to start", || !trainer().is_empty());
+    let runs = ws.json(&["runs", "list", "--json"]);
+    let id = runs[0]["id"].as_str().unwrap().to_owned();
+    let out = ws.kiln(&["runs", "cancel", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(engine.wait().unwrap().code(), Some(1));
+    assert!(trainer().is_empty(), "{:?}", trainer());
+    let show = ws.json(&["runs", "show", &id, "--json"]);
+    let statuses: Vec<&str> = ["train", "export", "register"]
+        .iter()
+        .map(|id| step(&show, id)["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(show["run"]["status"], "cancelled");
+    assert_eq!(statuses, ["cancelled", "cancelled", "cancelled"]);
+}

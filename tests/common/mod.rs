@@ -195,7 +195,6 @@ pub fn step<'a>(show: &'a serde_json::Value, id: &str) -> &'a serde_json::Value 
         .unwrap_or_else(|| panic!("no step {id} in {show}"))
 }
 
-/// The run id: the last line `kiln run` prints on stdout.
 /// The error message of step `id` in `kiln runs show --json` output (the step must have one).
 pub fn step_error(show: &serde_json::Value, id: &str) -> String {
     step(show, id)["error_message"]
@@ -204,6 +203,7 @@ pub fn step_error(show: &serde_json::Value, id: &str) -> String {
         .to_owned()
 }
 
+/// The run id: the last line `kiln run` prints on stdout.
 pub fn run_id(out: &Output) -> String {
     text(&out.stdout)
         .lines()
