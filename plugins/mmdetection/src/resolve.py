@@ -150,7 +150,9 @@ def set_dataset(cfg, dataset, chosen):
     for split in ("train", "val", "test"):
         name = pick_split(names, split) or (pick_split(names, "val") if split == "test" else None)
         if name is None:
-            fail("invalid_input", f"the dataset has no {split} split (it has: {', '.join(names)})")
+            fail("invalid_input", f"the dataset has no {split} split (it has: {', '.join(names)}); "
+                 "MMDetection trains on `train` and validates on `val` (or `valid`): add that "
+                 "split to the release")
         chosen[split] = name
         loader = cfg.get(f"{split}_dataloader")
         targets = leaf_datasets(loader.get("dataset") if isinstance(loader, dict) else None)

@@ -6,9 +6,10 @@
 //! - **COCO**: `annotations/*.json` (COCO instances: `images`, `annotations`, `categories`),
 //!   one file per split named for it (`train.json`, or `instances_train2017.json` for the split
 //!   `train2017`; `captions_*` and `person_keypoints_*` files are not splits), and the split's
-//!   images in `<split>/` or `images/<split>/`. Every split has the same categories; class
-//!   names are in the order of the file's `categories` list, which is the order of
-//!   MMDetection's labels (pycocotools lists category ids in file order).
+//!   images in `<split>/` or `images/<split>/`; or, as labeling tools such as Roboflow export
+//!   it, `<split>/_annotations.coco.json` beside the split's images. Every split has the same
+//!   categories; class names are in the order of the file's `categories` list, which is the
+//!   order of MMDetection's labels (pycocotools lists category ids in file order).
 //!
 //! Annotation files are read as a stream: only the categories are kept and the images and
 //! boxes counted, so a file of hundreds of megabytes costs its reading time, not its size in
@@ -96,13 +97,13 @@ pub fn inspect<R: Read>(target: &Path, wrap: impl Fn(std::fs::File) -> R) -> Res
             splits,
         });
     }
-    let annotations = root.join("annotations");
-    if annotations.is_dir() {
-        return inspect_coco(root, &annotations, wrap);
+    if let Some(sources) = coco_sources(&root)? {
+        return inspect_coco(root, sources, wrap);
     }
     Err(Error::Input(format!(
-        "the release is neither a YOLO dataset (data.yaml) nor a COCO one (annotations/*.json) \
-         at its top level (looked in {}); export the dataset in one of these formats",
+        "the release is neither a YOLO dataset (data.yaml) nor a COCO one (annotations/*.json, \
+         or <split>/_annotations.coco.json) at its top level (looked in {}); export the dataset \
+         in one of these formats",
         root.display()
     )))
 }
@@ -116,8 +117,11 @@ pub fn data_yaml_of(target: &Path) -> Option<PathBuf> {
 
 /// `target`, or its single top-level folder when that is where the dataset is.
 fn dataset_root(target: &Path) -> Result<PathBuf> {
-    let holds_dataset =
-        |dir: &Path| dir.join("data.yaml").is_file() || dir.join("annotations").is_dir();
+    let holds_dataset = |dir: &Path| {
+        dir.join("data.yaml").is_file()
+            || dir.join("annotations").is_dir()
+            || !split_annotation_dirs(dir).is_empty()
+    };
     if holds_dataset(target) {
         return Ok(target.to_owned());
     }
@@ -182,46 +186,94 @@ fn yolo_class_names(doc: &serde_norway::Value, data_yaml: &Path) -> Result<Vec<S
     }
 }
 
+/// The `<split>/` folders of `root` that hold a `_annotations.coco.json` (a Roboflow export).
+fn split_annotation_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join(ROBOFLOW_FILE).is_file())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+const ROBOFLOW_FILE: &str = "_annotations.coco.json";
+
+/// A COCO split: its name, annotation file, and the folders its images may be in.
+type Source = (String, PathBuf, Vec<PathBuf>);
+
+/// The splits of a COCO release at `root`, if it is one.
+fn coco_sources(root: &Path) -> Result<Option<Vec<Source>>> {
+    let annotations = root.join("annotations");
+    if annotations.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&annotations)
+            .map_err(|e| Error::io("listing", &annotations, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "json"))
+            // COCO's other annotation kinds are no detection splits.
+            .filter(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    !n.starts_with("captions_") && !n.starts_with("person_keypoints_")
+                })
+            })
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(Error::Input(format!(
+                "{} holds no annotation file (*.json, one per split: train.json, val.json, …)",
+                annotations.display()
+            )));
+        }
+        let sources = files
+            .into_iter()
+            .map(|file| {
+                let stem = file
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let name = stem.strip_prefix("instances_").unwrap_or(&stem).to_owned();
+                let images = vec![root.join(&name), root.join("images").join(&name)];
+                (name, file, images)
+            })
+            .collect();
+        return Ok(Some(sources));
+    }
+    let dirs = split_annotation_dirs(root);
+    if dirs.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        dirs.into_iter()
+            .map(|dir| {
+                let name = dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (name, dir.join(ROBOFLOW_FILE), vec![dir])
+            })
+            .collect(),
+    ))
+}
+
 fn inspect_coco<R: Read>(
     root: PathBuf,
-    annotations: &Path,
+    sources: Vec<Source>,
     wrap: impl Fn(std::fs::File) -> R,
 ) -> Result<Dataset> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(annotations)
-        .map_err(|e| Error::io("listing", annotations, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "json"))
-        // COCO's other annotation kinds are no detection splits.
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| !n.starts_with("captions_") && !n.starts_with("person_keypoints_"))
-        })
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        return Err(Error::Input(format!(
-            "{} holds no annotation file (*.json, one per split: train.json, val.json, …)",
-            annotations.display()
-        )));
-    }
-    if files.len() > MAX_COCO_SPLITS {
+    if sources.len() > MAX_COCO_SPLITS {
         return Err(Error::Input(format!(
             "{} holds {} annotation files; a COCO release may have at most {MAX_COCO_SPLITS} \
              splits",
-            annotations.display(),
-            files.len()
+            root.display(),
+            sources.len()
         )));
     }
-    let mut splits = Vec::with_capacity(files.len());
+    let mut splits = Vec::with_capacity(sources.len());
     // The first split's categories, and the file they came from.
     let mut categories: Option<(Vec<(i64, String)>, PathBuf)> = None;
-    for file in files {
-        let stem = file
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let name = stem.strip_prefix("instances_").unwrap_or(&stem).to_owned();
+    for (name, file, candidates) in sources {
         let reader = std::fs::File::open(&file).map_err(|e| Error::io("reading", &file, e))?;
         let summary: Summary = serde_json::from_reader(std::io::BufReader::new(wrap(reader)))
             .map_err(|e| {
@@ -248,13 +300,12 @@ fn inspect_coco<R: Read>(
             }
             Some(_) => {}
         }
-        let candidates = [root.join(&name), root.join("images").join(&name)];
         let Some(images_dir) = candidates.iter().find(|d| d.is_dir()).cloned() else {
+            let looked: Vec<String> = candidates.iter().map(|d| d.display().to_string()).collect();
             return Err(Error::Input(format!(
-                "COCO split `{name}` ({}) has no image folder: looked for {} and {}",
+                "COCO split `{name}` ({}) has no image folder: looked for {}",
                 file.display(),
-                candidates[0].display(),
-                candidates[1].display()
+                looked.join(" and ")
             )));
         };
         splits.push(Split {
@@ -497,6 +548,53 @@ mod tests {
             [
                 ("train2017", 3, 5, root.join("images/train2017")),
                 ("val", 1, 0, root.join("val")),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_roboflow_coco_export_is_a_coco_release() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            &[
+                ("train/_annotations.coco.json", &coco(2, 3, CATEGORIES)),
+                ("train/0.jpg", ""),
+                ("valid/_annotations.coco.json", &coco(1, 1, CATEGORIES)),
+                ("valid/0.jpg", ""),
+                ("README.roboflow.txt", ""),
+            ],
+        );
+        let d = inspect(dir.path(), |f| f).unwrap();
+        assert_eq!(d.layout, Layout::Coco);
+        let splits: Vec<_> = d
+            .splits
+            .iter()
+            .map(|s| {
+                let c = s.coco.as_ref().unwrap();
+                (
+                    s.name.as_str(),
+                    c.images,
+                    c.annotations.clone(),
+                    c.images_dir.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            splits,
+            [
+                (
+                    "train",
+                    2,
+                    dir.path().join("train/_annotations.coco.json"),
+                    dir.path().join("train")
+                ),
+                (
+                    "valid",
+                    1,
+                    dir.path().join("valid/_annotations.coco.json"),
+                    dir.path().join("valid")
+                ),
             ]
         );
     }
