@@ -34,6 +34,7 @@ command -v g++ >/dev/null || { echo "install-mmdetection.sh: mmcv's ops are comp
     exit 1
 }
 "$py" -m venv "$venv"
+venv="$(cd "$venv" && pwd)"
 pip=("$venv/bin/python" -m pip)
 "${pip[@]}" install -q --upgrade pip
 # torch 2.1's ABI is what mmcv is compiled against; numpy 2 breaks torch 2.1, and an
@@ -47,7 +48,9 @@ mkdir -p "$wheels"
 tag="$("$venv/bin/python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
 if ! ls "$wheels"/mmcv-2.1.0-"$tag"-*.whl >/dev/null 2>&1; then
     # mmcv's setup.py imports torch (no build isolation) and defaults to 4 jobs.
-    MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS="${MAX_JOBS:-2}" CFLAGS="${MMCV_CFLAGS:--O1 -g0}" \
+    # The venv's bin first: torch's extension builder looks for ninja (installed there) on PATH.
+    PATH="$venv/bin:$PATH" MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS="${MAX_JOBS:-2}" \
+        CFLAGS="${MMCV_CFLAGS:--O1 -g0}" \
         "${pip[@]}" wheel --no-build-isolation --no-deps mmcv==2.1.0 -w "$wheels"
 fi
 "${pip[@]}" install -c "$constraints" "$wheels"/mmcv-2.1.0-"$tag"-*.whl mmdet==3.3.0
