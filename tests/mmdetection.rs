@@ -627,3 +627,63 @@ fn cancelling_a_training_stops_the_trainer() {
     assert_eq!(show["run"]["status"], "cancelled");
     assert_eq!(statuses, ["cancelled", "cancelled", "cancelled"]);
 }
+
+/// An engine killed mid-training does not lose or repeat the training: `kiln resume` re-attaches
+/// to the trainer that kept running under its supervisor, which is launched once.
+#[test]
+fn a_killed_engine_resumes_without_a_second_trainer() {
+    let Some(ws) = workspace() else { return };
+    let record = ws.root().join("launches.jsonl");
+    let ws = ws
+        .with_env("FAKE_MMDET_EPOCH_SECONDS", "2")
+        .with_env("FAKE_MMDET_RECORD", record.to_str().unwrap());
+    let wf = repo_root().join("workflows/mmdetection-detect.yaml");
+    let mut engine = ws
+        .command(&[
+            "run",
+            wf.to_str().unwrap(),
+            "-p",
+            "project=demo",
+            "-p",
+            "release=demo-coco-release.zip",
+            "-p",
+            "training_name=k1",
+            "-p",
+            "overrides={epochs: 2}",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let trainer = || processes_mentioning("training/k1/artifacts/config.py");
+    // Started and recorded (the stand-in writes its record once it runs).
+    wait_for(60, "the trainer to start", || {
+        !trainer().is_empty() && record.exists()
+    });
+    kill(engine.id(), "KILL");
+    engine.wait().unwrap();
+    assert!(
+        !trainer().is_empty(),
+        "the trainer outlives the engine: {:?} / {}",
+        processes_mentioning("k1"),
+        std::fs::read_to_string(ws.root().join("launches.jsonl")).unwrap_or_default()
+    );
+    let id = ws.json(&["runs", "list", "--json"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = ws.kiln(&["resume", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let show = ws.json(&["runs", "show", &id, "--json"]);
+    assert_eq!(show["run"]["status"], "succeeded");
+    let train = &step(&show, "train")["outputs"];
+    assert_eq!(train["epochs_completed"], 2, "{train}");
+    assert!(train["metrics"]["coco/bbox_mAP"].is_number(), "{train}");
+    let launches = std::fs::read_to_string(&record).unwrap();
+    assert_eq!(
+        launches.lines().count(),
+        1,
+        "one trainer, re-attached: {launches}"
+    );
+    assert!(trainer().is_empty());
+}
