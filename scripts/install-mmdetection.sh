@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${1:-.venv-mmdet}"
-wheels="${2:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln/wheels}"
+wheels="${2:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/kiln/wheels}"
 check='import mmdet, mmcv, mmengine, torch; print("mmdet", mmdet.__version__, "mmcv", mmcv.__version__, "mmengine", mmengine.__version__, "torch", torch.__version__)'
 if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -c "$check" 2>/dev/null; then
     exit 0
