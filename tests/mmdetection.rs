@@ -508,6 +508,17 @@ fn the_training_api_speaks_mmdetection() {
             "{expected:?} not in {files:?}"
         );
     }
+    // The run's view of its checkpoints too: the exported best and MMDetection's own.
+    let r = server.get(&format!("/api/v1/runs/{run_id}/checkpoints"), &token);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.text();
+    for name in [
+        "\"best.pth\"",
+        "\"epoch_2.pth\"",
+        "\"best_coco_bbox_mAP_epoch_2.pth\"",
+    ] {
+        assert!(text.contains(name), "{name} not in {text}");
+    }
     let r = server.get("/api/v1/models?project=demo", &token);
     assert_eq!(r.status, 200, "{}", r.text());
     let model = &r.json()[0];

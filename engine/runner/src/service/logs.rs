@@ -184,7 +184,7 @@ impl RunService {
         let ws = self.workspace();
         let steps = self.store().steps(run_id).await?;
         let recorded = self.store().checkpoints(run_id).await?;
-        // Each weights directory once, with the steps that name it in their inputs.
+        // Each training folder once, with the steps that name it in their inputs.
         let mut dirs: Vec<(PathBuf, Vec<&StepRecord>)> = Vec::new();
         for step in &steps {
             let Some(inputs) = &step.inputs else { continue };
@@ -197,21 +197,20 @@ impl RunService {
             let Ok(dir) = ws.training_dir(project, training) else {
                 continue;
             };
-            let weights = dir.join("weights");
-            match dirs.iter_mut().find(|(d, _)| *d == weights) {
+            match dirs.iter_mut().find(|(d, _)| *d == dir) {
                 Some((_, named_by)) => named_by.push(step),
-                None => dirs.push((weights, vec![step])),
+                None => dirs.push((dir, vec![step])),
             }
         }
         let mut out = Vec::new();
-        for (weights, named_by) in dirs {
+        for (training, named_by) in dirs {
             // The training step: the one that reported checkpoints there, else the one whose
             // outputs name its best weights, else the first naming the directory.
             let step = named_by
                 .iter()
                 .find(|s| {
                     recorded.iter().any(|c| {
-                        c.step_id == s.step_id && FsPath::new(&c.path).starts_with(&weights)
+                        c.step_id == s.step_id && FsPath::new(&c.path).starts_with(&training)
                     })
                 })
                 .or_else(|| {
@@ -222,15 +221,22 @@ impl RunService {
                     })
                 })
                 .unwrap_or(&named_by[0]);
-            let Ok(entries) = std::fs::read_dir(&weights) else {
-                continue;
-            };
+            // `weights/` (where export puts the best), and the checkpoints a framework writes at
+            // the top of the training's folder (MMDetection's `epoch_N.pth`, `best_…_epoch_N.pth`).
+            let entries = [(training.join("weights"), false), (training.clone(), true)]
+                .into_iter()
+                .flat_map(|(dir, top)| {
+                    std::fs::read_dir(dir)
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .map(move |entry| (entry, top))
+                });
             let mut files: Vec<CheckpointView> = entries
-                .flatten()
-                .filter_map(|entry| {
+                .filter_map(|(entry, top)| {
                     let meta = entry.metadata().ok().filter(|m| m.is_file())?;
                     let name = entry.file_name().to_string_lossy().into_owned();
-                    if name.ends_with(".tmp") {
+                    if name.ends_with(".tmp") || (top && !name.ends_with(".pth")) {
                         return None;
                     }
                     let abs = entry.path();
