@@ -221,25 +221,12 @@ impl RunService {
                     })
                 })
                 .unwrap_or(&named_by[0]);
-            // `weights/` (where export puts the best), and the checkpoints a framework writes at
-            // the top of the training's folder (MMDetection's `epoch_N.pth`, `best_…_epoch_N.pth`).
-            let entries = [(training.join("weights"), false), (training.clone(), true)]
-                .into_iter()
-                .flat_map(|(dir, top)| {
-                    std::fs::read_dir(dir)
-                        .into_iter()
-                        .flatten()
-                        .flatten()
-                        .map(move |entry| (entry, top))
-                });
+            // A folder that cannot be listed shows nothing.
+            let entries = super::training::checkpoint_files(&training).unwrap_or_default();
             let mut files: Vec<CheckpointView> = entries
-                .filter_map(|(entry, top)| {
-                    let meta = entry.metadata().ok().filter(|m| m.is_file())?;
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    if name.ends_with(".tmp") || (top && !name.ends_with(".pth")) {
-                        return None;
-                    }
-                    let abs = entry.path();
+                .into_iter()
+                .map(|f| {
+                    let abs = f.path;
                     let rel = ws
                         .relative(&abs)
                         .unwrap_or_else(|| abs.clone())
@@ -249,16 +236,16 @@ impl RunService {
                         let p = FsPath::new(&c.path);
                         p == abs || p == FsPath::new(&rel)
                     });
-                    Some(CheckpointView {
+                    CheckpointView {
                         step: step.step_id.clone(),
-                        best: crate::builtins::is_exported_best(&name)
+                        best: crate::builtins::is_exported_best(&f.name)
                             || record.is_some_and(|c| c.is_best),
                         epoch: record.and_then(|c| c.epoch),
                         path: rel,
-                        size: meta.len(),
-                        modified: meta.modified().ok().map(kiln_store::timestamp),
-                        name,
-                    })
+                        size: f.meta.len(),
+                        modified: f.meta.modified().ok().map(kiln_store::timestamp),
+                        name: f.name,
+                    }
                 })
                 .collect();
             files.sort_by(|a, b| a.name.cmp(&b.name));

@@ -114,6 +114,46 @@ impl Drop for Scratch {
     }
 }
 
+/// A checkpoint file of a training folder.
+pub(crate) struct TrainingFile {
+    pub path: PathBuf,
+    pub name: String,
+    pub meta: std::fs::Metadata,
+    /// Written by the framework at the top of the folder, not by export into `weights/`.
+    pub framework: bool,
+}
+
+/// The checkpoints of a training folder: the files of `weights/` (where export puts the best)
+/// and the `.pth` files a framework writes at the top (MMDetection's `epoch_N.pth`,
+/// `best_…_epoch_N.pth`); files being written (`.tmp`) are left out. A missing folder has none.
+pub(crate) fn checkpoint_files(training: &Path) -> Result<Vec<TrainingFile>> {
+    let mut files = Vec::new();
+    for (dir, framework) in [
+        (training.join("weights"), false),
+        (training.to_owned(), true),
+    ] {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("listing", &dir, e)),
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !meta.is_file() || name.ends_with(".tmp") || (framework && !name.ends_with(".pth")) {
+                continue;
+            }
+            files.push(TrainingFile {
+                path: entry.path(),
+                name,
+                meta,
+                framework,
+            });
+        }
+    }
+    Ok(files)
+}
+
 impl RunService {
     /// The run that owns the training `project`/`name` (see [`crate::ownership`]).
     pub async fn training_run(&self, project: &str, name: &str) -> Result<Option<RunRecord>> {
@@ -356,28 +396,17 @@ impl RunService {
     pub fn weight_files(&self, project: &str, name: &str) -> Result<WeightFiles> {
         let ws = self.workspace();
         let training = ws.training_dir(project, name)?;
-        let mut files = Vec::new();
-        for (dir, top) in [(training.join("weights"), false), (training, true)] {
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io("listing", &dir, e)),
-            };
-            for entry in entries.flatten() {
-                let Ok(meta) = entry.metadata() else { continue };
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if !meta.is_file() || (top && !name.ends_with(".pth")) {
-                    continue;
-                }
-                files.push(CheckpointFile {
-                    path: ws.display(&entry.path()),
-                    size: meta.len(),
-                    modified: meta.modified().ok().map(kiln_store::timestamp),
-                    best: builtins::is_exported_best(&name) || (top && name.starts_with("best_")),
-                    name,
-                });
-            }
-        }
+        let mut files: Vec<CheckpointFile> = checkpoint_files(&training)?
+            .into_iter()
+            .map(|f| CheckpointFile {
+                path: ws.display(&f.path),
+                size: f.meta.len(),
+                modified: f.meta.modified().ok().map(kiln_store::timestamp),
+                best: builtins::is_exported_best(&f.name)
+                    || (f.framework && f.name.starts_with("best_")),
+                name: f.name,
+            })
+            .collect();
         files.sort_by(|a, b| b.best.cmp(&a.best).then_with(|| a.name.cmp(&b.name)));
         Ok(WeightFiles { files })
     }
