@@ -236,10 +236,11 @@ fn a_yolo_release_or_a_missing_base_config_is_refused_before_anything_runs() {
     assert!(e.contains("there is no 'detect/nope.py'"), "{e}");
 }
 
-/// The reference workflow, from the release to the exported weights.
-fn train(ws: &Workspace, name: &str, extra: &[&str]) -> (Option<i32>, Value) {
+/// `kiln run` of the reference workflow (release to registered model) on the COCO demo release,
+/// for training `name`.
+fn reference_args(name: &str, overrides: &str) -> Vec<String> {
     let wf = repo_root().join("workflows/mmdetection-detect.yaml");
-    let mut args = vec![
+    [
         "run".to_owned(),
         wf.display().to_string(),
         "-p".into(),
@@ -248,10 +249,19 @@ fn train(ws: &Workspace, name: &str, extra: &[&str]) -> (Option<i32>, Value) {
         "release=demo-coco-release.zip".into(),
         "-p".into(),
         format!("training_name={name}"),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = ws.kiln(&args);
+        "-p".into(),
+        format!("overrides={overrides}"),
+    ]
+    .into()
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// The reference workflow run to its end.
+fn train(ws: &Workspace, name: &str, overrides: &str) -> (Option<i32>, Value) {
+    let out = ws.kiln(&strs(&reference_args(name, overrides)));
     let show = ws.json(&["runs", "show", &run_id(&out), "--json"]);
     (out.status.code(), show)
 }
@@ -259,7 +269,7 @@ fn train(ws: &Workspace, name: &str, extra: &[&str]) -> (Option<i32>, Value) {
 #[test]
 fn the_mmdetection_workflow_trains_and_exports_the_best_weights() {
     let Some(ws) = workspace() else { return };
-    let (code, show) = train(&ws, "t1", &["-p", "overrides={epochs: 2}"]);
+    let (code, show) = train(&ws, "t1", "{epochs: 2}");
     assert_eq!(code, Some(0), "{show}");
     let dir = ws.root().join("projects/demo/model/training/t1");
     let at = |p: &str| dir.join(p).display().to_string();
@@ -335,7 +345,7 @@ fn the_mmdetection_workflow_trains_and_exports_the_best_weights() {
 fn a_training_without_detections_fails_and_says_why() {
     let Some(ws) = workspace() else { return };
     let ws = ws.with_env("FAKE_MMDET_NO_DETECTIONS", "1");
-    let (code, show) = train(&ws, "t2", &[]);
+    let (code, show) = train(&ws, "t2", "{}");
     assert_eq!(code, Some(1), "{show}");
     let e = step_error(&show, "train");
     assert!(
@@ -353,21 +363,7 @@ fn a_failed_training_reports_the_exception_and_a_retry_resumes_it() {
         .with_env("FAKE_MMDET_FAIL_AT_EPOCH", "2")
         .with_env("FAKE_MMDET_RECORD", record.to_str().unwrap());
     // The reference workflow as it is: a second attempt of the train step resumes by itself.
-    let yaml =
-        std::fs::read_to_string(repo_root().join("workflows/mmdetection-detect.yaml")).unwrap();
-    let wf = failing.workflow("resume.yaml", &yaml);
-    let out = failing.kiln(&[
-        "run",
-        &wf,
-        "-p",
-        "project=demo",
-        "-p",
-        "release=demo-coco-release.zip",
-        "-p",
-        "training_name=t3",
-        "-p",
-        "overrides={epochs: 3}",
-    ]);
+    let out = failing.kiln(&strs(&reference_args("t3", "{epochs: 3}")));
     assert_eq!(out.status.code(), Some(1));
     let id = run_id(&out);
     let show = failing.json(&["runs", "show", &id, "--json"]);
@@ -604,20 +600,8 @@ fn wrapped_datasets_get_the_release_and_kiln_keys_are_not_overridden() {
 fn cancelling_a_training_stops_the_trainer() {
     let Some(ws) = workspace() else { return };
     let ws = ws.with_env("FAKE_MMDET_EPOCH_SECONDS", "30");
-    let wf = repo_root().join("workflows/mmdetection-detect.yaml");
     let mut engine = ws
-        .command(&[
-            "run",
-            wf.to_str().unwrap(),
-            "-p",
-            "project=demo",
-            "-p",
-            "release=demo-coco-release.zip",
-            "-p",
-            "training_name=c1",
-            "-p",
-            "overrides={epochs: 3}",
-        ])
+        .command(&strs(&reference_args("c1", "{epochs: 3}")))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -648,20 +632,8 @@ fn a_killed_engine_resumes_without_a_second_trainer() {
     let ws = ws
         .with_env("FAKE_MMDET_EPOCH_SECONDS", "2")
         .with_env("FAKE_MMDET_RECORD", record.to_str().unwrap());
-    let wf = repo_root().join("workflows/mmdetection-detect.yaml");
     let mut engine = ws
-        .command(&[
-            "run",
-            wf.to_str().unwrap(),
-            "-p",
-            "project=demo",
-            "-p",
-            "release=demo-coco-release.zip",
-            "-p",
-            "training_name=k1",
-            "-p",
-            "overrides={epochs: 2}",
-        ])
+        .command(&strs(&reference_args("k1", "{epochs: 2}")))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
