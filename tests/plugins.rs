@@ -23,6 +23,115 @@ fn plugins_are_listed_with_digest_actions_and_grants() {
         .map(|a| a["name"].as_str().unwrap())
         .collect();
     assert_eq!(actions, ["resolve-config", "train"]);
+    assert_eq!(ultra["interface"], "0.2.0");
+    assert_eq!(ultra["launches"], serde_json::json!(["yolo"]));
+    let train = &ultra["actions"][1];
+    let resume = train["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "resume")
+        .unwrap();
+    assert_eq!(resume["kind"], "boolean");
+}
+
+/// The `kiln:plugin@0.1.0` build of the test plugin, kept as released (built at the last commit
+/// that served only 0.1).
+fn hostile_0_1() -> std::path::PathBuf {
+    repo_root().join("tests/fixtures/plugins/hostile-0.1.0.wasm")
+}
+
+#[test]
+fn a_0_1_component_runs_beside_0_2_components() {
+    let ws = Workspace::new();
+    std::fs::copy(hostile_0_1(), ws.root().join(".kiln/plugins/hostile.wasm")).unwrap();
+    let list = ws.json(&["plugins", "list", "--json"]);
+    let interfaces: Vec<(String, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_owned(),
+                p["interface"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        interfaces.contains(&("hostile".into(), "0.1.0".into()))
+            && interfaces.contains(&("ultralytics".into(), "0.2.0".into())),
+        "{interfaces:?}"
+    );
+    let wf = ws.workflow(
+        "old.yaml",
+        "name: old\nsteps:\n  - id: a\n    uses: hostile\n    action: ok\n    with: {project: demo}\n  - id: b\n    uses: hostile\n    action: ok\n    needs: [a]\n",
+    );
+    let out = ws.kiln(&["run", &wf]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = run_id(&out);
+    let show = ws.json(&["runs", "show", &id, "--json"]);
+    assert_eq!(step(&show, "b")["outputs"]["result"], "ok", "{show}");
+}
+
+#[test]
+fn a_component_of_an_unsupported_interface_is_refused_naming_the_versions() {
+    let ws = Workspace::new();
+    // The 0.1 component with every `kiln:plugin/…@0.1.0` import renamed to @0.9.0.
+    let mut bytes = std::fs::read(hostile_0_1()).unwrap();
+    let (from, to) = (b"@0.1.0".as_slice(), b"@0.9.0".as_slice());
+    let mut i = 0;
+    let mut renamed = 0;
+    while i + from.len() <= bytes.len() {
+        if &bytes[i..i + from.len()] == from {
+            bytes[i..i + from.len()].copy_from_slice(to);
+            renamed += 1;
+        }
+        i += 1;
+    }
+    assert!(renamed > 0);
+    std::fs::write(ws.root().join(".kiln/plugins/hostile.wasm"), bytes).unwrap();
+    let out = ws.kiln(&["plugins", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("hostile.wasm")
+            && err.contains("kiln:plugin@0.9.0")
+            && err.contains("kiln:plugin@0.1.0, kiln:plugin@0.2.0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn input_kinds_are_checked_before_the_run_and_once_rendered() {
+    let ws = Workspace::new();
+    // A literal of the wrong kind: a validation error at its line.
+    let wf = ws.workflow(
+        "literal.yaml",
+        "name: literal\nsteps:\n  - id: a\n    uses: hostile\n    action: ok\n    with:\n      project: 5\n",
+    );
+    let out = ws.kiln(&["validate", &wf]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        said.contains("literal.yaml:7:")
+            && said.contains("input `project` of `hostile` action `ok` in step `a` must be a string"),
+        "{said}"
+    );
+    // An expression that renders to the wrong kind: the step fails before the plugin runs.
+    let wf = ws.workflow(
+        "rendered.yaml",
+        "name: rendered\nparams:\n  n: {type: integer, default: 3}\nsteps:\n  - id: a\n    uses: hostile\n    action: ok\n    with:\n      project: ${{ params.n }}\n",
+    );
+    assert!(ws.kiln(&["validate", &wf]).status.success());
+    let out = ws.kiln(&["run", &wf]);
+    assert!(!out.status.success());
+    let id = run_id(&out);
+    let show = ws.json(&["runs", "show", &id, "--json"]);
+    let error = step_error(&show, "a");
+    assert!(
+        error.contains("hostile.ok: input `project` must be a string, got 3"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -68,7 +177,7 @@ fn a_corrupt_plugin_file_is_reported_by_name() {
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
-        err.contains("broken.wasm") && err.contains("not a valid kiln:plugin@0.1.0 component"),
+        err.contains("broken.wasm") && err.contains("not a usable Kiln plugin component"),
         "{err}"
     );
 }

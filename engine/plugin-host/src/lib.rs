@@ -24,7 +24,10 @@ pub use invocation::{
     BeforeLaunch, FailureKind, GpuGrant, GrantedDir, RetryContext, RetryReason, Role, StepEvent,
     StepFailure, StepInvocation,
 };
-pub use registry::{ActionInfo, InputInfo, LoadedPlugin, PluginInfo, PluginRegistry};
+pub use registry::{
+    ActionInfo, INTERFACE_VERSION, InputInfo, InputKind, LoadedPlugin, OutputInfo, PluginInfo,
+    PluginRegistry, SUPPORTED_INTERFACES, interface_version,
+};
 
 use std::path::PathBuf;
 
@@ -41,7 +44,7 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is not a valid kiln:plugin@0.1.0 component: {message}")]
+    #[error("{path} is not a usable Kiln plugin component: {message}")]
     InvalidPlugin { path: PathBuf, message: String },
     #[error("plugins {first} and {second} both call themselves `{name}`; remove one")]
     DuplicatePlugin {

@@ -8,19 +8,61 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{HasSelf, Linker};
 
-use crate::bindings::{Plugin, PluginPre, types};
+use crate::bindings::{types, v0_1, v0_2};
 use crate::capability::process::ProcessState;
 use crate::invocation::{FailureKind, Role, StepFailure, StepInvocation};
 use crate::sandbox::{StepState, new_store};
 use crate::{Error, PluginEngine, PluginGrant, Result, cache};
 
-/// The WIT package version this host serves.
-pub const INTERFACE_VERSION: &str = "0.1.0";
+/// The current `kiln:plugin` version: what the SDK and `kiln plugin new` build against.
+pub const INTERFACE_VERSION: &str = "0.2.0";
+
+/// Every `kiln:plugin` version this engine loads, oldest first. Components of each run side by
+/// side; a released version is never edited (plugins/wit/<version>/).
+pub const SUPPORTED_INTERFACES: &[&str] = &["0.1.0", "0.2.0"];
+
+/// The JSON type an input takes (`kiln:plugin@0.2.0`'s `input-kind`; inputs of 0.1 plugins
+/// are `any`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InputKind {
+    Any,
+    String,
+    Integer,
+    Number,
+    Boolean,
+    List,
+    Object,
+    Path,
+}
+
+impl InputKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            InputKind::Any => "any",
+            InputKind::String => "string",
+            InputKind::Integer => "integer",
+            InputKind::Number => "number",
+            InputKind::Boolean => "boolean",
+            InputKind::List => "list",
+            InputKind::Object => "object",
+            InputKind::Path => "path",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct InputInfo {
     pub name: String,
     pub required: bool,
+    pub description: String,
+    pub kind: InputKind,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct OutputInfo {
+    pub name: String,
+    /// Empty for plugins built against `kiln:plugin@0.1.0`, which name outputs only.
     pub description: String,
 }
 
@@ -29,7 +71,13 @@ pub struct ActionInfo {
     pub name: String,
     pub description: String,
     pub inputs: Vec<InputInfo>,
-    pub outputs: Vec<String>,
+    pub outputs: Vec<OutputInfo>,
+}
+
+impl ActionInfo {
+    pub fn output_names(&self) -> impl Iterator<Item = &str> {
+        self.outputs.iter().map(|o| o.name.as_str())
+    }
 }
 
 /// What a plugin says about itself, plus what the engine knows of it.
@@ -37,18 +85,43 @@ pub struct ActionInfo {
 pub struct PluginInfo {
     pub name: String,
     pub version: String,
+    /// The `kiln:plugin` version the component was built against, e.g. `0.2.0`.
+    pub interface: String,
     /// `sha256:<hex>` of the component file.
     pub digest: String,
     pub path: PathBuf,
+    /// Size of the component file in bytes.
+    pub size: u64,
     pub actions: Vec<ActionInfo>,
+    /// The programs the operator granted it (`configs/plugins.yaml`).
     pub programs: Vec<String>,
+    /// The programs the plugin says it launches (empty for `kiln:plugin@0.1.0` plugins, which
+    /// cannot say).
+    pub launches: Vec<String>,
+}
+
+impl PluginInfo {
+    /// Programs the plugin launches that the operator has not granted.
+    pub fn ungranted(&self) -> Vec<&str> {
+        self.launches
+            .iter()
+            .filter(|p| !self.programs.contains(p))
+            .map(String::as_str)
+            .collect()
+    }
+}
+
+/// The pre-instantiated component, by the interface version it was built against.
+enum Pre {
+    V0_1(v0_1::PluginPre<StepState>),
+    V0_2(v0_2::PluginPre<StepState>),
 }
 
 /// A compiled, pre-instantiated plugin.
 pub struct LoadedPlugin {
     pub info: PluginInfo,
     pub grant: PluginGrant,
-    pre: PluginPre<StepState>,
+    pre: Pre,
 }
 
 /// All plugins of a plugin directory, by name.
@@ -59,48 +132,139 @@ pub struct PluginRegistry {
 
 fn linker(engine: &PluginEngine) -> Result<Linker<StepState>> {
     let mut linker = Linker::new(&engine.engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-        .map_err(|e| Error::Engine(format!("{e:#}")))?;
-    Plugin::add_to_linker::<StepState, HasSelf<StepState>>(&mut linker, |s| s)
-        .map_err(|e| Error::Engine(format!("{e:#}")))?;
+    let err = |e: wasmtime::Error| Error::Engine(format!("{e:#}"));
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(err)?;
+    v0_1::Plugin::add_to_linker::<StepState, HasSelf<StepState>>(&mut linker, |s| s)
+        .map_err(err)?;
+    v0_2::Plugin::add_to_linker::<StepState, HasSelf<StepState>>(&mut linker, |s| s)
+        .map_err(err)?;
     Ok(linker)
 }
 
-/// Reject components built against another major/minor version of `kiln:plugin`, naming both.
-fn check_interface_version(
+/// The `kiln:plugin` version a component was built against (from the names of its imports),
+/// as one of [`SUPPORTED_INTERFACES`]; any other is refused, naming both.
+pub fn interface_version(
     engine: &wasmtime::Engine,
     component: &wasmtime::component::Component,
     path: &Path,
-) -> Result<()> {
-    // Versions 0.x break at every minor version, later ones at every major (semver).
-    let ours = semver::Version::parse(INTERFACE_VERSION).map_err(|e| {
-        Error::Engine(format!(
-            "kiln:plugin@{INTERFACE_VERSION} is not a version: {e}"
-        ))
-    })?;
-    let compatible = semver::VersionReq::parse(&format!("^{ours}"))
-        .map_err(|e| Error::Engine(format!("kiln:plugin@{INTERFACE_VERSION}: {e}")))?;
+) -> Result<&'static str> {
+    let invalid = |message: String| Error::InvalidPlugin {
+        path: path.to_owned(),
+        message,
+    };
+    let supported = SUPPORTED_INTERFACES
+        .iter()
+        .map(|v| format!("kiln:plugin@{v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut found: Option<&'static str> = None;
     for (name, _) in component.component_type().imports(engine) {
-        if let Some(rest) = name.strip_prefix("kiln:plugin/") {
-            let version = rest.split_once('@').map(|(_, v)| v).unwrap_or("(none)");
-            let theirs = semver::Version::parse(version).ok();
-            // A plugin may be built against an older patch of the same interface.
-            let same_line = theirs.as_ref().is_some_and(|v| {
-                compatible.matches(v)
-                    || semver::VersionReq::parse(&format!("^{v}")).is_ok_and(|r| r.matches(&ours))
-            });
-            if !same_line {
-                return Err(Error::InvalidPlugin {
-                    path: path.to_owned(),
-                    message: format!(
-                        "it was built against kiln:plugin@{version} but this engine serves \
-                         kiln:plugin@{INTERFACE_VERSION}; rebuild it against plugins/wit"
-                    ),
-                });
+        let Some(rest) = name.strip_prefix("kiln:plugin/") else {
+            continue;
+        };
+        let version = rest.split_once('@').map(|(_, v)| v).unwrap_or("(none)");
+        // Versions 0.x break at every minor version, later ones at every major (semver): a
+        // component built against another patch of a supported version is that version.
+        let ours = semver::Version::parse(version).ok().and_then(|theirs| {
+            SUPPORTED_INTERFACES.iter().copied().find(|s| {
+                let s = semver::Version::parse(s).expect("supported versions are versions");
+                semver::VersionReq::parse(&format!("^{s}")).is_ok_and(|r| r.matches(&theirs))
+                    || semver::VersionReq::parse(&format!("^{theirs}")).is_ok_and(|r| r.matches(&s))
+            })
+        });
+        match (ours, found) {
+            (None, _) => {
+                return Err(invalid(format!(
+                    "it was built against kiln:plugin@{version}, which this engine does not \
+                     serve (it serves {supported}); rebuild it with this Kiln's SDK \
+                     (`kiln plugin build`)"
+                )));
             }
+            (Some(v), Some(f)) if v != f => {
+                return Err(invalid(format!(
+                    "it imports both kiln:plugin@{f} and kiln:plugin@{v}; build it against one"
+                )));
+            }
+            (Some(v), _) => found = Some(v),
         }
     }
-    Ok(())
+    found.ok_or_else(|| {
+        invalid(format!(
+            "it imports no kiln:plugin interface: is it a Kiln plugin? (this engine serves \
+             {supported})"
+        ))
+    })
+}
+
+fn v0_1_info(
+    d: v0_1::kiln::plugin::types::PluginInfo,
+) -> (String, String, Vec<ActionInfo>, Vec<String>) {
+    let actions = d
+        .actions
+        .into_iter()
+        .map(|a| ActionInfo {
+            name: a.name,
+            description: a.description,
+            inputs: a
+                .inputs
+                .into_iter()
+                .map(|i| InputInfo {
+                    name: i.name,
+                    required: i.required,
+                    description: i.description,
+                    kind: InputKind::Any,
+                })
+                .collect(),
+            outputs: a
+                .outputs
+                .into_iter()
+                .map(|name| OutputInfo {
+                    name,
+                    description: String::new(),
+                })
+                .collect(),
+        })
+        .collect();
+    (d.name, d.version, actions, Vec::new())
+}
+
+fn v0_2_info(d: types::PluginInfo) -> (String, String, Vec<ActionInfo>, Vec<String>) {
+    let actions = d
+        .actions
+        .into_iter()
+        .map(|a| ActionInfo {
+            name: a.name,
+            description: a.description,
+            inputs: a
+                .inputs
+                .into_iter()
+                .map(|i| InputInfo {
+                    name: i.name,
+                    required: i.required,
+                    description: i.description,
+                    kind: match i.kind {
+                        types::InputKind::Any => InputKind::Any,
+                        types::InputKind::String => InputKind::String,
+                        types::InputKind::Integer => InputKind::Integer,
+                        types::InputKind::Number => InputKind::Number,
+                        types::InputKind::Boolean => InputKind::Boolean,
+                        types::InputKind::List => InputKind::List,
+                        types::InputKind::Object => InputKind::Object,
+                        types::InputKind::Path => InputKind::Path,
+                    },
+                })
+                .collect(),
+            outputs: a
+                .outputs
+                .into_iter()
+                .map(|o| OutputInfo {
+                    name: o.name,
+                    description: o.description,
+                })
+                .collect(),
+        })
+        .collect();
+    (d.name, d.version, actions, d.programs)
 }
 
 impl PluginRegistry {
@@ -165,11 +329,10 @@ impl PluginRegistry {
             cache::load_or_compile(&engine.engine, &engine.config.cache_dir, &digest, &bytes)
                 .map_err(invalid)?;
         tracing::debug!(plugin = %path.display(), cached, "plugin compiled");
-        check_interface_version(&engine.engine, &component, path)?;
+        let interface = interface_version(&engine.engine, &component, path)?;
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| invalid(format!("{e:#}")))?;
-        let pre = PluginPre::new(pre).map_err(|e| invalid(format!("{e:#}")))?;
         // Describe with default limits and no grants: describe must not need any.
         let default_grant = engine.config.grants.for_plugin("");
         let mut store = new_store(
@@ -181,40 +344,47 @@ impl PluginRegistry {
             empty_process(engine),
         )
         .map_err(invalid)?;
-        let instance = pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| invalid(format!("cannot instantiate: {e:#}")))?;
-        store.data_mut().cpu.call_started = std::time::Instant::now();
-        let described = instance
-            .call_describe(&mut store)
-            .await
-            .map_err(|e| invalid(format!("describe() failed: {e:#}")))?;
-        let grant = engine.config.grants.for_plugin(&described.name);
+        let describe_failed = |e: wasmtime::Error| invalid(format!("describe() failed: {e:#}"));
+        let cannot_instantiate = |e: wasmtime::Error| invalid(format!("cannot instantiate: {e:#}"));
+        let (pre, (name, version, actions, launches)) = match interface {
+            "0.1.0" => {
+                let pre = v0_1::PluginPre::new(pre).map_err(|e| invalid(format!("{e:#}")))?;
+                let instance = pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(cannot_instantiate)?;
+                store.data_mut().cpu.call_started = std::time::Instant::now();
+                let d = instance
+                    .call_describe(&mut store)
+                    .await
+                    .map_err(describe_failed)?;
+                (Pre::V0_1(pre), v0_1_info(d))
+            }
+            _ => {
+                let pre = v0_2::PluginPre::new(pre).map_err(|e| invalid(format!("{e:#}")))?;
+                let instance = pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(cannot_instantiate)?;
+                store.data_mut().cpu.call_started = std::time::Instant::now();
+                let d = instance
+                    .call_describe(&mut store)
+                    .await
+                    .map_err(describe_failed)?;
+                (Pre::V0_2(pre), v0_2_info(d))
+            }
+        };
+        let grant = engine.config.grants.for_plugin(&name);
         let info = PluginInfo {
-            version: described.version,
+            name,
+            version,
+            interface: interface.to_owned(),
             digest: format!("sha256:{digest}"),
             path: path.to_owned(),
-            actions: described
-                .actions
-                .into_iter()
-                .map(|a| ActionInfo {
-                    name: a.name,
-                    description: a.description,
-                    inputs: a
-                        .inputs
-                        .into_iter()
-                        .map(|i| InputInfo {
-                            name: i.name,
-                            required: i.required,
-                            description: i.description,
-                        })
-                        .collect(),
-                    outputs: a.outputs,
-                })
-                .collect(),
+            size: bytes.len() as u64,
+            actions,
             programs: grant.programs.clone(),
-            name: described.name,
+            launches,
         };
         Ok(LoadedPlugin { info, grant, pre })
     }
@@ -247,6 +417,33 @@ impl PluginRegistry {
             .terminate_all(self.engine.config.kill_grace)
             .await;
         result
+    }
+}
+
+/// The step as the current interface describes it.
+fn step_context(inv: &StepInvocation) -> types::StepContext {
+    types::StepContext {
+        run_id: inv.run_id.clone(),
+        step_id: inv.step_id.clone(),
+        attempt: inv.attempt,
+        inputs_json: inv.inputs.to_string(),
+        dirs: inv
+            .dirs
+            .iter()
+            .map(|d| types::GrantedDir {
+                role: d.role.name().to_owned(),
+                guest_path: d.guest_path().to_owned(),
+                host_path: d.host_path.display().to_string(),
+                writable: d.writable(),
+            })
+            .collect(),
+        retry: inv.retry.as_ref().map(|r| types::RetryInfo {
+            reason: match r.reason {
+                crate::RetryReason::Failure => types::RetryReason::Failure,
+                crate::RetryReason::Infrastructure => types::RetryReason::Infrastructure,
+            },
+            previous_error: r.previous_error.clone(),
+        }),
     }
 }
 
@@ -306,34 +503,68 @@ impl LoadedPlugin {
             process,
         )
         .map_err(StepFailure::plugin)?;
-        let instance = self.pre.instantiate_async(&mut store).await.map_err(|e| {
+        let cannot_instantiate = |e: wasmtime::Error| {
             StepFailure::plugin(format!("cannot instantiate plugin `{name}`: {e:#}"))
-        })?;
-        let ctx = types::StepContext {
-            run_id: inv.run_id.clone(),
-            step_id: inv.step_id.clone(),
-            attempt: inv.attempt,
-            inputs_json: inv.inputs.to_string(),
-            dirs: inv
-                .dirs
-                .iter()
-                .map(|d| types::GrantedDir {
-                    role: d.role.name().to_owned(),
-                    guest_path: d.guest_path().to_owned(),
-                    host_path: d.host_path.display().to_string(),
-                    writable: d.writable(),
-                })
-                .collect(),
-            retry: inv.retry.as_ref().map(|r| types::RetryInfo {
-                reason: match r.reason {
-                    crate::RetryReason::Failure => types::RetryReason::Failure,
-                    crate::RetryReason::Infrastructure => types::RetryReason::Infrastructure,
-                },
-                previous_error: r.previous_error.clone(),
-            }),
         };
-        store.data_mut().cpu.call_started = std::time::Instant::now();
-        let outcome = instance.call_run(&mut store, &inv.action, &ctx).await;
+        let ctx = step_context(inv);
+        let outcome = match &self.pre {
+            Pre::V0_2(pre) => {
+                let instance = pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(cannot_instantiate)?;
+                store.data_mut().cpu.call_started = std::time::Instant::now();
+                instance
+                    .call_run(&mut store, &inv.action, &ctx)
+                    .await
+                    .map(|r| r.map_err(|e| (e.kind, e.message)))
+            }
+            Pre::V0_1(pre) => {
+                let instance = pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(cannot_instantiate)?;
+                store.data_mut().cpu.call_started = std::time::Instant::now();
+                use v0_1::kiln::plugin::types as old;
+                let ctx = old::StepContext {
+                    run_id: ctx.run_id,
+                    step_id: ctx.step_id,
+                    attempt: ctx.attempt,
+                    inputs_json: ctx.inputs_json,
+                    dirs: ctx
+                        .dirs
+                        .into_iter()
+                        .map(|d| old::GrantedDir {
+                            role: d.role,
+                            guest_path: d.guest_path,
+                            host_path: d.host_path,
+                            writable: d.writable,
+                        })
+                        .collect(),
+                    retry: ctx.retry.map(|r| old::RetryInfo {
+                        reason: match r.reason {
+                            types::RetryReason::Failure => old::RetryReason::Failure,
+                            types::RetryReason::Infrastructure => old::RetryReason::Infrastructure,
+                        },
+                        previous_error: r.previous_error,
+                    }),
+                };
+                instance
+                    .call_run(&mut store, &inv.action, &ctx)
+                    .await
+                    .map(|r| {
+                        r.map_err(|e| {
+                            let kind = match e.kind {
+                                old::ErrorKind::InvalidInput => types::ErrorKind::InvalidInput,
+                                old::ErrorKind::ProgramFailed => types::ErrorKind::ProgramFailed,
+                                old::ErrorKind::Denied => types::ErrorKind::Denied,
+                                old::ErrorKind::Internal => types::ErrorKind::Internal,
+                            };
+                            (kind, e.message)
+                        })
+                    })
+            }
+        };
         // A program lost to the machine is an infrastructure failure, whatever the plugin made
         // of it.
         if let Some(lost) = store.data().process.infrastructure_failure.clone() {
@@ -351,14 +582,14 @@ impl LoadedPlugin {
                     json.chars().take(200).collect::<String>()
                 ))),
             },
-            Ok(Err(e)) => Err(StepFailure {
-                kind: match e.kind {
+            Ok(Err((kind, message))) => Err(StepFailure {
+                kind: match kind {
                     types::ErrorKind::InvalidInput => FailureKind::InvalidInput,
                     types::ErrorKind::ProgramFailed => FailureKind::ProgramFailed,
                     types::ErrorKind::Denied => FailureKind::Denied,
                     types::ErrorKind::Internal => FailureKind::Plugin,
                 },
-                message: e.message,
+                message,
             }),
             Err(trap) => Err(describe_trap(name, &self.grant, store.data(), &trap)),
         }

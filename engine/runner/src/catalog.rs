@@ -1,7 +1,7 @@
 //! What workflows may use: the builtins plus the actions of the loaded plugins.
 
 use kiln_plugin_host::PluginRegistry;
-use kiln_workflow::{ActionSpec, Catalog, CatalogError, CatalogErrorKind, InputSpec};
+use kiln_workflow::{ActionSpec, Catalog, CatalogError, CatalogErrorKind, InputKind, InputSpec};
 
 use crate::builtins;
 
@@ -71,14 +71,32 @@ impl Catalog for EngineCatalog<'_> {
             )
             .with_help(format!("actions of `{uses}`: {}", actions.join(", "))));
         };
-        Ok(ActionSpec {
-            inputs: info
-                .inputs
-                .iter()
-                .map(|i| InputSpec::new(i.name.clone(), i.required))
-                .collect(),
-            outputs: info.outputs.clone(),
-            memoizable: true,
-        })
+        Ok(plugin_action_spec(info))
+    }
+}
+
+/// What validation and the executor know of a plugin action: its inputs with their kinds, and
+/// its outputs' names.
+pub(crate) fn plugin_action_spec(info: &kiln_plugin_host::ActionInfo) -> ActionSpec {
+    use kiln_plugin_host::InputKind as K;
+    ActionSpec {
+        inputs: info
+            .inputs
+            .iter()
+            .map(|i| {
+                InputSpec::new(i.name.clone(), i.required).of_kind(match i.kind {
+                    K::Any => InputKind::Any,
+                    K::String => InputKind::String,
+                    K::Integer => InputKind::Integer,
+                    K::Number => InputKind::Number,
+                    K::Boolean => InputKind::Boolean,
+                    K::List => InputKind::List,
+                    K::Object => InputKind::Object,
+                    K::Path => InputKind::Path,
+                })
+            })
+            .collect(),
+        outputs: info.output_names().map(str::to_owned).collect(),
+        memoizable: true,
     }
 }

@@ -48,6 +48,32 @@ impl ActionSpec {
         }
     }
 
+    /// Checks rendered `inputs` against the kinds the action declares; the error names the
+    /// first input of the wrong kind and what it got.
+    pub fn check_kinds(&self, inputs: &serde_json::Value) -> Result<(), String> {
+        for input in &self.inputs {
+            if let Some(value) = inputs.get(&input.name)
+                && !input.kind.accepts(value)
+            {
+                let mut shown = value.to_string();
+                if shown.len() > 80 {
+                    let mut cut = 80;
+                    while !shown.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    shown.truncate(cut);
+                    shown.push('…');
+                }
+                return Err(format!(
+                    "input `{}` must be {}, got {shown}",
+                    input.name,
+                    input.kind.described()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The same action, refusing `cache: true`.
     #[must_use]
     pub fn not_memoizable(mut self) -> Self {
@@ -63,14 +89,81 @@ pub struct InputSpec {
     pub name: String,
     /// Whether the step must set it.
     pub required: bool,
+    /// The JSON type of its value; a literal of another type is a validation error.
+    pub kind: InputKind,
 }
 
 impl InputSpec {
-    /// An input.
+    /// An input of any type.
     pub fn new(name: impl Into<String>, required: bool) -> Self {
         Self {
             name: name.into(),
             required,
+            kind: InputKind::Any,
+        }
+    }
+
+    /// The same input, of type `kind`.
+    #[must_use]
+    pub fn of_kind(mut self, kind: InputKind) -> Self {
+        self.kind = kind;
+        self
+    }
+}
+
+/// The JSON type an input takes (a plugin declares it; see `kiln:plugin@0.2.0`'s `input-kind`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputKind {
+    /// Any JSON value.
+    #[default]
+    Any,
+    /// A string.
+    String,
+    /// A whole number.
+    Integer,
+    /// Any number.
+    Number,
+    /// `true` or `false`.
+    Boolean,
+    /// A list.
+    List,
+    /// A mapping.
+    Object,
+    /// A non-empty string naming a file or folder.
+    Path,
+}
+
+impl InputKind {
+    /// How a message names it, with its article ("an integer").
+    pub fn described(self) -> &'static str {
+        match self {
+            InputKind::Any => "any value",
+            InputKind::String => "a string",
+            InputKind::Integer => "an integer",
+            InputKind::Number => "a number",
+            InputKind::Boolean => "a boolean (true or false)",
+            InputKind::List => "a list",
+            InputKind::Object => "a mapping",
+            InputKind::Path => "a path (a non-empty string)",
+        }
+    }
+
+    /// Whether a literal `value` is of this kind (`null` stands for "not given").
+    pub fn accepts(self, value: &serde_json::Value) -> bool {
+        use serde_json::Value as V;
+        match (self, value) {
+            (_, V::Null) | (InputKind::Any, _) => true,
+            (InputKind::String, V::String(_)) => true,
+            (InputKind::Path, V::String(s)) => !s.is_empty(),
+            (InputKind::Integer, V::Number(n)) => {
+                n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0)
+            }
+            (InputKind::Number, V::Number(_)) => true,
+            (InputKind::Boolean, V::Bool(_)) => true,
+            (InputKind::List, V::Array(_)) => true,
+            (InputKind::Object, V::Object(_)) => true,
+            _ => false,
         }
     }
 }

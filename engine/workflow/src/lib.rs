@@ -19,7 +19,9 @@ mod validate;
 
 use std::path::Path;
 
-pub use catalog::{ActionSpec, Catalog, CatalogError, CatalogErrorKind, InputSpec, MemoryCatalog};
+pub use catalog::{
+    ActionSpec, Catalog, CatalogError, CatalogErrorKind, InputKind, InputSpec, MemoryCatalog,
+};
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use expr::{
     ExprContext, RenderBudget, RenderError, render_input, render_inputs, render_inputs_until,

@@ -275,6 +275,28 @@ impl<'w> Validator<'w> {
                 );
             }
         }
+        for input in &spec.inputs {
+            // An expression is checked once rendered, by the engine; a literal now.
+            if let Some(value) = step.with.get(&input.name)
+                && !contains_expression(value)
+                && !input.kind.accepts(value)
+            {
+                self.at_value(
+                    &path.key("with").key(&input.name),
+                    format!(
+                        "input `{}` of {action} in step `{}` must be {}",
+                        input.name,
+                        step.id,
+                        input.kind.described()
+                    ),
+                    Some(format!(
+                        "write {} for `{}`",
+                        input.kind.described(),
+                        input.name
+                    )),
+                );
+            }
+        }
         for input in spec.inputs.iter().filter(|input| input.required) {
             if !step.with.contains_key(&input.name) {
                 let at = if step.with.is_empty() {
@@ -616,5 +638,15 @@ mod tests {
         let edges = vec![vec![1], vec![2], vec![0], vec![3], vec![0]];
         assert_eq!(find_cycles(&edges), vec![vec![0, 1, 2], vec![3]]);
         assert!(find_cycles(&[vec![1], vec![]]).is_empty());
+    }
+}
+
+/// Whether `value` holds a `${{ }}` anywhere (its type is then known only once rendered).
+fn contains_expression(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => crate::expr::has_expression(s),
+        serde_json::Value::Array(items) => items.iter().any(contains_expression),
+        serde_json::Value::Object(map) => map.values().any(contains_expression),
+        _ => false,
     }
 }

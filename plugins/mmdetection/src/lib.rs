@@ -22,7 +22,8 @@ pub mod monitor;
 use kiln_plugin_sdk::lines::LineSplitter;
 use kiln_plugin_sdk::process::{Command, describe_exit};
 use kiln_plugin_sdk::{
-    ActionInfo, GrantedDir, Inputs, Plugin, PluginInfo, StepContext, StepError, log, progress,
+    ActionInfo, GrantedDir, InputKind, Inputs, Plugin, PluginInfo, StepContext, StepError, log,
+    progress,
 };
 use monitor::{Event, Monitor};
 use serde_json::{Map, Value, json};
@@ -61,6 +62,7 @@ impl Plugin for MmDetection {
 
 pub fn describe() -> PluginInfo {
     PluginInfo::new("mmdetection", env!("CARGO_PKG_VERSION"))
+        .launches(&["python"])
         .action(
             ActionInfo::new(
                 "resolve-config",
@@ -68,33 +70,39 @@ pub fn describe() -> PluginInfo {
              overrides, point it at the dataset, and write it with the exact training command \
              to the training's artifacts/",
             )
-            .required("task", "detect")
+            .required("task", InputKind::String, "detect")
             .optional(
                 "dataset",
+                InputKind::Object,
                 "the COCO release: builtin/extract-release's outputs (data_root, annotations, \
              images, class_names); required in a run, optional in a preview",
             )
             .optional(
                 "base_config",
+                InputKind::Path,
                 "base config file under the config directory (default detect/default.py)",
             )
             .optional(
                 "mode",
+                InputKind::String,
                 "user (default: only epochs, batch_size, lr, imgsz, device, checkpoint_interval, \
              val_interval, amp) or developer (any key of the resolved config, dotted)",
             )
             .optional(
                 "overrides",
+                InputKind::Object,
                 "object of options (user mode) or dotted config keys (developer mode)",
             )
             .optional(
                 "report_rejected",
+                InputKind::Boolean,
                 "in user mode, drop overrides only developer mode allows and list them in \
              `rejected` instead of failing (default false; unknown keys still fail)",
             )
-            .required("project", "project name")
+            .required("project", InputKind::String, "project name")
             .required(
                 "training_name",
+                InputKind::String,
                 "name of this training; the resolved config lands in its artifacts/",
             )
             .outputs(&[
@@ -118,24 +126,28 @@ pub fn describe() -> PluginInfo {
                 "train",
                 "Train with MMDetection's tools/train.py on a config from resolve-config",
             )
-            .required("task", "detect")
+            .required("task", InputKind::String, "detect")
             .required(
                 "config",
+                InputKind::Object,
                 "resolve-config's outputs (config_path, epochs, device); the trainer is the one \
              resolve-config recorded in artifacts/command.txt",
             )
-            .required("project", "project name")
+            .required("project", InputKind::String, "project name")
             .required(
                 "training_name",
+                InputKind::String,
                 "name of this training (its folder is the work dir)",
             )
             .optional(
                 "resume",
+                InputKind::Boolean,
                 "continue from the work dir's last_checkpoint (--resume; default false; every \
              attempt after the first does)",
             )
             .optional(
                 "cpu_threads",
+                InputKind::Integer,
                 "OMP_NUM_THREADS for the trainer (on a small shared CPU machine 1 is fastest)",
             )
             .outputs(&[

@@ -16,8 +16,8 @@ use args::{Mode, ResolveRequest};
 use kiln_plugin_sdk::lines::LineSplitter;
 use kiln_plugin_sdk::process::{Command, describe_exit};
 use kiln_plugin_sdk::{
-    ActionInfo, GrantedDir, Inputs, Plugin, PluginInfo, RetryReason, StepContext, StepError, log,
-    progress,
+    ActionInfo, GrantedDir, InputKind, Inputs, Plugin, PluginInfo, RetryReason, StepContext,
+    StepError, log, progress,
 };
 use monitor::{Event, Monitor, Notable};
 use serde_json::{Map, Value, json};
@@ -50,20 +50,21 @@ impl Plugin for Ultralytics {
 
 pub fn describe() -> PluginInfo {
     PluginInfo::new("ultralytics", env!("CARGO_PKG_VERSION"))
+        .launches(&["yolo"])
         .action(
             ActionInfo::new(
                 "resolve-config",
                 "Merge overrides onto the task's base config (configs/ultralytics/<task>/default.yaml), \
                  validate them and preview the exact yolo command line",
             )
-            .required("task", "detect or segment")
-            .optional("mode", "user (default: only epochs, imgsz, batch, amp, patience, save, device may be overridden) or developer (any Ultralytics argument)")
-            .required("data", "host path of the dataset's data.yaml")
-            .optional("overrides", "object of Ultralytics arguments to override (default {})")
-            .optional("base_config", "base config file under the config directory (default <task>/default.yaml)")
-            .required("project", "project name")
-            .required("training_name", "name of this training; weights land in its training-output directory")
-            .optional("report_rejected", "in user mode, drop overrides only developer mode allows and list them in `rejected` instead of failing (default false; unknown keys still fail)")
+            .required("task", InputKind::String, "detect or segment")
+            .optional("mode", InputKind::String, "user (default: only epochs, imgsz, batch, amp, patience, save, device may be overridden) or developer (any Ultralytics argument)")
+            .required("data", InputKind::Path, "host path of the dataset's data.yaml")
+            .optional("overrides", InputKind::Object, "object of Ultralytics arguments to override (default {})")
+            .optional("base_config", InputKind::Path, "base config file under the config directory (default <task>/default.yaml)")
+            .required("project", InputKind::String, "project name")
+            .required("training_name", InputKind::String, "name of this training; weights land in its training-output directory")
+            .optional("report_rejected", InputKind::Boolean, "in user mode, drop overrides only developer mode allows and list them in `rejected` instead of failing (default false; unknown keys still fail)")
             .outputs(&["config", "resolved_yaml", "cli_preview", "imgsz", "epochs", "rejected"]),
         )
         .action(
@@ -71,11 +72,11 @@ pub fn describe() -> PluginInfo {
                 "train",
                 "Train a YOLO model with `yolo <task> train` using a config from resolve-config",
             )
-            .required("task", "detect or segment")
-            .required("config", "the resolved config object (resolve-config's `config` output)")
-            .required("project", "project name")
-            .required("training_name", "name of this training")
-            .optional("resume", "resume from weights/last.pt of this training if it exists (default false)")
+            .required("task", InputKind::String, "detect or segment")
+            .required("config", InputKind::Object, "the resolved config object (resolve-config's `config` output)")
+            .required("project", InputKind::String, "project name")
+            .required("training_name", InputKind::String, "name of this training")
+            .optional("resume", InputKind::Boolean, "resume from weights/last.pt of this training if it exists (default false)")
             .outputs(&[
                 "save_dir",
                 "best_weights",

@@ -468,11 +468,24 @@ impl Runner {
     ) -> std::result::Result<Value, (FailureKind, String)> {
         let ws = &self.inner.ws;
         let plugins = &self.inner.plugins;
-        if plugins.get(&step.uses).is_none() {
+        let Some(plugin) = plugins.get(&step.uses) else {
             return Err((
                 FailureKind::Plugin,
                 format!("plugin `{}` is not installed", step.uses),
             ));
+        };
+        // Rendered values are checked against the kinds the action declares: the plugin never
+        // sees a number where it asked for a string.
+        let action = step.action.as_deref().unwrap_or_default();
+        if let Some(info) = plugin.info.actions.iter().find(|a| a.name == action) {
+            crate::catalog::plugin_action_spec(info)
+                .check_kinds(inputs)
+                .map_err(|e| {
+                    (
+                        FailureKind::InvalidInput,
+                        format!("{}.{action}: {e}", step.uses),
+                    )
+                })?;
         }
         let dirs = ownership::step_dirs(ws, &step.uses, inputs)
             .map_err(|e| (FailureKind::InvalidInput, e.to_string()))?;

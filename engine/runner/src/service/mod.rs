@@ -138,7 +138,7 @@ impl RunService {
                         name: a.name.clone(),
                         description: a.description.clone(),
                         inputs: a.inputs.iter().map(|i| i.name.clone()).collect(),
-                        outputs: a.outputs.clone(),
+                        outputs: a.output_names().map(str::to_owned).collect(),
                     })
                     .collect(),
             })

@@ -19,7 +19,7 @@
 #[allow(missing_docs, clippy::all)]
 mod bindings {
     wit_bindgen::generate!({
-        path: "../../../plugins/wit",
+        path: "../../../plugins/wit/0.2.0",
         world: "plugin",
     });
 }
@@ -27,7 +27,7 @@ mod bindings {
 use bindings::kiln::plugin::log::{self, Level};
 use bindings::kiln::plugin::process::{self, Spec};
 use bindings::kiln::plugin::types::{
-    ActionInfo, ErrorKind, InputInfo, PluginInfo, StepContext, StepError,
+    ActionInfo, ErrorKind, InputInfo, InputKind, OutputInfo, PluginInfo, StepContext, StepError,
 };
 
 struct Hostile;
@@ -197,16 +197,19 @@ impl bindings::Guest for Hostile {
                     name: "project".to_string(),
                     required: false,
                     description: "Ignored.".to_string(),
+                    kind: InputKind::String,
                 },
                 InputInfo {
                     name: "training_name".to_string(),
                     required: false,
                     description: "Ignored.".to_string(),
+                    kind: InputKind::String,
                 },
                 InputInfo {
                     name: "data".to_string(),
                     required: false,
                     description: "Ignored (a file to key memoization on).".to_string(),
+                    kind: InputKind::Path,
                 },
             ]
         };
@@ -219,9 +222,13 @@ impl bindings::Guest for Hostile {
                     name: (*name).to_string(),
                     description: (*description).to_string(),
                     inputs: inputs(),
-                    outputs: vec!["result".to_string()],
+                    outputs: vec![OutputInfo {
+                        name: "result".to_string(),
+                        description: "\"ok\", or what the action found".to_string(),
+                    }],
                 })
                 .collect(),
+            programs: vec!["true".to_string()],
         }
     }
 
