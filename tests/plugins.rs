@@ -114,7 +114,8 @@ fn input_kinds_are_checked_before_the_run_and_once_rendered() {
     let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(
         said.contains("literal.yaml:7:")
-            && said.contains("input `project` of `hostile` action `ok` in step `a` must be a string"),
+            && said
+                .contains("input `project` of `hostile` action `ok` in step `a` must be a string"),
         "{said}"
     );
     // An expression that renders to the wrong kind: the step fails before the plugin runs.

@@ -108,21 +108,9 @@ impl Context {
         Ok(Arc::new(PluginRegistry::load(&engine, &dir).await?))
     }
 
-    /// `configs/plugins.yaml` (no file: no grants), checked for size and depth before it is
-    /// parsed.
+    /// `configs/plugins.yaml` (no file: no grants).
     fn grants(&self) -> anyhow::Result<Grants> {
-        let path = self.ws.grants_file();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Grants::default()),
-            Err(e) => {
-                let message = format!("cannot read {}: {e}", path.display());
-                return Err(kiln_runner::Error::Config(message).into());
-            }
-        };
-        kiln_workflow::limits::check_yaml(&text)
-            .map_err(|e| kiln_runner::Error::Config(format!("{}: {e}", path.display())))?;
-        Grants::parse(&text, &path).map_err(|e| kiln_runner::Error::Config(e.to_string()).into())
+        Ok(kiln_runner::service::read_grants(&self.ws.grants_file())?)
     }
 
     /// How the plugin host runs plugins and launches their programs here.

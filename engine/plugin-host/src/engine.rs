@@ -72,4 +72,16 @@ impl PluginEngine {
     pub fn config(&self) -> &HostConfig {
         &self.config
     }
+
+    /// The same engine (compiled code, epoch ticker) with other grants, for plugins loaded
+    /// after `configs/plugins.yaml` changed.
+    pub fn with_grants(&self, grants: Grants) -> Self {
+        let mut config = (*self.config).clone();
+        config.grants = grants;
+        Self {
+            engine: self.engine.clone(),
+            config: Arc::new(config),
+            _ticker: self._ticker.clone(),
+        }
+    }
 }

@@ -26,7 +26,7 @@ pub use invocation::{
 };
 pub use registry::{
     ActionInfo, INTERFACE_VERSION, InputInfo, InputKind, LoadedPlugin, OutputInfo, PluginInfo,
-    PluginRegistry, SUPPORTED_INTERFACES, interface_version,
+    PluginProblem, PluginRegistry, SUPPORTED_INTERFACES, interface_version,
 };
 
 use std::path::PathBuf;

@@ -112,22 +112,34 @@ impl PluginInfo {
 }
 
 /// The pre-instantiated component, by the interface version it was built against.
+#[derive(Clone)]
 enum Pre {
     V0_1(v0_1::PluginPre<StepState>),
     V0_2(v0_2::PluginPre<StepState>),
 }
 
 /// A compiled, pre-instantiated plugin.
+#[derive(Clone)]
 pub struct LoadedPlugin {
     pub info: PluginInfo,
     pub grant: PluginGrant,
     pre: Pre,
 }
 
+/// A plugin file that could not be loaded by a reload, and why; the version of it loaded
+/// before (if any) stays in use.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PluginProblem {
+    pub path: PathBuf,
+    pub message: String,
+}
+
 /// All plugins of a plugin directory, by name.
 pub struct PluginRegistry {
     engine: PluginEngine,
+    dir: PathBuf,
     plugins: BTreeMap<String, LoadedPlugin>,
+    problems: Vec<PluginProblem>,
 }
 
 fn linker(engine: &PluginEngine) -> Result<Linker<StepState>> {
@@ -273,15 +285,18 @@ impl PluginRegistry {
     pub fn empty(engine: &PluginEngine) -> Self {
         Self {
             engine: engine.clone(),
+            dir: PathBuf::new(),
             plugins: BTreeMap::new(),
+            problems: Vec::new(),
         }
     }
 
-    pub async fn load(engine: &PluginEngine, dir: &Path) -> Result<Self> {
+    /// The `*.wasm` files of `dir`, sorted (a missing directory holds none).
+    fn files(dir: &Path) -> Result<Vec<PathBuf>> {
         let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
             Ok(rd) => rd
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+                .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
                 .collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(source) => {
@@ -292,6 +307,94 @@ impl PluginRegistry {
             }
         };
         files.sort();
+        Ok(files)
+    }
+
+    /// The plugins of `dir` now, with `engine`'s grants: for a server that keeps running
+    /// while files change. Unlike [`PluginRegistry::load`] nothing fails as a whole: a file
+    /// that does not load is a [`PluginProblem`] and the version of it that `self` holds (same
+    /// path) stays; a file whose content did not change is not loaded again; a removed file's
+    /// plugin is gone.
+    pub async fn reload(&self, engine: &PluginEngine) -> Result<Self> {
+        let dir = self.dir.clone();
+        let files = Self::files(&dir)?;
+        let linker = linker(engine)?;
+        let mut plugins: BTreeMap<String, LoadedPlugin> = BTreeMap::new();
+        let mut problems = Vec::new();
+        for path in files {
+            let previous = self.plugins.values().find(|p| p.info.path == path);
+            let loaded = match std::fs::read(&path) {
+                Ok(bytes) => {
+                    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+                    match previous.filter(|p| p.info.digest == digest) {
+                        Some(same) => Ok(same.regranted(engine)),
+                        None => Self::load_one(engine, &linker, &path).await,
+                    }
+                }
+                Err(source) => Err(Error::ReadPlugin {
+                    path: path.clone(),
+                    source,
+                }),
+            };
+            let plugin = match loaded {
+                Ok(plugin) => plugin,
+                Err(e) => {
+                    problems.push(PluginProblem {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    });
+                    match previous {
+                        Some(previous) => previous.regranted(engine),
+                        None => continue,
+                    }
+                }
+            };
+            if let Some(existing) = plugins.get(&plugin.info.name) {
+                problems.push(PluginProblem {
+                    path: path.clone(),
+                    message: Error::DuplicatePlugin {
+                        name: plugin.info.name.clone(),
+                        first: existing.info.path.clone(),
+                        second: path,
+                    }
+                    .to_string(),
+                });
+                continue;
+            }
+            plugins.insert(plugin.info.name.clone(), plugin);
+        }
+        Ok(Self {
+            engine: engine.clone(),
+            dir,
+            plugins,
+            problems,
+        })
+    }
+
+    /// The directory the plugins come from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The engine the plugins were loaded with (its grants included).
+    pub fn engine(&self) -> &PluginEngine {
+        &self.engine
+    }
+
+    /// Files the last reload could not load.
+    pub fn problems(&self) -> &[PluginProblem] {
+        &self.problems
+    }
+
+    /// The same registry, also reporting `problem` (e.g. grants that do not parse).
+    #[must_use]
+    pub fn with_problem(mut self, problem: PluginProblem) -> Self {
+        self.problems.push(problem);
+        self
+    }
+
+    pub async fn load(engine: &PluginEngine, dir: &Path) -> Result<Self> {
+        let files = Self::files(dir)?;
         let linker = linker(engine)?;
         let mut plugins: BTreeMap<String, LoadedPlugin> = BTreeMap::new();
         for path in files {
@@ -307,7 +410,9 @@ impl PluginRegistry {
         }
         Ok(Self {
             engine: engine.clone(),
+            dir: dir.to_owned(),
             plugins,
+            problems: Vec::new(),
         })
     }
 
@@ -463,6 +568,18 @@ fn empty_process(engine: &PluginEngine) -> ProcessState {
 }
 
 impl LoadedPlugin {
+    /// The same component under `engine`'s grants.
+    fn regranted(&self, engine: &PluginEngine) -> Self {
+        let grant = engine.config.grants.for_plugin(&self.info.name);
+        let mut info = self.info.clone();
+        info.programs = grant.programs.clone();
+        Self {
+            info,
+            grant,
+            pre: self.pre.clone(),
+        }
+    }
+
     async fn run(
         &self,
         engine: &PluginEngine,

@@ -43,6 +43,14 @@ pub async fn serve(
     if recovered > 0 {
         tracing::info!(target: "operations.training", recovered, "recovered active runs");
     }
+    // Workflows, plugins and grants changed on disk are used by new runs (hot reload).
+    let _hot_reload = match state.service().watch() {
+        Ok(watch) => Some(watch),
+        Err(e) => {
+            tracing::warn!(target: "app.backend", "hot reload is off: {e}");
+            None
+        }
+    };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;

@@ -130,7 +130,7 @@ pub enum InputKind {
     List,
     /// A mapping.
     Object,
-    /// A non-empty string naming a file or folder.
+    /// A string naming a file or folder (the plugin decides what an empty one means).
     Path,
 }
 
@@ -145,7 +145,7 @@ impl InputKind {
             InputKind::Boolean => "a boolean (true or false)",
             InputKind::List => "a list",
             InputKind::Object => "a mapping",
-            InputKind::Path => "a path (a non-empty string)",
+            InputKind::Path => "a path (a string)",
         }
     }
 
@@ -154,8 +154,7 @@ impl InputKind {
         use serde_json::Value as V;
         match (self, value) {
             (_, V::Null) | (InputKind::Any, _) => true,
-            (InputKind::String, V::String(_)) => true,
-            (InputKind::Path, V::String(s)) => !s.is_empty(),
+            (InputKind::String | InputKind::Path, V::String(_)) => true,
             (InputKind::Integer, V::Number(n)) => {
                 n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0)
             }

@@ -628,6 +628,16 @@ impl Workflow {
     }
 }
 
+/// Whether `value` holds a `${{ }}` anywhere (its type is then known only once rendered).
+fn contains_expression(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => crate::expr::has_expression(s),
+        serde_json::Value::Array(items) => items.iter().any(contains_expression),
+        serde_json::Value::Object(map) => map.values().any(contains_expression),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -638,15 +648,5 @@ mod tests {
         let edges = vec![vec![1], vec![2], vec![0], vec![3], vec![0]];
         assert_eq!(find_cycles(&edges), vec![vec![0, 1, 2], vec![3]]);
         assert!(find_cycles(&[vec![1], vec![]]).is_empty());
-    }
-}
-
-/// Whether `value` holds a `${{ }}` anywhere (its type is then known only once rendered).
-fn contains_expression(value: &serde_json::Value) -> bool {
-    match value {
-        serde_json::Value::String(s) => crate::expr::has_expression(s),
-        serde_json::Value::Array(items) => items.iter().any(contains_expression),
-        serde_json::Value::Object(map) => map.values().any(contains_expression),
-        _ => false,
     }
 }

@@ -847,8 +847,18 @@ mod tests {
         assert_eq!(info.name, "mmdetection");
         assert_eq!(info.actions[0].name, "resolve-config");
         assert_eq!(info.actions[1].name, "train");
-        assert!(info.actions[1].outputs.iter().any(|o| o == "best_weights"));
-        assert!(info.actions[0].outputs.iter().any(|o| o == "config_path"));
+        assert!(
+            info.actions[1]
+                .outputs
+                .iter()
+                .any(|o| o.name == "best_weights")
+        );
+        assert!(
+            info.actions[0]
+                .outputs
+                .iter()
+                .any(|o| o.name == "config_path")
+        );
     }
 
     #[test]

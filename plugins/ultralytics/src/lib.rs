@@ -428,7 +428,7 @@ mod tests {
         let names: Vec<&str> = info.actions.iter().map(|a| a.name.as_str()).collect();
         assert_eq!(names, ["resolve-config", "train"]);
         let train = &info.actions[1];
-        assert!(train.outputs.iter().any(|o| o == "best_weights"));
+        assert!(train.outputs.iter().any(|o| o.name == "best_weights"));
         assert!(
             train
                 .inputs
@@ -436,7 +436,7 @@ mod tests {
                 .any(|i| i.name == "config" && i.required)
         );
         let resolve = &info.actions[0];
-        assert!(resolve.outputs.iter().any(|o| o == "rejected"));
+        assert!(resolve.outputs.iter().any(|o| o.name == "rejected"));
         assert!(
             resolve
                 .inputs

@@ -182,9 +182,7 @@ impl Runner {
             store.resume_step(run_id, &step.id).await?
         } else {
             // The plugin that runs the step is recorded with its start (one write).
-            let loaded = is_plugin
-                .then(|| self.inner.plugins.get(&step.uses))
-                .flatten();
+            let loaded = is_plugin.then(|| self.plugins.get(&step.uses)).flatten();
             let plugin = loaded.map(|p| PluginIdentity {
                 name: &p.info.name,
                 version: &p.info.version,
@@ -290,7 +288,7 @@ impl Runner {
         // Memoized outputs.
         let cache_key = if step.cache {
             let implementation = if is_plugin {
-                match self.inner.plugins.get(&step.uses) {
+                match self.plugins.get(&step.uses) {
                     Some(p) => format!("{}@{}", p.info.name, p.info.digest),
                     None => step.uses.clone(),
                 }
@@ -467,7 +465,7 @@ impl Runner {
         lease: Option<&GpuLease>,
     ) -> std::result::Result<Value, (FailureKind, String)> {
         let ws = &self.inner.ws;
-        let plugins = &self.inner.plugins;
+        let plugins = &self.plugins;
         let Some(plugin) = plugins.get(&step.uses) else {
             return Err((
                 FailureKind::Plugin,

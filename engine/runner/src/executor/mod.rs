@@ -95,16 +95,21 @@ impl Default for RunnerConfig {
 
 struct Inner {
     store: Store,
-    plugins: Arc<PluginRegistry>,
+    /// The newest plugins: what a run that starts now uses (hot reload replaces them).
+    installed: std::sync::RwLock<Arc<PluginRegistry>>,
     ws: Workspace,
     config: RunnerConfig,
     gpus: GpuPool,
 }
 
 /// Creates and executes runs. Cheap to clone.
+///
+/// A runner is pinned to one set of plugins: a run executes with the exact components (digests)
+/// it started with, whatever is installed meanwhile ([`Runner::current`] pins the newest).
 #[derive(Clone)]
 pub struct Runner {
     inner: Arc<Inner>,
+    plugins: Arc<PluginRegistry>,
 }
 
 struct StepOutcome {
@@ -185,11 +190,12 @@ impl Runner {
         Self {
             inner: Arc::new(Inner {
                 store,
-                plugins,
+                installed: std::sync::RwLock::new(plugins.clone()),
                 ws,
                 config,
                 gpus,
             }),
+            plugins,
         }
     }
 
@@ -197,8 +203,35 @@ impl Runner {
         &self.inner.store
     }
 
+    /// The plugins this runner is pinned to.
     pub fn plugins(&self) -> &PluginRegistry {
-        &self.inner.plugins
+        &self.plugins
+    }
+
+    /// The newest installed plugins.
+    pub fn installed_plugins(&self) -> Arc<PluginRegistry> {
+        self.inner
+            .installed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A runner pinned to the newest installed plugins, for a run that starts now.
+    pub fn current(&self) -> Runner {
+        Runner {
+            inner: self.inner.clone(),
+            plugins: self.installed_plugins(),
+        }
+    }
+
+    /// Install `plugins` for the runs that start from now on; running runs keep theirs.
+    pub fn install_plugins(&self, plugins: Arc<PluginRegistry>) {
+        *self
+            .inner
+            .installed
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = plugins;
     }
 
     pub fn workspace(&self) -> &Workspace {

@@ -4,24 +4,32 @@
 //! A file watcher (notify) marks the catalog stale when anything in the directory changes; the
 //! next lookup reloads it. Where no watcher can be started (inotify limits, odd file systems),
 //! every lookup compares the files' sizes and modification times with what was loaded instead.
-//! Files that do not parse are listed with their diagnostics, never started.
+//! A file that does not parse or does not validate (a checker the run service installs: the
+//! installed plugins) is listed with its diagnostics and logged; the last valid version of that
+//! file, if one was loaded, stays in use until the file is fixed or removed.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use kiln_workflow::Workflow;
+use kiln_workflow::{Diagnostics, Workflow};
 
 /// One workflow file of the catalog.
 #[derive(Debug, Clone)]
 pub struct CatalogEntry {
     pub path: PathBuf,
-    /// The file's text, as a run records it.
+    /// The text of the version in use, as a run records it.
     pub yaml: Arc<str>,
-    /// The parsed workflow, or why it does not parse.
-    pub workflow: Result<Arc<Workflow>, String>,
+    /// The version new runs use: the file as it is when it is valid, else the last valid
+    /// version of it loaded (`None` when there never was one).
+    pub workflow: Option<Arc<Workflow>>,
+    /// Why the file as it is now is not used: its diagnostics.
+    pub problem: Option<String>,
 }
+
+/// Validates a parsed workflow against what the engine has (plugins, GPUs).
+pub type Checker = Arc<dyn Fn(&Workflow) -> Result<(), Diagnostics> + Send + Sync>;
 
 type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
 
@@ -40,6 +48,7 @@ pub struct WorkflowCatalog {
     /// Keeps the watcher alive; `None` when none could be started (or not yet).
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
     watching: AtomicBool,
+    checker: Option<Checker>,
 }
 
 impl std::fmt::Debug for WorkflowCatalog {
@@ -78,7 +87,20 @@ impl WorkflowCatalog {
             stale: Arc::new(AtomicBool::new(true)),
             watcher: Mutex::new(None),
             watching: AtomicBool::new(false),
+            checker: None,
         }
+    }
+
+    /// The same catalog, validating every file with `checker` as it loads.
+    #[must_use]
+    pub fn with_checker(mut self, checker: Checker) -> Self {
+        self.checker = Some(checker);
+        self
+    }
+
+    /// Parse and check every file again on the next lookup (the plugins changed).
+    pub fn invalidate(&self) {
+        self.stale.store(true, Ordering::SeqCst);
     }
 
     pub fn dir(&self) -> &Path {
@@ -131,9 +153,10 @@ impl WorkflowCatalog {
                         .fingerprint
                         .iter()
                         .any(|(p, s, m)| p == path && s == size && m == modified);
-                match previous.iter().find(|e| unchanged && &e.path == path) {
+                let before = previous.iter().find(|e| &e.path == path);
+                match before.filter(|_| unchanged) {
                     Some(entry) => entry.clone(),
-                    None => load(path),
+                    None => self.load(path, before),
                 }
             })
             .collect();
@@ -146,7 +169,7 @@ impl WorkflowCatalog {
     /// The workflow named `name`, with its text.
     pub fn get(&self, name: &str) -> std::io::Result<Option<(Arc<Workflow>, Arc<str>)>> {
         Ok(self.entries()?.iter().find_map(|e| match &e.workflow {
-            Ok(wf) if wf.name == name => Some((wf.clone(), e.yaml.clone())),
+            Some(wf) if wf.name == name => Some((wf.clone(), e.yaml.clone())),
             _ => None,
         }))
     }
@@ -156,22 +179,61 @@ impl WorkflowCatalog {
         let mut names: Vec<String> = self
             .entries()?
             .iter()
-            .filter_map(|e| e.workflow.as_ref().ok().map(|w| w.name.clone()))
+            .filter_map(|e| e.workflow.as_ref().map(|w| w.name.clone()))
             .collect();
         names.sort();
         Ok(names)
     }
 }
 
-fn load(path: &Path) -> CatalogEntry {
-    let yaml = std::fs::read_to_string(path).unwrap_or_default();
-    let workflow = Workflow::parse(&yaml, path)
-        .map(Arc::new)
-        .map_err(|d| d.to_string());
-    CatalogEntry {
-        path: path.to_owned(),
-        yaml: yaml.into(),
-        workflow,
+impl WorkflowCatalog {
+    /// `path` as it is now; when it is not valid, `before` (its previous entry) stays in use.
+    fn load(&self, path: &Path, before: Option<&CatalogEntry>) -> CatalogEntry {
+        let checked = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read it: {e}", path.display()))
+            .and_then(|yaml| {
+                let workflow = Workflow::parse(&yaml, path).map_err(|d| d.to_string())?;
+                if let Some(check) = &self.checker {
+                    check(&workflow).map_err(|d| d.to_string())?;
+                }
+                Ok((yaml, workflow))
+            });
+        match checked {
+            Ok((yaml, workflow)) => {
+                let changed = before.is_none_or(|b| *b.yaml != *yaml);
+                if changed && self.watching.load(Ordering::SeqCst) {
+                    tracing::info!(target: "app.reload", "workflow `{}` loaded from {}", workflow.name, path.display());
+                }
+                CatalogEntry {
+                    path: path.to_owned(),
+                    yaml: yaml.into(),
+                    workflow: Some(Arc::new(workflow)),
+                    problem: None,
+                }
+            }
+            Err(problem) => {
+                // The last valid version stays only while it is still valid (the plugins it
+                // uses may be gone).
+                let kept = before
+                    .and_then(|b| b.workflow.clone().map(|w| (w, b.yaml.clone())))
+                    .filter(|(wf, _)| self.checker.as_ref().is_none_or(|check| check(wf).is_ok()));
+                let still = match &kept {
+                    Some((wf, _)) => format!("its last valid version (`{}`) stays in use", wf.name),
+                    None => "it is not offered".to_owned(),
+                };
+                tracing::warn!(target: "app.reload", "workflow file {} is invalid; {still}:\n{problem}", path.display());
+                let (workflow, yaml) = match kept {
+                    Some((wf, yaml)) => (Some(wf), yaml),
+                    None => (None, Arc::from("")),
+                };
+                CatalogEntry {
+                    path: path.to_owned(),
+                    yaml,
+                    workflow,
+                    problem: Some(problem),
+                }
+            }
+        }
     }
 }
 

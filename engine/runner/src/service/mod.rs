@@ -11,11 +11,13 @@
 mod catalog;
 mod logs;
 mod orphans;
+mod reload;
 mod training;
 
-pub use catalog::{CatalogEntry, WorkflowCatalog};
+pub use catalog::{CatalogEntry, Checker, WorkflowCatalog};
 pub use logs::CheckpointView;
 pub use logs::{LogLine, LogPage, OUTPUT_LEVEL};
+pub use reload::{HotReload, MAX_WAIT, QUIET, read_grants};
 pub use training::{
     CheckpointFile, ConfigPreview, ConfigRequest, ExportedBest, PREVIEW_NAME, WeightFiles,
 };
@@ -39,6 +41,8 @@ pub struct Execution {
     pub run: RunRecord,
     pub workflow: Arc<Workflow>,
     lock: Option<RunLock>,
+    /// Pinned to the plugins the run was checked against: it executes with those.
+    runner: Runner,
 }
 
 impl std::fmt::Debug for Execution {
@@ -60,16 +64,26 @@ pub enum Cancelled {
     Stopped(RunRecord),
 }
 
-/// A plugin as the service describes it.
-#[derive(Debug, Clone)]
+/// A plugin file as the service describes it: a loaded plugin, or a file that does not load.
+#[derive(Debug, Clone, Default)]
 pub struct PluginSummary {
+    /// The plugin's name; for a file that never loaded, its file name.
     pub name: String,
     pub version: String,
     pub digest: String,
+    /// The `kiln:plugin` version it was built against.
+    pub interface: String,
+    pub file: PathBuf,
     /// Programs the operator granted it.
     pub programs: Vec<String>,
+    /// Programs it says it launches.
+    pub launches: Vec<String>,
     /// (name, description, inputs, outputs) of each action.
     pub actions: Vec<ActionSummary>,
+    /// Whether new runs can use it (this version).
+    pub loaded: bool,
+    /// Why the file as it is now is not used (the version described, if loaded, stays).
+    pub problem: Option<String>,
 }
 
 /// An action of a plugin.
@@ -91,16 +105,22 @@ pub struct RunService {
 impl RunService {
     /// The service over `runner`; `workflows_dir` holds the workflows it starts by name.
     pub fn new(runner: Runner, workflows_dir: PathBuf) -> Self {
-        Self {
-            runner,
-            workflows: Arc::new(WorkflowCatalog::new(workflows_dir)),
-        }
+        let workflows = Arc::new(Self::catalog(&runner, workflows_dir));
+        Self { runner, workflows }
+    }
+
+    /// The workflows of `dir`, each validated against the plugins installed when it loads.
+    fn catalog(runner: &Runner, dir: PathBuf) -> WorkflowCatalog {
+        let runner = runner.clone();
+        WorkflowCatalog::new(dir).with_checker(Arc::new(move |wf: &Workflow| {
+            check_with(&runner.current(), wf)
+        }))
     }
 
     /// The same service, starting workflows by name from `dir` instead.
     #[must_use]
     pub fn with_workflows(mut self, dir: PathBuf) -> Self {
-        self.workflows = Arc::new(WorkflowCatalog::new(dir));
+        self.workflows = Arc::new(Self::catalog(&self.runner, dir));
         self
     }
 
@@ -122,14 +142,26 @@ impl RunService {
 
     /// The installed plugins.
     pub fn plugins(&self) -> Vec<PluginSummary> {
-        self.runner
-            .plugins()
+        let installed = self.runner.installed_plugins();
+        let problem_of = |file: &std::path::Path| {
+            installed
+                .problems()
+                .iter()
+                .find(|p| p.path == file)
+                .map(|p| p.message.clone())
+        };
+        let mut out: Vec<PluginSummary> = installed
             .plugins()
             .map(|p| PluginSummary {
                 name: p.info.name.clone(),
                 version: p.info.version.clone(),
                 digest: p.info.digest.clone(),
+                interface: p.info.interface.clone(),
+                file: p.info.path.clone(),
                 programs: p.info.programs.clone(),
+                launches: p.info.launches.clone(),
+                loaded: true,
+                problem: problem_of(&p.info.path),
                 actions: p
                     .info
                     .actions
@@ -142,15 +174,27 @@ impl RunService {
                     })
                     .collect(),
             })
-            .collect()
+            .collect();
+        for problem in installed.problems() {
+            if !out.iter().any(|p| p.file == problem.path) {
+                out.push(PluginSummary {
+                    name: problem
+                        .path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    file: problem.path.clone(),
+                    problem: Some(problem.message.clone()),
+                    ..PluginSummary::default()
+                });
+            }
+        }
+        out
     }
 
     /// Checks `workflow` against the builtins, the installed plugins and the machine's GPUs.
     pub fn check(&self, workflow: &Workflow) -> std::result::Result<(), Diagnostics> {
-        workflow.validate(&EngineCatalog {
-            plugins: self.runner.plugins(),
-            gpus: self.runner.gpu_count(),
-        })
+        check_with(&self.runner.current(), workflow)
     }
 
     /// The workflow named `name` in the workflows directory, with its text.
@@ -181,16 +225,17 @@ impl RunService {
         params: BTreeMap<String, Value>,
         created_by: &str,
     ) -> Result<Execution> {
-        self.check(&workflow)?;
+        let runner = self.runner.current();
+        check_with(&runner, &workflow)?;
         let params = kiln_workflow::resolve_params(&workflow, params)?;
-        let (run, lock) = self
-            .runner
+        let (run, lock) = runner
             .start(&workflow, yaml.to_owned(), &params, created_by)
             .await?;
         Ok(Execution {
             run,
             workflow,
             lock: Some(lock),
+            runner,
         })
     }
 
@@ -207,7 +252,8 @@ impl RunService {
             .as_object()
             .cloned()
             .unwrap_or_default();
-        self.runner
+        execution
+            .runner
             .execute(
                 &execution.run,
                 execution.lock,
@@ -224,16 +270,18 @@ impl RunService {
         Ok(self.store().run(id).await?)
     }
 
-    /// The workflow stored with `run`, checked against what is installed now.
-    fn stored(&self, run: &RunRecord) -> Result<Arc<Workflow>> {
+    /// The workflow stored with `run`, checked against what is installed now, and a runner
+    /// pinned to those plugins.
+    fn stored(&self, run: &RunRecord) -> Result<(Arc<Workflow>, Runner)> {
         let workflow = crate::stored_workflow(run)?;
-        self.check(&workflow).map_err(|d| {
+        let runner = self.runner.current();
+        check_with(&runner, &workflow).map_err(|d| {
             Error::Input(format!(
                 "{d}\nrun {} cannot continue with the installed plugins",
                 run.id
             ))
         })?;
-        Ok(Arc::new(workflow))
+        Ok((Arc::new(workflow), runner))
     }
 
     /// A run whose engine died, ready to continue where it stopped (its succeeded steps reused,
@@ -247,11 +295,12 @@ impl RunService {
             )));
         }
         let lock = self.lock(&run)?;
-        let workflow = self.stored(&run)?;
+        let (workflow, runner) = self.stored(&run)?;
         Ok(Execution {
             run,
             workflow,
             lock: Some(lock),
+            runner,
         })
     }
 
@@ -278,13 +327,14 @@ impl RunService {
             )));
         }
         let lock = self.lock(&run)?;
-        let workflow = self.stored(&run)?;
+        let (workflow, runner) = self.stored(&run)?;
         self.store().reset_for_retry(&run.id).await?;
         let run = self.store().run(&run.id).await?;
         Ok(Execution {
             run,
             workflow,
             lock: Some(lock),
+            runner,
         })
     }
 
@@ -347,4 +397,12 @@ impl RunService {
         self.store().delete_run(&run.id).await?;
         Ok(report)
     }
+}
+
+/// Checks `workflow` against the builtins, `runner`'s plugins and the machine's GPUs.
+fn check_with(runner: &Runner, workflow: &Workflow) -> std::result::Result<(), Diagnostics> {
+    workflow.validate(&EngineCatalog {
+        plugins: runner.plugins(),
+        gpus: runner.gpu_count(),
+    })
 }

@@ -229,7 +229,7 @@ impl RunService {
         check_name("task", &request.task)?;
         let training_name = request.training_name.as_deref().unwrap_or(PREVIEW_NAME);
         check_name("training_name", training_name)?;
-        let plugins = self.runner.plugins();
+        let plugins = self.runner.installed_plugins();
         let resolvers: Vec<String> = plugins
             .plugins()
             .filter(|p| p.info.actions.iter().any(|a| a.name == "resolve-config"))

@@ -10,6 +10,8 @@ use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WorkflowView {
+    /// The workflow's name (`POST /runs` starts it by this name); for a file that never was
+    /// valid, its file name.
     pub name: String,
     pub description: Option<String>,
     pub file: String,
@@ -17,6 +19,11 @@ pub struct WorkflowView {
     #[schema(value_type = Object)]
     pub params: serde_json::Value,
     pub steps: Vec<String>,
+    /// Whether `POST /runs` can start it (the file as it is now, or its last valid version).
+    pub startable: bool,
+    /// Why the file as it is now is not used (its diagnostics, file:line:col); its last valid
+    /// version, if any, is what `POST /runs` starts meanwhile.
+    pub problem: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -29,16 +36,27 @@ pub struct ActionView {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PluginView {
+    /// The plugin's name (`uses:`); for a file that never loaded, its file name.
     pub name: String,
     pub version: String,
     pub digest: String,
+    /// The `kiln:plugin` version it was built against.
+    pub interface: String,
+    pub file: String,
     pub actions: Vec<ActionView>,
     /// Programs the operator granted (configs/plugins.yaml).
     pub grants: Vec<String>,
+    /// Programs the plugin says it launches.
+    pub launches: Vec<String>,
+    /// Whether new runs can use it.
+    pub loaded: bool,
+    /// Why the file as it is now is not used (the version described, if loaded, stays in use);
+    /// also the grants file's errors.
+    pub problem: Option<String>,
 }
 
-/// Workflows that `POST /runs` can start (files of the workflows directory that parse), sorted
-/// by name.
+/// The workflow files of the workflows directory, sorted by name: those `POST /runs` can start,
+/// and those that are invalid, with their diagnostics.
 #[utoipa::path(get, path = "/workflows", operation_id = "list_workflows", responses((status = 200, body = Vec<WorkflowView>)))]
 pub async fn workflows(State(state): State<AppState>) -> ApiResult<Json<Vec<WorkflowView>>> {
     let catalog = state.service().workflows();
@@ -47,22 +65,36 @@ pub async fn workflows(State(state): State<AppState>) -> ApiResult<Json<Vec<Work
         .map_err(|e| ApiError::internal(format!("cannot read {}: {e}", catalog.dir().display())))?;
     let mut out: Vec<WorkflowView> = entries
         .iter()
-        .filter_map(|entry| {
-            let wf = entry.workflow.as_ref().ok()?;
-            Some(WorkflowView {
+        .map(|entry| match &entry.workflow {
+            Some(wf) => WorkflowView {
                 params: serde_json::to_value(&wf.params).unwrap_or_default(),
                 steps: wf.steps.iter().map(|s| s.id.clone()).collect(),
                 file: entry.path.display().to_string(),
                 description: wf.description.clone(),
                 name: wf.name.clone(),
-            })
+                startable: true,
+                problem: entry.problem.clone(),
+            },
+            None => WorkflowView {
+                name: entry
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                description: None,
+                file: entry.path.display().to_string(),
+                params: serde_json::json!({}),
+                steps: Vec::new(),
+                startable: false,
+                problem: entry.problem.clone(),
+            },
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Json(out))
 }
 
-/// Installed plugins with their actions and grants.
+/// Installed plugins with their actions and grants, and plugin files that do not load.
 #[utoipa::path(get, path = "/plugins", operation_id = "list_plugins", responses((status = 200, body = Vec<PluginView>)))]
 pub async fn plugins(State(state): State<AppState>) -> ApiResult<Json<Vec<PluginView>>> {
     Ok(Json(
@@ -74,7 +106,12 @@ pub async fn plugins(State(state): State<AppState>) -> ApiResult<Json<Vec<Plugin
                 name: p.name,
                 version: p.version,
                 digest: p.digest,
+                interface: p.interface,
+                file: p.file.display().to_string(),
                 grants: p.programs,
+                launches: p.launches,
+                loaded: p.loaded,
+                problem: p.problem,
                 actions: p
                     .actions
                     .into_iter()

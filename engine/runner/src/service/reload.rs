@@ -1,0 +1,177 @@
+//! Hot reload, for an engine that keeps running (`kiln serve`): the workflows directory, the
+//! plugins directory and `configs/plugins.yaml` are watched (notify); a burst of changes is
+//! debounced (applied once the files have been quiet for [`QUIET`], or after [`MAX_WAIT`] of
+//! continuous writing), then:
+//!
+//! - plugins: the directory is loaded again ([`kiln_plugin_host::PluginRegistry::reload`]): a new or changed
+//!   component is used by the runs that start from then on, a removed one is no longer offered,
+//!   one that does not load is logged and listed with its error while its previous version stays.
+//!   Runs already executing keep the exact components they started with (their runner is pinned).
+//! - grants: `configs/plugins.yaml` is read again; when it is invalid, the grants loaded before
+//!   stay and the error is listed with the plugins' problems.
+//! - workflows: the catalog parses and validates the changed files against the plugins now
+//!   installed (see `catalog.rs`: an invalid file keeps its last valid version in use).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kiln_plugin_host::{Grants, PluginProblem};
+
+use super::RunService;
+use crate::{Error, Result};
+
+/// Changes are applied once no file changed for this long.
+pub const QUIET: Duration = Duration::from_millis(250);
+/// ... or after this long of continuous changes.
+pub const MAX_WAIT: Duration = Duration::from_secs(2);
+
+/// `configs/plugins.yaml` (no file: no grants), checked for size and depth before it is
+/// parsed.
+pub fn read_grants(path: &Path) -> Result<Grants> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Grants::default()),
+        Err(e) => {
+            return Err(Error::Config(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    kiln_workflow::limits::check_yaml(&text)
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    Grants::parse(&text, path).map_err(|e| Error::Config(e.to_string()))
+}
+
+/// Watching, until dropped.
+pub struct HotReload {
+    _watcher: notify::RecommendedWatcher,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for HotReload {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RunService {
+    /// Loads the plugins directory and the grants again and installs the result for new runs;
+    /// logs what changed. The workflows are validated again on their next lookup.
+    pub async fn reload_plugins(&self) -> Result<()> {
+        let current = self.runner.installed_plugins();
+        let grants_file = self.workspace().grants_file();
+        let (engine, grants_problem) = match read_grants(&grants_file) {
+            Ok(grants) => (current.engine().with_grants(grants), None),
+            Err(e) => (
+                current.engine().clone(),
+                Some(PluginProblem {
+                    path: grants_file.clone(),
+                    message: format!("{e}; the grants loaded before stay in use"),
+                }),
+            ),
+        };
+        let mut next = current.reload(&engine).await?;
+        if let Some(problem) = grants_problem {
+            next = next.with_problem(problem);
+        }
+        for plugin in next.plugins() {
+            let info = &plugin.info;
+            match current.get(&info.name) {
+                Some(old) if old.info.digest == info.digest => {
+                    if old.info.programs != info.programs {
+                        tracing::info!(target: "app.reload", "plugin `{}` may now launch [{}]", info.name, info.programs.join(", "));
+                    }
+                }
+                Some(old) => tracing::info!(
+                    target: "app.reload",
+                    "plugin `{}` {} ({}) replaces {} ({}) for new runs; running runs keep theirs",
+                    info.name, info.version, info.digest, old.info.version, old.info.digest
+                ),
+                None => tracing::info!(
+                    target: "app.reload",
+                    "plugin `{}` {} ({}) loaded from {}",
+                    info.name, info.version, info.digest, info.path.display()
+                ),
+            }
+        }
+        for old in current.plugins() {
+            if next.get(&old.info.name).is_none() {
+                tracing::info!(target: "app.reload", "plugin `{}` removed: no longer offered to new runs", old.info.name);
+            }
+        }
+        for problem in next.problems() {
+            tracing::warn!(target: "app.reload", "{}: {}", problem.path.display(), problem.message);
+        }
+        self.runner.install_plugins(Arc::new(next));
+        self.workflows.invalidate();
+        Ok(())
+    }
+
+    /// Starts watching the workflows directory, the plugins directory and `configs/`; changes
+    /// apply within about a second (see the module docs). Directories that do not exist are
+    /// not watched (the plugins directory is created).
+    pub fn watch(&self) -> Result<HotReload> {
+        use notify::Watcher;
+        let plugins_dir = self.runner.installed_plugins().dir().to_owned();
+        if !plugins_dir.as_os_str().is_empty() {
+            let _ = std::fs::create_dir_all(&plugins_dir);
+        }
+        let workflows_dir = self.workflows.dir().to_owned();
+        let configs_dir = self.workspace().configs_dir();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if let Ok(event) = event {
+                    for path in event.paths {
+                        let _ = tx.send(path);
+                    }
+                }
+            })
+            .map_err(|e| Error::Config(format!("cannot watch files for hot reload: {e}")))?;
+        for dir in [&workflows_dir, &plugins_dir, &configs_dir] {
+            if dir.is_dir()
+                && let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive)
+            {
+                tracing::warn!(target: "app.reload", "not watching {}: {e}", dir.display());
+            }
+        }
+        let grants_file = self.workspace().grants_file();
+        let service = self.clone();
+        let task = tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut paths = vec![first];
+                let started = Instant::now();
+                while started.elapsed() < MAX_WAIT {
+                    match tokio::time::timeout(QUIET, rx.recv()).await {
+                        Ok(Some(path)) => paths.push(path),
+                        Ok(None) => return,
+                        Err(_) => break,
+                    }
+                }
+                let plugins = paths.iter().any(|p| {
+                    *p == grants_file
+                        || (p.parent() == Some(plugins_dir.as_path())
+                            && p.extension().is_some_and(|x| x == "wasm"))
+                });
+                let workflows = paths
+                    .iter()
+                    .any(|p| p.parent() == Some(workflows_dir.as_path()));
+                if plugins && let Err(e) = service.reload_plugins().await {
+                    tracing::warn!(target: "app.reload", "reloading the plugins failed; the loaded ones stay: {e}");
+                }
+                if plugins || workflows {
+                    // Parse and validate now, so a broken file is logged at once.
+                    if let Err(e) = service.workflows.entries() {
+                        tracing::warn!(target: "app.reload", "cannot read {}: {e}", workflows_dir.display());
+                    }
+                }
+            }
+        });
+        Ok(HotReload {
+            _watcher: watcher,
+            task,
+        })
+    }
+}
