@@ -10,7 +10,7 @@
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 kiln="${KILN_BIN:-$repo/target/release/kiln}"
-wasm="${KILN_BENCH_WASM:-$repo/target/wasm32-wasip2/release/kiln_test_hostile.wasm}"
+wasm="${KILN_BENCH_WASM:-$repo/target/wasm32-wasip2/plugin/kiln_test_hostile.wasm}"
 port="${KILN_BENCH_PORT:-18181}"
 seconds="${1:-10}"
 clients="${2:-50}"

@@ -26,7 +26,7 @@
 # Environment:
 #   KILN_BIN             the kiln binary (default target/release/kiln)
 #   KILN_BENCH_WASM      the hostile plugin component, built from the same commit as KILN_BIN
-#                        (default target/wasm32-wasip2/release/kiln_test_hostile.wasm)
+#                        (default target/wasm32-wasip2/plugin/kiln_test_hostile.wasm)
 #   KILN_BENCH_RUNS      timed runs per scenario after 1 warm-up run (default 5)
 #   KILN_BENCH_PARALLEL  --max-parallel (default 4, kiln's default)
 #   KILN_BENCH_VERSION   the `version` field (default: kiln --version + the repository's git HEAD)
@@ -42,7 +42,7 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 kiln="${KILN_BIN:-$repo/target/release/kiln}"
-wasm="${KILN_BENCH_WASM:-$repo/target/wasm32-wasip2/release/kiln_test_hostile.wasm}"
+wasm="${KILN_BENCH_WASM:-$repo/target/wasm32-wasip2/plugin/kiln_test_hostile.wasm}"
 runs="${KILN_BENCH_RUNS:-5}"
 parallel="${KILN_BENCH_PARALLEL:-4}"
 scenarios=("$@")

@@ -25,7 +25,7 @@ echo "$("$venv/bin/schemathesis" --version)"
 
 cargo build --quiet -p kiln
 kiln="$repo/target/debug/kiln"
-wasm="$repo/target/wasm32-wasip2/release/kiln_plugin_ultralytics.wasm"
+wasm="$repo/target/wasm32-wasip2/plugin/kiln_plugin_ultralytics.wasm"
 [[ -f "$wasm" ]] || scripts/build-plugins.sh
 
 ws="$(mktemp -d -t kiln-schemathesis.XXXXXX)"

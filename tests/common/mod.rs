@@ -14,7 +14,7 @@ pub fn repo_root() -> PathBuf {
 
 /// A compiled plugin component; built by `scripts/build-plugins.sh --with-test-plugins`.
 pub fn plugin_wasm(file: &str) -> PathBuf {
-    let p = repo_root().join("target/wasm32-wasip2/release").join(file);
+    let p = repo_root().join("target/wasm32-wasip2/plugin").join(file);
     assert!(
         p.exists(),
         "{} is missing: run `scripts/build-plugins.sh --with-test-plugins` first (scripts/test.sh does)",

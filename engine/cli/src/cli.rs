@@ -55,7 +55,8 @@ impl Command {
                 RunsCommand::List { .. } | RunsCommand::Show { .. } | RunsCommand::Stats { .. }
             ),
             Command::Token(cmd) => matches!(cmd, TokenCommand::List { .. }),
-            Command::Run(_)
+            Command::Init { .. }
+            | Command::Run(_)
             | Command::Resume(_)
             | Command::Serve(_)
             | Command::Supervise { .. } => false,
@@ -65,6 +66,12 @@ impl Command {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Create a workspace (configs, the reference workflows, the bundled plugins, demo
+    /// releases) in an empty or new directory.
+    Init {
+        /// Where (default: the current directory, which must be empty).
+        dir: Option<PathBuf>,
+    },
     /// Run a workflow and follow it to the end.
     Run(RunArgs),
     /// Check a workflow file; exits 2 on any problem, 0 when valid.

@@ -1,6 +1,7 @@
 //! One module per command.
 
 mod control;
+mod init;
 mod inspect;
 mod run;
 mod serve;
@@ -12,6 +13,13 @@ use crate::exit::Exit;
 use crate::output::{errln, outln};
 
 pub async fn dispatch(cli: Cli) -> Exit {
+    // `init` creates the workspace the other commands open.
+    if let Command::Init { dir } = cli.command {
+        return init::init(dir).unwrap_or_else(|e| {
+            errln!("error: {e:#}");
+            Exit::Failure
+        });
+    }
     let ctx = match Context::new(&cli.global) {
         Ok(c) => c,
         Err(e) => {
@@ -45,6 +53,7 @@ pub async fn dispatch(cli: Cli) -> Exit {
         Command::Models(cmd) => inspect::models(&ctx, cmd).await,
         Command::Plugins(cmd) => inspect::plugins(&ctx, cmd).await,
         Command::Supervise { .. } => unreachable!("handled before the runtime starts"),
+        Command::Init { .. } => unreachable!("handled before the workspace is opened"),
     };
     result.unwrap_or_else(|e| {
         errln!("error: {e:#}");

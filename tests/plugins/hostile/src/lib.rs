@@ -13,8 +13,8 @@
 //! | `launch-true`      | launches the granted program `true` (cwd: its `/config` folder), waits for it; benchmarks' `spawn5` |
 //! | `panic`            | panics (a trap)                                                     |
 //!
-//! Build: `cargo build --target wasm32-wasip2 --release -p kiln-test-hostile`
-//! -> `target/wasm32-wasip2/release/kiln_test_hostile.wasm`.
+//! Build: `cargo build --target wasm32-wasip2 --profile plugin -p kiln-test-hostile`
+//! -> `target/wasm32-wasip2/plugin/kiln_test_hostile.wasm`.
 
 #[allow(missing_docs, clippy::all)]
 mod bindings {
