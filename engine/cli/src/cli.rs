@@ -49,7 +49,10 @@ impl Command {
             | Command::Schema
             | Command::Logs { .. }
             | Command::Models(_)
-            | Command::Plugins(_) => true,
+            | Command::Plugins(PluginsCommand::List { .. } | PluginsCommand::Inspect { .. }) => {
+                true
+            }
+            Command::Plugins(PluginsCommand::New { .. } | PluginsCommand::Build { .. }) => false,
             Command::Runs(cmd) => matches!(
                 cmd,
                 RunsCommand::List { .. } | RunsCommand::Show { .. } | RunsCommand::Stats { .. }
@@ -95,8 +98,8 @@ pub enum Command {
     /// Inspect registered models.
     #[command(subcommand)]
     Models(ModelsCommand),
-    /// Inspect installed plugins.
-    #[command(subcommand)]
+    /// Plugins: list the installed ones; inspect, scaffold and build one (`kiln plugin ...`).
+    #[command(subcommand, alias = "plugin")]
     Plugins(PluginsCommand),
     /// Serve the HTTP API (/api/v1) and execute the runs it triggers.
     Serve(ServeArgs),
@@ -309,5 +312,28 @@ pub enum PluginsCommand {
     List {
         #[arg(long)]
         json: bool,
+    },
+    /// What a component file is: name, version, the kiln:plugin version it was built for,
+    /// actions with their inputs and outputs, the programs it launches (and whether this
+    /// workspace grants them), digest, size, and whether this engine loads it. Exit 1 when it
+    /// does not load.
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Scaffold a plugin crate NAME in DIR/NAME (default: ./NAME): the SDK, one sample action
+    /// with typed inputs and declared outputs, unit and component tests, a README.
+    New {
+        name: String,
+        /// The folder to create it in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Build the plugin crate in DIR (default: .) for wasm32-wasip2 (adding the target when
+    /// missing), check that it loads, and install it into the workspace's plugins directory.
+    Build {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
     },
 }

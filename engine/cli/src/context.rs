@@ -114,7 +114,7 @@ impl Context {
     }
 
     /// How the plugin host runs plugins and launches their programs here.
-    fn host_config(&self, kill_grace: Duration) -> anyhow::Result<HostConfig> {
+    pub fn host_config(&self, kill_grace: Duration) -> anyhow::Result<HostConfig> {
         let grants = self.grants()?;
         let mut search_path = vec![self.ws.root().join(".venv").join("bin")];
         let path_var =

@@ -26,7 +26,7 @@ pub use invocation::{
 };
 pub use registry::{
     ActionInfo, INTERFACE_VERSION, InputInfo, InputKind, LoadedPlugin, OutputInfo, PluginInfo,
-    PluginProblem, PluginRegistry, SUPPORTED_INTERFACES, interface_version,
+    PluginProblem, PluginRegistry, SUPPORTED_INTERFACES, check_plugin_name, interface_version,
 };
 
 use std::path::PathBuf;

@@ -280,7 +280,6 @@ fn v0_2_info(d: types::PluginInfo) -> (String, String, Vec<ActionInfo>, Vec<Stri
 }
 
 impl PluginRegistry {
-    /// Load every `*.wasm` component in `dir` (a missing directory holds no plugins).
     /// A registry with no plugin (for work that runs no plugin step: cancel, delete).
     pub fn empty(engine: &PluginEngine) -> Self {
         Self {
@@ -393,6 +392,14 @@ impl PluginRegistry {
         self
     }
 
+    /// One component file, loaded as [`PluginRegistry::load`] loads each (for inspecting a
+    /// file before installing it).
+    pub async fn load_file(engine: &PluginEngine, path: &Path) -> Result<LoadedPlugin> {
+        let linker = linker(engine)?;
+        Self::load_one(engine, &linker, path).await
+    }
+
+    /// Load every `*.wasm` component in `dir` (a missing directory holds no plugins).
     pub async fn load(engine: &PluginEngine, dir: &Path) -> Result<Self> {
         let files = Self::files(dir)?;
         let linker = linker(engine)?;
@@ -429,6 +436,22 @@ impl PluginRegistry {
             path: path.to_owned(),
             source,
         })?;
+        // What wasmtime would say of a file that is not a component is not for people.
+        match bytes.get(..8) {
+            Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
+            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
+                return Err(invalid(
+                    "it is a core WebAssembly module, not a component: build the plugin for \
+                     wasm32-wasip2 (`kiln plugin build`)"
+                        .into(),
+                ));
+            }
+            _ => {
+                return Err(invalid(
+                    "it is not a WebAssembly component (it does not start with `\\0asm`)".into(),
+                ));
+            }
+        }
         let digest = hex::encode(Sha256::digest(&bytes));
         let (component, cached) =
             cache::load_or_compile(&engine.engine, &engine.config.cache_dir, &digest, &bytes)
@@ -479,6 +502,8 @@ impl PluginRegistry {
                 (Pre::V0_2(pre), v0_2_info(d))
             }
         };
+        check_plugin_name(&name)
+            .map_err(|e| invalid(format!("its describe() gives a name {e}")))?;
         let grant = engine.config.grants.for_plugin(&name);
         let info = PluginInfo {
             name,
@@ -522,6 +547,29 @@ impl PluginRegistry {
             .terminate_all(self.engine.config.kill_grace)
             .await;
         result
+    }
+}
+
+/// A plugin's name is what workflows write in `uses:` and names its file in the plugins
+/// directory: 1 to 64 lowercase letters, digits and single dashes, starting with a letter, and
+/// not `builtin`.
+pub fn check_plugin_name(name: &str) -> std::result::Result<(), String> {
+    let ok = (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.ends_with('-')
+        && !name.contains("--")
+        && name != "builtin";
+    if ok {
+        Ok(())
+    } else {
+        let shown: String = name.chars().take(80).collect();
+        Err(format!(
+            "{shown:?} cannot name a plugin: use 1 to 64 lowercase letters, digits and single \
+             dashes, starting with a letter, not `builtin` (workflows write it in `uses:`)"
+        ))
     }
 }
 

@@ -43,7 +43,7 @@ impl Catalog for EngineCatalog<'_> {
                 format!("unknown plugin `{uses}`"),
             )
             .with_help(if names.is_empty() {
-                "no plugins are installed; run scripts/build-plugins.sh".to_owned()
+                "no plugins are installed (a workspace made by `kiln init` has them in .kiln/plugins; in Kiln's repository run scripts/build-plugins.sh; a plugin of your own: kiln plugin build)".to_owned()
             } else {
                 format!(
                     "installed plugins: {}; builtins start with `builtin/`",

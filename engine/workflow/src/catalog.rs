@@ -155,9 +155,7 @@ impl InputKind {
         match (self, value) {
             (_, V::Null) | (InputKind::Any, _) => true,
             (InputKind::String | InputKind::Path, V::String(_)) => true,
-            (InputKind::Integer, V::Number(n)) => {
-                n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0)
-            }
+            (InputKind::Integer, V::Number(n)) => n.is_i64() || n.is_u64(),
             (InputKind::Number, V::Number(_)) => true,
             (InputKind::Boolean, V::Bool(_)) => true,
             (InputKind::List, V::Array(_)) => true,

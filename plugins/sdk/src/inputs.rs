@@ -94,7 +94,6 @@ impl Inputs {
         Ok(self.opt_str(name)?.unwrap_or(default))
     }
 
-    /// An optional string that must be one of `allowed` (`default` when absent).
     /// A path relative to a granted directory (`default` when absent or empty): no absolute
     /// path, no `..`.
     pub fn relative_path_or<'a>(
@@ -117,6 +116,7 @@ impl Inputs {
         Ok(rel)
     }
 
+    /// An optional string that must be one of `allowed` (`default` when absent).
     pub fn choice<'a>(
         &'a self,
         name: &str,

@@ -452,6 +452,7 @@ pub mod process {
         if lower.contains("denied")
             || lower.contains("not granted")
             || lower.contains("not allowed")
+            || lower.contains("outside the directories granted")
         {
             StepError::denied(msg)
         } else {

@@ -313,9 +313,10 @@ impl process::Host for Host {
         let end = (running.sent + max_bytes.max(1) as usize).min(running.output.len());
         let data = running.output[running.sent..end].to_vec();
         running.sent = end;
+        // As the engine does: the end comes in a chunk of its own, with no data.
         Ok(process::OutputChunk {
+            finished: data.is_empty(),
             data,
-            finished: running.sent == running.output.len(),
         })
     }
 
@@ -410,7 +411,6 @@ impl Plugin {
                 "-p",
             ])
             .arg(&package)
-            .env_remove("CARGO_TARGET_DIR")
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
             .env_remove("RUSTC_WORKSPACE_WRAPPER")

@@ -1,15 +1,14 @@
-//! Read-only commands: `runs list|show|stats`, `logs`, `models list`, `plugins list`.
+//! Read-only commands: `runs list|show|stats`, `logs`, `models list`.
 
 use crate::output::{errln, outln};
-use std::time::Duration;
 
 use kiln_store::RunStatus;
 
-use crate::cli::{ModelsCommand, PluginsCommand, RunsCommand};
+use crate::cli::{ModelsCommand, RunsCommand};
 use crate::context::Context;
 use crate::exit::Exit;
 
-fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
@@ -266,25 +265,6 @@ pub async fn models(ctx: &Context, cmd: ModelsCommand) -> anyhow::Result<Exit> {
                 m.is_published,
                 m.file_path
             );
-        }
-    }
-    Ok(Exit::Success)
-}
-
-pub async fn plugins(ctx: &Context, cmd: PluginsCommand) -> anyhow::Result<Exit> {
-    let PluginsCommand::List { json } = cmd;
-    let registry = ctx.plugins(Duration::from_secs(10)).await?;
-    let infos: Vec<_> = registry.plugins().map(|p| p.info.clone()).collect();
-    if json {
-        print_json(&infos)?;
-    } else {
-        for p in infos {
-            outln!("{} {} {}", p.name, p.version, p.digest);
-            outln!("  file     {}", p.path.display());
-            outln!("  programs [{}]", p.programs.join(", "));
-            for a in p.actions {
-                outln!("  action   {}: {}", a.name, a.description);
-            }
         }
     }
     Ok(Exit::Success)

@@ -3,6 +3,7 @@
 mod control;
 mod init;
 mod inspect;
+mod plugin;
 mod run;
 mod serve;
 mod validate;
@@ -51,7 +52,7 @@ pub async fn dispatch(cli: Cli) -> Exit {
         Command::Token(cmd) => serve::token(&ctx, cmd).await,
         Command::Logs { run, step } => inspect::logs(&ctx, &run, step.as_deref()).await,
         Command::Models(cmd) => inspect::models(&ctx, cmd).await,
-        Command::Plugins(cmd) => inspect::plugins(&ctx, cmd).await,
+        Command::Plugins(cmd) => plugin::plugins(&ctx, cmd).await,
         Command::Supervise { .. } => unreachable!("handled before the runtime starts"),
         Command::Init { .. } => unreachable!("handled before the workspace is opened"),
     };
