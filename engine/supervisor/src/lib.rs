@@ -4,8 +4,11 @@
 //! per-launch *state directory* and starts a small **supervisor** process (`kiln supervise DIR`,
 //! the same binary) in a new session. The supervisor starts the program in its own process group,
 //! sends its stdout and stderr to an append-only log file, and when the program ends writes the
-//! exit status to `DIR/exit.json`. Every record is written atomically (temp file, fsync, rename),
-//! so an engine that was killed and restarted can learn what happened from disk alone:
+//! exit status to `DIR/exit.json`. Every record is written atomically (temp file, rename), so an
+//! engine that was killed and restarted can learn what happened from disk alone. Only `exit.json`
+//! is fsynced: it is the one record that outlives its program; `spec.json` and `child.json`
+//! describe a program that a machine crash kills with them, and one of them left unreadable by a
+//! crash (written before the last boot) reads as absent: the launch did not start, or is lost.
 //!
 //! ```text
 //! DIR/spec.json    what to run (written by the engine)
@@ -150,7 +153,12 @@ impl Supervised {
             source,
         };
         std::fs::create_dir_all(state_dir).map_err(state_err)?;
-        records::write_json_atomic(&state_dir.join(records::SPEC_FILE), spec).map_err(state_err)?;
+        records::write_json_atomic(
+            &state_dir.join(records::SPEC_FILE),
+            spec,
+            records::Durability::Process,
+        )
+        .map_err(state_err)?;
         let supervisor_log =
             std::fs::File::create(state_dir.join("supervisor.log")).map_err(state_err)?;
         let mut command = tokio::process::Command::new(supervisor_exe);
@@ -181,7 +189,9 @@ impl Supervised {
             source,
         })?;
         let program = spec.program.display().to_string();
-        // Wait for the supervisor to record the started child (or its failure to start).
+        // Wait for the supervisor to record the started child (or its failure to start): it
+        // takes a few milliseconds, so look often at first.
+        let mut looks = 0u32;
         loop {
             if let Some(child) = records::read_child(state_dir)? {
                 return Ok(Self {
@@ -210,7 +220,9 @@ impl Supervised {
                     ),
                 });
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            looks += 1;
+            let pause = if looks < 100 { 200 } else { 2000 };
+            tokio::time::sleep(Duration::from_micros(pause)).await;
         }
     }
 

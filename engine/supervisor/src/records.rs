@@ -84,30 +84,82 @@ pub(crate) fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
+/// How a record must survive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// Survives a crash of any process (written to a temp file, renamed over: readers see all
+    /// of it or nothing), not a crash of the machine. For the records of a program that a
+    /// machine crash kills anyway: `spec.json` and `child.json`. After a reboot such a record may
+    /// be missing or unreadable; [`read_json`] then reads it as absent (see there).
+    Process,
+    /// Also survives a crash of the machine (the file and the rename fsynced): `exit.json`, the
+    /// one record that outlives its program.
+    Machine,
+}
+
 /// Write `value` as JSON to `path` so that readers see either nothing or the whole record.
-pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+pub(crate) fn write_json_atomic<T: Serialize>(
+    path: &Path,
+    value: &T,
+    durability: Durability,
+) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
+        if durability == Durability::Machine {
+            f.sync_all()?;
+        }
     }
     std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
+    if durability == Durability::Machine
+        && let Some(dir) = path.parent()
+    {
         // Make the rename itself durable.
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
 }
 
+/// When this machine booted (`btime` of /proc/stat), if known.
+fn boot_time() -> Option<std::time::SystemTime> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let secs: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
+/// Whether `path` was last written before this machine booted: whatever it describes is not
+/// running any more, and a record of it that was not fsynced may have lost its content.
+fn written_before_boot(path: &Path) -> bool {
+    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    matches!((modified, boot_time()), (Some(m), Some(boot)) if m < boot)
+}
+
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::Record {
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(value) => Ok(Some(value)),
+            // A record written with `Durability::Process` before a machine crash: the program
+            // it describes died with the machine. Absent, not corrupt: the launch is then "not
+            // started" (and starts) or "lost" (an infrastructure failure, retried).
+            Err(e) if written_before_boot(path) => {
+                tracing::warn!(
+                    "{} was written before the last reboot and cannot be read ({e}); reading it \
+                     as absent",
+                    path.display()
+                );
+                Ok(None)
+            }
+            Err(e) => Err(Error::Record {
                 path: path.to_owned(),
                 message: e.to_string(),
             }),
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::Record {
             path: path.to_owned(),

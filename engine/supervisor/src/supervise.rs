@@ -8,7 +8,8 @@ use std::process::{Command, Stdio};
 
 use crate::proc_info::ProcessIdentity;
 use crate::records::{
-    self, CHILD_FILE, ChildRecord, EXIT_FILE, ExitRecord, now_rfc3339, write_json_atomic,
+    self, CHILD_FILE, ChildRecord, Durability, EXIT_FILE, ExitRecord, now_rfc3339,
+    write_json_atomic,
 };
 
 /// Run the supervisor for `state_dir`; returns the supervisor's own exit code.
@@ -28,7 +29,7 @@ pub fn run(state_dir: &Path) -> i32 {
                 start_error: Some(message),
                 finished_at: now_rfc3339(),
             };
-            let _ = write_json_atomic(&state_dir.join(EXIT_FILE), &record);
+            let _ = write_json_atomic(&state_dir.join(EXIT_FILE), &record, Durability::Machine);
             1
         }
     }
@@ -72,7 +73,7 @@ fn supervise(state_dir: &Path) -> Result<(), String> {
             .unwrap_or(0),
         started_at: now_rfc3339(),
     };
-    if let Err(e) = write_json_atomic(&state_dir.join(CHILD_FILE), &record) {
+    if let Err(e) = write_json_atomic(&state_dir.join(CHILD_FILE), &record, Durability::Process) {
         // Without a record nobody could ever stop it: do not leave it running.
         let _ = child.kill();
         let _ = child.wait();
@@ -87,6 +88,6 @@ fn supervise(state_dir: &Path) -> Result<(), String> {
         start_error: None,
         finished_at: now_rfc3339(),
     };
-    write_json_atomic(&state_dir.join(EXIT_FILE), &record)
+    write_json_atomic(&state_dir.join(EXIT_FILE), &record, Durability::Machine)
         .map_err(|e| format!("cannot record the exit status: {e}"))
 }
