@@ -335,3 +335,56 @@ fn broken_plugin_files_and_grants_are_listed_while_the_previous_ones_serve() {
             .contains("hostile")
     );
 }
+
+#[test]
+fn roles_reload_and_invalid_roles_keep_the_previous_ones() {
+    let aws = ApiWorkspace::new();
+    let roles = aws.ws.root().join("configs/roles.yaml");
+    std::fs::copy(repo_root().join("configs/roles.yaml"), &roles).unwrap();
+    let server = aws.serve();
+    let viewer = aws.token("v", &[], &["viewer"]);
+    let dir = aws.ws.root().join("workflows");
+    std::fs::write(dir.join("hello.yaml"), hello(1)).unwrap();
+    let start = json!({"workflow": "hello"});
+    assert_eq!(server.post("/api/v1/runs", &viewer, &start).status, 403);
+
+    // The operator lets viewers start runs: the next request may.
+    let text_ = std::fs::read_to_string(&roles).unwrap();
+    std::fs::write(
+        &roles,
+        text_.replace(
+            "claims: [ViewTrainingRuns]",
+            "claims: [ViewTrainingRuns, CreateTrainingRun]",
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    loop {
+        let r = server.post("/api/v1/runs", &viewer, &start);
+        if r.status == 201 {
+            break;
+        }
+        assert_eq!(r.status, 403, "{}", r.text());
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "roles not reloaded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Broken roles: logged, the roles in use stay.
+    std::fs::write(&roles, "roles: [\n").unwrap();
+    let started = Instant::now();
+    while !server
+        .log_text()
+        .contains("the roles loaded before stay in use")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(server.post("/api/v1/runs", &viewer, &start).status, 201);
+}

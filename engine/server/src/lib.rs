@@ -44,7 +44,13 @@ pub async fn serve(
         tracing::info!(target: "operations.training", recovered, "recovered active runs");
     }
     // Workflows, plugins and grants changed on disk are used by new runs (hot reload).
-    let _hot_reload = match state.service().watch() {
+    let roles_file = state.workspace().configs_dir().join("roles.yaml");
+    let roles_state = state.clone();
+    let on_roles: kiln_runner::service::OnChange = (
+        roles_file.clone(),
+        Box::new(move || roles_state.reload_roles(&roles_file)),
+    );
+    let _hot_reload = match state.service().watch(vec![on_roles]) {
         Ok(watch) => Some(watch),
         Err(e) => {
             tracing::warn!(target: "app.backend", "hot reload is off: {e}");

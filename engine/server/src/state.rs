@@ -25,7 +25,8 @@ pub struct ServerConfig {
 struct Shared {
     service: RunService,
     manager: RunManager,
-    roles: Roles,
+    /// `configs/roles.yaml`, replaced when it changes (hot reload).
+    roles: std::sync::RwLock<Arc<Roles>>,
     config: ServerConfig,
     auth: AuthGuard,
     shutdown: CancellationToken,
@@ -42,7 +43,7 @@ impl AppState {
         Self(Arc::new(Shared {
             service,
             manager,
-            roles,
+            roles: std::sync::RwLock::new(Arc::new(roles)),
             auth: AuthGuard::new(config.limits.auth_max_failures, config.limits.auth_lockout),
             config,
             shutdown: CancellationToken::new(),
@@ -66,8 +67,26 @@ impl AppState {
         &self.0.manager
     }
 
-    pub fn roles(&self) -> &Roles {
-        &self.0.roles
+    pub fn roles(&self) -> Arc<Roles> {
+        self.0
+            .roles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reads `path` (the roles file) again; an invalid one is logged and the roles in use stay.
+    pub fn reload_roles(&self, path: &std::path::Path) {
+        match Roles::load(path) {
+            Ok(roles) => {
+                *self.0.roles.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(roles);
+                tracing::info!(target: "app.reload", "roles reloaded from {}", path.display());
+            }
+            Err(e) => tracing::warn!(
+                target: "app.reload",
+                "{e}; the roles loaded before stay in use"
+            ),
+        }
     }
 
     pub fn config(&self) -> &ServerConfig {

@@ -17,7 +17,7 @@ mod training;
 pub use catalog::{CatalogEntry, Checker, WorkflowCatalog};
 pub use logs::CheckpointView;
 pub use logs::{LogLine, LogPage, OUTPUT_LEVEL};
-pub use reload::{HotReload, MAX_WAIT, QUIET, read_grants};
+pub use reload::{HotReload, MAX_WAIT, OnChange, QUIET, read_grants};
 pub use training::{
     CheckpointFile, ConfigPreview, ConfigRequest, ExportedBest, PREVIEW_NAME, WeightFiles,
 };

@@ -11,6 +11,7 @@
 //!   stay and the error is listed with the plugins' problems.
 //! - workflows: the catalog parses and validates the changed files against the plugins now
 //!   installed (see `catalog.rs`: an invalid file keeps its last valid version in use).
+//! - other files of `configs/` the caller names ([`OnChange`]; the server's `roles.yaml`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,6 +44,10 @@ pub fn read_grants(path: &Path) -> Result<Grants> {
         .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
     Grants::parse(&text, path).map_err(|e| Error::Config(e.to_string()))
 }
+
+/// Another file of `configs/` to follow, and what to do when it changed (e.g. the server's
+/// `roles.yaml`).
+pub type OnChange = (PathBuf, Box<dyn Fn() + Send + Sync>);
 
 /// Watching, until dropped.
 pub struct HotReload {
@@ -112,7 +117,7 @@ impl RunService {
     /// Starts watching the workflows directory, the plugins directory and `configs/`; changes
     /// apply within about a second (see the module docs). Directories that do not exist are
     /// not watched (the plugins directory is created).
-    pub fn watch(&self) -> Result<HotReload> {
+    pub fn watch(&self, also: Vec<OnChange>) -> Result<HotReload> {
         use notify::Watcher;
         let plugins_dir = self.runner.installed_plugins().dir().to_owned();
         if !plugins_dir.as_os_str().is_empty() {
@@ -158,6 +163,11 @@ impl RunService {
                 let workflows = paths
                     .iter()
                     .any(|p| p.parent() == Some(workflows_dir.as_path()));
+                for (file, changed) in &also {
+                    if paths.contains(file) {
+                        changed();
+                    }
+                }
                 if plugins && let Err(e) = service.reload_plugins().await {
                     tracing::warn!(target: "app.reload", "reloading the plugins failed; the loaded ones stay: {e}");
                 }
