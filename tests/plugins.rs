@@ -182,3 +182,57 @@ fn a_corrupt_plugin_file_is_reported_by_name() {
         "{err}"
     );
 }
+
+/// Files that are not components are refused before they are read: a FIFO (whose open would
+/// block), a device that never ends, a file over the size limit.
+#[test]
+fn fifos_devices_and_huge_files_are_refused_without_reading_them() {
+    let ws = Workspace::new();
+    let fifo = ws.root().join(".kiln/plugins/pipe.wasm");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Listing skips what is not a regular file.
+    let out = ws.kiln(&["plugins", "list"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for file in [fifo.to_str().unwrap(), "/dev/zero"] {
+        let out = ws.kiln(&["plugin", "inspect", file]);
+        assert_eq!(out.status.code(), Some(2), "{file}");
+        assert!(
+            text(&out.stderr).contains("is not a file"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    std::fs::remove_file(&fifo).unwrap();
+    let big = ws.root().join(".kiln/plugins/big.wasm");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(300 * 1024 * 1024)
+        .unwrap();
+    let out = ws.kiln(&["plugins", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("a plugin component is at most 268435456 bytes"),
+        "{}",
+        text(&out.stderr)
+    );
+    let wf = ws.root().join("pipe.yaml");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&wf)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = ws.kiln(&["validate", wf.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stdout).contains("not a regular file")
+            || text(&out.stderr).contains("not a regular file")
+    );
+}

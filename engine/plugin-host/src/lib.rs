@@ -34,15 +34,16 @@ use std::path::PathBuf;
 /// Errors of loading plugins. Failures of a running step are [`StepFailure`]s instead.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read plugin directory {path}: {source}")]
+    // `error`, not `source`: the message already says it (a chain would say it twice).
+    #[error("cannot read plugin directory {path}: {error}")]
     ReadDir {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot read plugin {path}: {source}")]
+    #[error("cannot read plugin {path}: {error}")]
     ReadPlugin {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path} is not a usable Kiln plugin component: {message}")]
     InvalidPlugin { path: PathBuf, message: String },

@@ -298,10 +298,10 @@ impl PluginRegistry {
                 .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
                 .collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(source) => {
+            Err(error) => {
                 return Err(Error::ReadDir {
                     path: dir.to_owned(),
-                    source,
+                    error,
                 });
             }
         };
@@ -322,7 +322,7 @@ impl PluginRegistry {
         let mut problems = Vec::new();
         for path in files {
             let previous = self.plugins.values().find(|p| p.info.path == path);
-            let loaded = match std::fs::read(&path) {
+            let loaded = match read_component(&path) {
                 Ok(bytes) => {
                     let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
                     match previous.filter(|p| p.info.digest == digest) {
@@ -330,9 +330,9 @@ impl PluginRegistry {
                         None => Self::load_one(engine, &linker, &path).await,
                     }
                 }
-                Err(source) => Err(Error::ReadPlugin {
+                Err(error) => Err(Error::ReadPlugin {
                     path: path.clone(),
-                    source,
+                    error,
                 }),
             };
             let plugin = match loaded {
@@ -432,9 +432,9 @@ impl PluginRegistry {
             path: path.to_owned(),
             message,
         };
-        let bytes = std::fs::read(path).map_err(|source| Error::ReadPlugin {
+        let bytes = read_component(path).map_err(|error| Error::ReadPlugin {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         // What wasmtime would say of a file that is not a component is not for people.
         match bytes.get(..8) {
@@ -548,6 +548,40 @@ impl PluginRegistry {
             .await;
         result
     }
+}
+
+/// Largest plugin component read (the bundled ones are well under 1 MiB).
+pub const MAX_COMPONENT_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The bytes of the component file `path`: anything but a regular file (a FIFO, a device) and
+/// anything over [`MAX_COMPONENT_BYTES`] is refused before it is read.
+fn read_component(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    // Looked at before it is opened: opening a FIFO blocks until someone writes to it.
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > MAX_COMPONENT_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "{} bytes; a plugin component is at most {MAX_COMPONENT_BYTES} bytes",
+                meta.len()
+            ),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)?
+        .take(MAX_COMPONENT_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_COMPONENT_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "grew past the limit while read",
+        ));
+    }
+    Ok(bytes)
 }
 
 /// A plugin's name is what workflows write in `uses:` and names its file in the plugins

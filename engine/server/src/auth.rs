@@ -107,7 +107,7 @@ const DEFAULT_ROLES: &str = "roles:
 impl Roles {
     /// Roles from `path`; the built-in roles (viewer, trainer, publisher, admin) when missing.
     pub fn load(path: &Path) -> Result<Self, String> {
-        match std::fs::read_to_string(path) {
+        match kiln_workflow::limits::read_text(path, kiln_workflow::limits::MAX_FILE_BYTES) {
             Ok(text) => Self::parse(&text, path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(format!("cannot read {}: {e}", path.display())),

@@ -42,26 +42,23 @@ impl Workflow {
     /// [`Self::load`], with the text it parsed (read once: what is stored with a run is what
     /// was validated).
     pub fn load_with_source(path: impl AsRef<Path>) -> Result<(Workflow, String), Diagnostics> {
-        use std::io::Read;
         let path = path.as_ref();
         let cannot_read = |err: std::io::Error| {
             Diagnostic::new(path, 1, 1, format!("cannot read workflow file: {err}"))
         };
-        let file = std::fs::File::open(path).map_err(cannot_read)?;
-        if !file.metadata().map_err(cannot_read)?.is_file() {
-            return Err(Diagnostic::new(path, 1, 1, "not a regular file".to_owned())
-                .with_help("give the path of a workflow file")
-                .into());
+        match std::fs::metadata(path) {
+            Ok(meta) if !meta.is_file() => {
+                return Err(Diagnostic::new(path, 1, 1, "not a regular file".to_owned())
+                    .with_help("give the path of a workflow file")
+                    .into());
+            }
+            Ok(meta) if meta.len() > limits::MAX_FILE_BYTES as u64 => {
+                return Err(parse::too_large(path, meta.len() as usize).into());
+            }
+            Ok(_) => {}
+            Err(e) => return Err(cannot_read(e).into()),
         }
-        let mut source = String::new();
-        let limit = limits::MAX_FILE_BYTES as u64 + 1;
-        file.take(limit)
-            .read_to_string(&mut source)
-            .map_err(cannot_read)?;
-        if source.len() > limits::MAX_FILE_BYTES {
-            let size = std::fs::metadata(path).map_or(source.len(), |m| m.len() as usize);
-            return Err(parse::too_large(path, size).into());
-        }
+        let source = limits::read_text(path, limits::MAX_FILE_BYTES).map_err(cannot_read)?;
         let workflow = Self::parse(&source, path)?;
         Ok((workflow, source))
     }

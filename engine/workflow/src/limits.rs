@@ -21,6 +21,37 @@ pub const MIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Longest step `timeout` (a year).
 pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
+/// Reads the text file `path`, at most `max` bytes of it: anything but a regular file (a FIFO
+/// that would block, `/dev/zero` that never ends, a directory) and anything larger is refused
+/// before it is read, with an error that says which. `NotFound` stays `NotFound`.
+pub fn read_text(path: &std::path::Path, max: usize) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    // Looked at before it is opened: opening a FIFO blocks until someone writes to it.
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > max as u64 {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("{} bytes; at most {max} are read", meta.len()),
+        ));
+    }
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut text = String::new();
+    file.take(max as u64 + 1).read_to_string(&mut text)?;
+    if text.len() > max {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("more than {max} bytes; at most {max} are read"),
+        ));
+    }
+    Ok(text)
+}
+
 /// Checks that a YAML text from outside (a dataset's `data.yaml`, a `--param` value) is within
 /// [`MAX_FILE_BYTES`], [`MAX_YAML_DEPTH`] and [`MAX_YAML_NODES`] before a YAML library reads
 /// it: deep nesting costs the library quadratic time. The error says where and why.

@@ -189,10 +189,9 @@ impl WorkflowCatalog {
 impl WorkflowCatalog {
     /// `path` as it is now; when it is not valid, `before` (its previous entry) stays in use.
     fn load(&self, path: &Path, before: Option<&CatalogEntry>) -> CatalogEntry {
-        let checked = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: cannot read it: {e}", path.display()))
-            .and_then(|yaml| {
-                let workflow = Workflow::parse(&yaml, path).map_err(|d| d.to_string())?;
+        let checked = Workflow::load_with_source(path)
+            .map_err(|d| d.to_string())
+            .and_then(|(workflow, yaml)| {
                 if let Some(check) = &self.checker {
                     check(&workflow).map_err(|d| d.to_string())?;
                 }

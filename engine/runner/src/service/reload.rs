@@ -30,7 +30,7 @@ pub const MAX_WAIT: Duration = Duration::from_secs(2);
 /// `configs/plugins.yaml` (no file: no grants), checked for size and depth before it is
 /// parsed.
 pub fn read_grants(path: &Path) -> Result<Grants> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match kiln_workflow::limits::read_text(path, kiln_workflow::limits::MAX_FILE_BYTES) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Grants::default()),
         Err(e) => {
