@@ -123,6 +123,14 @@ fn workflows_reload_and_an_invalid_file_keeps_its_last_valid_version() {
         server.log_text()
     );
 
+    // Idle means idle: nothing is reloaded again (the log says the same problem once).
+    let said = |log: &str| log.matches("hello.yaml is invalid").count();
+    let once = said(&server.log_text());
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = server.get("/api/v1/workflows", &admin);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(said(&server.log_text()), once, "{}", server.log_text());
+
     // Valid YAML that does not validate (an unknown plugin): never startable, said why.
     std::fs::write(
         dir.join("other.yaml"),
@@ -155,6 +163,34 @@ fn workflows_reload_and_an_invalid_file_keeps_its_last_valid_version() {
             })
         },
     );
+
+    // A new file naming an existing workflow does not take it over.
+    std::fs::write(dir.join("a-dup.yaml"), hello(1)).unwrap();
+    let (list, _) = until(
+        &server,
+        &admin,
+        "/api/v1/workflows",
+        "duplicate workflow",
+        |l| entry(l, "a-dup.yaml").is_some(),
+    );
+    let dup = entry(&list, "a-dup.yaml").unwrap();
+    assert_eq!(dup["startable"], false, "{dup}");
+    assert!(
+        dup["problem"]
+            .as_str()
+            .unwrap()
+            .contains("already defined by"),
+        "{dup}"
+    );
+    assert_eq!(
+        run(&server, &admin, "hello")["steps"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    std::fs::remove_file(dir.join("a-dup.yaml")).unwrap();
+
     std::fs::remove_file(dir.join("hello.yaml")).unwrap();
     until(
         &server,
@@ -165,6 +201,21 @@ fn workflows_reload_and_an_invalid_file_keeps_its_last_valid_version() {
     );
     let r = server.post("/api/v1/runs", &admin, &json!({"workflow": "hello"}));
     assert_eq!(r.status, 422, "{}", r.text());
+
+    // The whole folder removed: nothing is offered; back: offered again.
+    let away = aws.ws.root().join("workflows-away");
+    std::fs::rename(&dir, &away).unwrap();
+    until(&server, &admin, "/api/v1/workflows", "no workflows", |l| {
+        l.as_array().is_some_and(|a| a.is_empty())
+    });
+    std::fs::rename(&away, &dir).unwrap();
+    until(
+        &server,
+        &admin,
+        "/api/v1/workflows",
+        "workflows back",
+        |l| entry(l, "ultralytics-detect").is_some(),
+    );
 }
 
 /// `bytes` with a custom section appended: the same component, another digest.

@@ -171,6 +171,24 @@ fn a_new_plugin_is_scaffolded_built_inspected_and_run() {
     );
     let installed = ws.join(".kiln/plugins/greeter.wasm");
     assert!(installed.is_file());
+    // Another file providing the plugin: the build refuses to install beside it.
+    let other = ws.join(".kiln/plugins/zz-greeter-copy.wasm");
+    std::fs::copy(&installed, &other).unwrap();
+    let again = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["plugin", "build", krate.to_str().unwrap()])
+        .current_dir(&ws)
+        .env_remove("KILN_WORKSPACE")
+        .env_remove("KILN_PLUGINS_DIR")
+        .env("CARGO_TARGET_DIR", kit_target())
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stderr).contains("zz-greeter-copy.wasm already provides plugin `greeter`"),
+        "{}",
+        text(&again.stderr)
+    );
+    std::fs::remove_file(&other).unwrap();
 
     // Inspect: what the engine sees.
     let inspect = ok(

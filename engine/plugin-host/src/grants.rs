@@ -149,7 +149,13 @@ impl Grants {
             path: path.to_owned(),
             message,
         };
-        let file: GrantsFile = serde_norway::from_str(text).map_err(|e| error(e.to_string()))?;
+        // serde names the Rust type it expected; a person reads what the file must be.
+        let file: GrantsFile = serde_norway::from_str(text).map_err(|e| {
+            error(e.to_string().replace(
+                "struct GrantsFile",
+                "a mapping with `defaults` and `plugins`",
+            ))
+        })?;
         file.check().map_err(error)?;
         Ok(Self { file })
     }

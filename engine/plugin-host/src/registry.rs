@@ -316,7 +316,10 @@ impl PluginRegistry {
     /// plugin is gone.
     pub async fn reload(&self, engine: &PluginEngine) -> Result<Self> {
         let dir = self.dir.clone();
-        let files = Self::files(&dir)?;
+        let mut files = Self::files(&dir)?;
+        // The files that provided plugins go first: when a new file claims a name already in
+        // use, the established plugin keeps it and the new file is the problem.
+        files.sort_by_key(|p| !self.plugins.values().any(|l| &l.info.path == p));
         let linker = linker(engine)?;
         let mut plugins: BTreeMap<String, LoadedPlugin> = BTreeMap::new();
         let mut problems = Vec::new();
@@ -455,7 +458,15 @@ impl PluginRegistry {
         let digest = hex::encode(Sha256::digest(&bytes));
         let (component, cached) =
             cache::load_or_compile(&engine.engine, &engine.config.cache_dir, &digest, &bytes)
-                .map_err(invalid)?;
+                .map_err(|e| {
+                    if e.contains("unexpected end-of-file") {
+                        invalid(format!(
+                            "it is incomplete (truncated, or still being written): {e}"
+                        ))
+                    } else {
+                        invalid(e)
+                    }
+                })?;
         tracing::debug!(plugin = %path.display(), cached, "plugin compiled");
         let interface = interface_version(&engine.engine, &component, path)?;
         let pre = linker
@@ -503,7 +514,8 @@ impl PluginRegistry {
             }
         };
         check_plugin_name(&name)
-            .map_err(|e| invalid(format!("its describe() gives a name {e}")))?;
+            .and_then(|()| check_described(&actions, &launches))
+            .map_err(|e| invalid(format!("its describe() is not usable: {e}")))?;
         let grant = engine.config.grants.for_plugin(&name);
         let info = PluginInfo {
             name,
@@ -601,10 +613,91 @@ pub fn check_plugin_name(name: &str) -> std::result::Result<(), String> {
     } else {
         let shown: String = name.chars().take(80).collect();
         Err(format!(
-            "{shown:?} cannot name a plugin: use 1 to 64 lowercase letters, digits and single \
-             dashes, starting with a letter, not `builtin` (workflows write it in `uses:`)"
+            "{shown:?} cannot name a plugin (workflows write it in `uses:`): use 1 to 64 \
+             lowercase letters, digits and single dashes, starting with a letter, not `builtin`"
         ))
     }
+}
+
+/// What `describe()` says must be safe to show and unambiguous: action, input and output names
+/// of 1 to 64 lowercase letters, digits, `-` and `_` (starting with a letter), none twice;
+/// descriptions without control characters (they are printed on terminals), at most 4 KiB;
+/// program names without `/` or control characters.
+fn check_described(actions: &[ActionInfo], launches: &[String]) -> std::result::Result<(), String> {
+    fn name_ok(n: &str) -> bool {
+        (1..=64).contains(&n.len())
+            && n.starts_with(|c: char| c.is_ascii_lowercase())
+            && n.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    }
+    fn text_ok(t: &str) -> bool {
+        t.len() <= 4096 && !t.chars().any(|c| c.is_control() && c != '\n')
+    }
+    let shown = |s: &str| format!("{:?}", s.chars().take(80).collect::<String>());
+    let mut actions_seen = std::collections::HashSet::new();
+    for a in actions {
+        if !name_ok(&a.name) {
+            return Err(format!(
+                "action name {} is not 1 to 64 lowercase letters, digits, `-` and `_`",
+                shown(&a.name)
+            ));
+        }
+        if !actions_seen.insert(a.name.as_str()) {
+            return Err(format!("action `{}` is described twice", a.name));
+        }
+        if !text_ok(&a.description) {
+            return Err(format!(
+                "the description of action `{}` has control characters or is over 4 KiB",
+                a.name
+            ));
+        }
+        let described = a
+            .inputs
+            .iter()
+            .map(|i| ("input", &i.name, &i.description))
+            .chain(
+                a.outputs
+                    .iter()
+                    .map(|o| ("output", &o.name, &o.description)),
+            );
+        let mut seen = std::collections::HashSet::new();
+        for (what, name, text) in described {
+            if !name_ok(name) {
+                return Err(format!(
+                    "action `{}`: {what} name {} is not 1 to 64 lowercase letters, digits, `-` \
+                     and `_`",
+                    a.name,
+                    shown(name)
+                ));
+            }
+            if !seen.insert((what, name.as_str())) {
+                return Err(format!(
+                    "action `{}`: {what} `{name}` is described twice",
+                    a.name
+                ));
+            }
+            if !text_ok(text) {
+                return Err(format!(
+                    "action `{}`: the description of {what} `{name}` has control characters or \
+                     is over 4 KiB",
+                    a.name
+                ));
+            }
+        }
+    }
+    for program in launches {
+        if program.is_empty()
+            || program.len() > 255
+            || program.contains('/')
+            || program.chars().any(char::is_control)
+        {
+            return Err(format!(
+                "it launches {}, which is not a program name",
+                shown(program)
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The step as the current interface describes it.

@@ -39,8 +39,13 @@ pub enum Error {
     /// Something named in the request does not exist.
     #[error("{1}")]
     NotFound(Missing, String),
-    #[error("no workflow named `{name}`; workflows: {}", if known.is_empty() { "none".to_owned() } else { known.join(", ") })]
-    UnknownWorkflow { name: String, known: Vec<String> },
+    #[error("no workflow named `{name}`; workflows: {}{}", if known.is_empty() { "none".to_owned() } else { known.join(", ") }, invalid.as_ref().map(|p| format!("\n{p}")).unwrap_or_default())]
+    UnknownWorkflow {
+        name: String,
+        known: Vec<String>,
+        /// The problem of a workflow file of that name that is invalid, if there is one.
+        invalid: Option<String>,
+    },
     /// The operator's configuration is broken; the message names the file.
     #[error("{0}")]
     Config(String),

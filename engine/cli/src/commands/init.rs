@@ -56,6 +56,23 @@ fn write_dir(root: &Path, under: &Path, dir: &Dir<'_>) -> anyhow::Result<usize> 
 
 pub fn init(dir: Option<PathBuf>) -> anyhow::Result<Exit> {
     let root = dir.unwrap_or_else(|| PathBuf::from("."));
+    if root.exists() && !root.is_dir() {
+        errln!(
+            "error: {} is a file; `kiln init` creates a workspace in an empty or new directory",
+            root.display()
+        );
+        return Ok(Exit::InvalidInput);
+    }
+    // What an interrupted `kiln init` left (its staging folder) is started over.
+    let staging = root.join(".kiln-init");
+    if staging.is_dir() && std::fs::read_dir(&root).is_ok_and(|entries| entries.count() == 1) {
+        errln!(
+            "a previous `kiln init` of {} was interrupted; starting over",
+            root.display()
+        );
+        std::fs::remove_dir_all(&staging)
+            .map_err(|e| anyhow::anyhow!("cannot remove {}: {e}", staging.display()))?;
+    }
     match std::fs::read_dir(&root) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -81,29 +98,63 @@ pub fn init(dir: Option<PathBuf>) -> anyhow::Result<Exit> {
         );
         return Ok(Exit::Failure);
     }
+    let created = !root.exists();
     std::fs::create_dir_all(&root)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", root.display()))?;
-    let configs = write_dir(&root, Path::new("configs"), &CONFIGS)?;
-    let workflows = write_dir(&root, Path::new("workflows"), &WORKFLOWS)?;
+    // Written into a staging folder, then moved into place: a failure (a full disk) leaves the
+    // directory as it was, not half a workspace.
+    let written = stage(&staging).and_then(|counts| {
+        for entry in std::fs::read_dir(&staging)? {
+            let entry = entry?;
+            std::fs::rename(entry.path(), root.join(entry.file_name()))?;
+        }
+        std::fs::remove_dir(&staging)?;
+        Ok(counts)
+    });
+    let (configs, workflows) = match written {
+        Ok(counts) => counts,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            if created {
+                let _ = std::fs::remove_dir(&root);
+            }
+            errln!(
+                "error: cannot create the workspace in {}: {e:#}",
+                root.display()
+            );
+            return Ok(Exit::Failure);
+        }
+    };
+    print_summary(&root, configs, workflows);
+    Ok(Exit::Success)
+}
+
+/// Writes the workspace's files under `root`; returns how many configs and workflow files.
+fn stage(root: &Path) -> anyhow::Result<(usize, usize)> {
+    let configs = write_dir(root, Path::new("configs"), &CONFIGS)?;
+    let workflows = write_dir(root, Path::new("workflows"), &WORKFLOWS)?;
     for release in DEMO_RELEASES {
         let file = WORKFLOWS
             .get_file(Path::new("data").join(release))
             .ok_or_else(|| anyhow::anyhow!("the demo release {release} is not bundled"))?;
         write(
-            &root,
+            root,
             &Path::new("projects/demo/releases").join(release),
             file.contents(),
         )?;
     }
     for (name, bytes) in BUNDLED_PLUGINS {
         write(
-            &root,
+            root,
             &Path::new(".kiln/plugins").join(format!("{name}.wasm")),
             bytes,
         )?;
     }
-    write(&root, Path::new(".gitignore"), GITIGNORE.as_bytes())?;
+    write(root, Path::new(".gitignore"), GITIGNORE.as_bytes())?;
+    Ok((configs, workflows))
+}
 
+fn print_summary(root: &Path, configs: usize, workflows: usize) {
     let shown = root.display();
     outln!("created a Kiln workspace in {shown}:");
     outln!(
@@ -133,5 +184,4 @@ pub fn init(dir: Option<PathBuf>) -> anyhow::Result<Exit> {
          -p overrides='{{epochs: 2, imgsz: 64, batch: 4, device: cpu, workers: 0}}'"
     );
     outln!("  kiln models list --project demo");
-    Ok(Exit::Success)
 }

@@ -98,6 +98,13 @@ impl WorkflowCatalog {
         self
     }
 
+    /// Stop relying on the watcher (its directory went away): lookups compare the files instead,
+    /// and the next one tries to watch again.
+    fn unwatch(&self) {
+        self.watching.store(false, Ordering::SeqCst);
+        *self.watcher.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     /// Parse and check every file again on the next lookup (the plugins changed).
     pub fn invalidate(&self) {
         self.stale.store(true, Ordering::SeqCst);
@@ -107,15 +114,18 @@ impl WorkflowCatalog {
         &self.dir
     }
 
-    fn watch(&self) {
+    /// Watches the directory unless a watcher already does; true when it started one now.
+    fn watch(&self) -> bool {
         use notify::Watcher;
         let mut slot = self.watcher.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_some() {
-            return;
+            return false;
         }
         let stale = self.stale.clone();
-        let watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
-            stale.store(true, Ordering::SeqCst);
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_err() || event.is_ok_and(|e| super::reload::is_change(&e)) {
+                stale.store(true, Ordering::SeqCst);
+            }
         });
         if let Ok(mut watcher) = watcher
             && watcher
@@ -124,42 +134,77 @@ impl WorkflowCatalog {
         {
             *slot = Some(watcher);
             self.watching.store(true, Ordering::SeqCst);
+            return true;
         }
+        false
     }
 
     /// Every workflow file, current: reloaded when the directory changed since the last call.
     pub fn entries(&self) -> std::io::Result<Arc<Vec<CatalogEntry>>> {
-        self.watch();
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        let watching = self.watching.load(Ordering::SeqCst);
         // Clear the flag before reading, so a change made while loading marks it again.
-        let signaled = self.stale.swap(false, Ordering::SeqCst);
+        let mut signaled = self.stale.swap(false, Ordering::SeqCst);
+        if signaled {
+            // Watch afresh: the directory may have been replaced (a watcher follows the old one).
+            self.unwatch();
+        }
+        // A new watcher missed what happened before it: look at the directory now.
+        signaled |= self.watch();
+        let watching = self.watching.load(Ordering::SeqCst);
         // With a watcher, only its signal (or the first call) costs a look at the directory.
         if watching && loaded.loaded && !signaled {
             return Ok(loaded.entries.clone());
         }
-        let now = fingerprint(&self.dir)?;
+        let now = match fingerprint(&self.dir) {
+            Ok(now) => now,
+            // The directory is gone: no workflows, until it is back (its watcher died with it,
+            // so look at it on every lookup meanwhile).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.unwatch();
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
         if !watching && loaded.loaded && now == loaded.fingerprint {
             return Ok(loaded.entries.clone());
         }
         let previous = loaded.entries.clone();
-        let entries: Vec<CatalogEntry> = now
-            .iter()
-            .map(|(path, size, modified)| {
-                // Without a watcher's word, a file whose size and time did not change is not
-                // parsed again (a watcher's signal reloads everything: times can be coarse).
-                let unchanged = !signaled
-                    && loaded
-                        .fingerprint
-                        .iter()
-                        .any(|(p, s, m)| p == path && s == size && m == modified);
-                let before = previous.iter().find(|e| &e.path == path);
-                match before.filter(|_| unchanged) {
-                    Some(entry) => entry.clone(),
-                    None => self.load(path, before),
+        let mut being_written = false;
+        let mut entries: Vec<CatalogEntry> = Vec::with_capacity(now.len());
+        for (path, size, modified) in &now {
+            // Without a watcher's word, a file whose size and time did not change is not
+            // parsed again (a watcher's signal reloads everything: times can be coarse).
+            let unchanged = !signaled
+                && loaded
+                    .fingerprint
+                    .iter()
+                    .any(|(p, s, m)| p == path && s == size && m == modified);
+            let before = previous.iter().find(|e| &e.path == path);
+            if let Some(entry) = before.filter(|_| unchanged) {
+                entries.push(entry.clone());
+                continue;
+            }
+            // Once loaded, a file changed in the last moments may still be being written: its
+            // previous version (if any) stays until it has been quiet for a while. (The first
+            // load takes the files as they are.)
+            let recent = loaded.loaded
+                && modified
+                    .and_then(|m| SystemTime::now().duration_since(m).ok())
+                    .is_some_and(|age| age < super::reload::QUIET);
+            if recent {
+                being_written = true;
+                if let Some(entry) = before {
+                    entries.push(entry.clone());
                 }
-            })
-            .collect();
+                continue;
+            }
+            entries.push(self.load(path, before));
+        }
+        settle_duplicates(&mut entries, &previous);
+        if being_written {
+            // Look again at the next lookup.
+            self.stale.store(true, Ordering::SeqCst);
+        }
         loaded.entries = Arc::new(entries);
         loaded.fingerprint = now;
         loaded.loaded = true;
@@ -183,6 +228,46 @@ impl WorkflowCatalog {
             .collect();
         names.sort();
         Ok(names)
+    }
+}
+
+/// Two files naming the same workflow: the one that had the name before keeps it (else the
+/// first by file name); the other is listed with a problem and not startable. A new file can
+/// never take over a workflow silently.
+fn settle_duplicates(entries: &mut [CatalogEntry], previous: &[CatalogEntry]) {
+    let mut owner: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let established = |e: &CatalogEntry, name: &str| {
+        previous
+            .iter()
+            .any(|p| p.path == e.path && p.workflow.as_ref().is_some_and(|w| w.name == name))
+    };
+    for i in 0..entries.len() {
+        let Some(name) = entries[i].workflow.as_ref().map(|w| w.name.clone()) else {
+            continue;
+        };
+        match owner.get(&name).copied() {
+            None => {
+                owner.insert(name, i);
+            }
+            Some(first) => {
+                let (keep, drop) =
+                    if established(&entries[i], &name) && !established(&entries[first], &name) {
+                        (i, first)
+                    } else {
+                        (first, i)
+                    };
+                owner.insert(name.clone(), keep);
+                let by = entries[keep].path.display().to_string();
+                let loser = &mut entries[drop];
+                loser.workflow = None;
+                loser.yaml = Arc::from("");
+                loser.problem = Some(format!(
+                    "{}: workflow `{name}` is already defined by {by}; give one of them another \
+                     `name:`",
+                    loser.path.display()
+                ));
+            }
+        }
     }
 }
 

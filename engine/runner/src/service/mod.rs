@@ -206,13 +206,27 @@ impl RunService {
             .map_err(|e| Error::io("reading the workflows in", dir, e))?
         {
             Some(found) => Ok(found),
-            None => Err(Error::UnknownWorkflow {
-                name: name.to_owned(),
-                known: self
+            None => {
+                // A file named for it that does not load: say why, not just "unknown".
+                let entries = self
                     .workflows
-                    .names()
-                    .map_err(|e| Error::io("reading the workflows in", dir, e))?,
-            }),
+                    .entries()
+                    .map_err(|e| Error::io("reading the workflows in", dir, e))?;
+                let invalid = entries.iter().find_map(|e| {
+                    let stem = e.path.file_stem()?.to_str()?;
+                    (e.workflow.is_none() && stem == name)
+                        .then(|| e.problem.clone())
+                        .flatten()
+                });
+                Err(Error::UnknownWorkflow {
+                    name: name.to_owned(),
+                    known: self
+                        .workflows
+                        .names()
+                        .map_err(|e| Error::io("reading the workflows in", dir, e))?,
+                    invalid,
+                })
+            }
         }
     }
 

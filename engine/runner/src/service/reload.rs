@@ -49,6 +49,20 @@ pub fn read_grants(path: &Path) -> Result<Grants> {
 /// `roles.yaml`).
 pub type OnChange = (PathBuf, Box<dyn Fn() + Send + Sync>);
 
+/// Whether a watcher's event says files changed. Opening or reading a file is not a change:
+/// reacting to those, a reload (which opens every file) would trigger the next one forever.
+pub(crate) fn is_change(event: &notify::Event) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    match event.kind {
+        // Written and closed: the end of a write.
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        // Created, modified, removed, renamed; `Any`/`Other` (e.g. a lost event queue) too.
+        _ => true,
+    }
+}
+
 /// Watching, until dropped.
 pub struct HotReload {
     _watcher: notify::RecommendedWatcher,
@@ -107,7 +121,7 @@ impl RunService {
             }
         }
         for problem in next.problems() {
-            tracing::warn!(target: "app.reload", "{}: {}", problem.path.display(), problem.message);
+            tracing::warn!(target: "app.reload", "{}", problem.message);
         }
         self.runner.install_plugins(Arc::new(next));
         self.workflows.invalidate();
@@ -128,7 +142,9 @@ impl RunService {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if let Ok(event) = event {
+                if let Ok(event) = event
+                    && is_change(&event)
+                {
                     for path in event.paths {
                         let _ = tx.send(path);
                     }

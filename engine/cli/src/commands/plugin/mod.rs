@@ -51,9 +51,15 @@ fn supported() -> String {
         .join(", ")
 }
 
-/// Loads `file` with this workspace's grants.
+/// Loads `file` with this workspace's grants. Outside a workspace (no `.kiln/`), nothing is
+/// written where the command runs: the compiled code goes to a temporary cache.
 async fn load(ctx: &Context, file: &Path) -> anyhow::Result<Result<PluginInfo, String>> {
-    let engine = PluginEngine::new(ctx.host_config(Duration::from_secs(10))?)?;
+    let mut config = ctx.host_config(Duration::from_secs(10))?;
+    let scratch = tempfile::TempDir::new()?;
+    if ctx.global.cache_dir.is_none() && !ctx.ws.kiln_dir().is_dir() {
+        config.cache_dir = scratch.path().to_owned();
+    }
+    let engine = PluginEngine::new(config)?;
     Ok(PluginRegistry::load_file(&engine, file)
         .await
         .map(|p| p.info)
@@ -77,7 +83,7 @@ async fn inspect(ctx: &Context, file: &Path, json: bool) -> anyhow::Result<Exit>
         Err(message) => {
             if json {
                 print_json(&serde_json::json!({
-                    "file": file.display().to_string(),
+                    "path": file.display().to_string(),
                     "size": size,
                     "loads": false,
                     "error": message,
@@ -149,6 +155,29 @@ async fn inspect(ctx: &Context, file: &Path, json: bool) -> anyhow::Result<Exit>
     Ok(Exit::Success)
 }
 
+/// A component of `plugins_dir`, other than `except`, whose plugin is called `name`.
+async fn provider_of(
+    ctx: &Context,
+    plugins_dir: &Path,
+    name: &str,
+    except: &Path,
+) -> anyhow::Result<Option<PathBuf>> {
+    let Ok(entries) = std::fs::read_dir(plugins_dir) else {
+        return Ok(None);
+    };
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        if path == except || path.extension().is_none_or(|x| x != "wasm") || !path.is_file() {
+            continue;
+        }
+        if let Ok(info) = load(ctx, &path).await?
+            && info.name == name
+        {
+            return Ok(Some(path));
+        }
+    }
+    Ok(None)
+}
+
 /// `rustup target add wasm32-wasip2` unless it is there (without rustup: let cargo say).
 fn ensure_wasm_target() {
     let installed = Command::new("rustup")
@@ -177,6 +206,13 @@ fn plugin_profile(root_manifest: &Path) -> &'static str {
 }
 
 async fn build(ctx: &Context, dir: &Path) -> anyhow::Result<Exit> {
+    if dir.is_file() {
+        errln!(
+            "error: {} is a file; name the plugin crate's folder (the one with its Cargo.toml)",
+            dir.display()
+        );
+        return Ok(Exit::InvalidInput);
+    }
     let manifest = dir.join("Cargo.toml");
     if !manifest.is_file() {
         errln!(
@@ -270,8 +306,26 @@ async fn build(ctx: &Context, dir: &Path) -> anyhow::Result<Exit> {
         .plugins_dir
         .clone()
         .unwrap_or_else(|| ctx.ws.plugins_dir());
-    std::fs::create_dir_all(&plugins_dir)?;
+    if let Err(e) = std::fs::create_dir_all(&plugins_dir) {
+        errln!(
+            "error: cannot create the plugins directory {}: {e}",
+            plugins_dir.display()
+        );
+        return Ok(Exit::Failure);
+    }
     let dest = plugins_dir.join(format!("{}.wasm", info.name));
+    // Another file providing the same plugin would make the directory unusable (two plugins
+    // of one name): say so instead of installing beside it.
+    if let Some(other) = provider_of(ctx, &plugins_dir, &info.name, &dest).await? {
+        errln!(
+            "error: {} already provides plugin `{}`; remove it (or rename the plugin) before \
+             installing this build as {}",
+            other.display(),
+            info.name,
+            dest.display()
+        );
+        return Ok(Exit::InvalidInput);
+    }
     // Written beside, then renamed: a server watching the folder never loads half a file.
     let tmp = plugins_dir.join(format!(".{}.wasm.tmp{}", info.name, std::process::id()));
     std::fs::copy(&wasm, &tmp)?;

@@ -58,6 +58,18 @@ pub fn new(name: &str, dir: &Path) -> anyhow::Result<Exit> {
         errln!("error: {e}");
         return Ok(Exit::InvalidInput);
     }
+    // The crate is `kiln-plugin-NAME`: these two are the vendored crates' names.
+    if matches!(name, "sdk" | "test") {
+        errln!(
+            "error: a plugin called `{name}` would be the crate kiln-plugin-{name}, the name of \
+             the SDK or test harness it vendors; choose another name"
+        );
+        return Ok(Exit::InvalidInput);
+    }
+    if dir.exists() && !dir.is_dir() {
+        errln!("error: --dir {} is not a folder", dir.display());
+        return Ok(Exit::InvalidInput);
+    }
     let root = dir.join(name);
     if root.exists() {
         errln!(
