@@ -118,19 +118,38 @@ fn input_kinds_are_checked_before_the_run_and_once_rendered() {
                 .contains("input `project` of `hostile` action `ok` in step `a` must be a string"),
         "{said}"
     );
-    // An expression that renders to the wrong kind: the step fails before the plugin runs.
+    // A param of another declared type: a validation error too.
+    let wf = ws.workflow(
+        "param.yaml",
+        "name: param\nparams:\n  n: {type: integer, default: 3}\nsteps:\n  - id: a\n    uses: hostile\n    action: ok\n    with:\n      project: ${{ params.n }}\n",
+    );
+    let out = ws.kiln(&["validate", &wf]);
+    assert_eq!(out.status.code(), Some(2));
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        said.contains("param.yaml:9:") && said.contains("but param `n` is of type integer"),
+        "{said}"
+    );
+    // A value known only once rendered (another step's output): the step fails before the
+    // plugin runs.
     let wf = ws.workflow(
         "rendered.yaml",
-        "name: rendered\nparams:\n  n: {type: integer, default: 3}\nsteps:\n  - id: a\n    uses: hostile\n    action: ok\n    with:\n      project: ${{ params.n }}\n",
+        "name: rendered\nsteps:\n  - id: e\n    uses: hostile\n    action: ok\n  - id: a\n    uses: hostile\n    action: ok\n    needs: [e]\n    with:\n      project: ${{ steps.e.outputs }}\n",
     );
-    assert!(ws.kiln(&["validate", &wf]).status.success());
+    let out = ws.kiln(&["validate", &wf]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     let out = ws.kiln(&["run", &wf]);
     assert!(!out.status.success());
     let id = run_id(&out);
     let show = ws.json(&["runs", "show", &id, "--json"]);
     let error = step_error(&show, "a");
     assert!(
-        error.contains("hostile.ok: input `project` must be a string, got 3"),
+        error.contains("hostile.ok: input `project` must be a string, got {\"result\":\"ok\"}"),
         "{error}"
     );
 }

@@ -259,6 +259,22 @@ impl<'w> Validator<'w> {
         }
     }
 
+    /// The param (and its declared type) that `value` is exactly, as in `${{ params.p }}`.
+    fn param_of<'v>(&self, value: &'v serde_json::Value) -> Option<(&'v str, crate::ParamType)> {
+        let inner = value
+            .as_str()?
+            .trim()
+            .strip_prefix("${{")?
+            .strip_suffix("}}")?
+            .trim();
+        let name = inner.strip_prefix("params.")?;
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return None;
+        }
+        let spec = self.workflow.params.get(name)?;
+        Some((name, spec.ty))
+    }
+
     fn inputs(&mut self, i: usize, step: &Step, spec: &ActionSpec) {
         let path = step_path(i);
         let action = match &step.action {
@@ -276,7 +292,28 @@ impl<'w> Validator<'w> {
             }
         }
         for input in &spec.inputs {
-            // An expression is checked once rendered, by the engine; a literal now.
+            // A value that is exactly `${{ params.p }}` has the param's declared type.
+            if let Some(value) = step.with.get(&input.name)
+                && let Some((param, ty)) = self.param_of(value)
+                && !kind_takes(input.kind, ty)
+            {
+                self.at_value(
+                    &path.key("with").key(&input.name),
+                    format!(
+                        "input `{}` of {action} in step `{}` must be {}, but param `{param}` is \
+                         of type {}",
+                        input.name,
+                        step.id,
+                        input.kind.described(),
+                        param_type_name(ty)
+                    ),
+                    Some(format!(
+                        "declare `{param}` with a type that fits, or pass another value"
+                    )),
+                );
+                continue;
+            }
+            // Another expression is checked once rendered, by the engine; a literal now.
             if let Some(value) = step.with.get(&input.name)
                 && !contains_expression(value)
                 && !input.kind.accepts(value)
@@ -625,6 +662,32 @@ impl Workflow {
             }
         }
         Ok(order)
+    }
+}
+
+/// Whether a value of param type `ty` is of input kind `kind`.
+fn kind_takes(kind: crate::InputKind, ty: crate::ParamType) -> bool {
+    use crate::{InputKind as K, ParamType as P};
+    matches!(
+        (kind, ty),
+        (K::Any, _)
+            | (K::String | K::Path, P::String)
+            | (K::Integer, P::Integer)
+            | (K::Number, P::Integer | P::Number)
+            | (K::Boolean, P::Boolean)
+            | (K::List, P::Array)
+            | (K::Object, P::Object)
+    )
+}
+
+fn param_type_name(ty: crate::ParamType) -> &'static str {
+    match ty {
+        crate::ParamType::String => "string",
+        crate::ParamType::Integer => "integer",
+        crate::ParamType::Number => "number",
+        crate::ParamType::Boolean => "boolean",
+        crate::ParamType::Object => "object",
+        crate::ParamType::Array => "array",
     }
 }
 
