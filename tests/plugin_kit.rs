@@ -128,6 +128,18 @@ fn kit_target() -> PathBuf {
     repo_root().join("target/plugin-kit")
 }
 
+/// `kiln plugin build KRATE`, run in the workspace `ws` (the crate builds in [`kit_target`]).
+fn plugin_build(ws: &Path, krate: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["plugin", "build", krate.to_str().unwrap()])
+        .current_dir(ws)
+        .env_remove("KILN_WORKSPACE")
+        .env_remove("KILN_PLUGINS_DIR")
+        .env("CARGO_TARGET_DIR", kit_target())
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn a_new_plugin_is_scaffolded_built_inspected_and_run() {
     let tmp = tempfile::tempdir().unwrap();
@@ -155,14 +167,7 @@ fn a_new_plugin_is_scaffolded_built_inspected_and_run() {
     assert_eq!(bad.status.code(), Some(2));
 
     // Build and install, from the workspace.
-    let build = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["plugin", "build", krate.to_str().unwrap()])
-        .current_dir(&ws)
-        .env_remove("KILN_WORKSPACE")
-        .env_remove("KILN_PLUGINS_DIR")
-        .env("CARGO_TARGET_DIR", kit_target())
-        .output()
-        .unwrap();
+    let build = plugin_build(&ws, &krate);
     let said = ok(&build, "kiln plugin build");
     assert!(said.contains("installed greeter 0.1.0"), "{said}");
     assert!(
@@ -174,14 +179,7 @@ fn a_new_plugin_is_scaffolded_built_inspected_and_run() {
     // Another file providing the plugin: the build refuses to install beside it.
     let other = ws.join(".kiln/plugins/zz-greeter-copy.wasm");
     std::fs::copy(&installed, &other).unwrap();
-    let again = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["plugin", "build", krate.to_str().unwrap()])
-        .current_dir(&ws)
-        .env_remove("KILN_WORKSPACE")
-        .env_remove("KILN_PLUGINS_DIR")
-        .env("CARGO_TARGET_DIR", kit_target())
-        .output()
-        .unwrap();
+    let again = plugin_build(&ws, &krate);
     assert_eq!(again.status.code(), Some(2), "{}", text(&again.stderr));
     assert!(
         text(&again.stderr).contains("zz-greeter-copy.wasm already provides plugin `greeter`"),

@@ -23,7 +23,7 @@ fn resolved(plugin: &Plugin, out: &std::path::Path) -> serde_json::Value {
         "resolve-config",
         Step::new(json!({
             "task": "detect", "project": "demo", "training_name": "first",
-            "data": "/work/ds/data.yaml", "overrides": {"epochs": 2, "imgsz": 64},
+            "data": "/datasets/demo/data.yaml", "overrides": {"epochs": 2, "imgsz": 64},
         }))
         .dir("config", configs(), false)
         .dir("training-output", out, true),
@@ -37,6 +37,14 @@ fn resolved(plugin: &Plugin, out: &std::path::Path) -> serde_json::Value {
         "{outputs}"
     );
     outputs["config"].clone()
+}
+
+/// The `train` step of training "first" in `out`, with resolve-config's `config`.
+fn train_step(config: serde_json::Value, out: &std::path::Path) -> Step {
+    Step::new(
+        json!({"task": "detect", "project": "demo", "training_name": "first", "config": config}),
+    )
+    .dir("training-output", out, true)
 }
 
 #[test]
@@ -63,12 +71,7 @@ fn train_follows_a_real_trainers_output_and_reports_its_checkpoints() {
         .writes("results.csv", RESULTS)
         .output(TRAIN_LOG)
         .exits(0);
-    let outcome = plugin.run(
-        "train",
-        Step::new(json!({"task": "detect", "project": "demo", "training_name": "first", "config": config}))
-            .dir("training-output", &out, true)
-            .program("yolo", yolo),
-    );
+    let outcome = plugin.run("train", train_step(config, &out).program("yolo", yolo));
     let outputs = outcome.outputs();
     assert_eq!(outcome.launches.len(), 1);
     let launch = &outcome.launches[0];
@@ -107,9 +110,7 @@ fn a_failed_training_is_the_trainers_own_error_line() {
     let config = resolved(&plugin, &out);
     let outcome = plugin.run(
         "train",
-        Step::new(json!({"task": "detect", "project": "demo", "training_name": "first", "config": config}))
-            .dir("training-output", &out, true)
-            .program("yolo", Script::new().output(BAD_DATA_LOG).exits(1)),
+        train_step(config, &out).program("yolo", Script::new().output(BAD_DATA_LOG).exits(1)),
     );
     let (kind, message) = outcome.error();
     assert_eq!(*kind, ErrorKind::ProgramFailed);
@@ -130,11 +131,7 @@ fn an_ungranted_trainer_is_a_denied_step() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("first");
     let config = resolved(&plugin, &out);
-    let outcome = plugin.run(
-        "train",
-        Step::new(json!({"task": "detect", "project": "demo", "training_name": "first", "config": config}))
-            .dir("training-output", &out, true),
-    );
+    let outcome = plugin.run("train", train_step(config, &out));
     let (kind, message) = outcome.error();
     assert!(
         matches!(kind, ErrorKind::Denied | ErrorKind::ProgramFailed),
