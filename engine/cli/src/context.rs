@@ -132,11 +132,19 @@ impl Context {
                 .cache_dir
                 .clone()
                 .unwrap_or_else(|| self.ws.cache_dir()),
-            supervisor_exe: std::env::current_exe().context("cannot find the kiln executable")?,
+            supervisor_exe: supervisor_exe()?,
             program_search_path: search_path,
             program_base_env: base_env,
             kill_grace,
             grants,
         })
     }
+}
+
+/// What supervises launched programs: `kiln-supervise` beside this executable (it starts
+/// faster), else this `kiln` itself (`kiln supervise DIR`).
+fn supervisor_exe() -> anyhow::Result<std::path::PathBuf> {
+    let kiln = std::env::current_exe().context("cannot find the kiln executable")?;
+    let small = kiln.with_file_name("kiln-supervise");
+    Ok(if small.is_file() { small } else { kiln })
 }
