@@ -439,3 +439,64 @@ fn roles_reload_and_invalid_roles_keep_the_previous_ones() {
     }
     assert_eq!(server.post("/api/v1/runs", &viewer, &start).status, 201);
 }
+
+/// What a watcher cannot see is seen by the poll: a plugins folder replaced by another, a roles
+/// file behind a symbolic link whose target changes (a Kubernetes ConfigMap swaps links so).
+/// And a server starts with a plugin file that does not load: it is a listed problem.
+#[test]
+fn replaced_folders_and_files_behind_links_are_seen_and_a_broken_plugin_does_not_stop_a_start() {
+    let aws = ApiWorkspace::new();
+    let root = aws.ws.root().to_owned();
+    let plugins_dir = root.join(".kiln/plugins");
+    std::fs::write(plugins_dir.join("broken.wasm"), b"not wasm").unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let real_roles = elsewhere.path().join("roles.yaml");
+    std::fs::copy(repo_root().join("configs/roles.yaml"), &real_roles).unwrap();
+    std::os::unix::fs::symlink(&real_roles, root.join("configs/roles.yaml")).unwrap();
+    let server = aws.serve();
+    let admin = aws.token("admin", &[], &["admin"]);
+    let viewer = aws.token("v", &[], &["viewer"]);
+    let (list, _) = until(
+        &server,
+        &admin,
+        "/api/v1/plugins",
+        "the broken plugin",
+        |l| entry(l, "broken.wasm").is_some(),
+    );
+    assert_eq!(plugin(&list, "broken.wasm")["loaded"], false);
+    assert_eq!(plugin(&list, "hostile")["loaded"], true);
+
+    // The plugins folder replaced: the new one's plugins are served.
+    let hostile = std::fs::read(plugins_dir.join("hostile.wasm")).unwrap();
+    std::fs::remove_dir_all(&plugins_dir).unwrap();
+    until(&server, &admin, "/api/v1/plugins", "no plugins", |l| {
+        entry(l, "hostile").is_none()
+    });
+    std::fs::create_dir(&plugins_dir).unwrap();
+    std::fs::write(plugins_dir.join("hostile.wasm"), &hostile).unwrap();
+    until(
+        &server,
+        &admin,
+        "/api/v1/plugins",
+        "the plugins back",
+        |l| entry(l, "hostile").is_some() && entry(l, "broken.wasm").is_none(),
+    );
+
+    // The roles file's target changes: a claim taken away is taken away.
+    assert_eq!(server.get("/api/v1/runs", &viewer).status, 200);
+    let text_ = std::fs::read_to_string(&real_roles).unwrap();
+    std::fs::write(
+        &real_roles,
+        text_.replace("claims: [ViewTrainingRuns]", "claims: []"),
+    )
+    .unwrap();
+    let started = Instant::now();
+    while server.get("/api/v1/runs", &viewer).status != 403 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

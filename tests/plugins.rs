@@ -118,6 +118,15 @@ fn input_kinds_are_checked_before_the_run_and_once_rendered() {
                 .contains("input `project` of `hostile` action `ok` in step `a` must be a string"),
         "{said}"
     );
+    // A required input set to null is as missing.
+    let wf = ws.workflow(
+        "null.yaml",
+        "name: nulls\nsteps:\n  - id: r\n    uses: ultralytics\n    action: resolve-config\n    with: {task: null, data: d, project: p, training_name: t}\n",
+    );
+    let out = ws.kiln(&["validate", &wf]);
+    assert_eq!(out.status.code(), Some(2));
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(said.contains("sets required input `task`"), "{said}");
     // A param of another declared type: a validation error too.
     let wf = ws.workflow(
         "param.yaml",

@@ -64,6 +64,29 @@ impl Context {
         self.service_with(store?, exec, plugins?)
     }
 
+    /// [`Self::service`] for `kiln serve`, which keeps running while files change: a plugin
+    /// file that does not load is a listed problem (as after a hot reload), not a failed start.
+    pub async fn serving_service(&self, exec: &ExecOptions) -> anyhow::Result<RunService> {
+        let grace = Duration::from_secs(exec.kill_grace_secs);
+        let plugins = async {
+            let engine = PluginEngine::new(self.host_config(grace)?)?;
+            let registry = PluginRegistry::load_tolerant(&engine, &self.plugins_dir()).await?;
+            for problem in registry.problems() {
+                tracing::warn!(target: "app.reload", "{}", problem.message);
+            }
+            anyhow::Ok(Arc::new(registry))
+        };
+        let (store, plugins) = tokio::join!(self.store(), plugins);
+        self.service_with(store?, exec, plugins?)
+    }
+
+    fn plugins_dir(&self) -> std::path::PathBuf {
+        self.global
+            .plugins_dir
+            .clone()
+            .unwrap_or_else(|| self.ws.plugins_dir())
+    }
+
     /// The run service for commands that start no step (cancel, delete): no plugin loaded.
     pub async fn service_without_plugins(&self) -> anyhow::Result<RunService> {
         let config = self.host_config(Duration::from_secs(10))?;
@@ -100,12 +123,9 @@ impl Context {
     /// Load the installed plugins (compiling them on first use, from the cache after).
     pub async fn plugins(&self, kill_grace: Duration) -> anyhow::Result<Arc<PluginRegistry>> {
         let engine = PluginEngine::new(self.host_config(kill_grace)?)?;
-        let dir = self
-            .global
-            .plugins_dir
-            .clone()
-            .unwrap_or_else(|| self.ws.plugins_dir());
-        Ok(Arc::new(PluginRegistry::load(&engine, &dir).await?))
+        Ok(Arc::new(
+            PluginRegistry::load(&engine, &self.plugins_dir()).await?,
+        ))
     }
 
     /// `configs/plugins.yaml` (no file: no grants).

@@ -395,6 +395,14 @@ impl PluginRegistry {
         self
     }
 
+    /// The plugins of `dir` as [`PluginRegistry::reload`] loads them: a file that does not load
+    /// is a [`PluginProblem`], not a failure (for a server, which keeps running).
+    pub async fn load_tolerant(engine: &PluginEngine, dir: &Path) -> Result<Self> {
+        let mut empty = Self::empty(engine);
+        empty.dir = dir.to_owned();
+        empty.reload(engine).await
+    }
+
     /// One component file, loaded as [`PluginRegistry::load`] loads each (for inspecting a
     /// file before installing it).
     pub async fn load_file(engine: &PluginEngine, path: &Path) -> Result<LoadedPlugin> {

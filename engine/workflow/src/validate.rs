@@ -335,6 +335,22 @@ impl<'w> Validator<'w> {
             }
         }
         for input in spec.inputs.iter().filter(|input| input.required) {
+            // `null` is no value: a required input set to it is as missing.
+            if step
+                .with
+                .get(&input.name)
+                .is_some_and(serde_json::Value::is_null)
+            {
+                self.at_value(
+                    &path.key("with").key(&input.name),
+                    format!(
+                        "step `{}` sets required input `{}` for {action} to null",
+                        step.id, input.name
+                    ),
+                    Some(format!("give `{}` a value", input.name)),
+                );
+                continue;
+            }
             if !step.with.contains_key(&input.name) {
                 let at = if step.with.is_empty() {
                     path.key("id")

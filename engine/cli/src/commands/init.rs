@@ -156,6 +156,9 @@ fn stage(root: &Path) -> anyhow::Result<(usize, usize)> {
 
 fn print_summary(root: &Path, configs: usize, workflows: usize) {
     let shown = root.display();
+    let path = root.display().to_string();
+    // The `cd` line is for copying into a shell: quoted as one.
+    let cd = shlex::try_quote(&path).map_or_else(|_| path.clone(), |q| q.into_owned());
     outln!("created a Kiln workspace in {shown}:");
     outln!(
         "  configs/                  plugin grants (plugins.yaml), API roles, base training configs ({configs} files)"
@@ -174,7 +177,7 @@ fn print_summary(root: &Path, configs: usize, workflows: usize) {
         env!("CARGO_PKG_VERSION")
     );
     outln!("next: the trainer, then the demo training (2 epochs of a tiny YOLO on CPU):");
-    outln!("  cd {shown}");
+    outln!("  cd {cd}");
     outln!(
         "  python3 -m venv .venv && .venv/bin/pip install ultralytics   # kiln finds .venv/bin/yolo"
     );

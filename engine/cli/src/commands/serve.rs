@@ -25,7 +25,7 @@ pub async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<Exit> {
         errln!("\n  WARNING: {warning}\n");
         tracing::warn!(target: "app.backend", "{warning}");
     }
-    let service = ctx.service(&args.exec).await?;
+    let service = ctx.serving_service(&args.exec).await?;
     let config = ServerConfig {
         workflows_dir: args
             .workflows_dir

@@ -159,7 +159,12 @@ impl WorkflowCatalog {
             Ok(now) => now,
             // The directory is gone: no workflows, until it is back (its watcher died with it,
             // so look at it on every lookup meanwhile).
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
                 self.unwatch();
                 Vec::new()
             }

@@ -1,7 +1,8 @@
 //! Hot reload, for an engine that keeps running (`kiln serve`): the workflows directory, the
-//! plugins directory and `configs/plugins.yaml` are watched (notify); a burst of changes is
-//! debounced (applied once the files have been quiet for [`QUIET`], or after [`MAX_WAIT`] of
-//! continuous writing), then:
+//! plugins directory and `configs/` are watched (notify), and also looked at every [`POLL`]
+//! (what a watcher misses: a folder replaced by another, a file behind a symbolic link, as in a
+//! Kubernetes ConfigMap); a burst of changes is debounced (applied once the files have been quiet
+//! for [`QUIET`], or after [`MAX_WAIT`] of continuous writing), then:
 //!
 //! - plugins: the directory is loaded again ([`kiln_plugin_host::PluginRegistry::reload`]): a new or changed
 //!   component is used by the runs that start from then on, a removed one is no longer offered,
@@ -65,8 +66,79 @@ pub(crate) fn is_change(event: &notify::Event) -> bool {
 
 /// Watching, until dropped.
 pub struct HotReload {
-    _watcher: notify::RecommendedWatcher,
+    /// Owns the watcher.
     task: tokio::task::JoinHandle<()>,
+}
+
+/// How often the watched folders and files are also looked at directly: what a watcher cannot
+/// see (a folder replaced, a file behind a symbolic link) is applied within this.
+pub const POLL: Duration = Duration::from_secs(1);
+
+/// Identity and version of a path, links followed: device, inode, size, modification time.
+type Seen = Option<(u64, u64, u64, Option<std::time::SystemTime>)>;
+
+fn seen(path: &Path) -> Seen {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.dev(), meta.ino(), meta.len(), meta.modified().ok()))
+}
+
+/// What the poll compares: the watched folders (their identity), the files in them, and the
+/// watched files.
+#[derive(PartialEq)]
+struct Snapshot {
+    dirs: Vec<(PathBuf, Seen)>,
+    files: std::collections::BTreeMap<PathBuf, Seen>,
+}
+
+impl Snapshot {
+    fn take(dirs: &[PathBuf], files: &[PathBuf]) -> Self {
+        let mut all = std::collections::BTreeMap::new();
+        for dir in dirs {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for entry in entries.flatten().take(100_000) {
+                    let path = entry.path();
+                    all.insert(path.clone(), seen(&path));
+                }
+            }
+        }
+        for file in files {
+            all.insert(file.clone(), seen(file));
+        }
+        Self {
+            dirs: dirs
+                .iter()
+                .map(|d| (d.clone(), seen(d).map(|(dev, ino, ..)| (dev, ino, 0, None))))
+                .collect(),
+            files: all,
+        }
+    }
+
+    /// Folders that are another one now (or gone, or back).
+    fn replaced_dirs(&self, before: &Snapshot) -> Vec<PathBuf> {
+        self.dirs
+            .iter()
+            .zip(&before.dirs)
+            .filter(|(now, then)| now.1 != then.1)
+            .map(|(now, _)| now.0.clone())
+            .collect()
+    }
+
+    /// Every path that differs (added, removed, changed), the replaced folders included.
+    fn changed(&self, before: &Snapshot) -> Vec<PathBuf> {
+        let mut changed = self.replaced_dirs(before);
+        for (path, now) in &self.files {
+            if before.files.get(path) != Some(now) {
+                changed.push(path.clone());
+            }
+        }
+        for path in before.files.keys() {
+            if !self.files.contains_key(path) {
+                changed.push(path.clone());
+            }
+        }
+        changed
+    }
 }
 
 impl Drop for HotReload {
@@ -160,9 +232,44 @@ impl RunService {
         }
         let grants_file = self.workspace().grants_file();
         let service = self.clone();
+        let dirs = [
+            workflows_dir.clone(),
+            plugins_dir.clone(),
+            configs_dir.clone(),
+        ];
+        let mut files = vec![grants_file.clone()];
+        files.extend(also.iter().map(|(file, _)| file.clone()));
         let task = tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut paths = vec![first];
+            let mut watcher = watcher;
+            let take = || Snapshot::take(&dirs, &files);
+            let mut last = take();
+            let mut tick = tokio::time::interval(POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                let mut paths = tokio::select! {
+                    path = rx.recv() => match path {
+                        Some(path) => vec![path],
+                        None => return,
+                    },
+                    _ = tick.tick() => {
+                        // The safety net under the watcher: a folder replaced (its watch went
+                        // with the old one), a file behind a symbolic link changed.
+                        let now = take();
+                        for dir in now.replaced_dirs(&last) {
+                            use notify::Watcher;
+                            let _ = watcher.unwatch(&dir);
+                            if dir.is_dir() {
+                                let _ = watcher.watch(&dir, notify::RecursiveMode::NonRecursive);
+                            }
+                        }
+                        let changed = now.changed(&last);
+                        last = now;
+                        if changed.is_empty() {
+                            continue;
+                        }
+                        changed
+                    }
+                };
                 let started = Instant::now();
                 while started.elapsed() < MAX_WAIT {
                     match tokio::time::timeout(QUIET, rx.recv()).await {
@@ -171,16 +278,19 @@ impl RunService {
                         Err(_) => break,
                     }
                 }
-                let plugins = paths.iter().any(|p| {
-                    *p == grants_file
-                        || (p.parent() == Some(plugins_dir.as_path())
-                            && p.extension().is_some_and(|x| x == "wasm"))
-                });
+                let configs = paths.contains(&configs_dir);
+                let plugins = configs
+                    || paths.iter().any(|p| {
+                        *p == grants_file
+                            || *p == plugins_dir
+                            || (p.parent() == Some(plugins_dir.as_path())
+                                && p.extension().is_some_and(|x| x == "wasm"))
+                    });
                 let workflows = paths
                     .iter()
-                    .any(|p| p.parent() == Some(workflows_dir.as_path()));
+                    .any(|p| *p == workflows_dir || p.parent() == Some(workflows_dir.as_path()));
                 for (file, changed) in &also {
-                    if paths.contains(file) {
+                    if configs || paths.contains(file) {
                         changed();
                     }
                 }
@@ -188,16 +298,17 @@ impl RunService {
                     tracing::warn!(target: "app.reload", "reloading the plugins failed; the loaded ones stay: {e}");
                 }
                 if plugins || workflows {
+                    if workflows {
+                        service.workflows.invalidate();
+                    }
                     // Parse and validate now, so a broken file is logged at once.
                     if let Err(e) = service.workflows.entries() {
                         tracing::warn!(target: "app.reload", "cannot read {}: {e}", workflows_dir.display());
                     }
                 }
+                last = take();
             }
         });
-        Ok(HotReload {
-            _watcher: watcher,
-            task,
-        })
+        Ok(HotReload { task })
     }
 }

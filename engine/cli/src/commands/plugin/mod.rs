@@ -67,16 +67,22 @@ async fn load(ctx: &Context, file: &Path) -> anyhow::Result<Result<PluginInfo, S
 }
 
 async fn inspect(ctx: &Context, file: &Path, json: bool) -> anyhow::Result<Exit> {
+    let unreadable = |message: String| -> anyhow::Result<Exit> {
+        if json {
+            print_json(&serde_json::json!({
+                "path": file.display().to_string(),
+                "loads": false,
+                "error": message,
+                "engine_serves": SUPPORTED_INTERFACES,
+            }))?;
+        }
+        errln!("error: {message}");
+        Ok(Exit::InvalidInput)
+    };
     let size = match std::fs::metadata(file) {
         Ok(m) if m.is_file() => m.len(),
-        Ok(_) => {
-            errln!("error: {} is not a file", file.display());
-            return Ok(Exit::InvalidInput);
-        }
-        Err(e) => {
-            errln!("error: cannot read {}: {e}", file.display());
-            return Ok(Exit::InvalidInput);
-        }
+        Ok(_) => return unreadable(format!("{} is not a file", file.display())),
+        Err(e) => return unreadable(format!("cannot read {}: {e}", file.display())),
     };
     let info = match load(ctx, file).await? {
         Ok(info) => info,
