@@ -27,15 +27,29 @@ pub(crate) const RETRY_KEYS: &[&str] = &["max", "backoff", "on"];
 pub(crate) const RESOURCE_KEYS: &[&str] = &["gpus"];
 
 const NAME_HELP: &str =
-    "use lowercase letters, digits, `_` and `-`, starting with a letter or digit";
+    "use at most 128 lowercase letters, digits, `_` and `-`, starting with a letter or digit";
 
-/// `[a-z0-9][a-z0-9_-]*`: workflow names and step ids.
+/// Longest workflow name or step id.
+pub(crate) const MAX_NAME_LEN: usize = 128;
+
+/// `[a-z0-9][a-z0-9_-]*`, at most [`MAX_NAME_LEN`]: workflow names and step ids.
 pub(crate) fn is_valid_name(name: &str) -> bool {
     let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    name.len() <= MAX_NAME_LEN
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// A name from the file as a message shows it: escaped (no control characters reach the
+/// terminal) and cut at 80 characters.
+fn shown(name: &str) -> String {
+    let escaped: String = name.escape_debug().collect();
+    match escaped.char_indices().nth(80) {
+        Some((at, _)) => format!("{}…", &escaped[..at]),
+        None => escaped,
+    }
 }
 
 /// `[A-Za-z_][A-Za-z0-9_]*`: param names, usable as `params.<name>` in expressions.
@@ -323,7 +337,7 @@ impl Checker<'_> {
         {
             self.at_value(
                 &path.key("name"),
-                format!("invalid workflow name `{name}`"),
+                format!("invalid workflow name `{}`", shown(&name)),
                 Some(NAME_HELP.to_owned()),
             );
         }
@@ -361,7 +375,7 @@ impl Checker<'_> {
             if !is_identifier(name) {
                 self.at_key(
                     &spec_path,
-                    format!("invalid param name `{name}`"),
+                    format!("invalid param name `{}`", shown(name)),
                     Some(
                         "use letters, digits and `_`, not starting with a digit, so that \
                          `params.<name>` works in expressions"
@@ -489,7 +503,7 @@ impl Checker<'_> {
         {
             self.at_value(
                 &path.key("id"),
-                format!("invalid step id `{id}`"),
+                format!("invalid step id `{}`", shown(&id)),
                 Some(NAME_HELP.to_owned()),
             );
         }
