@@ -150,3 +150,23 @@ fn a_server_keeps_serving_when_its_stderr_is_closed() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// A reading command whose output cannot be written (a full disk) fails and says so, instead of
+/// exiting 0 with nothing written.
+#[test]
+fn reading_commands_fail_when_their_output_cannot_be_written() {
+    let ws = Workspace::new();
+    for args in [&["schema"][..], &["plugins", "list"], &["runs", "list"]] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = ws.command(args).stdout(full).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "kiln {args:?}");
+        assert!(
+            text(&out.stderr).contains("cannot write the output: No space left on device"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}

@@ -120,6 +120,20 @@ fn kiln_init_makes_a_workspace_that_trains_the_demo() {
         "{}",
         text(&again.stderr)
     );
+
+    // What an interrupted init left (its staging folder, part of it moved) is started over.
+    let cut = tmp.path().join("cut");
+    std::fs::create_dir_all(cut.join(".kiln-init/workflows")).unwrap();
+    std::fs::create_dir_all(cut.join("configs")).unwrap();
+    std::fs::write(cut.join("configs/plugins.yaml"), "half").unwrap();
+    let redo = kiln_in(tmp.path(), &["init", "cut"]);
+    ok(&redo, "kiln init after an interrupted one");
+    assert!(text(&redo.stderr).contains("was interrupted; starting over"));
+    assert!(!cut.join(".kiln-init").exists());
+    assert_eq!(
+        std::fs::read(cut.join("configs/plugins.yaml")).unwrap(),
+        std::fs::read(repo_root().join("configs/plugins.yaml")).unwrap()
+    );
 }
 
 /// Where scaffolded crates build: a target directory of their own (the tests' own build holds

@@ -21,7 +21,8 @@ fn main() -> std::process::ExitCode {
     if let Command::Supervise { state_dir } = &cli.command {
         return std::process::ExitCode::from(kiln_supervisor::supervise_main(state_dir) as u8);
     }
-    if cli.command.only_reads() {
+    let only_reads = cli.command.only_reads();
+    if only_reads {
         output::die_on_sigpipe();
     }
     // The server logs its requests and runs at info level by default.
@@ -40,6 +41,17 @@ fn main() -> std::process::ExitCode {
     let exit = runtime.block_on(commands::dispatch(cli));
     // Do not wait for blocked tasks (e.g. a pending stdin read) at exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    // A command whose output is the point fails when it could not be written (`> /dev/full`).
+    if only_reads
+        && matches!(exit, Exit::Success)
+        && let Some(e) = output::write_failed().map(str::to_owned).or_else(|| {
+            use std::io::Write as _;
+            std::io::stdout().flush().err().map(|e| e.to_string())
+        })
+    {
+        errln!("error: cannot write the output: {e}");
+        return Exit::Failure.into();
+    }
     exit.into()
 }
 

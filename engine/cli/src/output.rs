@@ -8,12 +8,30 @@
 //! dropped. Everything is printed through [`outln!`] and [`errln!`], never `println!`, which
 //! panics on a closed pipe and would abort an engine in the middle of a run.
 
-/// `println!` that drops what cannot be written.
+/// `println!` that drops what cannot be written, and remembers that it could not (a full disk,
+/// an I/O error: a reading command then fails; see [`write_failed`]).
 macro_rules! outln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::output::note_failure(e);
+        }
     }};
+}
+
+/// The first error writing stdout, other than a closed pipe (which ends a reading command by
+/// SIGPIPE and is no error for the others).
+static WRITE_FAILED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+pub fn note_failure(e: std::io::Error) {
+    if e.kind() != std::io::ErrorKind::BrokenPipe {
+        let _ = WRITE_FAILED.set(e.to_string());
+    }
+}
+
+/// Why the output could not be written, if it could not.
+pub fn write_failed() -> Option<&'static str> {
+    WRITE_FAILED.get().map(String::as_str)
 }
 
 /// `eprintln!` that drops what cannot be written. The line is written with one `write`:

@@ -26,6 +26,9 @@ pub const BUNDLED_PLUGINS: &[(&str, &[u8])] = &[
     ),
 ];
 
+/// What `kiln init` writes at the top of a workspace.
+const TOP_LEVEL: &[&str] = &["configs", "workflows", "projects", ".kiln", ".gitignore"];
+
 /// The demo releases, copied from `workflows/data/` into `projects/demo/releases/`.
 const DEMO_RELEASES: &[&str] = &["demo-release.zip", "demo-coco-release.zip"];
 
@@ -63,15 +66,33 @@ pub fn init(dir: Option<PathBuf>) -> anyhow::Result<Exit> {
         );
         return Ok(Exit::InvalidInput);
     }
-    // What an interrupted `kiln init` left (its staging folder) is started over.
+    // What an interrupted `kiln init` left (its staging folder, and what it had moved out of
+    // it, nothing else) is started over.
     let staging = root.join(".kiln-init");
-    if staging.is_dir() && std::fs::read_dir(&root).is_ok_and(|entries| entries.count() == 1) {
+    let only_init_left = std::fs::read_dir(&root).is_ok_and(|entries| {
+        entries.flatten().all(|e| {
+            let name = e.file_name();
+            name == ".kiln-init" || TOP_LEVEL.iter().any(|t| name == *t)
+        })
+    });
+    if staging.is_dir() && only_init_left {
         errln!(
             "a previous `kiln init` of {} was interrupted; starting over",
             root.display()
         );
-        std::fs::remove_dir_all(&staging)
-            .map_err(|e| anyhow::anyhow!("cannot remove {}: {e}", staging.display()))?;
+        for name in TOP_LEVEL.iter().chain(&[".kiln-init"]) {
+            let path = root.join(name);
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match removed {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => anyhow::bail!("cannot remove {}: {e}", path.display()),
+            }
+        }
     }
     match std::fs::read_dir(&root) {
         Ok(mut entries) => {
