@@ -45,13 +45,13 @@ fn main() {
         build.args(["-p", package]);
     }
     // What the outer build set for its own crates must not leak into this one (clippy's
-    // wrapper, host flags, another target).
+    // wrapper, the flags cargo encoded for this script's target, another target). RUSTFLAGS
+    // stays: the components are then built exactly as `scripts/build-plugins.sh` builds them
+    // from the same shell.
     for var in [
         "RUSTC_WORKSPACE_WRAPPER",
         "RUSTC_WRAPPER",
         "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
         "CARGO_BUILD_TARGET",
         "CARGO_TARGET_DIR",
         "CARGO_BUILD_TARGET_DIR",

@@ -411,7 +411,6 @@ impl Plugin {
                 "-p",
             ])
             .arg(&package)
-            .env_remove("RUSTFLAGS")
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
             .env_remove("RUSTC_WORKSPACE_WRAPPER")
             .status()
