@@ -264,3 +264,24 @@ fn fifos_devices_and_huge_files_are_refused_without_reading_them() {
             || text(&out.stderr).contains("not a regular file")
     );
 }
+
+/// A grant for a plugin that is not installed (a misspelt name grants nothing to the one meant)
+/// is warned about.
+#[test]
+fn grants_for_plugins_that_are_not_installed_are_warned_about() {
+    let ws = Workspace::new();
+    let grants = ws.root().join("configs/plugins.yaml");
+    let text_ = std::fs::read_to_string(&grants).unwrap();
+    std::fs::write(
+        &grants,
+        format!("{text_}  ultralitycs: {{programs: [yolo]}}\n"),
+    )
+    .unwrap();
+    let out = ws.kiln(&["plugins", "list"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("grants plugin `ultralitycs`, which is not installed"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -160,6 +160,11 @@ impl Grants {
         Ok(Self { file })
     }
 
+    /// The plugins the file names.
+    pub fn plugin_names(&self) -> impl Iterator<Item = &str> {
+        self.file.plugins.keys().map(String::as_str)
+    }
+
     /// The grant of plugin `name` (defaults and no programs when it is not listed).
     pub fn for_plugin(&self, name: &str) -> PluginGrant {
         let defaults = self.file.defaults.as_ref();

@@ -330,7 +330,7 @@ impl PluginRegistry {
                     let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
                     match previous.filter(|p| p.info.digest == digest) {
                         Some(same) => Ok(same.regranted(engine)),
-                        None => Self::load_one(engine, &linker, &path).await,
+                        None => Self::load_bytes(engine, &linker, &path, &bytes).await,
                     }
                 }
                 Err(error) => Err(Error::ReadPlugin {
@@ -381,6 +381,17 @@ impl PluginRegistry {
     /// The engine the plugins were loaded with (its grants included).
     pub fn engine(&self) -> &PluginEngine {
         &self.engine
+    }
+
+    /// Plugins that `configs/plugins.yaml` grants something but that are not loaded (a typo in
+    /// a name grants nothing to the plugin meant).
+    pub fn granted_but_missing(&self) -> Vec<&str> {
+        self.engine
+            .config
+            .grants
+            .plugin_names()
+            .filter(|name| !self.plugins.contains_key(*name))
+            .collect()
     }
 
     /// Files the last reload could not load.
@@ -439,14 +450,24 @@ impl PluginRegistry {
         linker: &Linker<StepState>,
         path: &Path,
     ) -> Result<LoadedPlugin> {
-        let invalid = |message: String| Error::InvalidPlugin {
-            path: path.to_owned(),
-            message,
-        };
         let bytes = read_component(path).map_err(|error| Error::ReadPlugin {
             path: path.to_owned(),
             error,
         })?;
+        Self::load_bytes(engine, linker, path, &bytes).await
+    }
+
+    /// The component `bytes`, read from `path`.
+    async fn load_bytes(
+        engine: &PluginEngine,
+        linker: &Linker<StepState>,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<LoadedPlugin> {
+        let invalid = |message: String| Error::InvalidPlugin {
+            path: path.to_owned(),
+            message,
+        };
         // What wasmtime would say of a file that is not a component is not for people.
         match bytes.get(..8) {
             Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}

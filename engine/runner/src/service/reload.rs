@@ -195,6 +195,13 @@ impl RunService {
         for problem in next.problems() {
             tracing::warn!(target: "app.reload", "{}", problem.message);
         }
+        for name in next.granted_but_missing() {
+            tracing::warn!(
+                target: "app.reload",
+                "{} grants plugin `{name}`, which is not installed (a misspelt name?)",
+                grants_file.display()
+            );
+        }
         self.runner.install_plugins(Arc::new(next));
         self.workflows.invalidate();
         Ok(())

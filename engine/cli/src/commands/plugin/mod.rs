@@ -26,6 +26,11 @@ pub async fn plugins(ctx: &Context, cmd: PluginsCommand) -> anyhow::Result<Exit>
 
 async fn list(ctx: &Context, json: bool) -> anyhow::Result<Exit> {
     let registry = ctx.plugins(Duration::from_secs(10)).await?;
+    for name in registry.granted_but_missing() {
+        errln!(
+            "warning: configs/plugins.yaml grants plugin `{name}`, which is not installed (a misspelt name?)"
+        );
+    }
     let infos: Vec<_> = registry.plugins().map(|p| p.info.clone()).collect();
     if json {
         print_json(&infos)?;
