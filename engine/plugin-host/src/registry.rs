@@ -484,9 +484,9 @@ impl PluginRegistry {
                 ));
             }
         }
-        let digest = hex::encode(Sha256::digest(&bytes));
+        let digest = hex::encode(Sha256::digest(bytes));
         let (component, cached) =
-            cache::load_or_compile(&engine.engine, &engine.config.cache_dir, &digest, &bytes)
+            cache::load_or_compile(&engine.engine, &engine.config.cache_dir, &digest, bytes)
                 .map_err(|e| {
                     if e.contains("unexpected end-of-file") {
                         invalid(format!(
