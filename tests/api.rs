@@ -717,7 +717,7 @@ fn training_in_progress(training_name: &str) -> (ApiWorkspace, Server, String, S
     assert_eq!(r.status, 201, "{}", r.text());
     let id = r.json()["id"].as_str().unwrap().to_owned();
     let marker = aws.marker();
-    wait_for(60, "yolo to be running", || {
+    wait_for(300, "yolo to be running", || {
         processes_mentioning(&marker)
             .iter()
             .any(|(_, c)| c.contains("yolo"))
@@ -863,7 +863,7 @@ fn a_run_survives_a_killed_server_and_completes_after_restart() {
     assert_eq!(r.status, 201, "{}", r.text());
     let id = r.json()["id"].as_str().unwrap().to_owned();
     let marker = aws.marker();
-    wait_for(60, "yolo to be running", || {
+    wait_for(300, "yolo to be running", || {
         processes_mentioning(&marker)
             .iter()
             .any(|(_, c)| c.contains("yolo"))

@@ -5,21 +5,12 @@
 mod common;
 
 use common::*;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 fn demo_workflow(ws: &Workspace, edit: impl FnOnce(String) -> String) -> String {
     let yaml =
         std::fs::read_to_string(repo_root().join("workflows/ultralytics-detect.yaml")).unwrap();
     ws.workflow("durable.yaml", &edit(yaml))
-}
-
-fn spawn(ws: &Workspace, args: &[&str]) -> Child {
-    ws.command(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
 }
 
 fn run_args<'a>(wf: &'a str, training: &'a str, overrides: &'a str) -> Vec<String> {
@@ -109,23 +100,19 @@ fn chaos_sigkill_the_engine_at_random_moments_and_resume() {
     // random moments; a run whose engine was killed before it was recorded starts again.
     for round in 0.. {
         assert!(round < 30, "runs never finished (seed {seed})");
-        let mut engines: Vec<(Child, u64)> = Vec::new();
+        let mut engines: Vec<(Background, u64)> = Vec::new();
         for i in 0..RUNS {
             let training = format!("chaos{i}");
             let child = match find_run(&ws, &training) {
-                None => spawn(
-                    &ws,
-                    &strs(&run_args(&wf, &training, "{epochs: 3, imgsz: 64}")),
-                ),
-                Some(run) if run["status"] == "running" || run["status"] == "queued" => spawn(
-                    &ws,
-                    &[
+                None => ws.spawn(&strs(&run_args(&wf, &training, "{epochs: 3, imgsz: 64}"))),
+                Some(run) if run["status"] == "running" || run["status"] == "queued" => {
+                    ws.spawn(&[
                         "resume",
                         run["id"].as_str().unwrap(),
                         "--kill-grace-secs",
                         "2",
-                    ],
-                ),
+                    ])
+                }
                 Some(_) => continue,
             };
             // Two thirds of the engines are killed somewhere in their first 2.4 s.
@@ -142,11 +129,11 @@ fn chaos_sigkill_the_engine_at_random_moments_and_resume() {
         let started = std::time::Instant::now();
         while engines
             .iter_mut()
-            .any(|(c, _)| c.try_wait().unwrap().is_none())
+            .any(|(c, _)| c.child.try_wait().unwrap().is_none())
         {
             for (child, kill_at) in engines.iter_mut() {
                 if started.elapsed().as_millis() as u64 >= *kill_at
-                    && child.try_wait().unwrap().is_none()
+                    && child.child.try_wait().unwrap().is_none()
                 {
                     kill(child.id(), "KILL");
                     kills += 1;
@@ -208,16 +195,16 @@ fn a_lost_training_is_an_infrastructure_failure_retried_from_its_checkpoint() {
         .with_env("FAKE_YOLO_RECORD", record.to_str().unwrap());
     let wf = demo_workflow(&ws, |y| y.replace("backoff: 30s", "backoff: 0s"));
     let args = run_args(&wf, "lost", "{epochs: 4, imgsz: 64}");
-    let mut engine = spawn(&ws, &strs(&args));
+    let mut engine = ws.spawn(&strs(&args));
     let csv = ws
         .root()
         .join("projects/demo/model/training/lost/results.csv");
-    wait_for(60, "the first epoch", || {
+    engine.wait_for(300, "the first epoch", || {
         std::fs::read_to_string(&csv).is_ok_and(|t| t.lines().count() >= 2)
     });
     // The engine dies, then the machine "reboots": supervisor and trainer vanish unrecorded.
     kill(engine.id(), "KILL");
-    engine.wait().unwrap();
+    engine.wait();
     let run = find_run(&ws, "lost").unwrap();
     let id = run["id"].as_str().unwrap().to_owned();
     let launch = ws
@@ -306,13 +293,10 @@ fn an_engine_killed_during_a_retry_backoff_resumes_the_retry_without_counting_it
             "retry: {max: 1, backoff: 4s, on: [failure]}",
         )
     });
-    let mut engine = spawn(
-        &ws,
-        &strs(&run_args(&wf, "backoff", "{epochs: 2, imgsz: 64}")),
-    );
+    let mut engine = ws.spawn(&strs(&run_args(&wf, "backoff", "{epochs: 2, imgsz: 64}")));
     // The first attempt fails; the retry is recorded before the 4 s wait begins.
     let mut id = String::new();
-    wait_for(60, "the retry to be recorded", || {
+    engine.wait_for(300, "the retry to be recorded", || {
         let Some(run) = find_run(&ws, "backoff") else {
             return false;
         };
@@ -321,7 +305,7 @@ fn an_engine_killed_during_a_retry_backoff_resumes_the_retry_without_counting_it
         step(&show, "train")["attempt"] == 2
     });
     kill(engine.id(), "KILL");
-    engine.wait().unwrap();
+    engine.wait();
     assert_eq!(launches(&record).len(), 1, "the retry had not launched yet");
 
     let out = ws.kiln(&["resume", &id]);
@@ -443,26 +427,25 @@ fn runs_cancel_stops_a_run_from_another_process_alive_or_dead_engine() {
     let wf = demo_workflow(&ws, |y| y);
 
     // The engine is alive: it receives the request and stops its steps.
-    let engine = spawn(&ws, &strs(&run_args(&wf, "c1", "{epochs: 3, imgsz: 64}")));
-    wait_for(60, "yolo to start", || yolo_running(&ws));
+    let mut engine = ws.spawn(&strs(&run_args(&wf, "c1", "{epochs: 3, imgsz: 64}")));
+    engine.wait_for(300, "yolo to start", || yolo_running(&ws));
     let id = find_run(&ws, "c1").unwrap()["id"]
         .as_str()
         .unwrap()
         .to_owned();
     let out = ws.kiln(&["runs", "cancel", &id]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let engine = engine.wait_with_output().unwrap();
-    assert_eq!(engine.status.code(), Some(1));
+    assert_eq!(engine.wait().code(), Some(1), "{}", engine.stderr());
     let show = ws.json(&["runs", "show", &id, "--json"]);
     assert_eq!(show["run"]["status"], "cancelled");
     assert_eq!(step(&show, "train")["status"], "cancelled");
     no_process_left(&ws);
 
     // The engine is dead: cancel stops the orphaned trainer itself.
-    let mut engine = spawn(&ws, &strs(&run_args(&wf, "c2", "{epochs: 3, imgsz: 64}")));
-    wait_for(60, "yolo to start", || yolo_running(&ws));
+    let mut engine = ws.spawn(&strs(&run_args(&wf, "c2", "{epochs: 3, imgsz: 64}")));
+    engine.wait_for(300, "yolo to start", || yolo_running(&ws));
     kill(engine.id(), "KILL");
-    engine.wait().unwrap();
+    engine.wait();
     assert!(yolo_running(&ws), "the trainer outlives the engine");
     let id = find_run(&ws, "c2").unwrap()["id"]
         .as_str()
@@ -565,8 +548,8 @@ fn cancelling_frees_the_gpu_only_when_the_training_is_gone() {
         .with_env("FAKE_YOLO_EPOCH_SECONDS", "20")
         .with_env("KILN_GPUS", "1");
     let wf = ws.workflow("two.yaml", TWO_TRAININGS);
-    let engine = spawn(&ws, &["run", &wf, "--kill-grace-secs", "2"]);
-    wait_for(60, "yolo to start", || yolo_running(&ws));
+    let mut engine = ws.spawn(&["run", &wf, "--kill-grace-secs", "2"]);
+    engine.wait_for(300, "yolo to start", || yolo_running(&ws));
     let lock = ws.root().join(".kiln/gpus/gpu0.lock");
     let free = || {
         std::process::Command::new("flock")
@@ -577,8 +560,7 @@ fn cancelling_frees_the_gpu_only_when_the_training_is_gone() {
     };
     assert!(!free(), "the GPU is leased while training");
     kill(engine.id(), "INT");
-    let out = engine.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(engine.wait().code(), Some(1), "{}", engine.stderr());
     no_process_left(&ws);
     assert!(free(), "the GPU is free once the process group is gone");
 }

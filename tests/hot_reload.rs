@@ -268,7 +268,7 @@ fn a_changed_plugin_serves_new_runs_while_a_running_run_keeps_its_own() {
     assert_eq!(r.status, 201, "{}", r.text());
     let first = r.json()["id"].as_str().unwrap().to_owned();
     let marker = aws.marker();
-    wait_for(60, "yolo to be running", || {
+    wait_for(300, "yolo to be running", || {
         processes_mentioning(&marker)
             .iter()
             .any(|(_, c)| c.contains("yolo"))

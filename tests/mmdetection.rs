@@ -600,19 +600,14 @@ fn wrapped_datasets_get_the_release_and_kiln_keys_are_not_overridden() {
 fn cancelling_a_training_stops_the_trainer() {
     let Some(ws) = workspace() else { return };
     let ws = ws.with_env("FAKE_MMDET_EPOCH_SECONDS", "30");
-    let mut engine = ws
-        .command(&strs(&reference_args("c1", "{epochs: 3}")))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut engine = ws.spawn(&strs(&reference_args("c1", "{epochs: 3}")));
     let trainer = || processes_mentioning("training/c1/artifacts/config.py");
-    wait_for(60, "the trainer to start", || !trainer().is_empty());
+    engine.wait_for(300, "the trainer to start", || !trainer().is_empty());
     let runs = ws.json(&["runs", "list", "--json"]);
     let id = runs[0]["id"].as_str().unwrap().to_owned();
     let out = ws.kiln(&["runs", "cancel", &id]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(engine.wait().unwrap().code(), Some(1));
+    assert_eq!(engine.wait().code(), Some(1), "{}", engine.stderr());
     assert!(trainer().is_empty(), "{:?}", trainer());
     let show = ws.json(&["runs", "show", &id, "--json"]);
     let statuses: Vec<&str> = ["train", "export", "register"]
@@ -632,19 +627,14 @@ fn a_killed_engine_resumes_without_a_second_trainer() {
     let ws = ws
         .with_env("FAKE_MMDET_EPOCH_SECONDS", "2")
         .with_env("FAKE_MMDET_RECORD", record.to_str().unwrap());
-    let mut engine = ws
-        .command(&strs(&reference_args("k1", "{epochs: 2}")))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut engine = ws.spawn(&strs(&reference_args("k1", "{epochs: 2}")));
     let trainer = || processes_mentioning("training/k1/artifacts/config.py");
     // Started and recorded (the stand-in writes its record once it runs).
-    wait_for(60, "the trainer to start", || {
+    engine.wait_for(300, "the trainer to start", || {
         !trainer().is_empty() && record.exists()
     });
     kill(engine.id(), "KILL");
-    engine.wait().unwrap();
+    engine.wait();
     assert!(
         !trainer().is_empty(),
         "the trainer outlives the engine: {:?} / {}",

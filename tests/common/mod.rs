@@ -106,6 +106,21 @@ impl Workspace {
         c
     }
 
+    /// `kiln args` started in the background, its stdout discarded and its stderr kept in a file
+    /// of the workspace, for [`Background::wait_for`] to show when the engine stops too early.
+    pub fn spawn(&self, args: &[&str]) -> Background {
+        static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = self.root().join(format!("engine-{n}.stderr"));
+        let child = self
+            .command(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Background { child, log }
+    }
+
     pub fn kiln(&self, args: &[&str]) -> Output {
         self.command(args).output().unwrap()
     }
@@ -218,6 +233,52 @@ pub fn kill(pid: u32, signal: &str) {
     let _ = Command::new("kill")
         .args([&format!("-{signal}"), &pid.to_string()])
         .status();
+}
+
+/// A `kiln` process started by [`Workspace::spawn`].
+pub struct Background {
+    pub child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Background {
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the process wrote on stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until `cond` holds while the process runs. Panics with its exit status and stderr when
+    /// it ends first, or after `secs` seconds (a bound for a hung engine, not a timing claim: a
+    /// loaded CI machine compiling plugins and importing MMEngine in parallel tests is slow).
+    pub fn wait_for(&mut self, secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+        let start = std::time::Instant::now();
+        while !cond() {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                if cond() {
+                    return;
+                }
+                panic!(
+                    "kiln ended ({status}) before {what}; its stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                start.elapsed().as_secs() < secs,
+                "timed out after {secs} s waiting for {what}; kiln's stderr so far:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+    }
+
+    /// Wait for the process to end.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
 }
 
 /// Wait until `cond` holds, polling; panics with `what` after `secs` seconds.
