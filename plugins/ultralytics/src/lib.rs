@@ -2,7 +2,8 @@
 //!
 //! Actions:
 //! - `resolve-config`: merge overrides onto `configs/ultralytics/<task>/default.yaml`,
-//!   validate them, and return the exact `yolo` command line `train` will run.
+//!   validate them, and return the exact `yolo` command line `train` will run, with the
+//!   options a training form offers ([`args::options`]).
 //! - `train`: launch `yolo <task> train key=value...`, follow its output (progress,
 //!   metrics from results.csv), and return the weights and final metrics.
 //!
@@ -48,6 +49,12 @@ impl Plugin for Ultralytics {
     }
 }
 
+/// What describe says of resolve-config's `options` output.
+const OPTIONS_DESCRIPTION: &str = "the options a training form offers: a list of {key, type \
+     (int, float, bool, str, list or any), default (the resolved config's value, or null), user \
+     (whether user mode may set it), description}, the user-mode options first, then every other \
+     Ultralytics argument by key; the keys the plugin sets itself are not in it";
+
 pub fn describe() -> PluginInfo {
     PluginInfo::new("ultralytics", env!("CARGO_PKG_VERSION"))
         .launches(&["yolo"])
@@ -65,7 +72,8 @@ pub fn describe() -> PluginInfo {
             .required("project", InputKind::String, "project name")
             .required("training_name", InputKind::String, "name of this training; weights land in its training-output directory")
             .optional("report_rejected", InputKind::Boolean, "in user mode, drop overrides only developer mode allows and list them in `rejected` instead of failing (default false; unknown keys still fail)")
-            .outputs(&["config", "resolved_yaml", "cli_preview", "imgsz", "epochs", "rejected"]),
+            .outputs(&["config", "resolved_yaml", "cli_preview", "imgsz", "epochs", "rejected"])
+            .output("options", OPTIONS_DESCRIPTION),
         )
         .action(
             ActionInfo::new(
@@ -180,6 +188,7 @@ fn resolve_config(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError
         "cli_preview": cli_preview,
         "imgsz": args::int_of(&config, "imgsz", args::DEFAULT_IMGSZ),
         "epochs": args::int_of(&config, "epochs", args::DEFAULT_EPOCHS),
+        "options": args::options(&config),
         "config": Value::Object(config),
         "rejected": rejected,
     }))
@@ -437,6 +446,12 @@ mod tests {
         );
         let resolve = &info.actions[0];
         assert!(resolve.outputs.iter().any(|o| o.name == "rejected"));
+        let options = resolve
+            .outputs
+            .iter()
+            .find(|o| o.name == "options")
+            .unwrap();
+        assert!(options.description.contains("user mode"));
         assert!(
             resolve
                 .inputs

@@ -57,6 +57,60 @@ fn it_describes_its_actions_inputs_and_programs() {
     let resume = train.inputs.iter().find(|i| i.name == "resume").unwrap();
     assert_eq!(resume.kind, InputKind::Boolean);
     assert!(train.outputs.iter().any(|o| o.name == "best_weights"));
+    let resolve = info
+        .actions
+        .iter()
+        .find(|a| a.name == "resolve-config")
+        .unwrap();
+    let options = resolve
+        .outputs
+        .iter()
+        .find(|o| o.name == "options")
+        .unwrap();
+    assert!(!options.description.is_empty());
+}
+
+#[test]
+fn resolve_config_offers_the_options_a_form_shows() {
+    let plugin = plugin();
+    // A preview (no training-output directory), as the training API runs it.
+    let outcome = plugin.run(
+        "resolve-config",
+        Step::new(json!({
+            "task": "detect", "project": "demo", "training_name": "first",
+            "data": "/datasets/demo/data.yaml", "overrides": {"imgsz": 64},
+        }))
+        .dir("config", configs(), false),
+    );
+    let outputs = outcome.outputs();
+    let options = outputs["options"].as_array().expect("options");
+    let find = |key: &str| options.iter().find(|o| o["key"] == key);
+    // The base config's epochs (configs/ultralytics/detect/default.yaml), the override's imgsz.
+    let base: serde_json::Value = serde_norway::from_str(
+        &std::fs::read_to_string(configs().join("detect/default.yaml")).unwrap(),
+    )
+    .unwrap();
+    let epochs = find("epochs").expect("epochs");
+    assert_eq!(epochs["user"], true, "{epochs}");
+    assert_eq!(epochs["type"], "int", "{epochs}");
+    assert_eq!(epochs["default"], base["epochs"], "{epochs}");
+    assert!(epochs["description"].is_string(), "{epochs}");
+    assert_eq!(find("imgsz").unwrap()["default"], 64);
+    // A developer-mode argument, and one neither the base config nor the overrides set.
+    let lr0 = find("lr0").expect("lr0");
+    assert_eq!(lr0["user"], false, "{lr0}");
+    assert_eq!(lr0["default"], serde_json::Value::Null, "{lr0}");
+    assert_eq!(find("seed").unwrap()["default"], base["seed"]);
+    // The plugin's own keys are not offered.
+    for reserved in [
+        "data", "project", "name", "exist_ok", "task", "mode", "resume",
+    ] {
+        assert!(find(reserved).is_none(), "{reserved}");
+    }
+    // The user-mode options first.
+    let users = options.iter().take_while(|o| o["user"] == true).count();
+    assert_eq!(users, 7, "{options:?}");
+    assert!(options[users..].iter().all(|o| o["user"] == false));
 }
 
 #[test]

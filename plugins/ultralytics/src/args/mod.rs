@@ -7,11 +7,13 @@
 //! - `values`: checking and coercing one value.
 //! - `config`: the base config, overrides merged onto it, the plugin's own keys, the config
 //!   `train` is handed.
+//! - `options`: the options a training form offers (resolve-config's `options` output).
 //! - `render`: the `yolo` argument list and the config as YAML.
 //! - `shell`: the shell-style preview of a command line.
 
 mod config;
 mod keys;
+mod options;
 mod render;
 mod shell;
 mod values;
@@ -24,6 +26,7 @@ pub use keys::{
     DEFAULT_EPOCHS, DEFAULT_IMGSZ, KNOWN_KEYS, Kind, RESERVED_KEYS, TASKS, USER_KEYS, closest_key,
     kind_of,
 };
+pub use options::{description, option_type, options};
 pub use render::{key_values, ordered_keys, render_value, resume_args, to_yaml, train_args};
 pub use shell::preview;
 pub use values::{check_value, int_of};

@@ -268,3 +268,75 @@ fn output_dir_split() {
     );
     assert_eq!(resume_args("detect", "/o/weights/last.pt")[2], "resume");
 }
+
+#[test]
+fn options_offer_every_overridable_key_with_the_resolved_value() {
+    let c = resolve_with(Mode::User, json!({"epochs": 2})).unwrap();
+    let opts = options(&c);
+    let keys: Vec<&str> = opts.iter().map(|o| o["key"].as_str().unwrap()).collect();
+    // The user-mode keys first, in their order, then the rest by name.
+    assert_eq!(keys[..USER_KEYS.len()], *USER_KEYS);
+    let rest = &keys[USER_KEYS.len()..];
+    assert!(rest.windows(2).all(|w| w[0] < w[1]), "{rest:?}");
+    // Every known key but the plugin's own, once.
+    assert_eq!(keys.len(), KNOWN_KEYS.len() - RESERVED_KEYS.len());
+    for (reserved, _) in RESERVED_KEYS {
+        assert!(!keys.contains(reserved), "{reserved}");
+    }
+    let find = |key: &str| opts.iter().find(|o| o["key"] == key).unwrap();
+    // The override, the base config's value, nothing for what neither sets.
+    assert_eq!(
+        *find("epochs"),
+        json!({"key": "epochs", "type": "int", "default": 2, "user": true,
+               "description": "passes over the training set"})
+    );
+    assert_eq!(find("imgsz")["default"], json!(640));
+    assert_eq!(find("device")["default"], Value::Null);
+    assert_eq!(find("device")["type"], "str");
+    assert_eq!(find("amp")["type"], "bool");
+    let lr0 = find("lr0");
+    assert_eq!(lr0["user"], json!(false));
+    assert_eq!(lr0["type"], "float");
+    assert_eq!(lr0["default"], Value::Null);
+    assert_eq!(find("workers")["default"], json!(0));
+    assert_eq!(find("workers")["type"], "int");
+    assert_eq!(find("optimizer")["type"], "str");
+    assert_eq!(find("freeze")["type"], "any");
+    for o in &opts {
+        let user = o["user"].as_bool().unwrap();
+        assert_eq!(user, USER_KEYS.contains(&o["key"].as_str().unwrap()));
+        if user {
+            assert!(o["description"].is_string(), "{o}");
+        }
+        assert!(
+            ["int", "float", "bool", "str", "list", "any"].contains(&o["type"].as_str().unwrap()),
+            "{o}"
+        );
+    }
+}
+
+#[test]
+fn every_option_is_accepted_with_its_default() {
+    // A form sends back what it offered: in developer mode each key is accepted, with the value
+    // the base config gave it.
+    let c = resolve_with(Mode::Developer, json!({})).unwrap();
+    for o in options(&c) {
+        let key = o["key"].as_str().unwrap();
+        assert!(kind_of(key).is_some(), "{key}");
+        if !o["default"].is_null() {
+            let overrides = json!({ key: o["default"].clone() });
+            resolve_with(Mode::Developer, overrides.clone())
+                .unwrap_or_else(|e| panic!("{overrides}: {}", e.message));
+        }
+    }
+    // Descriptions name known keys that a workflow may set.
+    for (key, _) in super::options::DESCRIPTIONS {
+        assert!(kind_of(key).is_some(), "{key}");
+        assert!(!RESERVED_KEYS.iter().any(|(r, _)| r == key), "{key}");
+        let times = super::options::DESCRIPTIONS
+            .iter()
+            .filter(|(k, _)| k == key)
+            .count();
+        assert_eq!(times, 1, "{key}");
+    }
+}
