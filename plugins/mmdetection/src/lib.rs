@@ -5,7 +5,9 @@
 //!   (MMDetection's Python format, `_base_` inheritance included), applies the overrides (user
 //!   mode: the safe options; developer mode: any key of the resolved config), points every
 //!   dataloader and evaluator at the extracted COCO release, and writes the resolved config to
-//!   the training's `artifacts/config.py` with the exact command line `train` will run. The
+//!   the training's `artifacts/config.py` with the exact command line `train` will run, and
+//!   returns the options a training form offers (`options`: the user-mode options, then the
+//!   keys developer mode takes, each with its value in the resolved config). The
 //!   plugin launches `python` (granted by the operator) with the resolver in
 //!   [`RESOLVER`]: nothing of Python's config semantics is re-implemented here.
 //! - `train`: launches MMDetection's `tools/train.py` itself (not `mim`, whose trainer outlives a
@@ -60,6 +62,13 @@ impl Plugin for MmDetection {
     }
 }
 
+/// What describe says of resolve-config's `options` output.
+const OPTIONS_DESCRIPTION: &str = "the options a training form offers: a list of {key, type \
+     (int, float, bool, str, list or any), default (the resolved config's value, or null), user \
+     (whether user mode may set it), description}: the user-mode options first, then the keys \
+     developer mode takes by key (the resolved config's leaves, dotted; a list is one value; at \
+     most 2000), without those Kiln sets itself";
+
 pub fn describe() -> PluginInfo {
     PluginInfo::new("mmdetection", env!("CARGO_PKG_VERSION"))
         .launches(&["python"])
@@ -86,7 +95,8 @@ pub fn describe() -> PluginInfo {
                 "mode",
                 InputKind::String,
                 "user (default: only epochs, batch_size, lr, imgsz, device, checkpoint_interval, \
-             val_interval, amp) or developer (any key of the resolved config, dotted)",
+             val_interval, amp) or developer (any key of the resolved config, dotted, but those \
+             Kiln sets and MMEngine's own `_..._` markers)",
             )
             .optional(
                 "overrides",
@@ -119,7 +129,8 @@ pub fn describe() -> PluginInfo {
                 "rejected",
                 "config",
                 "format",
-            ]),
+            ])
+            .output("options", OPTIONS_DESCRIPTION),
         )
         .action(
             ActionInfo::new(
@@ -403,6 +414,20 @@ fn resolve_config(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError
                 r["reason"].as_str().unwrap_or("?")
             ));
         }
+    }
+    // The resolver's count of developer-mode keys beyond the options' cap: said, not an output.
+    let left_out = result
+        .as_object_mut()
+        .and_then(|r| r.remove("options_left_out"))
+        .and_then(|n| n.as_u64())
+        .unwrap_or(0);
+    if left_out > 0 {
+        log::warn(format!(
+            "`options` lists the first {} developer-mode keys; {left_out} more are left out              (developer mode still takes them)",
+            result["options"]
+                .as_array()
+                .map_or(0, |o| o.iter().filter(|o| o["user"] == false).count())
+        ));
     }
     result["cli_preview"] = Value::String(cli_preview);
     Ok(result)
@@ -859,6 +884,12 @@ mod tests {
                 .iter()
                 .any(|o| o.name == "config_path")
         );
+        let options = info.actions[0]
+            .outputs
+            .iter()
+            .find(|o| o.name == "options")
+            .unwrap();
+        assert!(options.description.contains("developer mode"));
     }
 
     #[test]

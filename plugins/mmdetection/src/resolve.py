@@ -6,6 +6,9 @@
 # REQUEST (JSON): base_config (path), mode ("user" | "developer"), overrides (object),
 # report_rejected (bool), dataset ({data_root, annotations: {split: path}, images: {split: dir},
 # class_names}), output_dir (the training folder, or null for a preview).
+# The result's `options` are what a training form offers: the user-mode options, then the keys
+# developer mode takes (the resolved config's leaves, dotted), each with its type and its value in
+# the resolved config.
 # On success prints the result as JSON, hex-encoded on `KILN_RESULT_HEX <chunk>` lines (a resolved
 # config is longer than one output line may be) ended by `KILN_RESULT_END`; when the request is
 # wrong prints `KILN_ERROR <json>` ({kind, message}) and exits 2; anything else (a traceback) is an
@@ -22,11 +25,25 @@ USER_KEYS = {
     "batch_size": "images per batch (train_dataloader.batch_size)",
     "lr": "learning rate (optim_wrapper.optimizer.lr)",
     "imgsz": "image scale: one side, or [width, height] (every Resize in the pipelines)",
-    "device": "cpu, cuda or cuda:N (which devices the trainer sees)",
+    "device": "cpu or cuda (which GPUs the trainer sees is the step's lease, resources.gpus)",
     "checkpoint_interval": "epochs between checkpoints (default_hooks.checkpoint.interval)",
     "val_interval": "epochs between validations (train_cfg.val_interval)",
     "amp": "mixed precision (optim_wrapper.type AmpOptimWrapper)",
 }
+# The type of each user-mode option's value, as `options` gives it.
+USER_TYPES = {
+    "epochs": "int",
+    "batch_size": "int",
+    "lr": "float",
+    "imgsz": "list",
+    "device": "str",
+    "checkpoint_interval": "int",
+    "val_interval": "int",
+    "amp": "bool",
+}
+# At most this many developer-mode options (the first by key); a config's leaves are rarely
+# more than a few hundred.
+MAX_OPTIONS = 2000
 
 
 def fail(kind, message):
@@ -124,12 +141,93 @@ def input_size(cfg):
 def set_by_kiln(key):
     """Keys Kiln sets from the dataset: an override of them would be silently replaced."""
     parts = key.split(".")
-    if parts[-1] == "num_classes":
+    if parts[-1] == "num_classes" or key == "data_root":
         return True
     if parts[0].endswith("_evaluator") and parts[-1] == "ann_file":
         return True
     return parts[0].endswith("_dataloader") and any(
         p in ("data_root", "ann_file", "data_prefix", "metainfo") for p in parts[1:])
+
+
+def not_an_option(key):
+    """Why developer mode refuses a key of the resolved config whatever its value (None when it
+    takes it): what Kiln sets itself, and MMEngine's own markers (`_scope_`, ...)."""
+    if set_by_kiln(key):
+        return ("Kiln sets it from the dataset (paths, classes, num_classes); give the release "
+                "instead")
+    if key == "work_dir":
+        return "Kiln sets it to the training's folder"
+    internal = [p for p in key.split(".") if p.startswith("_")]
+    if internal:
+        return f"'{internal[0]}' is internal to MMEngine's config, not an option"
+    return None
+
+
+def addressable(name):
+    """Whether a dotted key can name this dict key (MMEngine splits overrides at the dots)."""
+    return isinstance(name, str) and name != "" and "." not in name
+
+
+def jsonable(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+def value_type(value):
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    return "any"
+
+
+def developer_options(tree):
+    """The keys developer mode takes, by key: the resolved config's leaves, dicts flattened with
+    '.', a list (or an empty dict, or one with keys a dotted key cannot name) as one value.
+    Returns (options, how many were left out beyond MAX_OPTIONS)."""
+    leaves = []
+    stack = [(k, v) for k, v in tree.items() if addressable(k)]
+    while stack:
+        key, value = stack.pop()
+        if not_an_option(key):
+            continue
+        if isinstance(value, dict) and value and all(addressable(k) for k in value):
+            stack.extend((f"{key}.{k}", v) for k, v in value.items())
+        else:
+            leaves.append((key, value))
+    leaves.sort(key=lambda kv: kv[0])
+    options = [{"key": key, "type": value_type(value), "default": jsonable(value), "user": False,
+                "description": None} for key, value in leaves[:MAX_OPTIONS]]
+    return options, max(0, len(leaves) - MAX_OPTIONS)
+
+
+def user_options(cfg, device):
+    """The user-mode options, with the value each has in the resolved config."""
+    def get(*path):
+        node = cfg
+        for part in path:
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    current = {
+        "epochs": get("train_cfg", "max_epochs"),
+        "batch_size": get("train_dataloader", "batch_size"),
+        "lr": get("optim_wrapper", "optimizer", "lr"),
+        "imgsz": input_size(cfg),
+        "device": device,
+        "checkpoint_interval": get("default_hooks", "checkpoint", "interval"),
+        "val_interval": get("train_cfg", "val_interval"),
+        "amp": get("optim_wrapper", "type") == "AmpOptimWrapper",
+    }
+    return [{"key": key, "type": USER_TYPES[key], "default": jsonable(current[key]), "user": True,
+             "description": description} for key, description in USER_KEYS.items()]
 
 
 def pick_split(names, wanted):
@@ -212,9 +310,9 @@ def main():
     imgsz = None
     dotted = {}
     for key, value in overrides.items():
-        if key not in USER_KEYS and set_by_kiln(key):
-            fail("invalid_input", f"override '{key}': Kiln sets it from the dataset (paths, "
-                 "classes, num_classes); give the release instead")
+        refused = None if key in USER_KEYS else not_an_option(key)
+        if refused:
+            fail("invalid_input", f"override '{key}': {refused}")
         if mode == "user" and key not in USER_KEYS:
             why = ("only developer mode may set it" if path_exists(cfg, key) is None
                    else "unknown option")
@@ -292,6 +390,8 @@ def main():
         with open(os.path.join(output_dir, "artifacts", "command.txt"), "w") as f:
             f.write(" ".join(command) + "\n")
     scale = input_size(cfg)
+    config = cfg.to_dict()
+    developer, left_out = developer_options(config)
     result = {
         "config_path": config_path,
         "resolved_text": cfg.pretty_text,
@@ -305,8 +405,12 @@ def main():
         "splits": chosen,
         "rejected": rejected,
         # The resolved config as JSON (tuples become lists), and the format it is written in.
-        "config": json.loads(json.dumps(cfg.to_dict(), default=str)),
+        "config": jsonable(config),
         "format": "python",
+        # What a training form offers: the user-mode options, then developer mode's keys.
+        "options": user_options(config, device) + developer,
+        # Developer-mode keys beyond MAX_OPTIONS (the plugin logs it and drops the field).
+        "options_left_out": left_out,
     }
     data = json.dumps(result).encode().hex()
     for at in range(0, len(data), 32768):
