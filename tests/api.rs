@@ -414,6 +414,15 @@ fn auth_matrix(aws: &ApiWorkspace) {
             p.check(r.status == 401 && r.problem_error().is_none(), || {
                 format!("{what} without a token: {} {}", r.status, r.text())
             });
+            if claim == ANY_TOKEN {
+                for token in only.values() {
+                    let r = server.call(&route.method, &path, Some(token), body.as_ref());
+                    p.check(r.status == 200, || {
+                        format!("{what} with a valid token: {} {}", r.status, r.text())
+                    });
+                }
+                continue;
+            }
             let r = server.call(&route.method, &path, Some(&all_but[claim]), body.as_ref());
             p.check(r.status == 403 && r.problem_error().is_none(), || {
                 format!(
@@ -1553,4 +1562,193 @@ fn run_prefixes_match_literally_on_postgres() {
         return;
     };
     run_prefixes_match_literally(&ApiWorkspace::with(Workspace::new(), Some(url)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the web monitor reads: the caller, projects, frameworks, options, epoch metrics, the DAG
+
+#[test]
+fn the_monitors_endpoints_describe_the_caller_the_workspace_and_a_run() {
+    let aws = ApiWorkspace::new();
+    let server = aws.serve();
+    let viewer = aws.token("watcher", &[], &["viewer"]);
+    let trainer = aws.token("trainer", &[], &["trainer"]);
+
+    // Who is asking: any valid token may, and gets exactly its claims.
+    let me = server.get("/api/v1/session", &viewer);
+    assert_eq!(me.status, 200, "{}", me.text());
+    assert_eq!(
+        me.json(),
+        json!({"name": "watcher", "claims": ["ViewTrainingRuns"], "insecure": false})
+    );
+    let r = server.call("GET", "/api/v1/session", Some("kiln_nope"), None);
+    assert_eq!(r.status, 401, "{}", r.text());
+
+    // Projects and their release ZIPs; a hidden or oddly named entry is not one.
+    std::fs::create_dir_all(aws.ws.root().join("projects/.hidden/releases")).unwrap();
+    std::fs::write(aws.ws.root().join("projects/demo/releases/notes.txt"), "x").unwrap();
+    let p = server.get("/api/v1/projects", &viewer).json();
+    assert_eq!(p["truncated"], false);
+    let names: Vec<&str> = p["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["demo"], "{p}");
+    let releases = &p["projects"][0]["releases"];
+    assert_eq!(releases.as_array().unwrap().len(), 1, "{p}");
+    assert_eq!(releases[0]["file"], "demo-release.zip");
+    assert_eq!(
+        releases[0]["path"],
+        "projects/demo/releases/demo-release.zip"
+    );
+    assert!(releases[0]["size"].as_u64().unwrap() > 0);
+
+    // Frameworks: both installed with their tasks; one whose plugin is gone says so.
+    let f = server.get("/api/v1/training/frameworks", &viewer).json();
+    let fw = |name: &str| {
+        f["frameworks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == name)
+            .unwrap_or_else(|| panic!("no framework {name}: {f}"))
+            .clone()
+    };
+    let ultra = fw("ultralytics");
+    assert_eq!(ultra["startable"], true, "{ultra}");
+    assert_eq!(ultra["workflow"], "ultralytics-detect");
+    assert!(
+        ultra["tasks"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("detect"))
+    );
+    std::fs::remove_file(aws.ws.root().join(".kiln/plugins/mmdetection.wasm")).unwrap();
+    wait_for(30, "the removed plugin to be noticed", || {
+        let f = server.get("/api/v1/training/frameworks", &viewer).json();
+        f["frameworks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["name"] == "mmdetection" && x["startable"] == false)
+    });
+
+    // The options a form offers, from the plugin: user-mode ones first.
+    let r = server.post(
+        "/api/v1/training/config/resolve",
+        &viewer,
+        &json!({"framework": "ultralytics", "task": "detect", "mode": "developer", "overrides": {}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let options = r.json()["options"].as_array().unwrap().clone();
+    assert_eq!(options[0]["key"], "epochs", "{:?}", &options[..2]);
+    assert_eq!(options[0]["type"], "int");
+    assert_eq!(options[0]["user"], true);
+    assert_eq!(options[0]["default"], 50, "the base config's value");
+    assert!(
+        options
+            .iter()
+            .any(|o| o["key"] == "lr0" && o["user"] == false),
+        "a developer option"
+    );
+    assert!(
+        !options.iter().any(|o| o["key"] == "data"),
+        "a reserved key"
+    );
+
+    // A run's DAG edges and its metrics per epoch.
+    let r = server.post("/api/v1/runs", &trainer, &demo_run("charted"));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let run = server.wait_run(&id, &viewer, 120);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let needs = |step: &str| -> Vec<String> {
+        run["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step_id"] == step)
+            .unwrap()["needs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(needs("extract").is_empty());
+    assert!(needs("train").contains(&"resolve".to_owned()), "{run}");
+    let m = server
+        .get(&format!("/api/v1/runs/{id}/metrics"), &viewer)
+        .json();
+    let epochs: Vec<i64> = m["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["epoch"].as_i64().unwrap())
+        .collect();
+    assert_eq!(epochs, [1, 2], "{m}");
+    let last = &m["epochs"][1];
+    assert_eq!(last["step"], "train");
+    assert!(last["metrics"]["metrics/mAP50(B)"].is_number(), "{last}");
+    assert!(last["metrics"]["train/box_loss"].is_number(), "{last}");
+    let r = server.get(&format!("/api/v1/runs/{FAKE_ID}/metrics"), &viewer);
+    assert_eq!(r.status, 404);
+}
+
+/// The page is part of the binary: served at /ui/ without a token, revalidated by ETag, with a
+/// policy that lets it load nothing from elsewhere; an unknown asset is a 404 problem.
+#[test]
+fn the_web_monitor_is_served_from_the_binary() {
+    let aws = ApiWorkspace::new();
+    let server = aws.serve();
+    let r = server.call("GET", "/", None, None);
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert_eq!(r.header("location"), Some("/ui/"));
+    let page = server.call("GET", "/ui/", None, None);
+    assert_eq!(page.status, 200);
+    assert!(
+        page.header("content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(
+        page.text()
+            .contains(r#"<script type="module" src="js/app.js">"#)
+    );
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("default-src 'self'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    let etag = page.header("etag").unwrap().to_owned();
+    let again = request(
+        server.addr,
+        "GET",
+        "/ui/",
+        &[("If-None-Match", &etag)],
+        None,
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(again.status, 304);
+    for (path, kind) in [
+        ("/ui/js/app.js", "text/javascript"),
+        ("/ui/vendor/uplot.mjs", "text/javascript"),
+        ("/ui/vendor/cytoscape.mjs", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+    ] {
+        let r = server.call("GET", path, None, None);
+        assert_eq!(r.status, 200, "{path}");
+        assert!(
+            r.header("content-type").unwrap().starts_with(kind),
+            "{path}"
+        );
+    }
+    for path in ["/ui/nope.js", "/ui/../Cargo.toml", "/ui/%2e%2e/Cargo.toml"] {
+        let r = server.call("GET", path, None, None);
+        assert_eq!(r.status, 404, "{path}: {}", r.text());
+    }
 }

@@ -51,6 +51,9 @@ impl Route {
     }
 }
 
+/// The `claim` of a route open to any valid token.
+pub const ANY_TOKEN: &str = "(any token)";
+
 /// Every route of the route table, `engine/server/src/routes/mod.rs`: each
 /// `on(routes!(module::handler), Claim)` of `api()` is a guarded route whose method and path are
 /// those of the handler's `#[utoipa::path(METHOD, path = "PATH", ...)]` (in `routes/<module>.rs`
@@ -85,6 +88,19 @@ pub fn route_table() -> Vec<Route> {
                     .trim_start_matches("Claim::")
                     .to_owned(),
             ),
+        });
+    }
+    // `signed_in(routes!(module::handler))`: any valid token, whatever its claims.
+    for seg in body("pub fn api(").split("signed_in(routes!(").skip(1) {
+        let (handler, _) = seg
+            .split_once(')')
+            .expect("signed_in(routes!(module::handler))");
+        let (module, name) = handler.rsplit_once("::").expect("routes!(module::handler)");
+        let (method, path) = operation(&dir, module, name);
+        routes.push(Route {
+            method,
+            path,
+            claim: Some(ANY_TOKEN.to_owned()),
         });
     }
     for seg in body("pub fn router(").split(".route(").skip(1) {

@@ -520,6 +520,16 @@ pub async fn authenticate_layer(
     Ok(next.run(req).await)
 }
 
+/// Route layer: the endpoint needs a valid token, whatever its claims.
+pub async fn require_token(req: Request, next: Next) -> Result<Response, ApiError> {
+    match req.extensions().get::<Caller>() {
+        None => Err(ApiError::unauthorized(
+            "this endpoint needs a bearer token: `Authorization: Bearer <token>` (create one with `kiln token create`)",
+        )),
+        Some(_) => Ok(next.run(req).await),
+    }
+}
+
 /// Route layer: the endpoint needs `claim`.
 pub async fn require(claim: Claim, req: Request, next: Next) -> Result<Response, ApiError> {
     match req.extensions().get::<Caller>() {

@@ -1,4 +1,5 @@
-//! Structured log lines (engine and plugin messages) and reported checkpoints.
+//! Structured log lines (engine and plugin messages), reported checkpoints and the metrics of
+//! each epoch.
 
 use serde::Serialize;
 
@@ -44,6 +45,14 @@ impl From<CheckpointRow> for Checkpoint {
             reported_at: row.reported_at,
         }
     }
+}
+
+/// The metrics a step reported for one epoch, merged over the epoch's reports.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EpochMetrics {
+    pub step_id: String,
+    pub epoch: i64,
+    pub metrics: serde_json::Map<String, serde_json::Value>,
 }
 
 const EVENT_DOING: &str = "appending a log line";
@@ -197,5 +206,62 @@ impl Store {
         .await
         .map_err(query_err("reading checkpoints"))?;
         Ok(rows.into_iter().map(Checkpoint::from).collect())
+    }
+
+    /// The metrics of epoch `epoch` of a step (all the epoch's reports merged so far), durable
+    /// with the next commit. Replaces what an earlier report of the epoch recorded.
+    pub fn set_epoch_metrics_soon(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        epoch: i64,
+        metrics: &serde_json::Map<String, serde_json::Value>,
+    ) {
+        const DOING: &str = "recording an epoch's metrics";
+        let (run_id, step_id, metrics) = (
+            run_id.to_owned(),
+            step_id.to_owned(),
+            serde_json::Value::Object(metrics.clone()).to_string(),
+        );
+        self.journal().soon(DOING, move |conn| {
+            let (run_id, step_id, metrics) = (run_id.clone(), step_id.clone(), metrics.clone());
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO epoch_metrics (run_id, step_id, epoch, metrics_json, reported_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (run_id, step_id, epoch) DO UPDATE \
+                     SET metrics_json = excluded.metrics_json, reported_at = excluded.reported_at",
+                )
+                .bind(&run_id)
+                .bind(&step_id)
+                .bind(epoch)
+                .bind(metrics)
+                .bind(time_fmt::now())
+                .execute(&mut *conn)
+                .await
+                .map_err(query_err(DOING))?;
+                Ok(())
+            })
+        });
+    }
+
+    /// The metrics of every epoch the run's steps reported, by step then epoch. A row whose JSON
+    /// is not an object (a damaged database) reads as no metrics.
+    pub async fn epoch_metrics(&self, run_id: &str) -> Result<Vec<EpochMetrics>> {
+        let rows: Vec<(String, i64, String)> = sqlx::query_as(
+            "SELECT step_id, epoch, metrics_json FROM epoch_metrics WHERE run_id = $1 \
+             ORDER BY step_id, epoch",
+        )
+        .bind(run_id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(query_err("reading epoch metrics"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(step_id, epoch, json)| EpochMetrics {
+                step_id,
+                epoch,
+                metrics: serde_json::from_str(&json).unwrap_or_default(),
+            })
+            .collect())
     }
 }

@@ -18,7 +18,7 @@ mod time_fmt;
 mod tokens;
 
 pub use cache::CachedOutputs;
-pub use events::{Checkpoint, Event};
+pub use events::{Checkpoint, EpochMetrics, Event};
 pub use journal::LINGER;
 pub use models::{ModelRecord, NewModel, STAGES};
 pub use ownership::{ClaimOutcome, DatasetUse, TrainingRef};

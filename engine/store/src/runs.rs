@@ -245,12 +245,13 @@ impl Store {
             .await
     }
 
-    /// Delete a run and everything recorded with it (steps, events, checkpoints).
+    /// Delete a run and everything recorded with it (steps, events, checkpoints, epoch metrics).
     pub async fn delete_run(&self, id: &str) -> Result<()> {
         let mut tx = self.begin_write("deleting a run").await?;
         for sql in [
             "DELETE FROM events WHERE run_id = $1",
             "DELETE FROM checkpoints WHERE run_id = $1",
+            "DELETE FROM epoch_metrics WHERE run_id = $1",
             "DELETE FROM steps WHERE run_id = $1",
             "DELETE FROM trainings WHERE run_id = $1",
             "DELETE FROM dataset_uses WHERE run_id = $1",

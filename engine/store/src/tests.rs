@@ -194,6 +194,38 @@ async fn events_are_ordered_per_run() {
 }
 
 #[tokio::test]
+async fn epoch_metrics_are_one_row_per_epoch_and_go_with_their_run() {
+    for (_d, s) in stores().await {
+        s.create_run(&new_run("r"), &[], &[], false).await.unwrap();
+        let m = |pairs: &[(&str, f64)]| -> serde_json::Map<String, serde_json::Value> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).into()))
+                .collect()
+        };
+        s.set_epoch_metrics_soon("r", "train", 2, &m(&[("loss", 0.5)]));
+        s.set_epoch_metrics_soon("r", "train", 1, &m(&[("loss", 0.9)]));
+        // A later report of an epoch replaces its row (the caller merged the epoch's reports).
+        s.set_epoch_metrics_soon("r", "train", 2, &m(&[("loss", 0.4), ("mAP", 0.7)]));
+        s.flush().await.unwrap();
+        let rows = s.epoch_metrics("r").await.unwrap();
+        let got: Vec<(i64, serde_json::Value)> = rows
+            .iter()
+            .map(|r| (r.epoch, serde_json::Value::Object(r.metrics.clone())))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, serde_json::json!({"loss": 0.9})),
+                (2, serde_json::json!({"loss": 0.4, "mAP": 0.7}))
+            ]
+        );
+        s.delete_run("r").await.unwrap();
+        assert!(s.epoch_metrics("r").await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
 async fn a_training_has_one_owner_until_its_run_is_deleted() {
     for (_d, s) in stores().await {
         let first = TrainingRef {

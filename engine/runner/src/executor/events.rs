@@ -36,6 +36,9 @@ pub(super) async fn persist_events(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<StepEvent>,
     updates: Option<UnboundedSender<RunUpdate>>,
 ) {
+    // The metrics reported so far for the epoch being trained: each report's metrics merge
+    // into its epoch's row (a loss mid-epoch, the validation metrics at its end).
+    let mut epoch_metrics: Option<(u32, serde_json::Map<String, serde_json::Value>)> = None;
     while let Some(event) = rx.recv().await {
         let result = match &event {
             StepEvent::Log { level, message } => {
@@ -72,6 +75,16 @@ pub(super) async fn persist_events(
                     "metrics": metrics, "message": message,
                 });
                 store.set_step_progress_soon(&run_id, &step_id, &progress);
+                if let (Some(epoch), false) = (epoch, metrics.is_empty()) {
+                    let merged = match &mut epoch_metrics {
+                        Some((e, merged)) if e == epoch => merged,
+                        slot => &mut slot.insert((*epoch, serde_json::Map::new())).1,
+                    };
+                    for (key, value) in metrics {
+                        merged.insert(key.clone(), value.clone());
+                    }
+                    store.set_epoch_metrics_soon(&run_id, &step_id, i64::from(*epoch), merged);
+                }
                 Ok(())
             }
             StepEvent::Checkpoint {

@@ -19,7 +19,8 @@ pub use logs::CheckpointView;
 pub use logs::{LogLine, LogPage, OUTPUT_LEVEL};
 pub use reload::{HotReload, MAX_WAIT, OnChange, QUIET, read_grants};
 pub use training::{
-    CheckpointFile, ConfigPreview, ConfigRequest, ExportedBest, PREVIEW_NAME, WeightFiles,
+    CheckpointFile, ConfigPreview, ConfigRequest, ExportedBest, FRAMEWORK_WORKFLOWS, FrameworkInfo,
+    MAX_LISTED, PREVIEW_NAME, ProjectInfo, ReleaseFile, WeightFiles,
 };
 
 use std::collections::BTreeMap;

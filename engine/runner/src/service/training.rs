@@ -19,6 +19,48 @@ const DATA_PLACEHOLDER: &str = "<data.yaml>";
 /// Stands for the project and training in a config preview when none is given.
 pub const PREVIEW_NAME: &str = "preview";
 
+/// The workflow that each framework's trainings run (`POST /training/start`): extract the
+/// release, resolve the config, train, export, register.
+pub const FRAMEWORK_WORKFLOWS: &[(&str, &str)] = &[
+    ("ultralytics", "ultralytics-detect"),
+    ("mmdetection", "mmdetection-detect"),
+];
+
+/// Most projects, and releases per project, that [`RunService::projects`] lists.
+pub const MAX_LISTED: usize = 1000;
+
+/// A framework trainings can be started with, and whether this workspace can start one now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameworkInfo {
+    pub name: String,
+    /// The workflow a training runs.
+    pub workflow: String,
+    /// Tasks with a base config (`configs/<framework>/<task>/default.*`).
+    pub tasks: Vec<String>,
+    /// The version of the installed plugin, when it is installed with a `resolve-config` action.
+    pub plugin_version: Option<String>,
+    /// Why a training cannot be started, and what to do; None when it can.
+    pub problem: Option<String>,
+}
+
+/// A release ZIP of a project.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReleaseFile {
+    pub file: String,
+    pub size: u64,
+    pub modified: Option<String>,
+}
+
+/// A project folder and its release ZIPs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectInfo {
+    pub name: String,
+    /// Sorted by name, at most [`MAX_LISTED`].
+    pub releases: Vec<ReleaseFile>,
+    /// More releases than listed.
+    pub truncated: bool,
+}
+
 /// What to preview: a framework's resolve-config with these inputs, without starting anything.
 #[derive(Debug, Clone)]
 pub struct ConfigRequest {
@@ -43,6 +85,9 @@ pub struct ConfigPreview {
     pub config: Value,
     /// Keys dropped in user mode (the plugin's `rejected` output), as it gave them.
     pub rejected: Value,
+    /// The options a form offers (the plugin's `options` output), as it gave them; null when
+    /// the plugin does not describe them.
+    pub options: Value,
 }
 
 /// A file of a training's `weights/` folder.
@@ -155,6 +200,90 @@ pub(crate) fn checkpoint_files(training: &Path) -> Result<Vec<TrainingFile>> {
 }
 
 impl RunService {
+    /// The frameworks of [`FRAMEWORK_WORKFLOWS`], each with its tasks and what (if anything)
+    /// keeps a training from starting.
+    pub fn frameworks(&self) -> Vec<FrameworkInfo> {
+        let configs = self.workspace().configs_dir();
+        let plugins = self.runner.installed_plugins();
+        FRAMEWORK_WORKFLOWS
+            .iter()
+            .map(|&(name, workflow)| {
+                let tasks = subdirs_with(&configs.join(name), has_default);
+                let plugin_version = plugins
+                    .plugins()
+                    .find(|p| {
+                        p.info.name == name
+                            && p.info.actions.iter().any(|a| a.name == "resolve-config")
+                    })
+                    .map(|p| p.info.version.clone());
+                let has_workflow = matches!(self.workflows().get(workflow), Ok(Some(_)));
+                let problem = if plugin_version.is_none() {
+                    Some(format!(
+                        "the `{name}` plugin is not installed: put its component in the plugins \
+                         folder (`kiln init` installs the bundled ones)"
+                    ))
+                } else if !has_workflow {
+                    Some(format!(
+                        "the workflow `{workflow}` is missing or invalid in the workflows folder \
+                         (GET /workflows shows its diagnostics)"
+                    ))
+                } else if tasks.is_empty() {
+                    Some(format!(
+                        "no base config: add configs/{name}/<task>/default.* to the workspace"
+                    ))
+                } else {
+                    None
+                };
+                FrameworkInfo {
+                    name: name.to_owned(),
+                    workflow: workflow.to_owned(),
+                    tasks,
+                    plugin_version,
+                    problem,
+                }
+            })
+            .collect()
+    }
+
+    /// The project folders under `projects/` (plain names only, sorted, at most
+    /// [`MAX_LISTED`]) with their release ZIPs.
+    pub fn projects(&self) -> Result<(Vec<ProjectInfo>, bool)> {
+        let root = self.workspace().root().join("projects");
+        let mut names = subdirs_with(&root, |_| true);
+        let truncated = names.len() > MAX_LISTED;
+        names.truncate(MAX_LISTED);
+        let mut projects = Vec::with_capacity(names.len());
+        for name in names {
+            let dir = self.workspace().releases_dir(&name)?;
+            let mut releases: Vec<ReleaseFile> = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| {
+                    let file = e.file_name().to_str()?.to_owned();
+                    let meta = e.metadata().ok()?;
+                    (meta.is_file()
+                        && file.ends_with(".zip")
+                        && check_name("release", &file).is_ok())
+                    .then(|| ReleaseFile {
+                        file,
+                        size: meta.len(),
+                        modified: meta.modified().ok().map(kiln_store::timestamp),
+                    })
+                })
+                .collect();
+            releases.sort_by(|a, b| a.file.cmp(&b.file));
+            let more = releases.len() > MAX_LISTED;
+            releases.truncate(MAX_LISTED);
+            projects.push(ProjectInfo {
+                name,
+                releases,
+                truncated: more,
+            });
+        }
+        Ok((projects, truncated))
+    }
+
     /// The run that owns the training `project`/`name` (see [`crate::ownership`]).
     pub async fn training_run(&self, project: &str, name: &str) -> Result<Option<RunRecord>> {
         let training = TrainingRef {
@@ -322,6 +451,7 @@ impl RunService {
             cli_preview: text("cli_preview")?,
             config: outputs.get("config").cloned().unwrap_or_else(|| json!({})),
             rejected: outputs.get("rejected").cloned().unwrap_or(Value::Null),
+            options: outputs.get("options").cloned().unwrap_or(Value::Null),
         })
     }
 

@@ -126,3 +126,64 @@ pub async fn plugins(State(state): State<AppState>) -> ApiResult<Json<Vec<Plugin
             .collect(),
     ))
 }
+
+/// A release ZIP of a project (`projects/<project>/releases/<file>`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReleaseView {
+    /// The `release` of POST /training/start.
+    pub file: String,
+    /// Relative to the workspace.
+    pub path: String,
+    pub size: u64,
+    /// Last modification, RFC 3339 UTC.
+    pub modified: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectView {
+    /// The `project_id` of the training endpoints.
+    pub name: String,
+    /// Sorted by file name (at most 1,000).
+    pub releases: Vec<ReleaseView>,
+    /// The project has more release ZIPs than listed.
+    pub truncated: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectList {
+    /// The folders of `projects/` with plain names, sorted (at most 1,000).
+    pub projects: Vec<ProjectView>,
+    /// There are more projects than listed.
+    pub truncated: bool,
+}
+
+/// The projects of the workspace with their release ZIPs (what a training can start from).
+#[utoipa::path(get, path = "/projects", operation_id = "list_projects",
+    responses((status = 200, body = ProjectList), (status = 500, body = crate::problem::Problem)))]
+pub async fn projects(State(state): State<AppState>) -> ApiResult<Json<ProjectList>> {
+    let service = state.service().clone();
+    let (projects, truncated) = tokio::task::spawn_blocking(move || service.projects())
+        .await
+        .map_err(|e| ApiError::internal(format!("listing projects: {e}")))??;
+    let projects = projects
+        .into_iter()
+        .map(|p| ProjectView {
+            releases: p
+                .releases
+                .into_iter()
+                .map(|r| ReleaseView {
+                    path: format!("projects/{}/releases/{}", p.name, r.file),
+                    file: r.file,
+                    size: r.size,
+                    modified: r.modified,
+                })
+                .collect(),
+            name: p.name,
+            truncated: p.truncated,
+        })
+        .collect();
+    Ok(Json(ProjectList {
+        projects,
+        truncated,
+    }))
+}

@@ -1,5 +1,6 @@
-//! Logs (paged and live over SSE) and checkpoints of runs: the HTTP side of the run service's
-//! log pages (`kiln_runner::service::logs` says how a step's log is read and paged).
+//! Logs (paged and live over SSE), checkpoints and epoch metrics of runs: the HTTP side of the
+//! run service's log pages (`kiln_runner::service::logs` says how a step's log is read and
+//! paged).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -236,5 +237,50 @@ pub async fn run_checkpoints(
     Ok(Json(CheckpointList {
         run_id: run.id,
         checkpoints,
+    }))
+}
+
+/// The metrics a training step reported for one epoch.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EpochView {
+    pub step: String,
+    pub epoch: i64,
+    /// Losses, precision/recall, mAP... as the trainer names them (e.g. `train/box_loss`,
+    /// `metrics/mAP50(B)`, `coco/bbox_mAP`); the last value the epoch reported for each.
+    #[schema(value_type = Object)]
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MetricsView {
+    pub run_id: String,
+    /// By step, then epoch.
+    pub epochs: Vec<EpochView>,
+}
+
+/// The metrics of every epoch the run's training steps reported (what a chart per epoch
+/// shows), by step then epoch.
+#[utoipa::path(get, path = "/runs/{id}/metrics", operation_id = "get_run_metrics",
+    params(("id" = String, Path, description = "run id or a unique prefix")),
+    responses((status = 200, body = MetricsView), (status = 404, body = Problem)))]
+pub async fn run_metrics(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<MetricsView>> {
+    let run = state.store().run(&id).await?;
+    let epochs = state
+        .store()
+        .epoch_metrics(&run.id)
+        .await?
+        .into_iter()
+        .map(|e| EpochView {
+            step: e.step_id,
+            epoch: e.epoch,
+            metrics: e.metrics,
+        })
+        .collect();
+    Ok(Json(MetricsView {
+        run_id: run.id,
+        epochs,
     }))
 }

@@ -7,6 +7,7 @@ mod catalog;
 mod logs;
 mod models;
 mod runs;
+mod session;
 mod training;
 
 use std::time::Instant;
@@ -39,6 +40,11 @@ fn on(routes: UtoipaMethodRouter<AppState>, claim: Claim) -> UtoipaMethodRouter<
     })
 }
 
+/// `routes` open to any valid token.
+fn signed_in(routes: UtoipaMethodRouter<AppState>) -> UtoipaMethodRouter<AppState> {
+    routes.map(|router| router.route_layer(middleware::from_fn(auth::require_token)))
+}
+
 /// Every guarded endpoint with its OpenAPI operation; paths relative to [`API_PREFIX`].
 pub fn api() -> OpenApiRouter<AppState> {
     use Claim::*;
@@ -53,6 +59,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(on(routes!(runs::retry), ScheduleTrainingRun))
         .routes(on(routes!(logs::run_logs), ViewTrainingRuns))
         .routes(on(routes!(logs::run_checkpoints), ViewTrainingRuns))
+        .routes(on(routes!(logs::run_metrics), ViewTrainingRuns))
         .routes(on(
             routes!(models::export_best),
             PublishTrainingRunTrainedModel,
@@ -63,6 +70,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(on(routes!(models::publish), PublishTrainingRunTrainedModel))
         .routes(on(routes!(models::promote), PublishTrainingRunTrainedModel))
         // Training façade
+        .routes(on(routes!(training::frameworks), ViewTrainingRuns))
         .routes(on(routes!(training::default_config), ViewTrainingRuns))
         .routes(on(routes!(training::resolve_config), ViewTrainingRuns))
         .routes(on(routes!(training::start), CreateTrainingRun))
@@ -74,6 +82,9 @@ pub fn api() -> OpenApiRouter<AppState> {
         // Catalog
         .routes(on(routes!(catalog::workflows), ViewTrainingRuns))
         .routes(on(routes!(catalog::plugins), ViewTrainingRuns))
+        .routes(on(routes!(catalog::projects), ViewTrainingRuns))
+        // Who is asking
+        .routes(signed_in(routes!(session::show)))
 }
 
 pub fn router(state: AppState) -> Router {
@@ -87,6 +98,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .nest(API_PREFIX, api)
+        .merge(crate::ui::routes())
         .fallback(not_found)
         .layer(middleware::from_fn(log_requests))
         .layer(middleware::from_fn(refuse_large_bodies))

@@ -53,6 +53,9 @@ pub struct StepView {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub duration_ms: Option<i64>,
+    /// The steps this one waits for (its `needs` and the steps whose outputs it uses), from
+    /// the workflow the run started with: the edges of the run's DAG.
+    pub needs: Vec<String>,
 }
 
 impl From<StepRecord> for StepView {
@@ -75,6 +78,7 @@ impl From<StepRecord> for StepView {
             started_at: s.started_at,
             finished_at: s.finished_at,
             duration_ms: s.duration_ms,
+            needs: Vec::new(),
         }
     }
 }
@@ -115,7 +119,29 @@ impl RunView {
             started_at: r.started_at,
             finished_at: r.finished_at,
             duration_ms: r.duration_ms,
-            steps: steps.map(|s| s.into_iter().map(StepView::from).collect()),
+            steps: steps.map(|steps| {
+                // The run's own workflow gives the edges; a stored file that no longer parses
+                // (written by another version) leaves them out rather than failing the view.
+                let workflow = kiln_workflow::Workflow::parse(&r.workflow_yaml, "run").ok();
+                steps
+                    .into_iter()
+                    .map(|step| {
+                        let needs = workflow
+                            .as_ref()
+                            .map(|w| {
+                                w.dependencies(&step.step_id)
+                                    .into_iter()
+                                    .map(str::to_owned)
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        StepView {
+                            needs,
+                            ..StepView::from(step)
+                        }
+                    })
+                    .collect()
+            }),
         }
     }
 }

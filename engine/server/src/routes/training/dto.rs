@@ -91,6 +91,48 @@ pub struct RejectedKey {
     pub reason: String,
 }
 
+/// An option of a framework's config, for a form: user mode offers those with `user`, developer
+/// mode all of them.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConfigOption {
+    /// The override's key (MMDetection's developer keys are dotted paths of the config).
+    pub key: String,
+    /// `int`, `float`, `bool`, `str`, `list` or `any`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The value the resolved config has for it; null when the config leaves it to the
+    /// framework's own default.
+    #[schema(value_type = Object)]
+    #[serde(default)]
+    pub default: Value,
+    /// Whether user mode may set it.
+    pub user: bool,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A framework trainings can be started with.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Framework {
+    /// e.g. `ultralytics`: the `framework` of POST /training/start.
+    pub name: String,
+    /// The workflow a training runs.
+    pub workflow: String,
+    /// Tasks with a base config (`configs/<framework>/<task>/`).
+    pub tasks: Vec<String>,
+    /// The installed plugin's version; null when it is not installed.
+    pub plugin_version: Option<String>,
+    /// Whether a training can be started now.
+    pub startable: bool,
+    /// Why not, and what to do.
+    pub problem: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FrameworkList {
+    pub frameworks: Vec<Framework>,
+}
+
 /// A resolved config.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ResolvedConfig {
@@ -105,6 +147,9 @@ pub struct ResolvedConfig {
     pub config: Value,
     /// User mode: overrides dropped because only developer mode may set them. Empty otherwise.
     pub rejected: Vec<RejectedKey>,
+    /// The options a form offers, user-mode ones first (empty when the plugin does not
+    /// describe them).
+    pub options: Vec<ConfigOption>,
 }
 
 /// `POST /training/start` body.

@@ -18,7 +18,7 @@ use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use serde_json::{Map, Value};
 
-use kiln_runner::service::ConfigRequest;
+use kiln_runner::service::{ConfigRequest, FRAMEWORK_WORKFLOWS};
 
 use crate::auth::Caller;
 use crate::extract::{ApiJson, ApiQuery, offset};
@@ -26,22 +26,39 @@ use crate::problem::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
 
 use dto::{
-    CheckExtractedQuery, CheckpointFile, Checkpoints, DefaultConfig, DefaultConfigQuery,
-    ExtractRelease, ExtractionState, LogsQuery, ResolveConfig, ResolvedConfig, StartTraining,
-    StopTraining, TrainingLogs, TrainingQuery, TrainingRun,
+    CheckExtractedQuery, CheckpointFile, Checkpoints, ConfigOption, DefaultConfig,
+    DefaultConfigQuery, ExtractRelease, ExtractionState, Framework, FrameworkList, LogsQuery,
+    ResolveConfig, ResolvedConfig, StartTraining, StopTraining, TrainingLogs, TrainingQuery,
+    TrainingRun,
 };
 use names::{
     base_config_rel, parse_zip_path, plain_name, relative_paths, release_file,
     release_of_dataset_path, task_folder,
 };
 
-/// The workflow `POST /training/start` runs for each framework.
-const FRAMEWORK_WORKFLOWS: &[(&str, &str)] = &[
-    ("ultralytics", "ultralytics-detect"),
-    ("mmdetection", "mmdetection-detect"),
-];
 /// Most log lines one `GET /training/logs` returns.
 const TRAINING_LOG_LINES: usize = 1000;
+
+/// The frameworks trainings can be started with: each one's workflow, its tasks, its plugin's
+/// version, and what (if anything) keeps a training from starting.
+#[utoipa::path(get, path = "/training/frameworks", operation_id = "list_training_frameworks",
+    responses((status = 200, body = FrameworkList)))]
+pub async fn frameworks(State(state): State<AppState>) -> Json<FrameworkList> {
+    let frameworks = state
+        .service()
+        .frameworks()
+        .into_iter()
+        .map(|f| Framework {
+            startable: f.problem.is_none(),
+            name: f.name,
+            workflow: f.workflow,
+            tasks: f.tasks,
+            plugin_version: f.plugin_version,
+            problem: f.problem,
+        })
+        .collect();
+    Json(FrameworkList { frameworks })
+}
 
 /// A framework's base config for a task (`configs/<framework>/<task>/default.yaml`, or
 /// `default.py` for MMDetection).
@@ -100,15 +117,9 @@ pub async fn resolve_config(
             kiln_runner::Error::Input(message) => ApiError::new(invalid, "invalid_config", message),
             other => other.into(),
         })?;
-    let rejected = match preview.rejected {
-        Value::Null => Vec::new(),
-        v => serde_json::from_value(v).map_err(|e| {
-            ApiError::internal(format!(
-                "plugin `{}` returned a malformed `rejected`: {e}",
-                body.framework
-            ))
-        })?,
-    };
+    let rejected: Vec<dto::RejectedKey> =
+        plugin_list(&body.framework, "rejected", preview.rejected)?;
+    let options: Vec<ConfigOption> = plugin_list(&body.framework, "options", preview.options)?;
     // Workspace paths as the workspace names them (the command line, the config's paths).
     let root = state.workspace().root().to_owned();
     let relative = |text: String| {
@@ -124,7 +135,24 @@ pub async fn resolve_config(
         cli_preview: relative(preview.cli_preview),
         config,
         rejected,
+        options,
     }))
+}
+
+/// A list output of a framework plugin's resolve-config (none when it gave none).
+fn plugin_list<T: serde::de::DeserializeOwned>(
+    framework: &str,
+    output: &str,
+    value: Value,
+) -> ApiResult<Vec<T>> {
+    match value {
+        Value::Null => Ok(Vec::new()),
+        v => serde_json::from_value(v).map_err(|e| {
+            ApiError::internal(format!(
+                "plugin `{framework}` returned a malformed `{output}`: {e}"
+            ))
+        }),
+    }
 }
 
 /// Start a training: runs the framework's standard workflow (`ultralytics-detect` for
