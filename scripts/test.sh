@@ -3,8 +3,10 @@
 # wasm), then every crate's tests, which drive the real kiln binary against real SQLite, and
 # against PostgreSQL too when one can be started (KILN_TEST_POSTGRES=off skips it; an existing
 # server is used when KILN_TEST_POSTGRES_URL is set), and the mmdetection plugin's config
-# resolution against a real MMEngine (scripts/mmdet-venv.sh); then Schemathesis against a real
-# `kiln serve` (scripts/schemathesis.sh; it installs Schemathesis from PyPI into target/).
+# resolution against a real MMEngine (scripts/mmdet-venv.sh), and the web monitor in headless
+# Chromium (scripts/browser-deps.sh installs Debian's chromium and playwright-core;
+# KILN_TEST_BROWSER=0 skips it); then Schemathesis against a real `kiln serve`
+# (scripts/schemathesis.sh; it installs Schemathesis from PyPI into target/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build-plugins.sh --with-test-plugins
@@ -20,6 +22,13 @@ fi
 if [[ -z "${KILN_TEST_MMDET_PYTHON:-}" ]]; then
   KILN_TEST_MMDET_PYTHON="$(scripts/mmdet-venv.sh)"
   export KILN_TEST_MMDET_PYTHON
+fi
+# The web monitor's browser test: Debian's Chromium and playwright-core (scripts/browser-deps.sh).
+if [[ "${KILN_TEST_BROWSER:-1}" != 0 ]]; then
+  scripts/browser-deps.sh
+  export KILN_TEST_BROWSER=1
+else
+  unset KILN_TEST_BROWSER
 fi
 cargo test --workspace
 scripts/schemathesis.sh

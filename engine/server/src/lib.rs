@@ -17,6 +17,7 @@ mod openapi;
 mod problem;
 mod routes;
 mod state;
+mod ui;
 
 pub use auth::{Claim, Roles, issue_token};
 pub use http::{BodyTimeout, SHUTDOWN_GRACE};
@@ -65,7 +66,7 @@ pub async fn serve(
     // Written, not printed: a closed stderr must not stop the server.
     let _ = std::io::Write::write_all(
         &mut std::io::stderr(),
-        format!("kiln API listening on http://{local}/api/v1 (OpenAPI: /api/v1/openapi.json)\n")
+        format!("kiln API listening on http://{local}/api/v1 (OpenAPI: /api/v1/openapi.json); web monitor: http://{local}/ui/\n")
             .as_bytes(),
     );
     let manager = state.manager().clone();

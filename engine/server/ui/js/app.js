@@ -1,0 +1,136 @@
+// The monitor's shell: sign-in, navigation by URL fragment (#/runs, #/runs/<id>, #/start,
+// #/models, #/models/<id>), and what the signed-in token may do. Each view renders into <main>
+// and returns a function that stops its timers and streams when the person leaves it.
+
+import { ApiError, get, setOnUnauthorized, token } from "./api.js";
+import { fill, h } from "./dom.js";
+import { runsView } from "./runs.js";
+import { runView } from "./run.js";
+import { startView } from "./start.js";
+import { modelsView, modelView } from "./models.js";
+
+const main = document.getElementById("main");
+let session = null;
+let leave = null;
+
+/** What the signed-in token may do. */
+export const ctx = {
+  can: (claim) => !!session && session.claims.includes(claim),
+  get session() { return session; },
+};
+
+const routes = [
+  [/^#\/runs\/([^/]+)$/, (m) => runView(main, decodeURIComponent(m[1]), ctx)],
+  [/^#\/runs(?:\?(.*))?$/, (m) => runsView(main, new URLSearchParams(m[1] || ""), ctx)],
+  [/^#\/start$/, () => startView(main, ctx)],
+  [/^#\/models\/([^/]+)$/, (m) => modelView(main, decodeURIComponent(m[1]), ctx)],
+  [/^#\/models(?:\?(.*))?$/, (m) => modelsView(main, new URLSearchParams(m[1] || ""), ctx)],
+];
+
+async function route(event) {
+  if (leave) { try { leave(); } catch { /* ignore */ } leave = null; }
+  if (!session) return signIn();
+  const hash = location.hash || "#/runs";
+  for (const a of document.querySelectorAll("[data-nav]")) {
+    const current = hash.startsWith(`#/${a.dataset.nav}`);
+    if (current) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+  }
+  const found = routes.find(([re]) => re.test(hash));
+  if (!found) { location.hash = "#/runs"; return; }
+  try {
+    leave = (await found[1](hash.match(found[0]))) || null;
+  } catch (e) {
+    fill(main, h("section.card", h("h1", "Something went wrong"), h("p.error", e.message)));
+  }
+  // After a navigation, keyboard and screen-reader focus moves to the new content.
+  if (event) main.focus({ preventScroll: true });
+}
+
+function showShell() {
+  document.getElementById("nav").hidden = false;
+  document.getElementById("who").hidden = false;
+  const claims = session.claims;
+  document.getElementById("who-name").textContent =
+    session.insecure ? "no sign-in (insecure server)" : session.name;
+  document.getElementById("who-name").title = `claims: ${claims.join(", ") || "none"}`;
+  for (const el of document.querySelectorAll("[data-claim]")) el.hidden = !claims.includes(el.dataset.claim);
+  document.getElementById("sign-out").hidden = session.insecure;
+}
+
+function hideShell() {
+  document.getElementById("nav").hidden = true;
+  document.getElementById("who").hidden = true;
+}
+
+/** Ask the server who the stored token is; false when there is none or it is refused. */
+async function loadSession() {
+  try {
+    session = await get("/session");
+    return true;
+  } catch (e) {
+    session = null;
+    if (e instanceof ApiError && e.status === 401) return false;
+    throw e;
+  }
+}
+
+function signIn(message) {
+  session = null;
+  hideShell();
+  const input = h("input#token", {
+    type: "password", name: "token", autocomplete: "current-password", required: true,
+    spellcheck: false, "aria-describedby": "token-help",
+  });
+  const error = h("p.error#sign-in-error", { role: "alert" }, message || "");
+  const form = h("form.card.sign-in", {
+    on: {
+      submit: async (ev) => {
+        ev.preventDefault();
+        const t = input.value.trim();
+        if (!t) { error.textContent = "Enter a token."; input.focus(); return; }
+        token.set(t);
+        try {
+          if (await loadSession()) { showShell(); route(); return; }
+          token.clear();
+          error.textContent = "The server refused this token: check it, or create one with `kiln token create`.";
+        } catch (e) {
+          token.clear();
+          error.textContent = `Cannot reach the server: ${e.message}`;
+        }
+        input.select();
+      },
+    },
+  },
+    h("h1", "Sign in"),
+    h("label", { for: "token" }, "API token"),
+    input,
+    h("p.help#token-help", "A token from ", h("code", "kiln token create --name NAME --roles viewer|trainer|publisher|admin"),
+      ". It stays in this browser tab only."),
+    error,
+    h("button.primary", { type: "submit" }, "Sign in"));
+  fill(main, form);
+  input.focus();
+}
+
+setOnUnauthorized(() => {
+  if (!session) return;
+  token.clear();
+  signIn("Your token is no longer accepted; sign in again.");
+});
+
+document.getElementById("sign-out").addEventListener("click", () => {
+  token.clear();
+  session = null;
+  if (leave) { leave(); leave = null; }
+  signIn();
+});
+
+window.addEventListener("hashchange", route);
+
+(async () => {
+  try {
+    if (await loadSession()) { showShell(); route(); } else signIn();
+  } catch (e) {
+    signIn(`Cannot reach the server: ${e.message}`);
+  }
+})();
