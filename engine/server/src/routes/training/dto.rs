@@ -101,8 +101,7 @@ pub struct ConfigOption {
     #[serde(rename = "type")]
     pub kind: String,
     /// The value the resolved config has for it; null when the config leaves it to the
-    /// framework's own default.
-    #[schema(value_type = Object)]
+    /// framework's own default. Any JSON value.
     #[serde(default)]
     pub default: Value,
     /// Whether user mode may set it.
