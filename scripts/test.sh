@@ -19,6 +19,16 @@ if [[ -z "${KILN_TEST_POSTGRES_URL:-}" && "${KILN_TEST_POSTGRES:-auto}" != off ]
     echo "PostgreSQL could not be started: its test variants are skipped"
   fi
 fi
+# Trainings as Slurm jobs: a one-node cluster on 127.0.0.1 (KILN_TEST_SLURM=off skips it; an
+# existing one is used when KILN_TEST_SLURM_CONF names its slurm.conf).
+if [[ -z "${KILN_TEST_SLURM_CONF:-}" && "${KILN_TEST_SLURM:-auto}" != off ]]; then
+  if conf="$(scripts/start-slurm.sh)"; then
+    export KILN_TEST_SLURM_CONF="$conf"
+    echo "Slurm tests against $conf"
+  else
+    echo "Slurm could not be started: its tests are skipped"
+  fi
+fi
 if [[ -z "${KILN_TEST_MMDET_PYTHON:-}" ]]; then
   KILN_TEST_MMDET_PYTHON="$(scripts/mmdet-venv.sh)"
   export KILN_TEST_MMDET_PYTHON

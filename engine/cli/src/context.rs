@@ -55,6 +55,13 @@ impl Context {
             .map_err(|e| kiln_runner::Error::Input(format!("--gpus: {e}")).into())
     }
 
+    /// Where plugin steps' programs run: `configs/launchers.yaml` (absent: here).
+    pub fn launcher(&self) -> anyhow::Result<kiln_supervisor::Launcher> {
+        Ok(kiln_runner::launchers::read_launcher(
+            &self.ws.configs_dir().join("launchers.yaml"),
+        )?)
+    }
+
     /// The run service over this workspace's store and plugins, opened together.
     pub async fn service(&self, exec: &ExecOptions) -> anyhow::Result<RunService> {
         let grace = Duration::from_secs(exec.kill_grace_secs);
@@ -115,6 +122,7 @@ impl Context {
                 max_parallel: exec.max_parallel,
                 kill_grace: Duration::from_secs(exec.kill_grace_secs),
                 gpus: self.gpus()?,
+                launcher: self.launcher()?,
             },
         );
         Ok(RunService::new(runner, self.ws.root().join("workflows")))

@@ -33,6 +33,8 @@ pub struct StepInvocation {
     pub retry: Option<RetryContext>,
     /// GPU devices leased to the step (and the lock descriptors that hold them).
     pub gpus: Option<GpuGrant>,
+    /// Where the step's programs run (here, or as Slurm jobs holding the step's GPUs).
+    pub launcher: kiln_supervisor::Launcher,
     /// Awaited before each program the step launches (see [`BeforeLaunch`]).
     pub before_launch: Option<BeforeLaunch>,
 }

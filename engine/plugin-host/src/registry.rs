@@ -814,6 +814,7 @@ impl LoadedPlugin {
             inv.processes.clone(),
         )
         .with_gpus(inv.gpus.clone())
+        .with_launcher(inv.launcher.clone())
         .with_before_launch(inv.before_launch.clone());
         let mut store = new_store(
             engine,

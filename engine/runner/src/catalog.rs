@@ -7,13 +7,14 @@ use crate::builtins;
 
 pub struct EngineCatalog<'a> {
     pub plugins: &'a PluginRegistry,
-    /// The machine's GPU count, for `resources.gpus`.
-    pub gpus: u32,
+    /// The machine's GPU count, for `resources.gpus`; None when a scheduler (Slurm) places
+    /// the steps, which then refuses what no node has.
+    pub gpus: Option<u32>,
 }
 
 impl Catalog for EngineCatalog<'_> {
     fn gpus(&self) -> Option<u32> {
-        Some(self.gpus)
+        self.gpus
     }
 
     fn action(&self, uses: &str, action: Option<&str>) -> Result<ActionSpec, CatalogError> {

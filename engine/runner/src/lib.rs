@@ -12,6 +12,7 @@ pub mod builtins;
 mod catalog;
 mod executor;
 pub mod gpu;
+pub mod launchers;
 mod memo;
 pub mod ownership;
 mod run_lock;

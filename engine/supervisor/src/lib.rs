@@ -25,10 +25,12 @@
 
 mod proc_info;
 mod records;
+pub mod slurm;
 mod supervise;
 
 pub use proc_info::{ProcessIdentity, Sig, group_alive, signal_group};
 pub use records::{ChildRecord, ExitRecord, LaunchSpec, read_child, read_exit, read_spec};
+pub use slurm::{JobState, SlurmOptions};
 pub use supervise::run as supervise_main;
 
 use std::os::fd::RawFd;
@@ -61,27 +63,53 @@ pub enum Error {
     },
     #[error("malformed supervisor record {path}: {message}")]
     Record { path: PathBuf, message: String },
+    /// A Slurm command failed; `message` is Slurm's own.
+    #[error("Slurm: {command}: {message}")]
+    Slurm { command: String, message: String },
 }
 
 impl Error {
     /// True for failures of the machine or the engine rather than of the program itself.
     pub fn is_infrastructure(&self) -> bool {
-        matches!(self, Self::Lost { .. } | Self::SpawnSupervisor { .. })
+        match self {
+            Self::Lost { .. } | Self::SpawnSupervisor { .. } => true,
+            // sbatch refusing the job (a bad partition, GPUs no node has) is the step's
+            // configuration; Slurm not answering is the cluster's failure.
+            Self::Slurm { message, .. } => {
+                message.starts_with("no answer") || message.contains("Unable to contact")
+            }
+            _ => false,
+        }
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Where a launch's supervisor runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Launcher {
+    /// A process on this machine, in a new session (the default).
+    #[default]
+    Local,
+    /// The batch script of a Slurm job, on whatever node Slurm picks (see [`slurm`]).
+    Slurm(SlurmOptions),
+}
+
 /// A program running (or ended) under a supervisor.
 #[derive(Debug)]
 pub struct Supervised {
-    /// Our child when we started the supervisor; None after a re-attach.
+    /// Our child when we started the supervisor; None after a re-attach or under Slurm.
     supervisor: Option<tokio::process::Child>,
     state_dir: PathBuf,
     child: ChildRecord,
     program: String,
     attached: bool,
+    /// The Slurm job the supervisor runs as, with the options to ask Slurm about it.
+    job: Option<(SlurmOptions, String)>,
 }
+
+/// How often a launch under Slurm asks Slurm about its job while following it.
+const SLURM_POLL: Duration = Duration::from_secs(2);
 
 /// How often a re-attached engine looks for the exit record.
 const POLL: Duration = Duration::from_millis(100);
@@ -91,12 +119,21 @@ impl Supervised {
     /// or, when `state_dir` already holds this launch, re-attach to it. `inherit_fds` stay open in
     /// the supervisor and the program (e.g. GPU slot locks, held until the last of them exits).
     /// Returns once the program has started, with its pid and process group known.
+    ///
+    /// Under [`Launcher::Slurm`] the supervisor is submitted as a batch job (the job id is
+    /// recorded in `state_dir`) and this returns once the job has started the program;
+    /// meanwhile `on_queue` hears the job's queue state ("PENDING (Resources)") when it changes.
     pub async fn launch_or_attach(
+        launcher: &Launcher,
         supervisor_exe: &Path,
         state_dir: &Path,
         spec: &LaunchSpec,
         inherit_fds: &[RawFd],
+        on_queue: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<Self> {
+        if let Launcher::Slurm(options) = launcher {
+            return Self::slurm(options, supervisor_exe, state_dir, spec, on_queue).await;
+        }
         let program = spec.program.display().to_string();
         if records::read_spec(state_dir)?.is_some() {
             if let Some(attached) = Self::attach(state_dir, &program).await? {
@@ -115,6 +152,7 @@ impl Supervised {
             child,
             program: program.to_owned(),
             attached: true,
+            job: None,
         };
         // A supervisor may be starting right now: give it a moment to record the child.
         let mut waited = Duration::ZERO;
@@ -200,6 +238,7 @@ impl Supervised {
                     child,
                     program,
                     attached: false,
+                    job: None,
                 });
             }
             if let Some(exit) = records::read_exit(state_dir)? {
@@ -224,6 +263,133 @@ impl Supervised {
             let pause = if looks < 100 { 200 } else { 2000 };
             tokio::time::sleep(Duration::from_micros(pause)).await;
         }
+    }
+
+    /// Submit (or find again) the job of `state_dir` and wait until it has started the program.
+    async fn slurm(
+        options: &SlurmOptions,
+        supervisor_exe: &Path,
+        state_dir: &Path,
+        spec: &LaunchSpec,
+        on_queue: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<Self> {
+        let program = spec.program.display().to_string();
+        let state_err = |source| Error::State {
+            path: state_dir.to_owned(),
+            source,
+        };
+        let attached = slurm::read_job(state_dir)?.is_some();
+        if records::read_spec(state_dir)?.is_none() {
+            std::fs::create_dir_all(state_dir).map_err(state_err)?;
+            // Read on another node once the job starts: made durable like the job record.
+            records::write_json_atomic(
+                &state_dir.join(records::SPEC_FILE),
+                spec,
+                records::Durability::Machine,
+            )
+            .map_err(state_err)?;
+        }
+        let job = options
+            .job_for(supervisor_exe, state_dir, true)
+            .await?
+            .expect("job_for submits when asked to");
+        let id = job.job_id;
+        let started = |child: ChildRecord| Self {
+            supervisor: None,
+            state_dir: state_dir.to_owned(),
+            child,
+            program: program.clone(),
+            attached,
+            job: Some((options.clone(), id.clone())),
+        };
+        let not_started = |exit: ExitRecord| Error::Start {
+            program: program.clone(),
+            message: exit
+                .start_error
+                .unwrap_or_else(|| "it exited before it was recorded".into()),
+        };
+        let mut told = String::new();
+        let mut looks = 0u32;
+        loop {
+            if let Some(child) = records::read_child(state_dir)? {
+                return Ok(started(child));
+            }
+            if let Some(exit) = records::read_exit(state_dir)? {
+                return Err(not_started(exit));
+            }
+            match options.state(&id).await? {
+                JobState::Pending { reason } => {
+                    let message = format!("Slurm job {id} is PENDING ({reason})");
+                    if message != told {
+                        on_queue(&message);
+                        told = message;
+                    }
+                }
+                JobState::Active { .. } => {}
+                ended => {
+                    // Records written just before the job ended (a shared file system may show
+                    // them a moment late).
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if let Some(child) = records::read_child(state_dir)? {
+                        return Ok(started(child));
+                    }
+                    if let Some(exit) = records::read_exit(state_dir)? {
+                        return Err(not_started(exit));
+                    }
+                    return Err(Error::Lost {
+                        program,
+                        pid: 0,
+                        why: format!(
+                            "Slurm job {id} ended {} before its supervisor started the program \
+                             (its output: slurm-{id}.out)",
+                            ended.describe()
+                        ),
+                        state_dir: state_dir.to_owned(),
+                    });
+                }
+            }
+            looks += 1;
+            let pause = if looks < 20 { 100 } else { 1000 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+    }
+
+    /// When the program was ended by a signal and its Slurm job ended as cancelled, timed out,
+    /// preempted or with its node failing: why, for an infrastructure failure (the scheduler
+    /// stopped a program that did nothing wrong; Kiln's retry policy resumes it). None for a
+    /// local launch or a program that ended by itself.
+    pub async fn stopped_by_scheduler(&self, exit: &ExitRecord) -> Option<String> {
+        let (options, id) = self.job.as_ref()?;
+        exit.signal?;
+        // The supervisor writes the record just before the job ends.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let state = loop {
+            match options.state(id).await {
+                Ok(state) if state.is_ended() => break state,
+                _ if tokio::time::Instant::now() >= deadline => return None,
+                _ => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        };
+        match &state {
+            JobState::Ended { state: s, .. }
+                if matches!(
+                    s.as_str(),
+                    "CANCELLED" | "TIMEOUT" | "PREEMPTED" | "NODE_FAIL" | "BOOT_FAIL" | "DEADLINE"
+                ) =>
+            {
+                Some(format!(
+                    "Slurm job {id} ended {}: the program was stopped by Slurm ({})",
+                    state.describe(),
+                    exit.describe()
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    /// The Slurm job the program runs in, if it was launched under Slurm.
+    pub fn slurm_job(&self) -> Option<(&SlurmOptions, &str)> {
+        self.job.as_ref().map(|(o, id)| (o, id.as_str()))
     }
 
     /// The started program's identity (pid, process group, start time).
@@ -264,6 +430,32 @@ impl Supervised {
 
     /// Wait for the program to end and return its recorded exit status. Does not hold a thread.
     pub async fn wait(&mut self) -> Result<ExitRecord> {
+        if let Some((options, id)) = &self.job {
+            let mut asked = tokio::time::Instant::now();
+            loop {
+                if let Some(exit) = records::read_exit(&self.state_dir)? {
+                    return Ok(exit);
+                }
+                if asked.elapsed() >= SLURM_POLL {
+                    asked = tokio::time::Instant::now();
+                    match options.state(id).await {
+                        Ok(state) if state.is_ended() => {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            return records::read_exit(&self.state_dir)?.ok_or_else(|| {
+                                self.lost(&format!(
+                                    "Slurm job {id} ended {} without an exit record",
+                                    state.describe()
+                                ))
+                            });
+                        }
+                        Ok(_) => {}
+                        // Slurm not answering for a while is not the program's end.
+                        Err(e) => tracing::warn!(job_id = %id, "asking Slurm about the job: {e}"),
+                    }
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
         if let Some(supervisor) = &mut self.supervisor {
             let _ = supervisor.wait().await;
             return records::read_exit(&self.state_dir)?
@@ -290,6 +482,10 @@ impl Supervised {
     /// Ask the whole process group to stop: SIGTERM, then SIGKILL after `grace`.
     /// Returns once no process of the group remains.
     pub async fn terminate(&mut self, grace: Duration) {
+        if let Some((options, id)) = &self.job {
+            options.terminate(id, grace).await;
+            return;
+        }
         terminate_group(self.child.pgid, grace).await;
         if let Some(s) = &mut self.supervisor {
             let _ = s.wait().await;

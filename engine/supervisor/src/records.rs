@@ -20,6 +20,15 @@ pub struct LaunchSpec {
     pub cwd: PathBuf,
     /// stdout and stderr are appended here.
     pub log_path: PathBuf,
+    /// Variables taken from the supervisor's own environment when it has them: what a
+    /// scheduler sets for the job, e.g. Slurm's CUDA_VISIBLE_DEVICES for `--gres=gpu:N`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inherit_env: Vec<String>,
+    /// The program is killed when its supervisor dies (a job that a scheduler kills must not
+    /// leave it running, out of the scheduler's sight). Locally the program outlives a killed
+    /// supervisor, which the engine then reports as lost.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub die_with_supervisor: bool,
 }
 
 /// The started program, as recorded by the supervisor.
@@ -140,7 +149,7 @@ fn written_before_boot(path: &Path) -> bool {
     matches!((modified, boot_time()), (Some(m), Some(boot)) if m < boot)
 }
 
-fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     match std::fs::read(path) {
         Ok(bytes) => match serde_json::from_slice(&bytes) {
             Ok(value) => Ok(Some(value)),

@@ -1,5 +1,10 @@
 //! The supervisor process itself (`kiln supervise STATE_DIR`). Synchronous, std only: it runs
 //! before any async runtime exists in the process.
+//!
+//! SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 sent to the supervisor are passed on to the
+//! program's process group, and the supervisor stays to record how the program ended: a
+//! scheduler that signals its job (Slurm's `scancel --signal`, a time limit, preemption) reaches
+//! the program, and the exit is recorded as a signal instead of being lost.
 
 use std::fs::OpenOptions;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -12,12 +17,14 @@ use crate::records::{
     write_json_atomic,
 };
 
-/// Run the supervisor for `state_dir`; returns the supervisor's own exit code.
+/// Run the supervisor for `state_dir`; returns the supervisor's own exit code: the program's
+/// (128 + the signal that ended it), so a scheduler's books show how the program ended; 1 when
+/// it could not be started or its end not recorded.
 pub fn run(state_dir: &Path) -> i32 {
     // A new session: the supervisor and its program outlive the engine and its terminal.
     let _ = rustix::process::setsid();
     match supervise(state_dir) {
-        Ok(()) => 0,
+        Ok(exit) => exit.code.unwrap_or_else(|| 128 + exit.signal.unwrap_or(0)),
         Err(message) => {
             let _ = std::io::Write::write_all(
                 &mut std::io::stderr(),
@@ -35,7 +42,7 @@ pub fn run(state_dir: &Path) -> i32 {
     }
 }
 
-fn supervise(state_dir: &Path) -> Result<(), String> {
+fn supervise(state_dir: &Path) -> Result<ExitRecord, String> {
     let spec = records::read_spec(state_dir)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("no launch spec in {}", state_dir.display()))?;
@@ -50,10 +57,29 @@ fn supervise(state_dir: &Path) -> Result<(), String> {
     let log_err = log
         .try_clone()
         .map_err(|e| format!("log file {}: {e}", spec.log_path.display()))?;
-    let mut child = Command::new(&spec.program)
+    // Caught from before the program starts: a signal meanwhile is passed on once it runs.
+    let signals = termination_signals();
+    let mut command = Command::new(&spec.program);
+    if spec.die_with_supervisor {
+        // SAFETY: runs in the forked child before exec; prctl is async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))
+                .map_err(std::io::Error::from)
+            });
+        }
+    }
+    let mut child = command
         .args(&spec.args)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .envs(
+            spec.inherit_env
+                .iter()
+                .filter_map(|k| std::env::var_os(k).map(|v| (k, v))),
+        )
         .current_dir(&spec.cwd)
         .stdin(Stdio::null())
         .stdout(log)
@@ -62,6 +88,9 @@ fn supervise(state_dir: &Path) -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("{}: {e}", spec.program.display()))?;
     let pid = child.id() as i32;
+    if let Some(signals) = signals {
+        forward_signals(signals, pid);
+    }
     let start_ticks = ProcessIdentity::of(pid).map(|p| p.start_ticks).unwrap_or(0);
     let record = ChildRecord {
         pid,
@@ -89,5 +118,29 @@ fn supervise(state_dir: &Path) -> Result<(), String> {
         finished_at: now_rfc3339(),
     };
     write_json_atomic(&state_dir.join(EXIT_FILE), &record, Durability::Machine)
-        .map_err(|e| format!("cannot record the exit status: {e}"))
+        .map_err(|e| format!("cannot record the exit status: {e}"))?;
+    Ok(record)
+}
+
+/// Pass the termination signals the supervisor gets on to the program's process group `pgid`,
+/// from a thread (the main one waits for the program). Without it, such a signal would end the
+/// supervisor and leave the program running unrecorded.
+fn forward_signals(mut signals: signal_hook::iterator::Signals, pgid: i32) {
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if let (Some(group), Some(sig)) = (
+                rustix::process::Pid::from_raw(pgid),
+                rustix::process::Signal::from_named_raw(sig),
+            ) {
+                let _ = rustix::process::kill_process_group(group, sig);
+            }
+        }
+    });
+}
+
+/// The signals [`forward_signals`] passes on, caught (a program started after this gets the
+/// default dispositions back when it execs).
+fn termination_signals() -> Option<signal_hook::iterator::Signals> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2]).ok()
 }

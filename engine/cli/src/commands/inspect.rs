@@ -125,6 +125,23 @@ pub async fn runs(ctx: &Context, cmd: RunsCommand) -> anyhow::Result<Exit> {
                     if let Some(g) = &s.gpus {
                         outln!("  {:<16} GPUs {g}", "");
                     }
+                    if s.status == kiln_store::StepStatus::Running
+                        && let Some(p) = &s.progress
+                    {
+                        let mut parts = Vec::new();
+                        if let Some(pct) = p["percent"].as_f64() {
+                            parts.push(format!("{pct:.0}%"));
+                        }
+                        if let (Some(e), Some(n)) = (p["epoch"].as_u64(), p["epochs"].as_u64()) {
+                            parts.push(format!("epoch {e}/{n}"));
+                        }
+                        if let Some(m) = p["message"].as_str() {
+                            parts.push(m.chars().take(200).collect());
+                        }
+                        if !parts.is_empty() {
+                            outln!("  {:<16} progress: {}", "", parts.join(", "));
+                        }
+                    }
                     if s.failure_retries + s.infrastructure_retries > 0 {
                         outln!(
                             "  {:<16} retries: {} after failures, {} after infrastructure failures",

@@ -35,7 +35,10 @@ pub async fn load_valid(
     let plugins = ctx.plugins(kill_grace).await?;
     let catalog = EngineCatalog {
         plugins: &plugins,
-        gpus: ctx.gpus()?.len() as u32,
+        gpus: match ctx.launcher()? {
+            kiln_supervisor::Launcher::Local => Some(ctx.gpus()?.len() as u32),
+            kiln_supervisor::Launcher::Slurm(_) => None,
+        },
     };
     if let Err(diags) = workflow.validate(&catalog) {
         errln!("{diags}");

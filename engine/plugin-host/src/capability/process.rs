@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kiln_supervisor::{LaunchSpec, Supervised};
+use kiln_supervisor::{LaunchSpec, Launcher, SlurmOptions, Supervised};
 
 use crate::bindings::process::{ExitStatus, Host, OutputChunk, Spec};
 use crate::invocation::StepEvent;
@@ -36,7 +36,9 @@ pub struct ProcessTracker(Arc<Mutex<Tracked>>);
 #[derive(Debug, Default)]
 struct Tracked {
     groups: Vec<i32>,
-    launching: Vec<PathBuf>,
+    /// Slurm jobs the step's programs run in.
+    jobs: Vec<(SlurmOptions, String)>,
+    launching: Vec<(PathBuf, Launcher)>,
 }
 
 /// How long stopping waits for a launch under way to record its program.
@@ -47,14 +49,24 @@ impl ProcessTracker {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn launching(&self, state_dir: &Path) {
-        self.lock().launching.push(state_dir.to_owned());
+    fn launching(&self, state_dir: &Path, launcher: &Launcher) {
+        self.lock()
+            .launching
+            .push((state_dir.to_owned(), launcher.clone()));
     }
 
-    fn add(&self, state_dir: &Path, pgid: i32) {
+    /// A launch that failed before it started anything: nothing of it to stop.
+    fn failed(&self, state_dir: &Path) {
+        self.lock().launching.retain(|(d, _)| d != state_dir);
+    }
+
+    fn add(&self, state_dir: &Path, supervised: &Supervised) {
         let mut tracked = self.lock();
-        tracked.launching.retain(|d| d != state_dir);
-        tracked.groups.push(pgid);
+        tracked.launching.retain(|(d, _)| d != state_dir);
+        match supervised.slurm_job() {
+            Some((options, id)) => tracked.jobs.push((options.clone(), id.to_owned())),
+            None => tracked.groups.push(supervised.child().pgid),
+        }
     }
 
     /// Process groups launched so far.
@@ -65,12 +77,30 @@ impl ProcessTracker {
     /// SIGTERM every launched group, SIGKILL after `grace`; returns when all are gone. A launch
     /// still under way is waited for (at most 10 s) until its supervisor records the program.
     pub async fn terminate_all(&self, grace: Duration) {
-        let (mut groups, launching) = {
+        let (mut groups, mut jobs, launching) = {
             let tracked = self.lock();
-            (tracked.groups.clone(), tracked.launching.clone())
+            (
+                tracked.groups.clone(),
+                tracked.jobs.clone(),
+                tracked.launching.clone(),
+            )
         };
-        for dir in launching {
+        for (dir, launcher) in launching {
             let deadline = tokio::time::Instant::now() + LAUNCH_RECORD_WAIT;
+            if let Launcher::Slurm(options) = launcher {
+                // Submitted (or about to be): cancel the job, queued or running.
+                loop {
+                    if let Ok(Some(job)) = kiln_supervisor::slurm::read_job(&dir) {
+                        jobs.push((options, job.job_id));
+                        break;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                continue;
+            }
             loop {
                 if let Ok(Some(child)) = kiln_supervisor::read_child(&dir) {
                     groups.push(child.pgid);
@@ -89,6 +119,11 @@ impl ProcessTracker {
         }
         groups.sort_unstable();
         groups.dedup();
+        jobs.sort_by(|a, b| a.1.cmp(&b.1));
+        jobs.dedup_by(|a, b| a.1 == b.1);
+        for (options, id) in jobs {
+            options.terminate(&id, grace).await;
+        }
         for pgid in groups {
             kiln_supervisor::terminate_group(pgid, grace).await;
         }
@@ -137,6 +172,8 @@ pub(crate) struct ProcessState {
     pub tracker: ProcessTracker,
     /// GPUs leased to the step: exported as CUDA_VISIBLE_DEVICES, locks inherited.
     pub gpus: Option<crate::GpuGrant>,
+    /// Where the step's programs run: here, or as Slurm jobs (which then hold its GPUs).
+    pub launcher: Launcher,
     /// Awaited before each launch (the step's start made durable).
     pub before_launch: Option<crate::BeforeLaunch>,
     /// Set when a launched program was lost without an exit status.
@@ -170,6 +207,7 @@ impl ProcessState {
             state_dir,
             tracker,
             gpus: None,
+            launcher: Launcher::Local,
             before_launch: None,
             infrastructure_failure: None,
             launches: Vec::new(),
@@ -178,6 +216,11 @@ impl ProcessState {
 
     pub fn with_gpus(mut self, gpus: Option<crate::GpuGrant>) -> Self {
         self.gpus = gpus;
+        self
+    }
+
+    pub fn with_launcher(mut self, launcher: Launcher) -> Self {
+        self.launcher = launcher;
         self
     }
 
@@ -286,6 +329,9 @@ impl Host for StepState {
                     return Err(e.to_string());
                 }
             };
+            if let Some(why) = launch.supervised.stopped_by_scheduler(&exit).await {
+                self.process.infrastructure_failure = Some(why);
+            }
             Ok(ExitStatus {
                 code: exit.code,
                 signal: exit.signal,
@@ -349,12 +395,23 @@ impl StepState {
             env.push(("CUDA_VISIBLE_DEVICES".into(), devices));
             inherit.extend_from_slice(&gpus.lock_fds);
         }
+        let mut inherit_env = Vec::new();
+        if let Launcher::Slurm(options) = &self.process.launcher {
+            // Slurm decides which GPUs the job sees (`--gres`); a plugin cannot widen it.
+            env.retain(|(k, _)| k != "CUDA_VISIBLE_DEVICES");
+            if options.gpus > 0 {
+                inherit_env.push("CUDA_VISIBLE_DEVICES".to_owned());
+            }
+            inherit_env.push("SLURM_JOB_ID".to_owned());
+        }
         let launch_spec = LaunchSpec {
             program: program.clone(),
             args: spec.args,
             env,
             cwd,
             log_path: log_path.clone(),
+            inherit_env,
+            die_with_supervisor: matches!(self.process.launcher, Launcher::Slurm(_)),
         };
         // Nothing keyed by the attempt is written before the attempt is durable.
         if let Some(before) = &self.process.before_launch {
@@ -373,17 +430,42 @@ impl StepState {
         // Keyed by the step attempt's state directory: after an engine restart the same launch
         // re-attaches to the program it started instead of starting a second copy. Tracked
         // before it starts: a cancel meanwhile still finds the program.
-        self.process.tracker.launching(&state_dir);
+        self.process
+            .tracker
+            .launching(&state_dir, &self.process.launcher);
+        // A job waiting in Slurm's queue says why, as the step's progress message.
+        let events = self.events.clone();
+        let on_queue = move |message: &str| {
+            if let Some(tx) = &events {
+                let _ = tx.send(StepEvent::Progress {
+                    percent: None,
+                    epoch: None,
+                    epochs: None,
+                    metrics: Default::default(),
+                    message: Some(message.to_owned()),
+                });
+            }
+        };
         let supervised = match Supervised::launch_or_attach(
+            &self.process.launcher,
             &self.process.supervisor_exe,
             &state_dir,
             &launch_spec,
             &inherit,
+            &on_queue,
         )
         .await
         {
             Ok(s) => s,
             Err(e) => {
+                // A job that was submitted stays tracked (a cancel still finds it by its record).
+                if kiln_supervisor::slurm::read_job(&state_dir)
+                    .ok()
+                    .flatten()
+                    .is_none()
+                {
+                    self.process.tracker.failed(&state_dir);
+                }
                 if e.is_infrastructure() {
                     self.process.infrastructure_failure = Some(e.to_string());
                 }
@@ -391,20 +473,27 @@ impl StepState {
             }
         };
         let offset = read_offset(&state_dir);
+        let job = supervised
+            .slurm_job()
+            .map(|(_, id)| format!(" in Slurm job {id}"))
+            .unwrap_or_default();
         if supervised.is_attached() {
             self.emit(StepEvent::Log {
                 level: "info".into(),
                 message: format!(
-                    "re-attached to {} (pid {}) started by an earlier engine; following its output from byte {offset}",
+                    "re-attached to {} (pid {}{job}) started by an earlier engine; following its output from byte {offset}",
                     program.display(),
                     supervised.child().pid
                 ),
             });
+        } else if !job.is_empty() {
+            self.emit(StepEvent::Log {
+                level: "info".into(),
+                message: format!("{} runs{job}", program.display()),
+            });
         }
         let pid = supervised.child().pid;
-        self.process
-            .tracker
-            .add(&state_dir, supervised.child().pgid);
+        self.process.tracker.add(&state_dir, &supervised);
         if !supervised.is_attached() {
             self.emit(StepEvent::Launched {
                 program: program.display().to_string(),

@@ -322,7 +322,12 @@ impl Runner {
         }
 
         // GPU slots.
-        let lease: Option<GpuLease> = if !self.inner.gpus.managed() {
+        let slurm = matches!(
+            self.inner.config.launcher,
+            kiln_supervisor::Launcher::Slurm(_)
+        );
+        let lease: Option<GpuLease> = if slurm || !self.inner.gpus.managed() {
+            // Under Slurm the job holds the step's GPUs (`--gres`), not this machine's slots.
             None
         } else if let Some(devices) = store
             .step(run_id, &step.id)
@@ -500,6 +505,13 @@ impl Runner {
             events: Some(events),
             retry,
             gpus: lease.map(GpuLease::grant),
+            launcher: crate::launchers::for_step(
+                &self.inner.config.launcher,
+                run_id,
+                &step.id,
+                step.resources.gpus,
+                step.timeout.map(|t| t.as_duration()),
+            ),
             // The step's start may still be queued: it is durable before anything is launched.
             before_launch: Some(BeforeLaunch::new({
                 let store = self.inner.store.clone();

@@ -81,6 +81,8 @@ pub struct RunnerConfig {
     pub kill_grace: Duration,
     /// The machine's GPU devices.
     pub gpus: Vec<u32>,
+    /// Where plugin steps' programs run (`configs/launchers.yaml`).
+    pub launcher: kiln_supervisor::Launcher,
 }
 
 impl Default for RunnerConfig {
@@ -89,6 +91,7 @@ impl Default for RunnerConfig {
             max_parallel: 4,
             kill_grace: Duration::from_secs(10),
             gpus: Vec::new(),
+            launcher: kiln_supervisor::Launcher::Local,
         }
     }
 }
@@ -246,6 +249,20 @@ impl Runner {
     /// Number of GPUs the machine has (for validation).
     pub fn gpu_count(&self) -> u32 {
         self.inner.gpus.count()
+    }
+
+    /// The GPUs `resources.gpus` is checked against: this machine's, or None when Slurm places
+    /// the steps.
+    pub fn gpu_limit(&self) -> Option<u32> {
+        match self.inner.config.launcher {
+            kiln_supervisor::Launcher::Local => Some(self.gpu_count()),
+            kiln_supervisor::Launcher::Slurm(_) => None,
+        }
+    }
+
+    /// Where plugin steps' programs run.
+    pub fn launcher(&self) -> &kiln_supervisor::Launcher {
+        &self.inner.config.launcher
     }
 
     /// Record a new run of `workflow` with resolved `params` and its planned steps, and claim

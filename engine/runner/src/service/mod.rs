@@ -369,7 +369,12 @@ impl RunService {
         let Ok(_lock) = RunLock::acquire(&run_dir) else {
             return Ok(Cancelled::Requested(run));
         };
-        orphans::stop(&self.workspace().state_dir(&run.id), grace).await;
+        orphans::stop(
+            &self.workspace().state_dir(&run.id),
+            self.runner.launcher(),
+            grace,
+        )
+        .await;
         let store = self.store();
         for step in store.steps(&run.id).await? {
             if !step.status.is_terminal() {
@@ -418,6 +423,6 @@ impl RunService {
 fn check_with(runner: &Runner, workflow: &Workflow) -> std::result::Result<(), Diagnostics> {
     workflow.validate(&EngineCatalog {
         plugins: runner.plugins(),
-        gpus: runner.gpu_count(),
+        gpus: runner.gpu_limit(),
     })
 }

@@ -1,25 +1,47 @@
 //! Stopping the programs a dead engine left running: every launch recorded under the run's
-//! state folder whose program (pid and start time) still runs, or whose process group is alive.
+//! state folder whose program (pid and start time) still runs, or whose process group is alive,
+//! and every Slurm job recorded there that has not ended.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use kiln_supervisor::{Launcher, SlurmOptions};
+
 /// SIGTERM, then SIGKILL after `grace`, to each surviving program group of the run whose
-/// launches' state is under `state` ([`crate::Workspace::state_dir`]).
-pub(super) async fn stop(state: &Path, grace: Duration) {
-    for pgid in surviving_groups(state) {
+/// launches' state is under `state` ([`crate::Workspace::state_dir`]); Slurm jobs are cancelled
+/// the same way (`scancel`), asking Slurm with the workspace's `launcher` options.
+pub(super) async fn stop(state: &Path, launcher: &Launcher, grace: Duration) {
+    let (groups, jobs) = survivors(state);
+    let slurm = match launcher {
+        Launcher::Slurm(options) => options.clone(),
+        // Launched under Slurm before the workspace went back to local: ask on PATH.
+        Launcher::Local => SlurmOptions::default(),
+    };
+    for id in jobs {
+        match slurm.state(&id).await {
+            Ok(s) if s.is_ended() => {}
+            _ => slurm.terminate(&id, grace).await,
+        }
+    }
+    for pgid in groups {
         kiln_supervisor::terminate_group(pgid, grace).await;
     }
 }
 
-/// Process groups of launches under `state` whose program is still the recorded process.
-fn surviving_groups(state: &Path) -> Vec<i32> {
+/// Process groups of launches under `state` whose program is still the recorded process, and
+/// the Slurm jobs recorded there.
+fn survivors(state: &Path) -> (Vec<i32>, Vec<String>) {
     let mut groups = Vec::new();
+    let mut jobs = Vec::new();
     let mut dirs: Vec<PathBuf> = vec![state.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
+        if let Ok(Some(job)) = kiln_supervisor::slurm::read_job(&dir) {
+            jobs.push(job.job_id);
+            continue;
+        }
         for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -37,5 +59,5 @@ fn surviving_groups(state: &Path) -> Vec<i32> {
             }
         }
     }
-    groups
+    (groups, jobs)
 }

@@ -414,6 +414,8 @@ impl RunService {
             events: None,
             retry: None,
             gpus: None,
+            // A preview runs here, whatever the workspace's launcher.
+            launcher: kiln_supervisor::Launcher::Local,
             // A preview records nothing.
             before_launch: None,
         };
