@@ -319,6 +319,7 @@ fn a_job_waiting_in_the_queue_says_why_as_its_progress() {
         &[
             "sbatch",
             "--parsable",
+            "--output=/dev/null",
             "--gres=gpu:2",
             "--wrap",
             "sleep 120",
