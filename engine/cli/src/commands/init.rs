@@ -182,7 +182,7 @@ fn print_summary(root: &Path, configs: usize, workflows: usize) {
     let cd = shlex::try_quote(&path).map_or_else(|_| path.clone(), |q| q.into_owned());
     outln!("created a Kiln workspace in {shown}:");
     outln!(
-        "  configs/                  plugin grants (plugins.yaml), API roles, base training configs ({configs} files)"
+        "  configs/                  plugin grants (plugins.yaml), API roles, launcher (launchers.yaml), base training configs ({configs} files)"
     );
     outln!(
         "  workflows/                the reference workflows, and the demo releases' makers ({workflows} files)"
