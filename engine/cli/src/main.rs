@@ -27,7 +27,7 @@ fn main() -> std::process::ExitCode {
     }
     // The server logs its requests and runs at info level by default.
     let serving = matches!(cli.command, Command::Serve(_));
-    init_tracing(cli.verbose.max(u8::from(serving)));
+    init_tracing(cli.verbose.max(u8::from(serving)), cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -55,7 +55,7 @@ fn main() -> std::process::ExitCode {
     exit.into()
 }
 
-fn init_tracing(verbose: u8) {
+fn init_tracing(verbose: u8, format: cli::LogFormat) {
     let default = match verbose {
         0 => "warn",
         1 => "info",
@@ -64,9 +64,14 @@ fn init_tracing(verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(|| output::Lossy(std::io::stderr()))
-        .try_init();
+        .with_writer(|| output::Lossy(std::io::stderr()));
+    let _ = match format {
+        cli::LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        // One object per line: timestamp, level, target, fields (the message among them).
+        cli::LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
