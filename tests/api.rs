@@ -1695,6 +1695,37 @@ fn the_monitors_endpoints_describe_the_caller_the_workspace_and_a_run() {
     assert!(last["metrics"]["train/box_loss"].is_number(), "{last}");
     let r = server.get(&format!("/api/v1/runs/{FAKE_ID}/metrics"), &viewer);
     assert_eq!(r.status, 404);
+
+    // A preflight says whether a training name is free in a project.
+    let name_problem = |name: &str| {
+        let r = server.post(
+            "/api/v1/training/config/resolve",
+            &viewer,
+            &json!({"framework": "ultralytics", "task": "detect", "training_name": name,
+                    "project_id": "demo"}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["training_name_problem"].clone()
+    };
+    assert_eq!(name_problem("fresh"), Value::Null);
+    let taken = name_problem("charted");
+    assert!(
+        taken
+            .as_str()
+            .is_some_and(|p| p.contains("belongs to run") && p.contains(&id)),
+        "{taken}"
+    );
+    std::fs::create_dir_all(
+        aws.ws
+            .root()
+            .join("projects/demo/model/training/stray/weights"),
+    )
+    .unwrap();
+    let stray = name_problem("stray");
+    assert!(
+        stray.as_str().is_some_and(|p| p.contains("no run owns it")),
+        "{stray}"
+    );
 }
 
 /// The page is part of the binary: served at /ui/ without a token, revalidated by ETag, with a

@@ -150,6 +150,22 @@ try {
   const runId = decodeURIComponent(page.url().split("#/runs/")[1]);
 
   // ---- The run page, live.
+  step = "preflight: a training name already taken";
+  {
+    const again = await newPage();
+    await signIn(again, admin);
+    await again.goto(`${base}/ui/#/start`);
+    await again.locator("#project").selectOption("demo");
+    await again.locator("#release").selectOption("demo-release.zip");
+    await again.locator("#training-name").fill("web1");
+    await optionInput(again, "epochs").waitFor();
+    await again.locator("#training-name").press("Enter");
+    await again.locator(".field-error", { hasText: "belongs to run" }).waitFor();
+    assert.ok(await again.locator("#start").isDisabled(), "no Start for a taken name");
+    await shot(again, "06b-preflight-name-taken");
+    await again.context().close();
+    current = page;
+  }
   step = "run page: progress";
   await page.locator("#dag canvas").first().waitFor();
   await page.locator("#progress .pct", { hasText: "100 %" }).waitFor({ timeout: 120_000 });
@@ -189,7 +205,20 @@ try {
   await page.locator('nav a[data-nav="runs"]').click();
   await page.locator(`tr[data-run="${runId}"]`, { hasText: "succeeded" }).waitFor();
   await page.locator("#success-rate", { hasText: "100 %" }).waitFor();
+  // Counts of zero are shown as 0, not left empty.
+  assert.match(await page.locator(".stats").innerText(), /0\s+running/);
   await shot(page, "11-runs");
+  step = "runs list: the refresh keeps the keyboard focus";
+  await page.locator(`tr[data-run="${runId}"] a`).focus();
+  await page.waitForTimeout(2600);
+  assert.equal(await page.evaluate(() => document.activeElement?.closest("tr")?.dataset.run), runId,
+    "the focused run link is still focused after a refresh");
+  step = "navigation: a page left while loading does not cover the next";
+  await page.evaluate((id) => { location.hash = `#/runs/${id}`; location.hash = "#/models"; }, runId);
+  await page.locator("h1", { hasText: "Models" }).waitFor();
+  await page.waitForTimeout(1500);
+  assert.equal(await page.locator("h1", { hasText: "Run " }).count(), 0, "the run page did not draw over Models");
+  await page.locator('nav a[data-nav="runs"]').click();
 
   // ---- The viewer on the same run and model: nothing to click that changes anything.
   step = "viewer: run page";

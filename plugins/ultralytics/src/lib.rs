@@ -224,19 +224,23 @@ impl ResultsCsv {
             .unwrap_or_default()
     }
 
-    /// The last row, if rows were added since the previous call.
-    fn new_row(&mut self) -> Option<monitor::Row> {
-        let len = std::fs::metadata(&self.guest_path).ok()?.len();
+    /// The rows added since the previous call, in order: every epoch is reported, also when
+    /// several finished between two looks (fast epochs).
+    fn new_rows(&mut self) -> Vec<monitor::Row> {
+        let Some(len) = std::fs::metadata(&self.guest_path).ok().map(|m| m.len()) else {
+            return Vec::new();
+        };
         if self.last_len == Some(len) {
-            return None;
+            return Vec::new();
         }
         self.last_len = Some(len);
         let rows = self.read();
         if rows.len() <= self.rows_seen {
-            return None;
+            return Vec::new();
         }
+        let new = rows[self.rows_seen..].to_vec();
         self.rows_seen = rows.len();
-        rows.last().cloned()
+        new
     }
 }
 
@@ -272,7 +276,7 @@ fn handle(event: Event, mon: &Monitor, csv: &mut ResultsCsv, csv_due: &mut bool)
         Event::Validation { .. } => {
             // The row is written right after validation: look now and on the next polls.
             *csv_due = true;
-            if let Some(row) = csv.new_row() {
+            for row in csv.new_rows() {
                 report_row(&row, mon.epochs);
             }
         }
@@ -355,8 +359,11 @@ fn train(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError> {
         }
         if csv_due || last_poll.elapsed() >= CSV_POLL {
             last_poll = std::time::Instant::now();
-            if let Some(row) = csv.new_row() {
+            let rows = csv.new_rows();
+            if !rows.is_empty() {
                 csv_due = false;
+            }
+            for row in rows {
                 report_row(&row, mon.epochs.or(planned_epochs));
             }
         }
@@ -367,7 +374,7 @@ fn train(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError> {
         }
     }
     let status = proc.wait()?;
-    if let Some(row) = csv.new_row() {
+    for row in csv.new_rows() {
         report_row(&row, mon.epochs.or(planned_epochs));
     }
     if !status.success {

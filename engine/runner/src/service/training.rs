@@ -284,6 +284,34 @@ impl RunService {
         Ok((projects, truncated))
     }
 
+    /// Why a new training `project`/`name` could not start now (the rules of
+    /// [`crate::ownership`]: the name belongs to a run, or its folder exists without an owner);
+    /// None when it can.
+    pub async fn training_name_problem(&self, project: &str, name: &str) -> Result<Option<String>> {
+        let training = TrainingRef {
+            project: project.to_owned(),
+            name: name.to_owned(),
+        };
+        if let Some((run, status)) = self.store().training_owner(&training).await? {
+            return Ok(Some(format!(
+                "training `{name}` of project `{project}` belongs to run {run} ({status}); \
+                 choose another training_name, or delete that run first"
+            )));
+        }
+        match crate::ownership::check_unowned_folder(
+            self.workspace(),
+            self.store(),
+            &training,
+            None,
+        )
+        .await
+        {
+            Ok(()) => Ok(None),
+            Err(Error::Conflict(message)) => Ok(Some(message)),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The run that owns the training `project`/`name` (see [`crate::ownership`]).
     pub async fn training_run(&self, project: &str, name: &str) -> Result<Option<RunRecord>> {
         let training = TrainingRef {

@@ -63,10 +63,11 @@ export function query(params) {
 /**
  * Follow a step's log over Server-Sent Events, read with fetch so the token travels in a header
  * (EventSource cannot send one). On a dropped connection it reconnects with Last-Event-ID, so no
- * line is lost or repeated. Calls onLine(text) per line and onEnd(status) at the end; returns a
- * function that stops following.
+ * line is lost or repeated. Calls onLines([text...]) with the lines of each network read (one
+ * page update per batch, not per line) and onEnd(status) at the end; returns a function that
+ * stops following.
  */
-export function followLog(runId, step, { onLine, onEnd, onState }) {
+export function followLog(runId, step, { onLines, onEnd, onState }) {
   const ctl = new AbortController();
   let lastId = null;
   let stopped = false;
@@ -93,6 +94,7 @@ export function followLog(runId, step, { onLine, onEnd, onState }) {
           const { value, done } = await reader.read();
           if (done) break;
           buf += value;
+          const batch = [];
           let cut;
           while ((cut = buf.search(/\r?\n\r?\n/)) >= 0) {
             const block = buf.slice(0, cut);
@@ -111,13 +113,15 @@ export function followLog(runId, step, { onLine, onEnd, onState }) {
             if (ev.id !== null) lastId = ev.id;
             if (ev.event === "end") {
               ended = true;
+              if (batch.length) onLines(batch.splice(0));
               let status = "";
               try { status = JSON.parse(ev.data.join("\n")).status; } catch { /* ignore */ }
               onEnd?.(status);
             } else if (ev.data.length) {
-              onLine(ev.data.join("\n"));
+              batch.push(ev.data.join("\n"));
             }
           }
+          if (batch.length) onLines(batch);
         }
         if (ended) { stopped = true; onState?.("ended"); return; }
       } catch (e) {

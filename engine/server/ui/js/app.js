@@ -12,6 +12,14 @@ import { modelsView, modelView } from "./models.js";
 const main = document.getElementById("main");
 let session = null;
 let leave = null;
+// Bumped at each navigation: a view that finishes loading after a newer one started stops
+// itself instead of drawing over it.
+let navigation = 0;
+
+function leaveView() {
+  navigation++;
+  if (leave) { try { leave(); } catch { /* ignore */ } leave = null; }
+}
 
 /** What the signed-in token may do. */
 export const ctx = {
@@ -19,16 +27,18 @@ export const ctx = {
   get session() { return session; },
 };
 
+// Each view draws into its own element, which replaces <main>'s content once it is current.
 const routes = [
-  [/^#\/runs\/([^/]+)$/, (m) => runView(main, decodeURIComponent(m[1]), ctx)],
-  [/^#\/runs(?:\?(.*))?$/, (m) => runsView(main, new URLSearchParams(m[1] || ""), ctx)],
-  [/^#\/start$/, () => startView(main, ctx)],
-  [/^#\/models\/([^/]+)$/, (m) => modelView(main, decodeURIComponent(m[1]), ctx)],
-  [/^#\/models(?:\?(.*))?$/, (m) => modelsView(main, new URLSearchParams(m[1] || ""), ctx)],
+  [/^#\/runs\/([^/]+)$/, (m, el) => runView(el, decodeURIComponent(m[1]), ctx)],
+  [/^#\/runs(?:\?(.*))?$/, (m, el) => runsView(el, new URLSearchParams(m[1] || ""), ctx)],
+  [/^#\/start$/, (m, el) => startView(el, ctx)],
+  [/^#\/models\/([^/]+)$/, (m, el) => modelView(el, decodeURIComponent(m[1]), ctx)],
+  [/^#\/models(?:\?(.*))?$/, (m, el) => modelsView(el, new URLSearchParams(m[1] || ""), ctx)],
 ];
 
 async function route(event) {
-  if (leave) { try { leave(); } catch { /* ignore */ } leave = null; }
+  leaveView();
+  const mine = navigation;
   if (!session) return signIn();
   const hash = location.hash || "#/runs";
   for (const a of document.querySelectorAll("[data-nav]")) {
@@ -36,12 +46,23 @@ async function route(event) {
     if (current) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
   }
   const found = routes.find(([re]) => re.test(hash));
-  if (!found) { location.hash = "#/runs"; return; }
+  // An unknown address is replaced (Back does not return to it).
+  if (!found) { location.replace("#/runs"); return; }
+  const view = document.createElement("div");
+  fill(main, view);
+  let stop = null;
   try {
-    leave = (await found[1](hash.match(found[0]))) || null;
+    stop = (await found[1](hash.match(found[0]), view)) || null;
   } catch (e) {
+    if (mine !== navigation) return;
     fill(main, h("section.card", h("h1", "Something went wrong"), h("p.error", e.message)));
+    return;
   }
+  if (mine !== navigation) {
+    if (stop) { try { stop(); } catch { /* ignore */ } }
+    return;
+  }
+  leave = stop;
   // After a navigation, keyboard and screen-reader focus moves to the new content.
   if (event) main.focus({ preventScroll: true });
 }
@@ -78,7 +99,8 @@ function signIn(message) {
   session = null;
   hideShell();
   const input = h("input#token", {
-    type: "password", name: "token", autocomplete: "current-password", required: true,
+    // A token is not a password to remember: the browser's password manager is not offered it.
+    type: "password", name: "token", autocomplete: "off", required: true,
     spellcheck: false, "aria-describedby": "token-help",
   });
   const error = h("p.error#sign-in-error", { role: "alert" }, message || "");
@@ -115,13 +137,13 @@ function signIn(message) {
 setOnUnauthorized(() => {
   if (!session) return;
   token.clear();
+  leaveView();
   signIn("Your token is no longer accepted; sign in again.");
 });
 
 document.getElementById("sign-out").addEventListener("click", () => {
   token.clear();
-  session = null;
-  if (leave) { leave(); leave = null; }
+  leaveView();
   signIn();
 });
 

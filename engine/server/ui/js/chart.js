@@ -37,6 +37,7 @@ export function metricsCharts(box) {
       if (sig === signature) return;
       signature = sig;
       box.dataset.epochs = rows.map((r) => r.epoch).join(",");
+      const open = box.querySelector("details.metrics-table")?.open ?? false;
       destroyPlots();
       if (!rows.length) {
         fill(box, h("p.sub", "No epoch has reported metrics yet."));
@@ -58,7 +59,7 @@ export function metricsCharts(box) {
         };
         plots.push({ el, opts, data });
       }
-      const table = h("details.metrics-table",
+      const table = h("details.metrics-table", { open },
         h("summary", "The numbers"),
         h("div.table-wrap", h("table",
           h("thead", h("tr", h("th", { scope: "col" }, "epoch"), keys.map((k) => h("th", { scope: "col" }, k)))),

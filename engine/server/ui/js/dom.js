@@ -9,7 +9,8 @@ export function h(tag, attrs, ...children) {
     if (part.startsWith(".")) el.classList.add(part.slice(1));
     else if (part.startsWith("#")) el.id = part.slice(1);
   }
-  if (attrs && (typeof attrs !== "object" || attrs instanceof Node || Array.isArray(attrs))) {
+  if (attrs !== null && attrs !== undefined &&
+      (typeof attrs !== "object" || attrs instanceof Node || Array.isArray(attrs))) {
     children.unshift(attrs);
     attrs = null;
   }
@@ -88,4 +89,44 @@ export function progressBar(percent, label) {
   return h("div.progress",
     h("progress", { max: 100, value: p, "aria-label": label || "progress" }),
     h("span.pct", `${p.toFixed(p % 1 ? 1 : 0)} %`));
+}
+
+/** Text as a person should read it: terminal escapes and other control characters removed. */
+export function plain(text) {
+  return String(text ?? "")
+    // eslint-disable-next-line no-control-regex
+    .replace(/\x1b\[[0-9;?]*[ -\/]*[@-~]/g, "")
+    // eslint-disable-next-line no-control-regex
+    .replace(/[\x00-\x08\x0b-\x1f\x7f]/g, "");
+}
+
+/**
+ * Run `render` (which replaces what is inside `container`) without losing the keyboard focus:
+ * an element focused inside it is focused again in the new content when one with the same
+ * identity (id, or data-key/data-run/data-step/data-model of its row plus its tag and text)
+ * is there.
+ */
+export function keepFocus(container, render) {
+  const active = document.activeElement;
+  let key = null;
+  if (active && active !== document.body && container.contains(active)) {
+    const row = active.closest("[data-run],[data-step],[data-model],[data-key],[data-file]");
+    key = {
+      id: active.id,
+      row: row ? ["run", "step", "model", "key", "file"].map((k) => row.dataset[k] || "").join("|") : "",
+      tag: active.tagName,
+      text: active.textContent,
+    };
+  }
+  render();
+  if (!key) return;
+  let found = key.id ? container.querySelector(`#${CSS.escape(key.id)}`) : null;
+  if (!found) {
+    for (const el of container.querySelectorAll(key.tag)) {
+      const row = el.closest("[data-run],[data-step],[data-model],[data-key],[data-file]");
+      const r = row ? ["run", "step", "model", "key", "file"].map((k) => row.dataset[k] || "").join("|") : "";
+      if (r === key.row && el.textContent === key.text) { found = el; break; }
+    }
+  }
+  if (found) found.focus({ preventScroll: true });
 }

@@ -4,7 +4,7 @@
 
 import cytoscape from "../vendor/cytoscape.mjs";
 import { ApiError, followLog, get, post, query } from "./api.js";
-import { bytes, duration, fill, h, progressBar, shortId, statusBadge, toast, when } from "./dom.js";
+import { bytes, duration, fill, h, keepFocus, plain, progressBar, shortId, statusBadge, toast, when } from "./dom.js";
 import { metricsCharts } from "./chart.js";
 
 const ACTIVE = ["queued", "running"];
@@ -121,7 +121,12 @@ export async function runView(main, id, ctx) {
   let logStep = null;
   let lastCheckpoints = 0;
 
+  let actionsShown = null;
   function renderActions() {
+    // Rebuilt only when the set of controls changes: a focused button keeps its focus.
+    const signature = `${run.status}|${!!trainingStep(run.steps || [])}`;
+    if (signature === actionsShown) return;
+    actionsShown = signature;
     const list = [];
     if (ACTIVE.includes(run.status) && ctx.can("ScheduleTrainingRun"))
       list.push(h("button.danger#stop", { type: "button", on: { click: stop } }, "Stop"));
@@ -142,7 +147,10 @@ export async function runView(main, id, ctx) {
       h("div", h("dt", "Created"), h("dd", `${when(run.created_at)} by ${run.created_by}`)),
       h("div", h("dt", "Duration"), h("dd", duration(run.duration_ms))),
       model ? h("div", h("dt", "Model"), h("dd", h("a#run-model", { href: `#/models/${encodeURIComponent(model.model_id)}` }, `${model.name} v${model.version}`))) : null);
-    fill(errorBox, run.error_message ? h("p.error.banner", { role: "alert" }, run.error_message) : null);
+    const banner = run.error_message ? plain(run.error_message) : "";
+    if (errorBox.textContent !== banner) {
+      fill(errorBox, banner ? h("p.error.banner", { role: "alert" }, banner) : null);
+    }
   }
 
   function renderTraining() {
@@ -161,13 +169,13 @@ export async function runView(main, id, ctx) {
   }
 
   function renderSteps() {
-    fill(stepsBody, (run.steps || []).map((s) => h("tr", { "data-step": s.step_id },
+    keepFocus(stepsBody, () => fill(stepsBody, (run.steps || []).map((s) => h("tr", { "data-step": s.step_id },
       h("th", { scope: "row" }, s.step_id),
       h("td", s.uses, s.action ? h("span.sub", ` ${s.action}`) : null),
       h("td", statusBadge(s.status), s.cached_from ? h("div.sub", "cached") : null),
       h("td", s.attempt, s.failure_kind ? h("div.sub", s.failure_kind) : null),
       h("td", duration(s.duration_ms)),
-      h("td.err", s.error_message || ""))));
+      h("td.err", plain(s.error_message || ""))))));
     graph.update(run.steps || []);
   }
 
@@ -178,28 +186,56 @@ export async function runView(main, id, ctx) {
       steps.map((s) => h("option", { value: s.step_id, selected: s.step_id === current }, s.step_id)));
   }
 
-  function startLog() {
+  /**
+   * The step "automatic" follows: the running plugin step (a trainer's output), else the step
+   * that trains (it reported epochs), else the last plugin step that started, else the running
+   * step, else the first.
+   */
+  function autoStep() {
+    const steps = run.steps || [];
+    const plugin = (s) => !s.uses.startsWith("builtin/");
+    return (steps.find((s) => s.status === "running" && plugin(s)) ||
+      steps.find((s) => s.progress && s.progress.epochs) ||
+      [...steps].reverse().find((s) => plugin(s) && s.started_at) ||
+      steps.find((s) => s.status === "running") ||
+      steps[0])?.step_id;
+  }
+
+  // The log, as text nodes of whole batches; the newest 5,000 lines are kept.
+  let logLines = [];
+  let logEnded = false;
+  function appendLog(lines) {
+    const atEnd = logBox.scrollTop + logBox.clientHeight >= logBox.scrollHeight - 8;
+    const node = document.createTextNode(lines.map((l) => `${l}\n`).join(""));
+    logBox.append(node);
+    logLines.push([node, lines.length]);
+    let total = logLines.reduce((n, [, c]) => n + c, 0);
+    while (total > 5000 && logLines.length > 1) {
+      const [first, count] = logLines.shift();
+      first.remove();
+      total -= count;
+    }
+    if (follow.checked && (atEnd || total < 50)) logBox.scrollTop = logBox.scrollHeight;
+  }
+
+  /** Follow the chosen step's log (automatic: see autoStep); `fresh` clears what is shown. */
+  function startLog(fresh = true) {
     if (stopLog) stopLog();
-    logBox.replaceChildren();
-    let lines = 0;
-    logStep = stepSelect.value || undefined;
+    if (fresh) { logBox.replaceChildren(); logLines = []; }
+    logStep = stepSelect.value || autoStep();
+    logEnded = false;
+    if (!fresh) appendLog([`── step ${logStep} ──`]);
+    logBox.dataset.step = logStep || "";
     stopLog = followLog(id, logStep, {
-      onLine: (line) => {
-        const atEnd = logBox.scrollTop + logBox.clientHeight >= logBox.scrollHeight - 8;
-        logBox.append(`${line}\n`);
-        lines++;
-        // Keep the page light: the newest 5,000 lines.
-        if (lines > 5000) { logBox.firstChild?.remove(); lines--; }
-        if (follow.checked && (atEnd || lines < 50)) logBox.scrollTop = logBox.scrollHeight;
-      },
-      onEnd: (status) => { logState.textContent = `ended (${status})`; },
+      onLines: appendLog,
+      onEnd: (status) => { logEnded = true; logState.textContent = `${logStep}: ended (${status})`; },
       onState: (state, msg) => {
-        if (state !== "ended") logState.textContent = msg ? `${state}: ${msg}` : state;
+        if (state !== "ended") logState.textContent = msg ? `${logStep}: ${state}: ${msg}` : `${logStep}: ${state}`;
         logBox.dataset.state = state;
       },
     });
   }
-  stepSelect.addEventListener("change", startLog);
+  stepSelect.addEventListener("change", () => startLog());
   follow.addEventListener("change", () => { if (follow.checked) logBox.scrollTop = logBox.scrollHeight; });
 
   async function loadMetrics() {
@@ -215,13 +251,13 @@ export async function runView(main, id, ctx) {
     try {
       const c = await get(`/runs/${encodeURIComponent(id)}/checkpoints`);
       lastCheckpoints = Date.now();
-      fill(checkpointsBox, c.checkpoints.length
+      keepFocus(checkpointsBox, () => fill(checkpointsBox, c.checkpoints.length
         ? h("div.table-wrap", h("table.checkpoints",
           h("thead", h("tr", ["File", "Step", "Epoch", "Size", "Modified"].map((x) => h("th", { scope: "col" }, x)))),
           h("tbody", c.checkpoints.map((f) => h("tr", { "data-file": f.name },
             h("td", h("code", f.path), f.best ? h("span.badge.best", "best") : null),
             h("td", f.step), h("td", f.epoch ?? "—"), h("td", bytes(f.size)), h("td", when(f.modified)))))))
-        : h("p.sub", "No checkpoints yet."));
+        : h("p.sub", "No checkpoints yet.")));
     } catch (e) {
       fill(checkpointsBox, h("p.error", `Cannot load checkpoints: ${e.message}`));
     }
@@ -263,12 +299,23 @@ export async function runView(main, id, ctx) {
       renderTraining();
       renderSteps();
       if ((run.steps || []).length !== stepSelect.options.length - 1) renderStepChoices();
+      // Automatic: move on to the step that now has the output (keeping what was shown).
+      const want = autoStep();
+      if (!stepSelect.value && want && want !== logStep &&
+          (logEnded || (run.steps || []).some((s) => s.step_id === want && s.status === "running"))) {
+        startLog(false);
+      }
       await loadMetrics();
       if (ended || Date.now() - lastCheckpoints > 5000) await loadCheckpoints();
     } catch (e) {
       if (e instanceof ApiError && e.status === 404) {
-        fill(errorBox, h("p.error.banner", { role: "alert" }, "This run was deleted."));
         gone = true;
+        if (stopLog) stopLog();
+        actionsShown = null;
+        fill(actions);
+        fill(errorBox, h("p.error.banner", { role: "alert" }, "This run was deleted."));
+        const status = document.getElementById("run-status");
+        if (status) fill(status, statusBadge("deleted"));
       }
     }
   }

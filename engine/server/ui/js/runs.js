@@ -2,7 +2,7 @@
 // every 2 s while the page is visible).
 
 import { get, query } from "./api.js";
-import { duration, fill, h, progressBar, shortId, statusBadge, when } from "./dom.js";
+import { duration, fill, h, keepFocus, progressBar, shortId, statusBadge, when } from "./dom.js";
 
 const STATUSES = ["", "queued", "running", "succeeded", "failed", "cancelled"];
 const PAGE = 50;
@@ -48,16 +48,21 @@ export async function runsView(main, params, ctx) {
         get("/runs/stats"),
       ]);
       const rate = st.success_rate == null ? "—" : `${(st.success_rate * 100).toFixed(0)} %`;
-      fill(stats,
+      const statsText = JSON.stringify([st, rate]);
+      // The numbers are announced when they change, not at every refresh.
+      if (stats.dataset.shown !== statsText) {
+        stats.dataset.shown = statsText;
+        fill(stats,
         h("div.stat", h("span.n", st.total), h("span", "runs")),
         ...["running", "succeeded", "failed", "cancelled"].map((s) =>
           h("div.stat", h("span.n", st.by_status?.[s] ?? 0), h("span", s))),
         h("div.stat#success-rate", h("span.n", rate), h("span", "success rate")));
+      }
       // Progress of active runs comes from their steps.
       const details = await Promise.all(page.runs.map((r) =>
         r.status === "running" ? get(`/runs/${encodeURIComponent(r.id)}`).catch(() => r) : r));
       if (gone) return;
-      fill(tbody, details.length ? details.map((r) => h("tr", { "data-run": r.id },
+      keepFocus(tbody, () => fill(tbody, details.length ? details.map((r) => h("tr", { "data-run": r.id },
         h("td", h("a", { href: `#/runs/${encodeURIComponent(r.id)}`, title: r.id }, shortId(r.id))),
         h("td", r.workflow_name, r.params?.training_name ? h("div.sub", `${r.params.project ?? ""}/${r.params.training_name}`) : null),
         h("td", statusBadge(r.status)),
@@ -65,10 +70,10 @@ export async function runsView(main, params, ctx) {
         h("td", when(r.created_at)),
         h("td", r.created_by),
         h("td", duration(r.duration_ms)),
-      )) : h("tr", h("td", { colSpan: 7 }, status ? `No ${status} runs.` : "No runs yet.")));
-      fill(pager,
+      )) : h("tr", h("td", { colSpan: 7 }, offset > 0 ? "No runs on this page." : status ? `No ${status} runs.` : "No runs yet."))));
+      keepFocus(pager, () => fill(pager,
         offset > 0 ? h("a.button", { href: `#/runs${query({ status, offset: Math.max(0, offset - PAGE) })}` }, "Newer") : null,
-        page.next_offset != null ? h("a.button", { href: `#/runs${query({ status, offset: page.next_offset })}` }, "Older") : null);
+        page.next_offset != null ? h("a.button", { href: `#/runs${query({ status, offset: page.next_offset })}` }, "Older") : null));
     } catch (e) {
       fill(stats, h("p.error", `Cannot load runs: ${e.message}`));
     }

@@ -112,6 +112,7 @@ export async function startView(main, ctx) {
   let options = [];           // from the resolver: {key, type, default, user, description}
   let optionFields = new Map(); // key -> field
   let preflightOk = null;     // the request a clean preflight checked
+  const unusable = new Map(); // framework -> why its options could not be loaded
 
   const mode = () => (modeDev.checked ? "developer" : "user");
   const current = () => frameworks.find((x) => x.name === f.framework.control.value);
@@ -145,9 +146,15 @@ export async function startView(main, ctx) {
       const r = await post("/training/config/resolve", { framework: fr.name, task: f.task.control.value, mode: "developer", overrides: {} });
       options = r.options || [];
     } catch (e) {
-      fill(optionsBox, h("p.error", `Cannot load the options of ${fr.name}: ${e.message}`));
+      // The plugin is installed but cannot resolve configs here (e.g. its Python lacks the
+      // framework): the framework is not usable now, and says why next to its field.
+      unusable.set(fr.name, e.message);
+      f.framework.setError(`${fr.name} cannot be used now: ${e.message}`);
+      fill(optionsBox, h("p.sub", "No options: the framework cannot resolve configs."));
       return;
     }
+    unusable.delete(fr.name);
+    f.framework.setError("");
     renderOptions();
   }
 
@@ -230,6 +237,7 @@ export async function startView(main, ctx) {
     const r = request();
     let ok = true;
     if (!r.framework || !current()?.startable) { f.framework.setError(current()?.problem || "Choose a framework."); ok = false; }
+    else if (unusable.has(r.framework)) { f.framework.setError(`${r.framework} cannot be used now: ${unusable.get(r.framework)}`); ok = false; }
     if (!r.task) { f.task.setError("This framework has no task with a base config."); ok = false; }
     if (!r.project) { f.project.setError("Choose a project."); ok = false; }
     if (!r.release) { f.release.setError("Choose a release ZIP."); ok = false; }
@@ -241,13 +249,20 @@ export async function startView(main, ctx) {
     if (!config) return false;
     let resolved;
     try {
+      const named = NAME.test(r.name);
       resolved = await post("/training/config/resolve", {
         framework: r.framework, task: r.task, mode: r.mode, overrides: config,
-        training_name: NAME.test(r.name) ? r.name : undefined,
+        training_name: named ? r.name : undefined,
+        // The server then says whether the name is free (it belongs to the run that made it).
+        project_id: named && NAME.test(r.project) ? r.project : undefined,
       });
     } catch (e) {
       placeError(e.message);
       return false;
+    }
+    if (resolved.training_name_problem) {
+      f.name.setError(resolved.training_name_problem);
+      ok = false;
     }
     for (const rej of resolved.rejected || []) {
       const fld = optionFields.get(rej.key);
@@ -326,6 +341,12 @@ export async function startView(main, ctx) {
   filter.addEventListener("input", renderOptions);
   extractButton.addEventListener("click", extract);
   preflightButton.addEventListener("click", preflight);
+  main.querySelector("#start-form").addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && ev.target instanceof HTMLInputElement && startButton.disabled) {
+      ev.preventDefault();
+      preflight();
+    }
+  });
 
   // Defaults: the first startable framework, the only project / release when there is one.
   const first = frameworks.find((x) => x.startable);

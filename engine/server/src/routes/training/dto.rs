@@ -81,6 +81,11 @@ pub struct ResolveConfig {
     #[serde(default)]
     #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub training_name: Option<String>,
+    /// With `training_name`: the project a training would start in; the answer then says
+    /// whether that name is free (`training_name_problem`).
+    #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    pub project_id: Option<String>,
 }
 
 /// An override that user mode dropped.
@@ -149,6 +154,9 @@ pub struct ResolvedConfig {
     /// The options a form offers, user-mode ones first (empty when the plugin does not
     /// describe them).
     pub options: Vec<ConfigOption>,
+    /// With `project_id` and `training_name`: why POST /training/start would refuse that
+    /// name (it belongs to a run, or its folder exists without one); null when it is free.
+    pub training_name_problem: Option<String>,
 }
 
 /// `POST /training/start` body.

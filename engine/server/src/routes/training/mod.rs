@@ -98,6 +98,13 @@ pub async fn resolve_config(
     if let Some(name) = &body.training_name {
         plain_name("training_name", name, invalid)?;
     }
+    if let Some(project) = &body.project_id {
+        plain_name("project_id", project, invalid)?;
+    }
+    let training_name_problem = match (&body.project_id, &body.training_name) {
+        (Some(project), Some(name)) => state.service().training_name_problem(project, name).await?,
+        _ => None,
+    };
     let preview = state
         .service()
         .preview_config(&ConfigRequest {
@@ -136,6 +143,7 @@ pub async fn resolve_config(
         config,
         rejected,
         options,
+        training_name_problem,
     }))
 }
 
