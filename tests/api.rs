@@ -1783,3 +1783,41 @@ fn the_web_monitor_is_served_from_the_binary() {
         assert_eq!(r.status, 404, "{path}: {}", r.text());
     }
 }
+
+/// `GET /metrics`: Prometheus' text format, behind a token with ViewTrainingRuns.
+#[test]
+fn metrics_are_served_to_a_viewer_in_prometheus_format() {
+    let aws = ApiWorkspace::new();
+    let server = aws.serve();
+    let viewer = aws.token("prometheus", &[], &["viewer"]);
+    let trainer = aws.token("t", &[], &["trainer"]);
+    let only_create = aws.token("c", &["CreateTrainingRun"], &[]);
+    let r = server.post("/api/v1/runs", &trainer, &demo_run("measured"));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    server.wait_run(&id, &viewer, 120);
+    assert_eq!(server.call("GET", "/metrics", None, None).status, 401);
+    assert_eq!(
+        server
+            .call("GET", "/metrics", Some(&only_create), None)
+            .status,
+        403
+    );
+    let r = server.call("GET", "/metrics", Some(&viewer), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .contains("openmetrics-text")
+    );
+    let text = r.text();
+    for line in [
+        "kiln_runs{status=\"succeeded\"} 1",
+        "kiln_steps{status=\"succeeded\"} 5",
+        "kiln_step_duration_seconds_count{uses=\"ultralytics\"} 2",
+        "kiln_engine_runs_executing 0",
+        "# EOF",
+    ] {
+        assert!(text.contains(line), "no `{line}` in:\n{text}");
+    }
+}

@@ -13,6 +13,7 @@ mod extract;
 mod http;
 mod limits;
 mod manager;
+mod metrics;
 mod openapi;
 mod problem;
 mod routes;

@@ -76,6 +76,11 @@ impl RunManager {
         self.accepting.store(false, Ordering::SeqCst);
     }
 
+    /// How many runs execute in this process now.
+    pub fn executing(&self) -> usize {
+        self.active.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Whether the run executes in this process; `None` when it does not, else a receiver that
     /// changes once its execution has ended.
     fn ended(&self, run_id: &str) -> Option<watch::Receiver<bool>> {

@@ -22,7 +22,7 @@ pub use events::{Checkpoint, EpochMetrics, Event};
 pub use journal::LINGER;
 pub use models::{ModelRecord, NewModel, STAGES};
 pub use ownership::{ClaimOutcome, DatasetUse, TrainingRef};
-pub use runs::{NewRun, RunRecord, RunStats};
+pub use runs::{NewRun, RunRecord, RunStats, StepStats};
 pub use status::{ParseStatusError, RunStatus, StepStatus};
 pub use steps::{NewStep, PluginIdentity, StepEnd, StepRecord};
 pub use time_fmt::{now, timestamp};

@@ -37,6 +37,14 @@ pub struct RunRecord {
     pub duration_ms: Option<i64>,
 }
 
+/// Steps by status (as stored), and per `uses` the number of finished steps with their total
+/// duration in milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepStats {
+    pub by_status: Vec<(String, i64)>,
+    pub durations: Vec<(String, i64, i64)>,
+}
+
 /// Counts of runs by status.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RunStats {
@@ -425,6 +433,30 @@ impl Store {
     }
 
     /// Counts by status and the success rate of finished runs.
+    /// Steps by status, and the finished ones' count and total duration by `uses`: what an
+    /// operator's metrics show.
+    pub async fn step_stats(&self) -> Result<StepStats> {
+        let by_status: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) AS n FROM steps GROUP BY status")
+                .fetch_all(self.pool())
+                .await
+                .map_err(query_err("counting steps"))?;
+        let durations: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT uses, COUNT(*) AS n, CAST(SUM(duration_ms) AS BIGINT) AS ms FROM steps \
+             WHERE duration_ms IS NOT NULL GROUP BY uses",
+        )
+        .fetch_all(self.pool())
+        .await
+        .map_err(query_err("summing step durations"))?;
+        Ok(StepStats {
+            by_status,
+            durations: durations
+                .into_iter()
+                .map(|(uses, n, ms)| (uses, n, ms.unwrap_or(0)))
+                .collect(),
+        })
+    }
+
     pub async fn run_stats(&self) -> Result<RunStats> {
         let rows: Vec<(String, i64)> =
             sqlx::query_as("SELECT status, COUNT(*) AS n FROM runs GROUP BY status")

@@ -99,6 +99,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest(API_PREFIX, api)
         .merge(crate::ui::routes())
+        .merge(crate::metrics::routes(state.clone()))
         .fallback(not_found)
         .layer(middleware::from_fn(log_requests))
         .layer(middleware::from_fn(refuse_large_bodies))
