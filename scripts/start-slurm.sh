@@ -38,11 +38,19 @@ fi
 stop
 mkdir -p "$dir/state" "$dir/spool"
 
-# munge: the key the package made; its daemon as its own user.
-if ! pgrep -x munged >/dev/null; then
+# munge: the key the package made, its daemon started as root (--force: the cluster's daemons
+# run as root too), and checked before Slurm needs it.
+if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
     $sudo mkdir -p /run/munge
-    $sudo chown munge:munge /run/munge 2>/dev/null || true
-    $sudo -u munge /usr/sbin/munged >&2 2>/dev/null || $sudo /usr/sbin/munged --force >&2
+    $sudo /usr/sbin/munged --force 2>/dev/null || true
+    for _ in $(seq 50); do
+        munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
+        echo "munged does not answer (see /var/log/munge/munged.log)" >&2
+        exit 1
+    fi
 fi
 
 node="$(hostname -s)"
@@ -92,5 +100,5 @@ for _ in $(seq 100); do
     sleep 0.2
 done
 echo "the Slurm cluster did not come up; logs in $dir" >&2
-tail -20 "$dir/slurmctld.log" "$dir/slurmd.log" >&2 || true
+tail -n 20 "$dir/slurmctld.log" "$dir/slurmd.log" >&2 || true
 exit 1
