@@ -34,16 +34,6 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-/// The run whose `training_name` param is `training`, if it was recorded.
-fn find_run(ws: &Workspace, training: &str) -> Option<serde_json::Value> {
-    ws.json(&["runs", "list", "--json"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["params"]["training_name"] == training)
-        .cloned()
-}
-
 fn yolo_running(ws: &Workspace) -> bool {
     processes_mentioning(&ws.root().display().to_string())
         .iter()

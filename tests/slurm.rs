@@ -119,13 +119,7 @@ fn queued(conf: &str, id: &str) -> bool {
 }
 
 fn the_run(ws: &Workspace, training: &str) -> serde_json::Value {
-    ws.json(&["runs", "list", "--json"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["params"]["training_name"] == training)
-        .cloned()
-        .unwrap_or_else(|| panic!("no run of {training}"))
+    find_run(ws, training).unwrap_or_else(|| panic!("no run of {training}"))
 }
 
 #[test]

@@ -200,6 +200,16 @@ pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
     found
 }
 
+/// The run whose `training_name` param is `training`, if it was recorded.
+pub fn find_run(ws: &Workspace, training: &str) -> Option<serde_json::Value> {
+    ws.json(&["runs", "list", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["params"]["training_name"] == training)
+        .cloned()
+}
+
 /// A step of `kiln runs show --json` output by id.
 pub fn step<'a>(show: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
     show["steps"]
