@@ -45,6 +45,14 @@ pub struct StepView {
     pub error_message: Option<String>,
     /// failure | infrastructure
     pub failure_kind: Option<String>,
+    /// Attempts retried so far after failures of the step itself, and after infrastructure
+    /// failures (a lost machine or program).
+    pub failure_retries: i64,
+    pub infrastructure_retries: i64,
+    /// When this attempt retries an earlier one: `failure` or `infrastructure`, and the earlier
+    /// attempt's error.
+    pub retry_reason: Option<String>,
+    pub retry_error: Option<String>,
     pub plugin_name: Option<String>,
     pub plugin_version: Option<String>,
     pub plugin_digest: Option<String>,
@@ -70,6 +78,10 @@ impl From<StepRecord> for StepView {
             progress: s.progress,
             error_message: s.error_message,
             failure_kind: s.failure_kind,
+            failure_retries: s.failure_retries,
+            infrastructure_retries: s.infrastructure_retries,
+            retry_reason: s.retry_reason,
+            retry_error: s.retry_error,
             plugin_name: s.plugin_name,
             plugin_version: s.plugin_version,
             plugin_digest: s.plugin_digest,

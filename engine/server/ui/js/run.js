@@ -169,11 +169,17 @@ export async function runView(main, id, ctx) {
   }
 
   function renderSteps() {
+    // A retry's details stay open across refreshes.
+    const open = new Set([...stepsBody.querySelectorAll("details[open]")].map((d) => d.closest("tr")?.dataset.step));
     keepFocus(stepsBody, () => fill(stepsBody, (run.steps || []).map((s) => h("tr", { "data-step": s.step_id },
       h("th", { scope: "row" }, s.step_id),
       h("td", s.uses, s.action ? h("span.sub", ` ${s.action}`) : null),
       h("td", statusBadge(s.status), s.cached_from ? h("div.sub", "cached") : null),
-      h("td", s.attempt, s.failure_kind ? h("div.sub", s.failure_kind) : null),
+      h("td", s.attempt,
+        s.retry_reason ? h("details.retry", { open: open.has(s.step_id) },
+          h("summary", `retry after a${s.retry_reason === "infrastructure" ? "n infrastructure" : ""} failure`),
+          h("p.err", plain(s.retry_error || ""))) : null,
+        s.failure_kind ? h("div.sub", s.failure_kind) : null),
       h("td", duration(s.duration_ms)),
       h("td.err", plain(s.error_message || ""))))));
     graph.update(run.steps || []);
