@@ -248,6 +248,12 @@ try {
   await phone.locator("#run-status", { hasText: "succeeded" }).waitFor();
   await phone.keyboard.press("Tab");
   assert.equal(await phone.evaluate(() => document.activeElement.className), "skip");
+  const before = phone.url();
+  await phone.keyboard.press("Enter");
+  assert.equal(phone.url(), before, "the skip link stays on the page");
+  assert.equal(await phone.evaluate(() => document.activeElement.id), "main", "and moves the focus to the content");
+  await phone.reload();
+  await phone.locator("#run-status", { hasText: "succeeded" }).waitFor();
   // The navigation works from the keyboard.
   for (let i = 0; i < 8; i++) {
     await phone.keyboard.press("Tab");

@@ -40,7 +40,10 @@ export async function api(method, path, body, { signal } = {}) {
   const text = await res.text();
   let data = null;
   if (text) {
-    try { data = JSON.parse(text); } catch { data = { detail: text }; }
+    // Not JSON (a proxy's HTML error page, say): its status says more than its markup.
+    try { data = JSON.parse(text); } catch { data = { detail: res.ok ? text : `HTTP ${res.status} ${res.statusText}`.trim() }; }
+  } else if (!res.ok) {
+    data = { detail: `HTTP ${res.status} ${res.statusText}`.trim() };
   }
   if (!res.ok) {
     if (res.status === 401) onUnauthorized();

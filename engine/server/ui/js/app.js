@@ -36,11 +36,20 @@ const routes = [
   [/^#\/models(?:\?(.*))?$/, (m, el) => modelsView(el, new URLSearchParams(m[1] || ""), ctx)],
 ];
 
+const TITLES = { runs: "Runs", start: "Start training", models: "Models" };
+
 async function route(event) {
+  // In-page anchors (the skip link's #main) are not addresses of views.
+  if (location.hash && !location.hash.startsWith("#/")) return;
+  // A filter that navigates keeps the keyboard focus (its new page has the same control).
+  const active = document.activeElement;
+  const keep = active && main.contains(active) && active.tagName === "SELECT" ? active.id : "";
   leaveView();
   const mine = navigation;
   if (!session) return signIn();
   const hash = location.hash || "#/runs";
+  const section = hash.slice(2).split(/[/?]/)[0];
+  document.title = `${TITLES[section] || "Kiln"} — Kiln`;
   for (const a of document.querySelectorAll("[data-nav]")) {
     const current = hash.startsWith(`#/${a.dataset.nav}`);
     if (current) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
@@ -48,7 +57,7 @@ async function route(event) {
   const found = routes.find(([re]) => re.test(hash));
   // An unknown address is replaced (Back does not return to it).
   if (!found) { location.replace("#/runs"); return; }
-  const view = document.createElement("div");
+  const view = h("div", h("p.sub.loading", { role: "status" }, "Loading…"));
   fill(main, view);
   let stop = null;
   try {
@@ -64,7 +73,9 @@ async function route(event) {
   }
   leave = stop;
   // After a navigation, keyboard and screen-reader focus moves to the new content.
-  if (event) main.focus({ preventScroll: true });
+  const again = keep && document.getElementById(keep);
+  if (again) again.focus({ preventScroll: true });
+  else if (event) main.focus({ preventScroll: true });
 }
 
 function showShell() {
@@ -149,10 +160,22 @@ document.getElementById("sign-out").addEventListener("click", () => {
 
 window.addEventListener("hashchange", route);
 
-(async () => {
+// The skip link moves the focus to the content without leaving the page.
+document.querySelector(".skip").addEventListener("click", (ev) => {
+  ev.preventDefault();
+  main.focus();
+});
+
+async function start() {
   try {
     if (await loadSession()) { showShell(); route(); } else signIn();
   } catch (e) {
-    signIn(`Cannot reach the server: ${e.message}`);
+    // The server is unreachable: the stored token may be fine; offer to try again.
+    hideShell();
+    fill(main, h("section.card", { role: "alert" },
+      h("h1", "Cannot reach the server"),
+      h("p.error", e.message),
+      h("button.primary#reconnect", { type: "button", on: { click: start } }, "Try again")));
   }
-})();
+}
+start();

@@ -59,14 +59,23 @@ export function metricsCharts(box) {
         };
         plots.push({ el, opts, data });
       }
-      const table = h("details.metrics-table", { open },
-        h("summary", "The numbers"),
-        h("div.table-wrap", h("table",
+      // The table of the numbers is built when it is opened (thousands of epochs make a big one).
+      const table = h("details.metrics-table", h("summary", "The numbers"));
+      const build = () => {
+        if (table.querySelector("table")) return;
+        table.append(h("div.table-wrap", h("table",
           h("thead", h("tr", h("th", { scope: "col" }, "epoch"), keys.map((k) => h("th", { scope: "col" }, k)))),
           h("tbody", rows.map((r) => h("tr", { "data-epoch": r.epoch }, h("th", { scope: "row" }, r.epoch),
             keys.map((k) => h("td", typeof r.metrics[k] === "number" ? +r.metrics[k].toPrecision(4) : "—"))))))));
+      };
+      table.addEventListener("toggle", () => { if (table.open) build(); });
+      if (open) { build(); table.open = true; }
       fill(box, parts, table);
       plots = plots.map(({ el, opts, data }) => new uPlot(opts, data, el));
+    },
+    /** Forget what is drawn (after an error replaced it), so the next update draws again. */
+    reset() {
+      signature = "";
     },
     destroy() {
       observer.disconnect();

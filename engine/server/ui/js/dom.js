@@ -68,8 +68,11 @@ export function bytes(n) {
   return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
 }
 
+/** A run or model id short enough to read and still telling ids of the same second apart
+ * (ids are time-ordered UUIDs: their first characters are the time). */
 export function shortId(id) {
-  return String(id).slice(0, 8);
+  const s = String(id);
+  return s.length > 16 ? `${s.slice(0, 8)}…${s.slice(-6)}` : s;
 }
 
 let toastTimer;

@@ -84,7 +84,9 @@ export async function modelView(main, id, ctx) {
       h("div", h("dt", "Base model"), h("dd", l.base_model_record ? h("a", { href: `#/models/${encodeURIComponent(l.base_model_record.id)}` }, `${l.base_model_record.name} v${l.base_model_record.version}`) : (l.base_model || "—"))))),
     h("section.card", h("h2", "Versions"), h("div.table-wrap", h("table",
       h("thead", h("tr", ["Version", "Stage", "Published", "Registered"].map((c) => h("th", { scope: "col" }, c)))),
-      h("tbody", (detail.versions || []).map((v) => h("tr",
+      // The API lists the other versions; this one is among them here.
+      h("tbody", [m, ...(detail.versions || []).filter((v) => v.id !== m.id)]
+        .sort((a, b) => b.version - a.version).map((v) => h("tr",
         h("td", v.id === m.id ? h("strong", `v${v.version} (this one)`) : h("a", { href: `#/models/${encodeURIComponent(v.id)}` }, `v${v.version}`)),
         h("td", v.stage || "—"), h("td", v.is_published ? "yes" : "no"), h("td", when(v.created_on)))))))));
   return null;

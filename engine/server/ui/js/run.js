@@ -40,11 +40,13 @@ function layers(steps) {
   for (const s of steps) (rows[depth.get(s.step_id)] ||= []).push(s.step_id);
   const pos = {};
   rows.forEach((row, y) => row.forEach((id, x) => { pos[id] = { x: (x - (row.length - 1) / 2) * 130, y: y * 80 }; }));
-  return pos;
+  return { pos, layers: rows.length };
 }
 
 function dag(container, steps) {
-  const pos = layers(steps);
+  const { pos, layers: depth } = layers(steps);
+  // Tall enough for the layers (scrolling the page is easier than reading a squeezed graph).
+  container.style.height = `${Math.min(640, Math.max(200, depth * 80 + 60))}px`;
   const cy = cytoscape({
     container,
     elements: [
@@ -61,8 +63,18 @@ function dag(container, steps) {
       { selector: "edge", style: { width: 2, "line-color": "#c0c4ca", "target-arrow-shape": "triangle",
         "target-arrow-color": "#c0c4ca", "curve-style": "bezier" } },
     ],
-    userZoomingEnabled: false, userPanningEnabled: true, boxSelectionEnabled: false, autoungrabify: true,
+    // Labels stay readable: never zoomed out below 0.6 (a wide graph is panned instead), and a
+    // person may zoom in.
+    minZoom: 0.6, maxZoom: 2,
+    userZoomingEnabled: true, userPanningEnabled: true, boxSelectionEnabled: false, autoungrabify: true,
   });
+  if (cy.zoom() <= 0.6) {
+    // Wider than the box at the smallest zoom: start at the top, centred.
+    cy.zoom(0.6);
+    const roots = cy.nodes().filter((n) => n.indegree() === 0);
+    cy.center(roots.length ? roots : cy.nodes());
+    cy.panBy({ x: 0, y: 30 - cy.pan().y });
+  }
   return {
     update(steps) {
       for (const s of steps) cy.getElementById(s.step_id).data("status", s.status);
@@ -95,9 +107,13 @@ export async function runView(main, id, ctx) {
   const logState = h("span.log-state#log-state", { "aria-live": "polite" });
   const logBox = h("pre.log#log", { tabIndex: 0, "aria-label": "Trainer log" });
   const errorBox = h("div");
+  const connection = h("p.error.banner#connection", { role: "status" });
+  const actionBox = h("div");
 
   fill(main,
     h("div.head", h("div", h("a.back", { href: "#/runs" }, "← Runs"), title), actions),
+    connection,
+    actionBox,
     errorBox,
     summary,
     training,
@@ -143,7 +159,7 @@ export async function runView(main, id, ctx) {
     fill(summary,
       h("div", h("dt", "Status"), h("dd#run-status", statusBadge(run.status))),
       h("div", h("dt", "Workflow"), h("dd", run.workflow_name)),
-      p.project ? h("div", h("dt", "Training"), h("dd", `${p.project} / ${p.training_name ?? "—"}`)) : null,
+      p.project && p.training_name ? h("div", h("dt", "Training"), h("dd", `${p.project} / ${p.training_name}`)) : null,
       h("div", h("dt", "Created"), h("dd", `${when(run.created_at)} by ${run.created_by}`)),
       h("div", h("dt", "Duration"), h("dd", duration(run.duration_ms))),
       model ? h("div", h("dt", "Model"), h("dd", h("a#run-model", { href: `#/models/${encodeURIComponent(model.model_id)}` }, `${model.name} v${model.version}`))) : null);
@@ -225,12 +241,15 @@ export async function runView(main, id, ctx) {
   }
 
   /** Follow the chosen step's log (automatic: see autoStep); `fresh` clears what is shown. */
+  let logAttempt = null;
   function startLog(fresh = true) {
+    if (gone) return;
     if (stopLog) stopLog();
     if (fresh) { logBox.replaceChildren(); logLines = []; }
     logStep = stepSelect.value || autoStep();
+    logAttempt = (run.steps || []).find((s) => s.step_id === logStep)?.attempt ?? null;
     logEnded = false;
-    if (!fresh) appendLog([`── step ${logStep} ──`]);
+    if (!fresh) appendLog([`── step ${logStep}${logAttempt > 1 ? `, attempt ${logAttempt}` : ""} ──`]);
     logBox.dataset.step = logStep || "";
     stopLog = followLog(id, logStep, {
       onLines: appendLog,
@@ -247,8 +266,9 @@ export async function runView(main, id, ctx) {
   async function loadMetrics() {
     try {
       const m = await get(`/runs/${encodeURIComponent(id)}/metrics`);
-      charts.update(m.epochs);
+      if (!gone) charts.update(m.epochs);
     } catch (e) {
+      charts.reset();
       fill(chartBox, h("p.error", `Cannot load metrics: ${e.message}`));
     }
   }
@@ -275,6 +295,8 @@ export async function runView(main, id, ctx) {
       toast(what);
       await refresh();
     } catch (e) {
+      // Said where the action was, not only in a passing toast.
+      fill(actionBox, h("p.error.banner#action-error", { role: "alert" }, `${what} failed: ${plain(e.message)}`));
       toast(`${what} failed: ${e.message}`, true);
     }
   }
@@ -286,6 +308,7 @@ export async function runView(main, id, ctx) {
     act("Retry started", () => post(`/runs/${encodeURIComponent(id)}/retry`)).then(startLog);
   }
   function exportBest() {
+    fill(actionBox);
     act("Best weights exported", async () => {
       const r = await post(`/runs/${encodeURIComponent(id)}/export-best`);
       const out = r.outputs || {};
@@ -298,6 +321,8 @@ export async function runView(main, id, ctx) {
   async function refresh() {
     try {
       const fresh = await get(`/runs/${encodeURIComponent(id)}`);
+      if (gone) return;
+      connection.textContent = "";
       const ended = ACTIVE.includes(run.status) && !ACTIVE.includes(fresh.status);
       run = fresh;
       renderActions();
@@ -305,16 +330,24 @@ export async function runView(main, id, ctx) {
       renderTraining();
       renderSteps();
       if ((run.steps || []).length !== stepSelect.options.length - 1) renderStepChoices();
-      // Automatic: move on to the step that now has the output (keeping what was shown).
+      if (gone) return;
+      // Automatic: move on to the step that now has the output (keeping what was shown); any
+      // step: follow it again when it runs again (a retry, from here or elsewhere).
       const want = autoStep();
+      const followed = (run.steps || []).find((s) => s.step_id === logStep);
       if (!stepSelect.value && want && want !== logStep &&
           (logEnded || (run.steps || []).some((s) => s.step_id === want && s.status === "running"))) {
+        startLog(false);
+      } else if (followed && (followed.attempt !== logAttempt || (logEnded && followed.status === "running"))) {
         startLog(false);
       }
       await loadMetrics();
       if (ended || Date.now() - lastCheckpoints > 5000) await loadCheckpoints();
     } catch (e) {
-      if (e instanceof ApiError && e.status === 404) {
+      if (!(e instanceof ApiError)) {
+        // The server does not answer: say so (what is shown may be stale) and keep trying.
+        connection.textContent = `Cannot reach the server (${e.message}); what you see may be out of date. Retrying…`;
+      } else if (e.status === 404) {
         gone = true;
         if (stopLog) stopLog();
         actionsShown = null;

@@ -75,7 +75,8 @@ export async function runsView(main, params, ctx) {
         offset > 0 ? h("a.button", { href: `#/runs${query({ status, offset: Math.max(0, offset - PAGE) })}` }, "Newer") : null,
         page.next_offset != null ? h("a.button", { href: `#/runs${query({ status, offset: page.next_offset })}` }, "Older") : null));
     } catch (e) {
-      fill(stats, h("p.error", `Cannot load runs: ${e.message}`));
+      delete stats.dataset.shown;
+      fill(stats, h("p.error", { role: "alert" }, `Cannot load runs: ${e.message}; retrying`));
     }
   }
   await refresh();

@@ -5,7 +5,7 @@
 // is allowed only after a clean preflight of exactly what is on the form.
 
 import { ApiError, get, post, query } from "./api.js";
-import { fill, h, toast } from "./dom.js";
+import { fill, h, plain, toast } from "./dom.js";
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
@@ -117,8 +117,10 @@ export async function startView(main, ctx) {
   const mode = () => (modeDev.checked ? "developer" : "user");
   const current = () => frameworks.find((x) => x.name === f.framework.control.value);
 
+  let preflights = 0;
   function invalidate() {
     preflightOk = null;
+    preflights++;
     startButton.disabled = true;
   }
 
@@ -136,7 +138,9 @@ export async function startView(main, ctx) {
     fill(dataset);
   }
 
+  let optionsAsked = 0;
   async function loadOptions() {
+    const asked = ++optionsAsked;
     const fr = current();
     fill(optionsBox, h("p.sub", "Loading the options…"));
     options = [];
@@ -144,8 +148,10 @@ export async function startView(main, ctx) {
     if (!fr || !fr.startable || !f.task.control.value) { fill(optionsBox, h("p.sub", "Choose a framework and task.")); return; }
     try {
       const r = await post("/training/config/resolve", { framework: fr.name, task: f.task.control.value, mode: "developer", overrides: {} });
+      if (asked !== optionsAsked) return; // another framework or task was chosen meanwhile
       options = r.options || [];
     } catch (e) {
+      if (asked !== optionsAsked) return;
       // The plugin is installed but cannot resolve configs here (e.g. its Python lacks the
       // framework): the framework is not usable now, and says why next to its field.
       unusable.set(fr.name, e.message);
@@ -232,6 +238,7 @@ export async function startView(main, ctx) {
 
   async function preflight() {
     invalidate();
+    const checking = ++preflights;
     formError.textContent = "";
     for (const k of ["framework", "project", "release", "name"]) f[k].setError("");
     const r = request();
@@ -245,6 +252,9 @@ export async function startView(main, ctx) {
     else if (!NAME.test(r.name)) { f.name.setError("Use letters, digits, '.', '_' and '-' (at most 128, not starting with '.', '_' or '-')."); ok = false; }
     const config = overrides();
     if (!config) ok = false;
+    // The release must extract (a broken ZIP is said here, not by a failed run).
+    if (ok && !(await extract())) ok = false;
+    if (checking !== preflights) return false;
     fill(previewBox);
     if (!config) return false;
     let resolved;
@@ -257,7 +267,13 @@ export async function startView(main, ctx) {
         project_id: named && NAME.test(r.project) ? r.project : undefined,
       });
     } catch (e) {
-      placeError(e.message);
+      if (checking === preflights) placeError(e.message);
+      return false;
+    }
+    // The form changed while the preflight ran (every change invalidates): it checked
+    // something else.
+    if (checking !== preflights) {
+      formError.textContent = "The form changed during the preflight: preflight again.";
       return false;
     }
     if (resolved.training_name_problem) {
@@ -306,36 +322,51 @@ export async function startView(main, ctx) {
     }
   }
 
+  /**
+   * Extract the chosen release (nothing to do when it is extracted already) and show its dataset;
+   * false, with the error by the Release field, when it cannot be. A reply for a release that is
+   * no longer the chosen one is dropped.
+   */
+  let releaseAsked = 0;
   async function extract() {
     const r = request();
+    const asked = ++releaseAsked;
     f.project.setError(""); f.release.setError("");
-    if (!r.project) { f.project.setError("Choose a project."); return; }
-    if (!r.release) { f.release.setError("Choose a release ZIP."); return; }
-    fill(dataset, h("p.sub", "Looking at the release…"));
+    if (!r.project) { f.project.setError("Choose a project."); return false; }
+    if (!r.release) { f.release.setError("Choose a release ZIP."); return false; }
+    const stale = () => asked !== releaseAsked;
+    extractButton.disabled = true;
+    fill(dataset, h("p.sub", "Extracting the release (once; nothing to do when it is extracted)…"));
     try {
-      const state = await get(`/training/check-extracted${query({ zip_path: `projects/${r.project}/releases/${r.release}` })}`);
-      let out = null;
-      if (!state.extracted || ctx.can("CreateTrainingRun")) {
-        fill(dataset, h("p.sub", state.extracted ? "Reading the dataset…" : "Extracting…"));
-        out = await post("/training/extract-release", { zip_path: `projects/${r.project}/releases/${r.release}` });
-      }
-      const o = out || state;
+      const o = await post("/training/extract-release", { zip_path: `projects/${r.project}/releases/${r.release}` });
+      if (stale()) return false;
       const names = Array.isArray(o.class_names) ? o.class_names : [];
       fill(dataset, h("dl.summary",
-        h("div", h("dt", "Dataset folder"), h("dd", h("code#dataset-dir", o.dataset_dir || state.dataset_dir))),
+        h("div", h("dt", "Dataset folder"), h("dd", h("code#dataset-dir", o.dataset_dir))),
         o.layout ? h("div", h("dt", "Layout"), h("dd", o.layout)) : null,
         o.splits ? h("div", h("dt", "Splits"), h("dd", Array.isArray(o.splits) ? o.splits.join(", ") : Object.keys(o.splits).join(", "))) : null,
         h("div", h("dt", `Classes (${names.length})`), h("dd#class-names", names.join(", ") || "—"))));
+      return true;
     } catch (e) {
+      if (stale()) return false;
       fill(dataset);
-      f.release.setError(e.message);
+      f.release.setError(plain(e.message));
+      return false;
+    } finally {
+      if (!stale()) extractButton.disabled = false;
     }
   }
 
   f.framework.control.addEventListener("change", () => { fillTasks(); invalidate(); loadOptions(); });
   f.task.control.addEventListener("change", () => { invalidate(); loadOptions(); });
   f.project.control.addEventListener("change", () => { fillReleases(); invalidate(); });
-  f.release.control.addEventListener("change", () => { fill(dataset); invalidate(); });
+  f.release.control.addEventListener("change", () => {
+    releaseAsked++;
+    extractButton.disabled = false;
+    f.release.setError("");
+    fill(dataset);
+    invalidate();
+  });
   f.name.control.addEventListener("input", invalidate);
   for (const m of [modeUser, modeDev]) m.addEventListener("change", () => { invalidate(); renderOptions(); });
   filter.addEventListener("input", renderOptions);

@@ -121,7 +121,7 @@ pub(super) const DESCRIPTIONS: &[(&str, &str)] = &[
 ];
 
 /// The type a form shows for a key: the kind of its value, the special keys by what they
-/// usually hold (imgsz and batch also take a list or a fraction).
+/// usually hold (imgsz and batch take more than whole numbers: `any`).
 pub fn option_type(key: &str, kind: Kind) -> &'static str {
     match kind {
         Kind::Bool => "bool",
@@ -131,6 +131,8 @@ pub fn option_type(key: &str, kind: Kind) -> &'static str {
         Kind::Any => "any",
         Kind::Special => match key {
             "device" => "str",
+            // A number of pixels or [w, h]; a batch size, -1 (auto) or a fraction of memory.
+            "imgsz" | "batch" => "any",
             _ => "int",
         },
     }
