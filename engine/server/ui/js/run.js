@@ -226,16 +226,23 @@ export async function runView(main, id, ctx) {
   // The log, as text nodes of whole batches; the newest 5,000 lines are kept.
   let logLines = [];
   let logEnded = false;
+  // Bounded in lines and in characters: a line longer than 10,000 characters is cut.
+  const MAX_LINE = 10000;
   function appendLog(lines) {
     const atEnd = logBox.scrollTop + logBox.clientHeight >= logBox.scrollHeight - 8;
-    const node = document.createTextNode(lines.map((l) => `${l}\n`).join(""));
+    const text = lines.map((l) => (l.length > MAX_LINE
+      ? `${l.slice(0, MAX_LINE)} … (${l.length - MAX_LINE} more characters)\n`
+      : `${l}\n`)).join("");
+    const node = document.createTextNode(text);
     logBox.append(node);
-    logLines.push([node, lines.length]);
+    logLines.push([node, lines.length, text.length]);
     let total = logLines.reduce((n, [, c]) => n + c, 0);
-    while (total > 5000 && logLines.length > 1) {
-      const [first, count] = logLines.shift();
+    let chars = logLines.reduce((n, [, , c]) => n + c, 0);
+    while ((total > 5000 || chars > 2_000_000) && logLines.length > 1) {
+      const [first, count, size] = logLines.shift();
       first.remove();
       total -= count;
+      chars -= size;
     }
     if (follow.checked && (atEnd || total < 50)) logBox.scrollTop = logBox.scrollHeight;
   }
