@@ -897,6 +897,20 @@ fn a_run_survives_a_killed_server_and_completes_after_restart() {
     let l = launches(&record);
     assert_eq!(l.len(), 1, "re-attached, not launched again: {l:?}");
     assert!(l[0].end.is_some(), "the one launch finished: {l:?}");
+    // Epochs that ended while no server listened are in the run's metrics too.
+    let m = server
+        .get(&format!("/api/v1/runs/{id}/metrics"), &token)
+        .json();
+    let epochs: Vec<i64> = m["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["epoch"].as_i64().unwrap())
+        .collect();
+    let planned = demo_run("x")["params"]["overrides"]["epochs"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(epochs, (1..=planned).collect::<Vec<_>>(), "{m}");
     assert!(
         server.log_text().contains("recover"),
         "the restarted server says it recovered the run:\n{}",

@@ -207,15 +207,15 @@ struct ResultsCsv {
 }
 
 impl ResultsCsv {
+    /// Rows already there (a resumed training, or one this step re-attached to after the engine
+    /// was down) are reported too, at the first look: the epochs a dead engine did not hear
+    /// about are not lost to the run's metrics, and reporting an epoch again changes nothing.
     fn new(out: &GrantedDir) -> Self {
-        let mut csv = ResultsCsv {
+        ResultsCsv {
             guest_path: out.guest("results.csv"),
             rows_seen: 0,
             last_len: None,
-        };
-        // Rows already there (a resumed training) are not new.
-        csv.rows_seen = csv.read().len();
-        csv
+        }
     }
 
     fn read(&self) -> Vec<monitor::Row> {
@@ -339,7 +339,8 @@ fn train(ctx: &StepContext, inputs: &Inputs) -> Result<Value, StepError> {
     let proc = command.launch()?;
     let mut splitter = LineSplitter::new();
     let mut mon = Monitor::new();
-    let mut csv_due = false;
+    // The first look reports the rows already there (see ResultsCsv::new).
+    let mut csv_due = true;
     let mut last_poll = std::time::Instant::now();
     loop {
         let chunk = proc.read_output(READ_MAX_BYTES, READ_TIMEOUT_MS)?;
