@@ -348,3 +348,63 @@ fn a_job_waiting_in_the_queue_says_why_as_its_progress() {
     let show = ws.json(&["runs", "show", &id, "--json"]);
     assert_eq!(show["run"]["status"], "succeeded", "{show}");
 }
+
+/// An engine killed after sbatch accepted the job but before it recorded the job's id: the
+/// resumed engine finds the job by its name and follows it; no second job, no second trainer.
+#[test]
+fn a_job_whose_id_was_never_recorded_is_found_by_its_name() {
+    let Some((_cluster, conf)) = cluster() else {
+        return;
+    };
+    let (ws, wf) = slurm_workspace(&conf, "{}", "");
+    // Slurm's commands as they are, but sbatch answers 30 s late, after telling the test.
+    let bin = ws.root().join("slurm-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let submitted = ws.root().join("submitted");
+    for name in ["sbatch", "squeue", "scontrol", "scancel"] {
+        let real = Command::new("sh")
+            .args(["-c", &format!("command -v {name}")])
+            .output()
+            .unwrap();
+        let real = text(&real.stdout).trim().to_owned();
+        let body = if name == "sbatch" {
+            format!(
+                "#!/bin/sh\nout=$('{real}' \"$@\") || exit $?\ntouch '{}'\nsleep 30\necho \"$out\"\n",
+                submitted.display()
+            )
+        } else {
+            format!("#!/bin/sh\nexec '{real}' \"$@\"\n")
+        };
+        let path = bin.join(name);
+        std::fs::write(&path, body).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(
+        ws.root().join("configs/launchers.yaml"),
+        format!("launcher: slurm\nslurm: {{bin_dir: '{}'}}\n", bin.display()),
+    )
+    .unwrap();
+    let record = ws.root().join("launches.txt");
+    let ws = ws
+        .with_env("FAKE_YOLO_RECORD", record.to_str().unwrap())
+        .with_env("FAKE_YOLO_EPOCH_SECONDS", "2");
+    let mut engine = ws.spawn(&strs(&run_args(&wf, "u1")));
+    engine.wait_for(300, "sbatch to accept the job", || submitted.exists());
+    kill(engine.id(), "KILL");
+    engine.wait();
+    let id = the_run(&ws, "u1")["id"].as_str().unwrap().to_owned();
+    assert!(jobs(&ws, &id).is_empty(), "the id was not recorded");
+    let out = ws.kiln(&["resume", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        ws.json(&["runs", "show", &id, "--json"])["run"]["status"],
+        "succeeded"
+    );
+    assert_eq!(
+        jobs(&ws, &id).len(),
+        1,
+        "found and recorded, not submitted again"
+    );
+    assert_eq!(launches(&record).len(), 1, "one trainer");
+}

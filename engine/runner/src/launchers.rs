@@ -78,7 +78,51 @@ const KILN_SBATCH_OPTIONS: &[(&str, &str)] = &[
     ),
     ("--array", "one launch is one job"),
     ("--wrap", "Kiln writes the job script"),
+    ("--gpus-per-node", "it is the step's `resources.gpus`"),
+    ("--gpus-per-task", "it is the step's `resources.gpus`"),
+    ("--gpus-per-socket", "it is the step's `resources.gpus`"),
+    ("--hold", "a held job would keep the step waiting"),
+    ("--wait", "Kiln follows the job itself"),
 ];
+
+/// The short forms of [`KILN_SBATCH_OPTIONS`] (`-J NAME`, `-Jname`...).
+const KILN_SBATCH_SHORT: &[(char, &str)] = &[
+    ('J', "--job-name"),
+    ('o', "--output"),
+    ('e', "--error"),
+    ('D', "--chdir"),
+    ('t', "--time"),
+    ('G', "--gpus"),
+    ('a', "--array"),
+    ('H', "--hold"),
+    ('W', "--wait"),
+];
+
+/// The option of Kiln's that `arg` sets, also written short (`-t5`) or abbreviated (`--out=`,
+/// which sbatch accepts for `--output`), with why Kiln sets it.
+fn kiln_option(arg: &str) -> Option<(&'static str, &'static str)> {
+    let why = |long: &str| {
+        KILN_SBATCH_OPTIONS
+            .iter()
+            .find(|(o, _)| *o == long)
+            .copied()
+    };
+    if let Some(long) = arg.strip_prefix("--") {
+        let name = long.split('=').next().unwrap_or(long);
+        if name.is_empty() {
+            return None;
+        }
+        return KILN_SBATCH_OPTIONS
+            .iter()
+            .find(|(o, _)| o[2..].starts_with(name))
+            .copied();
+    }
+    let short = arg.strip_prefix('-')?.chars().next()?;
+    KILN_SBATCH_SHORT
+        .iter()
+        .find(|(c, _)| *c == short)
+        .and_then(|(_, long)| why(long))
+}
 
 /// The launcher of the workspace whose launchers file is `path` (absent: local).
 pub fn read_launcher(path: &Path) -> Result<Launcher> {
@@ -117,10 +161,9 @@ fn parse(text: &str) -> std::result::Result<Launcher, String> {
                  `--name=value`"
             ));
         }
-        let name = arg.split('=').next().unwrap_or(arg);
-        if let Some((_, why)) = KILN_SBATCH_OPTIONS.iter().find(|(o, _)| *o == name) {
+        if let Some((name, why)) = kiln_option(arg) {
             return Err(format!(
-                "`slurm.sbatch_args[{i}]`: Kiln sets {name} itself ({why}); remove it"
+                "`slurm.sbatch_args[{i}]` ({arg:?}): Kiln sets {name} itself ({why}); remove it"
             ));
         }
     }
@@ -200,6 +243,21 @@ mod tests {
         assert!(e.contains("partitoin"), "{e}");
         let e = parse("launcher: slurm\nslurm: {sbatch_args: [--time=10]}").unwrap_err();
         assert!(e.contains("sbatch_args[0]") && e.contains("--time"), "{e}");
+        for sneaky in [
+            "-Jevil",
+            "-t1",
+            "--out=/tmp/x",
+            "--gpus-per-node=2",
+            "-H",
+            "--hold",
+        ] {
+            let e = parse(&format!(
+                "launcher: slurm\nslurm: {{sbatch_args: [{sneaky}]}}"
+            ))
+            .unwrap_err();
+            assert!(e.contains("Kiln sets"), "{sneaky}: {e}");
+        }
+        assert!(parse("launcher: slurm\nslurm: {sbatch_args: [--qos=high, -Cgpu]}").is_ok());
         let e = parse("launcher: slurm\nslurm: {sbatch_args: [qos]}").unwrap_err();
         assert!(e.contains("not an sbatch option"), "{e}");
         let e = parse("launcher: slurm\nslurm: {partition: 'a b'}").unwrap_err();

@@ -289,10 +289,32 @@ impl Supervised {
             )
             .map_err(state_err)?;
         }
-        let job = options
-            .job_for(supervisor_exe, state_dir, true)
-            .await?
-            .expect("job_for submits when asked to");
+        let Some(job) = options.job_for(supervisor_exe, state_dir, true).await? else {
+            // The launch ran (its records are here) and Slurm has forgotten its job.
+            let child = records::read_child(state_dir)?;
+            return match (child, records::read_exit(state_dir)?) {
+                (Some(child), Some(_)) => Ok(Self {
+                    supervisor: None,
+                    state_dir: state_dir.to_owned(),
+                    child,
+                    program,
+                    attached: true,
+                    job: None,
+                }),
+                (None, Some(exit)) => Err(Error::Start {
+                    program,
+                    message: exit
+                        .start_error
+                        .unwrap_or_else(|| "it exited before it was recorded".into()),
+                }),
+                (child, None) => Err(Error::Lost {
+                    program,
+                    pid: child.map_or(0, |c| c.pid),
+                    why: "its Slurm job is no longer known to Slurm and recorded no exit".into(),
+                    state_dir: state_dir.to_owned(),
+                }),
+            };
+        };
         let id = job.job_id;
         let started = |child: ChildRecord| Self {
             supervisor: None,
@@ -317,7 +339,17 @@ impl Supervised {
             if let Some(exit) = records::read_exit(state_dir)? {
                 return Err(not_started(exit));
             }
-            match options.state(&id).await? {
+            let state = match options.state(&id).await {
+                Ok(state) => state,
+                // Slurm not answering for a while (a controller restart) loses no place in
+                // the queue: keep asking (the step's timeout and a cancel still end the wait).
+                Err(e) => {
+                    tracing::warn!(job_id = %id, "asking Slurm about the queued job: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            match state {
                 JobState::Pending { reason } => {
                     let message = format!("Slurm job {id} is PENDING ({reason})");
                     if message != told {
@@ -359,8 +391,24 @@ impl Supervised {
     /// stopped a program that did nothing wrong; Kiln's retry policy resumes it). None for a
     /// local launch or a program that ended by itself.
     pub async fn stopped_by_scheduler(&self, exit: &ExitRecord) -> Option<String> {
-        let (options, id) = self.job.as_ref()?;
         exit.signal?;
+        let forwarded = || {
+            exit.forwarded_signal.map(|sig| {
+                format!(
+                    "its Slurm job is no longer known, and its supervisor was sent signal {sig} \
+                     (the job was stopped from outside the program: {})",
+                    exit.describe()
+                )
+            })
+        };
+        let Some((options, id)) = self.job.as_ref() else {
+            // Launched under Slurm, its job forgotten: the supervisor's record tells.
+            return if self.state_dir.join("slurm-job.sh").exists() {
+                forwarded()
+            } else {
+                None
+            };
+        };
         // The supervisor writes the record just before the job ends.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let state = loop {
@@ -371,10 +419,13 @@ impl Supervised {
             }
         };
         match &state {
+            JobState::Unknown => forwarded(),
             JobState::Ended { state: s, .. }
+                // Not TIMEOUT: the time limit is the step's own `timeout`, whose expiry is the
+                // step's failure wherever it is enforced.
                 if matches!(
                     s.as_str(),
-                    "CANCELLED" | "TIMEOUT" | "PREEMPTED" | "NODE_FAIL" | "BOOT_FAIL" | "DEADLINE"
+                    "CANCELLED" | "PREEMPTED" | "NODE_FAIL" | "BOOT_FAIL" | "DEADLINE"
                 ) =>
             {
                 Some(format!(

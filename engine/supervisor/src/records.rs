@@ -55,6 +55,10 @@ pub struct ExitRecord {
     /// Set when the program could not be started at all.
     pub start_error: Option<String>,
     pub finished_at: String,
+    /// The first termination signal the supervisor received and passed on to the program (a
+    /// scheduler stopping the job), when it got one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_signal: Option<i32>,
 }
 
 impl ExitRecord {

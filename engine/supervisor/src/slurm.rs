@@ -105,10 +105,16 @@ impl SlurmOptions {
             .map_err(|e| Error::Slurm {
                 command: name.to_owned(),
                 message: if e.kind() == std::io::ErrorKind::NotFound {
-                    format!(
-                        "`{name}` is not installed or not on PATH (the Slurm launcher needs \
-                         sbatch, squeue, scontrol and scancel)"
-                    )
+                    match &self.bin_dir {
+                        Some(dir) => format!(
+                            "`{name}` is not in {} (`slurm.bin_dir` of configs/launchers.yaml)",
+                            dir.display()
+                        ),
+                        None => format!(
+                            "`{name}` is not installed or not on PATH (the Slurm launcher needs \
+                             sbatch, squeue, scontrol and scancel)"
+                        ),
+                    }
                 } else {
                     e.to_string()
                 },
@@ -136,9 +142,16 @@ impl SlurmOptions {
     /// The name of the job of the launch in `state_dir`: the prefix and a hash of the folder,
     /// at most 120 characters, so the job is found again by name.
     pub fn job_name(&self, state_dir: &Path) -> String {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        state_dir.hash(&mut h);
+        // FNV-1a over the path's bytes: the same name from every build and machine (an engine
+        // upgraded between a crash and its resume still finds the job).
+        use std::os::unix::ffi::OsStrExt;
+        let hash = state_dir
+            .as_os_str()
+            .as_bytes()
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
         let prefix: String = self
             .name
             .chars()
@@ -151,7 +164,7 @@ impl SlurmOptions {
             })
             .take(100)
             .collect();
-        format!("{prefix}-{:016x}", h.finish())
+        format!("{prefix}-{hash:016x}")
     }
 
     /// Submit the supervisor of `state_dir` as a batch job; returns the job id.
@@ -170,7 +183,8 @@ impl SlurmOptions {
         let mut args = vec![
             "--parsable".to_owned(),
             format!("--job-name={}", self.job_name(state_dir)),
-            format!("--output={}", state_dir.join("slurm-%j.out").display()),
+            // Relative to --chdir: a `%` in the workspace's path would be a filename pattern.
+            "--output=slurm-%j.out".to_owned(),
             format!("--chdir={}", state_dir.display()),
             // Nothing of the engine's environment: the program's comes from spec.json, plus what
             // Slurm sets for the job (CUDA_VISIBLE_DEVICES with --gres).
@@ -213,6 +227,8 @@ impl SlurmOptions {
                 &[
                     "--noheader".into(),
                     "--format=%i".into(),
+                    // Finished jobs too (until Slurm forgets them, MinJobAge).
+                    "--states=all".into(),
                     format!("--name={name}"),
                 ],
             )
@@ -253,12 +269,35 @@ impl SlurmOptions {
         self.run("scancel", &args).await.map(|_| ())
     }
 
+    /// Cancel whatever job of the launch in `state_dir` Slurm has, recorded or not (a submission
+    /// whose answer was lost, a cancel while sbatch runs).
+    pub async fn cancel_launch(&self, state_dir: &Path, grace: Duration) {
+        match read_job(state_dir) {
+            Ok(Some(job)) => self.terminate(&job.job_id, grace).await,
+            _ => {
+                if let Ok(Some(id)) = self.find(&self.job_name(state_dir)).await {
+                    self.terminate(&id, grace).await;
+                }
+            }
+        }
+    }
+
     /// SIGTERM every process of the job, wait up to `grace` for the job to end, then cancel it
     /// (SIGKILL after Slurm's KillWait) and wait until it has ended (at most a minute more).
     pub async fn terminate(&self, id: &str, grace: Duration) {
         let ended = |s: Result<JobState>| s.map(|s| s.is_ended()).unwrap_or(false);
-        if ended(self.state(id).await) {
-            return;
+        match self.state(id).await {
+            Ok(s) if s.is_ended() => return,
+            // Nothing runs yet: no signal to pass on (scancel --signal waits for a pending job).
+            Ok(JobState::Pending { .. }) => {
+                if let Err(e) = self.cancel(id, None).await
+                    && !ended(self.state(id).await)
+                {
+                    tracing::warn!(job_id = id, "scancel: {e}");
+                }
+                return;
+            }
+            _ => {}
         }
         if let Err(e) = self.cancel(id, Some("TERM")).await
             && !ended(self.state(id).await)
@@ -298,7 +337,32 @@ impl SlurmOptions {
         let name = self.job_name(state_dir);
         let id = match self.find(&name).await? {
             Some(id) => id,
-            None if submit => self.submit(supervisor_exe, state_dir).await?,
+            None if submit => {
+                // A job already ran this launch and Slurm has forgotten it: never a second one.
+                if records::read_child(state_dir)?.is_some()
+                    || records::read_exit(state_dir)?.is_some()
+                {
+                    return Ok(None);
+                }
+                match self.submit(supervisor_exe, state_dir).await {
+                    Ok(id) => id,
+                    // sbatch may have submitted the job and lost the answer (a timeout, a busy
+                    // controller): a queued or running job of this name is that job. One that
+                    // ended at once is what sbatch refused (Slurm keeps it as FAILED), and the
+                    // error stands.
+                    Err(e) => match self.find(&name).await {
+                        Ok(Some(id))
+                            if matches!(
+                                self.state(&id).await,
+                                Ok(JobState::Pending { .. } | JobState::Active { .. })
+                            ) =>
+                        {
+                            id
+                        }
+                        _ => return Err(e),
+                    },
+                }
+            }
             None => return Ok(None),
         };
         let job = JobRecord {

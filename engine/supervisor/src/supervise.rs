@@ -35,6 +35,7 @@ pub fn run(state_dir: &Path) -> i32 {
                 signal: None,
                 start_error: Some(message),
                 finished_at: now_rfc3339(),
+                forwarded_signal: None,
             };
             let _ = write_json_atomic(&state_dir.join(EXIT_FILE), &record, Durability::Machine);
             1
@@ -111,11 +112,13 @@ fn supervise(state_dir: &Path) -> Result<ExitRecord, String> {
     let status = child
         .wait()
         .map_err(|e| format!("waiting for pid {pid}: {e}"))?;
+    let forwarded = FORWARDED.load(std::sync::atomic::Ordering::SeqCst);
     let record = ExitRecord {
         code: status.code(),
         signal: status.signal(),
         start_error: None,
         finished_at: now_rfc3339(),
+        forwarded_signal: (forwarded != 0).then_some(forwarded),
     };
     write_json_atomic(&state_dir.join(EXIT_FILE), &record, Durability::Machine)
         .map_err(|e| format!("cannot record the exit status: {e}"))?;
@@ -125,9 +128,18 @@ fn supervise(state_dir: &Path) -> Result<ExitRecord, String> {
 /// Pass the termination signals the supervisor gets on to the program's process group `pgid`,
 /// from a thread (the main one waits for the program). Without it, such a signal would end the
 /// supervisor and leave the program running unrecorded.
+/// The first signal [`forward_signals`] passed on (0: none).
+static FORWARDED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
 fn forward_signals(mut signals: signal_hook::iterator::Signals, pgid: i32) {
     std::thread::spawn(move || {
         for sig in signals.forever() {
+            let _ = FORWARDED.compare_exchange(
+                0,
+                sig,
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+            );
             if let (Some(group), Some(sig)) = (
                 rustix::process::Pid::from_raw(pgid),
                 rustix::process::Signal::from_named_raw(sig),

@@ -21,6 +21,7 @@ fn exit_records_describe_themselves() {
         signal: None,
         start_error: None,
         finished_at: String::new(),
+        forwarded_signal: None,
     };
     assert_eq!(r.describe(), "exit code 1");
     assert!(!r.success());
@@ -40,6 +41,7 @@ fn records_are_written_whole_and_read_back() {
         signal: None,
         start_error: None,
         finished_at: "now".into(),
+        forwarded_signal: None,
     };
     records::write_json_atomic(
         &dir.path().join(records::EXIT_FILE),

@@ -88,13 +88,15 @@ impl ProcessTracker {
         for (dir, launcher) in launching {
             let deadline = tokio::time::Instant::now() + LAUNCH_RECORD_WAIT;
             if let Launcher::Slurm(options) = launcher {
-                // Submitted (or about to be): cancel the job, queued or running.
+                // Submitted (or about to be): cancel the job, queued or running; one whose id
+                // was never recorded (sbatch still running, its answer lost) by its name.
                 loop {
                     if let Ok(Some(job)) = kiln_supervisor::slurm::read_job(&dir) {
                         jobs.push((options, job.job_id));
                         break;
                     }
                     if tokio::time::Instant::now() >= deadline {
+                        options.cancel_launch(&dir, grace).await;
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -401,6 +403,9 @@ impl StepState {
             env.retain(|(k, _)| k != "CUDA_VISIBLE_DEVICES");
             if options.gpus > 0 {
                 inherit_env.push("CUDA_VISIBLE_DEVICES".to_owned());
+            } else {
+                // A step without GPUs sees none of the node's, as a local one.
+                env.push(("CUDA_VISIBLE_DEVICES".to_owned(), String::new()));
             }
             inherit_env.push("SLURM_JOB_ID".to_owned());
         }
@@ -458,14 +463,14 @@ impl StepState {
         {
             Ok(s) => s,
             Err(e) => {
-                // A job that was submitted stays tracked (a cancel still finds it by its record).
-                if kiln_supervisor::slurm::read_job(&state_dir)
-                    .ok()
-                    .flatten()
-                    .is_none()
-                {
-                    self.process.tracker.failed(&state_dir);
+                // Nothing of a failed launch may run on: a job sbatch submitted although it
+                // answered with an error is cancelled (found by its name).
+                if let Launcher::Slurm(options) = &self.process.launcher {
+                    options
+                        .cancel_launch(&state_dir, Duration::from_secs(5))
+                        .await;
                 }
+                self.process.tracker.failed(&state_dir);
                 if e.is_infrastructure() {
                     self.process.infrastructure_failure = Some(e.to_string());
                 }

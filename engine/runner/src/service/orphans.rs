@@ -11,7 +11,7 @@ use kiln_supervisor::{Launcher, SlurmOptions};
 /// launches' state is under `state` ([`crate::Workspace::state_dir`]); Slurm jobs are cancelled
 /// the same way (`scancel`), asking Slurm with the workspace's `launcher` options.
 pub(super) async fn stop(state: &Path, launcher: &Launcher, grace: Duration) {
-    let (groups, jobs) = survivors(state);
+    let (groups, jobs, unrecorded) = survivors(state);
     let slurm = match launcher {
         Launcher::Slurm(options) => options.clone(),
         // Launched under Slurm before the workspace went back to local: ask on PATH.
@@ -23,16 +23,21 @@ pub(super) async fn stop(state: &Path, launcher: &Launcher, grace: Duration) {
             _ => slurm.terminate(&id, grace).await,
         }
     }
+    // Submitted by an engine that died before it recorded the job id: found by the job's name.
+    for dir in unrecorded {
+        slurm.cancel_launch(&dir, grace).await;
+    }
     for pgid in groups {
         kiln_supervisor::terminate_group(pgid, grace).await;
     }
 }
 
-/// Process groups of launches under `state` whose program is still the recorded process, and
-/// the Slurm jobs recorded there.
-fn survivors(state: &Path) -> (Vec<i32>, Vec<String>) {
+/// Process groups of launches under `state` whose program is still the recorded process, the
+/// Slurm jobs recorded there, and the launches submitted to Slurm without a recorded job id.
+fn survivors(state: &Path) -> (Vec<i32>, Vec<String>, Vec<PathBuf>) {
     let mut groups = Vec::new();
     let mut jobs = Vec::new();
+    let mut unrecorded = Vec::new();
     let mut dirs: Vec<PathBuf> = vec![state.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -40,6 +45,10 @@ fn survivors(state: &Path) -> (Vec<i32>, Vec<String>) {
         };
         if let Ok(Some(job)) = kiln_supervisor::slurm::read_job(&dir) {
             jobs.push(job.job_id);
+            continue;
+        }
+        if dir.join("slurm-job.sh").is_file() {
+            unrecorded.push(dir.clone());
             continue;
         }
         for e in entries.flatten() {
@@ -59,5 +68,5 @@ fn survivors(state: &Path) -> (Vec<i32>, Vec<String>) {
             }
         }
     }
-    (groups, jobs)
+    (groups, jobs, unrecorded)
 }
