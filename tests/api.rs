@@ -898,15 +898,7 @@ fn a_run_survives_a_killed_server_and_completes_after_restart() {
     assert_eq!(l.len(), 1, "re-attached, not launched again: {l:?}");
     assert!(l[0].end.is_some(), "the one launch finished: {l:?}");
     // Epochs that ended while no server listened are in the run's metrics too.
-    let m = server
-        .get(&format!("/api/v1/runs/{id}/metrics"), &token)
-        .json();
-    let epochs: Vec<i64> = m["epochs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["epoch"].as_i64().unwrap())
-        .collect();
+    let (m, epochs) = run_metrics(&server, &id, &token);
     let planned = demo_run("x")["params"]["overrides"]["epochs"]
         .as_i64()
         .unwrap();
@@ -1693,15 +1685,7 @@ fn the_monitors_endpoints_describe_the_caller_the_workspace_and_a_run() {
     };
     assert!(needs("extract").is_empty());
     assert!(needs("train").contains(&"resolve".to_owned()), "{run}");
-    let m = server
-        .get(&format!("/api/v1/runs/{id}/metrics"), &viewer)
-        .json();
-    let epochs: Vec<i64> = m["epochs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["epoch"].as_i64().unwrap())
-        .collect();
+    let (m, epochs) = run_metrics(&server, &id, &viewer);
     assert_eq!(epochs, [1, 2], "{m}");
     let last = &m["epochs"][1];
     assert_eq!(last["step"], "train");
@@ -1834,4 +1818,18 @@ fn metrics_are_served_to_a_viewer_in_prometheus_format() {
     ] {
         assert!(text.contains(line), "no `{line}` in:\n{text}");
     }
+}
+
+/// `GET /runs/{id}/metrics` and the epochs it lists, in order.
+fn run_metrics(server: &Server, id: &str, token: &str) -> (Value, Vec<i64>) {
+    let m = server
+        .get(&format!("/api/v1/runs/{id}/metrics"), token)
+        .json();
+    let epochs = m["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["epoch"].as_i64().unwrap())
+        .collect();
+    (m, epochs)
 }
