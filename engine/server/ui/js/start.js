@@ -187,7 +187,9 @@ export async function startView(main, ctx) {
         if (!opt.user) fld.wrap.classList.add("developer");
         optionFields.set(opt.key, fld);
       }
-      const visible = (dev || opt.user) && (!needle || opt.key.toLowerCase().includes(needle));
+      // An option with a value stays in sight whatever the filter: what is sent is what is seen.
+      const visible = (dev || opt.user) &&
+        (!needle || opt.key.toLowerCase().includes(needle) || fld.control.value !== "");
       fld.wrap.hidden = !visible;
       // Values set in developer mode that user mode does not offer stay, and are sent: the
       // resolver refuses them in user mode, next to their field.
