@@ -165,12 +165,7 @@ impl Supervised {
                 return Ok(Some(me));
             }
             if let Some(exit) = records::read_exit(state_dir)? {
-                return Err(Error::Start {
-                    program: program.to_owned(),
-                    message: exit
-                        .start_error
-                        .unwrap_or_else(|| "exited before it was recorded".into()),
-                });
+                return Err(not_started(program, exit));
             }
             if !proc_info::supervisor_running_for(state_dir) || waited > Duration::from_secs(5) {
                 return Ok(None);
@@ -242,10 +237,7 @@ impl Supervised {
                 });
             }
             if let Some(exit) = records::read_exit(state_dir)? {
-                let message = exit
-                    .start_error
-                    .unwrap_or_else(|| "it exited before it was recorded".into());
-                return Err(Error::Start { program, message });
+                return Err(not_started(&program, exit));
             }
             if let Ok(Some(_)) = supervisor.try_wait()
                 && records::read_child(state_dir)?.is_none()
@@ -301,12 +293,7 @@ impl Supervised {
                     attached: true,
                     job: None,
                 }),
-                (None, Some(exit)) => Err(Error::Start {
-                    program,
-                    message: exit
-                        .start_error
-                        .unwrap_or_else(|| "it exited before it was recorded".into()),
-                }),
+                (None, Some(exit)) => Err(not_started(&program, exit)),
                 (child, None) => Err(Error::Lost {
                     program,
                     pid: child.map_or(0, |c| c.pid),
@@ -324,12 +311,6 @@ impl Supervised {
             attached,
             job: Some((options.clone(), id.clone())),
         };
-        let not_started = |exit: ExitRecord| Error::Start {
-            program: program.clone(),
-            message: exit
-                .start_error
-                .unwrap_or_else(|| "it exited before it was recorded".into()),
-        };
         let mut told = String::new();
         let mut looks = 0u32;
         loop {
@@ -337,7 +318,7 @@ impl Supervised {
                 return Ok(started(child));
             }
             if let Some(exit) = records::read_exit(state_dir)? {
-                return Err(not_started(exit));
+                return Err(not_started(&program, exit));
             }
             let state = match options.state(&id).await {
                 Ok(state) => state,
@@ -366,7 +347,7 @@ impl Supervised {
                         return Ok(started(child));
                     }
                     if let Some(exit) = records::read_exit(state_dir)? {
-                        return Err(not_started(exit));
+                        return Err(not_started(&program, exit));
                     }
                     return Err(Error::Lost {
                         program,
@@ -541,6 +522,16 @@ impl Supervised {
         if let Some(s) = &mut self.supervisor {
             let _ = s.wait().await;
         }
+    }
+}
+
+/// A launch whose exit was recorded before any started program: why it did not start.
+fn not_started(program: &str, exit: ExitRecord) -> Error {
+    Error::Start {
+        program: program.to_owned(),
+        message: exit
+            .start_error
+            .unwrap_or_else(|| "it exited before it was recorded".into()),
     }
 }
 
