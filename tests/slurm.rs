@@ -128,8 +128,7 @@ fn a_training_runs_as_a_slurm_job_holding_its_gpus() {
         return;
     };
     let (ws, wf) = slurm_workspace(&conf, "{partition: debug}", "    resources: {gpus: 1}\n");
-    let record = ws.root().join("launches.txt");
-    let ws = ws.with_env("FAKE_YOLO_RECORD", record.to_str().unwrap());
+    let (ws, record) = ws.recording_launches();
     let out = ws.kiln(&strs(&run_args(&wf, "s1")));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let id = run_id(&out);
@@ -162,10 +161,8 @@ fn a_killed_engine_re_attaches_to_its_job_and_cancel_ends_it() {
         return;
     };
     let (ws, wf) = slurm_workspace(&conf, "{}", "");
-    let record = ws.root().join("launches.txt");
-    let ws = ws
-        .with_env("FAKE_YOLO_RECORD", record.to_str().unwrap())
-        .with_env("FAKE_YOLO_EPOCH_SECONDS", "2");
+    let (ws, record) = ws.recording_launches();
+    let ws = ws.with_env("FAKE_YOLO_EPOCH_SECONDS", "2");
 
     // Killed mid-training: the job goes on; `kiln resume` follows it by its id.
     let mut engine = ws.spawn(&strs(&run_args(&wf, "k1")));
@@ -225,10 +222,8 @@ fn a_job_that_slurm_cancels_is_retried_from_its_checkpoint() {
         return;
     };
     let (ws, wf) = slurm_workspace(&conf, "{}", "");
-    let record = ws.root().join("launches.txt");
-    let ws = ws
-        .with_env("FAKE_YOLO_RECORD", record.to_str().unwrap())
-        .with_env("FAKE_YOLO_EPOCH_SECONDS", "2");
+    let (ws, record) = ws.recording_launches();
+    let ws = ws.with_env("FAKE_YOLO_EPOCH_SECONDS", "2");
     let mut engine = ws.spawn(&strs(&run_args(&wf, "p1")));
     let last = ws
         .root()
@@ -385,10 +380,8 @@ fn a_job_whose_id_was_never_recorded_is_found_by_its_name() {
         format!("launcher: slurm\nslurm: {{bin_dir: '{}'}}\n", bin.display()),
     )
     .unwrap();
-    let record = ws.root().join("launches.txt");
-    let ws = ws
-        .with_env("FAKE_YOLO_RECORD", record.to_str().unwrap())
-        .with_env("FAKE_YOLO_EPOCH_SECONDS", "2");
+    let (ws, record) = ws.recording_launches();
+    let ws = ws.with_env("FAKE_YOLO_EPOCH_SECONDS", "2");
     let mut engine = ws.spawn(&strs(&run_args(&wf, "u1")));
     engine.wait_for(300, "sbatch to accept the job", || submitted.exists());
     kill(engine.id(), "KILL");

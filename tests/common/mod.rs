@@ -89,6 +89,14 @@ impl Workspace {
         self.dir.path()
     }
 
+    /// This workspace with the stand-in `yolo` recording each launch (FAKE_YOLO_RECORD) in
+    /// `launches.txt` at its root; read it with [`launches`].
+    pub fn recording_launches(self) -> (Self, PathBuf) {
+        let record = self.root().join("launches.txt");
+        let ws = self.with_env("FAKE_YOLO_RECORD", record.to_str().unwrap());
+        (ws, record)
+    }
+
     pub fn with_env(mut self, key: &str, value: &str) -> Self {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.into(), value.into()));

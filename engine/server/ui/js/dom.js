@@ -110,26 +110,22 @@ export function plain(text) {
  * is there.
  */
 export function keepFocus(container, render) {
+  const ROW = "[data-run],[data-step],[data-model],[data-key],[data-file]";
+  const rowOf = (el) => {
+    const row = el.closest(ROW);
+    return row ? ["run", "step", "model", "key", "file"].map((k) => row.dataset[k] || "").join("|") : "";
+  };
   const active = document.activeElement;
   let key = null;
   if (active && active !== document.body && container.contains(active)) {
-    const row = active.closest("[data-run],[data-step],[data-model],[data-key],[data-file]");
-    key = {
-      id: active.id,
-      row: row ? ["run", "step", "model", "key", "file"].map((k) => row.dataset[k] || "").join("|") : "",
-      tag: active.tagName,
-      text: active.textContent,
-    };
+    key = { id: active.id, row: rowOf(active), tag: active.tagName, text: active.textContent };
   }
   render();
   if (!key) return;
   let found = key.id ? container.querySelector(`#${CSS.escape(key.id)}`) : null;
   if (!found) {
-    for (const el of container.querySelectorAll(key.tag)) {
-      const row = el.closest("[data-run],[data-step],[data-model],[data-key],[data-file]");
-      const r = row ? ["run", "step", "model", "key", "file"].map((k) => row.dataset[k] || "").join("|") : "";
-      if (r === key.row && el.textContent === key.text) { found = el; break; }
-    }
+    found = [...container.querySelectorAll(key.tag)]
+      .find((el) => rowOf(el) === key.row && el.textContent === key.text) || null;
   }
   if (found) found.focus({ preventScroll: true });
 }
