@@ -7,6 +7,8 @@
 //! is the step's error in Slurm's words. Without KILN_TEST_SLURM_CONF the tests say so and pass.
 
 mod common;
+#[path = "common/api.rs"]
+mod http;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -400,4 +402,62 @@ fn a_job_whose_id_was_never_recorded_is_found_by_its_name() {
         "found and recorded, not submitted again"
     );
     assert_eq!(launches(&record).len(), 1, "one trainer");
+}
+
+/// Two `kiln serve` engines on one database and workspace (PostgreSQL in scripts/test.sh):
+/// the engine executing a training in a Slurm job is SIGKILLed; the other takes the run over,
+/// follows the same job by its id, and the run succeeds with one trainer. Cancel through the
+/// API ends the job and records the run cancelled.
+#[test]
+fn another_engine_takes_over_a_killed_engines_slurm_job() {
+    let Some((_cluster, conf)) = cluster() else {
+        return;
+    };
+    let (ws, _wf) = slurm_workspace(&conf, "{}", "");
+    let (ws, record) = ws.recording_launches();
+    let ws = ws.with_env("FAKE_YOLO_EPOCH_SECONDS", "2");
+    let aws = http::ApiWorkspace::with(ws, http::fresh_postgres());
+    let token = aws.token("trainer", &[], &["trainer"]);
+    let mut a = aws.serve();
+    let b = aws.serve();
+    let body = http::demo_run("takeover");
+    let r = a.post("/api/v1/runs", &token, &body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    wait_for(300, "the trainer to start in its job", || {
+        launches(&record).len() == 1
+    });
+    let job = jobs(&aws.ws, &id).pop().expect("the job id is recorded");
+    a.kill();
+    assert!(queued(&conf, &job), "the job outlives the engine");
+    let run = b.wait_run(&id, &token, 300);
+    assert_eq!(run["status"], "succeeded", "{run}\n{}", b.log_text());
+    assert_eq!(launches(&record).len(), 1, "the trainer ran once");
+    assert_eq!(jobs(&aws.ws, &id), vec![job], "one job, followed by its id");
+    assert!(b.log_text().contains("recovering run"), "{}", b.log_text());
+
+    // Cancelled over HTTP while B runs it: the job leaves the queue, the run is cancelled.
+    let http::ApiWorkspace { ws, database_url } = aws;
+    let aws = http::ApiWorkspace {
+        ws: ws.with_env("FAKE_YOLO_EPOCH_SECONDS", "30"),
+        database_url,
+    };
+    let c = aws.serve();
+    drop(b);
+    let r = c.post("/api/v1/runs", &token, &http::demo_run("cancelled"));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    wait_for(300, "the second trainer to start", || {
+        launches(&record).len() == 2
+    });
+    let job = jobs(&aws.ws, &id).pop().unwrap();
+    let r = c.post(
+        &format!("/api/v1/runs/{id}/cancel"),
+        &token,
+        &serde_json::json!({}),
+    );
+    assert!(r.status < 300, "{}", r.text());
+    let run = c.wait_run(&id, &token, 120);
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert!(!queued(&conf, &job), "the job has left the queue");
 }

@@ -54,6 +54,38 @@ pub struct GlobalArgs {
     /// when not given, none without it.
     #[arg(long, env = "KILN_GPUS", global = true)]
     pub gpus: Option<String>,
+    /// How long a run's lease lives after its engine's last renewal (renewed every third of
+    /// it): when an engine dies, another engine takes its runs over this long after (at once
+    /// on the same machine). 1s to 1h.
+    #[arg(long, env = "KILN_LEASE_TTL", value_name = "DURATION", default_value = "15s", value_parser = parse_lease_ttl, global = true)]
+    pub lease_ttl: std::time::Duration,
+}
+
+fn parse_lease_ttl(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(3600) {
+        return Err("must be between 1s and 1h".into());
+    }
+    Ok(d)
+}
+
+/// `KEY=VALUE`: a label this engine offers.
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))?;
+    if !kiln_workflow::is_label(k) {
+        return Err(format!(
+            "`{k}` is not a label name: 1 to 63 letters, digits, `_`, `.` and `-`, starting with a letter or digit"
+        ));
+    }
+    if k == "host" || k == "gpus" {
+        return Err(format!("`{k}` is set by the engine itself"));
+    }
+    if v.is_empty() || v.len() > 253 || v.chars().any(char::is_control) {
+        return Err(format!("the value of `{k}` must be 1 to 253 characters"));
+    }
+    Ok((k.to_owned(), v.to_owned()))
 }
 
 impl Command {
@@ -218,6 +250,10 @@ pub struct ServeArgs {
     /// Accept requests without tokens, with every claim. For local experiments only.
     #[arg(long)]
     pub insecure_no_auth: bool,
+    /// A label this engine offers runs, KEY=VALUE (repeatable); a step's `runs_on` asks for
+    /// labels. `host` and `gpus` are always offered.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
     #[command(flatten)]
     pub limits: ServeLimits,
     #[command(flatten)]

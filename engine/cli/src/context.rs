@@ -71,9 +71,23 @@ impl Context {
         self.service_with(store?, exec, plugins?)
     }
 
+    /// This process as an engine: `kind` (`serve` or `cli`), the labels it offers.
+    fn engine_config(&self, config: &mut RunnerConfig, kind: &str, labels: &[(String, String)]) {
+        config.engine_kind = kind.to_owned();
+        config.lease_ttl = self.global.lease_ttl;
+        config.labels = labels
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+    }
+
     /// [`Self::service`] for `kiln serve`, which keeps running while files change: a plugin
     /// file that does not load is a listed problem (as after a hot reload), not a failed start.
-    pub async fn serving_service(&self, exec: &ExecOptions) -> anyhow::Result<RunService> {
+    pub async fn serving_service(
+        &self,
+        exec: &ExecOptions,
+        labels: &[(String, String)],
+    ) -> anyhow::Result<RunService> {
         let grace = Duration::from_secs(exec.kill_grace_secs);
         let plugins = async {
             let engine = PluginEngine::new(self.host_config(grace)?)?;
@@ -84,7 +98,7 @@ impl Context {
             anyhow::Ok(Arc::new(registry))
         };
         let (store, plugins) = tokio::join!(self.store(), plugins);
-        self.service_with(store?, exec, plugins?)
+        self.engine_service(store?, exec, plugins?, "serve", labels)
     }
 
     fn plugins_dir(&self) -> std::path::PathBuf {
@@ -114,17 +128,26 @@ impl Context {
         exec: &ExecOptions,
         plugins: Arc<PluginRegistry>,
     ) -> anyhow::Result<RunService> {
-        let runner = Runner::new(
-            store,
-            plugins,
-            self.ws.clone(),
-            RunnerConfig {
-                max_parallel: exec.max_parallel,
-                kill_grace: Duration::from_secs(exec.kill_grace_secs),
-                gpus: self.gpus()?,
-                launcher: self.launcher()?,
-            },
-        );
+        self.engine_service(store, exec, plugins, "cli", &[])
+    }
+
+    fn engine_service(
+        &self,
+        store: Store,
+        exec: &ExecOptions,
+        plugins: Arc<PluginRegistry>,
+        kind: &str,
+        labels: &[(String, String)],
+    ) -> anyhow::Result<RunService> {
+        let mut config = RunnerConfig {
+            max_parallel: exec.max_parallel,
+            kill_grace: Duration::from_secs(exec.kill_grace_secs),
+            gpus: self.gpus()?,
+            launcher: self.launcher()?,
+            ..RunnerConfig::default()
+        };
+        self.engine_config(&mut config, kind, labels);
+        let runner = Runner::new(store, plugins, self.ws.clone(), config);
         Ok(RunService::new(runner, self.ws.root().join("workflows")))
     }
 

@@ -10,18 +10,18 @@
 
 pub mod builtins;
 mod catalog;
+pub mod engine;
 mod executor;
 pub mod gpu;
 pub mod launchers;
 mod memo;
 pub mod ownership;
-mod run_lock;
 pub mod service;
 pub mod workspace;
 
 pub use catalog::EngineCatalog;
+pub use engine::{EngineSession, Requirements, RunLease};
 pub use executor::{RunUpdate, Runner, RunnerConfig, stored_workflow};
-pub use run_lock::RunLock;
 pub use service::RunService;
 pub use workspace::Workspace;
 
@@ -59,6 +59,12 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Another engine took the run over (or this one could not renew its lease): this
+    /// process stopped acting on it; the run goes on with the new owner.
+    #[error(
+        "run {run}: this engine lost its lease ({reason}) and stopped executing it; the run continues on the engine that holds it now"
+    )]
+    LeaseLost { run: String, reason: String },
     #[error(transparent)]
     Store(#[from] kiln_store::Error),
     #[error(transparent)]

@@ -41,10 +41,12 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     state.limits().validate()?;
-    let recovered = state.manager().recover().await?;
-    if recovered > 0 {
-        tracing::info!(target: "operations.training", recovered, "recovered active runs");
-    }
+    // Runs whose engine stopped or died (this machine's earlier server among them), and runs
+    // queued for an engine like this one, are claimed now and every second.
+    let claims = tokio::spawn({
+        let (manager, stop) = (state.manager().clone(), state.shutdown().clone());
+        async move { manager.claim_forever(stop).await }
+    });
     // Workflows, plugins and grants changed on disk are used by new runs (hot reload).
     let roles_file = state.workspace().configs_dir().join("roles.yaml");
     let roles_state = state.clone();
@@ -82,7 +84,10 @@ pub async fn serve(
             stop.cancel();
         }
     });
+    let manager = state.manager().clone();
     http::serve(listener, routes::router(state), limits, stop).await;
     signal.abort();
+    claims.abort();
+    manager.hand_back().await;
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! Runs executing in the server process: started by the API, recovered at start-up, cancelled
-//! on request.
+//! Runs executing in the server process: started by the API, claimed from the database (runs
+//! whose engine stopped or died, runs queued for an engine like this one), cancelled on
+//! request, and handed back on shutdown.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,9 +21,16 @@ pub struct RunManager {
     accepting: Arc<AtomicBool>,
 }
 
+/// How often the server looks for runs to claim.
+pub const CLAIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Most runs claimed at once.
+const CLAIM_BATCH: usize = 8;
+
 /// A run executing in this process.
 struct Active {
     cancel: CancellationToken,
+    /// Ends the execution without a write and without touching its programs (shutdown).
+    abort: tokio::task::AbortHandle,
     /// Changes (to `true`) once the execution has ended: the run's end is durable by then.
     ended: watch::Receiver<bool>,
 }
@@ -65,10 +73,20 @@ impl RunManager {
         let (workflow, yaml) = self.service.workflow(workflow)?;
         let execution = self
             .service
-            .submit(workflow, &yaml, params.into_iter().collect(), created_by)
+            .submit(
+                workflow,
+                &yaml,
+                params.into_iter().collect(),
+                created_by,
+                true,
+            )
             .await?;
         let run = execution.run.clone();
-        self.start(execution);
+        if execution.is_leased() {
+            self.start(execution);
+        } else {
+            tracing::info!(target: "operations.training", run_id = %run.id, "run queued for an engine that meets its requirements");
+        }
         Ok(run)
     }
 
@@ -96,37 +114,113 @@ impl RunManager {
         let token = CancellationToken::new();
         let run_id = execution.run.id.clone();
         let (ended_tx, ended) = watch::channel(false);
-        self.active
+        // Registered before the task can end (and remove it).
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        let (service, table) = (self.service.clone(), self.active.clone());
+        tracing::info!(target: "operations.training", run_id = %run_id, workflow = %execution.run.workflow_name, "run started");
+        let task = tokio::spawn({
+            let (run_id, token) = (run_id.clone(), token.clone());
+            async move {
+                match service.execute(execution, token, None).await {
+                    Ok(done) => tracing::info!(
+                        target: "operations.training",
+                        run_id = %done.id,
+                        status = %done.status,
+                        error = done.error_message.as_deref().unwrap_or(""),
+                        "run finished"
+                    ),
+                    Err(e @ kiln_runner::Error::LeaseLost { .. }) => {
+                        tracing::warn!(target: "operations.training", run_id = %run_id, "{e}")
+                    }
+                    Err(e) => {
+                        tracing::error!(target: "errors.training", run_id = %run_id, "run could not be executed: {e}")
+                    }
+                }
+                table
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&run_id);
+                ended_tx.send_replace(true);
+            }
+        });
+        active.insert(
+            run_id,
+            Active {
+                cancel: token,
+                abort: task.abort_handle(),
+                ended,
+            },
+        );
+    }
+
+    /// Stops executing every run here without a write and without touching their programs,
+    /// and records this engine stopped, so other engines (or the next start) take the runs
+    /// over at once.
+    pub async fn hand_back(&self) {
+        let aborted: Vec<(String, Active)> = self
+            .active
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                run_id.clone(),
-                Active {
-                    cancel: token.clone(),
-                    ended,
-                },
-            );
-        let (service, active) = (self.service.clone(), self.active.clone());
-        tracing::info!(target: "operations.training", run_id = %run_id, workflow = %execution.run.workflow_name, "run started");
-        tokio::spawn(async move {
-            match service.execute(execution, token, None).await {
-                Ok(done) => tracing::info!(
-                    target: "operations.training",
-                    run_id = %done.id,
-                    status = %done.status,
-                    error = done.error_message.as_deref().unwrap_or(""),
-                    "run finished"
-                ),
-                Err(e) => {
-                    tracing::error!(target: "errors.training", run_id = %run_id, "run could not be executed: {e}")
+            .drain()
+            .collect();
+        for (_, active) in &aborted {
+            active.abort.abort();
+        }
+        match self.service.stop_engine("shut down").await {
+            Ok(freed) => {
+                tracing::info!(target: "operations.training", runs = freed, "leases handed back")
+            }
+            Err(e) => {
+                tracing::error!(target: "errors.training", "cannot hand the leases back: {e}")
+            }
+        }
+    }
+
+    /// Claims runs no live engine holds, every [`CLAIM_EVERY`], until `stop` is cancelled.
+    pub async fn claim_forever(&self, stop: CancellationToken) {
+        let mut refused: std::collections::HashSet<String> = Default::default();
+        loop {
+            if self.accepting() {
+                match self.claim(&mut refused).await {
+                    Ok(n) if n > 0 => {
+                        tracing::info!(target: "operations.training", runs = n, "claimed runs")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(target: "errors.training", "cannot claim runs: {e}"),
                 }
             }
-            active
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&run_id);
-            ended_tx.send_replace(true);
-        });
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(CLAIM_EVERY) => {}
+            }
+        }
+    }
+
+    /// One round of claims; `refused`: runs already reported as unable to continue here.
+    async fn claim(
+        &self,
+        refused: &mut std::collections::HashSet<String>,
+    ) -> Result<usize, kiln_runner::Error> {
+        let (ready, unable) = self.service.claim(CLAIM_BATCH).await?;
+        for (run_id, e) in unable {
+            if refused.insert(run_id.clone()) {
+                tracing::error!(target: "errors.training", run_id = %run_id, "cannot continue the run on this engine: {e}");
+            }
+        }
+        let n = ready.len();
+        for execution in ready {
+            let run = &execution.run;
+            match execution.taken_from() {
+                Some(engine) => {
+                    tracing::info!(target: "operations.training", run_id = %run.id, status = %run.status, from = engine, "recovering run: its engine's lease expired")
+                }
+                None => {
+                    tracing::info!(target: "operations.training", run_id = %run.id, status = %run.status, "recovering run: no live engine holds it")
+                }
+            }
+            self.start(execution);
+        }
+        Ok(n)
     }
 
     /// Cancel a run: directly when it executes here; else through the run service (the engine
@@ -210,26 +304,5 @@ impl RunManager {
             }
             run = self.service.run(&run.id).await?;
         }
-    }
-
-    /// Resume the runs that were active when their engine stopped (and that no other process is
-    /// executing). Returns how many were resumed.
-    pub async fn recover(&self) -> anyhow::Result<usize> {
-        let mut n = 0;
-        for run in self.service.store().active_runs().await? {
-            match self.service.resume(&run.id).await {
-                Ok(execution) => {
-                    tracing::info!(target: "operations.training", run_id = %run.id, "recovering run");
-                    self.start(execution);
-                    n += 1;
-                }
-                // Another process executes it: not ours to recover.
-                Err(kiln_runner::Error::Conflict(_)) => {}
-                Err(e) => {
-                    tracing::error!(target: "errors.training", run_id = %run.id, "cannot recover: {e}")
-                }
-            }
-        }
-        Ok(n)
     }
 }

@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+use std::sync::Arc;
+
 use crate::{Result, Store, query_err, time_fmt};
 
 /// One structured log line of a run.
@@ -115,7 +117,7 @@ impl Store {
     ) -> Result<()> {
         let event = new_event(run_id, step_id, level, message);
         self.journal()
-            .now(EVENT_DOING, move |conn| {
+            .now(EVENT_DOING, Some(run_id), move |conn| {
                 Box::pin(insert_event(conn, event.clone()))
             })
             .await
@@ -130,7 +132,7 @@ impl Store {
         message: &str,
     ) {
         let event = new_event(run_id, step_id, level, message);
-        self.journal().soon(EVENT_DOING, move |conn| {
+        self.journal().soon(EVENT_DOING, Some(run_id), move |conn| {
             Box::pin(insert_event(conn, event.clone()))
         });
     }
@@ -179,21 +181,32 @@ impl Store {
         epoch: Option<i64>,
         is_best: bool,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO checkpoints (run_id, step_id, path, epoch, is_best, reported_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (run_id, step_id, path) DO UPDATE SET \
-             epoch = excluded.epoch, is_best = excluded.is_best, reported_at = excluded.reported_at",
-        )
-        .bind(run_id)
-        .bind(step_id)
-        .bind(path)
-        .bind(epoch)
-        .bind(is_best as i64)
-        .bind(time_fmt::now())
-        .execute(self.pool())
-        .await
-        .map_err(query_err("recording a checkpoint"))?;
-        Ok(())
+        const DOING: &str = "recording a checkpoint";
+        let row = Arc::new((run_id.to_owned(), step_id.to_owned(), path.to_owned()));
+        self.journal()
+            .now(DOING, Some(run_id), move |conn| {
+                let row = row.clone();
+                Box::pin(async move {
+                    let (run_id, step_id, path) = &*row;
+                    sqlx::query(
+                        "INSERT INTO checkpoints (run_id, step_id, path, epoch, is_best, reported_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (run_id, step_id, path) DO \
+                         UPDATE SET epoch = excluded.epoch, is_best = excluded.is_best, \
+                         reported_at = excluded.reported_at",
+                    )
+                    .bind(run_id)
+                    .bind(step_id)
+                    .bind(path)
+                    .bind(epoch)
+                    .bind(is_best as i64)
+                    .bind(time_fmt::now())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(query_err(DOING))?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     pub async fn checkpoints(&self, run_id: &str) -> Result<Vec<Checkpoint>> {
@@ -218,12 +231,13 @@ impl Store {
         metrics: &serde_json::Map<String, serde_json::Value>,
     ) {
         const DOING: &str = "recording an epoch's metrics";
+        let fenced = Some(run_id);
         let (run_id, step_id, metrics) = (
             run_id.to_owned(),
             step_id.to_owned(),
             serde_json::Value::Object(metrics.clone()).to_string(),
         );
-        self.journal().soon(DOING, move |conn| {
+        self.journal().soon(DOING, fenced, move |conn| {
             let (run_id, step_id, metrics) = (run_id.clone(), step_id.clone(), metrics.clone());
             Box::pin(async move {
                 sqlx::query(

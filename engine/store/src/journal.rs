@@ -12,7 +12,17 @@
 //! Order is kept: writes are applied in the order they were queued, so a deferred write is never
 //! durable after an urgent one queued later (what an urgent write's caller has seen complete is
 //! committed with it or before it).
+//!
+//! Fencing: a write names the run whose state it changes. When this process holds (or held)
+//! that run's lease ([`Fences`]), the write carries the lease's owner and epoch as they were
+//! when it was queued, and the batch's transaction first checks, once per run and epoch, that
+//! the run's `lease_owner` and `lease_epoch` are still those (an `UPDATE` of the row, so on
+//! PostgreSQL a takeover waits for this commit); when another engine has taken the run over,
+//! those writes are refused with [`Error::LeaseLost`] and the others commit. Captured at queue
+//! time: a write queued under a lease stays fenced by it even if the lease is let go before the
+//! write is applied.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -35,19 +45,34 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 type Finish = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
 
 /// Applies a queued write in the batch's transaction and keeps its outcome for [`Finish`];
-/// returns whether it failed. Called again when its batch is replayed.
-type Apply = Box<dyn for<'c> FnMut(&'c mut AnyConnection) -> BoxFuture<'c, bool> + Send>;
+/// returns whether it failed. Called again when its batch is replayed. With an error (the
+/// write's run is fenced off), nothing is written and that error is its outcome.
+type Apply =
+    Box<dyn for<'c> FnMut(&'c mut AnyConnection, Option<Error>) -> BoxFuture<'c, bool> + Send>;
 
 struct Queued {
     apply: Apply,
     finish: Finish,
     urgent: bool,
+    /// The run whose state the write changes, and the lease this process held on it then.
+    fence: Option<(Arc<str>, Fence)>,
 }
+
+/// A lease this process holds: the owner and epoch a write of its run must still find.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fence {
+    pub owner: String,
+    pub epoch: i64,
+}
+
+/// The leases this process holds, by run id.
+pub(crate) type Fences = Arc<Mutex<HashMap<String, Fence>>>;
 
 /// The sending side of the writer.
 #[derive(Debug, Clone)]
 pub(crate) struct Journal {
     tx: mpsc::UnboundedSender<Queued>,
+    fences: Fences,
 }
 
 impl std::fmt::Debug for Queued {
@@ -58,27 +83,33 @@ impl std::fmt::Debug for Queued {
 
 impl Journal {
     /// Starts the writer for `pool`; `begin` is the statement that opens a write transaction.
-    pub(crate) fn start(pool: AnyPool, begin: &'static str) -> Self {
+    pub(crate) fn start(pool: AnyPool, begin: &'static str, fences: Fences) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(writer(pool, begin, rx));
-        Self { tx }
+        Self { tx, fences }
     }
 
-    /// Queues `write`. It may be applied more than once (a batch in which another write fails
-    /// is replayed), each time in a fresh transaction: it must only act on the database.
+    /// Queues `write`, which changes the state of `run` (fenced) or of no run in particular.
+    /// It may be applied more than once (a batch in which another write fails is replayed),
+    /// each time in a fresh transaction: it must only act on the database.
     pub(crate) fn queue<T: Send + 'static>(
         &self,
         urgent: bool,
         doing: &'static str,
+        run: Option<&str>,
         write: impl for<'c> Fn(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
     ) -> oneshot::Receiver<Result<T>> {
         let (done, wait) = oneshot::channel();
         let outcome: Arc<Mutex<Option<Result<T>>>> = Arc::default();
         let apply: Apply = Box::new({
             let outcome = outcome.clone();
-            move |conn| {
-                let applying = write(conn);
+            move |conn, refused| {
                 let outcome = outcome.clone();
+                if let Some(e) = refused {
+                    *outcome.lock().unwrap_or_else(|e| e.into_inner()) = Some(Err(e));
+                    return Box::pin(async { false });
+                }
+                let applying = write(conn);
                 Box::pin(async move {
                     let result = applying.await;
                     let failed = result.is_err();
@@ -104,6 +135,15 @@ impl Journal {
             apply,
             finish,
             urgent,
+            fence: run.and_then(|run| {
+                let fence = self
+                    .fences
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(run)
+                    .cloned()?;
+                Some((Arc::from(run), fence))
+            }),
         };
         if let Err(mpsc::error::SendError(_)) = self.tx.send(queued) {
             // The writer is gone (the runtime is shutting down): nothing will be written.
@@ -121,23 +161,27 @@ impl Journal {
     pub(crate) async fn now<T: Send + 'static>(
         &self,
         doing: &'static str,
+        run: Option<&str>,
         write: impl for<'c> Fn(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
     ) -> Result<T> {
-        self.queue(true, doing, write).await.unwrap_or_else(|_| {
-            Err(Error::Commit {
-                doing,
-                message: "the writer stopped before committing".into(),
+        self.queue(true, doing, run, write)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Commit {
+                    doing,
+                    message: "the writer stopped before committing".into(),
+                })
             })
-        })
     }
 
     /// Queues a write for the next commit and returns at once. Its failure is logged.
     pub(crate) fn soon(
         &self,
         doing: &'static str,
+        run: Option<&str>,
         write: impl for<'c> Fn(&'c mut AnyConnection) -> BoxFuture<'c, Result<()>> + Send + 'static,
     ) {
-        let wait = self.queue(false, doing, write);
+        let wait = self.queue(false, doing, run, write);
         tokio::spawn(async move {
             if let Ok(Err(e)) = wait.await {
                 tracing::error!(target: "errors.store", "{e}");
@@ -147,7 +191,7 @@ impl Journal {
 
     /// Waits until everything queued so far is durable.
     pub(crate) async fn flush(&self) -> Result<()> {
-        self.now("flushing the journal", |_| Box::pin(async { Ok(()) }))
+        self.now("flushing the journal", None, |_| Box::pin(async { Ok(()) }))
             .await
     }
 }
@@ -251,13 +295,34 @@ async fn apply(
             return Pass::NotBegun;
         }
     };
+    // Each fenced run's lease, checked once per transaction and epoch: still ours, or why not.
+    let mut leases: HashMap<(Arc<str>, i64), Option<String>> = HashMap::new();
     for queued in batch.iter_mut() {
+        let refused = match &queued.fence {
+            Some((run, fence)) => {
+                let key = (run.clone(), fence.epoch);
+                let checked = match leases.get(&key) {
+                    Some(checked) => checked.clone(),
+                    None => {
+                        let checked = check_fence(&mut tx, run, fence).await;
+                        leases.insert(key, checked.clone());
+                        checked
+                    }
+                };
+                checked.map(|message| Error::LeaseLost {
+                    run: run.to_string(),
+                    message,
+                })
+            }
+            None => None,
+        };
         let savepoint = savepoints
+            && refused.is_none()
             && sqlx::query("SAVEPOINT kiln_write")
                 .execute(&mut *tx)
                 .await
                 .is_ok();
-        let failed = (queued.apply)(&mut tx).await;
+        let failed = (queued.apply)(&mut tx, refused).await;
         if savepoint {
             if failed {
                 let _ = sqlx::query("ROLLBACK TO SAVEPOINT kiln_write")
@@ -275,4 +340,32 @@ async fn apply(
         }
     }
     Pass::Committed(tx.commit().await.map_err(|e| e.to_string()))
+}
+
+/// Whether `run`'s lease is still `fence`: `None` when it is, else why not. The check is an
+/// `UPDATE` of the run's row, which PostgreSQL keeps locked until the commit: a takeover cannot
+/// slip in between the check and the writes.
+pub(crate) async fn check_fence(
+    conn: &mut AnyConnection,
+    run: &str,
+    fence: &Fence,
+) -> Option<String> {
+    let checked = sqlx::query(
+        "UPDATE runs SET lease_epoch = lease_epoch WHERE id = $1 AND lease_owner = $2 \
+         AND lease_epoch = $3",
+    )
+    .bind(run)
+    .bind(&fence.owner)
+    .bind(fence.epoch)
+    .execute(&mut *conn)
+    .await;
+    match checked {
+        Ok(done) if done.rows_affected() == 1 => None,
+        Ok(_) => Some(format!(
+            "engine {} no longer holds its lease (epoch {}): another engine has taken the run \
+             over",
+            fence.owner, fence.epoch
+        )),
+        Err(e) => Some(format!("cannot check the run's lease: {e}")),
+    }
 }

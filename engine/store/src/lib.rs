@@ -8,6 +8,7 @@ mod cache;
 mod columns;
 mod events;
 mod journal;
+mod leases;
 mod models;
 mod ownership;
 mod runs;
@@ -20,6 +21,7 @@ mod tokens;
 pub use cache::CachedOutputs;
 pub use events::{Checkpoint, EpochMetrics, Event};
 pub use journal::LINGER;
+pub use leases::{EngineRecord, Lease, LeaseHolder, NewEngine};
 pub use models::{ModelRecord, NewModel, STAGES};
 pub use ownership::{ClaimOutcome, DatasetUse, TrainingRef};
 pub use runs::{NewRun, RunRecord, RunStats, StepStats};
@@ -70,6 +72,8 @@ pub enum Error {
         owner: String,
         status: RunStatus,
     },
+    #[error("run {run}: {message}; this engine stopped acting on it")]
+    LeaseLost { run: String, message: String },
     #[error("no model `{0}`")]
     ModelNotFound(String),
     #[error("no run matches `{0}`")]
@@ -92,6 +96,9 @@ pub struct Store {
     pool: AnyPool,
     sqlite: bool,
     journal: journal::Journal,
+    /// The run leases this process holds: what its writes are fenced with.
+    fences: journal::Fences,
+    url: String,
 }
 
 impl Store {
@@ -160,8 +167,20 @@ impl Store {
                 .await
                 .map_err(connect_err)?
         } else {
+            // An engine frozen inside a transaction (stopped, swapped out, a VM paused) would
+            // keep its row locks, and no other engine could take its runs over: PostgreSQL ends
+            // a session idle in a transaction this long (every transaction here is a few
+            // statements sent back to back), which releases them.
             AnyPoolOptions::new()
                 .max_connections(8)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        use sqlx::Executor;
+                        conn.execute("SET idle_in_transaction_session_timeout = 5000")
+                            .await?;
+                        Ok(())
+                    })
+                })
                 .connect(url)
                 .await
                 .map_err(connect_err)?
@@ -176,10 +195,13 @@ impl Store {
         } else {
             "BEGIN"
         };
+        let fences = journal::Fences::default();
         Ok(Self {
-            journal: journal::Journal::start(pool.clone(), begin),
+            journal: journal::Journal::start(pool.clone(), begin, fences.clone()),
+            fences,
             pool,
             sqlite: is_sqlite,
+            url: url.to_owned(),
         })
     }
 
@@ -209,6 +231,14 @@ impl Store {
             self.pool.begin().await
         };
         tx.map_err(query_err(doing))
+    }
+
+    /// Another connection pool to the same database, as another process would open it (its
+    /// own journal and leases). For tests of several engines.
+    #[doc(hidden)]
+    pub async fn reopen(&self) -> Self {
+        let url = self.url.clone();
+        Self::connect(&url).await.expect("reopening the database")
     }
 
     pub async fn close(&self) {

@@ -131,9 +131,30 @@ impl Store {
     /// Register a trained model. Idempotent per (training run, step): registering again updates
     /// the same record and keeps its version; a new registration gets the next version of its
     /// (project, name). New models are never published.
+    ///
+    /// Two registrations of one (project, name) at once (engines on PostgreSQL, whose
+    /// transactions do not wait for each other's reads) may pick the same next version: the
+    /// loser's insert violates the unique version and is tried again, reading the new maximum.
     pub async fn register_model(&self, m: &NewModel) -> Result<ModelRecord> {
+        let mut tries = 0;
+        loop {
+            match self.register_model_once(m).await {
+                Err(Error::Query { source, .. })
+                    if tries < 8
+                        && source
+                            .as_database_error()
+                            .is_some_and(|e| e.is_unique_violation()) =>
+                {
+                    tries += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    async fn register_model_once(&self, m: &NewModel) -> Result<ModelRecord> {
         const DOING: &str = "registering a model";
-        let mut tx = self.begin_write(DOING).await?;
+        let mut tx = self.begin_run_write(DOING, &m.training_run_id).await?;
         let existing: Option<String> = sqlx::query_scalar(
             "SELECT id FROM models WHERE training_run_id = $1 AND training_step_id = $2",
         )

@@ -94,7 +94,7 @@ impl Store {
         training: &TrainingRef,
     ) -> Result<ClaimOutcome> {
         const DOING: &str = "claiming a training folder";
-        let mut tx = self.begin_write(DOING).await?;
+        let mut tx = self.begin_run_write(DOING, run_id).await?;
         let outcome = claim(&mut tx, run_id, training, DOING).await?;
         tx.commit().await.map_err(query_err(DOING))?;
         Ok(outcome)
@@ -145,6 +145,8 @@ impl Store {
         slug: &str,
         sha256: &str,
     ) -> Result<()> {
+        const DOING: &str = "recording a dataset's use";
+        let mut tx = self.begin_run_write(DOING, run_id).await?;
         sqlx::query(
             "INSERT INTO dataset_uses (project, slug, run_id, release_sha256, used_at) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (project, slug, run_id) \
@@ -155,10 +157,10 @@ impl Store {
         .bind(run_id)
         .bind(sha256)
         .bind(time_fmt::now())
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await
-        .map_err(query_err("recording a dataset's use"))?;
-        Ok(())
+        .map_err(query_err(DOING))?;
+        tx.commit().await.map_err(query_err(DOING))
     }
 
     /// The runs that used a dataset.

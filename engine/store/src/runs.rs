@@ -5,7 +5,9 @@ use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 use std::sync::Arc;
 
-use crate::{Error, NewStep, Result, RunStatus, Store, TrainingRef, columns, query_err, time_fmt};
+use crate::{
+    Error, Lease, NewStep, Result, RunStatus, Store, TrainingRef, columns, query_err, time_fmt,
+};
 
 /// What the engine knows when a run is created.
 #[derive(Debug, Clone)]
@@ -16,6 +18,8 @@ pub struct NewRun {
     pub workflow_yaml: String,
     pub params: serde_json::Value,
     pub created_by: String,
+    /// What an engine must offer to execute it (labels, GPUs); opaque to the store.
+    pub requires: Option<serde_json::Value>,
 }
 
 /// A run as stored.
@@ -35,6 +39,8 @@ pub struct RunRecord {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub duration_ms: Option<i64>,
+    /// The engine holding the run's lease (executing it), when one does.
+    pub engine: Option<String>,
 }
 
 /// Steps by status (as stored), and per `uses` the number of finished steps with their total
@@ -55,7 +61,8 @@ pub struct RunStats {
 }
 
 const RUN_COLUMNS: &str = "id, workflow_name, workflow_file, workflow_yaml, status, params_json, \
-    error_message, metrics_json, created_by, created_at, started_at, finished_at, duration_ms";
+    error_message, metrics_json, created_by, created_at, started_at, finished_at, duration_ms, \
+    lease_owner";
 
 /// A row of `runs` as [`RUN_COLUMNS`] select it.
 #[derive(FromRow)]
@@ -74,6 +81,7 @@ struct RunRow {
     started_at: Option<String>,
     finished_at: Option<String>,
     duration_ms: Option<i64>,
+    lease_owner: Option<String>,
 }
 
 const READING: &str = "reading a run";
@@ -96,6 +104,7 @@ impl TryFrom<RunRow> for RunRecord {
             started_at: row.started_at,
             finished_at: row.finished_at,
             duration_ms: row.duration_ms,
+            engine: row.lease_owner,
         })
     }
 }
@@ -117,44 +126,57 @@ pub(crate) fn lookup_key_ok(key: &str) -> bool {
 impl Store {
     /// Record a new run with its planned steps and claim the training folders it is known to
     /// write, in one commit: either all of it is recorded or nothing is
-    /// ([`Error::TrainingTaken`] when another run owns one of the trainings). With `started`
-    /// the run is recorded `running` at once (its engine holds its run lock), else `queued`.
+    /// ([`Error::TrainingTaken`] when another run owns one of the trainings). With a `lease`
+    /// (the engine that executes it now, for how long) the run is recorded `running` at once,
+    /// its lease held by that engine (epoch 1, fenced in this process), else `queued` for any
+    /// engine to claim.
     pub async fn create_run(
         &self,
         run: &NewRun,
         steps: &[NewStep],
         trainings: &[TrainingRef],
-        started: bool,
-    ) -> Result<RunRecord> {
+        lease: Option<(&str, std::time::Duration)>,
+    ) -> Result<(RunRecord, Option<Lease>)> {
         const DOING: &str = "creating a run";
         let new = Arc::new((run.clone(), steps.to_vec(), trainings.to_vec()));
-        self.journal()
-            .now(DOING, move |conn| {
-                let new = new.clone();
+        let owner = lease.map(|(owner, _)| owner.to_owned());
+        let ttl = lease.map(|(_, ttl)| i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 4));
+        let insert = format!(
+            "INSERT INTO runs (id, workflow_name, workflow_file, workflow_yaml, status, \
+             params_json, created_by, created_at, started_at, heartbeat_at, requires_json, \
+             lease_owner, lease_epoch, lease_expires_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, {} + $13)",
+            self.now_ms_sql()
+        );
+        let insert: Arc<str> = insert.into();
+        let record = self
+            .journal()
+            .now(DOING, None, move |conn| {
+                let (new, owner, insert) = (new.clone(), owner.clone(), insert.clone());
                 Box::pin(async move {
                     let (run, steps, trainings) = &*new;
                     let now = time_fmt::now();
-                    let (status, started_at) = match started {
-                        true => (RunStatus::Running, Some(now.clone())),
-                        false => (RunStatus::Queued, None),
+                    let (status, started_at) = match owner {
+                        Some(_) => (RunStatus::Running, Some(now.clone())),
+                        None => (RunStatus::Queued, None),
                     };
-                    sqlx::query(
-                        "INSERT INTO runs (id, workflow_name, workflow_file, workflow_yaml, status, \
-                         params_json, created_by, created_at, started_at, heartbeat_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
-                    )
-                    .bind(&run.id)
-                    .bind(&run.workflow_name)
-                    .bind(&run.workflow_file)
-                    .bind(&run.workflow_yaml)
-                    .bind(status.as_str())
-                    .bind(run.params.to_string())
-                    .bind(&run.created_by)
-                    .bind(&now)
-                    .bind(&started_at)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(query_err(DOING))?;
+                    sqlx::query(&insert)
+                        .bind(&run.id)
+                        .bind(&run.workflow_name)
+                        .bind(&run.workflow_file)
+                        .bind(&run.workflow_yaml)
+                        .bind(status.as_str())
+                        .bind(run.params.to_string())
+                        .bind(&run.created_by)
+                        .bind(&now)
+                        .bind(&started_at)
+                        .bind(run.requires.as_ref().map(|r| r.to_string()))
+                        .bind(&owner)
+                        .bind(i64::from(owner.is_some()))
+                        .bind(ttl)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(query_err(DOING))?;
                     crate::steps::insert_steps(conn, &run.id, steps).await?;
                     for training in trainings {
                         crate::ownership::claim(conn, &run.id, training, DOING).await?;
@@ -173,29 +195,42 @@ impl Store {
                         started_at,
                         finished_at: None,
                         duration_ms: None,
+                        engine: owner.clone(),
                     })
+                })
+            })
+            .await?;
+        let lease = lease.map(|(owner, _)| self.hold(&record.id, owner, 1, None));
+        Ok((record, lease))
+    }
+
+    /// Mark a run as running (its start time is set once).
+    pub async fn start_run(&self, id: &str) -> Result<()> {
+        const DOING: &str = "starting a run";
+        let owned: Arc<str> = id.into();
+        self.journal()
+            .now(DOING, Some(id), move |conn| {
+                let id = owned.clone();
+                Box::pin(async move {
+                    let now = time_fmt::now();
+                    sqlx::query(
+                        "UPDATE runs SET status = $1, started_at = COALESCE(started_at, $2), \
+                         heartbeat_at = $2 WHERE id = $3",
+                    )
+                    .bind(RunStatus::Running.as_str())
+                    .bind(&now)
+                    .bind(&*id)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(query_err(DOING))?;
+                    Ok(())
                 })
             })
             .await
     }
 
-    /// Mark a run as running (its start time is set once).
-    pub async fn start_run(&self, id: &str) -> Result<()> {
-        let now = time_fmt::now();
-        sqlx::query(
-            "UPDATE runs SET status = $1, started_at = COALESCE(started_at, $2), heartbeat_at = $2 \
-             WHERE id = $3",
-        )
-        .bind(RunStatus::Running.as_str())
-        .bind(&now)
-        .bind(id)
-        .execute(self.pool())
-        .await
-        .map_err(query_err("starting a run"))?;
-        Ok(())
-    }
-
-    /// Record the end of a run: status, error, metrics, finish time and duration. Durable when
+    /// Record the end of a run: status, error, metrics, finish time and duration; its lease is
+    /// free from then on (a retry or delete may take it at once, from any engine). Durable when
     /// it returns, with everything queued before it (its steps' ends and log lines).
     pub async fn finish_run(
         &self,
@@ -205,11 +240,12 @@ impl Store {
         metrics: Option<&serde_json::Value>,
     ) -> Result<RunRecord> {
         const DOING: &str = "finishing a run";
+        let fenced = Some(id);
         let id = id.to_owned();
         let error_message = error_message.map(str::to_owned);
         let metrics = metrics.map(|m| m.to_string());
         self.journal()
-            .now(DOING, move |conn| {
+            .now(DOING, fenced, move |conn| {
                 let (id, error_message, metrics) =
                     (id.clone(), error_message.clone(), metrics.clone());
                 Box::pin(async move {
@@ -229,7 +265,8 @@ impl Store {
                     let duration = time_fmt::millis_between(&started, &now);
                     sqlx::query(
                         "UPDATE runs SET status = $1, error_message = $2, metrics_json = $3, \
-                         finished_at = $4, duration_ms = $5, started_at = $6 WHERE id = $7",
+                         finished_at = $4, duration_ms = $5, started_at = $6, \
+                         lease_owner = NULL, lease_expires_ms = NULL WHERE id = $7",
                     )
                     .bind(status.as_str())
                     .bind(&error_message)
@@ -245,6 +282,7 @@ impl Store {
                     run.error_message = error_message;
                     run.metrics = metrics.and_then(|m| serde_json::from_str(&m).ok());
                     run.finished_at = Some(now);
+                    run.engine = None;
                     run.duration_ms = duration;
                     run.started_at = Some(started);
                     Ok(run)
@@ -255,7 +293,7 @@ impl Store {
 
     /// Delete a run and everything recorded with it (steps, events, checkpoints, epoch metrics).
     pub async fn delete_run(&self, id: &str) -> Result<()> {
-        let mut tx = self.begin_write("deleting a run").await?;
+        let mut tx = self.begin_run_write("deleting a run", id).await?;
         for sql in [
             "DELETE FROM events WHERE run_id = $1",
             "DELETE FROM checkpoints WHERE run_id = $1",
@@ -333,22 +371,11 @@ impl Store {
         Ok(at.is_some())
     }
 
-    /// Refresh the liveness mark of a running run.
-    pub async fn heartbeat(&self, id: &str) -> Result<()> {
-        sqlx::query("UPDATE runs SET heartbeat_at = $1 WHERE id = $2")
-            .bind(time_fmt::now())
-            .bind(id)
-            .execute(self.pool())
-            .await
-            .map_err(query_err("recording a heartbeat"))?;
-        Ok(())
-    }
-
     /// Prepare a failed or cancelled run to run again from its unfinished steps: those steps go
     /// back to `queued` (keeping their attempt count and outputs of succeeded steps), the run to
     /// `queued` with its end cleared.
     pub async fn reset_for_retry(&self, id: &str) -> Result<()> {
-        let mut tx = self.begin_write("retrying a run").await?;
+        let mut tx = self.begin_run_write("retrying a run", id).await?;
         sqlx::query(
             "UPDATE steps SET status = 'queued', error_message = NULL, failure_kind = NULL, \
              failure_retries = 0, infrastructure_retries = 0 \

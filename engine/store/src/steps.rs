@@ -313,7 +313,9 @@ impl Store {
     ) -> Result<i64> {
         let start = StepStart::new(run_id, step_id, None, inputs, log_path, plugin);
         self.journal()
-            .now(START_DOING, move |conn| Box::pin(start.clone().write(conn)))
+            .now(START_DOING, Some(run_id), move |conn| {
+                Box::pin(start.clone().write(conn))
+            })
             .await
     }
 
@@ -331,32 +333,10 @@ impl Store {
         plugin: Option<PluginIdentity<'_>>,
     ) {
         let start = StepStart::new(run_id, step_id, Some(attempt), inputs, log_path, plugin);
-        self.journal().soon(START_DOING, move |conn| {
+        self.journal().soon(START_DOING, Some(run_id), move |conn| {
             let start = start.clone();
             Box::pin(async move { start.write(conn).await.map(|_| ()) })
         });
-    }
-
-    /// Record which plugin (name, version, digest) runs the step.
-    pub async fn set_step_plugin(
-        &self,
-        run_id: &str,
-        step_id: &str,
-        plugin: PluginIdentity<'_>,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE steps SET plugin_name = $1, plugin_version = $2, plugin_digest = $3 \
-             WHERE run_id = $4 AND step_id = $5",
-        )
-        .bind(plugin.name)
-        .bind(plugin.version)
-        .bind(plugin.digest)
-        .bind(run_id)
-        .bind(step_id)
-        .execute(self.pool())
-        .await
-        .map_err(query_err("recording a step's plugin"))?;
-        Ok(())
     }
 
     /// The latest progress report of a running step, durable with the next commit.
@@ -367,9 +347,10 @@ impl Store {
         progress: &serde_json::Value,
     ) {
         const DOING: &str = "recording progress";
+        let fenced = Some(run_id);
         let (run_id, step_id, progress) =
             (run_id.to_owned(), step_id.to_owned(), progress.to_string());
-        self.journal().soon(DOING, move |conn| {
+        self.journal().soon(DOING, fenced, move |conn| {
             let (run_id, step_id, progress) = (run_id.clone(), step_id.clone(), progress.clone());
             Box::pin(async move {
                 sqlx::query(
@@ -414,9 +395,10 @@ impl Store {
             failure_kind: None,
             cached_from: None,
         };
+        let fenced = Some(run_id);
         let (run_id, step_id) = (run_id.to_owned(), step_id.to_owned());
         self.journal()
-            .now(END_DOING, move |conn| {
+            .now(END_DOING, fenced, move |conn| {
                 Box::pin(end_step(conn, run_id.clone(), step_id.clone(), end.clone()))
             })
             .await
@@ -425,8 +407,9 @@ impl Store {
     /// Record the end of a step, durable with the next commit (the start of a step that
     /// depends on it, the run's end, or at most the journal's linger later).
     pub fn end_step_soon(&self, run_id: &str, step_id: &str, end: StepEnd) {
+        let fenced = Some(run_id);
         let (run_id, step_id) = (run_id.to_owned(), step_id.to_owned());
-        self.journal().soon(END_DOING, move |conn| {
+        self.journal().soon(END_DOING, fenced, move |conn| {
             Box::pin(end_step(conn, run_id.clone(), step_id.clone(), end.clone()))
         });
     }
@@ -458,6 +441,8 @@ impl Store {
              error_message = NULL, failure_kind = NULL, outputs_json = NULL, progress_json = NULL, \
              gpus = NULL WHERE run_id = $5 AND step_id = $6"
         );
+        const DOING: &str = "beginning a retry";
+        let mut tx = self.begin_run_write(DOING, run_id).await?;
         sqlx::query(&sql)
             .bind(StepStatus::Running.as_str())
             .bind(if infrastructure {
@@ -469,22 +454,25 @@ impl Store {
             .bind(time_fmt::now())
             .bind(run_id)
             .bind(step_id)
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await
-            .map_err(query_err("beginning a retry"))?;
+            .map_err(query_err(DOING))?;
+        tx.commit().await.map_err(query_err(DOING))?;
         Ok(self.step(run_id, step_id).await?.attempt)
     }
 
     /// Record the GPU devices leased to a step.
     pub async fn set_step_gpus(&self, run_id: &str, step_id: &str, gpus: &str) -> Result<()> {
+        const DOING: &str = "recording GPUs";
+        let mut tx = self.begin_run_write(DOING, run_id).await?;
         sqlx::query("UPDATE steps SET gpus = $1 WHERE run_id = $2 AND step_id = $3")
             .bind(gpus)
             .bind(run_id)
             .bind(step_id)
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await
-            .map_err(query_err("recording GPUs"))?;
-        Ok(())
+            .map_err(query_err(DOING))?;
+        tx.commit().await.map_err(query_err(DOING))
     }
 
     pub async fn step(&self, run_id: &str, step_id: &str) -> Result<StepRecord> {

@@ -24,6 +24,7 @@ fn new_run(id: &str) -> NewRun {
         workflow_yaml: "name: wf".into(),
         params: serde_json::json!({"epochs": 2}),
         created_by: "tester".into(),
+        requires: None,
     }
 }
 
@@ -36,9 +37,10 @@ async fn run_lifecycle_records_times_and_status() {
             action: None,
         }];
         let r = s
-            .create_run(&new_run("0001-aaaa"), &steps, &[], false)
+            .create_run(&new_run("0001-aaaa"), &steps, &[], None)
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         assert_eq!(r.status, RunStatus::Queued);
         assert_eq!(r.params["epochs"], 2);
         s.start_run("0001-aaaa").await.unwrap();
@@ -72,10 +74,10 @@ async fn run_lifecycle_records_times_and_status() {
 #[tokio::test]
 async fn prefix_lookup_is_unambiguous_or_says_so() {
     for (_d, s) in stores().await {
-        s.create_run(&new_run("abc-1"), &[], &[], false)
+        s.create_run(&new_run("abc-1"), &[], &[], None)
             .await
             .unwrap();
-        s.create_run(&new_run("abc-2"), &[], &[], false)
+        s.create_run(&new_run("abc-2"), &[], &[], None)
             .await
             .unwrap();
         assert!(matches!(
@@ -112,7 +114,7 @@ async fn prefix_lookup_is_literal_and_case_sensitive() {
             "Upper-5",
             "uni-\u{e9}t\u{e9}-6",
         ] {
-            s.create_run(&new_run(id), &[], &[], false).await.unwrap();
+            s.create_run(&new_run(id), &[], &[], None).await.unwrap();
         }
         // `%` matches only a `%`.
         assert_eq!(s.run("ab%").await.unwrap().id, "ab%x-1");
@@ -150,8 +152,8 @@ async fn prefix_lookup_is_literal_and_case_sensitive() {
 #[tokio::test]
 async fn model_registration_is_idempotent_per_step_and_versions_per_name() {
     for (_d, s) in stores().await {
-        s.create_run(&new_run("r1"), &[], &[], false).await.unwrap();
-        s.create_run(&new_run("r2"), &[], &[], false).await.unwrap();
+        s.create_run(&new_run("r1"), &[], &[], None).await.unwrap();
+        s.create_run(&new_run("r2"), &[], &[], None).await.unwrap();
         let m = |run: &str| NewModel {
             name: "det".into(),
             project: "demo".into(),
@@ -184,7 +186,7 @@ async fn model_registration_is_idempotent_per_step_and_versions_per_name() {
 #[tokio::test]
 async fn events_are_ordered_per_run() {
     for (_d, s) in stores().await {
-        s.create_run(&new_run("r"), &[], &[], false).await.unwrap();
+        s.create_run(&new_run("r"), &[], &[], None).await.unwrap();
         s.append_event("r", Some("a"), "info", "one").await.unwrap();
         s.append_event("r", None, "warn", "two").await.unwrap();
         let all = s.events("r", None).await.unwrap();
@@ -196,7 +198,7 @@ async fn events_are_ordered_per_run() {
 #[tokio::test]
 async fn epoch_metrics_are_one_row_per_epoch_and_go_with_their_run() {
     for (_d, s) in stores().await {
-        s.create_run(&new_run("r"), &[], &[], false).await.unwrap();
+        s.create_run(&new_run("r"), &[], &[], None).await.unwrap();
         let m = |pairs: &[(&str, f64)]| -> serde_json::Map<String, serde_json::Value> {
             pairs
                 .iter()
@@ -236,12 +238,12 @@ async fn a_training_has_one_owner_until_its_run_is_deleted() {
             project: "demo".into(),
             name: "other".into(),
         };
-        s.create_run(&new_run("r1"), &[], std::slice::from_ref(&first), false)
+        s.create_run(&new_run("r1"), &[], std::slice::from_ref(&first), None)
             .await
             .unwrap();
         // A second run naming the same training is not recorded at all.
         let err = s
-            .create_run(&new_run("r2"), &[], &[other.clone(), first.clone()], false)
+            .create_run(&new_run("r2"), &[], &[other.clone(), first.clone()], None)
             .await
             .unwrap_err();
         assert!(
@@ -252,7 +254,7 @@ async fn a_training_has_one_owner_until_its_run_is_deleted() {
         assert!(matches!(s.run("r2").await, Err(Error::RunNotFound(_))));
         assert_eq!(s.training_owner(&other).await.unwrap(), None);
         // Claims at step start: held by the owner, refused to others.
-        s.create_run(&new_run("r3"), &[], &[], false).await.unwrap();
+        s.create_run(&new_run("r3"), &[], &[], None).await.unwrap();
         assert_eq!(
             s.claim_training("r1", &first).await.unwrap(),
             ClaimOutcome::Held
@@ -281,8 +283,8 @@ async fn a_training_has_one_owner_until_its_run_is_deleted() {
 #[tokio::test]
 async fn dataset_uses_are_shared_and_go_with_their_runs() {
     for (_d, s) in stores().await {
-        s.create_run(&new_run("r1"), &[], &[], false).await.unwrap();
-        s.create_run(&new_run("r2"), &[], &[], false).await.unwrap();
+        s.create_run(&new_run("r1"), &[], &[], None).await.unwrap();
+        s.create_run(&new_run("r2"), &[], &[], None).await.unwrap();
         s.use_dataset("r1", "demo", "data", "aa").await.unwrap();
         s.use_dataset("r2", "demo", "data", "aa").await.unwrap();
         s.use_dataset("r2", "demo", "data", "bb").await.unwrap();
@@ -331,13 +333,13 @@ fn log_write(
 async fn a_failing_write_does_not_take_its_batch_down() {
     for (_dir, store) in stores().await {
         store
-            .create_run(&new_run("run-ok"), &[], &[], false)
+            .create_run(&new_run("run-ok"), &[], &[], None)
             .await
             .unwrap();
         let journal = store.journal();
         // Deferred writes wait for the urgent one: all three go in one transaction.
-        let first = journal.queue(false, "test", log_write(1, "before"));
-        let broken = journal.queue(false, "test", |conn| {
+        let first = journal.queue(false, "test", None, log_write(1, "before"));
+        let broken = journal.queue(false, "test", None, |conn| {
             Box::pin(async move {
                 sqlx::query("INSERT INTO no_such_table VALUES (1)")
                     .execute(conn)
@@ -346,7 +348,7 @@ async fn a_failing_write_does_not_take_its_batch_down() {
                     .map_err(query_err("a broken write"))
             })
         });
-        let last = journal.now("test", log_write(2, "after")).await;
+        let last = journal.now("test", None, log_write(2, "after")).await;
         assert!(last.is_ok(), "{last:?}");
         assert!(first.await.unwrap().is_ok());
         let e = broken.await.unwrap().unwrap_err().to_string();
@@ -398,15 +400,10 @@ async fn corrupt_records_are_typed_errors() {
             project: "demo".into(),
             name: "t".into(),
         };
-        s.create_run(
-            &new_run("r"),
-            &steps,
-            std::slice::from_ref(&training),
-            false,
-        )
-        .await
-        .unwrap();
-        s.create_run(&new_run("q"), &[], &[], false).await.unwrap();
+        s.create_run(&new_run("r"), &steps, std::slice::from_ref(&training), None)
+            .await
+            .unwrap();
+        s.create_run(&new_run("q"), &[], &[], None).await.unwrap();
 
         // Runs: status, then the JSON columns.
         corrupt(&s, "runs", "status", "'bogus'", "id = 'r'").await;
@@ -559,7 +556,7 @@ async fn corrupt_records_are_typed_errors() {
 #[tokio::test]
 async fn mistyped_columns_name_the_record_being_read() {
     let (_d, s) = stores().await.swap_remove(0);
-    s.create_run(&new_run("r"), &[], &[], false).await.unwrap();
+    s.create_run(&new_run("r"), &[], &[], None).await.unwrap();
     corrupt(&s, "runs", "duration_ms", "'long'", "id = 'r'").await;
     for result in [
         s.run("r").await.map(|_| ()),
@@ -571,6 +568,123 @@ async fn mistyped_columns_name_the_record_being_read() {
                 assert!(source.to_string().contains("duration_ms"), "{source}");
             }
             other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn engine(id: &str) -> NewEngine {
+    NewEngine {
+        id: id.into(),
+        kind: "serve".into(),
+        host: "h".into(),
+        boot_id: "b/ns".into(),
+        pid: 1,
+        pid_start: 1,
+        labels: Default::default(),
+    }
+}
+
+/// A run created leased belongs to its engine: another cannot take it while it is renewed,
+/// takes it once it expires or its engine is recorded stopped, and from then on every write of
+/// the first engine for that run is refused (journal and plain transactions), while its writes
+/// of other runs commit.
+#[tokio::test]
+async fn a_taken_over_run_refuses_its_old_engines_writes() {
+    use std::time::Duration;
+    for (_d, a) in stores().await {
+        // Engine B: another process on the same database (its own fences).
+        let b = a.reopen().await;
+        a.register_engine(&engine("A"));
+        b.register_engine(&engine("B"));
+        let long = Duration::from_secs(60);
+        let (run, lease) = a
+            .create_run(&new_run("r1"), &[], &[], Some(("A", long)))
+            .await
+            .unwrap();
+        assert_eq!(run.status, RunStatus::Running);
+        assert_eq!(lease.unwrap().epoch, 1);
+        a.create_run(&new_run("r2"), &[], &[], Some(("A", long)))
+            .await
+            .unwrap();
+        let held = b.acquire_lease("r1", "B", long).await.unwrap().unwrap_err();
+        assert_eq!(held.owner, "A");
+        assert!(held.expires_in_ms > 50_000, "{held:?}");
+        assert!(held.to_string().contains("pid 1 on h"), "{held}");
+        assert!(
+            b.claim_runs("B", long, 10, &|_| true)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // A renews both; its engine is recorded stopped: both free at once.
+        let mut kept = a.renew_leases("A", long).await.unwrap();
+        kept.sort();
+        assert_eq!(kept, vec![("r1".into(), 1), ("r2".into(), 1)]);
+        assert_eq!(a.stop_engine("A", "test").await.unwrap(), 2);
+        let taken = b.acquire_lease("r1", "B", long).await.unwrap().unwrap();
+        assert_eq!((taken.epoch, taken.taken_from.as_deref()), (2, None));
+        // A still acts on r1 (it has not noticed): refused, everything else commits.
+        let refused = a
+            .append_event("r1", None, "info", "stale")
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, Error::LeaseLost { .. }), "{refused}");
+        let refused = a.set_step_gpus("r1", "x", "0").await.unwrap_err();
+        assert!(matches!(refused, Error::LeaseLost { .. }), "{refused}");
+        let refused = a
+            .finish_run("r1", RunStatus::Failed, Some("stale"), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, Error::LeaseLost { .. }), "{refused}");
+        assert_eq!(a.run("r1").await.unwrap().status, RunStatus::Running);
+        b.append_event("r1", None, "info", "new owner")
+            .await
+            .unwrap();
+        // r2: free (A stopped), claimed by B with claim_runs; A's renewal no longer has it.
+        let claimed = b.claim_runs("B", long, 10, &|_| true).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].run_id, "r2");
+        assert!(a.renew_leases("A", long).await.unwrap().is_empty());
+        // A lease that expires is free for claims too.
+        let short = Duration::from_millis(1);
+        b.create_run(&new_run("r3"), &[], &[], Some(("B", short)))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let c = a.reopen().await;
+        let claimed = c.claim_runs("C", long, 10, &|_| true).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].taken_from.as_deref(), Some("B"));
+        let refused = b
+            .append_event("r3", None, "info", "late")
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, Error::LeaseLost { .. }), "{refused}");
+        // A run's end frees its lease: retry or delete from any engine.
+        let done = c
+            .finish_run("r3", RunStatus::Succeeded, None, None)
+            .await
+            .unwrap();
+        assert_eq!(done.status, RunStatus::Succeeded);
+        assert!(b.acquire_lease("r3", "B", long).await.unwrap().is_ok());
+        // Requirements decide what an engine claims.
+        let mut wants_a100 = new_run("r4");
+        wants_a100.requires = Some(serde_json::json!({"labels": {"gpu": "a100"}}));
+        c.create_run(&wants_a100, &[], &[], None).await.unwrap();
+        let only_a100 =
+            |r: Option<&serde_json::Value>| r.is_some_and(|r| r["labels"]["gpu"] == "a100");
+        assert!(
+            b.claim_runs("B", long, 10, &|r| !only_a100(r))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            b.claim_runs("B", long, 10, &only_a100).await.unwrap().len(),
+            1
+        );
+        for s in [&a, &b, &c] {
+            s.close().await;
         }
     }
 }

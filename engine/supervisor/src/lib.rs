@@ -28,7 +28,7 @@ mod records;
 pub mod slurm;
 mod supervise;
 
-pub use proc_info::{ProcessIdentity, Sig, group_alive, signal_group};
+pub use proc_info::{ProcessIdentity, Sig, group_alive, host_name, machine_id, signal_group};
 pub use records::{ChildRecord, ExitRecord, LaunchSpec, read_child, read_exit, read_spec};
 pub use slurm::{JobState, SlurmOptions};
 pub use supervise::run as supervise_main;
@@ -159,6 +159,18 @@ impl Supervised {
         loop {
             if let Some(child) = records::read_child(state_dir)? {
                 let me = attached(child);
+                if me.try_exit()?.is_none() && !me.local() {
+                    let host = &me.child.host;
+                    return Err(me.lost(&format!(
+                        "it was started on {} (another machine or container), whose processes \
+                         this engine cannot see; its engine is gone",
+                        if host.is_empty() {
+                            "another host"
+                        } else {
+                            host
+                        }
+                    )));
+                }
                 if me.try_exit()?.is_none() && !me.alive() {
                     return Err(me.lost("neither the program nor its supervisor is running"));
                 }
@@ -438,8 +450,17 @@ impl Supervised {
         self.attached
     }
 
+    /// Whether the recorded pids are this machine's to look up (records of earlier versions
+    /// name no machine: they are taken as this one's).
+    fn local(&self) -> bool {
+        self.child.machine.is_empty() || self.child.machine == machine_id()
+    }
+
     /// True while the program or its supervisor (which will record the exit) is running.
     fn alive(&self) -> bool {
+        if !self.local() {
+            return false;
+        }
         let program = ProcessIdentity {
             pid: self.child.pid,
             start_ticks: self.child.start_ticks,

@@ -61,6 +61,27 @@ fn stat_fields(pid: i32) -> Option<StatFields> {
     })
 }
 
+/// Where a pid means something: this machine's boot id and this process's pid namespace
+/// (`<boot id>/<pid:[inode]>`). Two processes with the same one see each other's pids; a
+/// machine restarted since, or another container, has another.
+pub fn machine_id() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let ns = std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{boot}/{ns}")
+}
+
+/// This machine's host name.
+pub fn host_name() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// A pid together with its start time, so that a recycled pid is never mistaken for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcessIdentity {

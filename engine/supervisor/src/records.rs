@@ -45,6 +45,13 @@ pub struct ChildRecord {
     #[serde(default)]
     pub supervisor_start_ticks: u64,
     pub started_at: String,
+    /// Where the pids above mean something: [`crate::machine_id`] of the supervisor (empty in
+    /// records of earlier versions).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub machine: String,
+    /// The supervisor's host name, for messages.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
 }
 
 /// How the program ended.

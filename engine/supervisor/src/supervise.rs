@@ -102,6 +102,8 @@ fn supervise(state_dir: &Path) -> Result<ExitRecord, String> {
             .map(|p| p.start_ticks)
             .unwrap_or(0),
         started_at: now_rfc3339(),
+        machine: crate::machine_id(),
+        host: crate::host_name(),
     };
     if let Err(e) = write_json_atomic(&state_dir.join(CHILD_FILE), &record, Durability::Process) {
         // Without a record nobody could ever stop it: do not leave it running.

@@ -31,6 +31,7 @@ pub use model::{
     RetryPolicy, Step, Timeout, Workflow,
 };
 pub use params::{ParamError, ParamErrors, resolve_params};
+pub use parse::is_label;
 
 impl Workflow {
     /// Reads and parses a workflow file (structural checks only; see [`Self::validate`]).

@@ -172,6 +172,11 @@ pub struct Step {
     /// would run with the same inputs. Off by default.
     #[serde(default, skip_serializing_if = "is_false")]
     pub cache: bool,
+    /// Labels the engine executing the run must offer, e.g. `{gpu_model: a100}` (engines
+    /// offer `host`, `gpus` and what `kiln serve --label KEY=VALUE` adds). The run waits
+    /// `queued` until an engine that offers all its steps' labels claims it.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub runs_on: std::collections::BTreeMap<String, String>,
 }
 
 /// Most retries `retry.max` allows, per kind of failure.

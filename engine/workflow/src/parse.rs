@@ -22,6 +22,7 @@ pub(crate) const STEP_KEYS: &[&str] = &[
     "retry",
     "resources",
     "cache",
+    "runs_on",
 ];
 pub(crate) const RETRY_KEYS: &[&str] = &["max", "backoff", "on"];
 pub(crate) const RESOURCE_KEYS: &[&str] = &["gpus"];
@@ -50,6 +51,19 @@ fn shown(name: &str) -> String {
         Some((at, _)) => format!("{}…", &escaped[..at]),
         None => escaped,
     }
+}
+
+/// An engine label's name: 1 to 63 ASCII letters, digits, `_`, `.`, `-`, starting with a
+/// letter or digit.
+pub fn is_label(name: &str) -> bool {
+    name.len() <= 63
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 /// `[A-Za-z_][A-Za-z0-9_]*`: param names, usable as `params.<name>` in expressions.
@@ -186,6 +200,7 @@ fn strip_nulls(root: &mut Value) {
                     "retry",
                     "resources",
                     "cache",
+                    "runs_on",
                 ],
             );
             if let Value::Mapping(step) = step {
@@ -559,6 +574,9 @@ impl Checker<'_> {
             }
         }
         self.field::<bool>(map, path, "cache", &what);
+        if let Some(runs_on) = map.get("runs_on") {
+            self.runs_on(runs_on, &path.key("runs_on"), &what);
+        }
         if let Some(with) = map.get("with") {
             let with_path = path.key("with");
             let Value::Mapping(inputs) = with else {
@@ -597,6 +615,42 @@ impl Checker<'_> {
 }
 
 impl Checker<'_> {
+    /// `runs_on: {label: value}` of a step: label names like `gpu_model`, text values.
+    fn runs_on(&mut self, runs_on: &Value, path: &Path, what: &str) {
+        let Value::Mapping(labels) = runs_on else {
+            self.at_value(
+                path,
+                format!(
+                    "`runs_on` of {what} must be a mapping of labels to values, found {}",
+                    kind(runs_on)
+                ),
+                Some("write e.g. `runs_on: {gpu_model: a100}`".to_owned()),
+            );
+            return;
+        };
+        for (key, value) in labels {
+            let Some(key) = key.as_str().filter(|k| is_label(k)) else {
+                self.at_value(
+                    path,
+                    format!("`runs_on` of {what} has an invalid label name `{}`", shown(&format!("{key:?}"))),
+                    Some("label names are 1 to 63 letters, digits, `_`, `.` and `-`, starting with a letter or digit".to_owned()),
+                );
+                continue;
+            };
+            match value {
+                Value::String(v) if !v.is_empty() && v.len() <= 253 && !v.chars().any(char::is_control) => {}
+                _ => self.at_value(
+                    &path.key(key),
+                    format!(
+                        "label `{key}` in `runs_on` of {what} must be a non-empty text of at most 253 characters, found {}",
+                        kind(value)
+                    ),
+                    Some(format!("quote it: `{key}: \"...\"`")),
+                ),
+            }
+        }
+    }
+
     /// `retry: {max, backoff, on}` of a step.
     fn retry(&mut self, retry: &Value, path: &Path, step: &str) {
         let what = format!("`retry` of {step}");

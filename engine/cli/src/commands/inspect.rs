@@ -86,6 +86,9 @@ pub async fn runs(ctx: &Context, cmd: RunsCommand) -> anyhow::Result<Exit> {
                     or_dash(run.workflow_file.as_deref())
                 );
                 outln!("status     {}", run.status);
+                if let Some(engine) = &run.engine {
+                    outln!("engine     {engine}");
+                }
                 outln!("created    {} by {}", run.created_at, run.created_by);
                 outln!("started    {}", or_dash(run.started_at.as_deref()));
                 outln!("finished   {}", or_dash(run.finished_at.as_deref()));

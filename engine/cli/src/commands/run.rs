@@ -87,7 +87,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<Exit> {
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| "cli".into());
     let execution = match service
-        .submit(Arc::new(workflow), &yaml, provided, &created_by)
+        .submit(Arc::new(workflow), &yaml, provided, &created_by, false)
         .await
     {
         Ok(execution) => execution,

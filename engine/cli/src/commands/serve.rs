@@ -25,7 +25,7 @@ pub async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<Exit> {
         errln!("\n  WARNING: {warning}\n");
         tracing::warn!(target: "app.backend", "{warning}");
     }
-    let service = ctx.serving_service(&args.exec).await?;
+    let service = ctx.serving_service(&args.exec, &args.labels).await?;
     let config = ServerConfig {
         workflows_dir: args
             .workflows_dir
@@ -45,7 +45,7 @@ pub async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<Exit> {
     };
     kiln_server::serve(state, args.addr, shutdown).await?;
     errln!(
-        "kiln API stopped; runs in flight continue under their supervisors and are recovered on the next start"
+        "kiln API stopped; runs in flight continue under their supervisors, for another engine or the next start to take over"
     );
     Ok(Exit::Success)
 }

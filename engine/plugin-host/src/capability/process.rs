@@ -30,8 +30,23 @@ pub fn launch_log(log_dir: &Path, step: &str, launch: usize) -> PathBuf {
 /// The programs a step has launched, shared with the runner so it can stop them: their
 /// process groups, and the state folders of launches still starting (a cancel that arrives
 /// while a launch is under way must stop its program too, once the supervisor records it).
-#[derive(Debug, Clone, Default)]
-pub struct ProcessTracker(Arc<Mutex<Tracked>>);
+#[derive(Clone, Default)]
+pub struct ProcessTracker(Arc<Mutex<Tracked>>, Option<StopGuard>);
+
+/// Asked before a step's programs are stopped: whether this engine may still stop them (an
+/// engine that lost its run to another engine, which re-attached to them, must not).
+pub type StopGuard = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + Sync,
+>;
+
+impl std::fmt::Debug for ProcessTracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ProcessTracker")
+            .field(&self.0)
+            .field(&self.1.is_some())
+            .finish()
+    }
+}
 
 #[derive(Debug, Default)]
 struct Tracked {
@@ -45,6 +60,11 @@ struct Tracked {
 const LAUNCH_RECORD_WAIT: Duration = Duration::from_secs(10);
 
 impl ProcessTracker {
+    /// A tracker whose [`Self::terminate_all`] stops programs only while `guard` says so.
+    pub fn guarded(guard: StopGuard) -> Self {
+        Self(Default::default(), Some(guard))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Tracked> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -85,6 +105,15 @@ impl ProcessTracker {
                 tracked.launching.clone(),
             )
         };
+        if groups.is_empty() && jobs.is_empty() && launching.is_empty() {
+            return;
+        }
+        if let Some(guard) = &self.1
+            && !guard().await
+        {
+            tracing::warn!(target: "operations.training", "programs left running: this engine no longer holds their run");
+            return;
+        }
         for (dir, launcher) in launching {
             let deadline = tokio::time::Instant::now() + LAUNCH_RECORD_WAIT;
             if let Launcher::Slurm(options) = launcher {

@@ -1,6 +1,7 @@
 //! One step: its inputs rendered, its retry policy, each attempt (claims, memoization, GPU
 //! lease, timeout, cancel) and the plugin or builtin call itself.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -381,7 +382,15 @@ impl Runner {
             Some(lease)
         };
 
-        let tracker = ProcessTracker::default();
+        // A frozen engine that wakes up after another engine took its run over (and
+        // re-attached to these programs) must not stop them on a timeout or cancel of its own.
+        let tracker = ProcessTracker::guarded({
+            let (store, run_id) = (self.inner.store.clone(), run_id.to_owned());
+            Arc::new(move || {
+                let (store, run_id) = (store.clone(), run_id.clone());
+                Box::pin(async move { store.holds_lease(&run_id).await })
+            })
+        });
         let work = async {
             if is_plugin {
                 self.run_plugin_step(

@@ -1,5 +1,5 @@
-//! What a step reports, persisted as it arrives; what a watcher hears; the run's heartbeat and
-//! cancel requests from other processes.
+//! What a step reports, persisted as it arrives; what a watcher hears; cancel requests from
+//! other processes (the run's heartbeat is its lease's renewal: `crate::engine`).
 
 use std::time::Duration;
 
@@ -12,18 +12,13 @@ use kiln_store::{StepEnd, StepStatus, Store};
 
 use super::RunUpdate;
 
-/// Poll for cancel requests made from other processes (`kiln runs cancel`) and keep the run's
-/// heartbeat fresh.
+/// Poll for cancel requests made from other processes (`kiln runs cancel`, another engine's
+/// API).
 pub(super) async fn watch_run(store: Store, run_id: String, cancel: CancellationToken) {
-    let mut beat = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
         if store.cancel_requested(&run_id).await.unwrap_or(false) {
             cancel.cancel();
-        }
-        if beat.elapsed() >= Duration::from_secs(5) {
-            beat = tokio::time::Instant::now();
-            let _ = store.heartbeat(&run_id).await;
         }
     }
 }

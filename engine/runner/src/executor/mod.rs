@@ -19,7 +19,9 @@
 //! - Execution is resumable: `execute` on a run that was interrupted (the engine was killed)
 //!   reuses the outputs of succeeded steps and continues running steps in their *current*
 //!   attempt, whose launches re-attach to the programs still running (or read how they ended)
-//!   instead of starting them again. One process executes a run at a time (`RunLock`).
+//!   instead of starting them again. One engine executes a run at a time: the one holding its
+//!   lease (`crate::engine`); an engine that loses the lease stops acting on the run at once,
+//!   leaving its programs to the engine that took it over.
 //! - Memoization is opt-in (`cache: true`): same plugin digest, action, inputs and input file
 //!   digests reuse earlier outputs; the step records `cached_from`.
 
@@ -43,8 +45,8 @@ use kiln_plugin_host::{PluginRegistry, RetryReason};
 use kiln_store::{NewRun, NewStep, RunRecord, RunStatus, StepEnd, StepStatus, Store};
 use kiln_workflow::{ExprContext, RetryOn, Workflow};
 
+use crate::engine::{EngineSession, Requirements, RunLease};
 use crate::gpu::GpuPool;
-use crate::run_lock::RunLock;
 use crate::{Error, Result, Workspace, ownership};
 
 /// What a watcher (the CLI's progress display) hears about a run.
@@ -83,6 +85,12 @@ pub struct RunnerConfig {
     pub gpus: Vec<u32>,
     /// Where plugin steps' programs run (`configs/launchers.yaml`).
     pub launcher: kiln_supervisor::Launcher,
+    /// This process as an engine: `serve`, or the command that executes runs.
+    pub engine_kind: String,
+    /// The labels this engine offers besides `host` and `gpus`.
+    pub labels: Map<String, Value>,
+    /// How long a run's lease lives unless its engine renews it.
+    pub lease_ttl: Duration,
 }
 
 impl Default for RunnerConfig {
@@ -92,6 +100,9 @@ impl Default for RunnerConfig {
             kill_grace: Duration::from_secs(10),
             gpus: Vec::new(),
             launcher: kiln_supervisor::Launcher::Local,
+            engine_kind: "run".into(),
+            labels: Map::new(),
+            lease_ttl: crate::engine::DEFAULT_LEASE_TTL,
         }
     }
 }
@@ -103,6 +114,7 @@ struct Inner {
     ws: Workspace,
     config: RunnerConfig,
     gpus: GpuPool,
+    engine: EngineSession,
 }
 
 /// Creates and executes runs. Cheap to clone.
@@ -190,8 +202,16 @@ impl Runner {
         config: RunnerConfig,
     ) -> Self {
         let gpus = GpuPool::new(config.gpus.clone(), ws.kiln_dir().join("gpus"));
+        let engine = EngineSession::new(
+            store.clone(),
+            &config.engine_kind,
+            config.labels.clone(),
+            gpus.count(),
+            config.lease_ttl,
+        );
         Self {
             inner: Arc::new(Inner {
+                engine,
                 store,
                 installed: std::sync::RwLock::new(plugins.clone()),
                 ws,
@@ -204,6 +224,26 @@ impl Runner {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// This process as an engine (its leases).
+    pub fn engine(&self) -> &EngineSession {
+        &self.inner.engine
+    }
+
+    /// What an engine must offer to execute `workflow`: the labels its steps ask for in
+    /// `runs_on`, and, when programs run on the engine's machine, its largest step's GPUs.
+    pub fn requirements(&self, workflow: &Workflow) -> Requirements {
+        let mut requires = Requirements::default();
+        for step in &workflow.steps {
+            for (k, v) in &step.runs_on {
+                requires.labels.insert(k.clone(), v.clone());
+            }
+            if matches!(self.inner.config.launcher, kiln_supervisor::Launcher::Local) {
+                requires.gpus = requires.gpus.max(step.resources.gpus);
+            }
+        }
+        requires
     }
 
     /// The plugins this runner is pinned to.
@@ -275,40 +315,56 @@ impl Runner {
         params: &Map<String, Value>,
         created_by: &str,
     ) -> Result<RunRecord> {
-        self.record(workflow, workflow_yaml, params, created_by, None)
-            .await
+        Ok(self
+            .record(workflow, workflow_yaml, params, created_by, false)
+            .await?
+            .0)
     }
 
-    /// [`Self::create`] for a run this process executes at once: the run lock is taken first
-    /// and the run is recorded `running`, in the same commit as its creation. Pass the lock to
-    /// [`Self::execute`].
+    /// [`Self::create`] for a run this process executes at once: the run is recorded
+    /// `running` with its lease held by this engine, in the same commit as its creation. Pass
+    /// the lease to [`Self::execute`]. With `queue_elsewhere`, a run whose requirements this
+    /// engine does not meet is recorded `queued` instead (no lease), for an engine that meets
+    /// them to claim; without it, such a run is refused.
     pub async fn start(
         &self,
         workflow: &Workflow,
         workflow_yaml: String,
         params: &Map<String, Value>,
         created_by: &str,
-    ) -> Result<(RunRecord, RunLock)> {
-        let id = uuid::Uuid::now_v7().to_string();
-        let lock = RunLock::acquire(&self.inner.ws.run_dir(&id))
-            .map_err(|e| Error::Input(format!("run {id}: {e}")))?;
-        let run = self
-            .record(workflow, workflow_yaml, params, created_by, Some(id))
-            .await?;
-        Ok((run, lock))
+        queue_elsewhere: bool,
+    ) -> Result<(RunRecord, Option<RunLease>)> {
+        let unmet = self.inner.engine.unmet(&self.requirements(workflow));
+        if !unmet.is_empty() && !queue_elsewhere {
+            return Err(Error::Input(format!(
+                "this engine lacks {} that workflow `{}` asks for (`runs_on`,                  `resources.gpus`); run it through `kiln serve` engines that offer them                  (`kiln serve --label KEY=VALUE`)",
+                unmet.join(", "),
+                workflow.name
+            )));
+        }
+        if unmet.is_empty() {
+            self.inner.engine.register().await?;
+        }
+        self.record(
+            workflow,
+            workflow_yaml,
+            params,
+            created_by,
+            unmet.is_empty(),
+        )
+        .await
     }
 
-    /// Records a run; `started`: the id of a run whose lock the caller holds.
+    /// Records a run; `leased`: held by this engine from its creation, and `running`.
     async fn record(
         &self,
         workflow: &Workflow,
         workflow_yaml: String,
         params: &Map<String, Value>,
         created_by: &str,
-        started: Option<String>,
-    ) -> Result<RunRecord> {
-        let is_started = started.is_some();
-        let id = started.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        leased: bool,
+    ) -> Result<(RunRecord, Option<RunLease>)> {
+        let id = uuid::Uuid::now_v7().to_string();
         let file = workflow.file().display().to_string();
         let trainings = ownership::planned_trainings(&self.inner.ws, workflow, params)?;
         for training in &trainings {
@@ -335,14 +391,16 @@ impl Runner {
                     workflow_yaml,
                     params: Value::Object(params.clone()),
                     created_by: created_by.to_owned(),
+                    requires: self.requirements(workflow).to_json(),
                 },
                 &steps,
                 &trainings,
-                is_started,
+                leased.then(|| (self.inner.engine.id(), self.inner.engine.ttl())),
             )
             .await
             .map_err(ownership::conflict)?;
-        Ok(run)
+        let (run, lease) = run;
+        Ok((run, lease.map(|l| self.inner.engine.adopt(l))))
     }
 
     /// Start step `i` in its own task, with the outputs of only its dependencies. `attempts`:
@@ -383,24 +441,48 @@ impl Runner {
     }
 
     /// Execute a run to its end: a new run, one interrupted by an engine crash (resumed), or a
-    /// failed one reset for retry. Returns the final run record. `lock`: the run lock when the
-    /// caller took it (see [`Self::start`] and the run service); without it the lock is taken
-    /// here (held by another process: a conflict). A run not yet recorded `running` is marked so.
+    /// failed one reset for retry. Returns the final run record. `lease`: the run's lease when
+    /// the caller took it (see [`Self::start`] and the run service); without it the lease is
+    /// taken here (held by another engine: a conflict). A run not yet recorded `running` is
+    /// marked so. When the lease is lost meanwhile, execution stops at once, without a write
+    /// and without touching the run's programs: [`Error::LeaseLost`].
     pub async fn execute(
         &self,
         run: &RunRecord,
-        lock: Option<RunLock>,
+        lease: Option<RunLease>,
+        workflow: &Workflow,
+        params: &Map<String, Value>,
+        cancel: CancellationToken,
+        updates: Option<UnboundedSender<RunUpdate>>,
+    ) -> Result<RunRecord> {
+        let mut lease = match lease {
+            Some(lease) => lease,
+            None => self.inner.engine.acquire(&run.id).await?,
+        };
+        tokio::select! {
+            // Dropping the execution drops its step tasks (a `JoinSet`): plugin calls end where
+            // they are, supervised programs keep running for the new owner.
+            done = self.execute_leased(run, workflow, params, cancel, updates) => match done {
+                // A write refused by the store's fencing: the lease went to another engine
+                // before this one's renewal noticed.
+                Err(Error::Store(kiln_store::Error::LeaseLost { message, .. })) => {
+                    Err(Error::LeaseLost { run: run.id.clone(), reason: message })
+                }
+                done => done,
+            },
+            reason = lease.lost() => Err(Error::LeaseLost { run: run.id.clone(), reason }),
+        }
+    }
+
+    async fn execute_leased(
+        &self,
+        run: &RunRecord,
         workflow: &Workflow,
         params: &Map<String, Value>,
         cancel: CancellationToken,
         updates: Option<UnboundedSender<RunUpdate>>,
     ) -> Result<RunRecord> {
         let store = &self.inner.store;
-        let _lock = match lock {
-            Some(lock) => lock,
-            None => RunLock::acquire(&self.inner.ws.run_dir(&run.id))
-                .map_err(|e| Error::Conflict(format!("run {}: {e}", run.id)))?,
-        };
         // A run recorded `running` at its creation is not marked again.
         if run.status != RunStatus::Running {
             store.start_run(&run.id).await?;
@@ -434,7 +516,7 @@ impl Runner {
 
         // What an earlier execution of this run already did.
         let mut interrupted: BTreeSet<usize> = BTreeSet::new();
-        // Only this engine changes them while it holds the run lock.
+        // Only this engine changes them while it holds the run's lease.
         let mut attempts: Vec<i64> = vec![0; workflow.steps.len()];
         for record in store.steps(&run.id).await? {
             let Some(&i) = index.get(record.step_id.as_str()) else {

@@ -34,14 +34,14 @@ use tokio_util::sync::CancellationToken;
 use kiln_store::{RunRecord, RunStatus, Store};
 use kiln_workflow::{Diagnostics, Workflow};
 
-use crate::{EngineCatalog, Error, Result, RunLock, RunUpdate, Runner, Workspace, ownership};
+use crate::{EngineCatalog, Error, Result, RunLease, RunUpdate, Runner, Workspace, ownership};
 
-/// A run ready to execute: its record, its workflow as stored, and (for a run started by this
-/// process) its run lock.
+/// A run ready to execute: its record, its workflow as stored, and its lease (held by this
+/// engine; none for a run queued for another engine to claim).
 pub struct Execution {
     pub run: RunRecord,
     pub workflow: Arc<Workflow>,
-    lock: Option<RunLock>,
+    lease: Option<RunLease>,
     /// Pinned to the plugins the run was checked against: it executes with those.
     runner: Runner,
 }
@@ -50,8 +50,21 @@ impl std::fmt::Debug for Execution {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Execution")
             .field("run", &self.run.id)
-            .field("locked", &self.lock.is_some())
+            .field("leased", &self.lease.is_some())
             .finish()
+    }
+}
+
+impl Execution {
+    /// Whether this engine holds the run's lease (else the run waits for an engine that
+    /// meets its requirements).
+    pub fn is_leased(&self) -> bool {
+        self.lease.is_some()
+    }
+
+    /// The engine whose expired lease this execution took over, if it did.
+    pub fn taken_from(&self) -> Option<&str> {
+        self.lease.as_ref().and_then(RunLease::taken_from)
     }
 }
 
@@ -231,27 +244,69 @@ impl RunService {
         }
     }
 
-    /// Validates `workflow`, resolves `params` and records the run, started (its run lock
-    /// taken, `running`, in one commit). Nothing is recorded when anything is wrong.
+    /// Validates `workflow`, resolves `params` and records the run, started (`running`, its
+    /// lease held by this engine, in one commit). Nothing is recorded when anything is wrong.
+    /// With `queue_elsewhere`, a run whose requirements this engine does not meet is recorded
+    /// `queued` for another engine (the execution is then not leased); without it, refused.
     pub async fn submit(
         &self,
         workflow: Arc<Workflow>,
         yaml: &str,
         params: BTreeMap<String, Value>,
         created_by: &str,
+        queue_elsewhere: bool,
     ) -> Result<Execution> {
         let runner = self.runner.current();
         check_with(&runner, &workflow)?;
         let params = kiln_workflow::resolve_params(&workflow, params)?;
-        let (run, lock) = runner
-            .start(&workflow, yaml.to_owned(), &params, created_by)
+        let (run, lease) = runner
+            .start(
+                &workflow,
+                yaml.to_owned(),
+                &params,
+                created_by,
+                queue_elsewhere,
+            )
             .await?;
         Ok(Execution {
             run,
             workflow,
-            lock: Some(lock),
+            lease,
             runner,
         })
+    }
+
+    /// Claims up to `limit` runs that no live engine holds (their engine stopped or died, or
+    /// they were queued for an engine like this one), ready to execute here. A claimed run
+    /// that cannot continue with the plugins installed here is given back and reported.
+    pub async fn claim(&self, limit: usize) -> Result<(Vec<Execution>, Vec<(String, Error)>)> {
+        let mut ready = Vec::new();
+        let mut refused = Vec::new();
+        for lease in self.runner.engine().claim(limit).await? {
+            let run = match self.run(lease.run_id()).await {
+                Ok(run) => run,
+                Err(e) => {
+                    refused.push((lease.run_id().to_owned(), e));
+                    continue;
+                }
+            };
+            match self.stored(&run) {
+                Ok((workflow, runner)) => ready.push(Execution {
+                    run,
+                    workflow,
+                    lease: Some(lease),
+                    runner,
+                }),
+                Err(e) => refused.push((run.id.clone(), e)),
+            }
+        }
+        Ok((ready, refused))
+    }
+
+    /// Records this engine stopped, freeing the leases of the runs it executes for other
+    /// engines (a clean shutdown; their programs keep running for the next owner).
+    pub async fn stop_engine(&self, reason: &str) -> Result<u64> {
+        self.runner.engine().stop(reason).await
     }
 
     /// Executes a run to its end (see [`Runner::execute`]).
@@ -271,7 +326,7 @@ impl RunService {
             .runner
             .execute(
                 &execution.run,
-                execution.lock,
+                execution.lease,
                 &execution.workflow,
                 &params,
                 cancel,
@@ -309,21 +364,20 @@ impl RunService {
                 run.id, run.status
             )));
         }
-        let lock = self.lock(&run)?;
+        let lease = self.lease(&run).await?;
         let (workflow, runner) = self.stored(&run)?;
         Ok(Execution {
             run,
             workflow,
-            lock: Some(lock),
+            lease: Some(lease),
             runner,
         })
     }
 
-    /// The run lock of `run`, taken now and held by what this process does with the run next
-    /// (so a delete and a retry of one run cannot overlap); held elsewhere: a conflict.
-    fn lock(&self, run: &RunRecord) -> Result<RunLock> {
-        RunLock::acquire(&self.workspace().run_dir(&run.id))
-            .map_err(|e| Error::Conflict(format!("run {} is still being executed: {e}", run.id)))
+    /// The lease of `run`, taken now and held by what this process does with the run next
+    /// (so a delete and a retry of one run cannot overlap); held by a live engine: a conflict.
+    async fn lease(&self, run: &RunRecord) -> Result<RunLease> {
+        self.runner.engine().acquire(&run.id).await
     }
 
     /// A failed or cancelled run, reset to run its unfinished steps again with fresh retry
@@ -341,14 +395,14 @@ impl RunService {
                 run.id, run.status
             )));
         }
-        let lock = self.lock(&run)?;
+        let lease = self.lease(&run).await?;
         let (workflow, runner) = self.stored(&run)?;
         self.store().reset_for_retry(&run.id).await?;
         let run = self.store().run(&run.id).await?;
         Ok(Execution {
             run,
             workflow,
-            lock: Some(lock),
+            lease: Some(lease),
             runner,
         })
     }
@@ -365,9 +419,10 @@ impl RunService {
             )));
         }
         self.store().request_cancel(&run.id).await?;
-        let run_dir = self.workspace().run_dir(&run.id);
-        let Ok(_lock) = RunLock::acquire(&run_dir) else {
-            return Ok(Cancelled::Requested(run));
+        let _lease = match self.lease(&run).await {
+            Ok(lease) => lease,
+            Err(Error::Conflict(_)) => return Ok(Cancelled::Requested(run)),
+            Err(e) => return Err(e),
         };
         orphans::stop(
             &self.workspace().state_dir(&run.id),
@@ -405,7 +460,11 @@ impl RunService {
             return Err(not_finished());
         }
         // Held until the records are gone: no retry or resume starts meanwhile.
-        let _lock = self.lock(&run).map_err(|_| not_finished())?;
+        let _lease = match self.lease(&run).await {
+            Ok(lease) => lease,
+            Err(Error::Conflict(_)) => return Err(not_finished()),
+            Err(e) => return Err(e),
+        };
         let run = self.run(&run.id).await?;
         if !run.status.is_terminal() {
             return Err(not_finished());

@@ -112,6 +112,9 @@ pub struct RunView {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub duration_ms: Option<i64>,
+    /// The engine executing the run (holding its lease); none while it waits for one, and
+    /// once it has ended.
+    pub engine: Option<String>,
     /// Present on `GET /runs/{id}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<Vec<StepView>>,
@@ -131,6 +134,7 @@ impl RunView {
             started_at: r.started_at,
             finished_at: r.finished_at,
             duration_ms: r.duration_ms,
+            engine: r.engine,
             steps: steps.map(|steps| {
                 // The run's own workflow gives the edges; a stored file that no longer parses
                 // (written by another version) leaves them out rather than failing the view.

@@ -339,6 +339,7 @@ mod tests {
             retry: None,
             resources: Default::default(),
             cache: false,
+            runs_on: Default::default(),
         }
     }
 

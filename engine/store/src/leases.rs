@@ -1,0 +1,505 @@
+//! Engines and run leases: which process executes which run when several share one database.
+//!
+//! An *engine* is a process that executes runs (`kiln serve`, `kiln run`, `kiln resume`, ...).
+//! It registers in `engines` and keeps `seen_ms` fresh. A run is executed by the engine holding
+//! its *lease*: `runs.lease_owner` until `runs.lease_expires_ms`, renewed by the owner (one
+//! statement for all its runs). Times are the database's clock in milliseconds, so engines on
+//! machines whose clocks differ still agree on when a lease has expired. Every acquisition
+//! increments `runs.lease_epoch`; this process remembers the owner and epoch of each lease it
+//! holds (the journal's `Fences`), and every write of that run's state checks them in its
+//! transaction ([`Error::LeaseLost`] once another engine has taken the run over).
+//!
+//! A lease is free when it has no owner, when it has expired, or when its owner was recorded
+//! stopped ([`Store::stop_engine`], which clears the engine's leases: a clean shutdown, or a
+//! dead process found by an engine on the same machine).
+
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::{AnyConnection, FromRow, Row};
+
+use crate::journal::Fence;
+use crate::{Error, Result, Store, columns, query_err, time_fmt};
+
+/// An engine about to register.
+#[derive(Debug, Clone)]
+pub struct NewEngine {
+    pub id: String,
+    /// `serve` or the command (`run`, `resume`, ...).
+    pub kind: String,
+    pub host: String,
+    /// `/proc/sys/kernel/random/boot_id`: tells a rebooted machine from the one that was.
+    pub boot_id: String,
+    pub pid: i64,
+    /// The process's start time in clock ticks since boot: tells it from a recycled pid.
+    pub pid_start: i64,
+    /// What the engine offers runs (`host`, `gpus` and the operator's labels).
+    pub labels: serde_json::Map<String, serde_json::Value>,
+}
+
+/// An engine as recorded.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EngineRecord {
+    pub id: String,
+    pub kind: String,
+    pub host: String,
+    pub boot_id: String,
+    pub pid: i64,
+    pub pid_start: i64,
+    pub labels: serde_json::Map<String, serde_json::Value>,
+    pub started_at: String,
+    /// Milliseconds since the engine was last seen renewing, by the database's clock.
+    pub silent_ms: i64,
+    pub stopped_at: Option<String>,
+    pub stop_reason: Option<String>,
+    /// Runs whose lease it holds now.
+    pub leases: i64,
+}
+
+#[derive(FromRow)]
+struct EngineRow {
+    id: String,
+    kind: String,
+    host: String,
+    boot_id: String,
+    pid: i64,
+    pid_start: i64,
+    labels_json: String,
+    started_at: String,
+    silent_ms: i64,
+    stopped_at: Option<String>,
+    stop_reason: Option<String>,
+    leases: i64,
+}
+
+impl TryFrom<EngineRow> for EngineRecord {
+    type Error = Error;
+
+    fn try_from(row: EngineRow) -> Result<Self> {
+        const DOING: &str = "reading an engine";
+        let labels = match columns::json(Some(row.labels_json), "labels_json", DOING)? {
+            Some(serde_json::Value::Object(labels)) => labels,
+            _ => Default::default(),
+        };
+        Ok(Self {
+            id: row.id,
+            kind: row.kind,
+            host: row.host,
+            boot_id: row.boot_id,
+            pid: row.pid,
+            pid_start: row.pid_start,
+            labels,
+            started_at: row.started_at,
+            silent_ms: row.silent_ms,
+            stopped_at: row.stopped_at,
+            stop_reason: row.stop_reason,
+            leases: row.leases,
+        })
+    }
+}
+
+/// A run's lease, held by this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub run_id: String,
+    pub owner: String,
+    pub epoch: i64,
+    /// The engine that held it before (expired or stopped), when there was one.
+    pub taken_from: Option<String>,
+}
+
+/// Who holds a run's lease, when this process could not take it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseHolder {
+    pub owner: String,
+    /// Milliseconds until it expires unless renewed.
+    pub expires_in_ms: i64,
+    pub engine: Option<EngineRecord>,
+}
+
+impl std::fmt::Display for LeaseHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.engine {
+            Some(e) => write!(
+                f,
+                "engine {} (`kiln {}`, pid {} on {})",
+                self.owner, e.kind, e.pid, e.host
+            )?,
+            None => write!(f, "engine {}", self.owner)?,
+        }
+        write!(
+            f,
+            " holds its lease, renewed until {:.1} s from now",
+            self.expires_in_ms.max(0) as f64 / 1000.0
+        )
+    }
+}
+
+const ENGINE_COLUMNS: &str = "e.id, e.kind, e.host, e.boot_id, e.pid, e.pid_start, e.labels_json, \
+    e.started_at, e.stopped_at, e.stop_reason";
+
+/// The condition under which a run's lease may be taken (`{now}`: the database's time).
+const FREE: &str = "(lease_owner IS NULL OR lease_expires_ms < {now})";
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+impl Store {
+    /// SQL for the database's current time in milliseconds since the Unix epoch.
+    pub(crate) fn now_ms_sql(&self) -> &'static str {
+        if self.sqlite {
+            "CAST((julianday('now') - 2440587.5) * 86400000.0 AS BIGINT)"
+        } else {
+            "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
+        }
+    }
+
+    fn sql(&self, template: &str) -> String {
+        template
+            .replace("{free}", FREE)
+            .replace("{now}", self.now_ms_sql())
+    }
+
+    /// Records a starting engine, durable with the next commit (usually the one that creates
+    /// or claims its first run: no commit of its own). Until then other engines know its
+    /// leases by id alone.
+    pub fn register_engine(&self, engine: &NewEngine) {
+        const DOING: &str = "registering an engine";
+        let sql: std::sync::Arc<str> = self
+            .sql(
+                "INSERT INTO engines (id, kind, host, boot_id, pid, pid_start, labels_json, \
+                 started_at, seen_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {now})",
+            )
+            .into();
+        let engine = std::sync::Arc::new(engine.clone());
+        self.journal().soon(DOING, None, move |conn| {
+            let (sql, engine) = (sql.clone(), engine.clone());
+            Box::pin(async move {
+                sqlx::query(&sql)
+                    .bind(&engine.id)
+                    .bind(&engine.kind)
+                    .bind(&engine.host)
+                    .bind(&engine.boot_id)
+                    .bind(engine.pid)
+                    .bind(engine.pid_start)
+                    .bind(serde_json::Value::Object(engine.labels.clone()).to_string())
+                    .bind(time_fmt::now())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(query_err(DOING))?;
+                Ok(())
+            })
+        });
+    }
+
+    /// Records that an engine stopped (`reason`: a clean shutdown, or how another engine
+    /// found it dead) and frees its leases at once. Returns how many leases it held.
+    pub async fn stop_engine(&self, id: &str, reason: &str) -> Result<u64> {
+        const DOING: &str = "recording an engine's stop";
+        let mut tx = self.begin_write(DOING).await?;
+        sqlx::query(
+            "UPDATE engines SET stopped_at = $1, stop_reason = $2 WHERE id = $3 \
+             AND stopped_at IS NULL",
+        )
+        .bind(time_fmt::now())
+        .bind(reason)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err(DOING))?;
+        let freed = sqlx::query(
+            "UPDATE runs SET lease_owner = NULL, lease_expires_ms = NULL WHERE lease_owner = $1",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err(DOING))?
+        .rows_affected();
+        tx.commit().await.map_err(query_err(DOING))?;
+        Ok(freed)
+    }
+
+    /// Engines not recorded stopped, on `host` (every host: `None`), oldest first.
+    pub async fn engines(&self, host: Option<&str>) -> Result<Vec<EngineRecord>> {
+        const DOING: &str = "listing engines";
+        let sql = self.sql(&format!(
+            "SELECT {ENGINE_COLUMNS}, {{now}} - e.seen_ms AS silent_ms, \
+             (SELECT COUNT(*) FROM runs r WHERE r.lease_owner = e.id) AS leases \
+             FROM engines e WHERE e.stopped_at IS NULL AND ($1 IS NULL OR e.host = $1) \
+             ORDER BY e.started_at, e.id"
+        ));
+        let rows: Vec<EngineRow> = sqlx::query_as(&sql)
+            .bind(host)
+            .fetch_all(self.pool())
+            .await
+            .map_err(query_err(DOING))?;
+        rows.into_iter().map(EngineRecord::try_from).collect()
+    }
+
+    /// Takes the lease of `run_id` for `owner` when it is free (see the module doc); else who
+    /// holds it. On success this process fences its writes of the run with the new epoch.
+    pub async fn acquire_lease(
+        &self,
+        run_id: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<std::result::Result<Lease, LeaseHolder>> {
+        const DOING: &str = "taking a run's lease";
+        let mut tx = self.begin_write(DOING).await?;
+        let previous: Option<Option<String>> =
+            sqlx::query_scalar("SELECT lease_owner FROM runs WHERE id = $1")
+                .bind(run_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(query_err(DOING))?;
+        let Some(previous) = previous else {
+            return Err(Error::RunNotFound(run_id.to_owned()));
+        };
+        let epoch: Option<i64> = sqlx::query_scalar(&self.sql(
+            "UPDATE runs SET lease_owner = $1, lease_epoch = lease_epoch + 1, \
+             lease_expires_ms = {now} + $2 WHERE id = $3 AND {free} RETURNING lease_epoch",
+        ))
+        .bind(owner)
+        .bind(millis(ttl))
+        .bind(run_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(query_err(DOING))?;
+        tx.commit().await.map_err(query_err(DOING))?;
+        match epoch {
+            Some(epoch) => Ok(Ok(self.hold(run_id, owner, epoch, previous))),
+            None => Ok(Err(self.lease_holder(run_id).await?.ok_or_else(|| {
+                Error::Conflict(format!(
+                    "the lease of run {run_id} changed hands; try again"
+                ))
+            })?)),
+        }
+    }
+
+    /// Remembers a lease this process holds (its writes of the run are fenced with it).
+    pub(crate) fn hold(
+        &self,
+        run_id: &str,
+        owner: &str,
+        epoch: i64,
+        previous: Option<String>,
+    ) -> Lease {
+        self.fences
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                run_id.to_owned(),
+                Fence {
+                    owner: owner.to_owned(),
+                    epoch,
+                },
+            );
+        Lease {
+            run_id: run_id.to_owned(),
+            owner: owner.to_owned(),
+            taken_from: previous.filter(|p| p != owner),
+            epoch,
+        }
+    }
+
+    /// Who holds the lease of `run_id` (none: `None`).
+    pub async fn lease_holder(&self, run_id: &str) -> Result<Option<LeaseHolder>> {
+        const DOING: &str = "reading a run's lease";
+        let row = sqlx::query(&self.sql(
+            "SELECT lease_owner, lease_expires_ms - {now} AS expires_in FROM runs WHERE id = $1",
+        ))
+        .bind(run_id)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(query_err(DOING))?;
+        let Some(row) = row else { return Ok(None) };
+        let owner: Option<String> = row.try_get("lease_owner").map_err(query_err(DOING))?;
+        let Some(owner) = owner else { return Ok(None) };
+        let expires_in_ms: Option<i64> = row.try_get("expires_in").map_err(query_err(DOING))?;
+        let engine = self
+            .engines(None)
+            .await?
+            .into_iter()
+            .find(|e| e.id == owner);
+        Ok(Some(LeaseHolder {
+            owner,
+            expires_in_ms: expires_in_ms.unwrap_or(0),
+            engine,
+        }))
+    }
+
+    /// Renews every lease `owner` holds for `ttl` more, and marks the engine seen. Returns the
+    /// runs (with their epochs) whose lease it still holds: a lease this process remembers and
+    /// that is not among them was taken over.
+    pub async fn renew_leases(&self, owner: &str, ttl: Duration) -> Result<Vec<(String, i64)>> {
+        const DOING: &str = "renewing leases";
+        let mut tx = self.begin_write(DOING).await?;
+        sqlx::query(&self.sql("UPDATE engines SET seen_ms = {now} WHERE id = $1"))
+            .bind(owner)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err(DOING))?;
+        let rows = sqlx::query(&self.sql(
+            "UPDATE runs SET lease_expires_ms = {now} + $1, heartbeat_at = $2 \
+             WHERE lease_owner = $3 RETURNING id, lease_epoch",
+        ))
+        .bind(millis(ttl))
+        .bind(time_fmt::now())
+        .bind(owner)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(query_err(DOING))?;
+        tx.commit().await.map_err(query_err(DOING))?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<std::result::Result<_, sqlx::Error>>()
+            .map_err(query_err(DOING))
+    }
+
+    /// Gives up the lease of a run this process holds, so another engine can take the run at
+    /// once. The fence is forgotten only when no other engine took the lease meanwhile (the
+    /// epoch is unchanged, or the run is gone): after a takeover it stays, so that anything
+    /// this process still tries to write for the run is refused.
+    pub async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        const DOING: &str = "releasing a run's lease";
+        let released = sqlx::query(
+            "UPDATE runs SET lease_owner = NULL, lease_expires_ms = NULL WHERE id = $1 \
+             AND lease_epoch = $3 AND (lease_owner = $2 OR lease_owner IS NULL)",
+        )
+        .bind(&lease.run_id)
+        .bind(&lease.owner)
+        .bind(lease.epoch)
+        .execute(self.pool())
+        .await
+        .map_err(query_err(DOING))?
+        .rows_affected();
+        let gone = released == 0
+            && sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM runs WHERE id = $1")
+                .bind(&lease.run_id)
+                .fetch_one(self.pool())
+                .await
+                .map_err(query_err(DOING))?
+                == 0;
+        if released == 1 || gone {
+            let mut fences = self.fences.lock().unwrap_or_else(|e| e.into_inner());
+            if fences
+                .get(&lease.run_id)
+                .is_some_and(|f| f.epoch == lease.epoch)
+            {
+                fences.remove(&lease.run_id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims, for `owner`, up to `limit` queued or running runs whose lease is free and whose
+    /// requirements `accept` takes (the run's `requires_json`, `None` when it has none), oldest
+    /// first. On PostgreSQL the candidates are locked with `FOR UPDATE SKIP LOCKED`: engines
+    /// claiming at once each get different runs instead of waiting for one another.
+    pub async fn claim_runs(
+        &self,
+        owner: &str,
+        ttl: Duration,
+        limit: i64,
+        accept: &(dyn Fn(Option<&serde_json::Value>) -> bool + Sync),
+    ) -> Result<Vec<Lease>> {
+        const DOING: &str = "claiming runs";
+        let mut tx = self.begin_write(DOING).await?;
+        let lock = if self.sqlite {
+            ""
+        } else {
+            " FOR UPDATE SKIP LOCKED"
+        };
+        let candidates = sqlx::query(&self.sql(&format!(
+            "SELECT id, requires_json, lease_owner FROM runs \
+             WHERE status IN ('queued', 'running') AND {{free}} ORDER BY created_at, id \
+             LIMIT $1{lock}"
+        )))
+        .bind(limit.saturating_mul(4).max(1))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(query_err(DOING))?;
+        let mut claimed = Vec::new();
+        for row in candidates {
+            if claimed.len() as i64 >= limit {
+                break;
+            }
+            let id: String = row.try_get("id").map_err(query_err(DOING))?;
+            let requires: Option<String> =
+                row.try_get("requires_json").map_err(query_err(DOING))?;
+            let previous: Option<String> = row.try_get("lease_owner").map_err(query_err(DOING))?;
+            let requires = columns::json(requires, "requires_json", DOING)?;
+            if !accept(requires.as_ref()) {
+                continue;
+            }
+            let epoch: Option<i64> = sqlx::query_scalar(&self.sql(
+                "UPDATE runs SET lease_owner = $1, lease_epoch = lease_epoch + 1, \
+                 lease_expires_ms = {now} + $2 WHERE id = $3 AND {free} RETURNING lease_epoch",
+            ))
+            .bind(owner)
+            .bind(millis(ttl))
+            .bind(&id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query_err(DOING))?;
+            if let Some(epoch) = epoch {
+                claimed.push((id, epoch, previous));
+            }
+        }
+        tx.commit().await.map_err(query_err(DOING))?;
+        Ok(claimed
+            .into_iter()
+            .map(|(id, epoch, previous)| self.hold(&id, owner, epoch, previous))
+            .collect())
+    }
+
+    /// Fails with [`Error::LeaseLost`] when this process holds `run_id`'s lease and another
+    /// engine has taken it over since; for writes outside the journal, in their transaction.
+    pub(crate) async fn check_lease(&self, conn: &mut AnyConnection, run_id: &str) -> Result<()> {
+        let fence = self
+            .fences
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(run_id)
+            .cloned();
+        let Some(fence) = fence else { return Ok(()) };
+        match crate::journal::check_fence(conn, run_id, &fence).await {
+            None => Ok(()),
+            Some(message) => Err(Error::LeaseLost {
+                run: run_id.to_owned(),
+                message,
+            }),
+        }
+    }
+
+    /// Whether this process may still act on `run_id`: it holds no lease on it (nothing to
+    /// check), or the lease it holds is still the run's (owner and epoch). A failed read
+    /// answers no: an engine that cannot tell must not act.
+    pub async fn holds_lease(&self, run_id: &str) -> bool {
+        let fence = self
+            .fences
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(run_id)
+            .cloned();
+        let Some(fence) = fence else { return true };
+        let found: std::result::Result<Option<(Option<String>, i64)>, _> =
+            sqlx::query_as("SELECT lease_owner, lease_epoch FROM runs WHERE id = $1")
+                .bind(run_id)
+                .fetch_optional(self.pool())
+                .await;
+        matches!(found, Ok(Some((Some(owner), epoch))) if owner == fence.owner && epoch == fence.epoch)
+    }
+
+    /// A write transaction for the state of `run_id`, its lease checked first.
+    pub(crate) async fn begin_run_write(
+        &self,
+        doing: &'static str,
+        run_id: &str,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        let mut tx = self.begin_write(doing).await?;
+        self.check_lease(&mut tx, run_id).await?;
+        Ok(tx)
+    }
+}
