@@ -1814,6 +1814,13 @@ fn metrics_are_served_to_a_viewer_in_prometheus_format() {
         "kiln_steps{status=\"succeeded\"} 5",
         "kiln_step_duration_seconds_count{uses=\"ultralytics\"} 2",
         "kiln_engine_runs_executing 0",
+        "kiln_engine_programs_followed 0",
+        "kiln_engine_leases_held 0",
+        "kiln_engine_runs_claimed_total 1",
+        "kiln_engine_takeovers_total 0",
+        "kiln_engine_leases_lost_total 0",
+        "kiln_engine_lease_renewals_total ",
+        "kiln_engines{host=",
         "# EOF",
     ] {
         assert!(text.contains(line), "no `{line}` in:\n{text}");

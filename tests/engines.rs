@@ -106,6 +106,12 @@ fn a_frozen_engine_is_taken_over_and_its_late_writes_are_refused() {
         "A changed nothing; its log:\n{}",
         a.log_text()
     );
+    // What each engine's /metrics says about it.
+    let metrics = |s: &Server| s.call("GET", "/metrics", Some(&token), None).text();
+    let (ma, mb) = (metrics(&a), metrics(&b));
+    assert!(ma.contains("kiln_engine_leases_lost_total 1"), "{ma}");
+    assert!(mb.contains("kiln_engine_takeovers_total 1"), "{mb}");
+    assert!(mb.contains("kiln_engine_leases_held 0"), "{mb}");
     a.kill();
 }
 

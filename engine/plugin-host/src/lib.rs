@@ -17,7 +17,7 @@ mod invocation;
 mod registry;
 mod sandbox;
 
-pub use capability::process::{ProcessTracker, StopGuard, launch_log};
+pub use capability::process::{ProcessTracker, StopGuard, launch_log, programs_followed};
 pub use engine::{HostConfig, PluginEngine};
 pub use grants::{GrantError, Grants, PluginGrant};
 pub use invocation::{

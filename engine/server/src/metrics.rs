@@ -9,6 +9,12 @@
 //! - `kiln_step_duration_seconds_sum{uses}` / `_count{uses}`: finished steps' time by plugin
 //!   or builtin
 //! - `kiln_engine_runs_executing`: runs this engine executes now
+//! - `kiln_engine_programs_followed`: programs (trainers) this engine follows now
+//! - `kiln_engines{host}`: engines sharing the database that renewed within three lease times
+//! - `kiln_engine_leases_held`, and counters of this engine since it started:
+//!   `kiln_engine_lease_renewals_total`, `kiln_engine_lease_renewal_failures_total`,
+//!   `kiln_engine_runs_claimed_total` (created here or claimed), `kiln_engine_takeovers_total`
+//!   (claimed from an engine whose lease had expired), `kiln_engine_leases_lost_total`
 //! - `kiln_build_info{version}`
 
 use axum::extract::State;
@@ -73,13 +79,75 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
         "Finished steps, by plugin or builtin",
         count,
     );
-    let executing = Gauge::<i64>::default();
-    executing.set(state.manager().executing() as i64);
+    let gauge = |value: usize| {
+        let g = Gauge::<i64>::default();
+        g.set(i64::try_from(value).unwrap_or(i64::MAX));
+        g
+    };
     registry.register(
         "engine_runs_executing",
         "Runs this engine executes now",
-        executing,
+        gauge(state.manager().executing()),
     );
+    registry.register(
+        "engine_programs_followed",
+        "Programs (trainers) this engine follows now",
+        gauge(state.service().programs_followed()),
+    );
+    let engine = state.service().runner().engine();
+    let ttl_ms = i64::try_from(engine.ttl().as_millis()).unwrap_or(i64::MAX / 4);
+    let mut hosts: std::collections::BTreeMap<String, i64> = Default::default();
+    for e in state.store().engines(None).await? {
+        if e.silent_ms <= 3 * ttl_ms {
+            *hosts.entry(e.host).or_default() += 1;
+        }
+    }
+    registry.register(
+        "engines",
+        "Engines sharing the database, by host (renewed within three lease times)",
+        family(
+            hosts
+                .into_iter()
+                .map(|(host, n)| (vec![("host".to_owned(), host)], n)),
+        ),
+    );
+    registry.register(
+        "engine_leases_held",
+        "Runs whose lease this engine holds",
+        gauge(engine.holding()),
+    );
+    let counters = engine.counters();
+    for (name, help, value) in [
+        (
+            "engine_lease_renewals",
+            "Renewals of this engine's leases",
+            &counters.renewals,
+        ),
+        (
+            "engine_lease_renewal_failures",
+            "Renewals of this engine's leases that failed",
+            &counters.renewal_failures,
+        ),
+        (
+            "engine_runs_claimed",
+            "Runs this engine took a lease on (created here, or claimed)",
+            &counters.claims,
+        ),
+        (
+            "engine_takeovers",
+            "Runs claimed from an engine whose lease had expired",
+            &counters.takeovers,
+        ),
+        (
+            "engine_leases_lost",
+            "Leases this engine lost to another engine or by failing to renew",
+            &counters.lost,
+        ),
+    ] {
+        let counter = prometheus_client::metrics::counter::Counter::<u64>::default();
+        counter.inc_by(value.load(std::sync::atomic::Ordering::Relaxed));
+        registry.register(name, help, counter);
+    }
     registry.register(
         "build_info",
         "The kiln version",

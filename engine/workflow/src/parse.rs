@@ -630,23 +630,38 @@ impl Checker<'_> {
         };
         for (key, value) in labels {
             let Some(key) = key.as_str().filter(|k| is_label(k)) else {
+                let name = match key.as_str() {
+                    Some(k) => format!("`{}`", shown(k)),
+                    None => kind(key).to_owned(),
+                };
                 self.at_value(
                     path,
-                    format!("`runs_on` of {what} has an invalid label name `{}`", shown(&format!("{key:?}"))),
-                    Some("label names are 1 to 63 letters, digits, `_`, `.` and `-`, starting with a letter or digit".to_owned()),
+                    format!("`runs_on` of {what} has an invalid label name {name}"),
+                    Some(
+                        "label names are 1 to 63 letters, digits, `_`, `.` and `-`, starting \
+                         with a letter or digit"
+                            .to_owned(),
+                    ),
                 );
                 continue;
             };
-            match value {
-                Value::String(v) if !v.is_empty() && v.len() <= 253 && !v.chars().any(char::is_control) => {}
-                _ => self.at_value(
+            let problem = match value {
+                Value::String(v) if v.is_empty() => Some("is empty".to_owned()),
+                Value::String(v) if v.len() > 253 || v.chars().any(char::is_control) => {
+                    Some("is longer than 253 characters or holds control characters".to_owned())
+                }
+                Value::String(_) => None,
+                other => Some(format!("must be a text, found {}", kind(other))),
+            };
+            if let Some(problem) = problem {
+                self.at_value(
                     &path.key(key),
-                    format!(
-                        "label `{key}` in `runs_on` of {what} must be a non-empty text of at most 253 characters, found {}",
-                        kind(value)
-                    ),
-                    Some(format!("quote it: `{key}: \"...\"`")),
-                ),
+                    format!("label `{key}` in `runs_on` of {what} {problem}"),
+                    Some(format!(
+                        "write the value an engine offers with `kiln serve --label {key}=VALUE`, \
+                         quoted if it looks like a number: `{key}: \"3\"`"
+                    )),
+                );
             }
         }
     }

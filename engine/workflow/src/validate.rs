@@ -259,6 +259,37 @@ impl<'w> Validator<'w> {
         }
     }
 
+    /// `runs_on` of all steps together: one engine executes the whole run, so two steps
+    /// asking for different values of one label could never run.
+    fn labels(&mut self) {
+        let mut first: std::collections::BTreeMap<&str, (&str, &str)> = Default::default();
+        for (i, step) in self.workflow.steps.iter().enumerate() {
+            for (label, value) in &step.runs_on {
+                match first.get(label.as_str()) {
+                    Some((other, theirs)) if theirs != value => {
+                        let message = format!(
+                            "step `{}` asks for label {label}={value} but step `{other}` for \
+                             {label}={theirs}: one engine executes the whole run",
+                            step.id
+                        );
+                        self.at_value(
+                            &step_path(i).key("runs_on").key(label),
+                            message,
+                            Some(
+                                "ask for one value, or split the steps into two workflows"
+                                    .to_owned(),
+                            ),
+                        );
+                    }
+                    Some(_) => {}
+                    None => {
+                        first.insert(label, (&step.id, value));
+                    }
+                }
+            }
+        }
+    }
+
     /// The param (and its declared type) that `value` is exactly, as in `${{ params.p }}`.
     fn param_of<'v>(&self, value: &'v serde_json::Value) -> Option<(&'v str, crate::ParamType)> {
         let inner = value
@@ -611,6 +642,7 @@ impl Workflow {
         validator.cycles(&edges);
         let specs = validator.catalog(catalog);
         validator.resources(catalog);
+        validator.labels();
         validator.expressions(&edges, &specs);
         validator.diagnostics.into_result(())
     }

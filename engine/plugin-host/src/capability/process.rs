@@ -161,7 +161,33 @@ impl ProcessTracker {
     }
 }
 
+/// Programs this process follows now: launched or re-attached by a plugin call that has not
+/// returned yet (for `/metrics`).
+static FOLLOWED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many programs this process follows now (see [`FOLLOWED`]).
+pub fn programs_followed() -> usize {
+    FOLLOWED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Counts a program in [`FOLLOWED`] for as long as it lives.
+struct Followed;
+
+impl Followed {
+    fn new() -> Self {
+        FOLLOWED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self
+    }
+}
+
+impl Drop for Followed {
+    fn drop(&mut self) {
+        FOLLOWED.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 struct Launch {
+    _followed: Followed,
     supervised: Supervised,
     log_path: PathBuf,
     /// Bytes of output already handed to the plugin; persisted in the launch's state directory
@@ -536,6 +562,7 @@ impl StepState {
             });
         }
         self.process.launches.push(Launch {
+            _followed: Followed::new(),
             supervised,
             log_path,
             offset,

@@ -155,6 +155,11 @@ impl RunService {
     }
 
     /// The installed plugins.
+    /// Programs (trainers) this process follows now, launched or re-attached.
+    pub fn programs_followed(&self) -> usize {
+        kiln_plugin_host::programs_followed()
+    }
+
     pub fn plugins(&self) -> Vec<PluginSummary> {
         let installed = self.runner.installed_plugins();
         let problem_of = |file: &std::path::Path| {
