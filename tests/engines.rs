@@ -132,6 +132,20 @@ fn a_killed_engines_runs_are_taken_over_at_once_and_labels_choose_the_engine() {
     let run = b.wait_run(&id, &token, 300);
     assert_eq!(run["status"], "succeeded", "{run}\n{}", b.log_text());
     assert_eq!(launches_of(&record, "killed"), 1, "the trainer ran once");
+    // The killed engine was recorded stopped by B (same machine, process gone): only B is
+    // listed.
+    let listed = aws.kiln(&["engines", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["labels"]["pool"], "big", "{listed:?}");
+    assert_eq!(listed[0]["kind"], "serve", "{listed:?}");
+    assert_eq!(listed[0]["pid"], b.pid().unwrap(), "{listed:?}");
+    let table = text(&aws.kiln(&["engines"]).stdout);
+    assert!(
+        table.contains("pool=big") && table.contains("serve"),
+        "{table}"
+    );
 
     // A run whose step asks for `pool: big`, triggered on an engine without it: queued there,
     // executed by the engine that offers it.

@@ -94,6 +94,7 @@ impl Command {
     pub fn only_reads(&self) -> bool {
         match self {
             Command::Validate { .. }
+            | Command::Engines { .. }
             | Command::Schema
             | Command::Logs { .. }
             | Command::Models(_)
@@ -154,6 +155,12 @@ pub enum Command {
     /// Manage API bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// List the engines sharing the database (not recorded stopped): id, command, host, pid,
+    /// labels, the runs whose lease each holds, and how long since each renewed.
+    Engines {
+        #[arg(long)]
+        json: bool,
+    },
     /// (internal) Supervise a launched program; see kiln-supervisor.
     #[command(hide = true)]
     Supervise { state_dir: PathBuf },

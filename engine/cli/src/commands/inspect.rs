@@ -1,4 +1,4 @@
-//! Read-only commands: `runs list|show|stats`, `logs`, `models list`.
+//! Read-only commands: `runs list|show|stats`, `logs`, `models list`, `engines`.
 
 use crate::output::{errln, outln};
 
@@ -15,6 +15,44 @@ pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 
 fn or_dash(v: Option<&str>) -> &str {
     v.unwrap_or("-")
+}
+
+/// `kiln engines`: the engines sharing the database.
+pub async fn engines(ctx: &Context, json: bool) -> anyhow::Result<Exit> {
+    let store = ctx.store().await?;
+    let engines = store.engines(None).await?;
+    if json {
+        print_json(&engines)?;
+        return Ok(Exit::Success);
+    }
+    outln!(
+        "{:<36}  {:<6}  {:<20}  {:>8}  {:>6}  {:>9}  LABELS",
+        "ID",
+        "KIND",
+        "HOST",
+        "PID",
+        "LEASES",
+        "RENEWED"
+    );
+    for e in engines {
+        let labels: Vec<String> = e
+            .labels
+            .iter()
+            .filter(|(k, _)| *k != "host")
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect();
+        outln!(
+            "{:<36}  {:<6}  {:<20}  {:>8}  {:>6}  {:>8.1}s  {}",
+            e.id,
+            e.kind,
+            e.host,
+            e.pid,
+            e.leases,
+            e.silent_ms as f64 / 1000.0,
+            labels.join(",")
+        );
+    }
+    Ok(Exit::Success)
 }
 
 pub async fn runs(ctx: &Context, cmd: RunsCommand) -> anyhow::Result<Exit> {

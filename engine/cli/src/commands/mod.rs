@@ -52,6 +52,7 @@ pub async fn dispatch(cli: Cli) -> Exit {
         Command::Token(cmd) => serve::token(&ctx, cmd).await,
         Command::Logs { run, step } => inspect::logs(&ctx, &run, step.as_deref()).await,
         Command::Models(cmd) => inspect::models(&ctx, cmd).await,
+        Command::Engines { json } => inspect::engines(&ctx, json).await,
         Command::Plugins(cmd) => plugin::plugins(&ctx, cmd).await,
         Command::Supervise { .. } => unreachable!("handled before the runtime starts"),
         Command::Init { .. } => unreachable!("handled before the workspace is opened"),
