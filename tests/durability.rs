@@ -540,7 +540,20 @@ fn cancelling_frees_the_gpu_only_when_the_training_is_gone() {
     let wf = ws.workflow("two.yaml", TWO_TRAININGS);
     let mut engine = ws.spawn(&["run", &wf, "--kill-grace-secs", "2"]);
     engine.wait_for(300, "yolo to start", || yolo_running(&ws));
-    let lock = ws.root().join(".kiln/gpus/gpu0.lock");
+    let host = text(
+        &std::process::Command::new("uname")
+            .arg("-n")
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    let lock = ws
+        .root()
+        .join(format!(".kiln/gpus/{}/gpu0.lock", host.trim()));
+    assert!(
+        ws.root().join(".kiln/gpus").exists(),
+        "the GPU slots are under .kiln/gpus"
+    );
     let free = || {
         std::process::Command::new("flock")
             .args(["-n", lock.to_str().unwrap(), "true"])
@@ -558,8 +571,15 @@ fn cancelling_frees_the_gpu_only_when_the_training_is_gone() {
 #[test]
 fn a_step_timeout_covers_its_wait_for_a_gpu() {
     let ws = Workspace::new().with_env("KILN_GPUS", "1");
-    // Someone else holds the only GPU (a lease is a flock on its lock file).
-    let gpus = ws.root().join(".kiln/gpus");
+    // Someone else holds the only GPU (a lease is a flock on its lock file, per machine).
+    let host = text(
+        &std::process::Command::new("uname")
+            .arg("-n")
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    let gpus = ws.root().join(".kiln/gpus").join(host.trim());
     std::fs::create_dir_all(&gpus).unwrap();
     let held = std::fs::OpenOptions::new()
         .create(true)

@@ -149,7 +149,7 @@ fn a_training_runs_as_a_slurm_job_holding_its_gpus() {
     let launches = launches(&record);
     assert_eq!(launches.len(), 1);
     assert_eq!(launches[0].cuda, "0", "CUDA_VISIBLE_DEVICES from Slurm");
-    assert!(!ws.root().join(".kiln/gpus/gpu0.lock").exists());
+    assert!(!ws.root().join(".kiln/gpus").exists(), "no local GPU slot");
     let events = text(&ws.kiln(&["logs", &id, "--step", "train"]).stdout);
     assert!(
         events.contains(&format!("runs in Slurm job {}", jobs[0])),

@@ -1,4 +1,4 @@
-//! GPU slots. Each device has a lock file `.kiln/gpus/gpu<n>.lock`; a step leases devices by taking
+//! GPU slots. Each device has a lock file `.kiln/gpus/<host>/gpu<n>.lock`; a step leases devices by taking
 //! an exclusive `flock` on their files. The lock descriptors are inherited by the supervisor and
 //! the training program (see `kiln_plugin_host::GpuGrant`), so a device stays leased until the
 //! last process of the training exits, even when the engine dies first, and is free again when

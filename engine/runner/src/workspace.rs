@@ -9,15 +9,15 @@
 //! .kiln/kiln.db                            the default SQLite database
 //! .kiln/plugins/*.wasm                     installed plugin components
 //! .kiln/cache/                             compiled plugin code
-//! .kiln/runs/<run-id>/engine.lock          held by the engine executing the run
+//! .kiln/gpus/<host>/gpu<n>.lock            GPU slots of one machine (`crate::gpu`)
 //! .kiln/runs/<run-id>/logs/<step>.log      programs' output, appended as it arrives
 //!                         <step>-<n>.log   (the n-th program the step launched)
 //! .kiln/runs/<run-id>/state/<step>/attempt-<a>/launch-<n>/  supervisor records of a launch
 //! ```
 //!
 //! Every path is built here, except a launch's log file name (`kiln_plugin_host::launch_log`,
-//! which `step_log` calls, since the plugin host creates it) and `engine.lock` (`RunLock`, given
-//! the run folder).
+//! which `step_log` calls, since the plugin host creates it). Which engine executes a run is a
+//! database fact (its lease), not a file.
 
 use std::path::{Path, PathBuf};
 
@@ -62,6 +62,23 @@ impl Workspace {
 
     pub fn kiln_dir(&self) -> PathBuf {
         self.root.join(".kiln")
+    }
+
+    /// The GPU slot files of machine `host`: per machine, since a workspace on a shared file
+    /// system is seen by engines on several machines, each with its own devices.
+    pub fn gpu_dir(&self, host: &str) -> PathBuf {
+        let host: String = host
+            .chars()
+            .map(|c| match c {
+                'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '-' => c,
+                _ => '_',
+            })
+            .collect();
+        let host = match host.trim_start_matches('.') {
+            "" => "localhost".to_owned(),
+            h => h.to_owned(),
+        };
+        self.kiln_dir().join("gpus").join(host)
     }
 
     pub fn default_database_url(&self) -> String {

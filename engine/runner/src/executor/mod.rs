@@ -201,7 +201,10 @@ impl Runner {
         ws: Workspace,
         config: RunnerConfig,
     ) -> Self {
-        let gpus = GpuPool::new(config.gpus.clone(), ws.kiln_dir().join("gpus"));
+        let gpus = GpuPool::new(
+            config.gpus.clone(),
+            ws.gpu_dir(&kiln_supervisor::host_name()),
+        );
         let engine = EngineSession::new(
             store.clone(),
             &config.engine_kind,
