@@ -3,8 +3,10 @@
 it is durably `succeeded` (GET /runs/{id} answers from the database), sequentially and with N
 concurrent clients. Prints one JSON line per phase.
 
-usage: benches/serve-load.py URL TOKEN WORKFLOW [SECONDS] [CLIENTS]
-  (benches/serve.sh starts the server and calls this; see benches/README.md)
+usage: benches/serve-load.py URL[,URL...] TOKEN WORKFLOW [SECONDS] [CLIENTS]
+  (benches/serve.sh starts the server and calls this; see benches/README.md). With several URLs
+  (engines sharing one database: benches/engines.sh) client i talks to URL i mod n; the
+  sequential phase uses the first.
 
 Each client keeps one HTTP/1.1 connection open and follows its run with the long poll
 `GET /runs/{id}?wait=60`. A run is done when its record says succeeded; a failed run stops the
@@ -64,12 +66,12 @@ def sequential(base, token, workflow, seconds):
     return lat
 
 
-def concurrent(base, token, workflow, seconds, n):
+def concurrent(bases, token, workflow, seconds, n):
     lat, lock = [], threading.Lock()
     end = time.perf_counter() + seconds
     errors = []
 
-    def work():
+    def work(base):
         try:
             conn, prefix = client(base, token)
             while time.perf_counter() < end:
@@ -79,7 +81,7 @@ def concurrent(base, token, workflow, seconds, n):
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=work) for _ in range(n)]
+    threads = [threading.Thread(target=work, args=(bases[i % len(bases)],)) for i in range(n)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -92,15 +94,15 @@ def concurrent(base, token, workflow, seconds, n):
 
 
 def main():
-    base, token, workflow = sys.argv[1], sys.argv[2], sys.argv[3]
+    bases, token, workflow = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
     seconds = float(sys.argv[4]) if len(sys.argv) > 4 else 10
     n = int(sys.argv[5]) if len(sys.argv) > 5 else 50
-    lat = sequential(base, token, workflow, seconds)
+    lat = sequential(bases[0], token, workflow, seconds)
     q = statistics.quantiles(lat, n=100)
     print(json.dumps({"phase": "sequential", "runs": len(lat),
                       "p50_ms": round(statistics.median(lat) * 1000, 2),
                       "p99_ms": round(q[98] * 1000, 2)}), flush=True)
-    lat, elapsed = concurrent(base, token, workflow, seconds, n)
+    lat, elapsed = concurrent(bases, token, workflow, seconds, n)
     q = statistics.quantiles(lat, n=100)
     print(json.dumps({"phase": f"{n} clients", "runs": len(lat),
                       "runs_per_s": round(len(lat) / elapsed, 1),

@@ -1,12 +1,13 @@
 -- Several engines on one database. An engine is a process that executes runs (`kiln serve`,
--- `kiln run`, `kiln resume`...); it registers here and keeps `seen_ms` fresh. A run is executed
--- by the engine that holds its lease: `lease_owner` (an engine id) until `lease_expires_ms`
--- (the database's clock, milliseconds since the Unix epoch), renewed by the owner's heartbeat.
--- Each acquisition increments `lease_epoch`, the fencing token every write of the run's state
--- checks. `requires_json`: what an engine must have to execute the run (labels, GPUs).
+-- `kiln run`, `kiln resume`...); it registers here and renews itself: `expires_ms` (the
+-- database's clock, milliseconds since the Unix epoch) moves forward with every renewal. A run
+-- is executed by the engine that holds its lease, `runs.lease_owner`: the lease is valid while
+-- that engine is not stopped and has not expired, so one renewal (one row) keeps all of an
+-- engine's leases, and renewing never locks a run's row. Each acquisition of a run's lease
+-- increments `lease_epoch`, the fencing token every write of the run's state checks.
+-- `requires_json`: what an engine must offer to execute the run (labels, GPUs).
 ALTER TABLE runs ADD COLUMN lease_owner TEXT;
 ALTER TABLE runs ADD COLUMN lease_epoch BIGINT NOT NULL DEFAULT 0;
-ALTER TABLE runs ADD COLUMN lease_expires_ms BIGINT;
 ALTER TABLE runs ADD COLUMN requires_json TEXT;
 CREATE INDEX runs_lease_owner ON runs (lease_owner);
 
@@ -20,6 +21,7 @@ CREATE TABLE engines (
     labels_json     TEXT NOT NULL,
     started_at      TEXT NOT NULL,
     seen_ms         BIGINT NOT NULL,
+    expires_ms      BIGINT NOT NULL,
     stopped_at      TEXT,
     stop_reason     TEXT
 );

@@ -1338,6 +1338,37 @@ fn the_connection_bound_holds_and_valid_requests_are_served() {
     }
 }
 
+/// A burst of requests with a valid token the server has not verified yet (it just started,
+/// as an engine joining a fleet does) is served: they wait for one verification instead of
+/// each counting against the lockout.
+#[test]
+fn a_burst_with_a_new_valid_token_is_not_locked_out() {
+    let aws = ApiWorkspace::new();
+    let server = aws.serve();
+    let token = aws.token("burst", &[], &["viewer"]);
+    let auth = format!("Bearer {token}");
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..40)
+            .map(|_| {
+                scope.spawn(|| {
+                    request(
+                        server.addr,
+                        "GET",
+                        "/api/v1/runs",
+                        &[("Authorization", auth.as_str())],
+                        None,
+                        Duration::from_secs(60),
+                    )
+                    .map(|r| r.status)
+                    .unwrap_or(0)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+}
+
 #[test]
 fn bad_tokens_are_locked_out_without_slowing_valid_ones() {
     let aws = ApiWorkspace::new();

@@ -103,6 +103,8 @@ struct Inner {
     labels: Map<String, Value>,
     gpus: u32,
     registered: tokio::sync::OnceCell<()>,
+    /// The registration is committed (it may ride with the first run's creation until then).
+    durable: tokio::sync::OnceCell<()>,
     held: Mutex<HashMap<String, Held>>,
     counters: LeaseCounters,
 }
@@ -129,6 +131,8 @@ pub struct RunLease {
     session: EngineSession,
     lease: Lease,
     lost: watch::Receiver<Option<String>>,
+    /// The run's end was recorded under this lease, which freed it.
+    ended: bool,
 }
 
 impl std::fmt::Debug for RunLease {
@@ -151,6 +155,11 @@ impl RunLease {
         self.lease.taken_from.as_deref()
     }
 
+    /// The run's end was recorded under this lease (which freed it in the same commit).
+    pub fn ended(&mut self) {
+        self.ended = true;
+    }
+
     /// Resolves, with the reason, once the lease is lost.
     pub async fn lost(&mut self) -> String {
         match self.lost.wait_for(Option::is_some).await {
@@ -171,6 +180,10 @@ impl Drop for RunLease {
             {
                 held.remove(&self.lease.run_id);
             }
+        }
+        if self.ended {
+            inner.store.forget_lease(&self.lease);
+            return;
         }
         // Freed in the database, so another engine need not wait for it to expire (where no
         // runtime is left, the process is ending: it expires, or the engine's stop frees it).
@@ -220,6 +233,7 @@ impl EngineSession {
                 labels,
                 gpus,
                 registered: Default::default(),
+                durable: Default::default(),
                 held: Default::default(),
                 counters: Default::default(),
             }),
@@ -263,10 +277,22 @@ impl EngineSession {
                     pid: i64::from(pid),
                     pid_start: i64::try_from(start).unwrap_or(i64::MAX),
                     labels: self.inner.labels.clone(),
+                    ttl: self.inner.ttl,
                 });
                 tokio::spawn(renew(Arc::downgrade(&self.inner)));
                 Ok::<(), Error>(())
             })
+            .await?;
+        Ok(())
+    }
+
+    /// [`Self::register`], committed: before this engine takes a lease outside the commit
+    /// that creates a run (a lease whose owner is not recorded would count as free).
+    async fn register_durably(&self) -> Result<()> {
+        self.register().await?;
+        self.inner
+            .durable
+            .get_or_try_init(|| async { self.inner.store.flush().await })
             .await?;
         Ok(())
     }
@@ -305,12 +331,12 @@ impl EngineSession {
     /// Takes the lease of `run_id` (after freeing the leases of this machine's dead engines);
     /// held by a live engine: [`Error::Conflict`] naming it.
     pub async fn acquire(&self, run_id: &str) -> Result<RunLease> {
-        self.register().await?;
+        self.register_durably().await?;
         self.reap_local().await?;
         match self
             .inner
             .store
-            .acquire_lease(run_id, &self.inner.id, self.inner.ttl)
+            .acquire_lease(run_id, &self.inner.id)
             .await?
         {
             Ok(lease) => Ok(self.adopt(lease)),
@@ -322,7 +348,7 @@ impl EngineSession {
 
     /// Claims up to `limit` runs no live engine holds whose requirements this engine meets.
     pub async fn claim(&self, limit: usize) -> Result<Vec<RunLease>> {
-        self.register().await?;
+        self.register_durably().await?;
         self.reap_local().await?;
         let this = self.clone();
         let accept = move |requires: Option<&Value>| {
@@ -333,7 +359,6 @@ impl EngineSession {
             .store
             .claim_runs(
                 &self.inner.id,
-                self.inner.ttl,
                 i64::try_from(limit).unwrap_or(i64::MAX),
                 &accept,
             )
@@ -367,6 +392,7 @@ impl EngineSession {
             session: self.clone(),
             lease,
             lost,
+            ended: false,
         }
     }
 

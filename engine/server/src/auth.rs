@@ -231,6 +231,10 @@ pub async fn issue_token(
 pub(crate) struct AuthGuard {
     hashing: Arc<Semaphore>,
     verified: Mutex<HashMap<[u8; 32], Verified>>,
+    /// One verification at a time per token (by the SHA-256 of the whole token): a burst of
+    /// requests with a token not verified yet (a server just started, a new engine) waits for
+    /// the first one's outcome instead of each hashing, and counting against the lockout.
+    verifying: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
     failures: Mutex<HashMap<String, Failures>>,
     max_failures: u32,
     lockout: Duration,
@@ -266,6 +270,7 @@ impl AuthGuard {
         Self {
             hashing: Arc::new(Semaphore::new(threads)),
             verified: Mutex::new(HashMap::new()),
+            verifying: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             max_failures,
             lockout,
@@ -297,6 +302,25 @@ impl AuthGuard {
                 at: Instant::now(),
             },
         );
+    }
+
+    /// The lock under which `key` is verified (see `verifying`).
+    fn verifying(&self, key: &[u8; 32]) -> Arc<tokio::sync::Mutex<()>> {
+        self.verifying
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(*key)
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets `key`'s lock once no request holds or waits for it.
+    fn done_verifying(&self, key: &[u8; 32], lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut map = self.verifying.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's reference and ours: nobody else waits.
+        if Arc::strong_count(&lock) <= 2 {
+            map.remove(key);
+        }
     }
 
     /// Reserve one verification of `token_id`, or how long it is locked out.
@@ -446,6 +470,43 @@ async fn authenticate(state: &AppState, header: &str) -> Result<Caller, ApiError
     let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     let stored: [u8; 32] = Sha256::digest(record.secret_hash.as_bytes()).into();
     if !guard.is_verified(&key, &record.id, &stored) {
+        let lock = guard.verifying(&key);
+        let verified = verify(guard, &lock, &key, &record, secret, stored).await;
+        guard.done_verifying(&key, lock);
+        verified?;
+    }
+    let mut claims: HashSet<Claim> = record
+        .claims
+        .iter()
+        .filter_map(|c| Claim::parse(c).ok())
+        .collect();
+    claims.extend(state.roles().expand(&record.roles).unwrap_or_default());
+    Ok(Caller {
+        name: record.name,
+        claims,
+    })
+}
+
+/// Checks `secret` against the token's stored hash (once per token at a time: under `lock`,
+/// and not at all when a request that held it verified the token meanwhile) and remembers it.
+async fn verify(
+    guard: &AuthGuard,
+    lock: &tokio::sync::Mutex<()>,
+    key: &[u8; 32],
+    record: &kiln_store::TokenRecord,
+    secret: &str,
+    stored: [u8; 32],
+) -> Result<(), ApiError> {
+    let invalid = || {
+        ApiError::unauthorized(
+            "the bearer token is invalid or revoked; create one with `kiln token create`",
+        )
+    };
+    let _one = lock.lock().await;
+    if guard.is_verified(key, &record.id, &stored) {
+        return Ok(());
+    }
+    {
         let attempt = guard.begin(&record.id).map_err(|wait| {
             let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
             ApiError::new(
@@ -480,18 +541,9 @@ async fn authenticate(state: &AppState, header: &str) -> Result<Caller, ApiError
         if !ok {
             return Err(invalid());
         }
-        guard.remember(key, &record.id, stored);
+        guard.remember(*key, &record.id, stored);
     }
-    let mut claims: HashSet<Claim> = record
-        .claims
-        .iter()
-        .filter_map(|c| Claim::parse(c).ok())
-        .collect();
-    claims.extend(state.roles().expand(&record.roles).unwrap_or_default());
-    Ok(Caller {
-        name: record.name,
-        claims,
-    })
+    Ok(())
 }
 
 /// Middleware on every API route: puts the [`Caller`] into the request, or answers 401 for a

@@ -1,17 +1,19 @@
 //! Engines and run leases: which process executes which run when several share one database.
 //!
 //! An *engine* is a process that executes runs (`kiln serve`, `kiln run`, `kiln resume`, ...).
-//! It registers in `engines` and keeps `seen_ms` fresh. A run is executed by the engine holding
-//! its *lease*: `runs.lease_owner` until `runs.lease_expires_ms`, renewed by the owner (one
-//! statement for all its runs). Times are the database's clock in milliseconds, so engines on
+//! It registers in `engines` and renews itself, moving its `expires_ms` forward. A run is
+//! executed by the engine holding its *lease*, `runs.lease_owner`: valid while that engine is
+//! not stopped and has not expired. So one renewal (one row of `engines`) keeps all of an
+//! engine's leases, and renewing never locks a run's row (which the engine's own writes lock:
+//! no deadlock between them). Times are the database's clock in milliseconds, so engines on
 //! machines whose clocks differ still agree on when a lease has expired. Every acquisition
 //! increments `runs.lease_epoch`; this process remembers the owner and epoch of each lease it
 //! holds (the journal's `Fences`), and every write of that run's state checks them in its
 //! transaction ([`Error::LeaseLost`] once another engine has taken the run over).
 //!
-//! A lease is free when it has no owner, when it has expired, or when its owner was recorded
-//! stopped ([`Store::stop_engine`], which clears the engine's leases: a clean shutdown, or a
-//! dead process found by an engine on the same machine).
+//! A lease is free when it has no owner, when its owner has expired, or when its owner was
+//! recorded stopped ([`Store::stop_engine`]: a clean shutdown, or a dead process found by an
+//! engine on the same machine).
 
 use std::time::Duration;
 
@@ -35,6 +37,8 @@ pub struct NewEngine {
     pub pid_start: i64,
     /// What the engine offers runs (`host`, `gpus` and the operator's labels).
     pub labels: serde_json::Map<String, serde_json::Value>,
+    /// How long its leases live without a renewal.
+    pub ttl: Duration,
 }
 
 /// An engine as recorded.
@@ -138,8 +142,10 @@ impl std::fmt::Display for LeaseHolder {
 const ENGINE_COLUMNS: &str = "e.id, e.kind, e.host, e.boot_id, e.pid, e.pid_start, e.labels_json, \
     e.started_at, e.stopped_at, e.stop_reason";
 
-/// The condition under which a run's lease may be taken (`{now}`: the database's time).
-const FREE: &str = "(lease_owner IS NULL OR lease_expires_ms < {now})";
+/// The condition under which a run's lease may be taken (`{now}`: the database's time): no
+/// owner, or an owner that stopped or expired.
+const FREE: &str = "(lease_owner IS NULL OR NOT EXISTS (SELECT 1 FROM engines e \
+    WHERE e.id = lease_owner AND e.stopped_at IS NULL AND e.expires_ms >= {now}))";
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
@@ -169,7 +175,8 @@ impl Store {
         let sql: std::sync::Arc<str> = self
             .sql(
                 "INSERT INTO engines (id, kind, host, boot_id, pid, pid_start, labels_json, \
-                 started_at, seen_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {now})",
+                 started_at, seen_ms, expires_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {now}, {now} + $9)",
             )
             .into();
         let engine = std::sync::Arc::new(engine.clone());
@@ -185,6 +192,7 @@ impl Store {
                     .bind(engine.pid_start)
                     .bind(serde_json::Value::Object(engine.labels.clone()).to_string())
                     .bind(time_fmt::now())
+                    .bind(millis(engine.ttl))
                     .execute(&mut *conn)
                     .await
                     .map_err(query_err(DOING))?;
@@ -208,14 +216,12 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(query_err(DOING))?;
-        let freed = sqlx::query(
-            "UPDATE runs SET lease_owner = NULL, lease_expires_ms = NULL WHERE lease_owner = $1",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .map_err(query_err(DOING))?
-        .rows_affected();
+        let freed = sqlx::query("UPDATE runs SET lease_owner = NULL WHERE lease_owner = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err(DOING))?
+            .rows_affected();
         tx.commit().await.map_err(query_err(DOING))?;
         Ok(freed)
     }
@@ -243,7 +249,6 @@ impl Store {
         &self,
         run_id: &str,
         owner: &str,
-        ttl: Duration,
     ) -> Result<std::result::Result<Lease, LeaseHolder>> {
         const DOING: &str = "taking a run's lease";
         let mut tx = self.begin_write(DOING).await?;
@@ -257,11 +262,10 @@ impl Store {
             return Err(Error::RunNotFound(run_id.to_owned()));
         };
         let epoch: Option<i64> = sqlx::query_scalar(&self.sql(
-            "UPDATE runs SET lease_owner = $1, lease_epoch = lease_epoch + 1, \
-             lease_expires_ms = {now} + $2 WHERE id = $3 AND {free} RETURNING lease_epoch",
+            "UPDATE runs SET lease_owner = $1, lease_epoch = lease_epoch + 1 \
+             WHERE id = $2 AND {free} RETURNING lease_epoch",
         ))
         .bind(owner)
-        .bind(millis(ttl))
         .bind(run_id)
         .fetch_optional(&mut *tx)
         .await
@@ -307,7 +311,8 @@ impl Store {
     pub async fn lease_holder(&self, run_id: &str) -> Result<Option<LeaseHolder>> {
         const DOING: &str = "reading a run's lease";
         let row = sqlx::query(&self.sql(
-            "SELECT lease_owner, lease_expires_ms - {now} AS expires_in FROM runs WHERE id = $1",
+            "SELECT r.lease_owner, e.expires_ms - {now} AS expires_in FROM runs r \
+             LEFT JOIN engines e ON e.id = r.lease_owner WHERE r.id = $1",
         ))
         .bind(run_id)
         .fetch_optional(self.pool())
@@ -329,28 +334,30 @@ impl Store {
         }))
     }
 
-    /// Renews every lease `owner` holds for `ttl` more, and marks the engine seen. Returns the
-    /// runs (with their epochs) whose lease it still holds: a lease this process remembers and
-    /// that is not among them was taken over.
+    /// Renews engine `owner` (so all its leases) for `ttl` more. Returns the runs (with their
+    /// epochs) whose lease it still holds: a lease this process remembers and that is not
+    /// among them was taken over. An engine recorded stopped (by a clean shutdown, or by an
+    /// engine of its machine that found its process gone) is not renewed: it holds nothing.
     pub async fn renew_leases(&self, owner: &str, ttl: Duration) -> Result<Vec<(String, i64)>> {
         const DOING: &str = "renewing leases";
-        let mut tx = self.begin_write(DOING).await?;
-        sqlx::query(&self.sql("UPDATE engines SET seen_ms = {now} WHERE id = $1"))
-            .bind(owner)
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err(DOING))?;
-        let rows = sqlx::query(&self.sql(
-            "UPDATE runs SET lease_expires_ms = {now} + $1, heartbeat_at = $2 \
-             WHERE lease_owner = $3 RETURNING id, lease_epoch",
+        let renewed = sqlx::query(&self.sql(
+            "UPDATE engines SET seen_ms = {now}, expires_ms = {now} + $1 \
+             WHERE id = $2 AND stopped_at IS NULL",
         ))
         .bind(millis(ttl))
-        .bind(time_fmt::now())
         .bind(owner)
-        .fetch_all(&mut *tx)
+        .execute(self.pool())
         .await
-        .map_err(query_err(DOING))?;
-        tx.commit().await.map_err(query_err(DOING))?;
+        .map_err(query_err(DOING))?
+        .rows_affected();
+        if renewed == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query("SELECT id, lease_epoch FROM runs WHERE lease_owner = $1")
+            .bind(owner)
+            .fetch_all(self.pool())
+            .await
+            .map_err(query_err(DOING))?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect::<std::result::Result<_, sqlx::Error>>()
@@ -364,7 +371,7 @@ impl Store {
     pub async fn release_lease(&self, lease: &Lease) -> Result<()> {
         const DOING: &str = "releasing a run's lease";
         let released = sqlx::query(
-            "UPDATE runs SET lease_owner = NULL, lease_expires_ms = NULL WHERE id = $1 \
+            "UPDATE runs SET lease_owner = NULL WHERE id = $1 \
              AND lease_epoch = $3 AND (lease_owner = $2 OR lease_owner IS NULL)",
         )
         .bind(&lease.run_id)
@@ -382,15 +389,21 @@ impl Store {
                 .map_err(query_err(DOING))?
                 == 0;
         if released == 1 || gone {
-            let mut fences = self.fences.lock().unwrap_or_else(|e| e.into_inner());
-            if fences
-                .get(&lease.run_id)
-                .is_some_and(|f| f.epoch == lease.epoch)
-            {
-                fences.remove(&lease.run_id);
-            }
+            self.forget_lease(lease);
         }
         Ok(())
+    }
+
+    /// Forgets the fence of a lease whose run has ended (its end freed the lease in the same
+    /// commit): nothing of this execution is left to write.
+    pub fn forget_lease(&self, lease: &Lease) {
+        let mut fences = self.fences.lock().unwrap_or_else(|e| e.into_inner());
+        if fences
+            .get(&lease.run_id)
+            .is_some_and(|f| f.epoch == lease.epoch)
+        {
+            fences.remove(&lease.run_id);
+        }
     }
 
     /// Claims, for `owner`, up to `limit` queued or running runs whose lease is free and whose
@@ -400,7 +413,6 @@ impl Store {
     pub async fn claim_runs(
         &self,
         owner: &str,
-        ttl: Duration,
         limit: i64,
         accept: &(dyn Fn(Option<&serde_json::Value>) -> bool + Sync),
     ) -> Result<Vec<Lease>> {
@@ -434,11 +446,10 @@ impl Store {
                 continue;
             }
             let epoch: Option<i64> = sqlx::query_scalar(&self.sql(
-                "UPDATE runs SET lease_owner = $1, lease_epoch = lease_epoch + 1, \
-                 lease_expires_ms = {now} + $2 WHERE id = $3 AND {free} RETURNING lease_epoch",
+                "UPDATE runs SET lease_owner = $1, lease_epoch = lease_epoch + 1 \
+                 WHERE id = $2 AND {free} RETURNING lease_epoch",
             ))
             .bind(owner)
-            .bind(millis(ttl))
             .bind(&id)
             .fetch_optional(&mut *tx)
             .await

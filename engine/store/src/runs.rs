@@ -135,24 +135,15 @@ impl Store {
         run: &NewRun,
         steps: &[NewStep],
         trainings: &[TrainingRef],
-        lease: Option<(&str, std::time::Duration)>,
+        lease: Option<&str>,
     ) -> Result<(RunRecord, Option<Lease>)> {
         const DOING: &str = "creating a run";
         let new = Arc::new((run.clone(), steps.to_vec(), trainings.to_vec()));
-        let owner = lease.map(|(owner, _)| owner.to_owned());
-        let ttl = lease.map(|(_, ttl)| i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 4));
-        let insert = format!(
-            "INSERT INTO runs (id, workflow_name, workflow_file, workflow_yaml, status, \
-             params_json, created_by, created_at, started_at, heartbeat_at, requires_json, \
-             lease_owner, lease_epoch, lease_expires_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, {} + $13)",
-            self.now_ms_sql()
-        );
-        let insert: Arc<str> = insert.into();
+        let owner = lease.map(str::to_owned);
         let record = self
             .journal()
             .now(DOING, None, move |conn| {
-                let (new, owner, insert) = (new.clone(), owner.clone(), insert.clone());
+                let (new, owner) = (new.clone(), owner.clone());
                 Box::pin(async move {
                     let (run, steps, trainings) = &*new;
                     let now = time_fmt::now();
@@ -160,23 +151,27 @@ impl Store {
                         Some(_) => (RunStatus::Running, Some(now.clone())),
                         None => (RunStatus::Queued, None),
                     };
-                    sqlx::query(&insert)
-                        .bind(&run.id)
-                        .bind(&run.workflow_name)
-                        .bind(&run.workflow_file)
-                        .bind(&run.workflow_yaml)
-                        .bind(status.as_str())
-                        .bind(run.params.to_string())
-                        .bind(&run.created_by)
-                        .bind(&now)
-                        .bind(&started_at)
-                        .bind(run.requires.as_ref().map(|r| r.to_string()))
-                        .bind(&owner)
-                        .bind(i64::from(owner.is_some()))
-                        .bind(ttl)
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(query_err(DOING))?;
+                    sqlx::query(
+                        "INSERT INTO runs (id, workflow_name, workflow_file, workflow_yaml, \
+                         status, params_json, created_by, created_at, started_at, heartbeat_at, \
+                         requires_json, lease_owner, lease_epoch) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12)",
+                    )
+                    .bind(&run.id)
+                    .bind(&run.workflow_name)
+                    .bind(&run.workflow_file)
+                    .bind(&run.workflow_yaml)
+                    .bind(status.as_str())
+                    .bind(run.params.to_string())
+                    .bind(&run.created_by)
+                    .bind(&now)
+                    .bind(&started_at)
+                    .bind(run.requires.as_ref().map(|r| r.to_string()))
+                    .bind(&owner)
+                    .bind(i64::from(owner.is_some()))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(query_err(DOING))?;
                     crate::steps::insert_steps(conn, &run.id, steps).await?;
                     for training in trainings {
                         crate::ownership::claim(conn, &run.id, training, DOING).await?;
@@ -200,7 +195,7 @@ impl Store {
                 })
             })
             .await?;
-        let lease = lease.map(|(owner, _)| self.hold(&record.id, owner, 1, None));
+        let lease = lease.map(|owner| self.hold(&record.id, owner, 1, None));
         Ok((record, lease))
     }
 
@@ -266,7 +261,7 @@ impl Store {
                     sqlx::query(
                         "UPDATE runs SET status = $1, error_message = $2, metrics_json = $3, \
                          finished_at = $4, duration_ms = $5, started_at = $6, \
-                         lease_owner = NULL, lease_expires_ms = NULL WHERE id = $7",
+                         lease_owner = NULL WHERE id = $7",
                     )
                     .bind(status.as_str())
                     .bind(&error_message)

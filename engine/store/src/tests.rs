@@ -581,6 +581,7 @@ fn engine(id: &str) -> NewEngine {
         pid: 1,
         pid_start: 1,
         labels: Default::default(),
+        ttl: std::time::Duration::from_secs(60),
     }
 }
 
@@ -598,30 +599,25 @@ async fn a_taken_over_run_refuses_its_old_engines_writes() {
         b.register_engine(&engine("B"));
         let long = Duration::from_secs(60);
         let (run, lease) = a
-            .create_run(&new_run("r1"), &[], &[], Some(("A", long)))
+            .create_run(&new_run("r1"), &[], &[], Some("A"))
             .await
             .unwrap();
         assert_eq!(run.status, RunStatus::Running);
         assert_eq!(lease.unwrap().epoch, 1);
-        a.create_run(&new_run("r2"), &[], &[], Some(("A", long)))
+        a.create_run(&new_run("r2"), &[], &[], Some("A"))
             .await
             .unwrap();
-        let held = b.acquire_lease("r1", "B", long).await.unwrap().unwrap_err();
+        let held = b.acquire_lease("r1", "B").await.unwrap().unwrap_err();
         assert_eq!(held.owner, "A");
         assert!(held.expires_in_ms > 50_000, "{held:?}");
         assert!(held.to_string().contains("pid 1 on h"), "{held}");
-        assert!(
-            b.claim_runs("B", long, 10, &|_| true)
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert!(b.claim_runs("B", 10, &|_| true).await.unwrap().is_empty());
         // A renews both; its engine is recorded stopped: both free at once.
         let mut kept = a.renew_leases("A", long).await.unwrap();
         kept.sort();
         assert_eq!(kept, vec![("r1".into(), 1), ("r2".into(), 1)]);
         assert_eq!(a.stop_engine("A", "test").await.unwrap(), 2);
-        let taken = b.acquire_lease("r1", "B", long).await.unwrap().unwrap();
+        let taken = b.acquire_lease("r1", "B").await.unwrap().unwrap();
         assert_eq!((taken.epoch, taken.taken_from.as_deref()), (2, None));
         // A still acts on r1 (it has not noticed): refused, everything else commits.
         let refused = a
@@ -641,21 +637,25 @@ async fn a_taken_over_run_refuses_its_old_engines_writes() {
             .await
             .unwrap();
         // r2: free (A stopped), claimed by B with claim_runs; A's renewal no longer has it.
-        let claimed = b.claim_runs("B", long, 10, &|_| true).await.unwrap();
+        let claimed = b.claim_runs("B", 10, &|_| true).await.unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].run_id, "r2");
         assert!(a.renew_leases("A", long).await.unwrap().is_empty());
-        // A lease that expires is free for claims too.
-        let short = Duration::from_millis(1);
-        b.create_run(&new_run("r3"), &[], &[], Some(("B", short)))
+        // The leases of an engine that stops renewing are free once it expires.
+        let d = a.reopen().await;
+        d.register_engine(&NewEngine {
+            ttl: Duration::from_millis(1),
+            ..engine("D")
+        });
+        d.create_run(&new_run("r3"), &[], &[], Some("D"))
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
         let c = a.reopen().await;
-        let claimed = c.claim_runs("C", long, 10, &|_| true).await.unwrap();
+        let claimed = c.claim_runs("C", 10, &|_| true).await.unwrap();
         assert_eq!(claimed.len(), 1);
-        assert_eq!(claimed[0].taken_from.as_deref(), Some("B"));
-        let refused = b
+        assert_eq!(claimed[0].taken_from.as_deref(), Some("D"));
+        let refused = d
             .append_event("r3", None, "info", "late")
             .await
             .unwrap_err();
@@ -666,7 +666,7 @@ async fn a_taken_over_run_refuses_its_old_engines_writes() {
             .await
             .unwrap();
         assert_eq!(done.status, RunStatus::Succeeded);
-        assert!(b.acquire_lease("r3", "B", long).await.unwrap().is_ok());
+        assert!(b.acquire_lease("r3", "B").await.unwrap().is_ok());
         // Requirements decide what an engine claims.
         let mut wants_a100 = new_run("r4");
         wants_a100.requires = Some(serde_json::json!({"labels": {"gpu": "a100"}}));
@@ -674,16 +674,15 @@ async fn a_taken_over_run_refuses_its_old_engines_writes() {
         let only_a100 =
             |r: Option<&serde_json::Value>| r.is_some_and(|r| r["labels"]["gpu"] == "a100");
         assert!(
-            b.claim_runs("B", long, 10, &|r| !only_a100(r))
+            b.claim_runs("B", 10, &|r| !only_a100(r))
                 .await
                 .unwrap()
                 .is_empty()
         );
-        assert_eq!(
-            b.claim_runs("B", long, 10, &only_a100).await.unwrap().len(),
-            1
-        );
-        for s in [&a, &b, &c] {
+        assert_eq!(b.claim_runs("B", 10, &only_a100).await.unwrap().len(), 1);
+        // A renewal says which leases the engine still holds; a stopped engine holds none.
+        assert!(d.renew_leases("D", long).await.unwrap().is_empty());
+        for s in [&a, &b, &c, &d] {
             s.close().await;
         }
     }

@@ -398,7 +398,7 @@ impl Runner {
                 },
                 &steps,
                 &trainings,
-                leased.then(|| (self.inner.engine.id(), self.inner.engine.ttl())),
+                leased.then(|| self.inner.engine.id()),
             )
             .await
             .map_err(ownership::conflict)?;
@@ -462,7 +462,7 @@ impl Runner {
             Some(lease) => lease,
             None => self.inner.engine.acquire(&run.id).await?,
         };
-        tokio::select! {
+        let done = tokio::select! {
             // Dropping the execution drops its step tasks (a `JoinSet`): plugin calls end where
             // they are, supervised programs keep running for the new owner.
             done = self.execute_leased(run, workflow, params, cancel, updates) => match done {
@@ -474,7 +474,11 @@ impl Runner {
                 done => done,
             },
             reason = lease.lost() => Err(Error::LeaseLost { run: run.id.clone(), reason }),
+        };
+        if done.is_ok() {
+            lease.ended();
         }
+        done
     }
 
     async fn execute_leased(
