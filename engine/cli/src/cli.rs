@@ -261,6 +261,11 @@ pub struct ServeArgs {
     /// labels. `host` and `gpus` are always offered.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// Take runs from the shared database (queued for this engine's labels, or whose engine
+    /// died) only while fewer than N execute here (1 to 100000); runs triggered on this engine
+    /// always start.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub max_claimed_runs: usize,
     #[command(flatten)]
     pub limits: ServeLimits,
     #[command(flatten)]

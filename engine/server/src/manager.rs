@@ -19,12 +19,20 @@ pub struct RunManager {
     service: RunService,
     active: Arc<Mutex<HashMap<String, Active>>>,
     accepting: Arc<AtomicBool>,
+    /// Claims stop while this many runs execute here (runs triggered here always start).
+    max_claimed: usize,
+    /// Set when a round of claims stopped for want of room (more runs may wait): the end of a
+    /// run here then starts the next round at once instead of at the next tick.
+    room_wanted: Arc<AtomicBool>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// How often the server looks for runs to claim.
 pub const CLAIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-/// Most runs claimed at once.
-const CLAIM_BATCH: usize = 8;
+/// Most runs claimed in one transaction.
+const CLAIM_BATCH: usize = 16;
+/// Default of [`RunManager::with_max_claimed`].
+pub const DEFAULT_MAX_CLAIMED: usize = 64;
 
 /// A run executing in this process.
 struct Active {
@@ -41,7 +49,17 @@ impl RunManager {
             service,
             active: Default::default(),
             accepting: Arc::new(AtomicBool::new(true)),
+            max_claimed: DEFAULT_MAX_CLAIMED,
+            room_wanted: Default::default(),
+            wake: Default::default(),
         }
+    }
+
+    /// Claim runs from the database only while fewer than `n` execute here, so engines share
+    /// a queue instead of one taking all of it.
+    pub fn with_max_claimed(mut self, n: usize) -> Self {
+        self.max_claimed = n.max(1);
+        self
     }
 
     pub fn accepting(&self) -> bool {
@@ -117,6 +135,7 @@ impl RunManager {
         // Registered before the task can end (and remove it).
         let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
         let (service, table) = (self.service.clone(), self.active.clone());
+        let (room_wanted, wake) = (self.room_wanted.clone(), self.wake.clone());
         tracing::info!(target: "operations.training", run_id = %run_id, workflow = %execution.run.workflow_name, "run started");
         let task = tokio::spawn({
             let (run_id, token) = (run_id.clone(), token.clone());
@@ -141,6 +160,9 @@ impl RunManager {
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&run_id);
                 ended_tx.send_replace(true);
+                if room_wanted.swap(false, Ordering::SeqCst) {
+                    wake.notify_one();
+                }
             }
         });
         active.insert(
@@ -192,16 +214,42 @@ impl RunManager {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(CLAIM_EVERY) => {}
+                _ = self.wake.notified() => {}
             }
         }
     }
 
-    /// One round of claims; `refused`: runs already reported as unable to continue here.
+    /// One round of claims, batch after batch while there is work and room; how many runs
+    /// started. `refused`: runs already reported as unable to continue here.
     async fn claim(
         &self,
         refused: &mut std::collections::HashSet<String>,
     ) -> Result<usize, kiln_runner::Error> {
-        let (ready, unable) = self.service.claim(CLAIM_BATCH).await?;
+        let mut started = 0;
+        loop {
+            let room = self.max_claimed.saturating_sub(self.executing());
+            let batch = room.min(CLAIM_BATCH);
+            if batch == 0 {
+                self.room_wanted.store(true, Ordering::SeqCst);
+                return Ok(started);
+            }
+            // Runs that cannot continue here are given back and would be claimed again: only
+            // a batch of runs that all started calls for another.
+            let n = self.claim_batch(batch, refused).await?;
+            started += n;
+            if n < batch {
+                return Ok(started);
+            }
+        }
+    }
+
+    /// Claims up to `batch` runs; how many started.
+    async fn claim_batch(
+        &self,
+        batch: usize,
+        refused: &mut std::collections::HashSet<String>,
+    ) -> Result<usize, kiln_runner::Error> {
+        let (ready, unable) = self.service.claim(batch).await?;
         for (run_id, e) in unable {
             if refused.insert(run_id.clone()) {
                 tracing::error!(target: "errors.training", run_id = %run_id, "cannot continue the run on this engine: {e}");

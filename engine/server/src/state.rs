@@ -20,6 +20,8 @@ pub struct ServerConfig {
     pub insecure_no_auth: bool,
     /// Timeouts, the connection bound and the authentication lockout.
     pub limits: ServerLimits,
+    /// Claims from the database stop while this many runs execute here.
+    pub max_claimed_runs: usize,
 }
 
 struct Shared {
@@ -39,7 +41,7 @@ impl AppState {
     /// The server's state over `service`, which starts workflows from `config.workflows_dir`.
     pub fn new(service: RunService, roles: Roles, config: ServerConfig) -> Self {
         let service = service.with_workflows(config.workflows_dir.clone());
-        let manager = RunManager::new(service.clone());
+        let manager = RunManager::new(service.clone()).with_max_claimed(config.max_claimed_runs);
         Self(Arc::new(Shared {
             service,
             manager,

@@ -33,6 +33,7 @@ pub async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<Exit> {
             .unwrap_or_else(|| ctx.ws.root().join("workflows")),
         insecure_no_auth: args.insecure_no_auth,
         limits,
+        max_claimed_runs: args.max_claimed_runs,
     };
     let state = AppState::new(service, roles(ctx)?, config);
     let shutdown = async {
