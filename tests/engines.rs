@@ -261,6 +261,13 @@ fn three_engines_killed_at_random_end_every_run_once() {
             launches(&record)
         );
     }
+    // Every step ran in one attempt: a takeover continues the attempt it finds.
+    for id in &ids {
+        let run = run_of(&engines[0], &token, id);
+        for step in run["steps"].as_array().unwrap() {
+            assert_eq!(step["attempt"], 1, "seed {seed}: {step}");
+        }
+    }
     let models = engines[0].get("/api/v1/models", &token).json();
     let count = models
         .as_array()

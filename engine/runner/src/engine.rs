@@ -155,6 +155,18 @@ impl RunLease {
         self.lease.taken_from.as_deref()
     }
 
+    /// The store refused a write under this lease (another engine took the run over before
+    /// the renewal noticed): it is lost, for `reason`.
+    pub fn refused(&self, reason: &str) {
+        let inner = &self.session.inner;
+        let held = inner.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = held.get(&self.lease.run_id)
+            && h.epoch == self.lease.epoch
+        {
+            lose(inner, &self.lease.run_id, h, reason.to_owned());
+        }
+    }
+
     /// The run's end was recorded under this lease (which freed it in the same commit).
     pub fn ended(&mut self) {
         self.ended = true;

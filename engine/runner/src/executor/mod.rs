@@ -469,6 +469,7 @@ impl Runner {
                 // A write refused by the store's fencing: the lease went to another engine
                 // before this one's renewal noticed.
                 Err(Error::Store(kiln_store::Error::LeaseLost { message, .. })) => {
+                    lease.refused(&message);
                     Err(Error::LeaseLost { run: run.id.clone(), reason: message })
                 }
                 done => done,
