@@ -275,3 +275,94 @@ fn three_engines_killed_at_random_end_every_run_once() {
         .map_or(0, Vec::len);
     assert_eq!(count, runs, "seed {seed}: one model per run: {models}");
 }
+
+/// A launch recorded on another machine (its `child.json` names another machine) is not this
+/// engine's to signal: `kiln runs cancel` of a run whose engine died refuses to mark it
+/// cancelled while such a program may run, and signals no process group of this machine that
+/// happens to carry the recorded number.
+#[test]
+fn another_machines_programs_are_never_signalled_here() {
+    let ws = Workspace::new().with_env("FAKE_YOLO_EPOCH_SECONDS", "30");
+    let wf = repo_root().join("workflows/ultralytics-detect.yaml");
+    let mut engine = ws.spawn(&[
+        "run",
+        wf.to_str().unwrap(),
+        "-p",
+        "project=demo",
+        "-p",
+        "release=demo-release.zip",
+        "-p",
+        "training_name=elsewhere",
+        "-p",
+        "overrides={epochs: 2, imgsz: 64}",
+    ]);
+    let marker = ws.root().display().to_string();
+    engine.wait_for(300, "the trainer to start", || {
+        processes_mentioning(&marker)
+            .iter()
+            .any(|(_, c)| c.contains("yolo"))
+    });
+    kill(engine.id(), "KILL");
+    engine.wait();
+    let run = find_run(&ws, "elsewhere").unwrap();
+    let id = run["id"].as_str().unwrap().to_owned();
+    let child = ws.root().join(format!(
+        ".kiln/runs/{id}/state/train/attempt-1/launch-1/child.json"
+    ));
+    let mut record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&child).unwrap()).unwrap();
+    let real_group = record["pgid"].as_i64().unwrap();
+    // A process group of this machine with the number the record will carry.
+    let mut decoy = std::process::Command::new("setsid")
+        .args(["sleep", "600"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    record["pgid"] = decoy.id().into();
+    record["machine"] = "another-boot/pid:[1]".into();
+    record["host"] = "gpu-box-9".into();
+    std::fs::write(&child, serde_json::to_vec(&record).unwrap()).unwrap();
+
+    let out = ws.kiln(&["runs", "cancel", &id, "--kill-grace-secs", "1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("gpu-box-9") && err.contains("another machine"),
+        "{err}"
+    );
+    assert_eq!(
+        ws.json(&["runs", "show", &id, "--json"])["run"]["status"],
+        "running",
+        "not recorded cancelled while its program may run"
+    );
+    assert!(
+        decoy.try_wait().unwrap().is_none(),
+        "the decoy group was signalled"
+    );
+
+    // Resumed here, the launch is lost (another machine's program: an infrastructure failure
+    // for the step's retry policy) and the recorded cancel ends the run; the decoy is still
+    // never signalled.
+    let out = ws.kiln(&["resume", &id, "--kill-grace-secs", "1"]);
+    let show = ws.json(&["runs", "show", &id, "--json"]);
+    assert!(
+        decoy.try_wait().unwrap().is_none(),
+        "the decoy group was signalled"
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("started on gpu-box-9 (another machine or container)"),
+        "{err}"
+    );
+    assert_eq!(show["run"]["status"], "cancelled", "{show}");
+    let _ = decoy.kill();
+    let _ = decoy.wait();
+    // The real trainer of this test, started by the first engine.
+    kill_group(real_group);
+}
+
+fn kill_group(pgid: i64) {
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .status();
+}

@@ -4,15 +4,16 @@
 //! One engine executes a run at a time: the one holding the run's lease (`kiln_store`'s
 //! `leases` module doc). An engine registers on its first lease (reading commands never do),
 //! renews all its leases every third of the lease's time to live with one statement, and
-//! tells each [`RunLease`] when its lease was lost: not renewed (the database out of reach for
-//! most of the time to live) or taken over by another engine. Whoever executes the run then
+//! tells each [`RunLease`] when its lease was lost: taken over by another engine (a renewal
+//! that reaches the database says so; an engine recorded stopped holds nothing), or refused to
+//! one of its writes. Whoever executes the run then
 //! stops acting on it without touching its programs (the new owner re-attaches to them); the
 //! store's fencing refuses any write that was already on its way.
 //!
-//! A lease is free at once when its engine is recorded stopped: a clean stop, or an engine on
-//! this machine that finds another engine's process gone ([`EngineSession::reap_local`]: same
-//! boot, pid no longer running with its start time; or another boot of this machine). Engines on
-//! other machines are taken over when their leases expire.
+//! A lease is free at once when its engine is recorded stopped: a clean stop, or an engine of
+//! the same machine and pid namespace that finds another engine's process gone
+//! ([`EngineSession::reap_local`]: no process with its pid and start time). Any other engine
+//! (another machine, another container, a restarted machine) is taken over when it expires.
 //!
 //! Labels: an engine offers `host` (its host name), `gpus` (how many devices it leases, as
 //! text) and the operator's labels; a run requires the labels its steps name in `runs_on` and
@@ -97,14 +98,14 @@ pub struct EngineSession {
 
 struct Inner {
     id: String,
-    kind: String,
     store: Store,
     ttl: Duration,
     labels: Map<String, Value>,
     gpus: u32,
-    registered: tokio::sync::OnceCell<()>,
-    /// The registration is committed (it may ride with the first run's creation until then).
-    durable: tokio::sync::OnceCell<()>,
+    /// What every lease-taking transaction records about this engine.
+    record: NewEngine,
+    /// The renewal task runs.
+    renewing: std::sync::atomic::AtomicBool,
     held: Mutex<HashMap<String, Held>>,
     counters: LeaseCounters,
 }
@@ -218,9 +219,32 @@ fn machine() -> (String, String) {
     (kiln_supervisor::host_name(), kiln_supervisor::machine_id())
 }
 
-/// The boot id part of [`machine`]'s second value.
-fn boot_of(boot_and_ns: &str) -> &str {
-    boot_and_ns.split('/').next().unwrap_or_default()
+/// Whether the process `pid` started at `start_ticks` may still run: it does (same start
+/// time, not a zombie), or a process with that pid exists that `/proc` does not show to us
+/// (`hidepid`), which cannot be told apart.
+fn process_alive(pid: i64, start_ticks: i64) -> bool {
+    let Some(pid) = i32::try_from(pid).ok().filter(|p| *p > 0) else {
+        return false;
+    };
+    let identity = ProcessIdentity {
+        pid,
+        start_ticks: u64::try_from(start_ticks).unwrap_or(0),
+    };
+    if identity.is_running() {
+        return true;
+    }
+    if std::path::Path::new(&format!("/proc/{pid}/stat")).exists() {
+        // Visible, and another process (recycled pid) or a zombie.
+        return false;
+    }
+    match rustix::process::Pid::from_raw(pid) {
+        // ESRCH: no such process; EPERM and success: one exists that we cannot inspect.
+        Some(p) => !matches!(
+            rustix::process::test_kill_process(p),
+            Err(rustix::io::Errno::SRCH)
+        ),
+        None => false,
+    }
 }
 
 impl EngineSession {
@@ -233,19 +257,32 @@ impl EngineSession {
         gpus: u32,
         ttl: Duration,
     ) -> Self {
-        let (host, _) = machine();
-        labels.insert("host".into(), Value::String(host));
+        let (host, machine_id) = machine();
+        labels.insert("host".into(), Value::String(host.clone()));
         labels.insert("gpus".into(), Value::String(gpus.to_string()));
+        let id = uuid::Uuid::now_v7().to_string();
+        let ttl = ttl.max(Duration::from_millis(300));
+        let pid = std::process::id() as i32;
+        let start = ProcessIdentity::of(pid).map_or(0, |p| p.start_ticks);
+        let record = NewEngine {
+            id: id.clone(),
+            kind: kind.to_owned(),
+            host,
+            boot_id: machine_id,
+            pid: i64::from(pid),
+            pid_start: i64::try_from(start).unwrap_or(i64::MAX),
+            labels: labels.clone(),
+            ttl,
+        };
         Self {
             inner: Arc::new(Inner {
-                id: uuid::Uuid::now_v7().to_string(),
-                kind: kind.to_owned(),
+                id,
                 store,
-                ttl: ttl.max(Duration::from_millis(300)),
+                ttl,
                 labels,
                 gpus,
-                registered: Default::default(),
-                durable: Default::default(),
+                record,
+                renewing: Default::default(),
                 held: Default::default(),
                 counters: Default::default(),
             }),
@@ -273,66 +310,39 @@ impl EngineSession {
         requires.unmet(&self.inner.labels, self.inner.gpus)
     }
 
-    /// Records this engine (once) and starts renewing its leases.
-    pub async fn register(&self) -> Result<()> {
-        self.inner
-            .registered
-            .get_or_try_init(|| async {
-                let (host, boot_id) = machine();
-                let pid = std::process::id() as i32;
-                let start = ProcessIdentity::of(pid).map_or(0, |p| p.start_ticks);
-                self.inner.store.register_engine(&NewEngine {
-                    id: self.inner.id.clone(),
-                    kind: self.inner.kind.clone(),
-                    host,
-                    boot_id,
-                    pid: i64::from(pid),
-                    pid_start: i64::try_from(start).unwrap_or(i64::MAX),
-                    labels: self.inner.labels.clone(),
-                    ttl: self.inner.ttl,
-                });
-                tokio::spawn(renew(Arc::downgrade(&self.inner)));
-                Ok::<(), Error>(())
-            })
-            .await?;
-        Ok(())
+    /// How this engine is recorded: with every lease it takes (see `kiln_store`'s
+    /// `upsert_engine`).
+    pub fn record(&self) -> &NewEngine {
+        &self.inner.record
     }
 
-    /// [`Self::register`], committed: before this engine takes a lease outside the commit
-    /// that creates a run (a lease whose owner is not recorded would count as free).
-    async fn register_durably(&self) -> Result<()> {
-        self.register().await?;
-        self.inner
-            .durable
-            .get_or_try_init(|| async { self.inner.store.flush().await })
-            .await?;
-        Ok(())
+    /// Starts renewing this engine's leases (once); it is recorded with its first lease.
+    pub fn register(&self) {
+        if !self
+            .inner
+            .renewing
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            tokio::spawn(renew(Arc::downgrade(&self.inner)));
+        }
     }
 
-    /// Records engines of this machine whose process is gone (or that ran before its last
-    /// boot) as stopped, which frees their leases at once. Returns how many.
+    /// Records engines of this process's machine and pid namespace whose process is provably
+    /// gone as stopped, which frees their leases at once. Returns how many. Only proof counts:
+    /// the same host name, boot and pid namespace, and no process with the recorded pid (or
+    /// one with another start time). An engine of another machine (whatever its host name),
+    /// or one whose process this engine cannot see, is left to expire.
     pub async fn reap_local(&self) -> Result<usize> {
-        let (host, boot) = machine();
+        let (host, machine_id) = machine();
         let mut reaped = 0;
         for engine in self.inner.store.engines(Some(&host)).await? {
-            if engine.id == self.inner.id {
+            if engine.id == self.inner.id || engine.boot_id != machine_id {
                 continue;
             }
-            let reason = if boot_of(&engine.boot_id) != boot_of(&boot) {
-                "its machine has restarted since".to_owned()
-            } else if engine.boot_id != boot {
-                // Another container of this machine: its pids are not ours to judge.
+            if process_alive(engine.pid, engine.pid_start) {
                 continue;
-            } else {
-                let identity = ProcessIdentity {
-                    pid: i32::try_from(engine.pid).unwrap_or(0),
-                    start_ticks: u64::try_from(engine.pid_start).unwrap_or(0),
-                };
-                if identity.is_running() {
-                    continue;
-                }
-                format!("its process (pid {}) is gone", engine.pid)
-            };
+            }
+            let reason = format!("its process (pid {}) is gone", engine.pid);
             let freed = self.inner.store.stop_engine(&engine.id, &reason).await?;
             tracing::info!(target: "operations.training", engine = %engine.id, freed, "engine found dead: {reason}");
             reaped += 1;
@@ -343,12 +353,12 @@ impl EngineSession {
     /// Takes the lease of `run_id` (after freeing the leases of this machine's dead engines);
     /// held by a live engine: [`Error::Conflict`] naming it.
     pub async fn acquire(&self, run_id: &str) -> Result<RunLease> {
-        self.register_durably().await?;
+        self.register();
         self.reap_local().await?;
         match self
             .inner
             .store
-            .acquire_lease(run_id, &self.inner.id)
+            .acquire_lease(run_id, &self.inner.record)
             .await?
         {
             Ok(lease) => Ok(self.adopt(lease)),
@@ -358,19 +368,35 @@ impl EngineSession {
         }
     }
 
-    /// Claims up to `limit` runs no live engine holds whose requirements this engine meets.
-    pub async fn claim(&self, limit: usize) -> Result<Vec<RunLease>> {
-        self.register_durably().await?;
+    /// Claims up to `limit` runs no live engine holds whose requirements this engine meets,
+    /// leaving out `skip` and the runs this process still executes (under a lease it has
+    /// lost but not yet let go: a second execution beside it would share its fencing).
+    pub async fn claim(
+        &self,
+        limit: usize,
+        skip: &std::collections::HashSet<String>,
+    ) -> Result<Vec<RunLease>> {
+        self.register();
         self.reap_local().await?;
+        let held: std::collections::HashSet<String> = self
+            .inner
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         let this = self.clone();
-        let accept = move |requires: Option<&Value>| {
-            this.unmet(&Requirements::from_json(requires)).is_empty()
+        let accept = move |id: &str, requires: Option<&Value>| {
+            !held.contains(id)
+                && !skip.contains(id)
+                && this.unmet(&Requirements::from_json(requires)).is_empty()
         };
         let leases = self
             .inner
             .store
             .claim_runs(
-                &self.inner.id,
+                &self.inner.record,
                 i64::try_from(limit).unwrap_or(i64::MAX),
                 &accept,
             )
@@ -410,7 +436,7 @@ impl EngineSession {
 
     /// Records this engine stopped: its leases are free for other engines at once.
     pub async fn stop(&self, reason: &str) -> Result<u64> {
-        if self.inner.registered.get().is_none() {
+        if !self.inner.renewing.load(Ordering::SeqCst) {
             return Ok(0);
         }
         Ok(self.inner.store.stop_engine(&self.inner.id, reason).await?)
@@ -427,8 +453,7 @@ impl EngineSession {
 }
 
 /// Renews the engine's leases every third of their time to live while the engine exists; a
-/// lease missing from a renewal (taken over) or not renewed for two thirds of its time to live
-/// (the database out of reach) is lost.
+/// lease missing from a renewal (taken over, or the engine recorded stopped) is lost.
 async fn renew(inner: Weak<Inner>) {
     let Some(ttl) = inner.upgrade().map(|i| i.ttl) else {
         return;
@@ -456,25 +481,15 @@ async fn renew(inner: Weak<Inner>) {
                 }
             }
             Err(e) => {
+                // Not a loss by itself: whether another engine took a run over is the
+                // database's to say, at the next renewal that reaches it. Meanwhile fencing
+                // refuses this engine's writes to a run taken over, and its programs are only
+                // stopped after the lease is confirmed.
                 inner
                     .counters
                     .renewal_failures
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(target: "errors.store", "cannot renew this engine's leases: {e}");
-                if renewed.elapsed() >= ttl * 2 / 3 {
-                    let held = inner.held.lock().unwrap_or_else(|e| e.into_inner());
-                    for (run, h) in held.iter() {
-                        lose(
-                            &inner,
-                            run,
-                            h,
-                            format!(
-                                "its lease could not be renewed for {} s ({e})",
-                                renewed.elapsed().as_secs()
-                            ),
-                        );
-                    }
-                }
+                tracing::warn!(target: "errors.store", silent_s = renewed.elapsed().as_secs(), "cannot renew this engine's leases: {e}");
             }
         }
     }
@@ -487,4 +502,39 @@ fn lose(inner: &Inner, run: &str, held: &Held, reason: String) {
     inner.counters.lost.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(target: "operations.training", run_id = %run, "lease lost: {reason}");
     held.lost.send_replace(Some(reason));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_is_alive_only_with_its_pid_and_start_time() {
+        let me = ProcessIdentity::of(std::process::id() as i32).unwrap();
+        assert!(process_alive(i64::from(me.pid), me.start_ticks as i64));
+        // The same pid with another start time: a recycled pid, not the engine.
+        assert!(!process_alive(i64::from(me.pid), me.start_ticks as i64 + 1));
+        assert!(!process_alive(i64::from(i32::MAX), 1));
+        assert!(!process_alive(-5, 1));
+        assert!(!process_alive(i64::MAX, 1));
+    }
+
+    #[test]
+    fn requirements_name_what_an_engine_lacks() {
+        let labels: Map<String, Value> = serde_json::from_str(r#"{"pool": "big"}"#).unwrap();
+        let wants = Requirements {
+            labels: BTreeMap::from([
+                ("pool".to_owned(), "big".to_owned()),
+                ("zone".to_owned(), "eu".to_owned()),
+            ]),
+            gpus: 2,
+        };
+        assert_eq!(wants.unmet(&labels, 1), vec!["label zone=eu", "2 GPUs"]);
+        assert!(Requirements::default().unmet(&labels, 0).is_empty());
+        let back = Requirements::from_json(wants.to_json().as_ref());
+        assert_eq!(back, wants);
+        // Unreadable requirements are met by no engine.
+        let odd = Requirements::from_json(Some(&serde_json::json!({"labels": 3})));
+        assert!(!odd.unmet(&labels, 64).is_empty());
+    }
 }

@@ -39,6 +39,8 @@ struct Active {
     cancel: CancellationToken,
     /// Ends the execution without a write and without touching its programs (shutdown).
     abort: tokio::task::AbortHandle,
+    /// Which execution of the run this is: an execution that ends removes only its own entry.
+    generation: u64,
     /// Changes (to `true`) once the execution has ended: the run's end is durable by then.
     ended: watch::Receiver<bool>,
 }
@@ -136,6 +138,8 @@ impl RunManager {
         let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
         let (service, table) = (self.service.clone(), self.active.clone());
         let (room_wanted, wake) = (self.room_wanted.clone(), self.wake.clone());
+        static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
         tracing::info!(target: "operations.training", run_id = %run_id, workflow = %execution.run.workflow_name, "run started");
         let task = tokio::spawn({
             let (run_id, token) = (run_id.clone(), token.clone());
@@ -155,10 +159,15 @@ impl RunManager {
                         tracing::error!(target: "errors.training", run_id = %run_id, "run could not be executed: {e}")
                     }
                 }
-                table
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&run_id);
+                {
+                    let mut table = table.lock().unwrap_or_else(|e| e.into_inner());
+                    if table
+                        .get(&run_id)
+                        .is_some_and(|a| a.generation == generation)
+                    {
+                        table.remove(&run_id);
+                    }
+                }
                 ended_tx.send_replace(true);
                 if room_wanted.swap(false, Ordering::SeqCst) {
                     wake.notify_one();
@@ -170,6 +179,7 @@ impl RunManager {
             Active {
                 cancel: token,
                 abort: task.abort_handle(),
+                generation,
                 ended,
             },
         );
@@ -200,8 +210,21 @@ impl RunManager {
 
     /// Claims runs no live engine holds, every [`CLAIM_EVERY`], until `stop` is cancelled.
     pub async fn claim_forever(&self, stop: CancellationToken) {
+        /// Engines silent this long (and holding nothing) are forgotten, once an hour.
+        const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
         let mut refused: std::collections::HashSet<String> = Default::default();
+        let mut pruned: Option<tokio::time::Instant> = None;
         loop {
+            if pruned.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(3600)) {
+                pruned = Some(tokio::time::Instant::now());
+                match self.service.store().prune_engines(FORGET_AFTER).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(target: "operations.training", engines = n, "forgot engines silent for a day")
+                    }
+                    Err(e) => tracing::warn!(target: "errors.training", "{e}"),
+                }
+            }
             if self.accepting() {
                 match self.claim(&mut refused).await {
                     Ok(n) if n > 0 => {
@@ -249,7 +272,7 @@ impl RunManager {
         batch: usize,
         refused: &mut std::collections::HashSet<String>,
     ) -> Result<usize, kiln_runner::Error> {
-        let (ready, unable) = self.service.claim(batch).await?;
+        let (ready, unable) = self.service.claim(batch, refused).await?;
         for (run_id, e) in unable {
             if refused.insert(run_id.clone()) {
                 tracing::error!(target: "errors.training", run_id = %run_id, "cannot continue the run on this engine: {e}");

@@ -147,6 +147,9 @@ const ENGINE_COLUMNS: &str = "e.id, e.kind, e.host, e.boot_id, e.pid, e.pid_star
 const FREE: &str = "(lease_owner IS NULL OR NOT EXISTS (SELECT 1 FROM engines e \
     WHERE e.id = lease_owner AND e.stopped_at IS NULL AND e.expires_ms >= {now}))";
 
+/// Most free runs one claim looks through.
+pub const CLAIM_SCAN: i64 = 1024;
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
@@ -165,40 +168,6 @@ impl Store {
         template
             .replace("{free}", FREE)
             .replace("{now}", self.now_ms_sql())
-    }
-
-    /// Records a starting engine, durable with the next commit (usually the one that creates
-    /// or claims its first run: no commit of its own). Until then other engines know its
-    /// leases by id alone.
-    pub fn register_engine(&self, engine: &NewEngine) {
-        const DOING: &str = "registering an engine";
-        let sql: std::sync::Arc<str> = self
-            .sql(
-                "INSERT INTO engines (id, kind, host, boot_id, pid, pid_start, labels_json, \
-                 started_at, seen_ms, expires_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {now}, {now} + $9)",
-            )
-            .into();
-        let engine = std::sync::Arc::new(engine.clone());
-        self.journal().soon(DOING, None, move |conn| {
-            let (sql, engine) = (sql.clone(), engine.clone());
-            Box::pin(async move {
-                sqlx::query(&sql)
-                    .bind(&engine.id)
-                    .bind(&engine.kind)
-                    .bind(&engine.host)
-                    .bind(&engine.boot_id)
-                    .bind(engine.pid)
-                    .bind(engine.pid_start)
-                    .bind(serde_json::Value::Object(engine.labels.clone()).to_string())
-                    .bind(time_fmt::now())
-                    .bind(millis(engine.ttl))
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(query_err(DOING))?;
-                Ok(())
-            })
-        });
     }
 
     /// Records that an engine stopped (`reason`: a clean shutdown, or how another engine
@@ -226,6 +195,20 @@ impl Store {
         Ok(freed)
     }
 
+    /// Forgets engines that have held no lease and not renewed for `idle` (stopped, or dead on
+    /// a machine no engine looks at): `engines` would otherwise only grow. Returns how many.
+    pub async fn prune_engines(&self, idle: Duration) -> Result<u64> {
+        Ok(sqlx::query(&self.sql(
+            "DELETE FROM engines WHERE seen_ms < {now} - $1 \
+             AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.lease_owner = engines.id)",
+        ))
+        .bind(millis(idle))
+        .execute(self.pool())
+        .await
+        .map_err(query_err("forgetting old engines"))?
+        .rows_affected())
+    }
+
     /// Engines not recorded stopped, on `host` (every host: `None`), oldest first.
     pub async fn engines(&self, host: Option<&str>) -> Result<Vec<EngineRecord>> {
         const DOING: &str = "listing engines";
@@ -248,10 +231,12 @@ impl Store {
     pub async fn acquire_lease(
         &self,
         run_id: &str,
-        owner: &str,
+        engine: &NewEngine,
     ) -> Result<std::result::Result<Lease, LeaseHolder>> {
         const DOING: &str = "taking a run's lease";
+        let owner = engine.id.as_str();
         let mut tx = self.begin_write(DOING).await?;
+        upsert_engine(&mut tx, engine, self.now_ms_sql()).await?;
         let previous: Option<Option<String>> =
             sqlx::query_scalar("SELECT lease_owner FROM runs WHERE id = $1")
                 .bind(run_id)
@@ -406,56 +391,77 @@ impl Store {
         }
     }
 
-    /// Claims, for `owner`, up to `limit` queued or running runs whose lease is free and whose
-    /// requirements `accept` takes (the run's `requires_json`, `None` when it has none), oldest
-    /// first. On PostgreSQL the candidates are locked with `FOR UPDATE SKIP LOCKED`: engines
-    /// claiming at once each get different runs instead of waiting for one another.
+    /// Claims, for `engine`, up to `limit` queued or running runs whose lease is free and
+    /// which `accept` takes (the run's id and `requires_json`, `None` when it has none), oldest
+    /// first, looking through at most [`CLAIM_SCAN`] free runs. On PostgreSQL the candidates
+    /// are locked with `FOR UPDATE SKIP LOCKED`: engines claiming at once each get different
+    /// runs instead of waiting for one another.
     pub async fn claim_runs(
         &self,
-        owner: &str,
+        engine: &NewEngine,
         limit: i64,
-        accept: &(dyn Fn(Option<&serde_json::Value>) -> bool + Sync),
+        accept: &(dyn Fn(&str, Option<&serde_json::Value>) -> bool + Sync),
     ) -> Result<Vec<Lease>> {
         const DOING: &str = "claiming runs";
+        const PAGE: i64 = 64;
+        let owner = engine.id.as_str();
         let mut tx = self.begin_write(DOING).await?;
+        upsert_engine(&mut tx, engine, self.now_ms_sql()).await?;
         let lock = if self.sqlite {
             ""
         } else {
             " FOR UPDATE SKIP LOCKED"
         };
-        let candidates = sqlx::query(&self.sql(&format!(
-            "SELECT id, requires_json, lease_owner FROM runs \
-             WHERE status IN ('queued', 'running') AND {{free}} ORDER BY created_at, id \
-             LIMIT $1{lock}"
-        )))
-        .bind(limit.saturating_mul(4).max(1))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(query_err(DOING))?;
+        let page_sql = self.sql(&format!(
+            "SELECT id, requires_json, lease_owner, created_at FROM runs \
+             WHERE status IN ('queued', 'running') AND {{free}} \
+             AND (created_at > $1 OR (created_at = $1 AND id > $2)) \
+             ORDER BY created_at, id LIMIT $3{lock}"
+        ));
         let mut claimed = Vec::new();
-        for row in candidates {
-            if claimed.len() as i64 >= limit {
-                break;
-            }
-            let id: String = row.try_get("id").map_err(query_err(DOING))?;
-            let requires: Option<String> =
-                row.try_get("requires_json").map_err(query_err(DOING))?;
-            let previous: Option<String> = row.try_get("lease_owner").map_err(query_err(DOING))?;
-            let requires = columns::json(requires, "requires_json", DOING)?;
-            if !accept(requires.as_ref()) {
-                continue;
-            }
-            let epoch: Option<i64> = sqlx::query_scalar(&self.sql(
-                "UPDATE runs SET lease_owner = $1, lease_epoch = lease_epoch + 1 \
+        // Keyset paging: runs no engine here can take (their labels) do not hide the others.
+        let (mut after_at, mut after_id) = (String::new(), String::new());
+        let mut scanned = 0;
+        'pages: while (claimed.len() as i64) < limit && scanned < CLAIM_SCAN {
+            let page = sqlx::query(&page_sql)
+                .bind(&after_at)
+                .bind(&after_id)
+                .bind(PAGE)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(query_err(DOING))?;
+            let last_page = (page.len() as i64) < PAGE;
+            scanned += page.len() as i64;
+            for row in page {
+                let id: String = row.try_get("id").map_err(query_err(DOING))?;
+                after_at = row.try_get("created_at").map_err(query_err(DOING))?;
+                after_id = id.clone();
+                if claimed.len() as i64 >= limit {
+                    break 'pages;
+                }
+                let requires: Option<String> =
+                    row.try_get("requires_json").map_err(query_err(DOING))?;
+                let previous: Option<String> =
+                    row.try_get("lease_owner").map_err(query_err(DOING))?;
+                let requires = columns::json(requires, "requires_json", DOING)?;
+                if !accept(&id, requires.as_ref()) {
+                    continue;
+                }
+                let epoch: Option<i64> = sqlx::query_scalar(&self.sql(
+                    "UPDATE runs SET lease_owner = $1, lease_epoch = lease_epoch + 1 \
                  WHERE id = $2 AND {free} RETURNING lease_epoch",
-            ))
-            .bind(owner)
-            .bind(&id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(query_err(DOING))?;
-            if let Some(epoch) = epoch {
-                claimed.push((id, epoch, previous));
+                ))
+                .bind(owner)
+                .bind(&id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(query_err(DOING))?;
+                if let Some(epoch) = epoch {
+                    claimed.push((id, epoch, previous));
+                }
+            }
+            if last_page {
+                break;
             }
         }
         tx.commit().await.map_err(query_err(DOING))?;
@@ -484,10 +490,12 @@ impl Store {
         }
     }
 
-    /// Whether this process may still act on `run_id`: it holds no lease on it (nothing to
-    /// check), or the lease it holds is still the run's (owner and epoch). A failed read
-    /// answers no: an engine that cannot tell must not act.
-    pub async fn holds_lease(&self, run_id: &str) -> bool {
+    /// Whether this process may still act on `run_id` for the next `ttl`: it holds no lease
+    /// on it (nothing to check), or, in one transaction, its engine is renewed for `ttl` (so
+    /// no other engine can take the run over meanwhile) and the run's lease is still the one
+    /// it holds (owner and epoch). Anything else, a failed query included, answers no: an
+    /// engine that cannot tell must not act.
+    pub async fn holds_lease(&self, run_id: &str, ttl: Duration) -> bool {
         let fence = self
             .fences
             .lock()
@@ -495,12 +503,31 @@ impl Store {
             .get(run_id)
             .cloned();
         let Some(fence) = fence else { return true };
-        let found: std::result::Result<Option<(Option<String>, i64)>, _> =
-            sqlx::query_as("SELECT lease_owner, lease_epoch FROM runs WHERE id = $1")
-                .bind(run_id)
-                .fetch_optional(self.pool())
-                .await;
-        matches!(found, Ok(Some((Some(owner), epoch))) if owner == fence.owner && epoch == fence.epoch)
+        let confirmed = async {
+            let mut tx = self.begin_write("confirming a lease").await.ok()?;
+            let renewed = sqlx::query(&self.sql(
+                "UPDATE engines SET seen_ms = {now}, expires_ms = {now} + $1 \
+                 WHERE id = $2 AND stopped_at IS NULL AND expires_ms >= {now}",
+            ))
+            .bind(millis(ttl))
+            .bind(&fence.owner)
+            .execute(&mut *tx)
+            .await
+            .ok()?
+            .rows_affected();
+            let found: Option<(Option<String>, i64)> =
+                sqlx::query_as("SELECT lease_owner, lease_epoch FROM runs WHERE id = $1")
+                    .bind(run_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .ok()?;
+            tx.commit().await.ok()?;
+            Some(
+                renewed == 1
+                    && matches!(found, Some((Some(owner), epoch)) if owner == fence.owner && epoch == fence.epoch),
+            )
+        };
+        confirmed.await == Some(true)
     }
 
     /// A write transaction for the state of `run_id`, its lease checked first.
@@ -513,4 +540,38 @@ impl Store {
         self.check_lease(&mut tx, run_id).await?;
         Ok(tx)
     }
+}
+
+/// Records `engine` as live for `engine.ttl` more, in the transaction of `conn`: every
+/// transaction that takes a lease records its engine first, so a lease never names an
+/// engine that is not recorded (which would count as free). An engine recorded stopped
+/// comes back: its earlier leases were freed when it was stopped, and the runs it still
+/// executes under them are fenced off.
+pub(crate) async fn upsert_engine(
+    conn: &mut AnyConnection,
+    engine: &NewEngine,
+    now_sql: &str,
+) -> Result<()> {
+    const DOING: &str = "recording an engine";
+    sqlx::query(
+        &("INSERT INTO engines (id, kind, host, boot_id, pid, pid_start, labels_json, \
+         started_at, seen_ms, expires_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {now}, {now} + $9) \
+         ON CONFLICT (id) DO UPDATE SET seen_ms = excluded.seen_ms, \
+         expires_ms = excluded.expires_ms, stopped_at = NULL, stop_reason = NULL"
+            .replace("{now}", now_sql)),
+    )
+    .bind(&engine.id)
+    .bind(&engine.kind)
+    .bind(&engine.host)
+    .bind(&engine.boot_id)
+    .bind(engine.pid)
+    .bind(engine.pid_start)
+    .bind(serde_json::Value::Object(engine.labels.clone()).to_string())
+    .bind(time_fmt::now())
+    .bind(millis(engine.ttl))
+    .execute(&mut *conn)
+    .await
+    .map_err(query_err(DOING))?;
+    Ok(())
 }

@@ -218,6 +218,17 @@ impl Store {
         self.journal.flush().await
     }
 
+    /// [`Self::flush`], failing with [`Error::LeaseLost`] when this process's lease on `run_id`
+    /// is no longer the run's: a barrier before acting outside the database for the run (a
+    /// launch).
+    pub async fn flush_run(&self, run_id: &str) -> Result<()> {
+        self.journal
+            .now("flushing the journal", Some(run_id), |_| {
+                Box::pin(async { Ok(()) })
+            })
+            .await
+    }
+
     /// Begin a transaction that will write. On SQLite it takes the write lock up front
     /// (`BEGIN IMMEDIATE`): a deferred transaction that reads first cannot wait for another
     /// process's write and fails with SQLITE_BUSY_SNAPSHOT instead.

@@ -135,17 +135,22 @@ impl Store {
         run: &NewRun,
         steps: &[NewStep],
         trainings: &[TrainingRef],
-        lease: Option<&str>,
+        lease: Option<&crate::NewEngine>,
     ) -> Result<(RunRecord, Option<Lease>)> {
         const DOING: &str = "creating a run";
         let new = Arc::new((run.clone(), steps.to_vec(), trainings.to_vec()));
-        let owner = lease.map(str::to_owned);
+        let engine = lease.cloned().map(Arc::new);
+        let owner = lease.map(|e| e.id.clone());
+        let now_sql = self.now_ms_sql();
         let record = self
             .journal()
             .now(DOING, None, move |conn| {
-                let (new, owner) = (new.clone(), owner.clone());
+                let (new, owner, engine) = (new.clone(), owner.clone(), engine.clone());
                 Box::pin(async move {
                     let (run, steps, trainings) = &*new;
+                    if let Some(engine) = &engine {
+                        crate::leases::upsert_engine(conn, engine, now_sql).await?;
+                    }
                     let now = time_fmt::now();
                     let (status, started_at) = match owner {
                         Some(_) => (RunStatus::Running, Some(now.clone())),
@@ -195,7 +200,7 @@ impl Store {
                 })
             })
             .await?;
-        let lease = lease.map(|owner| self.hold(&record.id, owner, 1, None));
+        let lease = lease.map(|engine| self.hold(&record.id, &engine.id, 1, None));
         Ok((record, lease))
     }
 

@@ -595,29 +595,33 @@ async fn a_taken_over_run_refuses_its_old_engines_writes() {
     for (_d, a) in stores().await {
         // Engine B: another process on the same database (its own fences).
         let b = a.reopen().await;
-        a.register_engine(&engine("A"));
-        b.register_engine(&engine("B"));
+        let (ea, eb, ec) = (engine("A"), engine("B"), engine("C"));
         let long = Duration::from_secs(60);
         let (run, lease) = a
-            .create_run(&new_run("r1"), &[], &[], Some("A"))
+            .create_run(&new_run("r1"), &[], &[], Some(&ea))
             .await
             .unwrap();
         assert_eq!(run.status, RunStatus::Running);
         assert_eq!(lease.unwrap().epoch, 1);
-        a.create_run(&new_run("r2"), &[], &[], Some("A"))
+        a.create_run(&new_run("r2"), &[], &[], Some(&ea))
             .await
             .unwrap();
-        let held = b.acquire_lease("r1", "B").await.unwrap().unwrap_err();
+        let held = b.acquire_lease("r1", &eb).await.unwrap().unwrap_err();
         assert_eq!(held.owner, "A");
         assert!(held.expires_in_ms > 50_000, "{held:?}");
         assert!(held.to_string().contains("pid 1 on h"), "{held}");
-        assert!(b.claim_runs("B", 10, &|_| true).await.unwrap().is_empty());
+        assert!(
+            b.claim_runs(&eb, 10, &|_, _| true)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         // A renews both; its engine is recorded stopped: both free at once.
         let mut kept = a.renew_leases("A", long).await.unwrap();
         kept.sort();
         assert_eq!(kept, vec![("r1".into(), 1), ("r2".into(), 1)]);
         assert_eq!(a.stop_engine("A", "test").await.unwrap(), 2);
-        let taken = b.acquire_lease("r1", "B").await.unwrap().unwrap();
+        let taken = b.acquire_lease("r1", &eb).await.unwrap().unwrap();
         assert_eq!((taken.epoch, taken.taken_from.as_deref()), (2, None));
         // A still acts on r1 (it has not noticed): refused, everything else commits.
         let refused = a
@@ -637,22 +641,22 @@ async fn a_taken_over_run_refuses_its_old_engines_writes() {
             .await
             .unwrap();
         // r2: free (A stopped), claimed by B with claim_runs; A's renewal no longer has it.
-        let claimed = b.claim_runs("B", 10, &|_| true).await.unwrap();
+        let claimed = b.claim_runs(&eb, 10, &|_, _| true).await.unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].run_id, "r2");
         assert!(a.renew_leases("A", long).await.unwrap().is_empty());
         // The leases of an engine that stops renewing are free once it expires.
         let d = a.reopen().await;
-        d.register_engine(&NewEngine {
+        let ed = NewEngine {
             ttl: Duration::from_millis(1),
             ..engine("D")
-        });
-        d.create_run(&new_run("r3"), &[], &[], Some("D"))
+        };
+        d.create_run(&new_run("r3"), &[], &[], Some(&ed))
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
         let c = a.reopen().await;
-        let claimed = c.claim_runs("C", 10, &|_| true).await.unwrap();
+        let claimed = c.claim_runs(&ec, 10, &|_, _| true).await.unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].taken_from.as_deref(), Some("D"));
         let refused = d
@@ -666,24 +670,55 @@ async fn a_taken_over_run_refuses_its_old_engines_writes() {
             .await
             .unwrap();
         assert_eq!(done.status, RunStatus::Succeeded);
-        assert!(b.acquire_lease("r3", "B").await.unwrap().is_ok());
+        assert!(b.acquire_lease("r3", &eb).await.unwrap().is_ok());
         // Requirements decide what an engine claims.
         let mut wants_a100 = new_run("r4");
         wants_a100.requires = Some(serde_json::json!({"labels": {"gpu": "a100"}}));
         c.create_run(&wants_a100, &[], &[], None).await.unwrap();
-        let only_a100 =
-            |r: Option<&serde_json::Value>| r.is_some_and(|r| r["labels"]["gpu"] == "a100");
+        let only_a100 = |_: &str, r: Option<&serde_json::Value>| {
+            r.is_some_and(|r| r["labels"]["gpu"] == "a100")
+        };
         assert!(
-            b.claim_runs("B", 10, &|r| !only_a100(r))
+            b.claim_runs(&eb, 10, &|id, r| !only_a100(id, r))
                 .await
                 .unwrap()
                 .is_empty()
         );
-        assert_eq!(b.claim_runs("B", 10, &only_a100).await.unwrap().len(), 1);
+        assert_eq!(b.claim_runs(&eb, 10, &only_a100).await.unwrap().len(), 1);
         // A renewal says which leases the engine still holds; a stopped engine holds none.
         assert!(d.renew_leases("D", long).await.unwrap().is_empty());
         for s in [&a, &b, &c, &d] {
             s.close().await;
         }
+    }
+}
+
+/// Runs no engine here can take do not hide the ones it can: claims page through the queue.
+#[tokio::test]
+async fn claims_look_past_runs_the_engine_cannot_take() {
+    for (_d, s) in stores().await {
+        for i in 0..150 {
+            let mut run = new_run(&format!("big-{i:03}"));
+            run.requires = Some(serde_json::json!({"labels": {"pool": "big"}}));
+            s.create_run(&run, &[], &[], None).await.unwrap();
+        }
+        s.create_run(&new_run("plain"), &[], &[], None)
+            .await
+            .unwrap();
+        let me = engine("E");
+        let claimed = s
+            .claim_runs(&me, 5, &|_, requires| requires.is_none())
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].run_id, "plain");
+        // The engine is recorded with its first lease, and a skipped id stays unclaimed.
+        assert_eq!(s.engines(None).await.unwrap()[0].id, "E");
+        let claimed = s
+            .claim_runs(&me, 5, &|id, _| id != "big-000")
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 5);
+        assert!(claimed.iter().all(|l| l.run_id != "big-000"));
     }
 }

@@ -135,13 +135,14 @@ impl Supervised {
             return Self::slurm(options, supervisor_exe, state_dir, spec, on_queue).await;
         }
         let program = spec.program.display().to_string();
-        if records::read_spec(state_dir)?.is_some() {
+        let recorded = records::read_spec(state_dir)?.is_some();
+        if recorded {
             if let Some(attached) = Self::attach(state_dir, &program).await? {
                 return Ok(attached);
             }
             tracing::info!(state_dir = %state_dir.display(), "launch was recorded but never started; starting it");
         }
-        Self::launch(supervisor_exe, state_dir, spec, inherit_fds).await
+        Self::launch(supervisor_exe, state_dir, spec, inherit_fds, recorded).await
     }
 
     /// Re-attach to the launch recorded in `state_dir`. Ok(None) when it never started.
@@ -187,23 +188,50 @@ impl Supervised {
         }
     }
 
+    /// Starts the supervisor of a launch; `restart`: its `spec.json` exists from a launch that
+    /// never started (it is replaced), else it must not exist yet.
     async fn launch(
         supervisor_exe: &Path,
         state_dir: &Path,
         spec: &LaunchSpec,
         inherit_fds: &[RawFd],
+        restart: bool,
     ) -> Result<Self> {
         let state_err = |source| Error::State {
             path: state_dir.to_owned(),
             source,
         };
         std::fs::create_dir_all(state_dir).map_err(state_err)?;
-        records::write_json_atomic(
-            &state_dir.join(records::SPEC_FILE),
-            spec,
-            records::Durability::Process,
-        )
-        .map_err(state_err)?;
+        // Created only if absent: of two engines launching one launch at once (one of them
+        // about to learn it lost the run), one launches and the other re-attaches.
+        let spec_file = state_dir.join(records::SPEC_FILE);
+        let written = match restart {
+            true => records::write_json_atomic(&spec_file, spec, records::Durability::Process),
+            false => records::write_json_new(&spec_file, spec),
+        };
+        match written {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let program = spec.program.display().to_string();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                loop {
+                    if let Some(attached) = Self::attach(state_dir, &program).await? {
+                        return Ok(attached);
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Error::State {
+                            path: state_dir.to_owned(),
+                            source: std::io::Error::other(
+                                "another engine launched this at the same moment and has not \
+                                 recorded its program",
+                            ),
+                        });
+                    }
+                    tokio::time::sleep(POLL).await;
+                }
+            }
+            Err(e) => return Err(state_err(e)),
+        }
         let supervisor_log =
             std::fs::File::create(state_dir.join("supervisor.log")).map_err(state_err)?;
         let mut command = tokio::process::Command::new(supervisor_exe);
@@ -453,7 +481,15 @@ impl Supervised {
     /// Whether the recorded pids are this machine's to look up (records of earlier versions
     /// name no machine: they are taken as this one's).
     fn local(&self) -> bool {
-        self.child.machine.is_empty() || self.child.machine == machine_id()
+        self.child.is_local()
+    }
+
+    /// Whether this handle may signal the program's process group: a local launch (not a
+    /// Slurm job) on this machine whose exit is not recorded yet. A group number copied from
+    /// another machine, or from a program that has ended (the number may be reused), names
+    /// nothing of ours.
+    pub fn may_signal(&self) -> bool {
+        self.job.is_none() && self.local() && matches!(self.try_exit(), Ok(None))
     }
 
     /// True while the program or its supervisor (which will record the exit) is running.

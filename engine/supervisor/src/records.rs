@@ -54,6 +54,14 @@ pub struct ChildRecord {
     pub host: String,
 }
 
+impl ChildRecord {
+    /// Whether its pids are this machine's (see [`crate::machine_id`]; records of earlier
+    /// versions name no machine and are taken as this one's).
+    pub fn is_local(&self) -> bool {
+        self.machine.is_empty() || self.machine == crate::machine_id()
+    }
+}
+
 /// How the program ended.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ExitRecord {
@@ -139,6 +147,20 @@ pub(crate) fn write_json_atomic<T: Serialize>(
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// Writes `value` to `path` as [`write_json_atomic`] does (not fsynced), but only if `path`
+/// does not exist: the complete file appears at once or the write fails with `AlreadyExists`
+/// (a hard link to a temporary file, which never replaces).
+pub(crate) fn write_json_new<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?,
+    )?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    linked
 }
 
 /// When this machine booted (`btime` of /proc/stat), if known.

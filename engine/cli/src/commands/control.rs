@@ -24,7 +24,7 @@ pub async fn resume(ctx: &Context, args: ExecArgs) -> anyhow::Result<Exit> {
 
 pub async fn retry(ctx: &Context, args: ExecArgs) -> anyhow::Result<Exit> {
     let service = ctx.service(&args.exec).await?;
-    let execution = service.retry(&args.run).await?;
+    let execution = service.retry(&args.run, false).await?;
     errln!(
         "retrying run {} from its unfinished steps",
         execution.run.id

@@ -85,7 +85,9 @@ impl ProcessTracker {
         tracked.launching.retain(|(d, _)| d != state_dir);
         match supervised.slurm_job() {
             Some((options, id)) => tracked.jobs.push((options.clone(), id.to_owned())),
-            None => tracked.groups.push(supervised.child().pgid),
+            // Only a group that is ours to signal: not another machine's, not one that ended.
+            None if supervised.may_signal() => tracked.groups.push(supervised.child().pgid),
+            None => {}
         }
     }
 
@@ -134,7 +136,10 @@ impl ProcessTracker {
             }
             loop {
                 if let Ok(Some(child)) = kiln_supervisor::read_child(&dir) {
-                    groups.push(child.pgid);
+                    let ended = matches!(kiln_supervisor::read_exit(&dir), Ok(Some(_)));
+                    if child.is_local() && !ended {
+                        groups.push(child.pgid);
+                    }
                     break;
                 }
                 // Ended before it recorded a program (or never started): nothing to stop.

@@ -384,11 +384,17 @@ impl Runner {
 
         // A frozen engine that wakes up after another engine took its run over (and
         // re-attached to these programs) must not stop them on a timeout or cancel of its own.
+        // Confirmed with a renewal that covers the grace period: no takeover while they stop.
         let tracker = ProcessTracker::guarded({
             let (store, run_id) = (self.inner.store.clone(), run_id.to_owned());
+            let hold = self
+                .inner
+                .engine
+                .ttl()
+                .max(self.inner.config.kill_grace * 2);
             Arc::new(move || {
                 let (store, run_id) = (store.clone(), run_id.clone());
-                Box::pin(async move { store.holds_lease(&run_id).await })
+                Box::pin(async move { store.holds_lease(&run_id, hold).await })
             })
         });
         let work = async {
@@ -521,12 +527,13 @@ impl Runner {
                 step.resources.gpus,
                 step.timeout.map(|t| t.as_duration()),
             ),
-            // The step's start may still be queued: it is durable before anything is launched.
+            // The step's start may still be queued: it is durable before anything is launched,
+            // and nothing is launched once another engine holds the run (fenced).
             before_launch: Some(BeforeLaunch::new({
-                let store = self.inner.store.clone();
+                let (store, run_id) = (self.inner.store.clone(), run_id.to_owned());
                 move || {
-                    let store = store.clone();
-                    async move { store.flush().await.map_err(|e| e.to_string()) }
+                    let (store, run_id) = (store.clone(), run_id.clone());
+                    async move { store.flush_run(&run_id).await.map_err(|e| e.to_string()) }
                 }
             })),
         };

@@ -346,7 +346,7 @@ impl Runner {
             )));
         }
         if unmet.is_empty() {
-            self.inner.engine.register().await?;
+            self.inner.engine.register();
         }
         self.record(
             workflow,
@@ -398,7 +398,7 @@ impl Runner {
                 },
                 &steps,
                 &trainings,
-                leased.then(|| self.inner.engine.id()),
+                leased.then(|| self.inner.engine.record()),
             )
             .await
             .map_err(ownership::conflict)?;
@@ -495,7 +495,12 @@ impl Runner {
         if run.status != RunStatus::Running {
             store.start_run(&run.id).await?;
         }
-        let watcher = tokio::spawn(watch_run(store.clone(), run.id.clone(), cancel.clone()));
+        // Ends with the execution, however it ends (a lost lease drops it mid-way).
+        let watcher = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(watch_run(
+            store.clone(),
+            run.id.clone(),
+            cancel.clone(),
+        )));
 
         // Dependencies by index: deciding what to start costs the edges involved.
         let index: HashMap<&str, usize> = workflow
@@ -660,7 +665,7 @@ impl Runner {
                 }
             }
         }
-        watcher.abort();
+        drop(watcher);
 
         // Steps that never started.
         for i in schedule.never_started().collect::<Vec<_>>() {

@@ -284,10 +284,15 @@ impl RunService {
     /// Claims up to `limit` runs that no live engine holds (their engine stopped or died, or
     /// they were queued for an engine like this one), ready to execute here. A claimed run
     /// that cannot continue with the plugins installed here is given back and reported.
-    pub async fn claim(&self, limit: usize) -> Result<(Vec<Execution>, Vec<(String, Error)>)> {
+    /// `skip`: runs not to claim (they could not continue here before).
+    pub async fn claim(
+        &self,
+        limit: usize,
+        skip: &std::collections::HashSet<String>,
+    ) -> Result<(Vec<Execution>, Vec<(String, Error)>)> {
         let mut ready = Vec::new();
         let mut refused = Vec::new();
-        for lease in self.runner.engine().claim(limit).await? {
+        for lease in self.runner.engine().claim(limit, skip).await? {
             let run = match self.run(lease.run_id()).await {
                 Ok(run) => run,
                 Err(e) => {
@@ -369,14 +374,29 @@ impl RunService {
                 run.id, run.status
             )));
         }
-        let lease = self.lease(&run).await?;
         let (workflow, runner) = self.stored(&run)?;
+        self.must_meet(&runner, &workflow, &run)?;
+        let lease = self.lease(&run).await?;
         Ok(Execution {
             run,
             workflow,
             lease: Some(lease),
             runner,
         })
+    }
+
+    /// Refuses a run this engine cannot execute (labels its steps ask for, GPUs).
+    fn must_meet(&self, runner: &Runner, workflow: &Workflow, run: &RunRecord) -> Result<()> {
+        let unmet = self.runner.engine().unmet(&runner.requirements(workflow));
+        if unmet.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Input(format!(
+            "this engine lacks {} that run {} asks for (`runs_on`, `resources.gpus`); an \
+             engine of `kiln serve` that offers them takes it over",
+            unmet.join(", "),
+            run.id
+        )))
     }
 
     /// The lease of `run`, taken now and held by what this process does with the run next
@@ -386,8 +406,10 @@ impl RunService {
     }
 
     /// A failed or cancelled run, reset to run its unfinished steps again with fresh retry
-    /// budgets, reusing the outputs of the steps that succeeded.
-    pub async fn retry(&self, id: &str) -> Result<Execution> {
+    /// budgets, reusing the outputs of the steps that succeeded. With `queue_elsewhere`, a run
+    /// this engine cannot execute (its labels) is reset and left `queued` for an engine that
+    /// can (the execution is then not leased); without it, refused.
+    pub async fn retry(&self, id: &str, queue_elsewhere: bool) -> Result<Execution> {
         let run = self.run(id).await?;
         if !matches!(run.status, RunStatus::Failed | RunStatus::Cancelled) {
             let hint = if run.status.is_terminal() {
@@ -400,14 +422,20 @@ impl RunService {
                 run.id, run.status
             )));
         }
-        let lease = self.lease(&run).await?;
         let (workflow, runner) = self.stored(&run)?;
+        let meets = match self.must_meet(&runner, &workflow, &run) {
+            Ok(()) => true,
+            Err(e) if !queue_elsewhere => return Err(e),
+            Err(_) => false,
+        };
+        let lease = self.lease(&run).await?;
         self.store().reset_for_retry(&run.id).await?;
         let run = self.store().run(&run.id).await?;
         Ok(Execution {
             run,
             workflow,
-            lease: Some(lease),
+            // Given back at once when another engine must execute it.
+            lease: meets.then_some(lease),
             runner,
         })
     }
@@ -429,12 +457,21 @@ impl RunService {
             Err(Error::Conflict(_)) => return Ok(Cancelled::Requested(run)),
             Err(e) => return Err(e),
         };
-        orphans::stop(
+        if let Err(foreign) = orphans::stop(
             &self.workspace().state_dir(&run.id),
             self.runner.launcher(),
             grace,
         )
-        .await;
+        .await
+        {
+            return Err(Error::Conflict(format!(
+                "run {} has programs on another machine that this engine cannot stop ({}); the \
+                 cancel is recorded: the engine that takes the run over next stops the run (on \
+                 that machine, its programs too); or stop them there and cancel again",
+                run.id,
+                foreign.join(", ")
+            )));
+        }
         let store = self.store();
         for step in store.steps(&run.id).await? {
             if !step.status.is_terminal() {

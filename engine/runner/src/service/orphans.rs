@@ -10,8 +10,23 @@ use kiln_supervisor::{Launcher, SlurmOptions};
 /// SIGTERM, then SIGKILL after `grace`, to each surviving program group of the run whose
 /// launches' state is under `state` ([`crate::Workspace::state_dir`]); Slurm jobs are cancelled
 /// the same way (`scancel`), asking Slurm with the workspace's `launcher` options.
-pub(super) async fn stop(state: &Path, launcher: &Launcher, grace: Duration) {
-    let (groups, jobs, unrecorded) = survivors(state);
+///
+/// A launch recorded on another machine (or container) that has not ended cannot be stopped
+/// from here: it is returned, and nothing is stopped.
+pub(super) async fn stop(
+    state: &Path,
+    launcher: &Launcher,
+    grace: Duration,
+) -> Result<(), Vec<String>> {
+    let Survivors {
+        groups,
+        jobs,
+        unrecorded,
+        foreign,
+    } = survivors(state);
+    if !foreign.is_empty() {
+        return Err(foreign);
+    }
     let slurm = match launcher {
         Launcher::Slurm(options) => options.clone(),
         // Launched under Slurm before the workspace went back to local: ask on PATH.
@@ -30,14 +45,26 @@ pub(super) async fn stop(state: &Path, launcher: &Launcher, grace: Duration) {
     for pgid in groups {
         kiln_supervisor::terminate_group(pgid, grace).await;
     }
+    Ok(())
 }
 
-/// Process groups of launches under `state` whose program is still the recorded process, the
-/// Slurm jobs recorded there, and the launches submitted to Slurm without a recorded job id.
-fn survivors(state: &Path) -> (Vec<i32>, Vec<String>, Vec<PathBuf>) {
+/// What a dead engine left under a run's state folder.
+struct Survivors {
+    /// Process groups of launches whose program is still the recorded process.
+    groups: Vec<i32>,
+    /// Slurm jobs recorded there.
+    jobs: Vec<String>,
+    /// Launches submitted to Slurm without a recorded job id.
+    unrecorded: Vec<PathBuf>,
+    /// Launches of another machine without a recorded exit: "pid P on HOST".
+    foreign: Vec<String>,
+}
+
+fn survivors(state: &Path) -> Survivors {
     let mut groups = Vec::new();
     let mut jobs = Vec::new();
     let mut unrecorded = Vec::new();
+    let mut foreign = Vec::new();
     let mut dirs: Vec<PathBuf> = vec![state.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -58,6 +85,12 @@ fn survivors(state: &Path) -> (Vec<i32>, Vec<String>, Vec<PathBuf>) {
             } else if p.file_name().is_some_and(|n| n == "child.json")
                 && let Ok(Some(child)) = kiln_supervisor::read_child(&dir)
             {
+                if !child.is_local() {
+                    if !matches!(kiln_supervisor::read_exit(&dir), Ok(Some(_))) {
+                        foreign.push(format!("pid {} on {}", child.pid, child.host));
+                    }
+                    continue;
+                }
                 let identity = kiln_supervisor::ProcessIdentity {
                     pid: child.pid,
                     start_ticks: child.start_ticks,
@@ -68,5 +101,10 @@ fn survivors(state: &Path) -> (Vec<i32>, Vec<String>, Vec<PathBuf>) {
             }
         }
     }
-    (groups, jobs, unrecorded)
+    Survivors {
+        groups,
+        jobs,
+        unrecorded,
+        foreign,
+    }
 }

@@ -359,9 +359,12 @@ pub async fn retry(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<impl IntoResponse> {
     state.manager().accepting_or_refuse()?;
-    let execution = state.service().retry(&id).await?;
+    let execution = state.service().retry(&id, true).await?;
     let run = execution.run.clone();
-    state.manager().start(execution);
+    // Not leased: queued for an engine that offers the labels its steps ask for.
+    if execution.is_leased() {
+        state.manager().start(execution);
+    }
     Ok((StatusCode::ACCEPTED, Json(RunView::new(run, None))))
 }
 
