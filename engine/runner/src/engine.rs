@@ -106,6 +106,8 @@ struct Inner {
     record: NewEngine,
     /// The renewal task runs.
     renewing: std::sync::atomic::AtomicBool,
+    /// Where the last claim stopped looking through the queue.
+    cursor: tokio::sync::Mutex<Option<(String, String)>>,
     held: Mutex<HashMap<String, Held>>,
     counters: LeaseCounters,
 }
@@ -219,6 +221,16 @@ fn machine() -> (String, String) {
     (kiln_supervisor::host_name(), kiln_supervisor::machine_id())
 }
 
+/// Whether `engine`'s process is provably gone: it ran on this machine, in this pid namespace
+/// (host name, boot id and namespace recorded with it), and no process with its pid and start
+/// time runs. Anything else may be alive.
+pub fn provably_gone(engine: &kiln_store::EngineRecord) -> bool {
+    let (host, machine_id) = machine();
+    engine.host == host
+        && engine.boot_id == machine_id
+        && !process_alive(engine.pid, engine.pid_start)
+}
+
 /// Whether the process `pid` started at `start_ticks` may still run: it does (same start
 /// time, not a zombie), or a process with that pid exists that `/proc` does not show to us
 /// (`hidepid`), which cannot be told apart.
@@ -283,6 +295,7 @@ impl EngineSession {
                 gpus,
                 record,
                 renewing: Default::default(),
+                cursor: Default::default(),
                 held: Default::default(),
                 counters: Default::default(),
             }),
@@ -333,13 +346,10 @@ impl EngineSession {
     /// one with another start time). An engine of another machine (whatever its host name),
     /// or one whose process this engine cannot see, is left to expire.
     pub async fn reap_local(&self) -> Result<usize> {
-        let (host, machine_id) = machine();
+        let (host, _) = machine();
         let mut reaped = 0;
         for engine in self.inner.store.engines(Some(&host)).await? {
-            if engine.id == self.inner.id || engine.boot_id != machine_id {
-                continue;
-            }
-            if process_alive(engine.pid, engine.pid_start) {
+            if engine.id == self.inner.id || !provably_gone(&engine) {
                 continue;
             }
             let reason = format!("its process (pid {}) is gone", engine.pid);
@@ -353,6 +363,18 @@ impl EngineSession {
     /// Takes the lease of `run_id` (after freeing the leases of this machine's dead engines);
     /// held by a live engine: [`Error::Conflict`] naming it.
     pub async fn acquire(&self, run_id: &str) -> Result<RunLease> {
+        if self
+            .inner
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(run_id)
+        {
+            // A second execution here would share the first one's fencing.
+            return Err(Error::Conflict(format!(
+                "run {run_id} is still being executed by this engine; wait for it to stop"
+            )));
+        }
         self.register();
         self.reap_local().await?;
         match self
@@ -399,6 +421,7 @@ impl EngineSession {
                 &self.inner.record,
                 i64::try_from(limit).unwrap_or(i64::MAX),
                 &accept,
+                &mut *self.inner.cursor.lock().await,
             )
             .await?;
         Ok(leases.into_iter().map(|l| self.adopt(l)).collect())
@@ -459,6 +482,7 @@ async fn renew(inner: Weak<Inner>) {
         return;
     };
     let mut renewed = Instant::now();
+    let mut previous_strays: std::collections::HashSet<(String, i64)> = Default::default();
     loop {
         tokio::time::sleep(ttl / 3).await;
         let Some(inner) = inner.upgrade() else { return };
@@ -468,17 +492,34 @@ async fn renew(inner: Weak<Inner>) {
                 renewed = started;
                 inner.counters.renewals.fetch_add(1, Ordering::Relaxed);
                 let kept: HashMap<String, i64> = kept.into_iter().collect();
-                let held = inner.held.lock().unwrap_or_else(|e| e.into_inner());
-                for (run, h) in held.iter() {
-                    if h.since < started && kept.get(run) != Some(&h.epoch) {
-                        lose(
-                            &inner,
-                            run,
-                            h,
-                            "another engine has taken the run over".into(),
-                        );
+                let strays: std::collections::HashSet<(String, i64)> = {
+                    let held = inner.held.lock().unwrap_or_else(|e| e.into_inner());
+                    for (run, h) in held.iter() {
+                        if h.since < started && kept.get(run) != Some(&h.epoch) {
+                            let reason = "another engine has taken the run over".to_owned();
+                            lose(&inner, run, h, reason);
+                        }
+                    }
+                    kept.iter()
+                        .filter(|(run, _)| !held.contains_key(*run))
+                        .map(|(run, epoch)| (run.clone(), *epoch))
+                        .collect()
+                };
+                // Leases the database gives this engine that nothing here executes (their
+                // release failed): given back once seen on two renewals in a row, so that a
+                // lease taken in between is never mistaken for one.
+                for (run, epoch) in strays.intersection(&previous_strays) {
+                    let lease = Lease {
+                        run_id: run.clone(),
+                        owner: inner.id.clone(),
+                        epoch: *epoch,
+                        taken_from: None,
+                    };
+                    if let Err(e) = inner.store.release_lease(&lease).await {
+                        tracing::warn!(target: "errors.store", run_id = %run, "cannot release a lease: {e}");
                     }
                 }
+                previous_strays = strays;
             }
             Err(e) => {
                 // Not a loss by itself: whether another engine took a run over is the

@@ -326,7 +326,8 @@ impl Store {
     pub async fn renew_leases(&self, owner: &str, ttl: Duration) -> Result<Vec<(String, i64)>> {
         const DOING: &str = "renewing leases";
         let renewed = sqlx::query(&self.sql(
-            "UPDATE engines SET seen_ms = {now}, expires_ms = {now} + $1 \
+            "UPDATE engines SET seen_ms = {now}, expires_ms = CASE \
+             WHEN expires_ms > {now} + $1 THEN expires_ms ELSE {now} + $1 END \
              WHERE id = $2 AND stopped_at IS NULL",
         ))
         .bind(millis(ttl))
@@ -396,11 +397,16 @@ impl Store {
     /// first, looking through at most [`CLAIM_SCAN`] free runs. On PostgreSQL the candidates
     /// are locked with `FOR UPDATE SKIP LOCKED`: engines claiming at once each get different
     /// runs instead of waiting for one another.
+    ///
+    /// `cursor` is where the previous claim stopped looking (created_at, id): the next one
+    /// goes on from there, and from the oldest run once it reached the end, so runs further
+    /// than one scan behind those it cannot take are reached too.
     pub async fn claim_runs(
         &self,
         engine: &NewEngine,
         limit: i64,
         accept: &(dyn Fn(&str, Option<&serde_json::Value>) -> bool + Sync),
+        cursor: &mut Option<(String, String)>,
     ) -> Result<Vec<Lease>> {
         const DOING: &str = "claiming runs";
         const PAGE: i64 = 64;
@@ -420,8 +426,10 @@ impl Store {
         ));
         let mut claimed = Vec::new();
         // Keyset paging: runs no engine here can take (their labels) do not hide the others.
-        let (mut after_at, mut after_id) = (String::new(), String::new());
+        let (mut after_at, mut after_id) = cursor.take().unwrap_or_default();
+        let started_mid = !after_at.is_empty();
         let mut scanned = 0;
+        let mut wrapped = false;
         'pages: while (claimed.len() as i64) < limit && scanned < CLAIM_SCAN {
             let page = sqlx::query(&page_sql)
                 .bind(&after_at)
@@ -433,12 +441,12 @@ impl Store {
             let last_page = (page.len() as i64) < PAGE;
             scanned += page.len() as i64;
             for row in page {
-                let id: String = row.try_get("id").map_err(query_err(DOING))?;
-                after_at = row.try_get("created_at").map_err(query_err(DOING))?;
-                after_id = id.clone();
                 if claimed.len() as i64 >= limit {
                     break 'pages;
                 }
+                let id: String = row.try_get("id").map_err(query_err(DOING))?;
+                after_at = row.try_get("created_at").map_err(query_err(DOING))?;
+                after_id = id.clone();
                 let requires: Option<String> =
                     row.try_get("requires_json").map_err(query_err(DOING))?;
                 let previous: Option<String> =
@@ -461,9 +469,18 @@ impl Store {
                 }
             }
             if last_page {
+                if started_mid && !wrapped {
+                    // From the oldest again, for what lies before where this scan began.
+                    (after_at, after_id) = (String::new(), String::new());
+                    wrapped = true;
+                    continue;
+                }
+                after_at.clear();
                 break;
             }
         }
+        // Where to go on next time (nothing: from the oldest).
+        *cursor = (!after_at.is_empty()).then_some((after_at, after_id));
         tx.commit().await.map_err(query_err(DOING))?;
         Ok(claimed
             .into_iter()
@@ -503,10 +520,11 @@ impl Store {
             .get(run_id)
             .cloned();
         let Some(fence) = fence else { return true };
-        let confirmed = async {
+        let confirmed = || async {
             let mut tx = self.begin_write("confirming a lease").await.ok()?;
             let renewed = sqlx::query(&self.sql(
-                "UPDATE engines SET seen_ms = {now}, expires_ms = {now} + $1 \
+                "UPDATE engines SET seen_ms = {now}, expires_ms = CASE \
+                 WHEN expires_ms > {now} + $1 THEN expires_ms ELSE {now} + $1 END \
                  WHERE id = $2 AND stopped_at IS NULL AND expires_ms >= {now}",
             ))
             .bind(millis(ttl))
@@ -515,19 +533,22 @@ impl Store {
             .await
             .ok()?
             .rows_affected();
-            let found: Option<(Option<String>, i64)> =
-                sqlx::query_as("SELECT lease_owner, lease_epoch FROM runs WHERE id = $1")
-                    .bind(run_id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .ok()?;
+            // Through the fence check: an UPDATE of the run's row, which a concurrent claim
+            // on PostgreSQL waits for (a plain read would see the row as it was).
+            let held = crate::journal::check_fence(&mut tx, run_id, &fence)
+                .await
+                .is_none();
             tx.commit().await.ok()?;
-            Some(
-                renewed == 1
-                    && matches!(found, Some((Some(owner), epoch)) if owner == fence.owner && epoch == fence.epoch),
-            )
+            Some(renewed == 1 && held)
         };
-        confirmed.await == Some(true)
+        // A failed query is not an answer: asked again before saying no.
+        for pause in [0, 250, 1000] {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            if let Some(held) = confirmed().await {
+                return held;
+            }
+        }
+        false
     }
 
     /// A write transaction for the state of `run_id`, its lease checked first.

@@ -611,7 +611,7 @@ async fn a_taken_over_run_refuses_its_old_engines_writes() {
         assert!(held.expires_in_ms > 50_000, "{held:?}");
         assert!(held.to_string().contains("pid 1 on h"), "{held}");
         assert!(
-            b.claim_runs(&eb, 10, &|_, _| true)
+            b.claim_runs(&eb, 10, &|_, _| true, &mut None)
                 .await
                 .unwrap()
                 .is_empty()
@@ -641,7 +641,10 @@ async fn a_taken_over_run_refuses_its_old_engines_writes() {
             .await
             .unwrap();
         // r2: free (A stopped), claimed by B with claim_runs; A's renewal no longer has it.
-        let claimed = b.claim_runs(&eb, 10, &|_, _| true).await.unwrap();
+        let claimed = b
+            .claim_runs(&eb, 10, &|_, _| true, &mut None)
+            .await
+            .unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].run_id, "r2");
         assert!(a.renew_leases("A", long).await.unwrap().is_empty());
@@ -656,7 +659,10 @@ async fn a_taken_over_run_refuses_its_old_engines_writes() {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
         let c = a.reopen().await;
-        let claimed = c.claim_runs(&ec, 10, &|_, _| true).await.unwrap();
+        let claimed = c
+            .claim_runs(&ec, 10, &|_, _| true, &mut None)
+            .await
+            .unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].taken_from.as_deref(), Some("D"));
         let refused = d
@@ -679,12 +685,18 @@ async fn a_taken_over_run_refuses_its_old_engines_writes() {
             r.is_some_and(|r| r["labels"]["gpu"] == "a100")
         };
         assert!(
-            b.claim_runs(&eb, 10, &|id, r| !only_a100(id, r))
+            b.claim_runs(&eb, 10, &|id, r| !only_a100(id, r), &mut None)
                 .await
                 .unwrap()
                 .is_empty()
         );
-        assert_eq!(b.claim_runs(&eb, 10, &only_a100).await.unwrap().len(), 1);
+        assert_eq!(
+            b.claim_runs(&eb, 10, &only_a100, &mut None)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         // A renewal says which leases the engine still holds; a stopped engine holds none.
         assert!(d.renew_leases("D", long).await.unwrap().is_empty());
         for s in [&a, &b, &c, &d] {
@@ -707,7 +719,7 @@ async fn claims_look_past_runs_the_engine_cannot_take() {
             .unwrap();
         let me = engine("E");
         let claimed = s
-            .claim_runs(&me, 5, &|_, requires| requires.is_none())
+            .claim_runs(&me, 5, &|_, requires| requires.is_none(), &mut None)
             .await
             .unwrap();
         assert_eq!(claimed.len(), 1);
@@ -715,10 +727,30 @@ async fn claims_look_past_runs_the_engine_cannot_take() {
         // The engine is recorded with its first lease, and a skipped id stays unclaimed.
         assert_eq!(s.engines(None).await.unwrap()[0].id, "E");
         let claimed = s
-            .claim_runs(&me, 5, &|id, _| id != "big-000")
+            .claim_runs(&me, 5, &|id, _| id != "big-000", &mut None)
             .await
             .unwrap();
         assert_eq!(claimed.len(), 5);
         assert!(claimed.iter().all(|l| l.run_id != "big-000"));
+        // More than one scan of runs it cannot take ahead: the cursor carries on from where
+        // the last claim stopped, and comes round to the oldest again.
+        for i in 0..1100 {
+            let mut run = new_run(&format!("far-{i:04}"));
+            run.requires = Some(serde_json::json!({"labels": {"pool": "far"}}));
+            s.create_run(&run, &[], &[], None).await.unwrap();
+        }
+        s.create_run(&new_run("last"), &[], &[], None)
+            .await
+            .unwrap();
+        let mut cursor = None;
+        let mut found = Vec::new();
+        for _ in 0..4 {
+            let claimed = s
+                .claim_runs(&me, 5, &|_, requires| requires.is_none(), &mut cursor)
+                .await
+                .unwrap();
+            found.extend(claimed.into_iter().map(|l| l.run_id));
+        }
+        assert_eq!(found, vec!["last".to_owned()]);
     }
 }

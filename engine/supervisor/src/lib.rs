@@ -114,6 +114,28 @@ const SLURM_POLL: Duration = Duration::from_secs(2);
 /// How often a re-attached engine looks for the exit record.
 const POLL: Duration = Duration::from_millis(100);
 
+/// How long a launch written on another machine, without a recorded program, is waited for
+/// before it is started again here.
+const FOREIGN_SPEC_WAIT: Duration = Duration::from_secs(30);
+
+/// Whether the launch in `state_dir` was written on this machine (or by an earlier version,
+/// which wrote only locally).
+fn written_here(state_dir: &Path) -> bool {
+    match records::read_spec(state_dir) {
+        Ok(Some(spec)) => spec.machine.is_empty() || spec.machine == machine_id(),
+        _ => true,
+    }
+}
+
+/// How long ago the launch's `spec.json` was written (long ago when unknown).
+fn spec_age(state_dir: &Path) -> Duration {
+    std::fs::metadata(state_dir.join(records::SPEC_FILE))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .unwrap_or(Duration::MAX)
+}
+
 impl Supervised {
     /// Start `spec` under a supervisor run from `supervisor_exe` (normally the `kiln` binary),
     /// or, when `state_dir` already holds this launch, re-attach to it. `inherit_fds` stay open in
@@ -181,6 +203,14 @@ impl Supervised {
                 return Err(not_started(program, exit));
             }
             if !proc_info::supervisor_running_for(state_dir) || waited > Duration::from_secs(5) {
+                // Written by an engine of another machine, whose supervisor this one cannot
+                // see starting: started again only once that would have long recorded its
+                // program (otherwise two supervisors could start one launch).
+                if !written_here(state_dir) && spec_age(state_dir) < FOREIGN_SPEC_WAIT {
+                    tokio::time::sleep(POLL).await;
+                    waited += POLL;
+                    continue;
+                }
                 return Ok(None);
             }
             tokio::time::sleep(POLL).await;
@@ -205,6 +235,10 @@ impl Supervised {
         // Created only if absent: of two engines launching one launch at once (one of them
         // about to learn it lost the run), one launches and the other re-attaches.
         let spec_file = state_dir.join(records::SPEC_FILE);
+        let spec = &LaunchSpec {
+            machine: machine_id(),
+            ..spec.clone()
+        };
         let written = match restart {
             true => records::write_json_atomic(&spec_file, spec, records::Durability::Process),
             false => records::write_json_new(&spec_file, spec),

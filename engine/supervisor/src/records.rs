@@ -29,6 +29,10 @@ pub struct LaunchSpec {
     /// supervisor, which the engine then reports as lost.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub die_with_supervisor: bool,
+    /// [`crate::machine_id`] of the engine that wrote it (set when the launch is written):
+    /// only there can a supervisor about to start be seen in `/proc`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub machine: String,
 }
 
 /// The started program, as recorded by the supervisor.
@@ -152,15 +156,28 @@ pub(crate) fn write_json_atomic<T: Serialize>(
 /// Writes `value` to `path` as [`write_json_atomic`] does (not fsynced), but only if `path`
 /// does not exist: the complete file appears at once or the write fails with `AlreadyExists`
 /// (a hard link to a temporary file, which never replaces).
+///
+/// On a file system without hard links (some FUSE and SMB mounts) the file is created with
+/// `O_EXCL` and written in place instead: still exclusive, but a reader may briefly see it
+/// incomplete.
 pub(crate) fn write_json_new<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?,
-    )?;
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("json.{}-{n}.tmp", std::process::id()));
+    std::fs::write(&tmp, &bytes)?;
     let linked = std::fs::hard_link(&tmp, path);
     let _ = std::fs::remove_file(&tmp);
-    linked
+    match linked {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)?;
+            file.write_all(&bytes)
+        }
+        done => done,
+    }
 }
 
 /// When this machine booted (`btime` of /proc/stat), if known.

@@ -20,7 +20,14 @@ fn or_dash(v: Option<&str>) -> &str {
 /// `kiln engines`: the engines sharing the database.
 pub async fn engines(ctx: &Context, json: bool) -> anyhow::Result<Exit> {
     let store = ctx.store().await?;
-    let engines = store.engines(None).await?;
+    // Engines of this machine whose process is gone (a `kiln run` that ended or was killed)
+    // are not listed: the next engine here records them stopped.
+    let engines: Vec<_> = store
+        .engines(None)
+        .await?
+        .into_iter()
+        .filter(|e| !kiln_runner::engine::provably_gone(e))
+        .collect();
     if json {
         print_json(&engines)?;
         return Ok(Exit::Success);

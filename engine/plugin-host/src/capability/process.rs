@@ -477,6 +477,7 @@ impl StepState {
             log_path: log_path.clone(),
             inherit_env,
             die_with_supervisor: matches!(self.process.launcher, Launcher::Slurm(_)),
+            machine: String::new(),
         };
         // Nothing keyed by the attempt is written before the attempt is durable.
         if let Some(before) = &self.process.before_launch {
