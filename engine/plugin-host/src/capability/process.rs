@@ -107,6 +107,8 @@ impl ProcessTracker {
                 tracked.launching.clone(),
             )
         };
+        // Groups already gone need no stopping, and no confirmation (which is a commit).
+        groups.retain(|g| kiln_supervisor::group_alive(*g));
         if groups.is_empty() && jobs.is_empty() && launching.is_empty() {
             return;
         }
