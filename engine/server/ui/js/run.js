@@ -162,6 +162,9 @@ export async function runView(main, id, ctx) {
       p.project && p.training_name ? h("div", h("dt", "Training"), h("dd", `${p.project} / ${p.training_name}`)) : null,
       h("div", h("dt", "Created"), h("dd", `${when(run.created_at)} by ${run.created_by}`)),
       h("div", h("dt", "Duration"), h("dd", duration(run.duration_ms))),
+      // The engine holding the run's lease (several engines may share the database).
+      run.engine ? h("div", h("dt", "Engine"), h("dd", { title: run.engine }, shortId(run.engine))) : null,
+      run.status === "queued" && !run.engine ? h("div", h("dt", "Engine"), h("dd", "waiting for an engine that offers its labels")) : null,
       model ? h("div", h("dt", "Model"), h("dd", h("a#run-model", { href: `#/models/${encodeURIComponent(model.model_id)}` }, `${model.name} v${model.version}`))) : null);
     const banner = run.error_message ? plain(run.error_message) : "";
     if (errorBox.textContent !== banner) {
