@@ -52,31 +52,9 @@ fn no_process_left(ws: &Workspace) {
     panic!("processes left behind: {:?}", processes_mentioning(&marker));
 }
 
-/// A small deterministic generator for the chaos schedule.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
-}
-
 #[test]
 fn chaos_sigkill_the_engine_at_random_moments_and_resume() {
-    let seed: u64 = std::env::var("KILN_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs()
-        });
-    println!("chaos seed: {seed} (rerun with KILN_CHAOS_SEED={seed})");
+    let seed = chaos_seed();
     let mut rng = Lcg(seed);
     let tmp = tempfile::tempdir().unwrap();
     let record = tmp.path().join("launches.txt");

@@ -182,31 +182,10 @@ fn a_killed_engines_runs_are_taken_over_at_once_and_labels_choose_the_engine() {
     );
 }
 
-/// A tiny deterministic generator (no dependency): xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    }
-}
-
 #[test]
 fn three_engines_killed_at_random_end_every_run_once() {
-    let seed: u64 = std::env::var("KILN_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis() as u64
-        });
-    eprintln!("chaos seed {seed} (replay with KILN_CHAOS_SEED={seed})");
-    let mut rng = Rng(seed | 1);
+    let seed = chaos_seed();
+    let mut rng = Lcg(seed);
     let (aws, record) = fleet("3s", "1");
     let token = aws.token("trainer", &[], &["trainer"]);
     let mut engines: Vec<Server> = (0..3).map(|_| aws.serve()).collect();
@@ -283,19 +262,8 @@ fn three_engines_killed_at_random_end_every_run_once() {
 #[test]
 fn another_machines_programs_are_never_signalled_here() {
     let ws = Workspace::new().with_env("FAKE_YOLO_EPOCH_SECONDS", "30");
-    let wf = repo_root().join("workflows/ultralytics-detect.yaml");
-    let mut engine = ws.spawn(&[
-        "run",
-        wf.to_str().unwrap(),
-        "-p",
-        "project=demo",
-        "-p",
-        "release=demo-release.zip",
-        "-p",
-        "training_name=elsewhere",
-        "-p",
-        "overrides={epochs: 2, imgsz: 64}",
-    ]);
+    let args = demo_args("elsewhere", &[]);
+    let mut engine = ws.spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let marker = ws.root().display().to_string();
     engine.wait_for(300, "the trainer to start", || {
         processes_mentioning(&marker)

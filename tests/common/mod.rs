@@ -154,22 +154,59 @@ impl Workspace {
 
     /// Run the demo pipeline with these extra params; returns the output.
     pub fn run_demo(&self, training: &str, extra: &[&str]) -> Output {
-        let wf = repo_root().join("workflows/ultralytics-detect.yaml");
-        let tn = format!("training_name={training}");
-        let mut args = vec![
-            "run",
-            wf.to_str().unwrap(),
-            "-p",
-            "project=demo",
-            "-p",
-            "release=demo-release.zip",
-            "-p",
-            &tn,
-            "-p",
-            "overrides={epochs: 2, imgsz: 64, batch: 4, device: cpu}",
-        ];
-        args.extend_from_slice(extra);
-        self.kiln(&args)
+        let args = demo_args(training, extra);
+        self.kiln(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+}
+
+/// `kiln run` of the demo pipeline (`workflows/ultralytics-detect.yaml`) training `training`,
+/// then `extra`.
+pub fn demo_args(training: &str, extra: &[&str]) -> Vec<String> {
+    let wf = repo_root().join("workflows/ultralytics-detect.yaml");
+    let mut args: Vec<String> = [
+        "run",
+        wf.to_str().unwrap(),
+        "-p",
+        "project=demo",
+        "-p",
+        "release=demo-release.zip",
+        "-p",
+        &format!("training_name={training}"),
+        "-p",
+        "overrides={epochs: 2, imgsz: 64, batch: 4, device: cpu}",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// The seed of a chaos test: `KILN_CHAOS_SEED` to replay one, else the clock. Printed.
+pub fn chaos_seed() -> u64 {
+    let seed = std::env::var("KILN_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64
+        });
+    println!("chaos seed: {seed} (rerun with KILN_CHAOS_SEED={seed})");
+    seed
+}
+
+/// A small deterministic generator for chaos schedules.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
     }
 }
 

@@ -30,15 +30,7 @@ pub struct Workspace {
 
 /// Names that become path components (projects, trainings, slugs) must be plain.
 pub fn check_name(what: &str, name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let ok = kiln_workflow::is_plain_name(name, 128);
     if ok {
         Ok(())
     } else {

@@ -31,7 +31,7 @@ pub use model::{
     RetryPolicy, Step, Timeout, Workflow,
 };
 pub use params::{ParamError, ParamErrors, resolve_params};
-pub use parse::is_label;
+pub use parse::{is_label, is_plain_name};
 
 impl Workflow {
     /// Reads and parses a workflow file (structural checks only; see [`Self::validate`]).

@@ -53,10 +53,10 @@ fn shown(name: &str) -> String {
     }
 }
 
-/// An engine label's name: 1 to 63 ASCII letters, digits, `_`, `.`, `-`, starting with a
-/// letter or digit.
-pub fn is_label(name: &str) -> bool {
-    name.len() <= 63
+/// 1 to `max_len` ASCII letters, digits, `_`, `.` and `-`, starting with a letter or digit:
+/// names that become path components or labels.
+pub fn is_plain_name(name: &str, max_len: usize) -> bool {
+    name.len() <= max_len
         && name
             .chars()
             .next()
@@ -64,6 +64,11 @@ pub fn is_label(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// An engine label's name: a plain name of at most 63 characters.
+pub fn is_label(name: &str) -> bool {
+    is_plain_name(name, 63)
 }
 
 /// `[A-Za-z_][A-Za-z0-9_]*`: param names, usable as `params.<name>` in expressions.
