@@ -255,78 +255,105 @@ fn three_engines_killed_at_random_end_every_run_once() {
     assert_eq!(count, runs, "seed {seed}: one model per run: {models}");
 }
 
-/// A launch recorded on another machine (its `child.json` names another machine) is not this
-/// engine's to signal: `kiln runs cancel` of a run whose engine died refuses to mark it
-/// cancelled while such a program may run, and signals no process group of this machine that
-/// happens to carry the recorded number.
+/// A launch recorded on another machine (its `child.json` names another machine) is followed
+/// through its files and its supervisor's heartbeat, and stopped by a request its supervisor
+/// honours: an engine taking such a run over neither starts a second trainer nor signals a
+/// process group of its own machine that happens to carry the recorded number; once the
+/// heartbeat is stale (that machine is gone), there is nothing left to stop.
 #[test]
-fn another_machines_programs_are_never_signalled_here() {
-    let ws = Workspace::new().with_env("FAKE_YOLO_EPOCH_SECONDS", "30");
-    let args = demo_args("elsewhere", &[]);
-    let mut engine = ws.spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let marker = ws.root().display().to_string();
-    engine.wait_for(300, "the trainer to start", || {
-        processes_mentioning(&marker)
-            .iter()
-            .any(|(_, c)| c.contains("yolo"))
-    });
-    kill(engine.id(), "KILL");
-    engine.wait();
-    let run = find_run(&ws, "elsewhere").unwrap();
-    let id = run["id"].as_str().unwrap().to_owned();
-    let child = ws.root().join(format!(
-        ".kiln/runs/{id}/state/train/attempt-1/launch-1/child.json"
-    ));
-    let mut record: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&child).unwrap()).unwrap();
-    let real_group = record["pgid"].as_i64().unwrap();
-    // A process group of this machine with the number the record will carry.
+fn another_machines_programs_are_followed_and_stopped_through_their_supervisor() {
+    let (ws, record) = Workspace::new().recording_launches();
+    // A process group of this machine with the number the records will carry.
     let mut decoy = std::process::Command::new("setsid")
         .args(["sleep", "600"])
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    record["pgid"] = decoy.id().into();
-    record["machine"] = "another-boot/pid:[1]".into();
-    record["host"] = "gpu-box-9".into();
-    std::fs::write(&child, serde_json::to_vec(&record).unwrap()).unwrap();
+    let decoy_group = decoy.id();
+    let marker = ws.root().display().to_string();
+    // Starts training `name` (epochs of `secs`), kills its engine, and makes its launch
+    // record another machine's; returns the run id and the real group of the trainer.
+    let elsewhere = |ws: &Workspace, name: &str| -> (String, i64, std::path::PathBuf) {
+        let args = demo_args(name, &[]);
+        let mut engine = ws.spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        engine.wait_for(300, "the trainer to start", || {
+            launches_of(&record, name) == 1
+        });
+        kill(engine.id(), "KILL");
+        engine.wait();
+        let id = find_run(ws, name).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let dir = ws
+            .root()
+            .join(format!(".kiln/runs/{id}/state/train/attempt-1/launch-1"));
+        let mut child: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("child.json")).unwrap())
+                .unwrap();
+        let real = child["pgid"].as_i64().unwrap();
+        child["pgid"] = decoy_group.into();
+        child["pid"] = decoy_group.into();
+        child["machine"] = "another-boot/pid:[1]".into();
+        child["host"] = "gpu-box-9".into();
+        std::fs::write(dir.join("child.json"), serde_json::to_vec(&child).unwrap()).unwrap();
+        (id, real, dir)
+    };
 
-    let out = ws.kiln(&["runs", "cancel", &id, "--kill-grace-secs", "1"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    let err = text(&out.stderr);
-    assert!(
-        err.contains("gpu-box-9") && err.contains("another machine"),
-        "{err}"
-    );
-    assert_eq!(
-        ws.json(&["runs", "show", &id, "--json"])["run"]["status"],
-        "running",
-        "not recorded cancelled while its program may run"
-    );
-    assert!(
-        decoy.try_wait().unwrap().is_none(),
-        "the decoy group was signalled"
-    );
-
-    // Resumed here, the launch is lost (another machine's program: an infrastructure failure
-    // for the step's retry policy) and the recorded cancel ends the run; the decoy is still
-    // never signalled.
+    // Followed: resumed here, the run goes on with the one trainer to its end.
+    let ws = ws.with_env("FAKE_YOLO_EPOCH_SECONDS", "2");
+    let (id, _, _) = elsewhere(&ws, "followed");
     let out = ws.kiln(&["resume", &id, "--kill-grace-secs", "1"]);
-    let show = ws.json(&["runs", "show", &id, "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(launches_of(&record, "followed"), 1, "no second trainer");
     assert!(
         decoy.try_wait().unwrap().is_none(),
         "the decoy group was signalled"
     );
-    let err = text(&out.stderr);
-    assert!(
-        err.contains("started on gpu-box-9 (another machine or container)"),
-        "{err}"
-    );
+
+    // Stopped by request: cancel from here ends the program through its supervisor.
+    let ws = ws.with_env("FAKE_YOLO_EPOCH_SECONDS", "30");
+    let (id, real, _) = elsewhere(&ws, "stopped");
+    let out = ws.kiln(&["runs", "cancel", &id, "--kill-grace-secs", "1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let show = ws.json(&["runs", "show", &id, "--json"]);
     assert_eq!(show["run"]["status"], "cancelled", "{show}");
+    assert!(
+        !processes_mentioning(&marker)
+            .iter()
+            .any(|(_, c)| c.contains("name=stopped")),
+        "the trainer was stopped by its supervisor"
+    );
+    assert!(
+        decoy.try_wait().unwrap().is_none(),
+        "the decoy group was signalled"
+    );
+    kill_group(real);
+
+    // Gone: its supervisor no longer beats (that machine died): nothing to stop, the cancel
+    // is recorded.
+    let (id, real, dir) = elsewhere(&ws, "gone");
+    kill_group(real);
+    let supervisor: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("child.json")).unwrap()).unwrap();
+    kill(
+        supervisor["supervisor_pid"].as_u64().unwrap() as u32,
+        "KILL",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let beat = std::fs::File::options()
+        .write(true)
+        .open(dir.join("heartbeat"))
+        .unwrap();
+    beat.set_modified(std::time::SystemTime::now() - Duration::from_secs(120))
+        .unwrap();
+    let out = ws.kiln(&["runs", "cancel", &id, "--kill-grace-secs", "1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        decoy.try_wait().unwrap().is_none(),
+        "the decoy group was signalled"
+    );
     let _ = decoy.kill();
     let _ = decoy.wait();
-    // The real trainer of this test, started by the first engine.
-    kill_group(real_group);
 }
 
 fn kill_group(pgid: i64) {

@@ -118,6 +118,57 @@ const POLL: Duration = Duration::from_millis(100);
 /// before it is started again here.
 const FOREIGN_SPEC_WAIT: Duration = Duration::from_secs(30);
 
+/// A supervisor's heartbeat younger than this (by the file system's clock) says its program
+/// still runs (it beats every second).
+const HEARTBEAT_FRESH: Duration = Duration::from_secs(15);
+
+/// How long ago the supervisor of the launch in `state_dir` last beat, by the clock of the file
+/// system holding it (a probe written now in the same folder): machines' clocks may differ, the
+/// file server's is one. `None`: it never beat (an earlier version, or it is gone) or the
+/// folder cannot be written.
+fn heartbeat_age(state_dir: &Path) -> Option<Duration> {
+    let beat = std::fs::metadata(state_dir.join(records::HEARTBEAT_FILE))
+        .and_then(|m| m.modified())
+        .ok()?;
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = state_dir.join(format!(".probe-{}-{n}", std::process::id()));
+    std::fs::write(&probe, b"").ok()?;
+    let now = std::fs::metadata(&probe).and_then(|m| m.modified()).ok();
+    let _ = std::fs::remove_file(&probe);
+    Some(now?.duration_since(beat).unwrap_or(Duration::ZERO))
+}
+
+fn heartbeat_fresh(state_dir: &Path) -> bool {
+    heartbeat_age(state_dir).is_some_and(|age| age < HEARTBEAT_FRESH)
+}
+
+/// Asks the supervisor of the launch in `state_dir` to stop its program (SIGTERM, SIGKILL
+/// after `grace`) and waits for its exit record, at most `grace` + 20 s: how an engine stops a
+/// program whose processes it cannot see. Returns whether the program ended.
+pub async fn stop_by_request(state_dir: &Path, grace: Duration) -> bool {
+    let _ = std::fs::write(
+        state_dir.join(records::STOP_FILE),
+        grace.as_secs().to_string(),
+    );
+    let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(20);
+    loop {
+        if matches!(records::read_exit(state_dir), Ok(Some(_))) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline || !heartbeat_fresh(state_dir) {
+            return matches!(records::read_exit(state_dir), Ok(Some(_)));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Whether the program of the launch in `state_dir`, recorded on another machine, still runs
+/// by its supervisor's heartbeat.
+pub fn remote_running(state_dir: &Path) -> bool {
+    heartbeat_fresh(state_dir)
+}
+
 /// Whether the launch in `state_dir` was written on this machine (or by an earlier version,
 /// which wrote only locally).
 fn written_here(state_dir: &Path) -> bool {
@@ -182,11 +233,16 @@ impl Supervised {
         loop {
             if let Some(child) = records::read_child(state_dir)? {
                 let me = attached(child);
-                if me.try_exit()?.is_none() && !me.local() {
+                if me.try_exit()?.is_none() && !me.local() && !heartbeat_fresh(state_dir) {
                     let host = &me.child.host;
+                    let beat = match heartbeat_age(state_dir) {
+                        Some(age) => format!("its supervisor last beat {} s ago", age.as_secs()),
+                        None => "its supervisor never beat".to_owned(),
+                    };
                     return Err(me.lost(&format!(
                         "it was started on {} (another machine or container), whose processes \
-                         this engine cannot see; its engine is gone",
+                         this engine cannot see, and {beat}: that machine or the supervisor is \
+                         gone",
                         if host.is_empty() {
                             "another host"
                         } else {
@@ -526,10 +582,11 @@ impl Supervised {
         self.job.is_none() && self.local() && matches!(self.try_exit(), Ok(None))
     }
 
-    /// True while the program or its supervisor (which will record the exit) is running.
+    /// True while the program or its supervisor (which will record the exit) is running: by
+    /// their processes here, by the supervisor's heartbeat for another machine's launch.
     fn alive(&self) -> bool {
         if !self.local() {
-            return false;
+            return heartbeat_fresh(&self.state_dir);
         }
         let program = ProcessIdentity {
             pid: self.child.pid,
@@ -584,17 +641,35 @@ impl Supervised {
             return records::read_exit(&self.state_dir)?
                 .ok_or_else(|| self.lost("its supervisor ended without recording the exit"));
         }
+        // Another machine's launch is looked at through its heartbeat every 2 s (each look
+        // writes a probe file); a local one through /proc at every poll.
+        let every = if self.local() {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(2)
+        };
+        let mut looked = tokio::time::Instant::now();
         loop {
             if let Some(exit) = records::read_exit(&self.state_dir)? {
                 return Ok(exit);
             }
-            if !self.alive() {
-                // The supervisor may have written the record just before it exited.
-                return records::read_exit(&self.state_dir)?
-                    .ok_or_else(|| self.lost("neither the program nor its supervisor is running"));
+            if looked.elapsed() >= every {
+                looked = tokio::time::Instant::now();
+                if !self.alive() {
+                    // The supervisor may have written the record just before it exited.
+                    return records::read_exit(&self.state_dir)?.ok_or_else(|| {
+                        self.lost("neither the program nor its supervisor is running")
+                    });
+                }
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// Whether this is another machine's launch that still runs (stopped by request, see
+    /// [`stop_by_request`]).
+    pub fn is_remote_running(&self) -> bool {
+        self.job.is_none() && !self.local() && matches!(self.try_exit(), Ok(None))
     }
 
     /// The exit record if the program has already ended.
@@ -607,6 +682,10 @@ impl Supervised {
     pub async fn terminate(&mut self, grace: Duration) {
         if let Some((options, id)) = &self.job {
             options.terminate(id, grace).await;
+            return;
+        }
+        if !self.local() {
+            stop_by_request(&self.state_dir, grace).await;
             return;
         }
         terminate_group(self.child.pgid, grace).await;

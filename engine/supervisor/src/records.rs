@@ -9,6 +9,13 @@ use crate::{Error, Result};
 pub(crate) const SPEC_FILE: &str = "spec.json";
 pub(crate) const CHILD_FILE: &str = "child.json";
 pub(crate) const EXIT_FILE: &str = "exit.json";
+/// Rewritten by the supervisor every second while the program runs: engines that cannot see
+/// its processes (another machine or container) know from it that it still runs.
+pub(crate) const HEARTBEAT_FILE: &str = "heartbeat";
+/// Written by an engine that cannot signal the program itself (see [`HEARTBEAT_FILE`]): the
+/// grace in seconds; the supervisor then stops the program's group (SIGTERM, SIGKILL after the
+/// grace).
+pub(crate) const STOP_FILE: &str = "stop-request";
 
 /// What to run. The environment is complete: nothing is inherited from the engine.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

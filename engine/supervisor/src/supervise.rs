@@ -13,8 +13,8 @@ use std::process::{Command, Stdio};
 
 use crate::proc_info::ProcessIdentity;
 use crate::records::{
-    self, CHILD_FILE, ChildRecord, Durability, EXIT_FILE, ExitRecord, now_rfc3339,
-    write_json_atomic,
+    self, CHILD_FILE, ChildRecord, Durability, EXIT_FILE, ExitRecord, HEARTBEAT_FILE, STOP_FILE,
+    now_rfc3339, write_json_atomic,
 };
 
 /// Run the supervisor for `state_dir`; returns the supervisor's own exit code: the program's
@@ -111,6 +111,7 @@ fn supervise(state_dir: &Path) -> Result<ExitRecord, String> {
         let _ = child.wait();
         return Err(format!("cannot record the started program: {e}"));
     }
+    heartbeat(state_dir.to_owned(), pid);
     let status = child
         .wait()
         .map_err(|e| format!("waiting for pid {pid}: {e}"))?;
@@ -125,6 +126,33 @@ fn supervise(state_dir: &Path) -> Result<ExitRecord, String> {
     write_json_atomic(&state_dir.join(EXIT_FILE), &record, Durability::Machine)
         .map_err(|e| format!("cannot record the exit status: {e}"))?;
     Ok(record)
+}
+
+/// While the program runs, rewrite the heartbeat file every second (its modification time is
+/// the file system's clock, which every engine sharing the folder reads alike) and honour a
+/// stop request: SIGTERM to the group, SIGKILL once the requested grace has passed.
+fn heartbeat(state_dir: std::path::PathBuf, pgid: i32) {
+    std::thread::spawn(move || {
+        let mut stopping: Option<(std::time::Instant, u64)> = None;
+        for beat in 1u64.. {
+            let _ = std::fs::write(state_dir.join(HEARTBEAT_FILE), beat.to_string());
+            match (
+                &stopping,
+                std::fs::read_to_string(state_dir.join(STOP_FILE)),
+            ) {
+                (None, Ok(grace)) => {
+                    let grace = grace.trim().parse().unwrap_or(10);
+                    crate::signal_group(pgid, crate::Sig::Term);
+                    stopping = Some((std::time::Instant::now(), grace));
+                }
+                (Some((since, grace)), _) if since.elapsed().as_secs() >= *grace => {
+                    crate::signal_group(pgid, crate::Sig::Kill);
+                }
+                _ => {}
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    });
 }
 
 /// Pass the termination signals the supervisor gets on to the program's process group `pgid`,

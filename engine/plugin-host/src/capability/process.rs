@@ -53,6 +53,8 @@ struct Tracked {
     groups: Vec<i32>,
     /// Slurm jobs the step's programs run in.
     jobs: Vec<(SlurmOptions, String)>,
+    /// Launches of another machine this step re-attached to: stopped by request.
+    remote: Vec<PathBuf>,
     launching: Vec<(PathBuf, Launcher)>,
 }
 
@@ -87,6 +89,7 @@ impl ProcessTracker {
             Some((options, id)) => tracked.jobs.push((options.clone(), id.to_owned())),
             // Only a group that is ours to signal: not another machine's, not one that ended.
             None if supervised.may_signal() => tracked.groups.push(supervised.child().pgid),
+            None if supervised.is_remote_running() => tracked.remote.push(state_dir.to_owned()),
             None => {}
         }
     }
@@ -99,17 +102,19 @@ impl ProcessTracker {
     /// SIGTERM every launched group, SIGKILL after `grace`; returns when all are gone. A launch
     /// still under way is waited for (at most 10 s) until its supervisor records the program.
     pub async fn terminate_all(&self, grace: Duration) {
-        let (mut groups, mut jobs, launching) = {
+        let (mut groups, mut jobs, launching, mut remote) = {
             let tracked = self.lock();
             (
                 tracked.groups.clone(),
                 tracked.jobs.clone(),
                 tracked.launching.clone(),
+                tracked.remote.clone(),
             )
         };
-        // Groups already gone need no stopping, and no confirmation (which is a commit).
+        // Programs already gone need no stopping, and no confirmation (which is a commit).
         groups.retain(|g| kiln_supervisor::group_alive(*g));
-        if groups.is_empty() && jobs.is_empty() && launching.is_empty() {
+        remote.retain(|dir| matches!(kiln_supervisor::read_exit(dir), Ok(None)));
+        if groups.is_empty() && jobs.is_empty() && launching.is_empty() && remote.is_empty() {
             return;
         }
         if let Some(guard) = &self.1
@@ -164,6 +169,9 @@ impl ProcessTracker {
         }
         for pgid in groups {
             kiln_supervisor::terminate_group(pgid, grace).await;
+        }
+        for dir in remote {
+            kiln_supervisor::stop_by_request(&dir, grace).await;
         }
     }
 }

@@ -465,9 +465,9 @@ impl RunService {
         .await
         {
             return Err(Error::Conflict(format!(
-                "run {} has programs on another machine that this engine cannot stop ({}); the \
-                 cancel is recorded: the engine that takes the run over next stops the run (on \
-                 that machine, its programs too); or stop them there and cancel again",
+                "run {} has programs on another machine that did not stop when asked ({}); the \
+                 cancel is recorded: the engine that takes the run over next stops the run; or \
+                 stop them there and cancel again",
                 run.id,
                 foreign.join(", ")
             )));

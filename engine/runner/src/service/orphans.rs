@@ -11,8 +11,10 @@ use kiln_supervisor::{Launcher, SlurmOptions};
 /// launches' state is under `state` ([`crate::Workspace::state_dir`]); Slurm jobs are cancelled
 /// the same way (`scancel`), asking Slurm with the workspace's `launcher` options.
 ///
-/// A launch recorded on another machine (or container) that has not ended cannot be stopped
-/// from here: it is returned, and nothing is stopped.
+/// A launch recorded on another machine (or container) is asked to stop through its
+/// supervisor (a stop request in its state folder) while its heartbeat says it runs; one that
+/// does not stop in time is returned (as are the others it could not stop), and the run must not
+/// be recorded cancelled.
 pub(super) async fn stop(
     state: &Path,
     launcher: &Launcher,
@@ -24,8 +26,14 @@ pub(super) async fn stop(
         unrecorded,
         foreign,
     } = survivors(state);
-    if !foreign.is_empty() {
-        return Err(foreign);
+    let mut unstopped = Vec::new();
+    for (dir, what) in foreign {
+        if !kiln_supervisor::stop_by_request(&dir, grace).await {
+            unstopped.push(what);
+        }
+    }
+    if !unstopped.is_empty() {
+        return Err(unstopped);
     }
     let slurm = match launcher {
         Launcher::Slurm(options) => options.clone(),
@@ -56,8 +64,9 @@ struct Survivors {
     jobs: Vec<String>,
     /// Launches submitted to Slurm without a recorded job id.
     unrecorded: Vec<PathBuf>,
-    /// Launches of another machine without a recorded exit: "pid P on HOST".
-    foreign: Vec<String>,
+    /// Launches of another machine whose supervisor still beats: their folder, and "pid P on
+    /// HOST".
+    foreign: Vec<(PathBuf, String)>,
 }
 
 fn survivors(state: &Path) -> Survivors {
@@ -86,8 +95,12 @@ fn survivors(state: &Path) -> Survivors {
                 && let Ok(Some(child)) = kiln_supervisor::read_child(&dir)
             {
                 if !child.is_local() {
-                    if !matches!(kiln_supervisor::read_exit(&dir), Ok(Some(_))) {
-                        foreign.push(format!("pid {} on {}", child.pid, child.host));
+                    // Ended, or its supervisor stopped beating (that machine is gone): nothing
+                    // left to stop.
+                    if matches!(kiln_supervisor::read_exit(&dir), Ok(None))
+                        && kiln_supervisor::remote_running(&dir)
+                    {
+                        foreign.push((dir.clone(), format!("pid {} on {}", child.pid, child.host)));
                     }
                     continue;
                 }
