@@ -118,55 +118,74 @@ const POLL: Duration = Duration::from_millis(100);
 /// before it is started again here.
 const FOREIGN_SPEC_WAIT: Duration = Duration::from_secs(30);
 
-/// A supervisor's heartbeat younger than this (by the file system's clock) says its program
-/// still runs (it beats every second).
-const HEARTBEAT_FRESH: Duration = Duration::from_secs(15);
+/// How long a supervisor's heartbeat may stand still, as this engine watches it, before its
+/// program counts as gone: well past the 8 s after which a supervisor that cannot beat stops
+/// its program itself, so a program taken for gone is gone.
+const REMOTE_SILENCE: Duration = Duration::from_secs(20);
 
-/// How long ago the supervisor of the launch in `state_dir` last beat, by the clock of the file
-/// system holding it (a probe written now in the same folder): machines' clocks may differ, the
-/// file server's is one. `None`: it never beat (an earlier version, or it is gone) or the
-/// folder cannot be written.
-fn heartbeat_age(state_dir: &Path) -> Option<Duration> {
-    let beat = std::fs::metadata(state_dir.join(records::HEARTBEAT_FILE))
-        .and_then(|m| m.modified())
-        .ok()?;
-    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let probe = state_dir.join(format!(".probe-{}-{n}", std::process::id()));
-    std::fs::write(&probe, b"").ok()?;
-    let now = std::fs::metadata(&probe).and_then(|m| m.modified()).ok();
-    let _ = std::fs::remove_file(&probe);
-    Some(now?.duration_since(beat).unwrap_or(Duration::ZERO))
+/// The counter in a launch's heartbeat file (read through `open`, which makes a network file
+/// system look again).
+fn read_beat(state_dir: &Path) -> Option<u64> {
+    std::fs::read_to_string(state_dir.join(records::HEARTBEAT_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
-fn heartbeat_fresh(state_dir: &Path) -> bool {
-    heartbeat_age(state_dir).is_some_and(|age| age < HEARTBEAT_FRESH)
+/// Whether the supervisor of the launch in `state_dir` beats: its counter changes within
+/// [`REMOTE_SILENCE`] of watching it (this engine's own clock: the machines' clocks and the
+/// file system's timestamps play no part), or its exit is recorded meanwhile.
+pub async fn remote_alive(state_dir: &Path) -> bool {
+    let first = read_beat(state_dir);
+    let deadline = tokio::time::Instant::now() + REMOTE_SILENCE;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if matches!(records::read_exit(state_dir), Ok(Some(_))) {
+            return true;
+        }
+        let now = read_beat(state_dir);
+        if now.is_some() && now != first {
+            return true;
+        }
+    }
+    false
 }
 
 /// Asks the supervisor of the launch in `state_dir` to stop its program (SIGTERM, SIGKILL
-/// after `grace`) and waits for its exit record, at most `grace` + 20 s: how an engine stops a
-/// program whose processes it cannot see. Returns whether the program ended.
+/// after `grace`), written whole (by rename).
+pub fn request_stop(state_dir: &Path, grace: Duration) {
+    let tmp = state_dir.join(format!("{}.tmp", records::STOP_FILE));
+    if std::fs::write(&tmp, grace.as_secs().to_string()).is_ok() {
+        let _ = std::fs::rename(&tmp, state_dir.join(records::STOP_FILE));
+    }
+}
+
+/// [`request_stop`], then waits for the exit record while the supervisor beats (at most
+/// `grace` + 60 s): how an engine stops a program whose processes it cannot see. Returns
+/// whether the program ended (or its supervisor fell silent, which stops it).
 pub async fn stop_by_request(state_dir: &Path, grace: Duration) -> bool {
-    let _ = std::fs::write(
-        state_dir.join(records::STOP_FILE),
-        grace.as_secs().to_string(),
-    );
-    let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(20);
+    request_stop(state_dir, grace);
+    let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(60);
+    let mut beat = read_beat(state_dir);
+    let mut changed = tokio::time::Instant::now();
     loop {
         if matches!(records::read_exit(state_dir), Ok(Some(_))) {
             return true;
         }
-        if tokio::time::Instant::now() >= deadline || !heartbeat_fresh(state_dir) {
-            return matches!(records::read_exit(state_dir), Ok(Some(_)));
+        let now = tokio::time::Instant::now();
+        let b = read_beat(state_dir);
+        if b != beat {
+            (beat, changed) = (b, now);
+        }
+        if changed.elapsed() >= REMOTE_SILENCE {
+            return true;
+        }
+        if now >= deadline {
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-}
-
-/// Whether the program of the launch in `state_dir`, recorded on another machine, still runs
-/// by its supervisor's heartbeat.
-pub fn remote_running(state_dir: &Path) -> bool {
-    heartbeat_fresh(state_dir)
 }
 
 /// Whether the launch in `state_dir` was written on this machine (or by an earlier version,
@@ -233,21 +252,23 @@ impl Supervised {
         loop {
             if let Some(child) = records::read_child(state_dir)? {
                 let me = attached(child);
-                if me.try_exit()?.is_none() && !me.local() && !heartbeat_fresh(state_dir) {
+                if me.try_exit()?.is_none() && !me.local() {
+                    if remote_alive(state_dir).await {
+                        return Ok(Some(me));
+                    }
+                    // Should it beat again (the folder was out of reach), it stops.
+                    request_stop(state_dir, Duration::from_secs(10));
                     let host = &me.child.host;
-                    let beat = match heartbeat_age(state_dir) {
-                        Some(age) => format!("its supervisor last beat {} s ago", age.as_secs()),
-                        None => "its supervisor never beat".to_owned(),
-                    };
                     return Err(me.lost(&format!(
                         "it was started on {} (another machine or container), whose processes \
-                         this engine cannot see, and {beat}: that machine or the supervisor is \
-                         gone",
+                         this engine cannot see, and its supervisor has not beaten for {} s: \
+                         that machine or the supervisor is gone",
                         if host.is_empty() {
                             "another host"
                         } else {
                             host
-                        }
+                        },
+                        REMOTE_SILENCE.as_secs()
                     )));
                 }
                 if me.try_exit()?.is_none() && !me.alive() {
@@ -586,7 +607,8 @@ impl Supervised {
     /// their processes here, by the supervisor's heartbeat for another machine's launch.
     fn alive(&self) -> bool {
         if !self.local() {
-            return heartbeat_fresh(&self.state_dir);
+            // Watched through its heartbeat instead (see `wait`).
+            return true;
         }
         let program = ProcessIdentity {
             pid: self.child.pid,
@@ -641,26 +663,32 @@ impl Supervised {
             return records::read_exit(&self.state_dir)?
                 .ok_or_else(|| self.lost("its supervisor ended without recording the exit"));
         }
-        // Another machine's launch is looked at through its heartbeat every 2 s (each look
-        // writes a probe file); a local one through /proc at every poll.
-        let every = if self.local() {
-            Duration::ZERO
-        } else {
-            Duration::from_secs(2)
-        };
-        let mut looked = tokio::time::Instant::now();
+        let remote = !self.local();
+        let mut beat = read_beat(&self.state_dir);
+        let mut changed = tokio::time::Instant::now();
         loop {
             if let Some(exit) = records::read_exit(&self.state_dir)? {
                 return Ok(exit);
             }
-            if looked.elapsed() >= every {
-                looked = tokio::time::Instant::now();
-                if !self.alive() {
-                    // The supervisor may have written the record just before it exited.
+            if remote {
+                // Another machine's launch: alive while its supervisor's counter moves.
+                let b = read_beat(&self.state_dir);
+                if b != beat {
+                    (beat, changed) = (b, tokio::time::Instant::now());
+                } else if changed.elapsed() >= REMOTE_SILENCE {
+                    request_stop(&self.state_dir, Duration::from_secs(10));
                     return records::read_exit(&self.state_dir)?.ok_or_else(|| {
-                        self.lost("neither the program nor its supervisor is running")
+                        self.lost(&format!(
+                            "its supervisor on {} has not beaten for {} s",
+                            self.child.host,
+                            REMOTE_SILENCE.as_secs()
+                        ))
                     });
                 }
+            } else if !self.alive() {
+                // The supervisor may have written the record just before it exited.
+                return records::read_exit(&self.state_dir)?
+                    .ok_or_else(|| self.lost("neither the program nor its supervisor is running"));
             }
             tokio::time::sleep(POLL).await;
         }

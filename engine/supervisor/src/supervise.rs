@@ -92,6 +92,12 @@ fn supervise(state_dir: &Path) -> Result<ExitRecord, String> {
     if let Some(signals) = signals {
         forward_signals(signals, pid);
     }
+    // Beating before the program is recorded: whoever reads the record sees a beat.
+    if let Err(e) = heartbeat(state_dir.to_owned(), pid) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("cannot start the heartbeat: {e}"));
+    }
     let start_ticks = ProcessIdentity::of(pid).map(|p| p.start_ticks).unwrap_or(0);
     let record = ChildRecord {
         pid,
@@ -111,10 +117,11 @@ fn supervise(state_dir: &Path) -> Result<ExitRecord, String> {
         let _ = child.wait();
         return Err(format!("cannot record the started program: {e}"));
     }
-    heartbeat(state_dir.to_owned(), pid);
     let status = child
         .wait()
         .map_err(|e| format!("waiting for pid {pid}: {e}"))?;
+    REAPED.store(true, std::sync::atomic::Ordering::SeqCst);
+    finish_requested_stop(pid);
     let forwarded = FORWARDED.load(std::sync::atomic::Ordering::SeqCst);
     let record = ExitRecord {
         code: status.code(),
@@ -128,31 +135,88 @@ fn supervise(state_dir: &Path) -> Result<ExitRecord, String> {
     Ok(record)
 }
 
-/// While the program runs, rewrite the heartbeat file every second (its modification time is
-/// the file system's clock, which every engine sharing the folder reads alike) and honour a
-/// stop request: SIGTERM to the group, SIGKILL once the requested grace has passed.
-fn heartbeat(state_dir: std::path::PathBuf, pgid: i32) {
-    std::thread::spawn(move || {
-        let mut stopping: Option<(std::time::Instant, u64)> = None;
-        for beat in 1u64.. {
-            let _ = std::fs::write(state_dir.join(HEARTBEAT_FILE), beat.to_string());
-            match (
-                &stopping,
-                std::fs::read_to_string(state_dir.join(STOP_FILE)),
-            ) {
-                (None, Ok(grace)) => {
-                    let grace = grace.trim().parse().unwrap_or(10);
-                    crate::signal_group(pgid, crate::Sig::Term);
-                    stopping = Some((std::time::Instant::now(), grace));
+/// Set once the program has been reaped: its group number may be reused from then on.
+static REAPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The stop request being honoured: when it came (milliseconds since the supervisor started)
+/// and its grace in seconds (0: none).
+static STOP_SINCE_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static STOP_GRACE_S: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How long the heartbeat may fail to be written before the supervisor stops its program
+/// itself: engines elsewhere judge the program gone when its beat stops (they wait longer, see
+/// `kiln_supervisor`'s `REMOTE_SILENCE`), so it must not outlive its silence.
+const SILENT_STOP: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// While the program runs, rewrite the heartbeat file every second with a growing counter
+/// (engines that cannot see this machine's processes watch it change) and honour a stop
+/// request: SIGTERM to the group, SIGKILL once the requested grace has passed. When the beat
+/// cannot be written for [`SILENT_STOP`], the program's group is killed: elsewhere it is taken
+/// for gone and may be started again. The first beat is written before this returns.
+fn heartbeat(state_dir: std::path::PathBuf, pgid: i32) -> std::io::Result<()> {
+    use std::sync::atomic::Ordering;
+    let started = std::time::Instant::now();
+    let write_beat = move |dir: &Path, beat: u64| -> std::io::Result<()> {
+        let tmp = dir.join(format!("{HEARTBEAT_FILE}.tmp"));
+        std::fs::write(&tmp, beat.to_string())?;
+        std::fs::rename(&tmp, dir.join(HEARTBEAT_FILE))
+    };
+    write_beat(&state_dir, 1)?;
+    std::thread::Builder::new()
+        .name("heartbeat".into())
+        .spawn(move || {
+            let mut last_written = std::time::Instant::now();
+            for beat in 2u64.. {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                if REAPED.load(Ordering::SeqCst) {
+                    return;
                 }
-                (Some((since, grace)), _) if since.elapsed().as_secs() >= *grace => {
+                match write_beat(&state_dir, beat) {
+                    Ok(()) => last_written = std::time::Instant::now(),
+                    Err(_) if last_written.elapsed() >= SILENT_STOP => {
+                        crate::signal_group(pgid, crate::Sig::Kill);
+                    }
+                    Err(_) => {}
+                }
+                let since = STOP_SINCE_MS.load(Ordering::SeqCst);
+                if since == 0 {
+                    // Read whole or not at all (written by rename); unreadable: next beat.
+                    let grace = std::fs::read_to_string(state_dir.join(STOP_FILE))
+                        .ok()
+                        .and_then(|g| g.trim().parse::<u64>().ok());
+                    if let Some(grace) = grace {
+                        STOP_GRACE_S.store(grace, Ordering::SeqCst);
+                        STOP_SINCE_MS.store(
+                            (started.elapsed().as_millis() as u64).max(1),
+                            Ordering::SeqCst,
+                        );
+                        crate::signal_group(pgid, crate::Sig::Term);
+                    }
+                } else if started.elapsed().as_millis() as u64
+                    >= since + STOP_GRACE_S.load(Ordering::SeqCst) * 1000
+                {
                     crate::signal_group(pgid, crate::Sig::Kill);
                 }
-                _ => {}
             }
-            std::thread::sleep(std::time::Duration::from_secs(1));
+        })?;
+    Ok(())
+}
+
+/// After a stop request, what is left of the program's group once its leader ended (workers
+/// that ignore SIGTERM) is killed after the grace, as a local stop does, before the exit is
+/// recorded.
+fn finish_requested_stop(pgid: i32) {
+    use std::sync::atomic::Ordering;
+    if STOP_SINCE_MS.load(Ordering::SeqCst) == 0 {
+        return;
+    }
+    let grace = std::time::Duration::from_secs(STOP_GRACE_S.load(Ordering::SeqCst));
+    let waited = std::time::Instant::now();
+    while crate::group_alive(pgid) {
+        if waited.elapsed() >= grace {
+            crate::signal_group(pgid, crate::Sig::Kill);
         }
-    });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// Pass the termination signals the supervisor gets on to the program's process group `pgid`,

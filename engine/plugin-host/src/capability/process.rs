@@ -144,8 +144,10 @@ impl ProcessTracker {
             loop {
                 if let Ok(Some(child)) = kiln_supervisor::read_child(&dir) {
                     let ended = matches!(kiln_supervisor::read_exit(&dir), Ok(Some(_)));
-                    if child.is_local() && !ended {
-                        groups.push(child.pgid);
+                    match (child.is_local(), ended) {
+                        (_, true) => {}
+                        (true, false) => groups.push(child.pgid),
+                        (false, false) => remote.push(dir.clone()),
                     }
                     break;
                 }

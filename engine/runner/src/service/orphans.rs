@@ -12,9 +12,9 @@ use kiln_supervisor::{Launcher, SlurmOptions};
 /// the same way (`scancel`), asking Slurm with the workspace's `launcher` options.
 ///
 /// A launch recorded on another machine (or container) is asked to stop through its
-/// supervisor (a stop request in its state folder) while its heartbeat says it runs; one that
-/// does not stop in time is returned (as are the others it could not stop), and the run must not
-/// be recorded cancelled.
+/// supervisor (a stop request in its state folder) and waited for until it ends or its
+/// supervisor falls silent (which stops it); one that does neither in time is returned, and the
+/// run must not be recorded cancelled.
 pub(super) async fn stop(
     state: &Path,
     launcher: &Launcher,
@@ -64,7 +64,7 @@ struct Survivors {
     jobs: Vec<String>,
     /// Launches submitted to Slurm without a recorded job id.
     unrecorded: Vec<PathBuf>,
-    /// Launches of another machine whose supervisor still beats: their folder, and "pid P on
+    /// Launches of another machine without a recorded exit: their folder, and "pid P on
     /// HOST".
     foreign: Vec<(PathBuf, String)>,
 }
@@ -95,11 +95,9 @@ fn survivors(state: &Path) -> Survivors {
                 && let Ok(Some(child)) = kiln_supervisor::read_child(&dir)
             {
                 if !child.is_local() {
-                    // Ended, or its supervisor stopped beating (that machine is gone): nothing
-                    // left to stop.
-                    if matches!(kiln_supervisor::read_exit(&dir), Ok(None))
-                        && kiln_supervisor::remote_running(&dir)
-                    {
+                    // Asked to stop whatever its heartbeat says: a supervisor that beats again
+                    // later (its folder was out of reach) must not go on.
+                    if matches!(kiln_supervisor::read_exit(&dir), Ok(None)) {
                         foreign.push((dir.clone(), format!("pid {} on {}", child.pid, child.host)));
                     }
                     continue;
