@@ -518,16 +518,7 @@ fn cancelling_frees_the_gpu_only_when_the_training_is_gone() {
     let wf = ws.workflow("two.yaml", TWO_TRAININGS);
     let mut engine = ws.spawn(&["run", &wf, "--kill-grace-secs", "2"]);
     engine.wait_for(300, "yolo to start", || yolo_running(&ws));
-    let host = text(
-        &std::process::Command::new("uname")
-            .arg("-n")
-            .output()
-            .unwrap()
-            .stdout,
-    );
-    let lock = ws
-        .root()
-        .join(format!(".kiln/gpus/{}/gpu0.lock", host.trim()));
+    let lock = gpu_slots(&ws).join("gpu0.lock");
     assert!(
         ws.root().join(".kiln/gpus").exists(),
         "the GPU slots are under .kiln/gpus"
@@ -546,18 +537,21 @@ fn cancelling_frees_the_gpu_only_when_the_training_is_gone() {
     assert!(free(), "the GPU is free once the process group is gone");
 }
 
+/// This machine's GPU slot files in `ws` (`.kiln/gpus/<host>/`).
+fn gpu_slots(ws: &Workspace) -> std::path::PathBuf {
+    let host = std::process::Command::new("uname")
+        .arg("-n")
+        .output()
+        .unwrap()
+        .stdout;
+    ws.root().join(".kiln/gpus").join(text(&host).trim())
+}
+
 #[test]
 fn a_step_timeout_covers_its_wait_for_a_gpu() {
     let ws = Workspace::new().with_env("KILN_GPUS", "1");
     // Someone else holds the only GPU (a lease is a flock on its lock file, per machine).
-    let host = text(
-        &std::process::Command::new("uname")
-            .arg("-n")
-            .output()
-            .unwrap()
-            .stdout,
-    );
-    let gpus = ws.root().join(".kiln/gpus").join(host.trim());
+    let gpus = gpu_slots(&ws);
     std::fs::create_dir_all(&gpus).unwrap();
     let held = std::fs::OpenOptions::new()
         .create(true)
