@@ -461,3 +461,35 @@ fn another_engine_takes_over_a_killed_engines_slurm_job() {
     assert_eq!(run["status"], "cancelled", "{run}");
     assert!(!queued(&conf, &job), "the job has left the queue");
 }
+
+/// A launch started without Slurm (the workspace used the local launcher then) is followed as
+/// such after the workspace switched to Slurm: no job is submitted for it and the trainer runs
+/// once.
+#[test]
+fn a_local_launch_is_followed_after_the_workspace_switched_to_slurm() {
+    let Some((_cluster, conf)) = cluster() else {
+        return;
+    };
+    let (ws, wf) = slurm_workspace(&conf, "{}", "");
+    std::fs::write(
+        ws.root().join("configs/launchers.yaml"),
+        "launcher: local\n",
+    )
+    .unwrap();
+    let (ws, record) = ws.recording_launches();
+    let ws = ws.with_env("FAKE_YOLO_EPOCH_SECONDS", "2");
+    let mut engine = ws.spawn(&strs(&run_args(&wf, "switched")));
+    engine.wait_for(300, "the trainer to start", || launches(&record).len() == 1);
+    kill(engine.id(), "KILL");
+    engine.wait();
+    std::fs::write(
+        ws.root().join("configs/launchers.yaml"),
+        "launcher: slurm\nslurm: {}\n",
+    )
+    .unwrap();
+    let id = the_run(&ws, "switched")["id"].as_str().unwrap().to_owned();
+    let out = ws.kiln(&["resume", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(launches(&record).len(), 1, "the trainer ran once");
+    assert!(jobs(&ws, &id).is_empty(), "no Slurm job for a local launch");
+}

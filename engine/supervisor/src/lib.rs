@@ -422,6 +422,15 @@ impl Supervised {
             source,
         };
         let attached = slurm::read_job(state_dir)?.is_some();
+        // A launch started without Slurm (the workspace used the local launcher then, or an
+        // engine of another machine did): followed as such, here or through its heartbeat.
+        if !attached
+            && !state_dir.join("slurm-job.sh").exists()
+            && records::read_child(state_dir)?.is_some()
+            && let Some(me) = Self::attach(state_dir, &program).await?
+        {
+            return Ok(me);
+        }
         if records::read_spec(state_dir)?.is_none() {
             std::fs::create_dir_all(state_dir).map_err(state_err)?;
             // Read on another node once the job starts: made durable like the job record.
