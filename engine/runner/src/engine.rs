@@ -97,12 +97,10 @@ pub struct EngineSession {
 }
 
 struct Inner {
-    id: String,
     store: Store,
-    ttl: Duration,
-    labels: Map<String, Value>,
     gpus: u32,
-    /// What every lease-taking transaction records about this engine.
+    /// This engine (id, labels, lease time to live), as every lease-taking transaction
+    /// records it.
     record: NewEngine,
     /// The renewal task runs.
     renewing: std::sync::atomic::AtomicBool,
@@ -272,26 +270,22 @@ impl EngineSession {
         let (host, machine_id) = machine();
         labels.insert("host".into(), Value::String(host.clone()));
         labels.insert("gpus".into(), Value::String(gpus.to_string()));
-        let id = uuid::Uuid::now_v7().to_string();
         let ttl = ttl.max(Duration::from_millis(300));
         let pid = std::process::id() as i32;
         let start = ProcessIdentity::of(pid).map_or(0, |p| p.start_ticks);
         let record = NewEngine {
-            id: id.clone(),
+            id: uuid::Uuid::now_v7().to_string(),
             kind: kind.to_owned(),
             host,
             boot_id: machine_id,
             pid: i64::from(pid),
             pid_start: i64::try_from(start).unwrap_or(i64::MAX),
-            labels: labels.clone(),
+            labels,
             ttl,
         };
         Self {
             inner: Arc::new(Inner {
-                id,
                 store,
-                ttl,
-                labels,
                 gpus,
                 record,
                 renewing: Default::default(),
@@ -302,16 +296,8 @@ impl EngineSession {
         }
     }
 
-    pub fn id(&self) -> &str {
-        &self.inner.id
-    }
-
     pub fn ttl(&self) -> Duration {
-        self.inner.ttl
-    }
-
-    pub fn labels(&self) -> &Map<String, Value> {
-        &self.inner.labels
+        self.inner.record.ttl
     }
 
     pub fn counters(&self) -> &LeaseCounters {
@@ -320,7 +306,7 @@ impl EngineSession {
 
     /// What this engine lacks to execute a run with `requires`.
     pub fn unmet(&self, requires: &Requirements) -> Vec<String> {
-        requires.unmet(&self.inner.labels, self.inner.gpus)
+        requires.unmet(&self.inner.record.labels, self.inner.gpus)
     }
 
     /// How this engine is recorded: with every lease it takes (see `kiln_store`'s
@@ -349,7 +335,7 @@ impl EngineSession {
         let (host, _) = machine();
         let mut reaped = 0;
         for engine in self.inner.store.engines(Some(&host)).await? {
-            if engine.id == self.inner.id || !provably_gone(&engine) {
+            if engine.id == self.inner.record.id || !provably_gone(&engine) {
                 continue;
             }
             let reason = format!("its process (pid {}) is gone", engine.pid);
@@ -462,7 +448,11 @@ impl EngineSession {
         if !self.inner.renewing.load(Ordering::SeqCst) {
             return Ok(0);
         }
-        Ok(self.inner.store.stop_engine(&self.inner.id, reason).await?)
+        Ok(self
+            .inner
+            .store
+            .stop_engine(&self.inner.record.id, reason)
+            .await?)
     }
 
     /// How many runs' leases this engine holds now.
@@ -478,7 +468,7 @@ impl EngineSession {
 /// Renews the engine's leases every third of their time to live while the engine exists; a
 /// lease missing from a renewal (taken over, or the engine recorded stopped) is lost.
 async fn renew(inner: Weak<Inner>) {
-    let Some(ttl) = inner.upgrade().map(|i| i.ttl) else {
+    let Some(ttl) = inner.upgrade().map(|i| i.record.ttl) else {
         return;
     };
     let mut renewed = Instant::now();
@@ -487,7 +477,11 @@ async fn renew(inner: Weak<Inner>) {
         tokio::time::sleep(ttl / 3).await;
         let Some(inner) = inner.upgrade() else { return };
         let started = Instant::now();
-        match inner.store.renew_leases(&inner.id, inner.ttl).await {
+        match inner
+            .store
+            .renew_leases(&inner.record.id, inner.record.ttl)
+            .await
+        {
             Ok(kept) => {
                 renewed = started;
                 inner.counters.renewals.fetch_add(1, Ordering::Relaxed);
@@ -511,7 +505,7 @@ async fn renew(inner: Weak<Inner>) {
                 for (run, epoch) in strays.intersection(&previous_strays) {
                     let lease = Lease {
                         run_id: run.clone(),
-                        owner: inner.id.clone(),
+                        owner: inner.record.id.clone(),
                         epoch: *epoch,
                         taken_from: None,
                     };
