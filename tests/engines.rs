@@ -332,14 +332,16 @@ fn another_machines_programs_are_followed_and_stopped_through_their_supervisor()
     // Gone: its supervisor no longer beats (that machine died): once it has been silent for
     // 20 s there is nothing to stop, and the cancel is recorded (a stop request stays behind,
     // for a supervisor that would beat again).
+    // The supervisor first: killed after its program, it could still record the program's
+    // exit, and a launch that ended needs no stopping.
     let (id, real, dir) = elsewhere(&ws, "gone");
-    kill_group(real);
     let supervisor: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("child.json")).unwrap()).unwrap();
     kill(
         supervisor["supervisor_pid"].as_u64().unwrap() as u32,
         "KILL",
     );
+    kill_group(real);
     let out = ws.kiln(&["runs", "cancel", &id, "--kill-grace-secs", "1"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use std::sync::Arc;
 
+use crate::journal::Statement;
 use crate::{Result, Store, query_err, time_fmt};
 
 /// One structured log line of a run.
@@ -78,24 +79,25 @@ fn new_event(run_id: &str, step_id: Option<&str>, level: &str, message: &str) ->
     }
 }
 
+/// A log line with the run's next sequence number, unless another took it.
+const INSERT_EVENT: &str = "INSERT INTO events (run_id, seq, step_id, at, level, message) \
+     VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = $1), $2, $3, $4, $5) \
+     ON CONFLICT (run_id, seq) DO NOTHING";
+
 /// Inserts with the run's next sequence number; sequence numbers are dense per run. Another
 /// process appending to the same run at the same moment takes a number first: try the next.
 async fn insert_event(conn: &mut sqlx::AnyConnection, e: NewEvent) -> Result<()> {
     for _ in 0..10 {
-        let inserted = sqlx::query(
-            "INSERT INTO events (run_id, seq, step_id, at, level, message) \
-             VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = $1), $2, $3, $4, $5) \
-             ON CONFLICT (run_id, seq) DO NOTHING",
-        )
-        .bind(&e.run_id)
-        .bind(&e.step_id)
-        .bind(&e.at)
-        .bind(&e.level)
-        .bind(&e.message)
-        .execute(&mut *conn)
-        .await
-        .map_err(query_err(EVENT_DOING))?
-        .rows_affected();
+        let inserted = sqlx::query(INSERT_EVENT)
+            .bind(&e.run_id)
+            .bind(&e.step_id)
+            .bind(&e.at)
+            .bind(&e.level)
+            .bind(&e.message)
+            .execute(&mut *conn)
+            .await
+            .map_err(query_err(EVENT_DOING))?
+            .rows_affected();
         if inserted == 1 {
             return Ok(());
         }
@@ -237,25 +239,19 @@ impl Store {
             step_id.to_owned(),
             serde_json::Value::Object(metrics.clone()).to_string(),
         );
-        self.journal().soon(DOING, fenced, move |conn| {
-            let (run_id, step_id, metrics) = (run_id.clone(), step_id.clone(), metrics.clone());
-            Box::pin(async move {
-                sqlx::query(
-                    "INSERT INTO epoch_metrics (run_id, step_id, epoch, metrics_json, reported_at) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (run_id, step_id, epoch) DO UPDATE \
-                     SET metrics_json = excluded.metrics_json, reported_at = excluded.reported_at",
-                )
-                .bind(&run_id)
-                .bind(&step_id)
-                .bind(epoch)
-                .bind(metrics)
-                .bind(time_fmt::now())
-                .execute(&mut *conn)
-                .await
-                .map_err(query_err(DOING))?;
-                Ok(())
-            })
-        });
+        let statement = Statement {
+            sql: "INSERT INTO epoch_metrics (run_id, step_id, epoch, metrics_json, reported_at) \
+                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (run_id, step_id, epoch) DO UPDATE \
+                  SET metrics_json = excluded.metrics_json, reported_at = excluded.reported_at",
+            args: vec![
+                run_id.into(),
+                step_id.into(),
+                epoch.into(),
+                metrics.into(),
+                time_fmt::now().into(),
+            ],
+        };
+        self.journal().soon_statement(DOING, fenced, statement);
     }
 
     /// The metrics of every epoch the run's steps reported, by step then epoch. A row whose JSON

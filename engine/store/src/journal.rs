@@ -17,10 +17,11 @@
 //! that run's lease ([`Fences`]), the write carries the lease's owner and epoch as they were
 //! when it was queued, and the batch's transaction first checks, once per run and epoch, that
 //! the run's `lease_owner` and `lease_epoch` are still those (an `UPDATE` of the row, so on
-//! PostgreSQL a takeover waits for this commit); when another engine has taken the run over,
-//! those writes are refused with [`Error::LeaseLost`] and the others commit. Captured at queue
-//! time: a write queued under a lease stays fenced by it even if the lease is let go before the
-//! write is applied.
+//! PostgreSQL a takeover waits for this commit; on SQLite, whose write lock the transaction
+//! holds from its start, the leases of all the batch's runs are read in one query); when
+//! another engine has taken the run over, those writes are refused with [`Error::LeaseLost`]
+//! and the others commit. Captured at queue time: a write queued under a lease stays fenced by
+//! it even if the lease is let go before the write is applied.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -54,8 +55,84 @@ struct Queued {
     apply: Apply,
     finish: Finish,
     urgent: bool,
+    /// The writer stops after committing it ([`Journal::close`]).
+    stops: bool,
     /// The run whose state the write changes, and the lease this process held on it then.
     fence: Option<(Arc<str>, Fence)>,
+}
+
+/// A write that is one SQL statement: its text, with parameters `$1`, `$2`, ..., and their
+/// values (kept to be applied again when its batch is replayed).
+#[derive(Debug, Clone)]
+pub(crate) struct Statement {
+    pub sql: &'static str,
+    pub args: Vec<Arg>,
+}
+
+/// A value bound to a [`Statement`]'s parameter.
+#[derive(Debug, Clone)]
+pub(crate) enum Arg {
+    Int(Option<i64>),
+    Text(Option<String>),
+}
+
+impl From<i64> for Arg {
+    fn from(v: i64) -> Self {
+        Arg::Int(Some(v))
+    }
+}
+
+impl From<Option<i64>> for Arg {
+    fn from(v: Option<i64>) -> Self {
+        Arg::Int(v)
+    }
+}
+
+impl From<String> for Arg {
+    fn from(v: String) -> Self {
+        Arg::Text(Some(v))
+    }
+}
+
+impl From<&str> for Arg {
+    fn from(v: &str) -> Self {
+        Arg::Text(Some(v.to_owned()))
+    }
+}
+
+impl From<Option<String>> for Arg {
+    fn from(v: Option<String>) -> Self {
+        Arg::Text(v)
+    }
+}
+
+impl Statement {
+    /// Binds the arguments in order to `query`.
+    fn bind<'q>(
+        args: &'q [Arg],
+        mut query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+        for arg in args {
+            query = match arg {
+                Arg::Int(v) => query.bind(*v),
+                Arg::Text(v) => query.bind(v.as_deref()),
+            };
+        }
+        query
+    }
+
+    /// Executes the statement alone.
+    pub(crate) async fn execute(
+        &self,
+        conn: &mut AnyConnection,
+        doing: &'static str,
+    ) -> Result<()> {
+        Self::bind(&self.args, sqlx::query(self.sql))
+            .execute(conn)
+            .await
+            .map_err(crate::query_err(doing))?;
+        Ok(())
+    }
 }
 
 /// A lease this process holds: the owner and epoch a write of its run must still find.
@@ -82,10 +159,10 @@ impl std::fmt::Debug for Queued {
 }
 
 impl Journal {
-    /// Starts the writer for `pool`; `begin` is the statement that opens a write transaction.
-    pub(crate) fn start(pool: AnyPool, begin: &'static str, fences: Fences) -> Self {
+    /// Starts the writer for `pool`, a SQLite database or not.
+    pub(crate) fn start(pool: AnyPool, sqlite: bool, fences: Fences) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(pool, begin, rx));
+        tokio::spawn(writer(pool, sqlite, rx));
         Self { tx, fences }
     }
 
@@ -135,6 +212,7 @@ impl Journal {
             apply,
             finish,
             urgent,
+            stops: false,
             fence: run.and_then(|run| {
                 let fence = self
                     .fences
@@ -145,6 +223,16 @@ impl Journal {
                 Some((Arc::from(run), fence))
             }),
         };
+        self.send(queued, doing, wait)
+    }
+
+    /// Sends `queued` to the writer; `wait` hears its outcome.
+    fn send<T: Send + 'static>(
+        &self,
+        queued: Queued,
+        doing: &'static str,
+        wait: oneshot::Receiver<Result<T>>,
+    ) -> oneshot::Receiver<Result<T>> {
         if let Err(mpsc::error::SendError(_)) = self.tx.send(queued) {
             // The writer is gone (the runtime is shutting down): nothing will be written.
             let (done, wait) = oneshot::channel();
@@ -189,6 +277,39 @@ impl Journal {
         });
     }
 
+    /// [`Self::soon`] for a write that is one statement.
+    pub(crate) fn soon_statement(
+        &self,
+        doing: &'static str,
+        run: Option<&str>,
+        statement: Statement,
+    ) {
+        self.soon(doing, run, move |conn| {
+            let statement = statement.clone();
+            Box::pin(async move { statement.execute(conn, doing).await })
+        });
+    }
+
+    /// Commits everything queued so far, then stops the writer, which gives its connection
+    /// back (a pool waits for it to close). Writes queued after it fail.
+    pub(crate) async fn close(&self) -> Result<()> {
+        const DOING: &str = "closing the journal";
+        let (done, stopped) = oneshot::channel();
+        let marker = Queued {
+            apply: Box::new(|_, _| Box::pin(async { false })),
+            finish: Box::new(move |committed| {
+                let _ = done.send(committed.map_err(|message| Error::Commit {
+                    doing: DOING,
+                    message,
+                }));
+            }),
+            urgent: true,
+            stops: true,
+            fence: None,
+        };
+        self.send(marker, DOING, stopped).await.unwrap_or(Ok(()))
+    }
+
     /// Waits until everything queued so far is durable.
     pub(crate) async fn flush(&self) -> Result<()> {
         self.now("flushing the journal", None, |_| Box::pin(async { Ok(()) }))
@@ -196,7 +317,7 @@ impl Journal {
     }
 }
 
-async fn writer(pool: AnyPool, begin: &'static str, mut rx: mpsc::UnboundedReceiver<Queued>) {
+async fn writer(pool: AnyPool, sqlite: bool, mut rx: mpsc::UnboundedReceiver<Queued>) {
     let mut batch: Vec<Queued> = Vec::new();
     // The writer keeps a connection of its own: no wait for readers to give one back. It is
     // dropped when a transaction cannot begin or commit (another is taken).
@@ -219,6 +340,7 @@ async fn writer(pool: AnyPool, begin: &'static str, mut rx: mpsc::UnboundedRecei
             }
         }
         let batch = std::mem::take(&mut batch);
+        let stops = batch.iter().any(|q| q.stops);
         let held = match conn.take() {
             Some(held) => Ok(held),
             None => pool.acquire().await,
@@ -228,13 +350,18 @@ async fn writer(pool: AnyPool, begin: &'static str, mut rx: mpsc::UnboundedRecei
                 // Kept: giving it back costs a check of the connection each time, and
                 // readers have connections of their own (measured: no difference for one
                 // `kiln run`, fewer round trips under load).
-                if commit(&mut held, begin, batch).await {
+                if commit(&mut held, sqlite, batch).await {
                     conn = Some(held);
                 }
             }
             Err(e) => {
                 tracing::error!(target: "errors.store", writes = batch.len(), "cannot get a connection to write: {e}");
             }
+        }
+        if stops {
+            // Writes queued after the close are dropped with the channel: their callers
+            // hear that nothing was committed.
+            return;
         }
     }
 }
@@ -246,17 +373,17 @@ async fn writer(pool: AnyPool, begin: &'static str, mut rx: mpsc::UnboundedRecei
 /// alone and reports its error while the others commit. When no transaction can be begun,
 /// the writes are dropped and their callers hear that nothing was committed. Returns whether
 /// the connection is still fit to use.
-async fn commit(conn: &mut AnyConnection, begin: &'static str, mut batch: Vec<Queued>) -> bool {
+async fn commit(conn: &mut AnyConnection, sqlite: bool, mut batch: Vec<Queued>) -> bool {
     let began = std::time::Instant::now();
     let writes = batch.len();
-    let (committed, fit) = match apply(conn, begin, &mut batch, false).await {
+    let (committed, fit) = match apply(conn, sqlite, &mut batch, false).await {
         Pass::Committed(committed) => {
             let fit = committed.is_ok();
             (committed, fit)
         }
         // A write alone: its own error is what its caller hears.
         Pass::WriteFailed { fit } if writes == 1 => (Ok(()), fit),
-        Pass::WriteFailed { .. } => match apply(conn, begin, &mut batch, true).await {
+        Pass::WriteFailed { .. } => match apply(conn, sqlite, &mut batch, true).await {
             Pass::Committed(committed) => {
                 let fit = committed.is_ok();
                 (committed, fit)
@@ -284,10 +411,11 @@ enum Pass {
 /// One transaction over `batch`, with or without a savepoint around each write.
 async fn apply(
     conn: &mut AnyConnection,
-    begin: &'static str,
+    sqlite: bool,
     batch: &mut [Queued],
     savepoints: bool,
 ) -> Pass {
+    let begin = if sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" };
     let mut tx = match conn.begin_with(begin).await {
         Ok(tx) => tx,
         Err(e) => {
@@ -296,7 +424,11 @@ async fn apply(
         }
     };
     // Each fenced run's lease, checked once per transaction and epoch: still ours, or why not.
-    let mut leases: HashMap<(Arc<str>, i64), Option<String>> = HashMap::new();
+    let mut leases: HashMap<(Arc<str>, i64), Option<String>> = if sqlite {
+        read_fences(&mut tx, fences_of(batch)).await
+    } else {
+        HashMap::new()
+    };
     for queued in batch.iter_mut() {
         let refused = match &queued.fence {
             Some((run, fence)) => {
@@ -342,6 +474,74 @@ async fn apply(
     Pass::Committed(tx.commit().await.map_err(|e| e.to_string()))
 }
 
+/// The fence of each run `batch` writes, by run and epoch.
+fn fences_of(batch: &[Queued]) -> HashMap<(Arc<str>, i64), Fence> {
+    let mut wanted = HashMap::new();
+    for (run, fence) in batch.iter().filter_map(|q| q.fence.as_ref()) {
+        wanted
+            .entry((run.clone(), fence.epoch))
+            .or_insert_with(|| fence.clone());
+    }
+    wanted
+}
+
+/// The fences of every run `batch` writes, read in one query: SQLite's write lock, which the
+/// transaction holds, keeps them until the commit. A run whose lease cannot be read is left
+/// out (checked alone).
+async fn read_fences(
+    conn: &mut AnyConnection,
+    wanted: HashMap<(Arc<str>, i64), Fence>,
+) -> HashMap<(Arc<str>, i64), Option<String>> {
+    let mut checked = HashMap::new();
+    if wanted.len() < 2 {
+        return checked;
+    }
+    let runs: Vec<&str> = {
+        let mut runs: Vec<&str> = wanted.keys().map(|(run, _)| &**run).collect();
+        runs.sort_unstable();
+        runs.dedup();
+        runs
+    };
+    let mut held: HashMap<String, (Option<String>, i64)> = HashMap::new();
+    for chunk in runs.chunks(500) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT id, lease_owner, lease_epoch FROM runs WHERE id IN ({})",
+            marks.join(", ")
+        );
+        // Not kept prepared: one text per number of runs would crowd the statement cache.
+        let mut query = sqlx::query_as::<_, (String, Option<String>, i64)>(&sql).persistent(false);
+        for run in chunk {
+            query = query.bind(*run);
+        }
+        match query.fetch_all(&mut *conn).await {
+            Ok(rows) => held.extend(
+                rows.into_iter()
+                    .map(|(id, owner, epoch)| (id, (owner, epoch))),
+            ),
+            Err(e) => {
+                tracing::debug!(target: "store.journal", "reading the fences in one query failed: {e}");
+                return HashMap::new();
+            }
+        }
+    }
+    for ((run, epoch), fence) in wanted {
+        let ours = held.get(&*run).is_some_and(|(owner, epoch)| {
+            owner.as_deref() == Some(&fence.owner) && *epoch == fence.epoch
+        });
+        checked.insert((run, epoch), (!ours).then(|| lost(&fence)));
+    }
+    checked
+}
+
+/// Why a write fenced with `fence` is refused.
+fn lost(fence: &Fence) -> String {
+    format!(
+        "engine {} no longer holds its lease (epoch {}): another engine has taken the run over",
+        fence.owner, fence.epoch
+    )
+}
+
 /// Whether `run`'s lease is still `fence`: `None` when it is, else why not. The check is an
 /// `UPDATE` of the run's row, which PostgreSQL keeps locked until the commit: a takeover cannot
 /// slip in between the check and the writes.
@@ -361,11 +561,7 @@ pub(crate) async fn check_fence(
     .await;
     match checked {
         Ok(done) if done.rows_affected() == 1 => None,
-        Ok(_) => Some(format!(
-            "engine {} no longer holds its lease (epoch {}): another engine has taken the run \
-             over",
-            fence.owner, fence.epoch
-        )),
+        Ok(_) => Some(lost(fence)),
         Err(e) => Some(format!("cannot check the run's lease: {e}")),
     }
 }

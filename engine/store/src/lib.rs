@@ -190,14 +190,9 @@ impl Store {
             source,
         })?;
         drop(migrate_lock);
-        let begin = if is_sqlite {
-            "BEGIN IMMEDIATE"
-        } else {
-            "BEGIN"
-        };
         let fences = journal::Fences::default();
         Ok(Self {
-            journal: journal::Journal::start(pool.clone(), begin, fences.clone()),
+            journal: journal::Journal::start(pool.clone(), is_sqlite, fences.clone()),
             fences,
             pool,
             sqlite: is_sqlite,
@@ -252,8 +247,10 @@ impl Store {
         Self::connect(&url).await.expect("reopening the database")
     }
 
+    /// Commits what is queued, stops the journal's writer and closes the connections. Writes
+    /// after it fail.
     pub async fn close(&self) {
-        let _ = self.journal.flush().await;
+        let _ = self.journal.close().await;
         self.pool.close().await;
     }
 }

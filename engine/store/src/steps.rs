@@ -4,6 +4,7 @@ use serde::Serialize;
 use sqlx::FromRow;
 use sqlx::any::AnyRow;
 
+use crate::journal::{Arg, Statement};
 use crate::{Error, Result, StepStatus, Store, columns, query_err, time_fmt};
 
 /// A step as planned when the run is created.
@@ -144,41 +145,25 @@ pub struct StepEnd {
 
 const END_DOING: &str = "finishing a step";
 
-async fn end_step(
-    conn: &mut sqlx::AnyConnection,
-    run_id: String,
-    step_id: String,
-    end: StepEnd,
-) -> Result<()> {
-    let started: Option<String> =
-        sqlx::query_scalar("SELECT started_at FROM steps WHERE run_id = $1 AND step_id = $2")
-            .bind(&run_id)
-            .bind(&step_id)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(query_err(END_DOING))?
-            .flatten();
-    let now = time_fmt::now();
-    let duration = started
-        .as_deref()
-        .and_then(|s| time_fmt::millis_between(s, &now));
-    sqlx::query(
-        "UPDATE steps SET status = $1, outputs_json = $2, error_message = $3, finished_at = $4, \
-         duration_ms = $5, failure_kind = $6, cached_from = $7 WHERE run_id = $8 AND step_id = $9",
-    )
-    .bind(end.status.as_str())
-    .bind(end.outputs.map(|o| o.to_string()))
-    .bind(end.error_message)
-    .bind(&now)
-    .bind(duration)
-    .bind(end.failure_kind)
-    .bind(end.cached_from)
-    .bind(&run_id)
-    .bind(&step_id)
-    .execute(&mut *conn)
-    .await
-    .map_err(query_err(END_DOING))?;
-    Ok(())
+/// The end of a step as one statement: its duration from the start recorded in `started_ms`.
+fn end_statement(run_id: String, step_id: String, end: StepEnd) -> Statement {
+    let (now, now_ms) = time_fmt::now_with_millis();
+    Statement {
+        sql: "UPDATE steps SET status = $1, outputs_json = $2, error_message = $3, \
+              finished_at = $4, duration_ms = $5 - started_ms, failure_kind = $6, \
+              cached_from = $7 WHERE run_id = $8 AND step_id = $9",
+        args: vec![
+            end.status.as_str().into(),
+            end.outputs.map(|o| o.to_string()).into(),
+            end.error_message.into(),
+            now.into(),
+            now_ms.into(),
+            end.failure_kind.into(),
+            end.cached_from.into(),
+            run_id.into(),
+            step_id.into(),
+        ],
+    }
 }
 
 /// Inserts a run's planned steps, all `queued`, inside the run's creating transaction: many rows
@@ -240,6 +225,21 @@ struct StepStart {
     log_path: Option<String>,
     plugin: Option<(String, String, String)>,
     at: String,
+    at_ms: i64,
+}
+
+/// The start of a step's attempt; `RETURNING attempt` follows when the attempt is wanted.
+macro_rules! start_sql {
+    () => {
+        "UPDATE steps SET status = $1, attempt = COALESCE($10, attempt + 1), \
+         inputs_json = $2, log_path = $3, started_at = $4, started_ms = $11, finished_at = NULL, \
+         duration_ms = NULL, error_message = NULL, failure_kind = NULL, cached_from = NULL, \
+         outputs_json = NULL, progress_json = NULL, retry_reason = NULL, \
+         retry_error = NULL, plugin_name = COALESCE($5, plugin_name), \
+         plugin_version = COALESCE($6, plugin_version), \
+         plugin_digest = COALESCE($7, plugin_digest) \
+         WHERE run_id = $8 AND step_id = $9"
+    };
 }
 
 impl StepStart {
@@ -251,6 +251,7 @@ impl StepStart {
         log_path: Option<&str>,
         plugin: Option<PluginIdentity<'_>>,
     ) -> Self {
+        let (at, at_ms) = time_fmt::now_with_millis();
         Self {
             run_id: run_id.to_owned(),
             step_id: step_id.to_owned(),
@@ -258,43 +259,53 @@ impl StepStart {
             inputs: inputs.to_string(),
             log_path: log_path.map(str::to_owned),
             plugin: plugin.map(|p| (p.name.to_owned(), p.version.to_owned(), p.digest.to_owned())),
-            at: time_fmt::now(),
+            at,
+            at_ms,
+        }
+    }
+
+    /// The start as one statement (the attempt number is the caller's or the next one).
+    fn statement(self) -> Statement {
+        let (name, version, digest) = match self.plugin {
+            Some((n, v, d)) => (Some(n), Some(v), Some(d)),
+            None => (None, None, None),
+        };
+        Statement {
+            sql: start_sql!(),
+            args: vec![
+                StepStatus::Running.as_str().into(),
+                self.inputs.into(),
+                self.log_path.into(),
+                self.at.into(),
+                name.into(),
+                version.into(),
+                digest.into(),
+                self.run_id.into(),
+                self.step_id.into(),
+                self.attempt.into(),
+                self.at_ms.into(),
+            ],
         }
     }
 
     /// Writes the start; returns the attempt number.
     async fn write(self, conn: &mut sqlx::AnyConnection) -> Result<i64> {
-        let (name, version, digest) = match self.plugin {
-            Some((n, v, d)) => (Some(n), Some(v), Some(d)),
-            None => (None, None, None),
-        };
-        sqlx::query_scalar::<_, i64>(
-            "UPDATE steps SET status = $1, attempt = COALESCE($10, attempt + 1), \
-             inputs_json = $2, log_path = $3, started_at = $4, finished_at = NULL, \
-             duration_ms = NULL, error_message = NULL, failure_kind = NULL, cached_from = NULL, \
-             outputs_json = NULL, progress_json = NULL, retry_reason = NULL, \
-             retry_error = NULL, plugin_name = COALESCE($5, plugin_name), \
-             plugin_version = COALESCE($6, plugin_version), \
-             plugin_digest = COALESCE($7, plugin_digest) \
-             WHERE run_id = $8 AND step_id = $9 RETURNING attempt",
-        )
-        .bind(StepStatus::Running.as_str())
-        .bind(self.inputs)
-        .bind(self.log_path)
-        .bind(self.at)
-        .bind(name)
-        .bind(version)
-        .bind(digest)
-        .bind(&self.run_id)
-        .bind(&self.step_id)
-        .bind(self.attempt)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(query_err(START_DOING))?
-        .ok_or_else(|| Error::Corrupt {
-            doing: START_DOING,
-            message: format!("run {} has no step `{}`", self.run_id, self.step_id),
-        })
+        let missing = format!("run {} has no step `{}`", self.run_id, self.step_id);
+        let mut query = sqlx::query_scalar::<_, i64>(concat!(start_sql!(), " RETURNING attempt"));
+        for arg in self.statement().args {
+            query = match arg {
+                Arg::Int(v) => query.bind(v),
+                Arg::Text(v) => query.bind(v),
+            };
+        }
+        query
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(query_err(START_DOING))?
+            .ok_or(Error::Corrupt {
+                doing: START_DOING,
+                message: missing,
+            })
     }
 }
 
@@ -333,10 +344,8 @@ impl Store {
         plugin: Option<PluginIdentity<'_>>,
     ) {
         let start = StepStart::new(run_id, step_id, Some(attempt), inputs, log_path, plugin);
-        self.journal().soon(START_DOING, Some(run_id), move |conn| {
-            let start = start.clone();
-            Box::pin(async move { start.write(conn).await.map(|_| ()) })
-        });
+        self.journal()
+            .soon_statement(START_DOING, Some(run_id), start.statement());
     }
 
     /// The latest progress report of a running step, durable with the next commit.
@@ -347,24 +356,12 @@ impl Store {
         progress: &serde_json::Value,
     ) {
         const DOING: &str = "recording progress";
-        let fenced = Some(run_id);
-        let (run_id, step_id, progress) =
-            (run_id.to_owned(), step_id.to_owned(), progress.to_string());
-        self.journal().soon(DOING, fenced, move |conn| {
-            let (run_id, step_id, progress) = (run_id.clone(), step_id.clone(), progress.clone());
-            Box::pin(async move {
-                sqlx::query(
-                    "UPDATE steps SET progress_json = $1 WHERE run_id = $2 AND step_id = $3",
-                )
-                .bind(progress)
-                .bind(&run_id)
-                .bind(&step_id)
-                .execute(&mut *conn)
-                .await
-                .map_err(query_err(DOING))?;
-                Ok(())
-            })
-        });
+        let statement = Statement {
+            sql: "UPDATE steps SET progress_json = $1 WHERE run_id = $2 AND step_id = $3",
+            args: vec![progress.to_string().into(), run_id.into(), step_id.into()],
+        };
+        self.journal()
+            .soon_statement(DOING, Some(run_id), statement);
     }
 
     /// The latest progress report of a running step.
@@ -396,10 +393,11 @@ impl Store {
             cached_from: None,
         };
         let fenced = Some(run_id);
-        let (run_id, step_id) = (run_id.to_owned(), step_id.to_owned());
+        let statement = end_statement(run_id.to_owned(), step_id.to_owned(), end);
         self.journal()
             .now(END_DOING, fenced, move |conn| {
-                Box::pin(end_step(conn, run_id.clone(), step_id.clone(), end.clone()))
+                let statement = statement.clone();
+                Box::pin(async move { statement.execute(conn, END_DOING).await })
             })
             .await
     }
@@ -407,11 +405,9 @@ impl Store {
     /// Record the end of a step, durable with the next commit (the start of a step that
     /// depends on it, the run's end, or at most the journal's linger later).
     pub fn end_step_soon(&self, run_id: &str, step_id: &str, end: StepEnd) {
-        let fenced = Some(run_id);
-        let (run_id, step_id) = (run_id.to_owned(), step_id.to_owned());
-        self.journal().soon(END_DOING, fenced, move |conn| {
-            Box::pin(end_step(conn, run_id.clone(), step_id.clone(), end.clone()))
-        });
+        let statement = end_statement(run_id.to_owned(), step_id.to_owned(), end);
+        self.journal()
+            .soon_statement(END_DOING, Some(run_id), statement);
     }
 
     /// A step interrupted by an engine crash continues its current attempt (no new attempt).
@@ -437,11 +433,12 @@ impl Store {
         };
         let sql = format!(
             "UPDATE steps SET {counter}, attempt = attempt + 1, status = $1, retry_reason = $2, \
-             retry_error = $3, started_at = $4, finished_at = NULL, duration_ms = NULL, \
-             error_message = NULL, failure_kind = NULL, outputs_json = NULL, progress_json = NULL, \
+             retry_error = $3, started_at = $4, started_ms = $7, finished_at = NULL, \
+             duration_ms = NULL, error_message = NULL, failure_kind = NULL, outputs_json = NULL, progress_json = NULL, \
              gpus = NULL WHERE run_id = $5 AND step_id = $6"
         );
         const DOING: &str = "beginning a retry";
+        let (now, now_ms) = time_fmt::now_with_millis();
         let mut tx = self.begin_run_write(DOING, run_id).await?;
         sqlx::query(&sql)
             .bind(StepStatus::Running.as_str())
@@ -451,9 +448,10 @@ impl Store {
                 "failure"
             })
             .bind(previous_error)
-            .bind(time_fmt::now())
+            .bind(now)
             .bind(run_id)
             .bind(step_id)
+            .bind(now_ms)
             .execute(&mut *tx)
             .await
             .map_err(query_err(DOING))?;

@@ -364,6 +364,66 @@ async fn a_failing_write_does_not_take_its_batch_down() {
     }
 }
 
+/// The deferred writes of several leased runs in one batch (their fences read together on
+/// SQLite): those of a run another engine took over are refused, the others commit.
+#[tokio::test]
+async fn a_batch_over_several_runs_refuses_only_the_taken_one() {
+    for (_d, a) in stores().await {
+        let b = a.reopen().await;
+        let steps = [NewStep {
+            step_id: "s".into(),
+            uses: "builtin/x".into(),
+            action: None,
+        }];
+        for run in ["r1", "r2", "r3"] {
+            a.create_run(&new_run(run), &steps, &[], Some(&engine("A")))
+                .await
+                .unwrap();
+        }
+        // Taken over by B, as a claim after A's expiry would.
+        sqlx::query("UPDATE runs SET lease_owner = 'B', lease_epoch = 2 WHERE id = 'r2'")
+            .execute(b.pool())
+            .await
+            .unwrap();
+        for run in ["r1", "r2", "r3"] {
+            a.start_step_soon(run, "s", 1, &serde_json::json!({}), None, None);
+            a.append_event_soon(run, Some("s"), "info", "hello");
+        }
+        a.flush().await.unwrap();
+        for (run, started) in [("r1", true), ("r2", false), ("r3", true)] {
+            let step = a.step(run, "s").await.unwrap();
+            assert_eq!(step.status == StepStatus::Running, started, "{run}");
+            assert_eq!(
+                a.events(run, None).await.unwrap().len(),
+                usize::from(started)
+            );
+        }
+        // The end of a step computes its duration from its start.
+        a.end_step_soon(
+            "r1",
+            "s",
+            StepEnd {
+                status: StepStatus::Succeeded,
+                outputs: None,
+                error_message: None,
+                failure_kind: None,
+                cached_from: None,
+            },
+        );
+        a.flush().await.unwrap();
+        let step = a.step("r1", "s").await.unwrap();
+        assert_eq!(step.status, StepStatus::Succeeded);
+        assert!(step.duration_ms.is_some_and(|d| d >= 0), "{step:?}");
+        // Closing waits for the journal's connection, which its writer gives back.
+        for s in [&a, &b] {
+            s.flush().await.unwrap();
+            s.close().await;
+        }
+        let closed = a.append_event("r1", None, "info", "too late").await;
+        assert!(closed.is_err(), "{closed:?}");
+    }
+}
+
 /// Sets `column` of the rows `filter` selects in `table` to `value` (SQL text), as a damaged or
 /// hand-edited database would have it.
 async fn corrupt(s: &Store, table: &str, column: &str, value: &str, filter: &str) {
