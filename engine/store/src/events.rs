@@ -3,8 +3,6 @@
 
 use serde::Serialize;
 
-use std::sync::Arc;
-
 use crate::journal::Statement;
 use crate::{Result, Store, query_err, time_fmt};
 
@@ -79,6 +77,23 @@ fn new_event(run_id: &str, step_id: Option<&str>, level: &str, message: &str) ->
     }
 }
 
+impl NewEvent {
+    /// The insert as one statement: where the writer holds SQLite's write lock, the next
+    /// number cannot be taken by another.
+    fn statement(&self) -> Statement {
+        Statement {
+            sql: INSERT_EVENT.into(),
+            args: vec![
+                self.run_id.clone().into(),
+                self.step_id.clone().into(),
+                self.at.clone().into(),
+                self.level.clone().into(),
+                self.message.clone().into(),
+            ],
+        }
+    }
+}
+
 /// A log line with the run's next sequence number, unless another took it.
 const INSERT_EVENT: &str = "INSERT INTO events (run_id, seq, step_id, at, level, message) \
      VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = $1), $2, $3, $4, $5) \
@@ -119,9 +134,12 @@ impl Store {
     ) -> Result<()> {
         let event = new_event(run_id, step_id, level, message);
         self.journal()
-            .now(EVENT_DOING, Some(run_id), move |conn| {
-                Box::pin(insert_event(conn, event.clone()))
-            })
+            .now_with(
+                EVENT_DOING,
+                Some(run_id),
+                Some(vec![event.statement()]),
+                move |conn| Box::pin(insert_event(conn, event.clone())),
+            )
             .await
     }
 
@@ -134,9 +152,10 @@ impl Store {
         message: &str,
     ) {
         let event = new_event(run_id, step_id, level, message);
-        self.journal().soon(EVENT_DOING, Some(run_id), move |conn| {
-            Box::pin(insert_event(conn, event.clone()))
-        });
+        self.journal()
+            .soon_with(EVENT_DOING, Some(run_id), event.statement(), move |conn| {
+                Box::pin(insert_event(conn, event.clone()))
+            });
     }
 
     /// Log lines of a run after sequence number `after`, at most `limit`.
@@ -184,30 +203,23 @@ impl Store {
         is_best: bool,
     ) -> Result<()> {
         const DOING: &str = "recording a checkpoint";
-        let row = Arc::new((run_id.to_owned(), step_id.to_owned(), path.to_owned()));
+        let statement = Statement {
+            sql: "INSERT INTO checkpoints (run_id, step_id, path, epoch, is_best, reported_at) \
+                  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (run_id, step_id, path) DO \
+                  UPDATE SET epoch = excluded.epoch, is_best = excluded.is_best, \
+                  reported_at = excluded.reported_at"
+                .into(),
+            args: vec![
+                run_id.into(),
+                step_id.into(),
+                path.into(),
+                epoch.into(),
+                i64::from(is_best).into(),
+                time_fmt::now().into(),
+            ],
+        };
         self.journal()
-            .now(DOING, Some(run_id), move |conn| {
-                let row = row.clone();
-                Box::pin(async move {
-                    let (run_id, step_id, path) = &*row;
-                    sqlx::query(
-                        "INSERT INTO checkpoints (run_id, step_id, path, epoch, is_best, reported_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (run_id, step_id, path) DO \
-                         UPDATE SET epoch = excluded.epoch, is_best = excluded.is_best, \
-                         reported_at = excluded.reported_at",
-                    )
-                    .bind(run_id)
-                    .bind(step_id)
-                    .bind(path)
-                    .bind(epoch)
-                    .bind(is_best as i64)
-                    .bind(time_fmt::now())
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(query_err(DOING))?;
-                    Ok(())
-                })
-            })
+            .now_statement(DOING, Some(run_id), statement)
             .await
     }
 
@@ -242,7 +254,8 @@ impl Store {
         let statement = Statement {
             sql: "INSERT INTO epoch_metrics (run_id, step_id, epoch, metrics_json, reported_at) \
                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT (run_id, step_id, epoch) DO UPDATE \
-                  SET metrics_json = excluded.metrics_json, reported_at = excluded.reported_at",
+                  SET metrics_json = excluded.metrics_json, reported_at = excluded.reported_at"
+                .into(),
             args: vec![
                 run_id.into(),
                 step_id.into(),

@@ -23,6 +23,7 @@
 //! and the others commit. Captured at queue time: a write queued under a lease stays fenced by
 //! it even if the lease is let go before the write is applied.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -33,6 +34,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Connection};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::sqlite_writer::{SqliteWriter, Write};
 use crate::{Error, Result};
 
 /// Longest a deferred write waits for an urgent one before it is committed on its own.
@@ -45,6 +47,12 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Called with the commit's outcome once the batch is committed (or not).
 type Finish = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
 
+/// Records the outcome of a write the synchronous SQLite writer applied.
+type Settle = Box<dyn FnOnce(Result<()>) + Send>;
+
+/// The value a write made of statements yields once applied.
+pub(crate) type Yields<T> = Box<dyn FnOnce() -> T + Send>;
+
 /// Applies a queued write in the batch's transaction and keeps its outcome for [`Finish`];
 /// returns whether it failed. Called again when its batch is replayed. With an error (the
 /// write's run is fenced off), nothing is written and that error is its outcome.
@@ -54,6 +62,9 @@ type Apply =
 struct Queued {
     apply: Apply,
     finish: Finish,
+    /// The write as statements, for the synchronous SQLite writer, and what records their
+    /// outcome for `finish`.
+    statements: Option<(Vec<Statement>, &'static str, Settle)>,
     urgent: bool,
     /// The writer stops after committing it ([`Journal::close`]).
     stops: bool,
@@ -65,7 +76,7 @@ struct Queued {
 /// values (kept to be applied again when its batch is replayed).
 #[derive(Debug, Clone)]
 pub(crate) struct Statement {
-    pub sql: &'static str,
+    pub sql: Cow<'static, str>,
     pub args: Vec<Arg>,
 }
 
@@ -127,7 +138,7 @@ impl Statement {
         conn: &mut AnyConnection,
         doing: &'static str,
     ) -> Result<()> {
-        Self::bind(&self.args, sqlx::query(self.sql))
+        Self::bind(&self.args, sqlx::query(&self.sql))
             .execute(conn)
             .await
             .map_err(crate::query_err(doing))?;
@@ -159,21 +170,30 @@ impl std::fmt::Debug for Queued {
 }
 
 impl Journal {
-    /// Starts the writer for `pool`, a SQLite database or not.
-    pub(crate) fn start(pool: AnyPool, sqlite: bool, fences: Fences) -> Self {
+    /// Starts the writer for `pool`, a SQLite database or not; `direct`: SQLite's
+    /// synchronous writer, which applies the batches made only of statements.
+    pub(crate) fn start(
+        pool: AnyPool,
+        sqlite: bool,
+        direct: Option<SqliteWriter>,
+        fences: Fences,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(pool, sqlite, rx));
+        tokio::spawn(writer(pool, sqlite, direct, rx));
         Self { tx, fences }
     }
 
     /// Queues `write`, which changes the state of `run` (fenced) or of no run in particular.
     /// It may be applied more than once (a batch in which another write fails is replayed),
     /// each time in a fresh transaction: it must only act on the database.
+    /// `statements`: the same write as statements (with the value it yields), which the
+    /// synchronous SQLite writer may apply instead.
     pub(crate) fn queue<T: Send + 'static>(
         &self,
         urgent: bool,
         doing: &'static str,
         run: Option<&str>,
+        statements: Option<(Vec<Statement>, Yields<T>)>,
         write: impl for<'c> Fn(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
     ) -> oneshot::Receiver<Result<T>> {
         let (done, wait) = oneshot::channel();
@@ -195,6 +215,13 @@ impl Journal {
                 })
             }
         });
+        let statements = statements.map(|(statements, value)| {
+            let outcome = outcome.clone();
+            let settle: Settle = Box::new(move |result| {
+                *outcome.lock().unwrap_or_else(|e| e.into_inner()) = Some(result.map(|()| value()));
+            });
+            (statements, doing, settle)
+        });
         let finish: Finish = Box::new(move |committed| {
             let applied = outcome.lock().unwrap_or_else(|e| e.into_inner()).take();
             let result = match (applied, committed) {
@@ -211,6 +238,7 @@ impl Journal {
         let queued = Queued {
             apply,
             finish,
+            statements,
             urgent,
             stops: false,
             fence: run.and_then(|run| {
@@ -252,42 +280,80 @@ impl Journal {
         run: Option<&str>,
         write: impl for<'c> Fn(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
     ) -> Result<T> {
-        self.queue(true, doing, run, write)
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::Commit {
-                    doing,
-                    message: "the writer stopped before committing".into(),
-                })
-            })
+        waited(doing, self.queue(true, doing, run, None, write)).await
     }
 
-    /// Queues a write for the next commit and returns at once. Its failure is logged.
-    pub(crate) fn soon(
+    /// [`Self::now`] for a write that is one statement.
+    pub(crate) async fn now_statement(
         &self,
         doing: &'static str,
         run: Option<&str>,
-        write: impl for<'c> Fn(&'c mut AnyConnection) -> BoxFuture<'c, Result<()>> + Send + 'static,
-    ) {
-        let wait = self.queue(false, doing, run, write);
-        tokio::spawn(async move {
-            if let Ok(Err(e)) = wait.await {
-                tracing::error!(target: "errors.store", "{e}");
-            }
-        });
+        statement: Statement,
+    ) -> Result<()> {
+        waited(doing, self.queue_statement(true, doing, run, statement)).await
     }
 
-    /// [`Self::soon`] for a write that is one statement.
+    /// Queues a write that is one statement.
+    pub(crate) fn queue_statement(
+        &self,
+        urgent: bool,
+        doing: &'static str,
+        run: Option<&str>,
+        statement: Statement,
+    ) -> oneshot::Receiver<Result<()>> {
+        let alone = statement.clone();
+        self.queue(
+            urgent,
+            doing,
+            run,
+            Some((vec![statement], Box::new(|| ()))),
+            move |conn| {
+                let alone = alone.clone();
+                Box::pin(async move { alone.execute(conn, doing).await })
+            },
+        )
+    }
+
+    /// Queues a write that is one statement for the next commit and returns at once. Its
+    /// failure is logged.
     pub(crate) fn soon_statement(
         &self,
         doing: &'static str,
         run: Option<&str>,
         statement: Statement,
     ) {
-        self.soon(doing, run, move |conn| {
-            let statement = statement.clone();
-            Box::pin(async move { statement.execute(conn, doing).await })
-        });
+        log_failure(self.queue_statement(false, doing, run, statement));
+    }
+
+    /// [`Self::soon_statement`] for a write that the synchronous SQLite writer applies as
+    /// `statement`, and that is `write` otherwise.
+    pub(crate) fn soon_with(
+        &self,
+        doing: &'static str,
+        run: Option<&str>,
+        statement: Statement,
+        write: impl for<'c> Fn(&'c mut AnyConnection) -> BoxFuture<'c, Result<()>> + Send + 'static,
+    ) {
+        log_failure(self.queue(
+            false,
+            doing,
+            run,
+            Some((vec![statement], Box::new(|| ()))),
+            write,
+        ));
+    }
+
+    /// [`Self::now`] for a write that the synchronous SQLite writer may apply as
+    /// `statements` (when given), and that is `write` otherwise.
+    pub(crate) async fn now_with(
+        &self,
+        doing: &'static str,
+        run: Option<&str>,
+        statements: Option<Vec<Statement>>,
+        write: impl for<'c> Fn(&'c mut AnyConnection) -> BoxFuture<'c, Result<()>> + Send + 'static,
+    ) -> Result<()> {
+        let statements = statements.map(|s| (s, Box::new(|| ()) as Yields<()>));
+        waited(doing, self.queue(true, doing, run, statements, write)).await
     }
 
     /// Commits everything queued so far, then stops the writer, which gives its connection
@@ -303,6 +369,7 @@ impl Journal {
                     message,
                 }));
             }),
+            statements: Some((Vec::new(), DOING, Box::new(|_| {}))),
             urgent: true,
             stops: true,
             fence: None,
@@ -310,14 +377,46 @@ impl Journal {
         self.send(marker, DOING, stopped).await.unwrap_or(Ok(()))
     }
 
-    /// Waits until everything queued so far is durable.
-    pub(crate) async fn flush(&self) -> Result<()> {
-        self.now("flushing the journal", None, |_| Box::pin(async { Ok(()) }))
-            .await
+    /// Waits until everything queued so far is durable; with `run`, fails with
+    /// [`Error::LeaseLost`] when this process's lease on it is no longer the run's.
+    pub(crate) async fn flush(&self, run: Option<&str>) -> Result<()> {
+        const DOING: &str = "flushing the journal";
+        let nothing = self.queue(
+            true,
+            DOING,
+            run,
+            Some((Vec::new(), Box::new(|| ()))),
+            |_| Box::pin(async { Ok(()) }),
+        );
+        waited(DOING, nothing).await
     }
 }
 
-async fn writer(pool: AnyPool, sqlite: bool, mut rx: mpsc::UnboundedReceiver<Queued>) {
+/// The outcome of a queued write, once it is known.
+async fn waited<T>(doing: &'static str, wait: oneshot::Receiver<Result<T>>) -> Result<T> {
+    wait.await.unwrap_or_else(|_| {
+        Err(Error::Commit {
+            doing,
+            message: "the writer stopped before committing".into(),
+        })
+    })
+}
+
+/// Logs the failure of a deferred write (its caller has moved on).
+fn log_failure(wait: oneshot::Receiver<Result<()>>) {
+    tokio::spawn(async move {
+        if let Ok(Err(e)) = wait.await {
+            tracing::error!(target: "errors.store", "{e}");
+        }
+    });
+}
+
+async fn writer(
+    pool: AnyPool,
+    sqlite: bool,
+    direct: Option<SqliteWriter>,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
+) {
     let mut batch: Vec<Queued> = Vec::new();
     // The writer keeps a connection of its own: no wait for readers to give one back. It is
     // dropped when a transaction cannot begin or commit (another is taken).
@@ -341,6 +440,15 @@ async fn writer(pool: AnyPool, sqlite: bool, mut rx: mpsc::UnboundedReceiver<Que
         }
         let batch = std::mem::take(&mut batch);
         let stops = batch.iter().any(|q| q.stops);
+        if let Some(direct) = &direct
+            && batch.iter().all(|q| q.statements.is_some())
+        {
+            commit_direct(direct, batch).await;
+            if stops {
+                return;
+            }
+            continue;
+        }
         let held = match conn.take() {
             Some(held) => Ok(held),
             None => pool.acquire().await,
@@ -397,6 +505,32 @@ async fn commit(conn: &mut AnyConnection, sqlite: bool, mut batch: Vec<Queued>) 
         (queued.finish)(committed.clone());
     }
     fit
+}
+
+/// Applies `batch`, made only of statements, through the synchronous SQLite writer.
+async fn commit_direct(direct: &SqliteWriter, batch: Vec<Queued>) {
+    let began = std::time::Instant::now();
+    let count = batch.len();
+    let mut writes = Vec::with_capacity(count);
+    let mut ends = Vec::with_capacity(count);
+    for queued in batch {
+        // The writer sends only batches whose writes all are statements.
+        let (statements, doing, settle) = queued
+            .statements
+            .unwrap_or_else(|| (Vec::new(), "writing", Box::new(|_| {}) as Settle));
+        writes.push(Write {
+            statements,
+            doing,
+            fence: queued.fence,
+        });
+        ends.push((settle, queued.finish));
+    }
+    let (outcomes, committed) = direct.apply(writes).await;
+    tracing::debug!(target: "store.journal", writes = count, micros = began.elapsed().as_micros() as u64, ok = committed.is_ok(), direct = true, "commit");
+    for ((settle, finish), outcome) in ends.into_iter().zip(outcomes) {
+        settle(outcome);
+        finish(committed.clone());
+    }
 }
 
 enum Pass {
@@ -535,7 +669,7 @@ async fn read_fences(
 }
 
 /// Why a write fenced with `fence` is refused.
-fn lost(fence: &Fence) -> String {
+pub(crate) fn lost(fence: &Fence) -> String {
     format!(
         "engine {} no longer holds its lease (epoch {}): another engine has taken the run over",
         fence.owner, fence.epoch

@@ -21,6 +21,7 @@ use serde::Serialize;
 use sqlx::{AnyConnection, FromRow, Row};
 
 use crate::journal::Fence;
+use crate::journal::Statement;
 use crate::{Error, Result, Store, columns, query_err, time_fmt};
 
 /// An engine about to register.
@@ -573,26 +574,33 @@ pub(crate) async fn upsert_engine(
     engine: &NewEngine,
     now_sql: &str,
 ) -> Result<()> {
-    const DOING: &str = "recording an engine";
-    sqlx::query(
-        &("INSERT INTO engines (id, kind, host, boot_id, pid, pid_start, labels_json, \
-         started_at, seen_ms, expires_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {now}, {now} + $9) \
-         ON CONFLICT (id) DO UPDATE SET seen_ms = excluded.seen_ms, \
-         expires_ms = excluded.expires_ms, stopped_at = NULL, stop_reason = NULL"
-            .replace("{now}", now_sql)),
-    )
-    .bind(&engine.id)
-    .bind(&engine.kind)
-    .bind(&engine.host)
-    .bind(&engine.boot_id)
-    .bind(engine.pid)
-    .bind(engine.pid_start)
-    .bind(serde_json::Value::Object(engine.labels.clone()).to_string())
-    .bind(time_fmt::now())
-    .bind(millis(engine.ttl))
-    .execute(&mut *conn)
-    .await
-    .map_err(query_err(DOING))?;
-    Ok(())
+    engine_statement(engine, now_sql)
+        .execute(conn, "recording an engine")
+        .await
+}
+
+/// Records `engine` (or renews its record) as one statement; `now_sql`: the database's clock.
+pub(crate) fn engine_statement(engine: &NewEngine, now_sql: &str) -> Statement {
+    Statement {
+        sql: "INSERT INTO engines (id, kind, host, boot_id, pid, pid_start, labels_json, \
+              started_at, seen_ms, expires_ms) \
+              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {now}, {now} + $9) \
+              ON CONFLICT (id) DO UPDATE SET seen_ms = excluded.seen_ms, \
+              expires_ms = excluded.expires_ms, stopped_at = NULL, stop_reason = NULL"
+            .replace("{now}", now_sql)
+            .into(),
+        args: vec![
+            engine.id.clone().into(),
+            engine.kind.clone().into(),
+            engine.host.clone().into(),
+            engine.boot_id.clone().into(),
+            engine.pid.into(),
+            engine.pid_start.into(),
+            serde_json::Value::Object(engine.labels.clone())
+                .to_string()
+                .into(),
+            time_fmt::now().into(),
+            millis(engine.ttl).into(),
+        ],
+    }
 }

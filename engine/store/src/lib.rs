@@ -2,7 +2,9 @@
 //!
 //! Architecture invariant: this is the only crate that knows SQL. It speaks to SQLite (the
 //! default, a file in the workspace's `.kiln/`) and PostgreSQL through sqlx's `Any` driver with
-//! one set of portable migrations (`migrations/` at the repository root) and portable queries.
+//! one set of portable migrations (`migrations/` at the repository root) and portable queries;
+//! on SQLite the journal's batches of plain statements also go through a rusqlite connection
+//! of their own (`sqlite_writer`), on the same libsqlite3.
 
 mod cache;
 mod columns;
@@ -12,6 +14,7 @@ mod leases;
 mod models;
 mod ownership;
 mod runs;
+mod sqlite_writer;
 mod status;
 mod steps;
 pub mod test_support;
@@ -57,6 +60,11 @@ pub enum Error {
     },
     #[error("{0}")]
     Conflict(String),
+    #[error("database error while {doing}: {message}")]
+    Write {
+        doing: &'static str,
+        message: String,
+    },
     #[error("database error while {doing}: the commit failed: {message}")]
     Commit {
         doing: &'static str,
@@ -114,6 +122,8 @@ impl Store {
         // SQLite has no migration lock of its own: processes opening a new database at the same
         // time would both create its tables. A file lock beside the database serializes them.
         let mut migrate_lock = None;
+        // The database file, for the journal's synchronous writer.
+        let mut file = None;
         let pool = if is_sqlite {
             // Durable commits (FULL) in WAL mode; wait for writers instead of failing at once.
             let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)
@@ -125,6 +135,7 @@ impl Store {
                 .busy_timeout(Duration::from_secs(30));
             let db = opts.get_filename();
             if db != std::path::Path::new(":memory:") {
+                file = Some(db.to_owned());
                 let lock_path = db.with_extension("migrate-lock");
                 let lock = std::fs::OpenOptions::new()
                     .create(true)
@@ -190,9 +201,20 @@ impl Store {
             source,
         })?;
         drop(migrate_lock);
+        // Only a file on disk: a URL sqlx resolves otherwise (a shared in-memory database)
+        // would be another database to rusqlite.
+        let direct = match file.filter(|f| f.is_file()) {
+            Some(file) => Some(sqlite_writer::SqliteWriter::open(&file).map_err(|message| {
+                Error::Connect {
+                    url: url.to_owned(),
+                    source: sqlx::Error::Configuration(message.into()),
+                }
+            })?),
+            None => None,
+        };
         let fences = journal::Fences::default();
         Ok(Self {
-            journal: journal::Journal::start(pool.clone(), is_sqlite, fences.clone()),
+            journal: journal::Journal::start(pool.clone(), is_sqlite, direct, fences.clone()),
             fences,
             pool,
             sqlite: is_sqlite,
@@ -210,18 +232,14 @@ impl Store {
 
     /// Waits until every write queued so far (log lines, progress, step ends) is durable.
     pub async fn flush(&self) -> Result<()> {
-        self.journal.flush().await
+        self.journal.flush(None).await
     }
 
     /// [`Self::flush`], failing with [`Error::LeaseLost`] when this process's lease on `run_id`
     /// is no longer the run's: a barrier before acting outside the database for the run (a
     /// launch).
     pub async fn flush_run(&self, run_id: &str) -> Result<()> {
-        self.journal
-            .now("flushing the journal", Some(run_id), |_| {
-                Box::pin(async { Ok(()) })
-            })
-            .await
+        self.journal.flush(Some(run_id)).await
     }
 
     /// Begin a transaction that will write. On SQLite it takes the write lock up front

@@ -5,6 +5,7 @@ use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 use std::sync::Arc;
 
+use crate::journal::Statement;
 use crate::{
     Error, Lease, NewStep, Result, RunStatus, Store, TrainingRef, columns, query_err, time_fmt,
 };
@@ -138,65 +139,71 @@ impl Store {
         lease: Option<&crate::NewEngine>,
     ) -> Result<(RunRecord, Option<Lease>)> {
         const DOING: &str = "creating a run";
-        let new = Arc::new((run.clone(), steps.to_vec(), trainings.to_vec()));
-        let engine = lease.cloned().map(Arc::new);
         let owner = lease.map(|e| e.id.clone());
-        let now_sql = self.now_ms_sql();
-        let record = self
-            .journal()
-            .now(DOING, None, move |conn| {
-                let (new, owner, engine) = (new.clone(), owner.clone(), engine.clone());
+        let (now, now_ms) = time_fmt::now_with_millis();
+        let (status, started_at, started_ms) = match owner {
+            Some(_) => (RunStatus::Running, Some(now.clone()), Some(now_ms)),
+            None => (RunStatus::Queued, None, None),
+        };
+        let mut statements = Vec::with_capacity(3);
+        if let Some(engine) = lease {
+            statements.push(crate::leases::engine_statement(engine, self.now_ms_sql()));
+        }
+        statements.push(Statement {
+            sql: "INSERT INTO runs (id, workflow_name, workflow_file, workflow_yaml, status, \
+                  params_json, created_by, created_at, started_at, heartbeat_at, requires_json, \
+                  lease_owner, lease_epoch, created_ms, started_ms) \
+                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14)"
+                .into(),
+            args: vec![
+                run.id.clone().into(),
+                run.workflow_name.clone().into(),
+                run.workflow_file.clone().into(),
+                run.workflow_yaml.clone().into(),
+                status.as_str().into(),
+                run.params.to_string().into(),
+                run.created_by.clone().into(),
+                now.clone().into(),
+                started_at.clone().into(),
+                run.requires.as_ref().map(|r| r.to_string()).into(),
+                owner.clone().into(),
+                i64::from(owner.is_some()).into(),
+                now_ms.into(),
+                started_ms.into(),
+            ],
+        });
+        statements.extend(crate::steps::insert_steps(&run.id, steps));
+        let record = RunRecord {
+            id: run.id.clone(),
+            workflow_name: run.workflow_name.clone(),
+            workflow_file: run.workflow_file.clone(),
+            workflow_yaml: run.workflow_yaml.clone(),
+            status,
+            params: run.params.clone(),
+            error_message: None,
+            metrics: None,
+            created_by: run.created_by.clone(),
+            created_at: now,
+            started_at,
+            finished_at: None,
+            duration_ms: None,
+            engine: owner,
+        };
+        // Claims decide between two statements on what they find: through sqlx only.
+        let shared = Arc::new((statements.clone(), run.id.clone(), trainings.to_vec()));
+        let direct = trainings.is_empty().then_some(statements);
+        self.journal()
+            .now_with(DOING, None, direct, move |conn| {
+                let shared = shared.clone();
                 Box::pin(async move {
-                    let (run, steps, trainings) = &*new;
-                    if let Some(engine) = &engine {
-                        crate::leases::upsert_engine(conn, engine, now_sql).await?;
+                    let (statements, run_id, trainings) = &*shared;
+                    for statement in statements {
+                        statement.execute(conn, DOING).await?;
                     }
-                    let now = time_fmt::now();
-                    let (status, started_at) = match owner {
-                        Some(_) => (RunStatus::Running, Some(now.clone())),
-                        None => (RunStatus::Queued, None),
-                    };
-                    sqlx::query(
-                        "INSERT INTO runs (id, workflow_name, workflow_file, workflow_yaml, \
-                         status, params_json, created_by, created_at, started_at, heartbeat_at, \
-                         requires_json, lease_owner, lease_epoch) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12)",
-                    )
-                    .bind(&run.id)
-                    .bind(&run.workflow_name)
-                    .bind(&run.workflow_file)
-                    .bind(&run.workflow_yaml)
-                    .bind(status.as_str())
-                    .bind(run.params.to_string())
-                    .bind(&run.created_by)
-                    .bind(&now)
-                    .bind(&started_at)
-                    .bind(run.requires.as_ref().map(|r| r.to_string()))
-                    .bind(&owner)
-                    .bind(i64::from(owner.is_some()))
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(query_err(DOING))?;
-                    crate::steps::insert_steps(conn, &run.id, steps).await?;
                     for training in trainings {
-                        crate::ownership::claim(conn, &run.id, training, DOING).await?;
+                        crate::ownership::claim(conn, run_id, training, DOING).await?;
                     }
-                    Ok(RunRecord {
-                        id: run.id.clone(),
-                        workflow_name: run.workflow_name.clone(),
-                        workflow_file: run.workflow_file.clone(),
-                        workflow_yaml: run.workflow_yaml.clone(),
-                        status,
-                        params: run.params.clone(),
-                        error_message: None,
-                        metrics: None,
-                        created_by: run.created_by.clone(),
-                        created_at: now,
-                        started_at,
-                        finished_at: None,
-                        duration_ms: None,
-                        engine: owner.clone(),
-                    })
+                    Ok(())
                 })
             })
             .await?;
@@ -206,32 +213,27 @@ impl Store {
 
     /// Mark a run as running (its start time is set once).
     pub async fn start_run(&self, id: &str) -> Result<()> {
-        const DOING: &str = "starting a run";
-        let owned: Arc<str> = id.into();
+        let (now, now_ms) = time_fmt::now_with_millis();
+        let statement = Statement {
+            sql: "UPDATE runs SET status = $1, started_at = COALESCE(started_at, $2), \
+                  started_ms = COALESCE(started_ms, $4), heartbeat_at = $2 WHERE id = $3"
+                .into(),
+            args: vec![
+                RunStatus::Running.as_str().into(),
+                now.into(),
+                id.into(),
+                now_ms.into(),
+            ],
+        };
         self.journal()
-            .now(DOING, Some(id), move |conn| {
-                let id = owned.clone();
-                Box::pin(async move {
-                    let now = time_fmt::now();
-                    sqlx::query(
-                        "UPDATE runs SET status = $1, started_at = COALESCE(started_at, $2), \
-                         heartbeat_at = $2 WHERE id = $3",
-                    )
-                    .bind(RunStatus::Running.as_str())
-                    .bind(&now)
-                    .bind(&*id)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(query_err(DOING))?;
-                    Ok(())
-                })
-            })
+            .now_statement("starting a run", Some(id), statement)
             .await
     }
 
-    /// Record the end of a run: status, error, metrics, finish time and duration; its lease is
-    /// free from then on (a retry or delete may take it at once, from any engine). Durable when
-    /// it returns, with everything queued before it (its steps' ends and log lines).
+    /// Record the end of a run: status, error, metrics, finish time and duration (from its
+    /// start, else its creation); its lease is free from then on (a retry or delete may take it
+    /// at once, from any engine). Durable when it returns, with everything queued before it
+    /// (its steps' ends and log lines); returns the run as recorded then.
     pub async fn finish_run(
         &self,
         id: &str,
@@ -239,56 +241,34 @@ impl Store {
         error_message: Option<&str>,
         metrics: Option<&serde_json::Value>,
     ) -> Result<RunRecord> {
-        const DOING: &str = "finishing a run";
-        let fenced = Some(id);
-        let id = id.to_owned();
-        let error_message = error_message.map(str::to_owned);
-        let metrics = metrics.map(|m| m.to_string());
+        let (now, now_ms) = time_fmt::now_with_millis();
+        let statement = Statement {
+            sql: "UPDATE runs SET status = $1, error_message = $2, metrics_json = $3, \
+                  finished_at = $4, duration_ms = $5 - COALESCE(started_ms, created_ms), \
+                  started_at = COALESCE(started_at, created_at), \
+                  started_ms = COALESCE(started_ms, created_ms), lease_owner = NULL \
+                  WHERE id = $6"
+                .into(),
+            args: vec![
+                status.as_str().into(),
+                error_message.map(str::to_owned).into(),
+                metrics.map(|m| m.to_string()).into(),
+                now.into(),
+                now_ms.into(),
+                id.into(),
+            ],
+        };
         self.journal()
-            .now(DOING, fenced, move |conn| {
-                let (id, error_message, metrics) =
-                    (id.clone(), error_message.clone(), metrics.clone());
-                Box::pin(async move {
-                    let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
-                    let row = sqlx::query(&sql)
-                        .bind(&id)
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map_err(query_err(DOING))?
-                        .ok_or_else(|| Error::RunNotFound(id.clone()))?;
-                    let mut run = run_from_row(&row)?;
-                    let now = time_fmt::now();
-                    let started = run
-                        .started_at
-                        .clone()
-                        .unwrap_or_else(|| run.created_at.clone());
-                    let duration = time_fmt::millis_between(&started, &now);
-                    sqlx::query(
-                        "UPDATE runs SET status = $1, error_message = $2, metrics_json = $3, \
-                         finished_at = $4, duration_ms = $5, started_at = $6, \
-                         lease_owner = NULL WHERE id = $7",
-                    )
-                    .bind(status.as_str())
-                    .bind(&error_message)
-                    .bind(&metrics)
-                    .bind(&now)
-                    .bind(duration)
-                    .bind(&started)
-                    .bind(&run.id)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(query_err(DOING))?;
-                    run.status = status;
-                    run.error_message = error_message;
-                    run.metrics = metrics.and_then(|m| serde_json::from_str(&m).ok());
-                    run.finished_at = Some(now);
-                    run.engine = None;
-                    run.duration_ms = duration;
-                    run.started_at = Some(started);
-                    Ok(run)
-                })
-            })
+            .now_statement("finishing a run", Some(id), statement)
+            .await?;
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(self.pool())
             .await
+            .map_err(query_err("reading a finished run"))?
+            .ok_or_else(|| Error::RunNotFound(id.to_owned()))?;
+        run_from_row(&row)
     }
 
     /// Delete a run and everything recorded with it (steps, events, checkpoints, epoch metrics).

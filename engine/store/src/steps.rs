@@ -151,7 +151,8 @@ fn end_statement(run_id: String, step_id: String, end: StepEnd) -> Statement {
     Statement {
         sql: "UPDATE steps SET status = $1, outputs_json = $2, error_message = $3, \
               finished_at = $4, duration_ms = $5 - started_ms, failure_kind = $6, \
-              cached_from = $7 WHERE run_id = $8 AND step_id = $9",
+              cached_from = $7 WHERE run_id = $8 AND step_id = $9"
+            .into(),
         args: vec![
             end.status.as_str().into(),
             end.outputs.map(|o| o.to_string()).into(),
@@ -166,20 +167,18 @@ fn end_statement(run_id: String, step_id: String, end: StepEnd) -> Statement {
     }
 }
 
-/// Inserts a run's planned steps, all `queued`, inside the run's creating transaction: many rows
-/// per statement (each statement is a round trip to the database).
-pub(crate) async fn insert_steps(
-    conn: &mut sqlx::AnyConnection,
-    run_id: &str,
-    steps: &[NewStep],
-) -> Result<()> {
+/// The inserts of a run's planned steps, all `queued`, for the run's creating transaction:
+/// many rows per statement (each statement is a round trip to the database).
+pub(crate) fn insert_steps(run_id: &str, steps: &[NewStep]) -> Vec<Statement> {
     /// Rows per statement: 6 parameters each, well under SQLite's and PostgreSQL's limits.
     const ROWS: usize = 256;
+    let mut statements = Vec::new();
     for (chunk_no, chunk) in steps.chunks(ROWS).enumerate() {
         let mut sql = String::from(
             "INSERT INTO steps (run_id, step_id, position, uses, action, status) VALUES ",
         );
-        for i in 0..chunk.len() {
+        let mut args = Vec::with_capacity(chunk.len() * 6);
+        for (i, step) in chunk.iter().enumerate() {
             let n = i * 6;
             if i > 0 {
                 sql.push_str(", ");
@@ -193,23 +192,21 @@ pub(crate) async fn insert_steps(
                 n + 5,
                 n + 6
             ));
+            args.extend([
+                run_id.into(),
+                step.step_id.clone().into(),
+                ((chunk_no * ROWS + i) as i64).into(),
+                step.uses.clone().into(),
+                step.action.clone().into(),
+                StepStatus::Queued.as_str().into(),
+            ]);
         }
-        let mut query = sqlx::query(&sql);
-        for (i, step) in chunk.iter().enumerate() {
-            query = query
-                .bind(run_id)
-                .bind(&step.step_id)
-                .bind((chunk_no * ROWS + i) as i64)
-                .bind(&step.uses)
-                .bind(&step.action)
-                .bind(StepStatus::Queued.as_str());
-        }
-        query
-            .execute(&mut *conn)
-            .await
-            .map_err(query_err("planning steps"))?;
+        statements.push(Statement {
+            sql: sql.into(),
+            args,
+        });
     }
-    Ok(())
+    statements
 }
 
 const START_DOING: &str = "starting a step";
@@ -271,7 +268,7 @@ impl StepStart {
             None => (None, None, None),
         };
         Statement {
-            sql: start_sql!(),
+            sql: start_sql!().into(),
             args: vec![
                 StepStatus::Running.as_str().into(),
                 self.inputs.into(),
@@ -357,7 +354,7 @@ impl Store {
     ) {
         const DOING: &str = "recording progress";
         let statement = Statement {
-            sql: "UPDATE steps SET progress_json = $1 WHERE run_id = $2 AND step_id = $3",
+            sql: "UPDATE steps SET progress_json = $1 WHERE run_id = $2 AND step_id = $3".into(),
             args: vec![progress.to_string().into(), run_id.into(), step_id.into()],
         };
         self.journal()
@@ -372,7 +369,7 @@ impl Store {
         progress: &serde_json::Value,
     ) -> Result<()> {
         self.set_step_progress_soon(run_id, step_id, progress);
-        self.journal().flush().await
+        self.journal().flush(None).await
     }
 
     /// Record the end of a step (also for steps that never started: skipped, cancelled).
@@ -395,10 +392,7 @@ impl Store {
         let fenced = Some(run_id);
         let statement = end_statement(run_id.to_owned(), step_id.to_owned(), end);
         self.journal()
-            .now(END_DOING, fenced, move |conn| {
-                let statement = statement.clone();
-                Box::pin(async move { statement.execute(conn, END_DOING).await })
-            })
+            .now_statement(END_DOING, fenced, statement)
             .await
     }
 

@@ -27,13 +27,3 @@ pub(crate) fn format(t: OffsetDateTime) -> String {
         .format(&f)
         .unwrap_or_default()
 }
-
-pub(crate) fn parse(s: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
-}
-
-/// Milliseconds between two stored timestamps.
-pub(crate) fn millis_between(start: &str, end: &str) -> Option<i64> {
-    let d = parse(end)? - parse(start)?;
-    Some(d.whole_milliseconds() as i64)
-}

@@ -1,0 +1,244 @@
+//! The journal's synchronous SQLite writer: one thread of its own with its own connection,
+//! which applies a batch of writes that are statements ([`Statement`]) in one transaction.
+//!
+//! Through sqlx every statement is a hand-off between the runtime's thread and the
+//! connection's worker thread (and back); here a batch is one hand-off, and the statements,
+//! prepared once, run back to back. The journal sends it the batches made only of such writes
+//! (a step's start, end and log lines, progress, a run's end); the others (a run's creation,
+//! a step start whose attempt number is wanted) go through sqlx as before. Batches are applied
+//! one after the other whichever way they go, so order is kept.
+//!
+//! Semantics are the journal's: fenced writes of a run another engine took over are refused
+//! with [`Error::LeaseLost`] (the leases are read in one query: `BEGIN IMMEDIATE` holds SQLite's
+//! write lock until the commit); a write that fails is rolled back alone (the batch is applied
+//! again with a savepoint around each write) and the others commit.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use crate::Error;
+use crate::journal::{Arg, Fence, Statement, lost};
+
+/// One write of a batch: its statements, what it was doing, the lease it is fenced with.
+pub(crate) struct Write {
+    pub statements: Vec<Statement>,
+    pub doing: &'static str,
+    pub fence: Option<(Arc<str>, Fence)>,
+}
+
+/// How a batch went: each write's outcome, then the commit's.
+pub(crate) type Outcome = (Vec<Result<(), Error>>, Result<(), String>);
+
+type Job = (Vec<Write>, oneshot::Sender<Outcome>);
+
+/// The sending side of the writer thread.
+pub(crate) struct SqliteWriter {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl SqliteWriter {
+    /// Opens a connection to the database file `path` and starts the thread. The database
+    /// exists and is migrated.
+    pub(crate) fn open(path: &Path) -> Result<Self, String> {
+        let opened = |e: rusqlite::Error| format!("cannot open its writer connection: {e}");
+        let conn = Connection::open(path).map_err(opened)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; \
+             PRAGMA busy_timeout=30000;",
+        )
+        .map_err(opened)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("kiln-sqlite-writer".into())
+            .spawn(move || {
+                let mut conn = conn;
+                for (writes, done) in queue {
+                    let _ = done.send(apply_batch(&mut conn, &writes));
+                }
+            })
+            .map_err(|e| format!("cannot start its writer thread: {e}"))?;
+        Ok(Self { jobs })
+    }
+
+    /// Applies `writes` in one transaction.
+    pub(crate) async fn apply(&self, writes: Vec<Write>) -> Outcome {
+        let count = writes.len();
+        let (done, outcome) = oneshot::channel();
+        let gone = || {
+            let message = "the SQLite writer thread is gone".to_owned();
+            (
+                (0..count)
+                    .map(|_| {
+                        Err(Error::Commit {
+                            doing: "writing",
+                            message: message.clone(),
+                        })
+                    })
+                    .collect(),
+                Err(message.clone()),
+            )
+        };
+        if self.jobs.send((writes, done)).is_err() {
+            return gone();
+        }
+        outcome.await.unwrap_or_else(|_| gone())
+    }
+}
+
+fn write_err(doing: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
+    move |e| Error::Write {
+        doing,
+        message: e.to_string(),
+    }
+}
+
+fn apply_batch(conn: &mut Connection, writes: &[Write]) -> Outcome {
+    if writes
+        .iter()
+        .all(|w| w.statements.is_empty() && w.fence.is_none())
+    {
+        // Nothing to write or check: everything queued before is committed already.
+        return (writes.iter().map(|_| Ok(())).collect(), Ok(()));
+    }
+    apply_once(conn, writes, false)
+        // A write failed: applied again, each write in a savepoint of its own (which never
+        // gives up on the batch).
+        .or_else(|()| apply_once(conn, writes, true))
+        .unwrap_or_else(|()| {
+            let message = "a write failed".to_owned();
+            let failed = writes.iter().map(|w| {
+                Err(Error::Write {
+                    doing: w.doing,
+                    message: message.clone(),
+                })
+            });
+            (failed.collect(), Err(message))
+        })
+}
+
+/// One transaction over `writes`; without savepoints, `Err` when a write failed (rolled back).
+fn apply_once(conn: &mut Connection, writes: &[Write], savepoints: bool) -> Result<Outcome, ()> {
+    let not_begun = |e: rusqlite::Error| {
+        let message = format!("cannot begin a write transaction: {e}");
+        tracing::error!(target: "errors.store", writes = writes.len(), "{message}");
+        (
+            writes
+                .iter()
+                .map(|w| {
+                    Err(Error::Commit {
+                        doing: w.doing,
+                        message: message.clone(),
+                    })
+                })
+                .collect(),
+            Err(message.clone()),
+        )
+    };
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        return Ok(not_begun(e));
+    }
+    let leases = read_fences(conn, writes);
+    let mut outcomes = Vec::with_capacity(writes.len());
+    for write in writes {
+        let refused = write.fence.as_ref().and_then(|(run, fence)| {
+            let held = leases.as_ref().map(|l| l.get(&**run));
+            let ours = match held {
+                Ok(Some((owner, epoch))) => {
+                    owner.as_deref() == Some(&fence.owner) && *epoch == fence.epoch
+                }
+                Ok(None) => false,
+                Err(message) => {
+                    return Some(Error::LeaseLost {
+                        run: run.to_string(),
+                        message: format!("cannot check the run's lease: {message}"),
+                    });
+                }
+            };
+            (!ours).then(|| Error::LeaseLost {
+                run: run.to_string(),
+                message: lost(fence),
+            })
+        });
+        if let Some(refused) = refused {
+            outcomes.push(Err(refused));
+            continue;
+        }
+        if savepoints && let Err(e) = conn.execute_batch("SAVEPOINT kiln_write") {
+            outcomes.push(Err(write_err(write.doing)(e)));
+            continue;
+        }
+        let result = write
+            .statements
+            .iter()
+            .try_for_each(|s| execute(conn, s).map_err(write_err(write.doing)));
+        if savepoints {
+            if result.is_err() {
+                let _ = conn.execute_batch("ROLLBACK TO SAVEPOINT kiln_write");
+            }
+            let _ = conn.execute_batch("RELEASE SAVEPOINT kiln_write");
+        } else if result.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(());
+        }
+        outcomes.push(result);
+    }
+    let committed = conn.execute_batch("COMMIT").map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        e.to_string()
+    });
+    Ok((outcomes, committed))
+}
+
+/// Executes `statement`, its `$N` parameters bound by number.
+fn execute(conn: &Connection, statement: &Statement) -> rusqlite::Result<()> {
+    let mut prepared = conn.prepare_cached(&statement.sql)?;
+    for (n, arg) in statement.args.iter().enumerate() {
+        let Some(index) = prepared.parameter_index(&format!("${}", n + 1))? else {
+            continue;
+        };
+        match arg {
+            Arg::Int(v) => prepared.raw_bind_parameter(index, v)?,
+            Arg::Text(v) => prepared.raw_bind_parameter(index, v.as_deref())?,
+        }
+    }
+    prepared.raw_execute()?;
+    Ok(())
+}
+
+/// The lease (owner, epoch) of every run the batch's writes are fenced with, or why they
+/// cannot be read.
+fn read_fences(
+    conn: &Connection,
+    writes: &[Write],
+) -> Result<HashMap<String, (Option<String>, i64)>, String> {
+    let mut runs: Vec<&str> = writes
+        .iter()
+        .filter_map(|w| w.fence.as_ref().map(|(run, _)| &**run))
+        .collect();
+    runs.sort_unstable();
+    runs.dedup();
+    let mut held = HashMap::new();
+    for chunk in runs.chunks(500) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|n| format!("?{n}")).collect();
+        let sql = format!(
+            "SELECT id, lease_owner, lease_epoch FROM runs WHERE id IN ({})",
+            marks.join(", ")
+        );
+        let mut query = conn.prepare(&sql).map_err(|e| e.to_string())?;
+        let rows = query
+            .query_map(rusqlite::params_from_iter(chunk.iter()), |row| {
+                Ok((row.get::<_, String>(0)?, (row.get(1)?, row.get(2)?)))
+            })
+            .map_err(|e| e.to_string())?;
+        for row in rows {
+            let (id, lease) = row.map_err(|e| e.to_string())?;
+            held.insert(id, lease);
+        }
+    }
+    Ok(held)
+}
