@@ -201,9 +201,13 @@ impl Store {
             source,
         })?;
         drop(migrate_lock);
-        // Only a file on disk: a URL sqlx resolves otherwise (a shared in-memory database)
-        // would be another database to rusqlite.
-        let direct = match file.filter(|f| f.is_file()) {
+        // Only a plain file on disk, opened read-write: a URL with other options (read-only,
+        // immutable, in memory, a shared cache) would mean another database, or writes where
+        // none were asked for, to rusqlite; sqlx alone honours them.
+        let plain = url
+            .split_once('?')
+            .is_none_or(|(_, query)| query.split('&').all(|o| o == "mode=rwc" || o == "mode=rw"));
+        let direct = match file.filter(|f| plain && f.is_file()) {
             Some(file) => Some(sqlite_writer::SqliteWriter::open(&file).map_err(|message| {
                 Error::Connect {
                     url: url.to_owned(),

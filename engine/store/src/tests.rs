@@ -418,6 +418,105 @@ async fn statement_batches_keep_their_values_and_failures() {
     }
 }
 
+/// Rows written before the `*_ms` columns get them from their text timestamps when the
+/// migration runs: the same instants `time` computes, on both databases (integer arithmetic
+/// only; leap years, January and February, before and after 2000).
+#[tokio::test]
+async fn the_millisecond_columns_are_filled_in_for_older_rows() {
+    let migration = include_str!("../../../migrations/20261206000008_step_started_ms.sql");
+    let backfills: Vec<String> = migration
+        .split(';')
+        .map(|s| {
+            s.lines()
+                .filter(|l| !l.starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .map(|s| s.trim().to_owned())
+        .filter(|s| s.starts_with("UPDATE"))
+        .collect();
+    assert_eq!(backfills.len(), 3, "{migration}");
+    let times = [
+        "1999-12-31T23:59:59.999Z",
+        "2000-02-29T12:00:00.001Z",
+        "2024-02-29T00:00:00.000Z",
+        "2024-03-01T08:30:15.250Z",
+        "2026-01-15T13:07:28.123Z",
+        "2026-12-06T21:19:00.000Z",
+    ];
+    for (_d, s) in stores().await {
+        let steps: Vec<NewStep> = (0..times.len())
+            .map(|i| NewStep {
+                step_id: format!("s{i}"),
+                uses: "builtin/x".into(),
+                action: None,
+            })
+            .collect();
+        s.create_run(&new_run("old"), &steps, &[], None)
+            .await
+            .unwrap();
+        for (i, at) in times.iter().enumerate() {
+            sqlx::query("UPDATE steps SET started_at = $1, started_ms = NULL WHERE step_id = $2")
+                .bind(*at)
+                .bind(format!("s{i}"))
+                .execute(s.pool())
+                .await
+                .unwrap();
+        }
+        sqlx::query(
+            "UPDATE runs SET created_at = $1, started_at = $2, created_ms = NULL, \
+             started_ms = NULL WHERE id = 'old'",
+        )
+        .bind(times[0])
+        .bind(times[5])
+        .execute(s.pool())
+        .await
+        .unwrap();
+        for sql in &backfills {
+            sqlx::query(sql).execute(s.pool()).await.unwrap();
+        }
+        let millis = |at: &str| {
+            let t = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+                .unwrap();
+            (t.unix_timestamp_nanos() / 1_000_000) as i64
+        };
+        for (i, at) in times.iter().enumerate() {
+            let got: Option<i64> =
+                sqlx::query_scalar("SELECT started_ms FROM steps WHERE step_id = $1")
+                    .bind(format!("s{i}"))
+                    .fetch_one(s.pool())
+                    .await
+                    .unwrap();
+            assert_eq!(got, Some(millis(at)), "{at}");
+        }
+        let (created, started): (Option<i64>, Option<i64>) =
+            sqlx::query_as("SELECT created_ms, started_ms FROM runs WHERE id = 'old'")
+                .fetch_one(s.pool())
+                .await
+                .unwrap();
+        assert_eq!(created, Some(millis(times[0])));
+        assert_eq!(started, Some(millis(times[5])));
+    }
+}
+
+/// A SQLite URL's options hold for every write: with `mode=memory` the file of that name is
+/// not written (the journal's direct writer only takes a plain read-write file; it wrote the
+/// file while sqlx used memory).
+#[tokio::test]
+async fn url_options_hold_for_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kiln.db");
+    let url = format!("sqlite://{}", db.display());
+    Store::connect(&url).await.unwrap().close().await;
+    // Each connection of that pool has a database of its own: the writes fail (no tables
+    // there), and none of them reaches the file.
+    let memory = Store::connect(&format!("{url}?mode=memory")).await.unwrap();
+    let _ = memory.create_run(&new_run("r"), &[], &[], None).await;
+    let _ = memory.append_event("r", None, "info", "in memory").await;
+    let file = Store::connect(&url).await.unwrap();
+    assert!(matches!(file.run("r").await, Err(Error::RunNotFound(_))));
+}
+
 /// The deferred writes of several leased runs in one batch (their fences read together on
 /// SQLite): those of a run another engine took over are refused, the others commit.
 #[tokio::test]
