@@ -17,8 +17,8 @@
 //! that run's lease ([`Fences`]), the write carries the lease's owner and epoch as they were
 //! when it was queued, and the batch's transaction first checks, once per run and epoch, that
 //! the run's `lease_owner` and `lease_epoch` are still those (an `UPDATE` of the row, so on
-//! PostgreSQL a takeover waits for this commit; on SQLite, whose write lock the transaction
-//! holds from its start, the leases of all the batch's runs are read in one query); when
+//! PostgreSQL a takeover waits for this commit; SQLite's direct writer, whose transaction holds
+//! the write lock from its start, reads the leases of all the batch's runs in one query); when
 //! another engine has taken the run over, those writes are refused with [`Error::LeaseLost`]
 //! and the others commit. Captured at queue time: a write queued under a lease stays fenced by
 //! it even if the lease is let go before the write is applied.
@@ -558,11 +558,7 @@ async fn apply(
         }
     };
     // Each fenced run's lease, checked once per transaction and epoch: still ours, or why not.
-    let mut leases: HashMap<(Arc<str>, i64), Option<String>> = if sqlite {
-        read_fences(&mut tx, fences_of(batch)).await
-    } else {
-        HashMap::new()
-    };
+    let mut leases: HashMap<(Arc<str>, i64), Option<String>> = HashMap::new();
     for queued in batch.iter_mut() {
         let refused = match &queued.fence {
             Some((run, fence)) => {
@@ -606,66 +602,6 @@ async fn apply(
         }
     }
     Pass::Committed(tx.commit().await.map_err(|e| e.to_string()))
-}
-
-/// The fence of each run `batch` writes, by run and epoch.
-fn fences_of(batch: &[Queued]) -> HashMap<(Arc<str>, i64), Fence> {
-    let mut wanted = HashMap::new();
-    for (run, fence) in batch.iter().filter_map(|q| q.fence.as_ref()) {
-        wanted
-            .entry((run.clone(), fence.epoch))
-            .or_insert_with(|| fence.clone());
-    }
-    wanted
-}
-
-/// The fences of every run `batch` writes, read in one query: SQLite's write lock, which the
-/// transaction holds, keeps them until the commit. A run whose lease cannot be read is left
-/// out (checked alone).
-async fn read_fences(
-    conn: &mut AnyConnection,
-    wanted: HashMap<(Arc<str>, i64), Fence>,
-) -> HashMap<(Arc<str>, i64), Option<String>> {
-    let mut checked = HashMap::new();
-    if wanted.len() < 2 {
-        return checked;
-    }
-    let runs: Vec<&str> = {
-        let mut runs: Vec<&str> = wanted.keys().map(|(run, _)| &**run).collect();
-        runs.sort_unstable();
-        runs.dedup();
-        runs
-    };
-    let mut held: HashMap<String, (Option<String>, i64)> = HashMap::new();
-    for chunk in runs.chunks(500) {
-        let marks: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
-        let sql = format!(
-            "SELECT id, lease_owner, lease_epoch FROM runs WHERE id IN ({})",
-            marks.join(", ")
-        );
-        // Not kept prepared: one text per number of runs would crowd the statement cache.
-        let mut query = sqlx::query_as::<_, (String, Option<String>, i64)>(&sql).persistent(false);
-        for run in chunk {
-            query = query.bind(*run);
-        }
-        match query.fetch_all(&mut *conn).await {
-            Ok(rows) => held.extend(
-                rows.into_iter()
-                    .map(|(id, owner, epoch)| (id, (owner, epoch))),
-            ),
-            Err(e) => {
-                tracing::debug!(target: "store.journal", "reading the fences in one query failed: {e}");
-                return HashMap::new();
-            }
-        }
-    }
-    for ((run, epoch), fence) in wanted {
-        let ours = held.get(&*run).is_some_and(|(owner, epoch)| {
-            owner.as_deref() == Some(&fence.owner) && *epoch == fence.epoch
-        });
-        checked.insert((run, epoch), (!ours).then(|| lost(&fence)));
-    }
-    checked
 }
 
 /// Why a write fenced with `fence` is refused.
