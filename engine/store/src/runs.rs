@@ -261,14 +261,22 @@ impl Store {
         self.journal()
             .now_statement("finishing a run", Some(id), statement)
             .await?;
+        self.run_with_id(id)
+            .await?
+            .ok_or_else(|| Error::RunNotFound(id.to_owned()))
+    }
+
+    /// The run with exactly this id, if there is one.
+    async fn run_with_id(&self, id: &str) -> Result<Option<RunRecord>> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
-        let row = sqlx::query(&sql)
+        sqlx::query(&sql)
             .bind(id)
             .fetch_optional(self.pool())
             .await
-            .map_err(query_err("reading a finished run"))?
-            .ok_or_else(|| Error::RunNotFound(id.to_owned()))?;
-        run_from_row(&row)
+            .map_err(query_err("reading a run"))?
+            .as_ref()
+            .map(run_from_row)
+            .transpose()
     }
 
     /// Delete a run and everything recorded with it (steps, events, checkpoints, epoch metrics).
@@ -388,14 +396,8 @@ impl Store {
         if !lookup_key_ok(id_or_prefix) {
             return Err(Error::RunNotFound(id_or_prefix.to_owned()));
         }
-        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
-        if let Some(row) = sqlx::query(&sql)
-            .bind(id_or_prefix)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(query_err("reading a run"))?
-        {
-            return run_from_row(&row);
+        if let Some(run) = self.run_with_id(id_or_prefix).await? {
+            return Ok(run);
         }
         let sql = format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE substr(id, 1, length($1)) = $1 ORDER BY id LIMIT 5"

@@ -4,8 +4,9 @@
 //! Through sqlx every statement is a hand-off between the runtime's thread and the
 //! connection's worker thread (and back); here a batch is one hand-off, and the statements,
 //! prepared once, run back to back. The journal sends it the batches made only of such writes
-//! (a step's start, end and log lines, progress, a run's end); the others (a run's creation,
-//! a step start whose attempt number is wanted) go through sqlx as before. Batches are applied
+//! (a step's start, end and log lines, progress, checkpoints, a run's start and end, a run's
+//! creation without training claims); the others (claims, which decide on what they read, a
+//! step start whose attempt number is awaited) go through sqlx as before. Batches are applied
 //! one after the other whichever way they go, so order is kept.
 //!
 //! Semantics are the journal's: fenced writes of a run another engine took over are refused
