@@ -124,6 +124,12 @@ impl Store {
         let mut migrate_lock = None;
         // The database file, for the journal's synchronous writer.
         let mut file = None;
+        // Only a plain file on disk, opened read-write: a URL with other options (read-only,
+        // immutable, in memory, a shared cache) would mean another database, or writes where
+        // none were asked for, to rusqlite; sqlx alone honours them.
+        let plain = url
+            .split_once('?')
+            .is_none_or(|(_, query)| query.split('&').all(|o| o == "mode=rwc" || o == "mode=rw"));
         let pool = if is_sqlite {
             // Durable commits (FULL) in WAL mode; wait for writers instead of failing at once.
             let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)
@@ -159,9 +165,13 @@ impl Store {
             // which holds one of its own); a local file needs no check before each use.
             AnyPoolOptions::new()
                 .max_connections(8)
-                // Two open at once, in the background: the journal's writer keeps one, and
-                // the first read must not wait for a connection to be opened.
-                .min_connections(2)
+                // Where the journal writes through sqlx, it keeps a connection of its own, and
+                // the first read must not wait for one to be opened: two, the second opened in
+                // the background. Beside the synchronous writer (a plain file) one is enough:
+                // the journal's sqlx writes are then rare (claims, a step start whose attempt
+                // is awaited), and a second connection opening beside the plugins' loading
+                // cost `kiln run` ~0.7 ms of its ~8 on two cores.
+                .min_connections(if plain { 1 } else { 2 })
                 .test_before_acquire(false)
                 .after_connect(|conn, _| {
                     Box::pin(async move {
@@ -201,12 +211,6 @@ impl Store {
             source,
         })?;
         drop(migrate_lock);
-        // Only a plain file on disk, opened read-write: a URL with other options (read-only,
-        // immutable, in memory, a shared cache) would mean another database, or writes where
-        // none were asked for, to rusqlite; sqlx alone honours them.
-        let plain = url
-            .split_once('?')
-            .is_none_or(|(_, query)| query.split('&').all(|o| o == "mode=rwc" || o == "mode=rw"));
         let direct = match file.filter(|f| plain && f.is_file()) {
             Some(file) => Some(sqlite_writer::SqliteWriter::open(&file).map_err(|message| {
                 Error::Connect {
