@@ -577,3 +577,53 @@ fn a_step_timeout_covers_its_wait_for_a_gpu() {
     );
     drop(held);
 }
+
+/// The engine waits for a started program on this: the supervisor's stdout, a pipe from the
+/// engine, reaches its end once `child.json` is written, while the program still runs. (Were it
+/// held open, the read below would last until the program's end, and `exit.json` would exist.)
+#[test]
+fn the_supervisor_closes_its_stdout_once_the_program_is_recorded() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = serde_json::json!({
+        "program": "/bin/sleep",
+        "args": ["60"],
+        "env": [],
+        "cwd": dir.path(),
+        "log_path": dir.path().join("program.log"),
+    });
+    std::fs::write(dir.path().join("spec.json"), spec.to_string()).unwrap();
+    let mut supervisor = std::process::Command::new(env!("CARGO_BIN_EXE_kiln-supervise"))
+        .arg("supervise")
+        .arg(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut written = Vec::new();
+    supervisor
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut written)
+        .unwrap();
+    assert!(written.is_empty(), "{}", String::from_utf8_lossy(&written));
+    let child: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("child.json")).unwrap()).unwrap();
+    assert!(
+        !dir.path().join("exit.json").exists(),
+        "the supervisor's stdout stayed open until its program ended"
+    );
+    let pgid = child["pgid"].as_i64().unwrap();
+    assert!(pgid > 1, "{child}");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    supervisor.wait().unwrap();
+    let exit: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("exit.json")).unwrap()).unwrap();
+    assert_eq!(exit["signal"], 9, "{exit}");
+}

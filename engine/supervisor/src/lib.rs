@@ -351,7 +351,9 @@ impl Supervised {
             .arg(state_dir)
             .env_clear()
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            // Closed by the supervisor once it has recorded the started program (or by its
+            // end): what the wait below wakes on.
+            .stdout(Stdio::piped())
             .stderr(supervisor_log)
             // The supervisor must survive the engine: never kill it when the handle drops.
             .kill_on_drop(false);
@@ -374,8 +376,10 @@ impl Supervised {
         })?;
         let program = spec.program.display().to_string();
         // Wait for the supervisor to record the started child (or its failure to start): it
-        // takes a few milliseconds, so look often at first.
-        let mut looks = 0u32;
+        // takes a few milliseconds. The supervisor closes its stdout once the record is
+        // written (or ends), which wakes this at once; looking every 2 ms after that is for a
+        // supervisor that did neither.
+        let mut recorded = supervisor.stdout.take();
         loop {
             if let Some(child) = records::read_child(state_dir)? {
                 return Ok(Self {
@@ -402,9 +406,21 @@ impl Supervised {
                     ),
                 });
             }
-            looks += 1;
-            let pause = if looks < 100 { 200 } else { 2000 };
-            tokio::time::sleep(Duration::from_micros(pause)).await;
+            match recorded.as_mut() {
+                Some(out) => {
+                    use tokio::io::AsyncReadExt as _;
+                    let mut drained = [0u8; 512];
+                    let read = out.read(&mut drained);
+                    // Closed: the record is there, or the supervisor is gone. Otherwise (a
+                    // timeout) look again.
+                    if let Ok(Ok(0) | Err(_)) =
+                        tokio::time::timeout(Duration::from_millis(100), read).await
+                    {
+                        recorded = None;
+                    }
+                }
+                None => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
         }
     }
 

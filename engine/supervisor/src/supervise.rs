@@ -117,6 +117,11 @@ fn supervise(state_dir: &Path) -> Result<ExitRecord, String> {
         let _ = child.wait();
         return Err(format!("cannot record the started program: {e}"));
     }
+    // The engine that started this waits for the record: closing stdout (a pipe from it)
+    // wakes it. Nothing is ever written there.
+    if let Ok(null) = OpenOptions::new().write(true).open("/dev/null") {
+        let _ = rustix::stdio::dup2_stdout(&null);
+    }
     let status = child
         .wait()
         .map_err(|e| format!("waiting for pid {pid}: {e}"))?;
