@@ -353,15 +353,22 @@ async fn a_failing_write_does_not_take_its_batch_down() {
         assert!(first.await.unwrap().is_ok());
         let e = broken.await.unwrap().unwrap_err().to_string();
         assert!(e.contains("no_such_table"), "{e}");
-        let messages: Vec<String> = store
-            .events_after("run-ok", 0, 10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.message)
-            .collect();
-        assert_eq!(messages, ["before", "after"]);
+        assert_eq!(
+            logged(&store).await,
+            [(1, "before".to_owned()), (2, "after".to_owned())]
+        );
     }
+}
+
+/// The events of `run-ok`, as (seq, message).
+async fn logged(store: &Store) -> Vec<(i64, String)> {
+    store
+        .events_after("run-ok", 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.seq, e.message))
+        .collect()
 }
 
 /// A write that is one statement inserting event `seq` of `run-ok`.
@@ -400,15 +407,8 @@ async fn statement_batches_keep_their_values_and_failures() {
         }
         let e = duplicate.await.unwrap().unwrap_err().to_string();
         assert!(e.to_lowercase().contains("unique"), "{e}");
-        let events: Vec<(i64, String)> = store
-            .events_after("run-ok", 0, 10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.seq, e.message))
-            .collect();
         assert_eq!(
-            events,
+            logged(&store).await,
             [
                 (1, "one".to_owned()),
                 (2, "two".to_owned()),
