@@ -581,11 +581,11 @@ fn a_step_timeout_covers_its_wait_for_a_gpu() {
     drop(held);
 }
 
-/// The engine waits for a started program on this: the supervisor's stdout, a pipe from the
-/// engine, reaches its end once `child.json` is written, while the program still runs. (Were it
-/// held open, the read below would last until the program's end, and `exit.json` would exist.)
+/// The engine follows a launch on this: the supervisor's stdout, a pipe from the engine, gets
+/// one byte once `child.json` is written, while the program still runs (were it late, the read
+/// below would last until the program's end), and reaches its end once `exit.json` can be read.
 #[test]
-fn the_supervisor_closes_its_stdout_once_the_program_is_recorded() {
+fn the_supervisor_tells_on_stdout_when_its_program_is_recorded_and_when_it_ended() {
     use std::io::Read;
     let dir = tempfile::tempdir().unwrap();
     let spec = serde_json::json!({
@@ -604,19 +604,14 @@ fn the_supervisor_closes_its_stdout_once_the_program_is_recorded() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut written = Vec::new();
-    supervisor
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_end(&mut written)
-        .unwrap();
-    assert!(written.is_empty(), "{}", String::from_utf8_lossy(&written));
+    let mut stdout = supervisor.stdout.take().unwrap();
+    let mut started = [0u8; 1];
+    stdout.read_exact(&mut started).unwrap();
     let child: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("child.json")).unwrap()).unwrap();
     assert!(
         !dir.path().join("exit.json").exists(),
-        "the supervisor's stdout stayed open until its program ended"
+        "the supervisor told of its program only once it ended"
     );
     let pgid = child["pgid"].as_i64().unwrap();
     assert!(pgid > 1, "{child}");
@@ -625,8 +620,12 @@ fn the_supervisor_closes_its_stdout_once_the_program_is_recorded() {
         .status()
         .unwrap();
     assert!(killed.success());
-    supervisor.wait().unwrap();
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    // Readable once stdout has closed, before the supervisor has ended.
     let exit: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("exit.json")).unwrap()).unwrap();
     assert_eq!(exit["signal"], 9, "{exit}");
+    assert!(supervisor.wait().unwrap().code() == Some(128 + 9));
 }

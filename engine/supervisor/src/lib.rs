@@ -100,6 +100,11 @@ pub enum Launcher {
 pub struct Supervised {
     /// Our child when we started the supervisor; None after a re-attach or under Slurm.
     supervisor: Option<tokio::process::Child>,
+    /// The supervisor's stdout while it is open: it closes once the exit is recorded, before
+    /// the record is fsynced (see [`Supervised::wait`]).
+    notices: Option<tokio::process::ChildStdout>,
+    /// The supervisor holds descriptors of ours (GPU leases): the launch ends with it.
+    holds_fds: bool,
     state_dir: PathBuf,
     child: ChildRecord,
     program: String,
@@ -241,6 +246,8 @@ impl Supervised {
     async fn attach(state_dir: &Path, program: &str) -> Result<Option<Self>> {
         let attached = |child: ChildRecord| Self {
             supervisor: None,
+            notices: None,
+            holds_fds: false,
             state_dir: state_dir.to_owned(),
             child,
             program: program.to_owned(),
@@ -376,14 +383,16 @@ impl Supervised {
         })?;
         let program = spec.program.display().to_string();
         // Wait for the supervisor to record the started child (or its failure to start): it
-        // takes a few milliseconds. The supervisor closes its stdout once the record is
-        // written (or ends), which wakes this at once; looking every 2 ms after that is for a
-        // supervisor that did neither.
-        let mut recorded = supervisor.stdout.take();
+        // takes a few milliseconds. The supervisor writes a byte to its stdout once the record
+        // is written (a supervisor from before 0.2 closed it instead; it closes when it ends),
+        // which wakes this at once; looking every 2 ms is for a supervisor that did neither.
+        let mut notices = supervisor.stdout.take();
         loop {
             if let Some(child) = records::read_child(state_dir)? {
                 return Ok(Self {
                     supervisor: Some(supervisor),
+                    notices,
+                    holds_fds: !inherit_fds.is_empty(),
                     state_dir: state_dir.to_owned(),
                     child,
                     program,
@@ -406,17 +415,17 @@ impl Supervised {
                     ),
                 });
             }
-            match recorded.as_mut() {
+            match notices.as_mut() {
                 Some(out) => {
                     use tokio::io::AsyncReadExt as _;
                     let mut drained = [0u8; 512];
                     let read = out.read(&mut drained);
-                    // Closed: the record is there, or the supervisor is gone. Otherwise (a
-                    // timeout) look again.
+                    // A byte: the record is there. Closed: the record is there, or the
+                    // supervisor is gone. Otherwise (a timeout) look again.
                     if let Ok(Ok(0) | Err(_)) =
                         tokio::time::timeout(Duration::from_millis(100), read).await
                     {
-                        recorded = None;
+                        notices = None;
                     }
                 }
                 None => tokio::time::sleep(Duration::from_millis(2)).await,
@@ -463,6 +472,8 @@ impl Supervised {
             return match (child, records::read_exit(state_dir)?) {
                 (Some(child), Some(_)) => Ok(Self {
                     supervisor: None,
+                    notices: None,
+                    holds_fds: false,
                     state_dir: state_dir.to_owned(),
                     child,
                     program,
@@ -481,6 +492,8 @@ impl Supervised {
         let id = job.job_id;
         let started = |child: ChildRecord| Self {
             supervisor: None,
+            notices: None,
+            holds_fds: false,
             state_dir: state_dir.to_owned(),
             child,
             program: program.clone(),
@@ -684,6 +697,19 @@ impl Supervised {
             }
         }
         if let Some(supervisor) = &mut self.supervisor {
+            // The supervisor closes its stdout once the exit record can be read, then makes it
+            // durable: this goes on meanwhile (what it records goes to the engine's database).
+            // A supervisor holding our descriptors is waited for: they are released with it.
+            if let Some(mut notices) = self.notices.take()
+                && !self.holds_fds
+            {
+                use tokio::io::AsyncReadExt as _;
+                let mut drained = [0u8; 64];
+                while let Ok(1..) = notices.read(&mut drained).await {}
+                if let Some(exit) = records::read_exit(&self.state_dir)? {
+                    return Ok(exit);
+                }
+            }
             let _ = supervisor.wait().await;
             return records::read_exit(&self.state_dir)?
                 .ok_or_else(|| self.lost("its supervisor ended without recording the exit"));

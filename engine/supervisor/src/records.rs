@@ -160,6 +160,17 @@ pub(crate) fn write_json_atomic<T: Serialize>(
     Ok(())
 }
 
+/// Make a record written with [`Durability::Process`] survive a crash of the machine as
+/// [`Durability::Machine`] does: the file, then its folder (the rename), fsynced. Until this
+/// returns, a machine crash may leave it missing or empty, which [`read_json`] reads as absent.
+pub(crate) fn make_durable(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Writes `value` to `path` as [`write_json_atomic`] does (not fsynced), but only if `path`
 /// does not exist: the complete file appears at once or the write fails with `AlreadyExists`
 /// (a hard link to a temporary file, which never replaces).

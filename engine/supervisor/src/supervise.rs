@@ -117,10 +117,11 @@ fn supervise(state_dir: &Path) -> Result<ExitRecord, String> {
         let _ = child.wait();
         return Err(format!("cannot record the started program: {e}"));
     }
-    // The engine that started this waits for the record: closing stdout (a pipe from it)
-    // wakes it. Nothing is ever written there.
-    if let Ok(null) = OpenOptions::new().write(true).open("/dev/null") {
-        let _ = rustix::stdio::dup2_stdout(&null);
+    // The engine that started this waits on stdout, a pipe from it: one byte says the program
+    // is recorded. (Anything else, such as a Slurm job's output file, is left alone.)
+    let notify = stdout_is_pipe();
+    if notify {
+        let _ = rustix::io::write(std::io::stdout(), b".");
     }
     let status = child
         .wait()
@@ -135,9 +136,32 @@ fn supervise(state_dir: &Path) -> Result<ExitRecord, String> {
         finished_at: now_rfc3339(),
         forwarded_signal: (forwarded != 0).then_some(forwarded),
     };
-    write_json_atomic(&state_dir.join(EXIT_FILE), &record, Durability::Machine)
+    // Complete for readers first (renamed into place), then durable. The engine waiting on
+    // stdout goes on as soon as it can read the record, while this makes it durable: what it
+    // records from it goes to its own database, which it commits itself. Without an engine, the
+    // record is durable before the supervisor ends (ARCHITECTURE.md, "Durability").
+    let path = state_dir.join(EXIT_FILE);
+    write_json_atomic(&path, &record, Durability::Process)
         .map_err(|e| format!("cannot record the exit status: {e}"))?;
+    if notify {
+        close_stdout();
+    }
+    records::make_durable(&path).map_err(|e| format!("cannot record the exit status: {e}"))?;
     Ok(record)
+}
+
+/// Whether stdout is a pipe: the engine that started this supervisor reads it.
+fn stdout_is_pipe() -> bool {
+    rustix::fs::fstat(std::io::stdout()).is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Fifo
+    })
+}
+
+/// Point stdout at `/dev/null`: the end of the pipe wakes the engine reading it.
+fn close_stdout() {
+    if let Ok(null) = OpenOptions::new().write(true).open("/dev/null") {
+        let _ = rustix::stdio::dup2_stdout(&null);
+    }
 }
 
 /// Set once the program has been reaped: its group number may be reused from then on.
