@@ -581,12 +581,9 @@ fn a_step_timeout_covers_its_wait_for_a_gpu() {
     drop(held);
 }
 
-/// The engine follows a launch on this: the supervisor's stdout, a pipe from the engine, gets
-/// one byte once `child.json` is written, while the program still runs (were it late, the read
-/// below would last until the program's end), and reaches its end once `exit.json` can be read.
-#[test]
-fn the_supervisor_tells_on_stdout_when_its_program_is_recorded_and_when_it_ended() {
-    use std::io::Read;
+/// A supervisor of `/bin/sleep 60` in a new state folder, its stdout a pipe to this test;
+/// `notices`: asked for as the engine does.
+fn supervise_sleep(notices: bool) -> (tempfile::TempDir, std::process::Child) {
     let dir = tempfile::tempdir().unwrap();
     let spec = serde_json::json!({
         "program": "/bin/sleep",
@@ -596,7 +593,11 @@ fn the_supervisor_tells_on_stdout_when_its_program_is_recorded_and_when_it_ended
         "log_path": dir.path().join("program.log"),
     });
     std::fs::write(dir.path().join("spec.json"), spec.to_string()).unwrap();
-    let mut supervisor = std::process::Command::new(env!("CARGO_BIN_EXE_kiln-supervise"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_kiln-supervise"));
+    if notices {
+        command.env("KILN_SUPERVISE_NOTICES", "1");
+    }
+    let supervisor = command
         .arg("supervise")
         .arg(dir.path())
         .stdin(std::process::Stdio::null())
@@ -604,15 +605,13 @@ fn the_supervisor_tells_on_stdout_when_its_program_is_recorded_and_when_it_ended
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut stdout = supervisor.stdout.take().unwrap();
-    let mut started = [0u8; 1];
-    stdout.read_exact(&mut started).unwrap();
+    (dir, supervisor)
+}
+
+/// The recorded program of a state folder, killed with its group.
+fn kill_recorded(dir: &std::path::Path) {
     let child: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("child.json")).unwrap()).unwrap();
-    assert!(
-        !dir.path().join("exit.json").exists(),
-        "the supervisor told of its program only once it ended"
-    );
+        serde_json::from_slice(&std::fs::read(dir.join("child.json")).unwrap()).unwrap();
     let pgid = child["pgid"].as_i64().unwrap();
     assert!(pgid > 1, "{child}");
     let killed = std::process::Command::new("kill")
@@ -620,6 +619,26 @@ fn the_supervisor_tells_on_stdout_when_its_program_is_recorded_and_when_it_ended
         .status()
         .unwrap();
     assert!(killed.success());
+}
+
+/// The engine follows a launch on this: the supervisor's stdout, a pipe from the engine, gets
+/// one byte once `child.json` is written, while the program still runs (were it late, the read
+/// below would last until the program's end), and reaches its end once `exit.json` can be
+/// read. A supervisor not asked for these notices (by an older engine) closes its stdout once
+/// `child.json` is written, which such an engine waits for.
+#[test]
+fn the_supervisor_tells_on_stdout_when_its_program_is_recorded_and_when_it_ended() {
+    use std::io::Read;
+    let (dir, mut supervisor) = supervise_sleep(true);
+    let mut stdout = supervisor.stdout.take().unwrap();
+    let mut started = [0u8; 1];
+    stdout.read_exact(&mut started).unwrap();
+    assert!(dir.path().join("child.json").exists());
+    assert!(
+        !dir.path().join("exit.json").exists(),
+        "the supervisor told of its program only once it ended"
+    );
+    kill_recorded(dir.path());
     let mut rest = Vec::new();
     stdout.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
@@ -627,5 +646,18 @@ fn the_supervisor_tells_on_stdout_when_its_program_is_recorded_and_when_it_ended
     let exit: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("exit.json")).unwrap()).unwrap();
     assert_eq!(exit["signal"], 9, "{exit}");
-    assert!(supervisor.wait().unwrap().code() == Some(128 + 9));
+    assert_eq!(supervisor.wait().unwrap().code(), Some(128 + 9));
+
+    let (dir, mut supervisor) = supervise_sleep(false);
+    let mut written = Vec::new();
+    let mut stdout = supervisor.stdout.take().unwrap();
+    stdout.read_to_end(&mut written).unwrap();
+    assert!(written.is_empty(), "{}", String::from_utf8_lossy(&written));
+    assert!(dir.path().join("child.json").exists());
+    assert!(
+        !dir.path().join("exit.json").exists(),
+        "the supervisor's stdout stayed open until its program ended"
+    );
+    kill_recorded(dir.path());
+    assert_eq!(supervisor.wait().unwrap().code(), Some(128 + 9));
 }

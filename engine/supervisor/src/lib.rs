@@ -113,6 +113,9 @@ pub struct Supervised {
     job: Option<(SlurmOptions, String)>,
 }
 
+/// Set in the environment of a supervisor whose stdout is a pipe the engine reads.
+pub(crate) const NOTICES_ENV: &str = "KILN_SUPERVISE_NOTICES";
+
 /// How often a launch under Slurm asks Slurm about its job while following it.
 const SLURM_POLL: Duration = Duration::from_secs(2);
 
@@ -357,9 +360,10 @@ impl Supervised {
             .arg("supervise")
             .arg(state_dir)
             .env_clear()
+            // Asks for the notices on stdout: a byte once the started program is recorded, the
+            // end once its exit record can be read (see `supervise.rs`).
+            .env(NOTICES_ENV, "1")
             .stdin(Stdio::null())
-            // Closed by the supervisor once it has recorded the started program (or by its
-            // end): what the wait below wakes on.
             .stdout(Stdio::piped())
             .stderr(supervisor_log)
             // The supervisor must survive the engine: never kill it when the handle drops.
@@ -384,10 +388,14 @@ impl Supervised {
         let program = spec.program.display().to_string();
         // Wait for the supervisor to record the started child (or its failure to start): it
         // takes a few milliseconds. The supervisor writes a byte to its stdout once the record
-        // is written (a supervisor from before 0.2 closed it instead; it closes when it ends),
-        // which wakes this at once; looking every 2 ms is for a supervisor that did neither.
+        // is written (an older one closed it instead; it closes when it ends), which wakes this
+        // at once; looking every 2 ms is for a supervisor that did neither.
         let mut notices = supervisor.stdout.take();
         loop {
+            // The exit record first: a program that ends at once may have both records by the
+            // time the second is read, and read the other way round it would look as if it had
+            // never started.
+            let exit = records::read_exit(state_dir)?;
             if let Some(child) = records::read_child(state_dir)? {
                 return Ok(Self {
                     supervisor: Some(supervisor),
@@ -400,7 +408,7 @@ impl Supervised {
                     job: None,
                 });
             }
-            if let Some(exit) = records::read_exit(state_dir)? {
+            if let Some(exit) = exit {
                 return Err(not_started(&program, exit));
             }
             if let Ok(Some(_)) = supervisor.try_wait()

@@ -117,11 +117,14 @@ fn supervise(state_dir: &Path) -> Result<ExitRecord, String> {
         let _ = child.wait();
         return Err(format!("cannot record the started program: {e}"));
     }
-    // The engine that started this waits on stdout, a pipe from it: one byte says the program
-    // is recorded. (Anything else, such as a Slurm job's output file, is left alone.)
-    let notify = stdout_is_pipe();
+    // The engine that started this reads stdout, a pipe from it: one byte says the program is
+    // recorded. An engine that did not ask for notices (an older one) waits for the end of
+    // the pipe instead; stdout is not used for anything else.
+    let notify = std::env::var_os(crate::NOTICES_ENV).is_some() && stdout_is_pipe();
     if notify {
         let _ = rustix::io::write(std::io::stdout(), b".");
+    } else {
+        close_stdout();
     }
     let status = child
         .wait()
@@ -146,18 +149,28 @@ fn supervise(state_dir: &Path) -> Result<ExitRecord, String> {
     if notify {
         close_stdout();
     }
-    records::make_durable(&path).map_err(|e| format!("cannot record the exit status: {e}"))?;
+    // The record stands (an engine may have acted on it already): a failed sync is only said.
+    if let Err(e) = records::make_durable(&path) {
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!(
+                "kiln supervise: {} may not survive a crash of the machine: {e}\n",
+                path.display()
+            )
+            .as_bytes(),
+        );
+    }
     Ok(record)
 }
 
-/// Whether stdout is a pipe: the engine that started this supervisor reads it.
+/// Whether stdout is a pipe (the one the engine that asked for notices reads).
 fn stdout_is_pipe() -> bool {
     rustix::fs::fstat(std::io::stdout()).is_ok_and(|st| {
         rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Fifo
     })
 }
 
-/// Point stdout at `/dev/null`: the end of the pipe wakes the engine reading it.
+/// Point stdout at `/dev/null`: the end of a pipe there wakes the engine reading it.
 fn close_stdout() {
     if let Ok(null) = OpenOptions::new().write(true).open("/dev/null") {
         let _ = rustix::stdio::dup2_stdout(&null);
