@@ -348,6 +348,15 @@ impl RunManager {
         stop: &CancellationToken,
     ) -> Result<kiln_store::RunRecord, kiln_runner::Error> {
         const POLL: std::time::Duration = std::time::Duration::from_millis(250);
+        // Executing here (`id` is its full id): its record is read once, when it has ended (its
+        // end durable by then) or at the deadline.
+        if let Some(mut ended) = self.ended(id) {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = ended.wait_for(|ended| *ended) => {}
+            }
+        }
         let mut run = self.service.run(id).await?;
         loop {
             if run.status.is_terminal() || tokio::time::Instant::now() >= deadline {
