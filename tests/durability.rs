@@ -333,6 +333,42 @@ fn retrying_a_failed_run_reruns_only_its_unfinished_steps() {
     );
 }
 
+const FAILS_SECOND: &str = r#"name: fails-second
+steps:
+  - {id: first, uses: hostile, action: ok}
+  - {id: second, uses: hostile, action: panic, needs: [first]}
+"#;
+
+/// A run recorded before leases existed has `lease_epoch` 0, so its first lease after the
+/// upgrade has epoch 1, like a new run's: a retry still reads its steps back (the succeeded one
+/// is reused, the failed one gets its second attempt) instead of taking it for untouched.
+#[test]
+fn a_retry_reuses_the_steps_of_a_run_recorded_before_leases() {
+    let ws = Workspace::new();
+    let wf = ws.workflow("fails-second.yaml", FAILS_SECOND);
+    let out = ws.kiln(&["run", &wf]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let id = run_id(&out);
+    let before = ws.json(&["runs", "show", &id, "--json"]);
+    let db = rusqlite::Connection::open(ws.root().join(".kiln/kiln.db")).unwrap();
+    let changed = db
+        .execute("UPDATE runs SET lease_epoch = 0 WHERE id = ?1", [&id])
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(db);
+
+    let out = ws.kiln(&["runs", "retry", &id]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let after = ws.json(&["runs", "show", &id, "--json"]);
+    assert_eq!(step(&after, "first")["attempt"], 1, "{after}");
+    assert_eq!(
+        step(&after, "first")["started_at"],
+        step(&before, "first")["started_at"],
+        "the succeeded step is reused"
+    );
+    assert_eq!(step(&after, "second")["attempt"], 2, "{after}");
+}
+
 const MEMO: &str = r#"name: memo
 steps:
   - id: cached

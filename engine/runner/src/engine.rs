@@ -134,6 +134,8 @@ pub struct RunLease {
     lost: watch::Receiver<Option<String>>,
     /// The run's end was recorded under this lease, which freed it.
     ended: bool,
+    /// Taken in the commit that created the run: nothing has touched the run since.
+    created: bool,
 }
 
 impl std::fmt::Debug for RunLease {
@@ -149,6 +151,12 @@ impl RunLease {
 
     pub fn epoch(&self) -> i64 {
         self.lease.epoch
+    }
+
+    /// Whether this lease was taken in the commit that created its run (see
+    /// [`EngineSession::adopt_created`]).
+    pub fn created(&self) -> bool {
+        self.created
     }
 
     /// The engine it was taken from, when it was taken over.
@@ -440,7 +448,16 @@ impl EngineSession {
             lease,
             lost,
             ended: false,
+            created: false,
         }
+    }
+
+    /// The lease taken in the commit that created its run (see [`Self::adopt`]): nothing has
+    /// touched the run since, so its steps are as that commit wrote them.
+    pub fn adopt_created(&self, lease: Lease) -> RunLease {
+        let mut adopted = self.adopt(lease);
+        adopted.created = true;
+        adopted
     }
 
     /// Records this engine stopped: its leases are free for other engines at once.

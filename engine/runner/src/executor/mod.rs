@@ -403,7 +403,7 @@ impl Runner {
             .await
             .map_err(ownership::conflict)?;
         let (run, lease) = run;
-        Ok((run, lease.map(|l| self.inner.engine.adopt(l))))
+        Ok((run, lease.map(|l| self.inner.engine.adopt_created(l))))
     }
 
     /// Start step `i` in its own task, with the outputs of only its dependencies. `attempts`:
@@ -465,7 +465,7 @@ impl Runner {
         let done = tokio::select! {
             // Dropping the execution drops its step tasks (a `JoinSet`): plugin calls end where
             // they are, supervised programs keep running for the new owner.
-            done = self.execute_leased(run, lease.epoch() == 1, workflow, params, cancel, updates) => match done {
+            done = self.execute_leased(run, lease.created(), workflow, params, cancel, updates) => match done {
                 // A write refused by the store's fencing: the lease went to another engine
                 // before this one's renewal noticed.
                 Err(Error::Store(kiln_store::Error::LeaseLost { message, .. })) => {
@@ -482,12 +482,12 @@ impl Runner {
         done
     }
 
-    /// `first`: this is the run's first lease (epoch 1), so no execution has touched it: its
-    /// steps are all queued as created, with no attempt, and are not read back.
+    /// `created`: the lease was taken in the commit that created the run, so nothing has
+    /// touched it: its steps are all queued as created, with no attempt, and are not read back.
     async fn execute_leased(
         &self,
         run: &RunRecord,
-        first: bool,
+        created: bool,
         workflow: &Workflow,
         params: &Map<String, Value>,
         cancel: CancellationToken,
@@ -534,9 +534,9 @@ impl Runner {
         let mut interrupted: BTreeSet<usize> = BTreeSet::new();
         // Only this engine changes them while it holds the run's lease.
         let mut attempts: Vec<i64> = vec![0; workflow.steps.len()];
-        // Every execution takes the run's lease, which raises its epoch: under the first, the
-        // steps are still as the run's creation wrote them (queued, no attempt).
-        let recorded = match first {
+        // Under the lease its creation took, the steps are as that commit wrote them (queued,
+        // no attempt); any other lease may follow an execution, a cancel or a retry.
+        let recorded = match created {
             true => Vec::new(),
             false => store.steps(&run.id).await?,
         };
