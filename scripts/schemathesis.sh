@@ -40,7 +40,7 @@ cleanup() {
   # their command lines name the throwaway workspace.
   for cmdline in /proc/[0-9]*/cmdline; do
     pid="${cmdline#/proc/}"; pid="${pid%/cmdline}"
-    if [[ "$pid" != "$$" ]] && tr '\0' ' ' <"$cmdline" 2>/dev/null | grep -qF -- "$ws"; then
+    if [[ "$pid" != "$$" ]] && tr '\0' ' ' 2>/dev/null <"$cmdline" | grep -qF -- "$ws"; then
       kill -KILL "$pid" 2>/dev/null || true
     fi
   done
