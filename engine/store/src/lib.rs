@@ -4,7 +4,8 @@
 //! default, a file in the workspace's `.kiln/`) and PostgreSQL through sqlx's `Any` driver with
 //! one set of portable migrations (`migrations/` at the repository root) and portable queries;
 //! on SQLite the journal's batches of plain statements also go through a rusqlite connection
-//! of their own (`sqlite_writer`), on the same libsqlite3.
+//! of their own (`sqlite_writer`), and the hottest reads through rusqlite connections on the
+//! calling thread (`sqlite_reader`), on the same libsqlite3.
 
 mod cache;
 mod columns;
@@ -14,6 +15,7 @@ mod leases;
 mod models;
 mod ownership;
 mod runs;
+mod sqlite_reader;
 mod sqlite_writer;
 mod status;
 mod steps;
@@ -106,6 +108,8 @@ pub struct Store {
     journal: journal::Journal,
     /// The run leases this process holds: what its writes are fenced with.
     fences: journal::Fences,
+    /// Direct reads of the hottest records, on a plain SQLite file (see `sqlite_reader`).
+    reader: Option<std::sync::Arc<sqlite_reader::SqliteReader>>,
     url: String,
 }
 
@@ -211,23 +215,43 @@ impl Store {
             source,
         })?;
         drop(migrate_lock);
-        let direct = match file.filter(|f| plain && f.is_file()) {
-            Some(file) => Some(sqlite_writer::SqliteWriter::open(&file).map_err(|message| {
-                Error::Connect {
-                    url: url.to_owned(),
-                    source: sqlx::Error::Configuration(message.into()),
-                }
-            })?),
-            None => None,
-        };
+        let file = file.filter(|f| plain && f.is_file());
+        let direct =
+            match &file {
+                Some(file) => Some(sqlite_writer::SqliteWriter::open(file).map_err(|message| {
+                    Error::Connect {
+                        url: url.to_owned(),
+                        source: sqlx::Error::Configuration(message.into()),
+                    }
+                })?),
+                None => None,
+            };
+        let reader = file.map(|f| std::sync::Arc::new(sqlite_reader::SqliteReader::new(&f)));
         let fences = journal::Fences::default();
         Ok(Self {
             journal: journal::Journal::start(pool.clone(), is_sqlite, direct, fences.clone()),
             fences,
             pool,
             sqlite: is_sqlite,
+            reader,
             url: url.to_owned(),
         })
+    }
+
+    /// The rows of `sql` (a read) read directly, where this store can (see `sqlite_reader`);
+    /// `None` when the caller reads them through sqlx.
+    pub(crate) fn read_direct<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Option<Vec<T>> {
+        let reader = self.reader.as_ref()?;
+        let rows = reader.rows(sql, args);
+        if let Err(e) = &rows {
+            let fallbacks = reader.fallbacks();
+            tracing::debug!(target: "store", fallbacks, "read through sqlx instead: {e}");
+        }
+        rows.ok()
     }
 
     pub(crate) fn pool(&self) -> &AnyPool {
@@ -277,6 +301,9 @@ impl Store {
     /// after it fail.
     pub async fn close(&self) {
         let _ = self.journal.close().await;
+        if let Some(reader) = &self.reader {
+            reader.close();
+        }
         self.pool.close().await;
     }
 }

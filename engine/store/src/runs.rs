@@ -66,7 +66,7 @@ const RUN_COLUMNS: &str = "id, workflow_name, workflow_file, workflow_yaml, stat
     lease_owner";
 
 /// A row of `runs` as [`RUN_COLUMNS`] select it.
-#[derive(FromRow)]
+#[derive(FromRow, serde::Deserialize)]
 struct RunRow {
     id: String,
     workflow_name: String,
@@ -269,6 +269,9 @@ impl Store {
     /// The run with exactly this id, if there is one.
     async fn run_with_id(&self, id: &str) -> Result<Option<RunRecord>> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
+        if let Some(rows) = self.read_direct::<RunRow>(&sql, &[&id]) {
+            return rows.into_iter().next().map(RunRecord::try_from).transpose();
+        }
         sqlx::query(&sql)
             .bind(id)
             .fetch_optional(self.pool())

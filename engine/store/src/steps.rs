@@ -59,7 +59,7 @@ pub struct PluginIdentity<'a> {
 }
 
 /// A row of `steps`.
-#[derive(FromRow)]
+#[derive(FromRow, serde::Deserialize)]
 struct StepRow {
     run_id: String,
     step_id: String,
@@ -483,7 +483,11 @@ impl Store {
 
     /// The steps of a run in workflow order.
     pub async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>> {
-        let rows = sqlx::query("SELECT * FROM steps WHERE run_id = $1 ORDER BY position")
+        const SQL: &str = "SELECT * FROM steps WHERE run_id = $1 ORDER BY position";
+        if let Some(rows) = self.read_direct::<StepRow>(SQL, &[&run_id]) {
+            return rows.into_iter().map(StepRecord::try_from).collect();
+        }
+        let rows = sqlx::query(SQL)
             .bind(run_id)
             .fetch_all(self.pool())
             .await

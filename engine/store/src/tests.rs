@@ -963,3 +963,81 @@ async fn claims_look_past_runs_the_engine_cannot_take() {
         assert_eq!(found, vec!["last".to_owned()]);
     }
 }
+
+/// On a plain SQLite file a token, a run and its steps are read directly (`sqlite_reader`),
+/// and read the same as through sqlx (a URL with another option has no direct reads).
+#[tokio::test]
+async fn direct_reads_match_reads_through_sqlx() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kiln.db");
+    let direct = Store::connect(&format!("sqlite://{}", file.display()))
+        .await
+        .unwrap();
+    let through_sqlx = Store::connect(&format!("sqlite://{}?cache=private", file.display()))
+        .await
+        .unwrap();
+    assert!(direct.reader.is_some() && through_sqlx.reader.is_none());
+    let steps = [
+        NewStep {
+            step_id: "a".into(),
+            uses: "builtin/x".into(),
+            action: None,
+        },
+        NewStep {
+            step_id: "b".into(),
+            uses: "hostile".into(),
+            action: Some("ok".into()),
+        },
+    ];
+    direct
+        .create_run(&new_run("r1"), &steps, &[], None)
+        .await
+        .unwrap();
+    direct.start_run("r1").await.unwrap();
+    direct
+        .start_step("r1", "a", &serde_json::json!({"k": [1, 2]}), None, None)
+        .await
+        .unwrap();
+    direct
+        .finish_step("r1", "a", StepStatus::Failed, None, Some("boom ü"))
+        .await
+        .unwrap();
+    direct
+        .finish_run("r1", RunStatus::Failed, Some("step a failed"), None)
+        .await
+        .unwrap();
+    direct
+        .create_token(
+            "tok",
+            "ci",
+            "hash",
+            &["runs:read".into()],
+            &["viewer".into()],
+        )
+        .await
+        .unwrap();
+
+    let run = direct.run("r1").await.unwrap();
+    assert_eq!(run, through_sqlx.run("r1").await.unwrap());
+    assert_eq!(run.status, RunStatus::Failed);
+    let read = direct.steps("r1").await.unwrap();
+    assert_eq!(read, through_sqlx.steps("r1").await.unwrap());
+    assert_eq!(read.len(), 2);
+    assert_eq!(read[0].error_message.as_deref(), Some("boom ü"));
+    let token = direct.token("tok").await.unwrap();
+    assert_eq!(token, through_sqlx.token("tok").await.unwrap());
+    assert_eq!(token.unwrap().roles, ["viewer"]);
+    assert_eq!(direct.token("nope").await.unwrap(), None);
+    let reader = direct.reader.as_ref().unwrap();
+    assert_eq!(reader.fallbacks(), 0, "every read above was direct");
+
+    // A row that does not fit the row type is read through sqlx, which names the column.
+    corrupt(&direct, "runs", "duration_ms", "'long'", "id = 'r1'").await;
+    let err = direct.run("r1").await.unwrap_err().to_string();
+    assert!(err.contains("duration_ms"), "{err}");
+    assert_eq!(reader.fallbacks(), 1);
+
+    // Closed: reads go to sqlx, which refuses them as a closed pool does.
+    direct.close().await;
+    assert!(direct.run("r1").await.is_err());
+}

@@ -19,7 +19,7 @@ pub struct TokenRecord {
 }
 
 /// A row of `tokens`.
-#[derive(FromRow)]
+#[derive(FromRow, serde::Deserialize)]
 struct TokenRow {
     id: String,
     name: String,
@@ -96,7 +96,15 @@ impl Store {
         if !crate::runs::lookup_key_ok(id) {
             return Ok(None);
         }
-        let row = sqlx::query("SELECT * FROM tokens WHERE id = $1")
+        const SQL: &str = "SELECT * FROM tokens WHERE id = $1";
+        if let Some(rows) = self.read_direct::<TokenRow>(SQL, &[&id]) {
+            return rows
+                .into_iter()
+                .next()
+                .map(TokenRecord::try_from)
+                .transpose();
+        }
+        let row = sqlx::query(SQL)
             .bind(id)
             .fetch_optional(self.pool())
             .await
