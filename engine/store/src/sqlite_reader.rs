@@ -61,15 +61,18 @@ impl SqliteReader {
         if self.closed.load(Ordering::Acquire) {
             return Err("the store is closed".into());
         }
-        let conn = match self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
-            Some(conn) => conn,
-            None => self.open().map_err(|e| e.to_string())?,
+        let kept = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let rows = match kept.map_or_else(|| self.open(), Ok) {
+            Ok(conn) => {
+                let rows = read(&conn, sql, args);
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                if idle.len() < self.kept && !self.closed.load(Ordering::Acquire) {
+                    idle.push(conn);
+                }
+                rows
+            }
+            Err(e) => Err(e.to_string()),
         };
-        let rows = read(&conn, sql, args);
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < self.kept && !self.closed.load(Ordering::Acquire) {
-            idle.push(conn);
-        }
         if rows.is_err() {
             self.fallbacks.fetch_add(1, Ordering::Relaxed);
         }
