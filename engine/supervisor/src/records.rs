@@ -151,13 +151,18 @@ pub(crate) fn write_json_atomic<T: Serialize>(
         }
     }
     std::fs::rename(&tmp, path)?;
-    if durability == Durability::Machine
-        && let Some(dir) = path.parent()
-    {
-        // Make the rename itself durable.
-        std::fs::File::open(dir)?.sync_all()?;
+    if durability == Durability::Machine {
+        sync_folder_of(path)?;
     }
     Ok(())
+}
+
+/// Make the rename into `path` durable: fsync its folder.
+fn sync_folder_of(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 /// Make a record written with [`Durability::Process`] survive a crash of the machine as
@@ -165,10 +170,7 @@ pub(crate) fn write_json_atomic<T: Serialize>(
 /// returns, a machine crash may leave it missing or empty, which [`read_json`] reads as absent.
 pub(crate) fn make_durable(path: &Path) -> std::io::Result<()> {
     std::fs::File::open(path)?.sync_all()?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    sync_folder_of(path)
 }
 
 /// Writes `value` to `path` as [`write_json_atomic`] does (not fsynced), but only if `path`

@@ -26,10 +26,7 @@ pub fn run(state_dir: &Path) -> i32 {
     match supervise(state_dir) {
         Ok(exit) => exit.code.unwrap_or_else(|| 128 + exit.signal.unwrap_or(0)),
         Err(message) => {
-            let _ = std::io::Write::write_all(
-                &mut std::io::stderr(),
-                format!("kiln supervise: {message}\n").as_bytes(),
-            );
+            say(&message);
             let record = ExitRecord {
                 code: None,
                 signal: None,
@@ -151,16 +148,21 @@ fn supervise(state_dir: &Path) -> Result<ExitRecord, String> {
     }
     // The record stands (an engine may have acted on it already): a failed sync is only said.
     if let Err(e) = records::make_durable(&path) {
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            format!(
-                "kiln supervise: {} may not survive a crash of the machine: {e}\n",
-                path.display()
-            )
-            .as_bytes(),
-        );
+        say(&format!(
+            "{} may not survive a crash of the machine: {e}",
+            path.display()
+        ));
     }
     Ok(record)
+}
+
+/// A line on stderr (`supervisor.log` when the engine started this); a failed write is
+/// ignored: nothing else could be told.
+fn say(message: &str) {
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("kiln supervise: {message}\n").as_bytes(),
+    );
 }
 
 /// Whether stdout is a pipe (the one the engine that asked for notices reads).

@@ -536,9 +536,10 @@ impl Runner {
         let mut attempts: Vec<i64> = vec![0; workflow.steps.len()];
         // Under the lease its creation took, the steps are as that commit wrote them (queued,
         // no attempt); any other lease may follow an execution, a cancel or a retry.
-        let recorded = match created {
-            true => Vec::new(),
-            false => store.steps(&run.id).await?,
+        let recorded = if created {
+            Vec::new()
+        } else {
+            store.steps(&run.id).await?
         };
         for record in recorded {
             let Some(&i) = index.get(record.step_id.as_str()) else {
