@@ -369,6 +369,45 @@ fn a_retry_reuses_the_steps_of_a_run_recorded_before_leases() {
     assert_eq!(step(&after, "second")["attempt"], 2, "{after}");
 }
 
+/// After a clean exit the database file holds everything: the last connection checkpoints the
+/// write-ahead log into `kiln.db` and removes it. A copy of `kiln.db` alone (a backup taken
+/// with nothing running) is whole, with every run in it. Before, connections were dropped at
+/// exit in no order and the log was usually left behind, holding the latest runs.
+#[test]
+fn after_a_clean_exit_the_database_file_alone_holds_every_run() {
+    let ws = Workspace::new();
+    let wf = ws.workflow(
+        "two.yaml",
+        "name: two\nsteps:\n  - {id: a, uses: hostile, action: ok}\n  - {id: b, uses: hostile, action: ok, needs: [a]}\n",
+    );
+    let db = ws.root().join(".kiln/kiln.db");
+    let wal = ws.root().join(".kiln/kiln.db-wal");
+    for i in 1..=3 {
+        let out = ws.kiln(&["run", &wf]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(!wal.exists(), "the log is left after run {i}");
+        let listed = ws.kiln(&["runs", "list"]);
+        assert!(listed.status.success(), "{}", text(&listed.stderr));
+        assert!(!wal.exists(), "the log is left after `runs list` {i}");
+    }
+    let copy = tempfile::tempdir().unwrap();
+    let alone = copy.path().join("kiln.db");
+    std::fs::copy(&db, &alone).unwrap();
+    let conn = rusqlite::Connection::open(&alone).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let runs: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM runs WHERE status = 'succeeded'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(runs, 3, "every run is in the copy of kiln.db");
+}
+
 const MEMO: &str = r#"name: memo
 steps:
   - id: cached

@@ -11,11 +11,16 @@ use kiln_store::Store;
 
 use crate::cli::{ExecOptions, GlobalArgs};
 
+/// Longest [`Context::close`] waits for a store's connections.
+const CLOSE_WAIT: Duration = Duration::from_secs(3);
+
 pub struct Context {
     pub ws: Workspace,
     pub global: GlobalArgs,
     /// Detected once per process: detection may run `nvidia-smi`.
     gpus: std::sync::OnceLock<Result<Vec<u32>, String>>,
+    /// Every store this command opened, closed by [`Self::close`].
+    opened: std::sync::Mutex<Vec<Store>>,
 }
 
 impl Context {
@@ -26,7 +31,25 @@ impl Context {
             ws,
             global: global.clone(),
             gpus: std::sync::OnceLock::new(),
+            opened: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Closes the stores this command opened, once it is done: what is queued is committed
+    /// and, on SQLite, the last connection checkpoints the write-ahead log into `kiln.db` and
+    /// removes it, so that after a clean exit the database file holds everything (a copy of
+    /// it is whole, and a `kiln.db` deleted to start afresh meets no old log). Bounded: a
+    /// connection some task still holds is not waited for past a few seconds.
+    pub async fn close(&self) {
+        let stores = std::mem::take(&mut *self.opened.lock().unwrap_or_else(|e| e.into_inner()));
+        for store in stores {
+            if tokio::time::timeout(CLOSE_WAIT, store.close())
+                .await
+                .is_err()
+            {
+                tracing::debug!(target: "store", "the database was not closed within {CLOSE_WAIT:?}");
+            }
+        }
     }
 
     pub async fn store(&self) -> anyhow::Result<Store> {
@@ -42,9 +65,14 @@ impl Context {
         // On a task of its own: it opens the database on another thread while the caller loads
         // plugins (synchronous work, ~1.5 ms) beside it.
         let connecting = tokio::spawn(async move { Store::connect(&url).await });
-        Ok(connecting
+        let store = connecting
             .await
-            .context("opening the database stopped unexpectedly")??)
+            .context("opening the database stopped unexpectedly")??;
+        self.opened
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(store.clone());
+        Ok(store)
     }
 
     /// The machine's GPU devices (configured, or detected with nvidia-smi).

@@ -161,6 +161,9 @@ pub(crate) type Fences = Arc<Mutex<HashMap<String, Fence>>>;
 pub(crate) struct Journal {
     tx: mpsc::UnboundedSender<Queued>,
     fences: Fences,
+    /// Resolves once the synchronous SQLite writer has closed its connection; awaited by
+    /// [`Journal::close`].
+    direct_closed: Arc<Mutex<Option<oneshot::Receiver<()>>>>,
 }
 
 impl std::fmt::Debug for Queued {
@@ -175,12 +178,17 @@ impl Journal {
     pub(crate) fn start(
         pool: AnyPool,
         sqlite: bool,
-        direct: Option<SqliteWriter>,
+        mut direct: Option<SqliteWriter>,
         fences: Fences,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let direct_closed = direct.as_mut().and_then(SqliteWriter::take_closed);
         tokio::spawn(writer(pool, sqlite, direct, rx));
-        Self { tx, fences }
+        Self {
+            tx,
+            fences,
+            direct_closed: Arc::new(Mutex::new(direct_closed)),
+        }
     }
 
     /// Queues `write`, which changes the state of `run` (fenced) or of no run in particular.
@@ -374,7 +382,20 @@ impl Journal {
             stops: true,
             fence: None,
         };
-        self.send(marker, DOING, stopped).await.unwrap_or(Ok(()))
+        let committed = self.send(marker, DOING, stopped).await.unwrap_or(Ok(()));
+        // The writer has stopped and dropped the synchronous writer, whose thread now closes
+        // its connection. Waited for, so that the store's last connection, closed after it,
+        // is the one that checkpoints the write-ahead log into the database file and removes
+        // it (SQLite does so only when no other connection has the file open).
+        let closed = self
+            .direct_closed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(closed) = closed {
+            let _ = closed.await;
+        }
+        committed
     }
 
     /// Waits until everything queued so far is durable; with `run`, fails with

@@ -39,6 +39,8 @@ type Job = (Vec<Write>, oneshot::Sender<Outcome>);
 /// The sending side of the writer thread.
 pub(crate) struct SqliteWriter {
     jobs: std::sync::mpsc::Sender<Job>,
+    /// Resolves once the thread has closed its connection, after this writer is dropped.
+    closed: Option<oneshot::Receiver<()>>,
 }
 
 impl SqliteWriter {
@@ -54,6 +56,7 @@ impl SqliteWriter {
         .map_err(opened)?;
         conn.set_prepared_statement_cache_capacity(64);
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let (was_closed, closed) = oneshot::channel();
         std::thread::Builder::new()
             .name("kiln-sqlite-writer".into())
             .spawn(move || {
@@ -61,9 +64,20 @@ impl SqliteWriter {
                 for (writes, done) in queue {
                     let _ = done.send(apply_batch(&mut conn, &writes));
                 }
+                drop(conn);
+                let _ = was_closed.send(());
             })
             .map_err(|e| format!("cannot start its writer thread: {e}"))?;
-        Ok(Self { jobs })
+        Ok(Self {
+            jobs,
+            closed: Some(closed),
+        })
+    }
+
+    /// What resolves once the thread has closed its connection (when this writer is dropped
+    /// and the thread has applied what it was given). Taken once.
+    pub(crate) fn take_closed(&mut self) -> Option<oneshot::Receiver<()>> {
+        self.closed.take()
     }
 
     /// Applies `writes` in one transaction.

@@ -57,6 +57,7 @@ pub async fn dispatch(cli: Cli) -> Exit {
         Command::Supervise { .. } => unreachable!("handled before the runtime starts"),
         Command::Init { .. } => unreachable!("handled before the workspace is opened"),
     };
+    ctx.close().await;
     result.unwrap_or_else(|e| {
         errln!("error: {e:#}");
         // Bad input, something missing, or something another run owns: the caller can fix it.
