@@ -369,10 +369,11 @@ fn a_retry_reuses_the_steps_of_a_run_recorded_before_leases() {
     assert_eq!(step(&after, "second")["attempt"], 2, "{after}");
 }
 
-/// After a clean exit the database file holds everything: the last connection checkpoints the
-/// write-ahead log into `kiln.db` and removes it. A copy of `kiln.db` alone (a backup taken
-/// with nothing running) is whole, with every run in it. Before, connections were dropped at
-/// exit in no order and the log was usually left behind, holding the latest runs.
+/// After a clean exit the database file holds everything: the journal's writer folds the
+/// write-ahead log into `kiln.db` before it closes, and the last connection removes the log. A
+/// copy of `kiln.db` alone (a backup taken with nothing running) is whole, with every run in
+/// it and none deleted since. Before, connections were dropped at exit in no order and the log
+/// was usually left behind, holding the latest changes.
 #[test]
 fn after_a_clean_exit_the_database_file_alone_holds_every_run() {
     let ws = Workspace::new();
@@ -380,32 +381,47 @@ fn after_a_clean_exit_the_database_file_alone_holds_every_run() {
         "two.yaml",
         "name: two\nsteps:\n  - {id: a, uses: hostile, action: ok}\n  - {id: b, uses: hostile, action: ok, needs: [a]}\n",
     );
-    let db = ws.root().join(".kiln/kiln.db");
-    let wal = ws.root().join(".kiln/kiln.db-wal");
+    let copy = tempfile::tempdir().unwrap();
+    // The runs in a copy of kiln.db alone, after checking it is whole.
+    let runs_in_a_copy = |after: &str| -> Vec<String> {
+        let alone = copy.path().join(format!("{}.db", after.replace(' ', "-")));
+        std::fs::copy(ws.root().join(".kiln/kiln.db"), &alone).unwrap();
+        let conn = rusqlite::Connection::open(&alone).unwrap();
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("the copy after {after}: {e}"));
+        assert_eq!(check, "ok", "the copy after {after}");
+        let mut ids = conn.prepare("SELECT id FROM runs ORDER BY id").unwrap();
+        ids.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let mut ids = Vec::new();
     for i in 1..=3 {
         let out = ws.kiln(&["run", &wf]);
         assert!(out.status.success(), "{}", text(&out.stderr));
-        assert!(!wal.exists(), "the log is left after run {i}");
+        ids.push(run_id(&out));
+        ids.sort();
+        assert_eq!(runs_in_a_copy(&format!("run {i}")), ids);
         let listed = ws.kiln(&["runs", "list"]);
         assert!(listed.status.success(), "{}", text(&listed.stderr));
-        assert!(!wal.exists(), "the log is left after `runs list` {i}");
+        assert_eq!(runs_in_a_copy(&format!("list {i}")), ids);
     }
-    let copy = tempfile::tempdir().unwrap();
-    let alone = copy.path().join("kiln.db");
-    std::fs::copy(&db, &alone).unwrap();
-    let conn = rusqlite::Connection::open(&alone).unwrap();
-    let check: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(check, "ok");
-    let runs: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM runs WHERE status = 'succeeded'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(runs, 3, "every run is in the copy of kiln.db");
+    let deleted = ids.remove(1);
+    let out = ws.kiln(&["runs", "delete", &deleted]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr).matches("cannot release").count(),
+        0,
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        runs_in_a_copy("delete"),
+        ids,
+        "the deleted run is gone from kiln.db"
+    );
 }
 
 const MEMO: &str = r#"name: memo

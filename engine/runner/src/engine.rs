@@ -206,17 +206,10 @@ impl Drop for RunLease {
             inner.store.forget_lease(&self.lease);
             return;
         }
-        // Freed in the database, so another engine need not wait for it to expire (where no
-        // runtime is left, the process is ending: it expires, or the engine's stop frees it).
-        // The store keeps fencing the run's writes if another engine took it over meanwhile.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let (store, lease) = (inner.store.clone(), self.lease.clone());
-            rt.spawn(async move {
-                if let Err(e) = store.release_lease(&lease).await {
-                    tracing::warn!(target: "errors.store", run_id = %lease.run_id, "cannot release a lease: {e}");
-                }
-            });
-        }
+        // Freed in the database, so another engine need not wait for it to expire; the
+        // store's close waits for it. The store keeps fencing the run's writes if another
+        // engine took it over meanwhile.
+        inner.store.release_lease_soon(self.lease.clone());
     }
 }
 

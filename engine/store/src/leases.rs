@@ -381,6 +381,24 @@ impl Store {
         Ok(())
     }
 
+    /// [`Self::release_lease`] on a task of its own, for a lease dropped where nothing can wait
+    /// (a failure is logged); [`Store::close`] waits for it. Without a runtime (the process is
+    /// ending) nothing is done: the lease expires, or the engine's stop frees it.
+    pub fn release_lease_soon(&self, lease: Lease) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.clone();
+        self.background.spawn_on(
+            async move {
+                if let Err(e) = store.release_lease(&lease).await {
+                    tracing::warn!(target: "errors.store", run_id = %lease.run_id, "cannot release a lease: {e}");
+                }
+            },
+            &rt,
+        );
+    }
+
     /// Forgets the fence of a lease whose run has ended (its end freed the lease in the same
     /// commit): nothing of this execution is left to write.
     pub fn forget_lease(&self, lease: &Lease) {

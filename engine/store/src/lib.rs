@@ -110,6 +110,8 @@ pub struct Store {
     fences: journal::Fences,
     /// Direct reads of the hottest records, on a plain SQLite file (see `sqlite_reader`).
     reader: Option<std::sync::Arc<sqlite_reader::SqliteReader>>,
+    /// Writes left to finish on their own (a dropped lease's release), awaited by `close`.
+    background: tokio_util::task::TaskTracker,
     url: String,
 }
 
@@ -234,6 +236,7 @@ impl Store {
             pool,
             sqlite: is_sqlite,
             reader,
+            background: tokio_util::task::TaskTracker::new(),
             url: url.to_owned(),
         })
     }
@@ -300,11 +303,23 @@ impl Store {
     /// Commits what is queued, stops the journal's writer and closes the connections. Writes
     /// after it fail.
     pub async fn close(&self) {
+        self.background.close();
+        self.background.wait().await;
         let _ = self.journal.close().await;
         if let Some(reader) = &self.reader {
             reader.close();
         }
         self.pool.close().await;
+        // sqlx's close can miss a connection given back to the pool while it ran (it lands
+        // among the idle ones after the close looked): close again until none is left, so
+        // the last one closes cleanly (on SQLite, that one removes the write-ahead log).
+        for _ in 0..20 {
+            if self.pool.size() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            self.pool.close().await;
+        }
     }
 }
 

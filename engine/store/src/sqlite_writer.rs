@@ -64,6 +64,13 @@ impl SqliteWriter {
                 for (writes, done) in queue {
                     let _ = done.send(apply_batch(&mut conn, &writes));
                 }
+                // Everything is committed: fold the write-ahead log into the database file
+                // now, whichever connection closes last (SQLite does it again, and removes
+                // the log, only when the last one closes cleanly). Passive: it waits for no
+                // reader, here or in another process.
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::debug!(target: "store", "no checkpoint at close: {e}");
+                }
                 drop(conn);
                 let _ = was_closed.send(());
             })

@@ -28,6 +28,10 @@ pub async fn dispatch(cli: Cli) -> Exit {
             return Exit::InvalidInput;
         }
     };
+    // `kiln serve` ends as soon as it has handed its runs back: runs it was executing may
+    // still be unwinding, and waiting for them to let go of the database could hold a stopping
+    // server up (see ARCHITECTURE.md, "Durability"). Every other command closes its stores.
+    let closes = !matches!(cli.command, Command::Serve(_));
     let result = match cli.command {
         Command::Run(args) => run::run(&ctx, args).await,
         Command::Validate { file } => validate::validate(&ctx, &file).await,
@@ -57,7 +61,9 @@ pub async fn dispatch(cli: Cli) -> Exit {
         Command::Supervise { .. } => unreachable!("handled before the runtime starts"),
         Command::Init { .. } => unreachable!("handled before the workspace is opened"),
     };
-    ctx.close().await;
+    if closes {
+        ctx.close().await;
+    }
     result.unwrap_or_else(|e| {
         errln!("error: {e:#}");
         // Bad input, something missing, or something another run owns: the caller can fix it.

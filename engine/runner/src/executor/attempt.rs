@@ -218,13 +218,14 @@ impl Runner {
             },
         );
         let (tx, rx) = unbounded_channel::<StepEvent>();
-        let drain = tokio::spawn(persist_events(
+        // Ends with the attempt: an execution dropped (a server's shutdown) writes nothing more.
+        let drain = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(persist_events(
             store.clone(),
             run_id.to_owned(),
             step.id.clone(),
             rx,
             updates.clone(),
-        ));
+        )));
         if restarted {
             let _ = tx.send(StepEvent::Log {
                 level: "info".into(),
