@@ -36,10 +36,10 @@ impl Context {
     }
 
     /// Closes the stores this command opened, once it is done: what is queued is committed
-    /// and, on SQLite, the last connection checkpoints the write-ahead log into `kiln.db` and
-    /// removes it, so that after a clean exit the database file holds everything (a copy of
-    /// it is whole, and a `kiln.db` deleted to start afresh meets no old log). Bounded: a
-    /// connection some task still holds is not waited for past a few seconds.
+    /// and, on SQLite, the write-ahead log is folded into `kiln.db` and removed, so that after
+    /// a clean exit the database file holds everything (a copy of it is whole, and a
+    /// `kiln.db` deleted to start afresh meets no old log). Bounded: a connection some task
+    /// still holds is not waited for past a few seconds.
     pub async fn close(&self) {
         let stores = std::mem::take(&mut *self.opened.lock().unwrap_or_else(|e| e.into_inner()));
         for store in stores {

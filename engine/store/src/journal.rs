@@ -383,10 +383,10 @@ impl Journal {
             fence: None,
         };
         let committed = self.send(marker, DOING, stopped).await.unwrap_or(Ok(()));
-        // The writer has stopped and dropped the synchronous writer, whose thread now closes
-        // its connection. Waited for, so that the store's last connection, closed after it,
-        // is the one that checkpoints the write-ahead log into the database file and removes
-        // it (SQLite does so only when no other connection has the file open).
+        // The writer has stopped and dropped the synchronous writer, whose thread now folds
+        // the write-ahead log into the database file and closes its connection. Waited for,
+        // so that the store's last connection, closed after it, removes the log (SQLite does
+        // so only when no other connection has the file open).
         let closed = self
             .direct_closed
             .lock()

@@ -280,16 +280,29 @@ impl Store {
     /// Begin a transaction that will write. On SQLite it takes the write lock up front
     /// (`BEGIN IMMEDIATE`): a deferred transaction that reads first cannot wait for another
     /// process's write and fails with SQLITE_BUSY_SNAPSHOT instead.
+    ///
+    /// Begun on a task of its own, which always completes: sqlx's SQLite `begin_with` is not
+    /// cancel-safe. Dropped after its `BEGIN IMMEDIATE` ran but before it returned (a task
+    /// aborted as `kiln serve` stops), it left the transaction open on a pooled connection
+    /// with no `Transaction` to roll it back, holding the write lock: every other writer then
+    /// waited out the 30 s busy timeout and failed. Here a caller that goes away drops the
+    /// task's `Transaction`, which rolls back.
     pub(crate) async fn begin_write(
         &self,
         doing: &'static str,
     ) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
-        let tx = if self.sqlite {
-            self.pool.begin_with("BEGIN IMMEDIATE").await
-        } else {
-            self.pool.begin().await
-        };
-        tx.map_err(query_err(doing))
+        let (pool, sqlite) = (self.pool.clone(), self.sqlite);
+        let begun = tokio::spawn(async move {
+            if sqlite {
+                pool.begin_with("BEGIN IMMEDIATE").await
+            } else {
+                pool.begin().await
+            }
+        });
+        begun
+            .await
+            .unwrap_or(Err(sqlx::Error::WorkerCrashed))
+            .map_err(query_err(doing))
     }
 
     /// Another connection pool to the same database, as another process would open it (its
@@ -300,8 +313,8 @@ impl Store {
         Self::connect(&url).await.expect("reopening the database")
     }
 
-    /// Commits what is queued, stops the journal's writer and closes the connections. Writes
-    /// after it fail.
+    /// Waits for the lease releases left running, commits what is queued, stops the journal's
+    /// writer and closes the connections. Writes after it fail.
     pub async fn close(&self) {
         self.background.close();
         self.background.wait().await;

@@ -1041,3 +1041,39 @@ async fn direct_reads_match_reads_through_sqlx() {
     direct.close().await;
     assert!(direct.run("r1").await.is_err());
 }
+
+/// A write transaction begun by a task that is aborted at any point leaves no lock behind:
+/// the next one begins at once. (sqlx's SQLite `begin_with`, dropped after its `BEGIN
+/// IMMEDIATE` ran but before it returned, left the transaction open on a pooled connection,
+/// and every later writer waited out the busy timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_transaction_abandoned_while_it_begins_leaves_no_lock() {
+    for (_dir, store) in stores().await {
+        for i in 0..300u64 {
+            let begun = tokio::spawn({
+                let store = store.clone();
+                async move {
+                    let _tx = store.begin_write("a test").await;
+                    std::future::pending::<()>().await;
+                }
+            });
+            // Aborted at a moment that moves through the begin's steps.
+            for _ in 0..(i % 7) {
+                tokio::task::yield_now().await;
+            }
+            if i % 3 == 0 {
+                tokio::time::sleep(std::time::Duration::from_micros(i % 200)).await;
+            }
+            begun.abort();
+            let _ = begun.await;
+            let next = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                store.begin_write("the next"),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("round {i}: a write transaction was left open"))
+            .unwrap();
+            next.rollback().await.unwrap();
+        }
+    }
+}

@@ -28,9 +28,9 @@ pub async fn dispatch(cli: Cli) -> Exit {
             return Exit::InvalidInput;
         }
     };
-    // `kiln serve` ends as soon as it has handed its runs back: runs it was executing may
-    // still be unwinding, and waiting for them to let go of the database could hold a stopping
-    // server up (see ARCHITECTURE.md, "Durability"). Every other command closes its stores.
+    // `kiln serve` ends as soon as it has handed its runs back: closing would commit what its
+    // aborted executions had queued, refused once their leases are freed (ARCHITECTURE.md,
+    // "Durability"). Every other command closes its stores.
     let closes = !matches!(cli.command, Command::Serve(_));
     let result = match cli.command {
         Command::Run(args) => run::run(&ctx, args).await,
