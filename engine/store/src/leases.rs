@@ -382,8 +382,11 @@ impl Store {
     }
 
     /// [`Self::release_lease`] on a task of its own, for a lease dropped where nothing can wait
-    /// (a failure is logged); [`Store::close`] waits for it. Without a runtime (the process is
-    /// ending) nothing is done: the lease expires, or the engine's stop frees it.
+    /// (a failure is logged); [`Store::close`] waits for it. What the journal holds is
+    /// committed first, while the lease is still this process's: released first, the run's
+    /// queued writes would be refused as if another engine had taken it over. Without a
+    /// runtime (the process is ending) nothing is done: the lease expires, or the engine's
+    /// stop frees it.
     pub fn release_lease_soon(&self, lease: Lease) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
@@ -391,6 +394,9 @@ impl Store {
         let store = self.clone();
         self.background.spawn_on(
             async move {
+                if let Err(e) = store.flush().await {
+                    tracing::warn!(target: "errors.store", run_id = %lease.run_id, "before releasing a lease: {e}");
+                }
                 if let Err(e) = store.release_lease(&lease).await {
                     tracing::warn!(target: "errors.store", run_id = %lease.run_id, "cannot release a lease: {e}");
                 }
