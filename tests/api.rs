@@ -1176,6 +1176,60 @@ fn get_runs(server: &Server, token: &str) -> Resp {
     server.get("/api/v1/runs", token)
 }
 
+/// `--plugin-instances 1`: the steps of concurrent runs take turns in the one instance slot
+/// (none fails for want of one), and each finds its instance pristine, even after a step
+/// that dirtied it crashed.
+#[test]
+fn steps_wait_for_a_free_plugin_instance_and_each_finds_it_pristine() {
+    let aws = ApiWorkspace::new();
+    let workflows = aws.ws.root().join("workflows");
+    std::fs::write(
+        workflows.join("remember.yaml"),
+        r#"name: remember
+steps:
+  - {id: a, uses: hostile, action: remember}
+  - {id: b, uses: hostile, action: remember}
+  - {id: c, uses: hostile, action: remember}
+  - {id: d, uses: hostile, action: remember, needs: [a, b, c]}
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        workflows.join("crash.yaml"),
+        r#"name: crash
+steps:
+  - {id: dirty, uses: hostile, action: remember}
+  - {id: crash, uses: hostile, action: panic, needs: [dirty]}
+"#,
+    )
+    .unwrap();
+    let server = aws.serve_with(&["--plugin-instances", "1", "--max-parallel", "3"]);
+    let token = aws.token("admin", &[], &["admin"]);
+    let r = server.post("/api/v1/runs", &token, &json!({"workflow": "crash"}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let crashed = server.wait_run(r.json()["id"].as_str().unwrap(), &token, 120);
+    assert_eq!(crashed["status"], "failed", "{crashed}");
+    let ids: Vec<String> = (0..4)
+        .map(|_| {
+            let r = server.post("/api/v1/runs", &token, &json!({"workflow": "remember"}));
+            assert_eq!(r.status, 201, "{}", r.text());
+            r.json()["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    for id in &ids {
+        let run = server.wait_run(id, &token, 120);
+        assert_eq!(run["status"], "succeeded", "{run}\n{}", server.log_text());
+        let steps = run["steps"].as_array().expect("steps");
+        assert_eq!(steps.len(), 4, "{run}");
+        for s in steps {
+            assert_eq!(
+                s["outputs"]["result"], "seen=0 mark=7 dirty=0",
+                "a step saw what an earlier instance left: {s}"
+            );
+        }
+    }
+}
+
 #[test]
 fn slow_clients_are_cut_off_and_healthy_streams_are_not() {
     let aws = ApiWorkspace::with(

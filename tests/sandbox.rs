@@ -65,3 +65,32 @@ fn hostile_plugin_steps_fail_cleanly_and_the_engine_lives_on() {
     assert!(!ws.root().join("projects/demo/escape.txt").exists());
     assert!(!ws.root().join("projects/escape.txt").exists());
 }
+
+/// Instances are pooled and reused (wasmtime's pooling allocator): a step must still find its
+/// instance as a fresh one, with nothing an earlier step left in its statics or memory. With
+/// one step at a time, every step reuses the slot of the step before it.
+#[test]
+fn a_plugin_instance_reused_from_the_pool_starts_pristine() {
+    let ws = Workspace::new();
+    let wf = ws.workflow(
+        "remember.yaml",
+        r#"name: remember
+steps:
+  - {id: a, uses: hostile, action: remember}
+  - {id: b, uses: hostile, action: remember, needs: [a]}
+  - {id: c, uses: hostile, action: remember, needs: [b]}
+  - {id: d, uses: hostile, action: remember, needs: [c]}
+"#,
+    );
+    let out = ws.kiln(&["run", &wf, "--max-parallel", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let show = ws.json(&["runs", "show", &run_id(&out), "--json"]);
+    for id in ["a", "b", "c", "d"] {
+        let s = step(&show, id);
+        assert_eq!(s["status"], "succeeded", "{id}: {s}");
+        assert_eq!(
+            s["outputs"]["result"], "seen=0 mark=7 dirty=0",
+            "step {id} saw what an earlier instance left: {s}"
+        );
+    }
+}

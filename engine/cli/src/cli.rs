@@ -266,6 +266,11 @@ pub struct ServeArgs {
     /// always start.
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub max_claimed_runs: usize,
+    /// Plugin instances alive at once in this server (1 to 4096): one per plugin step running,
+    /// in any run. A step starts once one is free. Each reserves address space, not memory,
+    /// and is reused warm by the steps after it.
+    #[arg(long, value_name = "N", default_value_t = 512, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=kiln_plugin_host::MAX_INSTANCE_SLOTS as u64))]
+    pub plugin_instances: usize,
     #[command(flatten)]
     pub limits: ServeLimits,
     #[command(flatten)]

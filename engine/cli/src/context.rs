@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use kiln_plugin_host::{Grants, HostConfig, PluginEngine, PluginRegistry};
+use kiln_plugin_host::{Grants, HostConfig, PluginEngine, PluginRegistry, instance_slots_for};
 use kiln_runner::{RunService, Runner, RunnerConfig, Workspace};
 use kiln_store::Store;
 
@@ -95,7 +95,8 @@ impl Context {
         let grace = Duration::from_secs(exec.kill_grace_secs);
         // The store first: its first poll starts the connection, which then runs beside the
         // plugins' loading.
-        let (store, plugins) = tokio::join!(self.store(), self.plugins(grace));
+        let slots = instance_slots_for(exec.max_parallel);
+        let (store, plugins) = tokio::join!(self.store(), self.plugins(grace, slots));
         self.service_with(store?, exec, plugins?)
     }
 
@@ -115,10 +116,11 @@ impl Context {
         &self,
         exec: &ExecOptions,
         labels: &[(String, String)],
+        instance_slots: usize,
     ) -> anyhow::Result<RunService> {
         let grace = Duration::from_secs(exec.kill_grace_secs);
         let plugins = async {
-            let engine = PluginEngine::new(self.host_config(grace)?)?;
+            let engine = PluginEngine::new(self.host_config(grace, instance_slots)?)?;
             let registry = PluginRegistry::load_tolerant(&engine, &self.plugins_dir()).await?;
             for problem in registry.problems() {
                 tracing::warn!(target: "app.reload", "{}", problem.message);
@@ -138,7 +140,7 @@ impl Context {
 
     /// The run service for commands that start no step (cancel, delete): no plugin loaded.
     pub async fn service_without_plugins(&self) -> anyhow::Result<RunService> {
-        let config = self.host_config(Duration::from_secs(10))?;
+        let config = self.host_config(Duration::from_secs(10), 1)?;
         let engine = PluginEngine::new(config)?;
         let plugins = Arc::new(PluginRegistry::empty(&engine));
         let exec = ExecOptions {
@@ -179,9 +181,14 @@ impl Context {
         Ok(RunService::new(runner, self.ws.root().join("workflows")))
     }
 
-    /// Load the installed plugins (compiling them on first use, from the cache after).
-    pub async fn plugins(&self, kill_grace: Duration) -> anyhow::Result<Arc<PluginRegistry>> {
-        let engine = PluginEngine::new(self.host_config(kill_grace)?)?;
+    /// Load the installed plugins (compiling them on first use, from the cache after), in an
+    /// engine with `instance_slots` (see [`instance_slots_for`]).
+    pub async fn plugins(
+        &self,
+        kill_grace: Duration,
+        instance_slots: usize,
+    ) -> anyhow::Result<Arc<PluginRegistry>> {
+        let engine = PluginEngine::new(self.host_config(kill_grace, instance_slots)?)?;
         Ok(Arc::new(
             PluginRegistry::load(&engine, &self.plugins_dir()).await?,
         ))
@@ -192,8 +199,13 @@ impl Context {
         Ok(kiln_runner::service::read_grants(&self.ws.grants_file())?)
     }
 
-    /// How the plugin host runs plugins and launches their programs here.
-    pub fn host_config(&self, kill_grace: Duration) -> anyhow::Result<HostConfig> {
+    /// How the plugin host runs plugins and launches their programs here, with room for
+    /// `instance_slots` plugin instances at once.
+    pub fn host_config(
+        &self,
+        kill_grace: Duration,
+        instance_slots: usize,
+    ) -> anyhow::Result<HostConfig> {
         let grants = self.grants()?;
         let mut search_path = vec![self.ws.root().join(".venv").join("bin")];
         let path_var =
@@ -216,6 +228,7 @@ impl Context {
             program_base_env: base_env,
             kill_grace,
             grants,
+            instance_slots,
         })
     }
 }

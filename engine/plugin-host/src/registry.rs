@@ -511,6 +511,7 @@ impl PluginRegistry {
             None,
             empty_process(engine),
         )
+        .await
         .map_err(invalid)?;
         let describe_failed = |e: wasmtime::Error| invalid(format!("describe() failed: {e:#}"));
         let cannot_instantiate = |e: wasmtime::Error| invalid(format!("cannot instantiate: {e:#}"));
@@ -824,6 +825,7 @@ impl LoadedPlugin {
             inv.events.clone(),
             process,
         )
+        .await
         .map_err(StepFailure::plugin)?;
         let cannot_instantiate = |e: wasmtime::Error| {
             StepFailure::plugin(format!("cannot instantiate plugin `{name}`: {e:#}"))

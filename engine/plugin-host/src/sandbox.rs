@@ -1,10 +1,14 @@
 //! The per-call sandbox: a fresh Store holding WASI (preopens only), the memory cap, the guest
 //! CPU budget, and the capability state.
 
+use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
+use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
+use wasmtime::{
+    AsContext, AsContextMut, ResourceLimiter, Store, StoreContext, StoreContextMut, UpdateDeadline,
+};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -38,7 +42,7 @@ impl ResourceLimiter for MemoryCap {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
+        Ok(desired <= crate::engine::TABLE_ELEMENTS)
     }
 }
 
@@ -86,15 +90,57 @@ impl StepState {
     }
 }
 
-/// Build a store for one call of `plugin` with the given directory grants.
-pub(crate) fn new_store(
+/// A store for one plugin call, holding one of the engine's instance slots (waited for when
+/// every slot is taken) until it is dropped.
+pub(crate) struct Sandbox {
+    // Declared first, so dropped first: the instance is back in wasmtime's pool before the
+    // slot's permit lets another store allocate one.
+    store: Store<StepState>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Deref for Sandbox {
+    type Target = Store<StepState>;
+    fn deref(&self) -> &Self::Target {
+        &self.store
+    }
+}
+
+impl DerefMut for Sandbox {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.store
+    }
+}
+
+impl AsContext for Sandbox {
+    type Data = StepState;
+    fn as_context(&self) -> StoreContext<'_, StepState> {
+        self.store.as_context()
+    }
+}
+
+impl AsContextMut for Sandbox {
+    fn as_context_mut(&mut self) -> StoreContextMut<'_, StepState> {
+        self.store.as_context_mut()
+    }
+}
+
+/// Build a store for one call of `plugin` with the given directory grants, once an instance
+/// slot is free.
+pub(crate) async fn new_store(
     engine: &PluginEngine,
     plugin: &str,
     grant: &PluginGrant,
     dirs: &[GrantedDir],
     events: Option<tokio::sync::mpsc::UnboundedSender<StepEvent>>,
     process: ProcessState,
-) -> Result<Store<StepState>, String> {
+) -> Result<Sandbox, String> {
+    let slot = engine
+        .slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| format!("no plugin instance slot: {e}"))?;
     let stderr = MemoryOutputPipe::new(64 * 1024);
     let mut wasi = WasiCtxBuilder::new();
     // No environment, no arguments, no network, no stdin; stderr kept for panic messages.
@@ -147,5 +193,5 @@ pub(crate) fn new_store(
         // Yield to the async executor at every tick so one busy plugin cannot starve others.
         Ok(UpdateDeadline::Yield(1))
     });
-    Ok(store)
+    Ok(Sandbox { store, _slot: slot })
 }

@@ -25,7 +25,9 @@ pub async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<Exit> {
         errln!("\n  WARNING: {warning}\n");
         tracing::warn!(target: "app.backend", "{warning}");
     }
-    let service = ctx.serving_service(&args.exec, &args.labels).await?;
+    let service = ctx
+        .serving_service(&args.exec, &args.labels, args.plugin_instances)
+        .await?;
     let config = ServerConfig {
         workflows_dir: args
             .workflows_dir

@@ -4,6 +4,7 @@ use crate::output::{errln, outln};
 use std::path::Path;
 use std::time::Duration;
 
+use kiln_plugin_host::instance_slots_for;
 use kiln_runner::EngineCatalog;
 use kiln_workflow::Workflow;
 
@@ -23,6 +24,7 @@ pub async fn load_valid(
     ctx: &Context,
     file: &Path,
     kill_grace: Duration,
+    instance_slots: usize,
 ) -> anyhow::Result<Result<Valid, Exit>> {
     let (workflow, source) = match Workflow::load_with_source(file) {
         Ok(w) => w,
@@ -32,7 +34,7 @@ pub async fn load_valid(
             return Ok(Err(Exit::InvalidInput));
         }
     };
-    let plugins = ctx.plugins(kill_grace).await?;
+    let plugins = ctx.plugins(kill_grace, instance_slots).await?;
     let catalog = EngineCatalog {
         plugins: &plugins,
         gpus: match ctx.launcher()? {
@@ -50,7 +52,7 @@ pub async fn load_valid(
 
 pub async fn validate(ctx: &Context, file: &Path) -> anyhow::Result<Exit> {
     Ok(
-        match load_valid(ctx, file, Duration::from_secs(10)).await? {
+        match load_valid(ctx, file, Duration::from_secs(10), instance_slots_for(0)).await? {
             Ok((workflow, _, _)) => {
                 outln!(
                     "{}: workflow `{}` is valid ({} steps)",

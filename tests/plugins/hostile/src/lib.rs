@@ -12,6 +12,7 @@
 //! | `ok`               | logs one line and returns `{"result": "ok"}`                        |
 //! | `launch-true`      | launches the granted program `true` (cwd: its `/config` folder), waits for it; benchmarks' `spawn5` |
 //! | `panic`            | panics (a trap)                                                     |
+//! | `remember`         | reports what an earlier instance left in its memory, then dirties it |
 //!
 //! Build: `cargo build --target wasm32-wasip2 --profile plugin -p kiln-test-hostile`
 //! -> `target/wasm32-wasip2/plugin/kiln_test_hostile.wasm`.
@@ -23,6 +24,8 @@ mod bindings {
         world: "plugin",
     });
 }
+
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use bindings::kiln::plugin::log::{self, Level};
 use bindings::kiln::plugin::process::{self, Spec};
@@ -57,6 +60,10 @@ const ACTIONS: &[(&str, &str)] = &[
     (
         "launch-true",
         "Launches the granted program `true` in its config folder and waits for it.",
+    ),
+    (
+        "remember",
+        "Reports what an earlier instance left in its statics and grown memory, then dirties them.",
     ),
     ("panic", "Panics (a trap)."),
 ];
@@ -251,12 +258,49 @@ impl bindings::Guest for Hostile {
             }
             "launch-true" => launch_true(&ctx),
             "panic" => panic!("hostile plugin panics on purpose"),
+            "remember" => Ok(outputs(serde_json::Value::String(remember()))),
             other => Err(err(
                 ErrorKind::InvalidInput,
                 format!("unknown action '{other}'"),
             )),
         }
     }
+}
+
+/// Zero-initialised (`.bss`) and initialised (`.data`) statics that `remember` changes.
+static SEEN: AtomicU32 = AtomicU32::new(0);
+static MARK: AtomicU32 = AtomicU32::new(7);
+
+/// What an earlier instance left behind, as `seen=N mark=N dirty=N`: a fresh instance reports
+/// `seen=0 mark=7 dirty=0`. Then leaves its own traces: both statics changed, and a megabyte
+/// grown onto its memory filled with 0xAB.
+fn remember() -> String {
+    let seen = SEEN.fetch_add(1, Ordering::SeqCst);
+    let mark = MARK.swap(99, Ordering::SeqCst);
+    const PAGES: usize = 16;
+    const PAGE: usize = 65_536;
+    let Some(first) = grow_memory(PAGES) else {
+        return format!("seen={seen} mark={mark} dirty=cannot-grow");
+    };
+    // Pages just grown are the module's alone (no Rust allocation owns them), and wasm
+    // guarantees they read as zero.
+    let grown = unsafe { core::slice::from_raw_parts_mut((first * PAGE) as *mut u8, PAGES * PAGE) };
+    let dirty = grown.iter().filter(|b| **b != 0).count();
+    grown.fill(0xAB);
+    format!("seen={seen} mark={mark} dirty={dirty}")
+}
+
+/// `memory.grow` by `pages`: the index of the first new page.
+#[cfg(target_arch = "wasm32")]
+fn grow_memory(pages: usize) -> Option<usize> {
+    let first = core::arch::wasm32::memory_grow(0, pages);
+    (first != usize::MAX).then_some(first)
+}
+
+/// Built for the host only to be linted: there is no linear memory to grow.
+#[cfg(not(target_arch = "wasm32"))]
+fn grow_memory(_pages: usize) -> Option<usize> {
+    None
 }
 
 bindings::export!(Hostile with_types_in bindings);
