@@ -1230,6 +1230,99 @@ steps:
     }
 }
 
+/// A step waiting for an instance slot says so in its log, and its `timeout` names the wait
+/// (as it does for GPUs); plugins installed meanwhile load at once (they describe themselves in
+/// slots of their own); cancelling the step that holds the slot lets the next one run.
+#[test]
+fn a_step_waiting_for_a_plugin_instance_says_so_and_plugins_still_load() {
+    let aws = ApiWorkspace::new();
+    let root = aws.ws.root();
+    let long_spin = GRANTS.replace(
+        "hostile: {programs: [yolo], memory_mb: 64, cpu_seconds_per_call: 1}",
+        "hostile: {programs: [yolo], memory_mb: 64, cpu_seconds_per_call: 60}",
+    );
+    assert_ne!(long_spin, GRANTS);
+    std::fs::write(root.join("configs/plugins.yaml"), long_spin).unwrap();
+    let mmdetection = root.join(".kiln/plugins/mmdetection.wasm");
+    let mmdetection_bytes = std::fs::read(&mmdetection).unwrap();
+    std::fs::remove_file(&mmdetection).unwrap();
+    for (name, step) in [
+        ("spin", "{id: a, uses: hostile, action: spin}"),
+        (
+            "slow",
+            "{id: a, uses: hostile, action: remember, timeout: 1s}",
+        ),
+        ("once", "{id: a, uses: hostile, action: remember}"),
+    ] {
+        std::fs::write(
+            root.join(format!("workflows/{name}.yaml")),
+            format!("name: {name}\nsteps:\n  - {step}\n"),
+        )
+        .unwrap();
+    }
+    let server = aws.serve_with(&["--plugin-instances", "1"]);
+    let token = aws.token("admin", &[], &["admin"]);
+    let trigger = |name: &str| {
+        let r = server.post("/api/v1/runs", &token, &json!({"workflow": name}));
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.json()["id"].as_str().unwrap().to_owned()
+    };
+    let spin = trigger("spin");
+    wait_for(60, "the spinning step to run", || {
+        let run = server.get(&format!("/api/v1/runs/{spin}"), &token).json();
+        run["steps"][0]["status"] == "running"
+    });
+    std::thread::sleep(Duration::from_millis(300));
+
+    let slow = trigger("slow");
+    let run = server.wait_run(&slow, &token, 60);
+    assert_eq!(run["status"], "failed", "{run}");
+    let error = run["steps"][0]["error_message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.contains(
+            "timed out after 1s (the step's `timeout`) while waiting for a free plugin instance"
+        ),
+        "{run}"
+    );
+    let logs = text(&aws.kiln(&["logs", &slow]).stdout);
+    assert!(
+        logs.contains("waiting for a free plugin instance (all 1 are in use)"),
+        "{logs}"
+    );
+
+    // A plugin installed while the only step slot is taken loads at once.
+    std::fs::write(&mmdetection, &mmdetection_bytes).unwrap();
+    let started = Instant::now();
+    wait_for(20, "the new plugin to load", || {
+        let list = server.get("/api/v1/plugins", &token).json();
+        list.as_array()
+            .is_some_and(|l| l.iter().any(|p| p["name"] == "mmdetection"))
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "loading waited for the step slot: {:?}",
+        started.elapsed()
+    );
+
+    let once = trigger("once");
+    let r = server.call(
+        "POST",
+        &format!("/api/v1/runs/{spin}/cancel"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let run = server.wait_run(&once, &token, 60);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(
+        run["steps"][0]["outputs"]["result"],
+        "seen=0 mark=7 dirty=0"
+    );
+    assert_eq!(server.wait_run(&spin, &token, 60)["status"], "cancelled");
+}
+
 #[test]
 fn slow_clients_are_cut_off_and_healthy_streams_are_not() {
     let aws = ApiWorkspace::with(

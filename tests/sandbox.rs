@@ -94,3 +94,57 @@ steps:
         );
     }
 }
+
+/// Under an address-space limit (`ulimit -v`) too small for the instance pool, instances are
+/// mapped one at a time, as without a pool: no crash when the pool would just fit and leave
+/// nothing for the rest of the process, and every step still finds a pristine instance.
+#[test]
+fn an_address_space_limit_too_small_for_the_pool_only_slows_plugins_down() {
+    use std::os::unix::process::CommandExt;
+    let ws = Workspace::new();
+    let wf = ws.workflow(
+        "parallel.yaml",
+        r#"name: parallel
+steps:
+  - {id: a, uses: hostile, action: remember}
+  - {id: b, uses: hostile, action: remember}
+  - {id: c, uses: hostile, action: remember}
+  - {id: d, uses: hostile, action: remember}
+  - {id: e, uses: hostile, action: remember, needs: [a, b, c, d]}
+"#,
+    );
+    // Around what a pool for 4 steps takes (~49 GiB), and well above it.
+    for limit_mib in [32 << 10, 49_600, 49_800, 50_200, 51 << 10, 200 << 10] {
+        let limit = (limit_mib as u64) << 20;
+        let mut command = ws.command(&["run", &wf, "--max-parallel", "4"]);
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                let rlimit = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &rlimit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = command.output().unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "ulimit -v of {limit_mib} MiB: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{limit_mib} MiB: {stderr}");
+        let show = ws.json(&["runs", "show", &run_id(&out), "--json"]);
+        for id in ["a", "b", "c", "d", "e"] {
+            assert_eq!(
+                step(&show, id)["outputs"]["result"],
+                "seen=0 mark=7 dirty=0",
+                "{limit_mib} MiB: {show}"
+            );
+        }
+    }
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use kiln_plugin_host::{Grants, HostConfig, PluginEngine, PluginRegistry, instance_slots_for};
+use kiln_plugin_host::{Grants, HostConfig, PluginEngine, PluginRegistry};
 use kiln_runner::{RunService, Runner, RunnerConfig, Workspace};
 use kiln_store::Store;
 
@@ -95,7 +95,7 @@ impl Context {
         let grace = Duration::from_secs(exec.kill_grace_secs);
         // The store first: its first poll starts the connection, which then runs beside the
         // plugins' loading.
-        let slots = instance_slots_for(exec.max_parallel);
+        let slots = exec.max_parallel;
         let (store, plugins) = tokio::join!(self.store(), self.plugins(grace, slots));
         self.service_with(store?, exec, plugins?)
     }
@@ -121,6 +121,12 @@ impl Context {
         let grace = Duration::from_secs(exec.kill_grace_secs);
         let plugins = async {
             let engine = PluginEngine::new(self.host_config(grace, instance_slots)?)?;
+            if let Some(why) = engine.unpooled() {
+                tracing::warn!(
+                    target: "app.backend",
+                    "{why}; until then plugin instances are mapped one at a time (slower)"
+                );
+            }
             let registry = PluginRegistry::load_tolerant(&engine, &self.plugins_dir()).await?;
             for problem in registry.problems() {
                 tracing::warn!(target: "app.reload", "{}", problem.message);
@@ -140,7 +146,7 @@ impl Context {
 
     /// The run service for commands that start no step (cancel, delete): no plugin loaded.
     pub async fn service_without_plugins(&self) -> anyhow::Result<RunService> {
-        let config = self.host_config(Duration::from_secs(10), 1)?;
+        let config = self.host_config(Duration::from_secs(10), 0)?;
         let engine = PluginEngine::new(config)?;
         let plugins = Arc::new(PluginRegistry::empty(&engine));
         let exec = ExecOptions {
@@ -182,7 +188,7 @@ impl Context {
     }
 
     /// Load the installed plugins (compiling them on first use, from the cache after), in an
-    /// engine with `instance_slots` (see [`instance_slots_for`]).
+    /// engine with `instance_slots` for steps (`HostConfig::instance_slots`).
     pub async fn plugins(
         &self,
         kill_grace: Duration,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::{Enabled, PoolingAllocationConfig};
 
 use crate::{Error, Grants, Result};
@@ -27,28 +27,26 @@ pub struct HostConfig {
     /// Grace period between SIGTERM and SIGKILL when a step is cancelled.
     pub kill_grace: Duration,
     pub grants: Grants,
-    /// Plugin instances alive at once (steps running, plugins describing themselves at load);
-    /// more wait until one ends. Each is a slot of wasmtime's pooling allocator, reserved
-    /// when the engine starts and reused warm (see [`instance_pool`]). At most
-    /// [`MAX_INSTANCE_SLOTS`]; see [`instance_slots_for`].
+    /// Plugin steps that may run at once, each in an instance slot reserved when the engine
+    /// starts (see [`instance_pool`]); a step waits for a free one ([`PluginEngine::instance_slot`]).
+    /// Plugins describing themselves at load have [`DESCRIBE_SLOTS`] of their own. At least 1,
+    /// at most [`MAX_INSTANCE_SLOTS`].
     pub instance_slots: usize,
 }
 
-/// The most instance slots an engine reserves: each slot reserves address space (not memory)
-/// for [`MEMORIES_PER_INSTANCE`] linear memories of 4 GiB and their guard regions.
+/// The most step slots an engine reserves: each reserves address space (not memory) for
+/// [`MEMORIES_PER_INSTANCE`] linear memories of 4 GiB and their guard regions.
 pub const MAX_INSTANCE_SLOTS: usize = 4096;
 
-/// Instance slots for an engine that runs at most `steps` plugin steps at once: one per step
-/// and two for plugins describing themselves at load, at most [`MAX_INSTANCE_SLOTS`].
-pub fn instance_slots_for(steps: usize) -> usize {
-    steps.saturating_add(2).min(MAX_INSTANCE_SLOTS)
-}
+/// Slots for plugins describing themselves at load (`describe()`), apart from the steps', so
+/// a plugin installed while every step slot is taken loads at once.
+pub const DESCRIBE_SLOTS: usize = 2;
 
 /// Core wasm instances, linear memories and tables one plugin may contain: a component built
 /// for `wasm32-wasip2` has one memory and a few instances and tables; one built for
-/// `wasm32-wasip1` with the WASI adapter has a few more. A plugin with more does not load
-/// (its load error names the limit).
-const CORE_INSTANCES_PER_INSTANCE: u32 = 16;
+/// `wasm32-wasip1` with the WASI adapter, or linked from shared libraries, has more. A plugin
+/// with more does not load (its load error names the limit).
+const CORE_INSTANCES_PER_INSTANCE: u32 = 32;
 const MEMORIES_PER_INSTANCE: u32 = 2;
 const TABLES_PER_INSTANCE: u32 = 4;
 /// Elements of one table (the limiter in `sandbox.rs` caps growth at the same number).
@@ -58,14 +56,22 @@ pub(crate) const TABLE_ELEMENTS: usize = 100_000;
 /// back to the kernel. Without `PAGEMAP_SCAN` (Linux before 6.7, other systems) memory is
 /// handed back, as wasmtime does by default.
 const KEEP_RESIDENT: usize = 8 << 20;
+/// Address space one slot reserves, rounded up: its memories (wasmtime's default 4 GiB
+/// reservation and a 32 MiB guard on each side), fiber stack and tables.
+const SLOT_ADDRESS_SPACE: u64 =
+    MEMORIES_PER_INSTANCE as u64 * ((4 << 30) + (64 << 20)) + (16 << 20);
 
 /// A wasmtime engine with an epoch ticker. Cheap to clone.
 #[derive(Clone)]
 pub struct PluginEngine {
     pub(crate) engine: wasmtime::Engine,
     pub(crate) config: Arc<HostConfig>,
-    /// One permit per instance slot of `engine`'s pool, held by a store until it is dropped.
-    pub(crate) slots: Arc<Semaphore>,
+    /// One permit per step slot of `engine`'s pool, held by a step's store until it is dropped.
+    slots: Arc<Semaphore>,
+    /// The same for plugins describing themselves at load.
+    describe_slots: Arc<Semaphore>,
+    /// Why the engine has no instance pool, when it has none.
+    unpooled: Option<Arc<str>>,
     _ticker: Arc<Ticker>,
 }
 
@@ -82,23 +88,32 @@ impl PluginEngine {
         let mut wasm = wasmtime::Config::new();
         wasm.epoch_interruption(true);
         wasm.wasm_component_model(true);
+        // At least one: a step in an engine asked for none would otherwise wait forever.
         let slots = config.instance_slots.clamp(1, MAX_INSTANCE_SLOTS);
-        let mut pooled = wasm.clone();
-        pooled.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(
-            instance_pool(slots),
-        ));
-        let engine = match wasmtime::Engine::new(&pooled) {
-            Ok(engine) => engine,
-            // Reserving the pool's address space can fail (a `ulimit -v`, a small 32-bit
-            // address space): instances are then mapped one by one, as they are without a pool.
-            Err(e) => {
-                tracing::warn!(
-                    "cannot reserve {slots} plugin instance slots ({e}); \
-                     plugin instances are allocated one at a time instead"
-                );
-                wasmtime::Engine::new(&wasm).map_err(|e| Error::Engine(e.to_string()))?
+        let pool = slots + DESCRIBE_SLOTS;
+        // Without a pool (the address space it needs is not there), each instance is mapped
+        // and unmapped on its own: slower, the same otherwise.
+        let mut unpooled = address_space_short(pool);
+        let mut engine = None;
+        if unpooled.is_none() {
+            let mut pooled = wasm.clone();
+            pooled.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(
+                instance_pool(pool),
+            ));
+            match wasmtime::Engine::new(&pooled) {
+                Ok(e) => engine = Some(e),
+                Err(e) => {
+                    unpooled = Some(format!("cannot reserve {pool} plugin instance slots: {e}"))
+                }
             }
+        }
+        let engine = match engine {
+            Some(engine) => engine,
+            None => wasmtime::Engine::new(&wasm).map_err(|e| Error::Engine(e.to_string()))?,
         };
+        if let Some(why) = &unpooled {
+            tracing::debug!("{why}; plugin instances are mapped one at a time");
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let (weak_engine, flag) = (engine.weak(), stop.clone());
         std::thread::Builder::new()
@@ -117,12 +132,45 @@ impl PluginEngine {
             engine,
             config: Arc::new(config),
             slots: Arc::new(Semaphore::new(slots)),
+            describe_slots: Arc::new(Semaphore::new(DESCRIBE_SLOTS)),
+            unpooled: unpooled.map(Arc::from),
             _ticker: Arc::new(Ticker(stop)),
         })
     }
 
     pub fn config(&self) -> &HostConfig {
         &self.config
+    }
+
+    /// A slot for one plugin step, once one is free.
+    pub async fn instance_slot(&self) -> InstanceSlot {
+        InstanceSlot {
+            _permit: acquire(&self.slots).await,
+        }
+    }
+
+    /// A slot for one plugin step, if one is free now.
+    pub fn try_instance_slot(&self) -> Option<InstanceSlot> {
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        Some(InstanceSlot { _permit: permit })
+    }
+
+    /// The step slots there are (see [`HostConfig::instance_slots`]).
+    pub fn instance_slots(&self) -> usize {
+        self.config.instance_slots.clamp(1, MAX_INSTANCE_SLOTS)
+    }
+
+    /// A slot for a plugin describing itself at load.
+    pub(crate) async fn describe_slot(&self) -> InstanceSlot {
+        InstanceSlot {
+            _permit: acquire(&self.describe_slots).await,
+        }
+    }
+
+    /// Why this engine maps each plugin instance on its own instead of taking it from a pool,
+    /// when it does (an address-space limit, `ulimit -v`, too small for the pool).
+    pub fn unpooled(&self) -> Option<&str> {
+        self.unpooled.as_deref()
     }
 
     /// The same engine (compiled code, epoch ticker) with other grants, for plugins loaded
@@ -134,6 +182,8 @@ impl PluginEngine {
             engine: self.engine.clone(),
             config: Arc::new(config),
             slots: self.slots.clone(),
+            describe_slots: self.describe_slots.clone(),
+            unpooled: self.unpooled.clone(),
             _ticker: self._ticker.clone(),
         }
     }
@@ -166,4 +216,84 @@ fn instance_pool(slots: usize) -> PoolingAllocationConfig {
             .table_keep_resident(64 << 10);
     }
     pool
+}
+
+/// A place in the engine's instance pool, held by one plugin instance's store until the store
+/// is dropped.
+#[derive(Debug)]
+pub struct InstanceSlot {
+    _permit: OwnedSemaphorePermit,
+}
+
+async fn acquire(slots: &Arc<Semaphore>) -> OwnedSemaphorePermit {
+    match slots.clone().acquire_owned().await {
+        Ok(permit) => permit,
+        // The engine never closes its semaphores.
+        Err(_) => unreachable!("instance slots are never closed"),
+    }
+}
+
+/// Why a pool of `slots` does not fit this process's address-space limit (`ulimit -v`), if it
+/// does not.
+fn address_space_short(slots: usize) -> Option<String> {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::As).current?;
+    let mapped = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |pages| {
+            pages.saturating_mul(rustix::param::page_size() as u64)
+        });
+    pool_short(slots, limit, mapped)
+}
+
+/// Why a pool of `slots` does not fit under an address-space `limit` with `mapped` bytes mapped
+/// already, if it does not. The pool may take a quarter of the room left: the rest is for the
+/// heap, the threads' stacks, SQLite, and instances mapped later. A pool that only just fit left
+/// the process unable to start a thread or allocate.
+fn pool_short(slots: usize, limit: u64, mapped: u64) -> Option<String> {
+    let room = limit.saturating_sub(mapped) / 4;
+    let need = SLOT_ADDRESS_SPACE.saturating_mul(slots as u64);
+    if need <= room {
+        return None;
+    }
+    let fits = (room / SLOT_ADDRESS_SPACE).saturating_sub(DESCRIBE_SLOTS as u64);
+    let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+    Some(format!(
+        "the address-space limit (ulimit -v: {:.1} GiB) leaves room for {fits} plugin instance \
+         slot(s) of {:.1} GiB each, fewer than the {} asked for; raise the limit to keep the \
+         pool, or ask for at most {fits} (kiln serve --plugin-instances)",
+        gib(limit),
+        gib(SLOT_ADDRESS_SPACE),
+        slots.saturating_sub(DESCRIBE_SLOTS),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn the_pool_takes_at_most_a_quarter_of_the_address_space_left() {
+        let slot = SLOT_ADDRESS_SPACE;
+        assert_eq!(pool_short(6, u64::MAX, 0), None);
+        assert_eq!(pool_short(6, 24 * slot + GIB, GIB), None);
+        // Where the reservation alone would have fit, and the process crashed after it.
+        let tight = pool_short(6, 6 * slot + GIB, GIB / 2).expect("too tight");
+        assert!(
+            tight.contains("leaves room for 0 plugin instance slot(s)"),
+            "{tight}"
+        );
+        assert!(tight.contains("fewer than the 4 asked for"), "{tight}");
+        let serve = pool_short(512 + DESCRIBE_SLOTS, 200 * GIB, GIB).expect("too small");
+        assert!(
+            serve.contains("ulimit -v: 200.0 GiB") && serve.contains("room for 4 plugin"),
+            "{serve}"
+        );
+        assert!(
+            pool_short(6, GIB, 2 * GIB).is_some(),
+            "mapped beyond the limit"
+        );
+    }
 }

@@ -10,6 +10,7 @@ use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings::{types, v0_1, v0_2};
 use crate::capability::process::ProcessState;
+use crate::engine::InstanceSlot;
 use crate::invocation::{FailureKind, Role, StepFailure, StepInvocation};
 use crate::sandbox::{StepState, new_store};
 use crate::{Error, PluginEngine, PluginGrant, Result, cache};
@@ -510,8 +511,8 @@ impl PluginRegistry {
             &[],
             None,
             empty_process(engine),
+            engine.describe_slot().await,
         )
-        .await
         .map_err(invalid)?;
         let describe_failed = |e: wasmtime::Error| invalid(format!("describe() failed: {e:#}"));
         let cannot_instantiate = |e: wasmtime::Error| invalid(format!("cannot instantiate: {e:#}"));
@@ -573,17 +574,19 @@ impl PluginRegistry {
         self.plugins.keys().map(String::as_str).collect()
     }
 
-    /// Run one step in a fresh instance of plugin `name`.
+    /// Run one step in a fresh instance of plugin `name`, in `slot` (from this registry's
+    /// [`PluginEngine::instance_slot`]).
     pub async fn run(
         &self,
         name: &str,
         inv: &StepInvocation,
+        slot: InstanceSlot,
     ) -> Result<serde_json::Value, StepFailure> {
         let plugin = self
             .plugins
             .get(name)
             .ok_or_else(|| StepFailure::plugin(format!("no plugin named `{name}` is loaded")))?;
-        let result = plugin.run(&self.engine, inv).await;
+        let result = plugin.run(&self.engine, inv, slot).await;
         // A plugin must not leave programs behind, whatever happened to it.
         inv.processes
             .terminate_all(self.engine.config.kill_grace)
@@ -789,6 +792,7 @@ impl LoadedPlugin {
         &self,
         engine: &PluginEngine,
         inv: &StepInvocation,
+        slot: InstanceSlot,
     ) -> Result<serde_json::Value, StepFailure> {
         let name = &self.info.name;
         // The base environment, plus the engine variables the operator passes on to this plugin.
@@ -824,8 +828,8 @@ impl LoadedPlugin {
             &inv.dirs,
             inv.events.clone(),
             process,
+            slot,
         )
-        .await
         .map_err(StepFailure::plugin)?;
         let cannot_instantiate = |e: wasmtime::Error| {
             StepFailure::plugin(format!("cannot instantiate plugin `{name}`: {e:#}"))

@@ -4,7 +4,6 @@
 use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
-use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::component::ResourceTable;
 use wasmtime::{
     AsContext, AsContextMut, ResourceLimiter, Store, StoreContext, StoreContextMut, UpdateDeadline,
@@ -13,6 +12,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::capability::process::ProcessState;
+use crate::engine::InstanceSlot;
 use crate::invocation::{GrantedDir, StepEvent};
 use crate::{PluginEngine, PluginGrant};
 
@@ -96,7 +96,7 @@ pub(crate) struct Sandbox {
     // Declared first, so dropped first: the instance is back in wasmtime's pool before the
     // slot's permit lets another store allocate one.
     store: Store<StepState>,
-    _slot: OwnedSemaphorePermit,
+    _slot: InstanceSlot,
 }
 
 impl Deref for Sandbox {
@@ -125,22 +125,16 @@ impl AsContextMut for Sandbox {
     }
 }
 
-/// Build a store for one call of `plugin` with the given directory grants, once an instance
-/// slot is free.
-pub(crate) async fn new_store(
+/// Build a store for one call of `plugin` with the given directory grants, in `slot`.
+pub(crate) fn new_store(
     engine: &PluginEngine,
     plugin: &str,
     grant: &PluginGrant,
     dirs: &[GrantedDir],
     events: Option<tokio::sync::mpsc::UnboundedSender<StepEvent>>,
     process: ProcessState,
+    slot: InstanceSlot,
 ) -> Result<Sandbox, String> {
-    let slot = engine
-        .slots
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|e| format!("no plugin instance slot: {e}"))?;
     let stderr = MemoryOutputPipe::new(64 * 1024);
     let mut wasi = WasiCtxBuilder::new();
     // No environment, no arguments, no network, no stdin; stderr kept for panic messages.

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use kiln_plugin_host::instance_slots_for;
 use kiln_runner::RunService;
 use kiln_runner::service::Execution;
 use kiln_store::RunStatus;
@@ -76,7 +75,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<Exit> {
     };
     // The database opens while the plugins load (polled first, so its connection starts first).
     let grace = Duration::from_secs(args.exec.kill_grace_secs);
-    let slots = instance_slots_for(args.exec.max_parallel);
+    let slots = args.exec.max_parallel;
     let (store, valid) = tokio::join!(ctx.store(), load_valid(ctx, &args.file, grace, slots));
     let (workflow, yaml, plugins) = match valid? {
         Ok(v) => v,

@@ -4,7 +4,6 @@ use crate::output::{errln, outln};
 use std::path::Path;
 use std::time::Duration;
 
-use kiln_plugin_host::instance_slots_for;
 use kiln_runner::EngineCatalog;
 use kiln_workflow::Workflow;
 
@@ -52,7 +51,7 @@ pub async fn load_valid(
 
 pub async fn validate(ctx: &Context, file: &Path) -> anyhow::Result<Exit> {
     Ok(
-        match load_valid(ctx, file, Duration::from_secs(10), instance_slots_for(0)).await? {
+        match load_valid(ctx, file, Duration::from_secs(10), 0).await? {
             Ok((workflow, _, _)) => {
                 outln!(
                     "{}: workflow `{}` is valid ({} steps)",

@@ -9,7 +9,8 @@ use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use tokio_util::sync::CancellationToken;
 
 use kiln_plugin_host::{
-    BeforeLaunch, FailureKind, ProcessTracker, RetryContext, StepEvent, StepInvocation,
+    BeforeLaunch, FailureKind, InstanceSlot, ProcessTracker, RetryContext, StepEvent,
+    StepInvocation,
 };
 use kiln_store::{PluginIdentity, StepStatus};
 use kiln_workflow::{ExprContext, RetryOn, Step, render_inputs_until};
@@ -383,6 +384,39 @@ impl Runner {
             Some(lease)
         };
 
+        // A place in the plugin engine's instance pool, waited for like GPUs.
+        let slot = if is_plugin {
+            let engine = self.plugins.engine();
+            match engine.try_instance_slot() {
+                Some(slot) => Some(slot),
+                None => {
+                    let n = engine.instance_slots();
+                    log(
+                        "info",
+                        format!("waiting for a free plugin instance (all {n} are in use)"),
+                    );
+                    let wait_until = async {
+                        match deadline {
+                            Some(d) => tokio::time::sleep_until(d).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        slot = engine.instance_slot() => Some(slot),
+                        _ = cancel.cancelled() => return Ok(StepOutcome::cancelled()),
+                        _ = wait_until => {
+                            return Ok(timed_out(
+                                timeout.unwrap_or_default(),
+                                "while waiting for a free plugin instance",
+                            ));
+                        }
+                    }
+                }
+            }
+        } else {
+            None
+        };
+
         // A frozen engine that wakes up after another engine took its run over (and
         // re-attached to these programs) must not stop them on a timeout or cancel of its own.
         // Confirmed with a renewal that covers the grace period: no takeover while they stop.
@@ -399,7 +433,7 @@ impl Runner {
             })
         });
         let work = async {
-            if is_plugin {
+            if let Some(slot) = slot {
                 self.run_plugin_step(
                     run_id,
                     step,
@@ -409,6 +443,7 @@ impl Runner {
                     tx.clone(),
                     retry,
                     lease.as_ref(),
+                    slot,
                 )
                 .await
             } else {
@@ -484,6 +519,7 @@ impl Runner {
         events: UnboundedSender<StepEvent>,
         retry: Option<RetryContext>,
         lease: Option<&GpuLease>,
+        slot: InstanceSlot,
     ) -> std::result::Result<Value, (FailureKind, String)> {
         let ws = &self.inner.ws;
         let plugins = &self.plugins;
@@ -539,7 +575,7 @@ impl Runner {
             })),
         };
         plugins
-            .run(&step.uses, &inv)
+            .run(&step.uses, &inv, slot)
             .await
             .map_err(|f| (f.kind, f.message))
     }

@@ -12,6 +12,7 @@ mod catalog;
 mod logs;
 mod orphans;
 mod reload;
+mod stored;
 mod training;
 
 pub use catalog::{CatalogEntry, Checker, WorkflowCatalog};
@@ -35,6 +36,8 @@ use kiln_store::{RunRecord, RunStatus, Store};
 use kiln_workflow::{Diagnostics, Workflow};
 
 use crate::{EngineCatalog, Error, Result, RunLease, RunUpdate, Runner, Workspace, ownership};
+pub use stored::StoredDefinition;
+use stored::StoredDefinitions;
 
 /// A run ready to execute: its record, its workflow as stored, and its lease (held by this
 /// engine; none for a run queued for another engine to claim).
@@ -114,13 +117,18 @@ pub struct ActionSummary {
 pub struct RunService {
     runner: Runner,
     workflows: Arc<WorkflowCatalog>,
+    stored: StoredDefinitions,
 }
 
 impl RunService {
     /// The service over `runner`; `workflows_dir` holds the workflows it starts by name.
     pub fn new(runner: Runner, workflows_dir: PathBuf) -> Self {
         let workflows = Arc::new(Self::catalog(&runner, workflows_dir));
-        Self { runner, workflows }
+        Self {
+            runner,
+            workflows,
+            stored: StoredDefinitions::new(),
+        }
     }
 
     /// The workflows of `dir`, each validated against the plugins installed when it loads.
@@ -350,10 +358,15 @@ impl RunService {
         Ok(self.store().run(id).await?)
     }
 
+    /// The workflow stored with `run`, parsed, with each step's dependencies.
+    pub fn definition(&self, run: &RunRecord) -> Result<Arc<StoredDefinition>> {
+        Ok(self.stored.of(run)?)
+    }
+
     /// The workflow stored with `run`, checked against what is installed now, and a runner
     /// pinned to those plugins.
     fn stored(&self, run: &RunRecord) -> Result<(Arc<Workflow>, Runner)> {
-        let workflow = crate::stored_workflow(run)?;
+        let workflow = self.stored.of(run)?.workflow.clone();
         let runner = self.runner.current();
         check_with(&runner, &workflow).map_err(|d| {
             Error::Input(format!(
@@ -361,7 +374,7 @@ impl RunService {
                 run.id
             ))
         })?;
-        Ok((Arc::new(workflow), runner))
+        Ok((workflow, runner))
     }
 
     /// A run whose engine died, ready to continue where it stopped (its succeeded steps reused,

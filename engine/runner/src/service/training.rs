@@ -447,8 +447,10 @@ impl RunService {
             // A preview records nothing.
             before_launch: None,
         };
+        // A preview is a plugin call like a step's: it waits for a free instance like one.
+        let slot = plugins.engine().instance_slot().await;
         let outputs = plugins
-            .run(&request.framework, &inv)
+            .run(&request.framework, &inv, slot)
             .await
             .map_err(|f| match f.kind {
                 FailureKind::InvalidInput => Error::Input(f.message),

@@ -9,6 +9,7 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use kiln_runner::service::StoredDefinition;
 use kiln_store::{RunRecord, RunStatus, StepRecord};
 
 use crate::auth::Caller;
@@ -121,7 +122,10 @@ pub struct RunView {
 }
 
 impl RunView {
-    pub fn new(r: RunRecord, steps: Option<Vec<StepRecord>>) -> Self {
+    /// The run; with `steps`, also its steps, their dependencies from `definition` (the
+    /// run's stored workflow, [`kiln_runner::RunService::definition`]; none where it no
+    /// longer parses, written by another version).
+    pub fn new(r: RunRecord, steps: Option<(Vec<StepRecord>, Option<&StoredDefinition>)>) -> Self {
         Self {
             id: r.id,
             workflow_name: r.workflow_name,
@@ -135,21 +139,13 @@ impl RunView {
             finished_at: r.finished_at,
             duration_ms: r.duration_ms,
             engine: r.engine,
-            steps: steps.map(|steps| {
-                // The run's own workflow gives the edges; a stored file that no longer parses
-                // (written by another version) leaves them out rather than failing the view.
-                let workflow = kiln_workflow::Workflow::parse(&r.workflow_yaml, "run").ok();
+            steps: steps.map(|(steps, definition)| {
                 steps
                     .into_iter()
                     .map(|step| {
-                        let needs = workflow
-                            .as_ref()
-                            .map(|w| {
-                                w.dependencies(&step.step_id)
-                                    .into_iter()
-                                    .map(str::to_owned)
-                                    .collect()
-                            })
+                        let needs = definition
+                            .and_then(|d| d.dependencies.get(&step.step_id))
+                            .cloned()
                             .unwrap_or_default();
                         StepView {
                             needs,
@@ -321,7 +317,11 @@ pub async fn show(
             .await?
     };
     let steps = state.store().steps(&run.id).await?;
-    Ok(Json(RunView::new(run, Some(steps))))
+    let definition = state.service().definition(&run).ok();
+    Ok(Json(RunView::new(
+        run,
+        Some((steps, definition.as_deref())),
+    )))
 }
 
 /// Counts by status and the success rate.

@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use kiln_plugin_host::{
-    PluginEngine, PluginInfo, PluginRegistry, SUPPORTED_INTERFACES, instance_slots_for,
-};
+use kiln_plugin_host::{PluginEngine, PluginInfo, PluginRegistry, SUPPORTED_INTERFACES};
 
 use crate::cli::PluginsCommand;
 use crate::commands::inspect::print_json;
@@ -27,9 +25,7 @@ pub async fn plugins(ctx: &Context, cmd: PluginsCommand) -> anyhow::Result<Exit>
 }
 
 async fn list(ctx: &Context, json: bool) -> anyhow::Result<Exit> {
-    let registry = ctx
-        .plugins(Duration::from_secs(10), instance_slots_for(0))
-        .await?;
+    let registry = ctx.plugins(Duration::from_secs(10), 0).await?;
     for name in registry.granted_but_missing() {
         errln!(
             "warning: configs/plugins.yaml grants plugin `{name}`, which is not installed (a misspelt name?)"
@@ -63,7 +59,7 @@ fn supported() -> String {
 /// Loads `file` with this workspace's grants. Outside a workspace (no `.kiln/`), nothing is
 /// written where the command runs: the compiled code goes to a temporary cache.
 async fn load(ctx: &Context, file: &Path) -> anyhow::Result<Result<PluginInfo, String>> {
-    let mut config = ctx.host_config(Duration::from_secs(10), instance_slots_for(0))?;
+    let mut config = ctx.host_config(Duration::from_secs(10), 0)?;
     let scratch = tempfile::TempDir::new()?;
     if ctx.global.cache_dir.is_none() && !ctx.ws.kiln_dir().is_dir() {
         config.cache_dir = scratch.path().to_owned();
