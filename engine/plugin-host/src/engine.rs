@@ -258,13 +258,26 @@ fn pool_short(slots: usize, limit: u64, mapped: u64) -> Option<String> {
     }
     let fits = (room / SLOT_ADDRESS_SPACE).saturating_sub(DESCRIBE_SLOTS as u64);
     let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+    let asked = slots.saturating_sub(DESCRIBE_SLOTS);
+    // The limit at which the pool would take a quarter of the room.
+    let enough = need.saturating_mul(4).saturating_add(mapped);
+    let what_to_do = if fits == 0 {
+        format!(
+            "raise it to at least {:.0} GiB to keep the pool",
+            gib(enough).ceil()
+        )
+    } else {
+        format!(
+            "raise it to at least {:.0} GiB to keep the pool, or ask for at most {fits} \
+             (kiln serve --plugin-instances)",
+            gib(enough).ceil()
+        )
+    };
     Some(format!(
-        "the address-space limit (ulimit -v: {:.1} GiB) leaves room for {fits} plugin instance \
-         slot(s) of {:.1} GiB each, fewer than the {} asked for; raise the limit to keep the \
-         pool, or ask for at most {fits} (kiln serve --plugin-instances)",
+        "the address-space limit (ulimit -v: {:.1} GiB) leaves room for {fits} of the {asked} \
+         plugin instance slots asked for ({:.1} GiB of address space each); {what_to_do}",
         gib(limit),
         gib(SLOT_ADDRESS_SPACE),
-        slots.saturating_sub(DESCRIBE_SLOTS),
     ))
 }
 
@@ -282,13 +295,18 @@ mod tests {
         // Where the reservation alone would have fit, and the process crashed after it.
         let tight = pool_short(6, 6 * slot + GIB, GIB / 2).expect("too tight");
         assert!(
-            tight.contains("leaves room for 0 plugin instance slot(s)"),
+            tight.contains("leaves room for 0 of the 4 plugin instance slots asked for"),
             "{tight}"
         );
-        assert!(tight.contains("fewer than the 4 asked for"), "{tight}");
+        assert!(
+            tight.ends_with("raise it to at least 196 GiB to keep the pool"),
+            "no advice to ask for 0 slots, which is refused: {tight}"
+        );
         let serve = pool_short(512 + DESCRIBE_SLOTS, 200 * GIB, GIB).expect("too small");
         assert!(
-            serve.contains("ulimit -v: 200.0 GiB") && serve.contains("room for 4 plugin"),
+            serve.contains("ulimit -v: 200.0 GiB")
+                && serve.contains("room for 4 of the 512")
+                && serve.contains("or ask for at most 4 (kiln serve --plugin-instances)"),
             "{serve}"
         );
         assert!(

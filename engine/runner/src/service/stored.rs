@@ -36,9 +36,10 @@ impl StoredDefinitions {
     }
 
     /// The definition stored with `run`, parsed (once for every run stored with the same text
-    /// from the same file).
+    /// from the same file; a run without a file is parsed under its own id, for its messages).
     pub fn of(&self, run: &RunRecord) -> Result<Arc<StoredDefinition>, Diagnostics> {
         if let Some(hit) = self.cache().get(run.workflow_yaml.as_str())
+            && run.workflow_file.is_some()
             && hit.file == run.workflow_file
         {
             return Ok(hit.clone());
@@ -115,5 +116,9 @@ mod tests {
             .unwrap();
         assert_eq!(edited.dependencies["b"], Vec::<String>::new());
         assert!(defs.of(&run("r5", "name: [", Some("w.yaml"))).is_err());
+        // Without a file, each run's definition is parsed under its own id.
+        let a = defs.of(&run("r6", CHAIN, None)).unwrap();
+        let b = defs.of(&run("r7", CHAIN, None)).unwrap();
+        assert!(!Arc::ptr_eq(&a, &b));
     }
 }
