@@ -68,6 +68,8 @@ pub struct PluginEngine {
     pub(crate) config: Arc<HostConfig>,
     /// One permit per step slot of `engine`'s pool, held by a step's store until it is dropped.
     slots: Arc<Semaphore>,
+    /// How many step slots there are.
+    slot_count: usize,
     /// The same for plugins describing themselves at load.
     describe_slots: Arc<Semaphore>,
     /// Why the engine has no instance pool, when it has none.
@@ -132,6 +134,7 @@ impl PluginEngine {
             engine,
             config: Arc::new(config),
             slots: Arc::new(Semaphore::new(slots)),
+            slot_count: slots,
             describe_slots: Arc::new(Semaphore::new(DESCRIBE_SLOTS)),
             unpooled: unpooled.map(Arc::from),
             _ticker: Arc::new(Ticker(stop)),
@@ -157,7 +160,7 @@ impl PluginEngine {
 
     /// The step slots there are (see [`HostConfig::instance_slots`]).
     pub fn instance_slots(&self) -> usize {
-        self.config.instance_slots.clamp(1, MAX_INSTANCE_SLOTS)
+        self.slot_count
     }
 
     /// A slot for a plugin describing itself at load.
@@ -182,6 +185,7 @@ impl PluginEngine {
             engine: self.engine.clone(),
             config: Arc::new(config),
             slots: self.slots.clone(),
+            slot_count: self.slot_count,
             describe_slots: self.describe_slots.clone(),
             unpooled: self.unpooled.clone(),
             _ticker: self._ticker.clone(),

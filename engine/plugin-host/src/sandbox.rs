@@ -90,8 +90,7 @@ impl StepState {
     }
 }
 
-/// A store for one plugin call, holding one of the engine's instance slots (waited for when
-/// every slot is taken) until it is dropped.
+/// A store for one plugin call, holding one of the engine's instance slots until it is dropped.
 pub(crate) struct Sandbox {
     // Declared first, so dropped first: the instance is back in wasmtime's pool before the
     // slot's permit lets another store allocate one.

@@ -265,9 +265,16 @@ impl Runner {
                 message,
             });
         };
-        // The step's `timeout` bounds the whole attempt: waiting for GPUs too.
+        // The step's `timeout` bounds the whole attempt: waiting for GPUs and a plugin
+        // instance too.
         let timeout = step.timeout.map(|t| t.as_duration());
         let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
+        let deadline_passed = || async move {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
         let timed_out = |t: Duration, doing: &str| {
             StepOutcome::failed(
                 RetryOn::Failure,
@@ -358,16 +365,10 @@ impl Runner {
                 Some(l) => l,
                 None => {
                     log("info", format!("waiting for {n} free GPU(s)"));
-                    let wait_until = async {
-                        match deadline {
-                            Some(d) => tokio::time::sleep_until(d).await,
-                            None => std::future::pending().await,
-                        }
-                    };
                     tokio::select! {
                         l = self.inner.gpus.lease(n) => l.map_err(|e| Error::io("locking GPUs in", &ws.kiln_dir(), e))?,
                         _ = cancel.cancelled() => return Ok(StepOutcome::cancelled()),
-                        _ = wait_until => {
+                        _ = deadline_passed() => {
                             return Ok(timed_out(timeout.unwrap_or_default(), &format!("while waiting for {n} free GPU(s)")));
                         }
                     }
@@ -395,16 +396,10 @@ impl Runner {
                         "info",
                         format!("waiting for a free plugin instance (all {n} are in use)"),
                     );
-                    let wait_until = async {
-                        match deadline {
-                            Some(d) => tokio::time::sleep_until(d).await,
-                            None => std::future::pending().await,
-                        }
-                    };
                     tokio::select! {
                         slot = engine.instance_slot() => Some(slot),
                         _ = cancel.cancelled() => return Ok(StepOutcome::cancelled()),
-                        _ = wait_until => {
+                        _ = deadline_passed() => {
                             return Ok(timed_out(
                                 timeout.unwrap_or_default(),
                                 "while waiting for a free plugin instance",
