@@ -61,8 +61,11 @@ impl StoredDefinitions {
             workflow: Arc::new(workflow),
             dependencies,
         });
-        self.cache()
-            .insert(run.workflow_yaml.clone(), parsed.clone());
+        // A run without a file never shares its parse: kept, it would only push others out.
+        if run.workflow_file.is_some() {
+            self.cache()
+                .insert(run.workflow_yaml.clone(), parsed.clone());
+        }
         Ok(parsed)
     }
 }
