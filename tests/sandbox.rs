@@ -89,7 +89,7 @@ steps:
         let s = step(&show, id);
         assert_eq!(s["status"], "succeeded", "{id}: {s}");
         assert_eq!(
-            s["outputs"]["result"], "seen=0 mark=7 dirty=0",
+            s["outputs"]["result"], PRISTINE,
             "step {id} saw what an earlier instance left: {s}"
         );
     }
@@ -142,7 +142,7 @@ steps:
         for id in ["a", "b", "c", "d", "e"] {
             assert_eq!(
                 step(&show, id)["outputs"]["result"],
-                "seen=0 mark=7 dirty=0",
+                PRISTINE,
                 "{limit_mib} MiB: {show}"
             );
         }

@@ -28,6 +28,10 @@ pub struct Workspace {
     pub env: Vec<(String, String)>,
 }
 
+/// What the test plugin's `remember` action returns in a fresh instance: nothing an earlier
+/// instance left in its statics or memory (tests/plugins/hostile).
+pub const PRISTINE: &str = "seen=0 mark=7 dirty=0";
+
 pub const GRANTS: &str = "defaults: {memory_mb: 256, cpu_seconds_per_call: 10}\n\
 plugins:\n  ultralytics: {programs: [yolo], env: [FAKE_YOLO_EPOCH_SECONDS, FAKE_YOLO_FAIL_AT_EPOCH, FAKE_YOLO_RECORD]}\n  hostile: {programs: [yolo], memory_mb: 64, cpu_seconds_per_call: 1}\n  mmdetection: {programs: [python], env: [FAKE_MMDET_EPOCH_SECONDS, FAKE_MMDET_FAIL_AT_EPOCH, FAKE_MMDET_NO_DETECTIONS, FAKE_MMDET_RECORD]}\n";
 
