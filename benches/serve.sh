@@ -40,3 +40,5 @@ for _ in $(seq 100); do
 done
 echo "serve.sh: workspace $ws, $seconds s per phase, $clients clients, load $(cut -d' ' -f1 /proc/loadavg)" >&2
 python3 "$repo/benches/serve-load.py" "http://127.0.0.1:$port/api/v1" "$token" three "$seconds" "$clients"
+# The server's memory after both phases: resident now and at its peak.
+awk '/^VmRSS|^VmHWM/ {kb[$1] = $2} END {printf "{\"phase\": \"server memory\", \"rss_mb\": %.1f, \"peak_rss_mb\": %.1f}\n", kb["VmRSS:"] / 1024, kb["VmHWM:"] / 1024}' "/proc/$server/status"

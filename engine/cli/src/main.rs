@@ -2,6 +2,7 @@
 //! to the engine crates. Architecture invariant: no engine logic lives here, only wiring,
 //! presentation and exit codes (0 success, 1 run failed or cancelled, 2 invalid input).
 
+mod alloc;
 mod cli;
 mod commands;
 mod context;
@@ -15,18 +16,25 @@ use clap::Parser;
 use crate::cli::{Cli, Command};
 use crate::exit::Exit;
 
+#[global_allocator]
+static ALLOCATOR: alloc::Switching = alloc::Switching;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The supervisor runs synchronously, before any runtime or thread exists in this process.
     if let Command::Supervise { state_dir } = &cli.command {
         return std::process::ExitCode::from(kiln_supervisor::supervise_main(state_dir) as u8);
     }
+    // The server's allocator is mimalloc, from before its runtime's threads start (alloc.rs).
+    let serving = matches!(cli.command, Command::Serve(_));
+    if serving {
+        alloc::use_mimalloc();
+    }
     let only_reads = cli.command.only_reads();
     if only_reads {
         output::die_on_sigpipe();
     }
     // The server logs its requests and runs at info level by default.
-    let serving = matches!(cli.command, Command::Serve(_));
     init_tracing(cli.verbose.max(u8::from(serving)), cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
