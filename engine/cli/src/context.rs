@@ -7,7 +7,7 @@ use anyhow::Context as _;
 
 use kiln_plugin_host::{Grants, HostConfig, PluginEngine, PluginRegistry};
 use kiln_runner::{RunService, Runner, RunnerConfig, Workspace};
-use kiln_store::Store;
+use kiln_store::{Reads, Store};
 
 use crate::cli::{ExecOptions, GlobalArgs};
 
@@ -21,10 +21,12 @@ pub struct Context {
     gpus: std::sync::OnceLock<Result<Vec<u32>, String>>,
     /// Every store this command opened, closed by [`Self::close`].
     opened: std::sync::Mutex<Vec<Store>>,
+    /// How its stores read: directly for the server, through the pool for a short command.
+    reads: Reads,
 }
 
 impl Context {
-    pub fn new(global: &GlobalArgs) -> anyhow::Result<Self> {
+    pub fn new(global: &GlobalArgs, reads: Reads) -> anyhow::Result<Self> {
         let ws = Workspace::new(&global.workspace)
             .with_context(|| format!("workspace {}", global.workspace.display()))?;
         Ok(Self {
@@ -32,6 +34,7 @@ impl Context {
             global: global.clone(),
             gpus: std::sync::OnceLock::new(),
             opened: std::sync::Mutex::new(Vec::new()),
+            reads,
         })
     }
 
@@ -64,7 +67,8 @@ impl Context {
         };
         // On a task of its own: it opens the database on another thread while the caller loads
         // plugins (synchronous work, ~1.5 ms) beside it.
-        let connecting = tokio::spawn(async move { Store::connect(&url).await });
+        let reads = self.reads;
+        let connecting = tokio::spawn(async move { Store::connect_with(&url, reads).await });
         let store = connecting
             .await
             .context("opening the database stopped unexpectedly")??;

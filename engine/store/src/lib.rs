@@ -115,10 +115,27 @@ pub struct Store {
     url: String,
 }
 
+/// How a store on a plain SQLite file reads its hottest records (a token, a run, its steps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reads {
+    /// On the calling thread, through connections of the store's own (`sqlite_reader`): for a
+    /// long-lived process that reads often (`kiln serve`).
+    Direct,
+    /// Through sqlx's pool, whose connection is open already: for a command that reads a few
+    /// times and exits. Its first direct read would open another connection (and parse the
+    /// schema again), ~0.5 ms of a `kiln run` of a few milliseconds.
+    Pooled,
+}
+
 impl Store {
     /// Connect to `url` (`sqlite://PATH` or `postgres://...`), creating a SQLite file if needed,
-    /// and apply pending migrations.
+    /// and apply pending migrations. Reads are [`Reads::Direct`].
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, Reads::Direct).await
+    }
+
+    /// [`Self::connect`], reading as `reads` says.
+    pub async fn connect_with(url: &str, reads: Reads) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let is_sqlite = url.starts_with("sqlite:");
         let connect_err = |source| Error::Connect {
@@ -228,7 +245,9 @@ impl Store {
                 })?),
                 None => None,
             };
-        let reader = file.map(|f| std::sync::Arc::new(sqlite_reader::SqliteReader::new(&f)));
+        let reader = file
+            .filter(|_| reads == Reads::Direct)
+            .map(|f| std::sync::Arc::new(sqlite_reader::SqliteReader::new(&f)));
         let fences = journal::Fences::default();
         Ok(Self {
             journal: journal::Journal::start(pool.clone(), is_sqlite, direct, fences.clone()),

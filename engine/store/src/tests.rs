@@ -965,7 +965,8 @@ async fn claims_look_past_runs_the_engine_cannot_take() {
 }
 
 /// On a plain SQLite file a token, a run and its steps are read directly (`sqlite_reader`),
-/// and read the same as through sqlx (a URL with another option has no direct reads).
+/// and read the same as through sqlx (a URL with another option, or `Reads::Pooled`, has no
+/// direct reads).
 #[tokio::test]
 async fn direct_reads_match_reads_through_sqlx() {
     let dir = tempfile::tempdir().unwrap();
@@ -977,6 +978,11 @@ async fn direct_reads_match_reads_through_sqlx() {
         .await
         .unwrap();
     assert!(direct.reader.is_some() && through_sqlx.reader.is_none());
+    // A short command's store reads through the pool, on the connection it has open.
+    let pooled = Store::connect_with(&format!("sqlite://{}", file.display()), Reads::Pooled)
+        .await
+        .unwrap();
+    assert!(pooled.reader.is_none());
     let steps = [
         NewStep {
             step_id: "a".into(),
@@ -1019,6 +1025,11 @@ async fn direct_reads_match_reads_through_sqlx() {
 
     let run = direct.run("r1").await.unwrap();
     assert_eq!(run, through_sqlx.run("r1").await.unwrap());
+    assert_eq!(run, pooled.run("r1").await.unwrap());
+    assert_eq!(
+        pooled.steps("r1").await.unwrap(),
+        direct.steps("r1").await.unwrap()
+    );
     assert_eq!(run.status, RunStatus::Failed);
     let read = direct.steps("r1").await.unwrap();
     assert_eq!(read, through_sqlx.steps("r1").await.unwrap());

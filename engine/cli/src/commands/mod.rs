@@ -21,7 +21,14 @@ pub async fn dispatch(cli: Cli) -> Exit {
             Exit::Failure
         });
     }
-    let ctx = match Context::new(&cli.global) {
+    // The server reads often and for long; another command reads a few times and exits.
+    let serving = matches!(cli.command, Command::Serve(_));
+    let reads = if serving {
+        kiln_store::Reads::Direct
+    } else {
+        kiln_store::Reads::Pooled
+    };
+    let ctx = match Context::new(&cli.global, reads) {
         Ok(c) => c,
         Err(e) => {
             errln!("error: {e:#}");
@@ -31,7 +38,7 @@ pub async fn dispatch(cli: Cli) -> Exit {
     // `kiln serve` ends as soon as it has handed its runs back: closing would commit what its
     // aborted executions had queued, refused once their leases are freed (ARCHITECTURE.md,
     // "Durability"). Every other command closes its stores.
-    let closes = !matches!(cli.command, Command::Serve(_));
+    let closes = !serving;
     let result = match cli.command {
         Command::Run(args) => run::run(&ctx, args).await,
         Command::Validate { file } => validate::validate(&ctx, &file).await,
