@@ -170,3 +170,62 @@ fn reading_commands_fail_when_their_output_cannot_be_written() {
         );
     }
 }
+
+/// Database locations a URL spells awkwardly: a workspace whose path holds `?`, `#` and `%`
+/// keeps its database inside it; a relative file whose name holds a `:` is opened; an
+/// in-memory database, and a path SQLite would be given altered, are refused with a reason.
+/// None of them panics.
+#[test]
+fn odd_database_paths_open_the_named_file_or_are_refused_with_a_reason() {
+    let ws = Workspace::new();
+    let odd = ws.root().join("odd ?#% name");
+    std::fs::create_dir_all(odd.join("configs")).unwrap();
+    std::fs::copy(
+        ws.root().join("configs/plugins.yaml"),
+        odd.join("configs/plugins.yaml"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(odd.join(".kiln/plugins")).unwrap();
+    std::fs::copy(
+        ws.root().join(".kiln/plugins/hostile.wasm"),
+        odd.join(".kiln/plugins/hostile.wasm"),
+    )
+    .unwrap();
+    let wf = odd.join("one.yaml");
+    std::fs::write(
+        &wf,
+        "name: one\nsteps:\n  - {id: a, uses: hostile, action: ok}\n",
+    )
+    .unwrap();
+    let out = ws
+        .command(&["run", wf.to_str().unwrap()])
+        .env("KILN_WORKSPACE", &odd)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(odd.join(".kiln/kiln.db").is_file());
+
+    // A relative file whose first part holds a `:` (sqlx's own URL of it does not parse).
+    let out = ws.kiln(&["--database-url", "sqlite:a:b.db", "runs", "list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(ws.root().join("a:b.db").is_file());
+
+    let refused = [
+        ("sqlite::memory:".to_owned(), "in-memory"),
+        ("sqlite://?mode=memory".to_owned(), "in-memory"),
+        // The file `x%41.db`: sqlx would hand SQLite `xA.db`.
+        (
+            format!("sqlite://{}/x%2541.db", ws.root().display()),
+            "cannot be passed to SQLite",
+        ),
+    ];
+    for (url, reason) in refused {
+        let out = ws.kiln(&["--database-url", &url, "runs", "list"]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{url}: {stderr}");
+        assert!(stderr.contains(reason), "{url}: {stderr}");
+        assert_eq!(stderr.matches(reason).count(), 1, "said once: {stderr}");
+        assert!(!stderr.contains("panicked"), "{url}: {stderr}");
+    }
+    assert!(!ws.root().join("xA.db").exists());
+}

@@ -73,8 +73,15 @@ impl Workspace {
         self.kiln_dir().join("gpus").join(host)
     }
 
+    /// `sqlite://<workspace>/.kiln/kiln.db`, with the path's `%`, `?` and `#` escaped: a URL
+    /// would read them as an escape, the start of its options and of a fragment.
     pub fn default_database_url(&self) -> String {
-        format!("sqlite://{}", self.kiln_dir().join("kiln.db").display())
+        let path = self.kiln_dir().join("kiln.db").display().to_string();
+        let escaped = path
+            .replace('%', "%25")
+            .replace('?', "%3F")
+            .replace('#', "%23");
+        format!("sqlite://{escaped}")
     }
 
     pub fn plugins_dir(&self) -> PathBuf {

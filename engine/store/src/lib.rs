@@ -45,6 +45,9 @@ use std::time::Duration;
 pub enum Error {
     #[error("cannot open the database {url}: {source}")]
     Connect { url: String, source: sqlx::Error },
+    /// A database URL that names no usable file (in memory, a path SQLite would get altered).
+    #[error("cannot use the database {url}: {reason}")]
+    DatabaseUrl { url: String, reason: String },
     #[error("cannot migrate the database {url}: {source}")]
     Migrate {
         url: String,
@@ -115,6 +118,50 @@ pub struct Store {
     url: String,
 }
 
+/// The SQLite database of `url` as a file on disk at an absolute path, or why not.
+///
+/// An in-memory database (`sqlite::memory:`, `mode=memory`) is refused: it would hold nothing
+/// past this process, and each of the store's connections would see a database of its own.
+/// The path is made absolute (against the working directory) because sqlx rebuilds a URL from
+/// the options, and that URL must name the same file: with a relative path whose first part
+/// holds a `:` it does not parse (sqlx panics), and a `%` in a path is decoded again on the
+/// way back.
+fn sqlite_file(
+    url: &str,
+    opts: sqlx::sqlite::SqliteConnectOptions,
+) -> std::result::Result<sqlx::sqlite::SqliteConnectOptions, String> {
+    let in_memory = url
+        .split_once('?')
+        .is_some_and(|(_, query)| query.split('&').any(|o| o == "mode=memory"))
+        || url.starts_with("sqlite::memory:")
+        || url.starts_with("sqlite://:memory:");
+    if in_memory {
+        return Err(
+            "an in-memory SQLite database keeps nothing after this process and is not \
+                    shared between its connections: name a file, e.g. sqlite://.kiln/kiln.db \
+                    (or leave --database-url out for the workspace's own)"
+                .into(),
+        );
+    }
+    let path = std::path::absolute(opts.get_filename())
+        .map_err(|e| format!("cannot resolve the database path: {e}"))?;
+    if path.as_os_str().to_str().is_none() {
+        return Err("the database path is not valid UTF-8: choose another path".into());
+    }
+    let opts = opts.filename(&path);
+    use sqlx::ConnectOptions as _;
+    let back = sqlx::sqlite::SqliteConnectOptions::from_url(&opts.to_url_lossy())
+        .map_err(|e| e.to_string())?;
+    if back.get_filename() != path {
+        return Err(format!(
+            "the database path {} cannot be passed to SQLite as it is (a `%` followed by two \
+             hex digits, for example): rename it or choose another",
+            path.display()
+        ));
+    }
+    Ok(opts)
+}
+
 /// How a store on a plain SQLite file reads its hottest records (a token, a run, its steps).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reads {
@@ -162,28 +209,31 @@ impl Store {
                 .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(30));
+            let opts = sqlite_file(url, opts).map_err(|reason| Error::DatabaseUrl {
+                url: url.to_owned(),
+                reason,
+            })?;
             let db = opts.get_filename();
-            if db != std::path::Path::new(":memory:") {
-                file = Some(db.to_owned());
-                let lock_path = db.with_extension("migrate-lock");
-                let lock = std::fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&lock_path)
-                    .and_then(|f| {
-                        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)?;
-                        Ok(f)
-                    })
-                    .map_err(|e| Error::Connect {
-                        url: url.to_owned(),
-                        source: sqlx::Error::Io(e),
-                    })?;
-                migrate_lock = Some(lock);
-            }
+            file = Some(db.to_owned());
+            let lock_path = db.with_extension("migrate-lock");
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .and_then(|f| {
+                    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)?;
+                    Ok(f)
+                })
+                .map_err(|e| Error::Connect {
+                    url: url.to_owned(),
+                    source: sqlx::Error::Io(e),
+                })?;
+            migrate_lock = Some(lock);
             let any: AnyConnectOptions =
                 AnyConnectOptions::from_url(&opts.to_url_lossy()).map_err(connect_err)?;
-            // `to_url_lossy` drops the pragmas above, so set them on every connection too.
+            // `to_url_lossy` names the same file (`sqlite_file`) but drops the pragmas above,
+            // so set them on every connection too.
             // Readers never wait long for a connection (WAL: they do not block the writer,
             // which holds one of its own); a local file needs no check before each use.
             AnyPoolOptions::new()

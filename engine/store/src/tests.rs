@@ -499,22 +499,53 @@ async fn the_millisecond_columns_are_filled_in_for_older_rows() {
     }
 }
 
-/// A SQLite URL's options hold for every write: with `mode=memory` the file of that name is
-/// not written (the journal's direct writer only takes a plain read-write file; it wrote the
-/// file while sqlx used memory).
+/// A SQLite URL's options hold for every write, and an in-memory database is refused: with
+/// `mode=memory` the file of that name was not written (the journal's direct writer only takes
+/// a plain read-write file; it wrote the file while sqlx used memory), and each connection of
+/// the pool had a database of its own, without tables. Now such a URL is an error that says
+/// why, and the file is untouched.
 #[tokio::test]
 async fn url_options_hold_for_every_write() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("kiln.db");
     let url = format!("sqlite://{}", db.display());
     Store::connect(&url).await.unwrap().close().await;
-    // Each connection of that pool has a database of its own: the writes fail (no tables
-    // there), and none of them reaches the file.
-    let memory = Store::connect(&format!("{url}?mode=memory")).await.unwrap();
-    let _ = memory.create_run(&new_run("r"), &[], &[], None).await;
-    let _ = memory.append_event("r", None, "info", "in memory").await;
+    for memory in [
+        format!("{url}?mode=memory"),
+        "sqlite::memory:".to_owned(),
+        "sqlite://:memory:".to_owned(),
+    ] {
+        let err = Store::connect(&memory).await.err().expect(&memory);
+        assert!(
+            err.to_string().contains("in-memory SQLite"),
+            "{memory}: {err}"
+        );
+    }
     let file = Store::connect(&url).await.unwrap();
     assert!(matches!(file.run("r").await, Err(Error::RunNotFound(_))));
+    // A path with `?` and `#` (escaped in the URL) names that file.
+    let odd = dir.path().join("odd ?#.db");
+    let escaped = odd
+        .display()
+        .to_string()
+        .replace('?', "%3F")
+        .replace('#', "%23");
+    Store::connect(&format!("sqlite://{escaped}"))
+        .await
+        .unwrap()
+        .close()
+        .await;
+    assert!(odd.is_file());
+    // One SQLite would be given altered (`%41` read as `A` on sqlx's way back) is refused.
+    let err = Store::connect(&format!("sqlite://{}/x%2541.db", dir.path().display()))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("cannot be passed to SQLite"),
+        "{err}"
+    );
+    assert!(!dir.path().join("xA.db").exists() && !dir.path().join("x%41.db").exists());
 }
 
 /// The deferred writes of several leased runs in one batch (their fences read together on

@@ -78,7 +78,9 @@ pub async fn dispatch(cli: Cli) -> Exit {
         let store_input = |e: &kiln_store::Error| {
             matches!(
                 e,
-                kiln_store::Error::RunNotFound(_) | kiln_store::Error::AmbiguousRun { .. }
+                kiln_store::Error::RunNotFound(_)
+                    | kiln_store::Error::AmbiguousRun { .. }
+                    | kiln_store::Error::DatabaseUrl { .. }
             )
         };
         match e.downcast_ref::<E>() {
