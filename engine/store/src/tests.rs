@@ -515,7 +515,9 @@ async fn url_options_hold_for_every_write() {
         "sqlite::memory:".to_owned(),
         "sqlite://:memory:".to_owned(),
     ] {
-        let err = Store::connect(&memory).await.err().expect(&memory);
+        let Err(err) = Store::connect(&memory).await else {
+            panic!("{memory} was accepted");
+        };
         assert!(
             err.to_string().contains("in-memory SQLite"),
             "{memory}: {err}"
@@ -537,10 +539,10 @@ async fn url_options_hold_for_every_write() {
         .await;
     assert!(odd.is_file());
     // One SQLite would be given altered (`%41` read as `A` on sqlx's way back) is refused.
-    let err = Store::connect(&format!("sqlite://{}/x%2541.db", dir.path().display()))
-        .await
-        .err()
-        .unwrap();
+    let altered = format!("sqlite://{}/x%2541.db", dir.path().display());
+    let Err(err) = Store::connect(&altered).await else {
+        panic!("{altered} was accepted");
+    };
     assert!(
         err.to_string().contains("cannot be passed to SQLite"),
         "{err}"
