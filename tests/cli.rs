@@ -172,9 +172,9 @@ fn reading_commands_fail_when_their_output_cannot_be_written() {
 }
 
 /// Database locations a URL spells awkwardly: a workspace whose path holds `?`, `#` and `%`
-/// keeps its database inside it; a relative file whose name holds a `:` is opened; an
-/// in-memory database, and a path SQLite would be given altered, are refused with a reason.
-/// None of them panics.
+/// keeps its database inside it; a relative file whose name holds a `:` is opened; `mode=ro`
+/// is honoured; an in-memory database (however spelt), an unknown scheme and a path SQLite
+/// would be given altered are refused at once with a reason (exit 2). None of them panics.
 #[test]
 fn odd_database_paths_open_the_named_file_or_are_refused_with_a_reason() {
     let ws = Workspace::new();
@@ -210,13 +210,43 @@ fn odd_database_paths_open_the_named_file_or_are_refused_with_a_reason() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(ws.root().join("a:b.db").is_file());
 
+    // An empty KILN_DATABASE_URL is unset: the workspace's own database.
+    let out = ws
+        .command(&["runs", "list"])
+        .env("KILN_DATABASE_URL", "")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(ws.root().join(".kiln/kiln.db").is_file());
+
+    // `mode=ro` opens the file read-only: it is read, and a run is refused without a change.
+    let db = ws.root().join("a:b.db");
+    let ro = format!("sqlite://{}?mode=ro", db.display());
+    let before = std::fs::read(&db).unwrap();
+    let out = ws.kiln(&["--database-url", &ro, "runs", "list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = ws.kiln(&["--database-url", &ro, "run", wf.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("readonly database"), "{stderr}");
+    assert_eq!(stderr.matches("readonly database").count(), 1, "{stderr}");
+    assert_eq!(std::fs::read(&db).unwrap(), before);
+    let missing = format!("sqlite://{}/missing.db?mode=ro", ws.root().display());
+    let out = ws.kiln(&["--database-url", &missing, "runs", "list"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(!ws.root().join("missing.db").exists());
+
     let refused = [
         ("sqlite::memory:".to_owned(), "in-memory"),
         ("sqlite://?mode=memory".to_owned(), "in-memory"),
+        ("sqlite:x.db?mode=mem%6Fry".to_owned(), "in-memory"),
+        // sqlx would take these for PostgreSQL, or wait 30 s for a connection.
+        ("SQLITE::memory:".to_owned(), "not a database URL"),
+        ("mysql://localhost/kiln".to_owned(), "not a database URL"),
         // The file `x%41.db`: sqlx would hand SQLite `xA.db`.
         (
             format!("sqlite://{}/x%2541.db", ws.root().display()),
-            "cannot be passed to SQLite",
+            "another path",
         ),
     ];
     for (url, reason) in refused {
@@ -227,5 +257,5 @@ fn odd_database_paths_open_the_named_file_or_are_refused_with_a_reason() {
         assert_eq!(stderr.matches(reason).count(), 1, "said once: {stderr}");
         assert!(!stderr.contains("panicked"), "{url}: {stderr}");
     }
-    assert!(!ws.root().join("xA.db").exists());
+    assert!(!ws.root().join("xA.db").exists() && !ws.root().join("x.db").exists());
 }

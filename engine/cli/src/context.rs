@@ -56,7 +56,8 @@ impl Context {
     }
 
     pub async fn store(&self) -> anyhow::Result<Store> {
-        let url = match &self.global.database_url {
+        // An empty `KILN_DATABASE_URL=` is how a shell unsets it for one command.
+        let url = match self.global.database_url.as_ref().filter(|u| !u.is_empty()) {
             Some(u) => u.clone(),
             None => {
                 let dir = self.ws.kiln_dir();

@@ -71,3 +71,53 @@ pub fn die_on_sigpipe() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
+
+/// An error and its causes on one line, each said once: `a: b: c`, where anyhow's `{:#}`
+/// repeats a cause that an error's own message already includes (sqlx's and the store's
+/// errors put their source in their message), which read as
+/// `x: error with configuration: y: error with configuration: y: y`.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    /// An error whose message includes its source, as sqlx's and the store's do.
+    #[derive(Debug)]
+    struct Outer(&'static str, std::io::Error);
+
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot open {}: {}", self.0, self.1)
+        }
+    }
+
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.1)
+        }
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::other("disk on fire");
+        let e = anyhow::Error::new(Outer("kiln.db", io)).context("opening the store");
+        assert_eq!(
+            super::error_chain(&e),
+            "opening the store: cannot open kiln.db: disk on fire"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(super::error_chain(&plain), "outer: inner");
+    }
+}

@@ -118,48 +118,78 @@ pub struct Store {
     url: String,
 }
 
-/// The SQLite database of `url` as a file on disk at an absolute path, or why not.
-///
-/// An in-memory database (`sqlite::memory:`, `mode=memory`) is refused: it would hold nothing
-/// past this process, and each of the store's connections would see a database of its own.
-/// The path is made absolute (against the working directory) because sqlx rebuilds a URL from
-/// the options, and that URL must name the same file: with a relative path whose first part
-/// holds a `:` it does not parse (sqlx panics), and a `%` in a path is decoded again on the
-/// way back.
-fn sqlite_file(
-    url: &str,
-    opts: sqlx::sqlite::SqliteConnectOptions,
-) -> std::result::Result<sqlx::sqlite::SqliteConnectOptions, String> {
-    let in_memory = url
-        .split_once('?')
-        .is_some_and(|(_, query)| query.split('&').any(|o| o == "mode=memory"))
-        || url.starts_with("sqlite::memory:")
-        || url.starts_with("sqlite://:memory:");
-    if in_memory {
-        return Err(
-            "an in-memory SQLite database keeps nothing after this process and is not \
-                    shared between its connections: name a file, e.g. sqlite://.kiln/kiln.db \
-                    (or leave --database-url out for the workspace's own)"
-                .into(),
-        );
+/// Why `url` is not a database URL Kiln can use, judged before anything is opened: a scheme
+/// other than `sqlite:` or `postgres://` (sqlx would take `SQLITE:` for PostgreSQL, or wait
+/// 30 s on `mysql://`).
+fn unknown_scheme(url: &str) -> Option<String> {
+    let known = ["sqlite:", "postgres://", "postgresql://"];
+    if known.iter().any(|scheme| url.starts_with(scheme)) {
+        return None;
     }
-    let path = std::path::absolute(opts.get_filename())
-        .map_err(|e| format!("cannot resolve the database path: {e}"))?;
+    Some(
+        "not a database URL Kiln knows: use sqlite://PATH (a file; relative paths are read \
+         from the current directory) or postgres://USER@HOST/DATABASE"
+            .into(),
+    )
+}
+
+/// The options of the SQLite database `url` names, as a file on disk at an absolute path,
+/// or why not.
+///
+/// An in-memory database (`sqlite::memory:`, `mode=memory` however spelt) is refused: it would
+/// hold nothing past this process, and each of the store's connections would see a database
+/// of its own. The file is created when missing unless the URL names a `mode` (`ro` opens it
+/// read-only, `rw` only if it exists). The path is made absolute (against the working
+/// directory) because sqlx rebuilds a URL from the options, and that URL must name the same
+/// file: with a relative path whose first part holds a `:` it does not parse (sqlx panics),
+/// and a `%` in a path is decoded again on the way back.
+fn sqlite_file(url: &str) -> std::result::Result<sqlx::sqlite::SqliteConnectOptions, String> {
+    use sqlx::ConnectOptions as _;
+    let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url).map_err(|e| e.to_string())?;
+    // (An empty one stays empty: `sqlite://?mode=memory` is judged by its mode below.)
+    let named = opts.get_filename();
+    let path = if named.as_os_str().is_empty() {
+        std::path::PathBuf::new()
+    } else {
+        std::path::absolute(named).map_err(|e| format!("cannot resolve the database path: {e}"))?
+    };
     if path.as_os_str().to_str().is_none() {
         return Err("the database path is not valid UTF-8: choose another path".into());
     }
     let opts = opts.filename(&path);
-    use sqlx::ConnectOptions as _;
-    let back = sqlx::sqlite::SqliteConnectOptions::from_url(&opts.to_url_lossy())
-        .map_err(|e| e.to_string())?;
+    // The mode as sqlx understood it (decoded, the last one given).
+    let rebuilt = opts.to_url_lossy();
+    let mode = rebuilt
+        .query_pairs()
+        .find(|(key, _)| key == "mode")
+        .map(|(_, value)| value.into_owned());
+    if mode.as_deref() == Some("memory") {
+        return Err(
+            "an in-memory SQLite database keeps nothing after this process and is not shared \
+             between its connections: name a file, e.g. sqlite://.kiln/kiln.db (or leave \
+             --database-url out for the workspace's own)"
+                .into(),
+        );
+    }
+    if path.as_os_str().is_empty() {
+        return Err("the URL names no file: use sqlite://PATH".into());
+    }
+    let back = sqlx::sqlite::SqliteConnectOptions::from_url(&rebuilt).map_err(|e| e.to_string())?;
     if back.get_filename() != path {
         return Err(format!(
-            "the database path {} cannot be passed to SQLite as it is (a `%` followed by two \
-             hex digits, for example): rename it or choose another",
+            "SQLite would be given another path than {} (sqlx reads a `%` followed by two hex \
+             digits as an escape): rename it, or name another file with --database-url",
             path.display()
         ));
     }
-    Ok(opts)
+    let names_mode = url
+        .split_once('?')
+        .is_some_and(|(_, query)| query.split('&').any(|o| o.starts_with("mode=")));
+    Ok(if names_mode {
+        opts
+    } else {
+        opts.create_if_missing(true)
+    })
 }
 
 /// How a store on a plain SQLite file reads its hottest records (a token, a run, its steps).
@@ -184,6 +214,12 @@ impl Store {
     /// [`Self::connect`], reading as `reads` says.
     pub async fn connect_with(url: &str, reads: Reads) -> Result<Self> {
         sqlx::any::install_default_drivers();
+        if let Some(reason) = unknown_scheme(url) {
+            return Err(Error::DatabaseUrl {
+                url: url.to_owned(),
+                reason,
+            });
+        }
         let is_sqlite = url.starts_with("sqlite:");
         let connect_err = |source| Error::Connect {
             url: url.to_owned(),
@@ -202,17 +238,15 @@ impl Store {
             .is_none_or(|(_, query)| query.split('&').all(|o| o == "mode=rwc" || o == "mode=rw"));
         let pool = if is_sqlite {
             // Durable commits (FULL) in WAL mode; wait for writers instead of failing at once.
-            let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)
-                .map_err(connect_err)?
-                .create_if_missing(true)
+            let opts = sqlite_file(url)
+                .map_err(|reason| Error::DatabaseUrl {
+                    url: url.to_owned(),
+                    reason,
+                })?
                 .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(30));
-            let opts = sqlite_file(url, opts).map_err(|reason| Error::DatabaseUrl {
-                url: url.to_owned(),
-                reason,
-            })?;
             let db = opts.get_filename();
             file = Some(db.to_owned());
             let lock_path = db.with_extension("migrate-lock");

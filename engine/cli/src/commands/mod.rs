@@ -17,7 +17,7 @@ pub async fn dispatch(cli: Cli) -> Exit {
     // `init` creates the workspace the other commands open.
     if let Command::Init { dir } = cli.command {
         return init::init(dir).unwrap_or_else(|e| {
-            errln!("error: {e:#}");
+            errln!("error: {}", crate::output::error_chain(&e));
             Exit::Failure
         });
     }
@@ -31,7 +31,7 @@ pub async fn dispatch(cli: Cli) -> Exit {
     let ctx = match Context::new(&cli.global, reads) {
         Ok(c) => c,
         Err(e) => {
-            errln!("error: {e:#}");
+            errln!("error: {}", crate::output::error_chain(&e));
             return Exit::InvalidInput;
         }
     };
@@ -72,7 +72,7 @@ pub async fn dispatch(cli: Cli) -> Exit {
         ctx.close().await;
     }
     result.unwrap_or_else(|e| {
-        errln!("error: {e:#}");
+        errln!("error: {}", crate::output::error_chain(&e));
         // Bad input, something missing, or something another run owns: the caller can fix it.
         use kiln_runner::Error as E;
         let store_input = |e: &kiln_store::Error| {
