@@ -496,10 +496,35 @@ async fn renew(inner: Weak<Inner>) {
                 renewed = started;
                 inner.counters.renewals.fetch_add(1, Ordering::Relaxed);
                 let kept: HashMap<String, i64> = kept.into_iter().collect();
+                let missing =
+                    |run: &String, h: &Held| h.since < started && kept.get(run) != Some(&h.epoch);
+                // A run whose end was committed while its execution had not yet let the lease
+                // go is missing too, and was reported lost ("another engine has taken the run
+                // over", with one engine): such runs are asked for, and kept out.
+                let unsure: Vec<(String, i64)> = {
+                    let held = inner.held.lock().unwrap_or_else(|e| e.into_inner());
+                    held.iter()
+                        .filter(|(run, h)| missing(run, h))
+                        .map(|(run, h)| (run.clone(), h.epoch))
+                        .collect()
+                };
+                let finished: std::collections::HashSet<(String, i64)> = if unsure.is_empty() {
+                    Default::default()
+                } else {
+                    let ids = inner
+                        .store
+                        .finished_with_lease(&unsure)
+                        .await
+                        .unwrap_or_default();
+                    unsure
+                        .into_iter()
+                        .filter(|(run, _)| ids.contains(run))
+                        .collect()
+                };
                 let strays: std::collections::HashSet<(String, i64)> = {
                     let held = inner.held.lock().unwrap_or_else(|e| e.into_inner());
                     for (run, h) in held.iter() {
-                        if h.since < started && kept.get(run) != Some(&h.epoch) {
+                        if missing(run, h) && !finished.contains(&(run.clone(), h.epoch)) {
                             let reason = "another engine has taken the run over".to_owned();
                             lose(&inner, run, h, reason);
                         }

@@ -351,6 +351,31 @@ impl Store {
             .map_err(query_err(DOING))
     }
 
+    /// Of `runs` (a run and the lease epoch this engine holds on it), those whose end freed
+    /// that lease: finished, with no owner, at the same epoch. A renewal meets such a run
+    /// between the commit of its end ([`Store::finish_run`] frees the lease) and the moment
+    /// the engine lets the lease go: that is no takeover. A takeover changes the owner and the
+    /// epoch; an engine found dead has its leases freed while its runs are still running.
+    pub async fn finished_with_lease(&self, runs: &[(String, i64)]) -> Result<Vec<String>> {
+        const DOING: &str = "reading the leases of finished runs";
+        let mut finished = Vec::new();
+        for (run, epoch) in runs {
+            let row = sqlx::query(
+                "SELECT id FROM runs WHERE id = $1 AND lease_epoch = $2 \
+                 AND lease_owner IS NULL AND status IN ('succeeded', 'failed', 'cancelled')",
+            )
+            .bind(run)
+            .bind(*epoch)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(query_err(DOING))?;
+            if row.is_some() {
+                finished.push(run.clone());
+            }
+        }
+        Ok(finished)
+    }
+
     /// Gives up the lease of a run this process holds, so another engine can take the run at
     /// once. The fence is forgotten only when no other engine took the lease meanwhile (the
     /// epoch is unchanged, or the run is gone): after a takeover it stays, so that anything

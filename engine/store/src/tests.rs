@@ -1120,3 +1120,48 @@ async fn a_write_transaction_abandoned_while_it_begins_leaves_no_lock() {
         }
     }
 }
+
+/// A run's end frees its lease in the commit that records it: from then until the engine lets
+/// the lease go, a renewal no longer returns it, and `finished_with_lease` tells that end
+/// apart from a takeover or from an engine found dead (the renewal took such a run for lost:
+/// "another engine has taken the run over", with one engine).
+#[tokio::test]
+async fn a_finished_runs_freed_lease_is_no_takeover() {
+    for (_d, a) in stores().await {
+        let ea = engine("A");
+        for run in ["done", "taken", "orphaned"] {
+            a.create_run(&new_run(run), &[], &[], Some(&ea))
+                .await
+                .unwrap();
+        }
+        a.finish_run("done", RunStatus::Succeeded, None, None)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE runs SET lease_owner = 'B', lease_epoch = 2 WHERE id = 'taken'")
+            .execute(a.pool())
+            .await
+            .unwrap();
+        let held = [
+            ("done".to_owned(), 1),
+            ("taken".to_owned(), 1),
+            ("orphaned".to_owned(), 1),
+        ];
+        let kept = a
+            .renew_leases("A", std::time::Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(kept, vec![("orphaned".to_owned(), 1)]);
+        assert_eq!(a.finished_with_lease(&held).await.unwrap(), ["done"]);
+        // Another epoch of the finished run is not that lease.
+        let other_epoch = [("done".to_owned(), 2)];
+        assert!(
+            a.finished_with_lease(&other_epoch)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // An engine recorded stopped has its running runs' leases freed: not finished.
+        a.stop_engine("A", "test").await.unwrap();
+        assert_eq!(a.finished_with_lease(&held).await.unwrap(), ["done"]);
+    }
+}
