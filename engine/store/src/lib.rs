@@ -45,7 +45,8 @@ use std::time::Duration;
 pub enum Error {
     #[error("cannot open the database {url}: {source}")]
     Connect { url: String, source: sqlx::Error },
-    /// A database URL that names no usable file (in memory, a path SQLite would get altered).
+    /// A database URL Kiln cannot use: an unknown scheme, an in-memory database, no file, a
+    /// path SQLite would be given altered.
     #[error("cannot use the database {url}: {reason}")]
     DatabaseUrl { url: String, reason: String },
     #[error("cannot migrate the database {url}: {source}")]
