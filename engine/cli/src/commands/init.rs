@@ -140,8 +140,9 @@ pub fn init(dir: Option<PathBuf>) -> anyhow::Result<Exit> {
                 let _ = std::fs::remove_dir(&root);
             }
             errln!(
-                "error: cannot create the workspace in {}: {e:#}",
-                root.display()
+                "error: cannot create the workspace in {}: {}",
+                root.display(),
+                crate::output::error_chain(&e)
             );
             return Ok(Exit::Failure);
         }
