@@ -45,6 +45,10 @@ use std::time::Duration;
 pub enum Error {
     #[error("cannot open the database {url}: {source}")]
     Connect { url: String, source: sqlx::Error },
+    /// A SQLite file that exists but cannot be opened as Kiln's database (not a database,
+    /// damaged, unreadable).
+    #[error("cannot open the database {url}: {reason}")]
+    Open { url: String, reason: String },
     /// A database URL Kiln cannot use: an unknown scheme, an in-memory database, no file, a
     /// path SQLite would be given altered.
     #[error("cannot use the database {url}: {reason}")]
@@ -103,6 +107,47 @@ pub(crate) fn query_err(doing: &'static str) -> impl FnOnce(sqlx::Error) -> Erro
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// Applies the pending migrations to the database at `url`.
+async fn migrate(pool: &AnyPool, url: &str) -> Result<()> {
+    MIGRATOR.run(pool).await.map_err(|source| Error::Migrate {
+        url: url.to_owned(),
+        source,
+    })
+}
+
+/// Whether the database `conn` is open on has every migration of this build applied, and no
+/// other: exactly when sqlx's migrator would find nothing to do and nothing to complain about
+/// (its rows are written in the same transaction as the migration they record).
+fn migrations_applied(conn: &rusqlite::Connection) -> bool {
+    let expected: Vec<(i64, &[u8])> = MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| (m.version, &*m.checksum))
+        .collect();
+    let applied = conn
+        .prepare("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
+        .and_then(|mut query| {
+            query
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, Vec<u8>>(1)?,
+                        row.get::<_, bool>(2)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        });
+    applied.is_ok_and(|applied| {
+        applied.len() == expected.len()
+            && applied
+                .iter()
+                .zip(&expected)
+                .all(|((version, checksum, success), (v, c))| {
+                    *success && version == v && checksum.as_slice() == *c
+                })
+    })
+}
 
 /// A connection pool to Kiln's database.
 #[derive(Clone, Debug)]
@@ -197,11 +242,13 @@ fn sqlite_file(url: &str) -> std::result::Result<sqlx::sqlite::SqliteConnectOpti
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reads {
     /// On the calling thread, through connections of the store's own (`sqlite_reader`): for a
-    /// long-lived process that reads often (`kiln serve`).
+    /// process that executes runs (`kiln run`, `kiln serve`). A database that exists and is
+    /// migrated is then opened without sqlx: one of those connections checks the migrations,
+    /// and sqlx's pool connects when something first needs it.
     Direct,
-    /// Through sqlx's pool, whose connection is open already: for a command that reads a few
-    /// times and exits. Its first direct read would open another connection (and parse the
-    /// schema again), ~0.5 ms of a `kiln run` of a few milliseconds.
+    /// Through sqlx's pool, opened (with its migrations check) on connecting: for a command
+    /// that reads through sqlx anyway (listing runs, models) and exits. A direct read would
+    /// open another connection, and parse the schema again.
     Pooled,
 }
 
@@ -226,17 +273,16 @@ impl Store {
             url: url.to_owned(),
             source,
         };
-        // SQLite has no migration lock of its own: processes opening a new database at the same
-        // time would both create its tables. A file lock beside the database serializes them.
-        let mut migrate_lock = None;
-        // The database file, for the journal's synchronous writer.
-        let mut file = None;
         // Only a plain file on disk, opened read-write: a URL with other options (read-only,
         // immutable, in memory, a shared cache) would mean another database, or writes where
         // none were asked for, to rusqlite; sqlx alone honours them.
         let plain = url
             .split_once('?')
             .is_none_or(|(_, query)| query.split('&').all(|o| o == "mode=rwc" || o == "mode=rw"));
+        // The database file, for the journal's writer and the direct reads.
+        let mut file = None;
+        let mut direct = None;
+        let mut reader = None;
         let pool = if is_sqlite {
             // Durable commits (FULL) in WAL mode; wait for writers instead of failing at once.
             let opts = sqlite_file(url)
@@ -248,38 +294,38 @@ impl Store {
                 .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(30));
-            let db = opts.get_filename();
-            file = Some(db.to_owned());
-            let lock_path = db.with_extension("migrate-lock");
-            let lock = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lock_path)
-                .and_then(|f| {
-                    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)?;
-                    Ok(f)
-                })
-                .map_err(|e| Error::Connect {
+            let db = opts.get_filename().to_owned();
+            file = Some(db.clone());
+            // An existing file: the journal's writer opens its connection on its own thread,
+            // beside what follows. A database that is migrated already then opens without
+            // sqlx (`Reads::Direct`): a reader's connection checks the migrations, and sqlx's
+            // pool connects when first used (the journal's claims, reads without a direct
+            // path). `kiln run` opens two connections instead of three, and hands no statement
+            // to sqlx's worker thread.
+            let mut migrated = false;
+            if plain && db.is_file() {
+                let writer = sqlite_writer::SqliteWriter::open(&db);
+                if reads == Reads::Direct {
+                    let checking = sqlite_reader::SqliteReader::new(&db);
+                    migrated = checking.with_connection(migrations_applied) == Ok(true);
+                    reader = Some(std::sync::Arc::new(checking));
+                }
+                // A file SQLite cannot open as a database is reported now: sqlx's pool would
+                // try again and again until its 30 s timeout.
+                writer.opened().map_err(|reason| Error::Open {
                     url: url.to_owned(),
-                    source: sqlx::Error::Io(e),
+                    reason,
                 })?;
-            migrate_lock = Some(lock);
+                direct = Some(writer);
+            }
             let any: AnyConnectOptions =
                 AnyConnectOptions::from_url(&opts.to_url_lossy()).map_err(connect_err)?;
             // `to_url_lossy` names the same file (`sqlite_file`) but drops the pragmas above,
             // so set them on every connection too.
             // Readers never wait long for a connection (WAL: they do not block the writer,
             // which holds one of its own); a local file needs no check before each use.
-            AnyPoolOptions::new()
+            let options = AnyPoolOptions::new()
                 .max_connections(8)
-                // Where the journal writes through sqlx, it keeps a connection of its own, and
-                // the first read must not wait for one to be opened: two, the second opened in
-                // the background. Beside the synchronous writer (a plain file) one is enough:
-                // the journal's sqlx writes are then rare (claims, a step start whose attempt
-                // is awaited), and a second connection opening beside the plugins' loading
-                // cost `kiln run` ~0.7 ms of its ~8 on two cores.
-                .min_connections(if plain { 1 } else { 2 })
                 .test_before_acquire(false)
                 .after_connect(|conn, _| {
                     Box::pin(async move {
@@ -291,16 +337,47 @@ impl Store {
                         .await?;
                         Ok(())
                     })
-                })
-                .connect_with(any)
-                .await
-                .map_err(connect_err)?
+                });
+            if migrated {
+                options.min_connections(0).connect_lazy_with(any)
+            } else {
+                // SQLite has no migration lock of its own: processes opening a new database at
+                // the same time would both create its tables. A file lock beside the database
+                // serializes them.
+                let lock_path = db.with_extension("migrate-lock");
+                let lock = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&lock_path)
+                    .and_then(|f| {
+                        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)?;
+                        Ok(f)
+                    })
+                    .map_err(|e| Error::Connect {
+                        url: url.to_owned(),
+                        source: sqlx::Error::Io(e),
+                    })?;
+                let pool = options
+                    // Where the journal writes through sqlx, it keeps a connection of its own,
+                    // and the first read must not wait for one to be opened: two, the second
+                    // opened in the background. Beside the synchronous writer (a plain file)
+                    // one is enough: the journal's sqlx writes are then rare (claims, a step
+                    // start whose attempt is awaited).
+                    .min_connections(if plain { 1 } else { 2 })
+                    .connect_with(any)
+                    .await
+                    .map_err(connect_err)?;
+                migrate(&pool, url).await?;
+                drop(lock);
+                pool
+            }
         } else {
             // An engine frozen inside a transaction (stopped, swapped out, a VM paused) would
             // keep its row locks, and no other engine could take its runs over: PostgreSQL ends
             // a session idle in a transaction this long (every transaction here is a few
             // statements sent back to back), which releases them.
-            AnyPoolOptions::new()
+            let pool = AnyPoolOptions::new()
                 .max_connections(8)
                 .after_connect(|conn, _| {
                     Box::pin(async move {
@@ -312,27 +389,22 @@ impl Store {
                 })
                 .connect(url)
                 .await
-                .map_err(connect_err)?
+                .map_err(connect_err)?;
+            migrate(&pool, url).await?;
+            pool
         };
-        MIGRATOR.run(&pool).await.map_err(|source| Error::Migrate {
-            url: url.to_owned(),
-            source,
-        })?;
-        drop(migrate_lock);
-        let file = file.filter(|f| plain && f.is_file());
-        let direct =
-            match &file {
-                Some(file) => Some(sqlite_writer::SqliteWriter::open(file).map_err(|message| {
-                    Error::Connect {
-                        url: url.to_owned(),
-                        source: sqlx::Error::Configuration(message.into()),
-                    }
-                })?),
-                None => None,
-            };
-        let reader = file
-            .filter(|_| reads == Reads::Direct)
-            .map(|f| std::sync::Arc::new(sqlite_reader::SqliteReader::new(&f)));
+        // A file sqlx has just created.
+        if let Some(db) = file.filter(|db| direct.is_none() && plain && db.is_file()) {
+            let writer = sqlite_writer::SqliteWriter::open(&db);
+            writer.opened().map_err(|reason| Error::Open {
+                url: url.to_owned(),
+                reason,
+            })?;
+            direct = Some(writer);
+            if reads == Reads::Direct {
+                reader = Some(std::sync::Arc::new(sqlite_reader::SqliteReader::new(&db)));
+            }
+        }
         let fences = journal::Fences::default();
         Ok(Self {
             journal: journal::Journal::start(pool.clone(), is_sqlite, direct, fences.clone()),
@@ -422,10 +494,12 @@ impl Store {
     pub async fn close(&self) {
         self.background.close();
         self.background.wait().await;
-        let _ = self.journal.close().await;
+        // The readers first: the last connection to close folds the write-ahead log into the
+        // database file and removes it, and a read-only one cannot.
         if let Some(reader) = &self.reader {
             reader.close();
         }
+        let _ = self.journal.close().await;
         self.pool.close().await;
         // sqlx's close can miss a connection given back to the pool while it ran (it lands
         // among the idle ones after the close looked): close again until none is left, so

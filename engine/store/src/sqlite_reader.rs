@@ -22,13 +22,16 @@ use serde::de::DeserializeOwned;
 /// waits without holding a thread.
 const BUSY: Duration = Duration::from_millis(100);
 
+/// Idle connections always kept (see [`SqliteReader::kept`]).
+const MIN_KEPT: usize = 4;
+
 #[derive(Debug)]
 pub(crate) struct SqliteReader {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
-    /// Connections kept for reuse: one per thread that may read at once (at least 4); more
-    /// are opened when more reads run at once, then closed.
-    kept: usize,
+    /// How many connections are kept for reuse (see [`Self::kept`]); more are opened when
+    /// more reads run at once, then closed.
+    kept: std::sync::OnceLock<usize>,
     /// Set by [`Self::close`]: reads go to sqlx (which then fails as a closed pool does).
     closed: AtomicBool,
     /// Reads handed to sqlx after an attempt here.
@@ -40,7 +43,7 @@ impl SqliteReader {
         Self {
             path: path.to_owned(),
             idle: Mutex::new(Vec::new()),
-            kept: std::thread::available_parallelism().map_or(4, |n| n.get().max(4)),
+            kept: std::sync::OnceLock::new(),
             closed: AtomicBool::new(false),
             fallbacks: AtomicU64::new(0),
         }
@@ -58,25 +61,40 @@ impl SqliteReader {
         sql: &str,
         args: &[&dyn ToSql],
     ) -> Result<Vec<T>, String> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err("the store is closed".into());
-        }
-        let kept = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let rows = match kept.map_or_else(|| self.open(), Ok) {
-            Ok(conn) => {
-                let rows = read(&conn, sql, args);
-                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                if idle.len() < self.kept && !self.closed.load(Ordering::Acquire) {
-                    idle.push(conn);
-                }
-                rows
-            }
-            Err(e) => Err(e.to_string()),
-        };
+        let rows = self
+            .with_connection(|conn| read(conn, sql, args))
+            .and_then(|r| r);
         if rows.is_err() {
             self.fallbacks.fetch_add(1, Ordering::Relaxed);
         }
         rows
+    }
+
+    /// `f` on a kept connection (one is opened if none is idle), which is kept again after.
+    pub(crate) fn with_connection<R>(&self, f: impl FnOnce(&Connection) -> R) -> Result<R, String> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err("the store is closed".into());
+        }
+        let kept = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = kept
+            .map_or_else(|| self.open(), Ok)
+            .map_err(|e| e.to_string())?;
+        let out = f(&conn);
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.closed.load(Ordering::Acquire)
+            && (idle.len() < MIN_KEPT || idle.len() < self.kept())
+        {
+            idle.push(conn);
+        }
+        Ok(out)
+    }
+
+    /// Connections kept for reuse: one per thread that may read at once, at least
+    /// [`MIN_KEPT`]. Asked only once more than that are idle (it reads cgroup files).
+    fn kept(&self) -> usize {
+        *self
+            .kept
+            .get_or_init(|| std::thread::available_parallelism().map_or(MIN_KEPT, |n| n.get()))
     }
 
     fn open(&self) -> rusqlite::Result<Connection> {

@@ -39,28 +39,35 @@ type Job = (Vec<Write>, oneshot::Sender<Outcome>);
 /// The sending side of the writer thread.
 pub(crate) struct SqliteWriter {
     jobs: std::sync::mpsc::Sender<Job>,
+    /// Whether the thread opened its connection, until [`Self::opened`] asked.
+    /// (In a mutex only to make the writer `Sync`.)
+    opened: std::sync::Mutex<Option<std::sync::mpsc::Receiver<Result<(), String>>>>,
     /// Resolves once the thread has closed its connection, after this writer is dropped.
     closed: Option<oneshot::Receiver<()>>,
 }
 
 impl SqliteWriter {
-    /// Opens a connection to the database file `path` and starts the thread. The database
-    /// exists and is migrated.
-    pub(crate) fn open(path: &Path) -> Result<Self, String> {
-        let opened = |e: rusqlite::Error| format!("cannot open its writer connection: {e}");
-        let conn = Connection::open(path).map_err(opened)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; \
-             PRAGMA busy_timeout=30000;",
-        )
-        .map_err(opened)?;
-        conn.set_prepared_statement_cache_capacity(64);
+    /// Starts the thread, which opens its connection to the database file `path` (beside
+    /// whatever the caller does next: see [`Self::opened`]). The database exists; it is
+    /// migrated before the first batch.
+    pub(crate) fn open(path: &Path) -> Self {
+        let path = path.to_owned();
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let (was_opened, opened) = std::sync::mpsc::sync_channel(1);
         let (was_closed, closed) = oneshot::channel();
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("kiln-sqlite-writer".into())
             .spawn(move || {
-                let mut conn = conn;
+                let mut conn = match connect(&path) {
+                    Ok(conn) => {
+                        let _ = was_opened.send(Ok(()));
+                        conn
+                    }
+                    Err(e) => {
+                        let _ = was_opened.send(Err(e));
+                        return;
+                    }
+                };
                 for (writes, done) in queue {
                     let _ = done.send(apply_batch(&mut conn, &writes));
                 }
@@ -73,12 +80,31 @@ impl SqliteWriter {
                 }
                 drop(conn);
                 let _ = was_closed.send(());
-            })
-            .map_err(|e| format!("cannot start its writer thread: {e}"))?;
-        Ok(Self {
+            });
+        let opened = match spawned {
+            Ok(_) => opened,
+            Err(e) => {
+                let (failed, opened) = std::sync::mpsc::sync_channel(1);
+                let _ = failed.send(Err(format!("cannot start its writer thread: {e}")));
+                opened
+            }
+        };
+        Self {
             jobs,
+            opened: std::sync::Mutex::new(Some(opened)),
             closed: Some(closed),
-        })
+        }
+    }
+
+    /// Waits until the thread has opened its connection; why it could not, if it could not.
+    pub(crate) fn opened(&self) -> Result<(), String> {
+        let opened = self.opened.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match opened {
+            Some(opened) => opened
+                .recv()
+                .unwrap_or_else(|_| Err("its writer thread ended".into())),
+            None => Ok(()),
+        }
     }
 
     /// What resolves once the thread has closed its connection (when this writer is dropped
@@ -110,6 +136,27 @@ impl SqliteWriter {
         }
         outcome.await.unwrap_or_else(|_| gone())
     }
+}
+
+/// The writer's connection to `path`: durable commits (FULL) in WAL mode. The error says
+/// what is wrong with the file, and what to do.
+fn connect(path: &Path) -> Result<Connection, String> {
+    let opened = |e: rusqlite::Error| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => format!(
+            "{} is not a SQLite database, or is damaged ({e}): move it aside (Kiln creates a \
+             new one) or restore it from a backup, or name another file with --database-url",
+            path.display()
+        ),
+        _ => format!("{e}"),
+    };
+    let conn = Connection::open(path).map_err(opened)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; \
+         PRAGMA busy_timeout=30000;",
+    )
+    .map_err(opened)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
 }
 
 fn write_err(doing: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {

@@ -1165,3 +1165,84 @@ async fn a_finished_runs_freed_lease_is_no_takeover() {
         assert_eq!(a.finished_with_lease(&held).await.unwrap(), ["done"]);
     }
 }
+
+/// A database that exists and is migrated opens without sqlx (`Reads::Direct`): no pooled
+/// connection until one is needed, and the write-ahead log is folded in and removed at close.
+/// A migration record that differs from this build's sends the open through sqlx's migrator,
+/// which says what is wrong.
+#[tokio::test]
+async fn a_migrated_database_opens_without_sqlx_and_a_changed_one_through_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kiln.db");
+    let url = format!("sqlite://{}", file.display());
+    // Created and migrated through sqlx: the file did not exist.
+    let first = Store::connect(&url).await.unwrap();
+    assert!(first.pool.size() >= 1);
+    first
+        .create_run(&new_run("r1"), &[], &[], None)
+        .await
+        .unwrap();
+    first.close().await;
+    assert!(!dir.path().join("kiln.db-wal").exists());
+
+    let again = Store::connect(&url).await.unwrap();
+    assert_eq!(again.pool.size(), 0, "sqlx opened a connection");
+    again
+        .finish_run("r1", RunStatus::Succeeded, None, None)
+        .await
+        .unwrap();
+    assert_eq!(again.run("r1").await.unwrap().status, RunStatus::Succeeded);
+    assert_eq!(again.pool.size(), 0, "a direct read went through sqlx");
+    // A read with no direct path connects the pool then.
+    assert_eq!(again.list_runs(None, 10).await.unwrap().len(), 1);
+    assert!(again.pool.size() >= 1);
+    again.close().await;
+    assert!(
+        !dir.path().join("kiln.db-wal").exists(),
+        "the log was left at close"
+    );
+    // A short command's store opens through sqlx as before.
+    let pooled = Store::connect_with(&url, Reads::Pooled).await.unwrap();
+    assert!(pooled.pool.size() >= 1);
+    pooled.close().await;
+
+    // A migration applied with other contents than this build's.
+    let conn = rusqlite::Connection::open(&file).unwrap();
+    conn.execute(
+        "UPDATE _sqlx_migrations SET checksum = x'00' WHERE version = \
+         (SELECT max(version) FROM _sqlx_migrations)",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let changed = Store::connect(&url).await.unwrap_err();
+    assert!(matches!(changed, Error::Migrate { .. }), "{changed}");
+    assert!(
+        changed.to_string().contains("was previously applied"),
+        "{changed}"
+    );
+}
+
+/// A file that is not a SQLite database is reported at once, by every kind of store, with
+/// what to do (sqlx's pool alone retried it until its 30 s timeout).
+#[tokio::test]
+async fn a_file_that_is_no_database_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kiln.db");
+    std::fs::write(&file, vec![0x5a_u8; 8192]).unwrap();
+    let url = format!("sqlite://{}", file.display());
+    for reads in [Reads::Direct, Reads::Pooled] {
+        let refused = Store::connect_with(&url, reads).await.unwrap_err();
+        assert!(matches!(refused, Error::Open { .. }), "{refused}");
+        let message = refused.to_string();
+        assert!(
+            message.contains("is not a SQLite database") && message.contains("move it aside"),
+            "{message}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        vec![0x5a_u8; 8192],
+        "the file was changed"
+    );
+}

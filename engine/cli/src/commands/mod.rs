@@ -21,9 +21,17 @@ pub async fn dispatch(cli: Cli) -> Exit {
             Exit::Failure
         });
     }
-    // The server reads often and for long; another command reads a few times and exits.
+    // A command that executes runs (and the server) reads and writes on SQLite connections of
+    // the store's own and leaves sqlx's pool unopened; the others read through sqlx.
     let serving = matches!(cli.command, Command::Serve(_));
-    let reads = if serving {
+    let executes = matches!(
+        cli.command,
+        Command::Serve(_)
+            | Command::Run(_)
+            | Command::Resume(_)
+            | Command::Runs(RunsCommand::Retry(_))
+    );
+    let reads = if executes {
         kiln_store::Reads::Direct
     } else {
         kiln_store::Reads::Pooled
