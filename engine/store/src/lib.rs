@@ -224,7 +224,8 @@ fn sqlite_file(url: &str) -> std::result::Result<sqlx::sqlite::SqliteConnectOpti
     if back.get_filename() != path {
         return Err(format!(
             "SQLite would be given another path than {} (sqlx reads a `%` followed by two hex \
-             digits as an escape): rename it, or name another file with --database-url",
+             digits as an escape, and folds `.` and `..` parts): write the path without them, \
+             rename it, or name another file with --database-url",
             path.display()
         ));
     }
@@ -303,6 +304,12 @@ impl Store {
             // path). `kiln run` opens two connections instead of three, and hands no statement
             // to sqlx's worker thread.
             let mut migrated = false;
+            if db.is_dir() {
+                return Err(Error::Open {
+                    url: url.to_owned(),
+                    reason: format!("{} is a folder: name a file", db.display()),
+                });
+            }
             if plain && db.is_file() {
                 let writer = sqlite_writer::SqliteWriter::open(&db);
                 if reads == Reads::Direct {

@@ -141,14 +141,7 @@ impl SqliteWriter {
 /// The writer's connection to `path`: durable commits (FULL) in WAL mode. The error says
 /// what is wrong with the file, and what to do.
 fn connect(path: &Path) -> Result<Connection, String> {
-    let opened = |e: rusqlite::Error| match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::NotADatabase) => format!(
-            "{} is not a SQLite database, or is damaged ({e}): move it aside (Kiln creates a \
-             new one) or restore it from a backup, or name another file with --database-url",
-            path.display()
-        ),
-        _ => format!("{e}"),
-    };
+    let opened = |e: rusqlite::Error| open_failure(path, &e);
     let conn = Connection::open(path).map_err(opened)?;
     conn.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; \
@@ -157,6 +150,26 @@ fn connect(path: &Path) -> Result<Connection, String> {
     .map_err(opened)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// Why the database file `path` could not be opened (`e`), and what to do about it.
+pub(crate) fn open_failure(path: &Path, e: &rusqlite::Error) -> String {
+    use rusqlite::ErrorCode as C;
+    let file = path.display();
+    match e.sqlite_error_code() {
+        Some(C::NotADatabase | C::DatabaseCorrupt) => format!(
+            "{file} is not a SQLite database, or is damaged ({e}): move it aside (Kiln creates \
+             a new one) or restore it from a backup, or name another file with --database-url"
+        ),
+        Some(C::CannotOpen | C::PermissionDenied | C::ReadOnly) => {
+            let dir = path.parent().unwrap_or(Path::new("/")).display();
+            format!(
+                "{e}: this user must be able to read and write {file} and its folder {dir} \
+                 (SQLite keeps its `-wal` and `-shm` files beside it)"
+            )
+        }
+        _ => format!("{file}: {e}"),
+    }
 }
 
 fn write_err(doing: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {

@@ -1246,3 +1246,38 @@ async fn a_file_that_is_no_database_is_refused_at_once() {
         "the file was changed"
     );
 }
+
+/// A damaged database, and a folder where the file should be, are refused at once with what
+/// to do.
+#[tokio::test]
+async fn a_damaged_database_or_a_folder_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.db");
+    let url = |p: &std::path::Path| format!("sqlite://{}", p.display());
+    let store = Store::connect(&url(&good)).await.unwrap();
+    store
+        .create_run(&new_run("r1"), &[], &[], None)
+        .await
+        .unwrap();
+    store.close().await;
+    // The first pages only: its schema points past the end of the file.
+    let damaged = dir.path().join("damaged.db");
+    std::fs::write(&damaged, &std::fs::read(&good).unwrap()[..8192]).unwrap();
+    for reads in [Reads::Direct, Reads::Pooled] {
+        let refused = Store::connect_with(&url(&damaged), reads)
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, Error::Open { .. }), "{refused}");
+        assert!(
+            refused.to_string().contains("restore it from a backup"),
+            "{refused}"
+        );
+    }
+    let folder = dir.path().join("folder.db");
+    std::fs::create_dir(&folder).unwrap();
+    let refused = Store::connect(&url(&folder)).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("is a folder: name a file"),
+        "{refused}"
+    );
+}
