@@ -117,6 +117,7 @@ impl Command {
 }
 
 #[derive(Subcommand, Debug)]
+#[command(defer = true)]
 pub enum Command {
     /// Create a workspace (configs, the reference workflows, the bundled plugins, demo
     /// releases) in an empty or new directory.
@@ -180,7 +181,8 @@ pub struct RunArgs {
     pub exec: ExecOptions,
 }
 
-/// How a run executes (shared by run, resume and retry).
+// How a run executes (shared by run, resume and retry). A plain comment: a doc comment on a
+// flattened struct would be taken for the `about` of the deferred subcommands using it.
 #[derive(Args, Debug, Clone)]
 pub struct ExecOptions {
     /// Most steps running at once (1 to 1024).
@@ -203,6 +205,7 @@ pub struct ExecArgs {
 }
 
 #[derive(Subcommand, Debug)]
+#[command(defer = true)]
 pub enum RunsCommand {
     /// List runs, newest first.
     List {
@@ -277,8 +280,9 @@ pub struct ServeArgs {
     pub exec: ExecOptions,
 }
 
-/// Protection of `kiln serve` against slow and hostile clients (durations like `10s`, `500ms`,
-/// `2m`). The defaults are `kiln_server::ServerLimits::default()`.
+// Protection of `kiln serve` against slow and hostile clients (durations like `10s`, `500ms`,
+// `2m`). The defaults are `kiln_server::ServerLimits::default()`. (A plain comment, as for
+// `ExecOptions`.)
 #[derive(Args, Debug, Clone)]
 pub struct ServeLimits {
     /// Time a client has to send a request's headers (from connecting, or from the end of its
@@ -326,6 +330,34 @@ impl ServeLimits {
 mod tests {
     use super::*;
 
+    /// clap's own checks of the whole command tree, the deferred subcommands included (they
+    /// are built only when used, so a mistake in one would otherwise show only there).
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    /// A deferred subcommand keeps its own description, not that of a struct it flattens.
+    #[test]
+    fn deferred_subcommands_keep_their_descriptions() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        cli.build();
+        let mut about = |path: &[&str]| {
+            let mut cmd = &mut cli;
+            for name in path {
+                cmd = cmd.find_subcommand_mut(name).unwrap();
+            }
+            cmd.build();
+            cmd.get_about().map(|a| a.to_string()).unwrap_or_default()
+        };
+        assert_eq!(about(&["run"]), "Run a workflow and follow it to the end");
+        let serve = about(&["serve"]);
+        assert!(serve.starts_with("Serve the HTTP API"), "{serve}");
+        assert!(!about(&["runs", "retry"]).contains("How a run executes"));
+    }
+
     #[test]
     fn serve_flag_defaults_are_the_server_defaults() {
         let cli = Cli::try_parse_from(["kiln", "serve"]).unwrap();
@@ -340,6 +372,7 @@ mod tests {
 }
 
 #[derive(Subcommand, Debug)]
+#[command(defer = true)]
 pub enum TokenCommand {
     /// Create a token; it is printed once and stored only as a hash.
     Create {
@@ -365,6 +398,7 @@ pub enum TokenCommand {
 }
 
 #[derive(Subcommand, Debug)]
+#[command(defer = true)]
 pub enum ModelsCommand {
     /// List registered models.
     List {
@@ -376,6 +410,7 @@ pub enum ModelsCommand {
 }
 
 #[derive(Subcommand, Debug)]
+#[command(defer = true)]
 pub enum PluginsCommand {
     /// List installed plugins with their actions and grants.
     List {
