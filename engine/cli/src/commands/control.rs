@@ -19,7 +19,7 @@ pub async fn resume(ctx: &Context, args: ExecArgs) -> anyhow::Result<Exit> {
         execution.run.id,
         execution.run.workflow_name
     );
-    execute(&service, execution, &args.exec).await
+    execute(service, execution, &args.exec).await
 }
 
 pub async fn retry(ctx: &Context, args: ExecArgs) -> anyhow::Result<Exit> {
@@ -29,7 +29,7 @@ pub async fn retry(ctx: &Context, args: ExecArgs) -> anyhow::Result<Exit> {
         "retrying run {} from its unfinished steps",
         execution.run.id
     );
-    execute(&service, execution, &args.exec).await
+    execute(service, execution, &args.exec).await
 }
 
 pub async fn cancel(ctx: &Context, id: &str, kill_grace_secs: u64) -> anyhow::Result<Exit> {
