@@ -284,6 +284,16 @@ impl Store {
         let mut file = None;
         let mut direct = None;
         let mut reader = None;
+        // The journal's writer, once its thread has opened its connection.
+        let opened = |writer: sqlite_writer::SqliteWriter| {
+            writer
+                .opened()
+                .map(|()| writer)
+                .map_err(|reason| Error::Open {
+                    url: url.to_owned(),
+                    reason,
+                })
+        };
         let pool = if is_sqlite {
             // Durable commits (FULL) in WAL mode; wait for writers instead of failing at once.
             let opts = sqlite_file(url)
@@ -319,11 +329,7 @@ impl Store {
                 }
                 // A file SQLite cannot open as a database is reported now: sqlx's pool would
                 // try again and again until its 30 s timeout.
-                writer.opened().map_err(|reason| Error::Open {
-                    url: url.to_owned(),
-                    reason,
-                })?;
-                direct = Some(writer);
+                direct = Some(opened(writer)?);
             }
             let any: AnyConnectOptions =
                 AnyConnectOptions::from_url(&opts.to_url_lossy()).map_err(connect_err)?;
@@ -402,12 +408,7 @@ impl Store {
         };
         // A file sqlx has just created.
         if let Some(db) = file.filter(|db| direct.is_none() && plain && db.is_file()) {
-            let writer = sqlite_writer::SqliteWriter::open(&db);
-            writer.opened().map_err(|reason| Error::Open {
-                url: url.to_owned(),
-                reason,
-            })?;
-            direct = Some(writer);
+            direct = Some(opened(sqlite_writer::SqliteWriter::open(&db))?);
             if reads == Reads::Direct {
                 reader = Some(std::sync::Arc::new(sqlite_reader::SqliteReader::new(&db)));
             }
