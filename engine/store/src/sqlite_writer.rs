@@ -153,7 +153,7 @@ fn connect(path: &Path) -> Result<Connection, String> {
 }
 
 /// Why the database file `path` could not be opened (`e`), and what to do about it.
-pub(crate) fn open_failure(path: &Path, e: &rusqlite::Error) -> String {
+fn open_failure(path: &Path, e: &rusqlite::Error) -> String {
     use rusqlite::ErrorCode as C;
     let file = path.display();
     match e.sqlite_error_code() {
