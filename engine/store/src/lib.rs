@@ -307,7 +307,7 @@ impl Store {
                 .busy_timeout(Duration::from_secs(30));
             let db = opts.get_filename().to_owned();
             file = Some(db.clone());
-            // An existing file: the journal's writer opens its connection on its own thread,
+            // An existing database file: the journal's writer opens its connection on its own thread,
             // beside what follows. A database that is migrated already then opens without
             // sqlx (`Reads::Direct`): a reader's connection checks the migrations, and sqlx's
             // pool connects when first used (the journal's claims, reads without a direct
@@ -320,7 +320,10 @@ impl Store {
                     reason: format!("{} is a folder: name a file", db.display()),
                 });
             }
-            if plain && db.is_file() {
+            // An empty file may be one another process is creating right now (its first
+            // writes are in the write-ahead log): it goes the migrator's way, under the lock.
+            let written = std::fs::metadata(&db).is_ok_and(|m| m.is_file() && m.len() > 0);
+            if plain && written {
                 let writer = sqlite_writer::SqliteWriter::open(&db);
                 if reads == Reads::Direct {
                     let checking = sqlite_reader::SqliteReader::new(&db);

@@ -143,13 +143,38 @@ impl SqliteWriter {
 fn connect(path: &Path) -> Result<Connection, String> {
     let opened = |e: rusqlite::Error| open_failure(path, &e);
     let conn = Connection::open(path).map_err(opened)?;
-    conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; \
-         PRAGMA busy_timeout=30000;",
-    )
-    .map_err(opened)?;
+    conn.busy_timeout(BUSY).map_err(opened)?;
+    // SQLite answers "database is locked" at once, without waiting, where waiting could
+    // deadlock: a connection that reads the header to set the journal mode while another
+    // process (opening the same new file) wants to write. Nothing was changed then, so the
+    // pragmas are tried again, as long as a busy write would wait.
+    let deadline = std::time::Instant::now() + BUSY;
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+        ) {
+            Ok(()) => break,
+            Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(opened(e)),
+        }
+    }
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// How long a write waits for another connection's (SQLite's busy timeout).
+const BUSY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether `e` is SQLite's "database is locked" (`BUSY`, `LOCKED`).
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 /// Why the database file `path` could not be opened (`e`), and what to do about it.

@@ -1281,3 +1281,45 @@ async fn a_damaged_database_or_a_folder_is_refused_with_what_to_do() {
         "{refused}"
     );
 }
+
+/// Stores opened at the same time on a new file all open: one creates and migrates it, and the
+/// others, which may find it empty or half made, wait for it. (SQLite answers "database is
+/// locked" without waiting to a connection that sets the journal mode while another writes.)
+#[test]
+fn stores_opened_at_once_on_a_new_file_all_open() {
+    for round in 0..50 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
+        let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let opening: Vec<_> = (0..8)
+            .map(|i| {
+                let (url, start) = (url.clone(), start.clone());
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    start.wait();
+                    rt.block_on(async {
+                        let reads = if i % 2 == 0 {
+                            Reads::Direct
+                        } else {
+                            Reads::Pooled
+                        };
+                        let store = Store::connect_with(&url, reads).await?;
+                        store
+                            .create_run(&new_run(&format!("r{i}")), &[], &[], None)
+                            .await?;
+                        store.close().await;
+                        Ok::<_, Error>(())
+                    })
+                })
+            })
+            .collect();
+        for opened in opening {
+            if let Err(e) = opened.join().unwrap() {
+                panic!("round {round}: {e}");
+            }
+        }
+    }
+}
