@@ -259,3 +259,63 @@ fn odd_database_paths_open_the_named_file_or_are_refused_with_a_reason() {
     }
     assert!(!ws.root().join("xA.db").exists() && !ws.root().join("x.db").exists());
 }
+
+/// A database file this user cannot write is refused before a run touches it: SQLite would open
+/// it read-only, the run's first write would fail, and the `-wal` and `-shm` made meanwhile
+/// (read-only like the file) would block runs after the file is made writable again.
+#[test]
+fn a_database_this_user_cannot_write_is_refused_before_a_run_touches_it() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let ws = Workspace::new();
+    let wf = ws.workflow(
+        "one.yaml",
+        "name: one\nsteps:\n  - {id: a, uses: hostile, action: ok}\n",
+    );
+    let out = ws.kiln(&["run", &wf]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let kiln_dir = ws.root().join(".kiln");
+    let db = kiln_dir.join("kiln.db");
+    let before = std::fs::read(&db).unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
+    // Root may write any file: the run is then another user's (util-linux's setpriv), who may
+    // write the workspace and its folders but not the file.
+    let root = std::fs::metadata(ws.root()).unwrap().uid() == 0;
+    let mut run = if root {
+        for dir in [ws.root(), kiln_dir.as_path()] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_kiln"));
+        c
+    } else {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+    };
+    let out = run
+        .args(["run", &wf])
+        .current_dir(ws.root())
+        .env("KILN_WORKSPACE", ws.root())
+        .env("HOME", ws.root())
+        .env_remove("KILN_DATABASE_URL")
+        .env_remove("KILN_PLUGINS_DIR")
+        .envs(ws.env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} cannot be written by this user", db.display()))
+            && stderr.contains("chmod u+rw"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("readonly database"), "{stderr}");
+    for left in ["kiln.db-wal", "kiln.db-shm"] {
+        assert!(!kiln_dir.join(left).exists(), "{left} was made: {stderr}");
+    }
+    assert_eq!(std::fs::read(&db).unwrap(), before, "the file was changed");
+
+    // Writable again, the runs go on.
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = ws.kiln(&["run", &wf]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

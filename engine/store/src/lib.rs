@@ -239,6 +239,27 @@ fn sqlite_file(url: &str) -> std::result::Result<sqlx::sqlite::SqliteConnectOpti
     })
 }
 
+/// Why this process cannot write the database file `db` (its effective user, the file's
+/// mode, a read-only file system); `None` when it can.
+fn not_writable(db: &std::path::Path) -> Option<String> {
+    use rustix::fs::{Access, AtFlags, CWD, accessat};
+    accessat(
+        CWD,
+        db,
+        Access::READ_OK | Access::WRITE_OK,
+        AtFlags::EACCESS,
+    )
+    .err()
+    .map(|e| {
+        format!(
+            "{} cannot be written by this user ({e}): Kiln records every run there; make it \
+                 readable and writable for this user (for instance `chmod u+rw`), or name \
+                 another file with --database-url",
+            db.display()
+        )
+    })
+}
+
 /// How a store on a plain SQLite file reads its hottest records (a token, a run, its steps).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reads {
@@ -324,6 +345,17 @@ impl Store {
             // writes are in the write-ahead log): it goes the migrator's way, under the lock.
             let written = std::fs::metadata(&db).is_ok_and(|m| m.is_file() && m.len() > 0);
             if plain && written {
+                // SQLite opens a file this user cannot write read-only, silently: the first
+                // write would fail, and the `-wal` and `-shm` it made meanwhile (read-only like
+                // the file) would block runs after the file is made writable again.
+                if reads == Reads::Direct {
+                    not_writable(&db).map_or(Ok(()), |reason| {
+                        Err(Error::Open {
+                            url: url.to_owned(),
+                            reason,
+                        })
+                    })?;
+                }
                 let writer = sqlite_writer::SqliteWriter::open(&db);
                 if reads == Reads::Direct {
                     let checking = sqlite_reader::SqliteReader::new(&db);
