@@ -319,3 +319,20 @@ fn a_database_this_user_cannot_write_is_refused_before_a_run_touches_it() {
     let out = ws.kiln(&["run", &wf]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
+
+/// `--help` names `KILN_DATABASE_URL` without its value, which may hold a password.
+#[test]
+fn help_does_not_show_the_database_password() {
+    let ws = Workspace::new();
+    for args in [&["--help"][..], &["runs", "list", "--help"][..]] {
+        let out = ws
+            .command(args)
+            .env("KILN_DATABASE_URL", "postgres://kiln:s3cret@db/kiln")
+            .output()
+            .unwrap();
+        let help = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert!(help.contains("KILN_DATABASE_URL"), "{help}");
+        assert!(!help.contains("s3cret"), "{help}");
+    }
+}

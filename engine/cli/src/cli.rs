@@ -42,7 +42,8 @@ pub struct GlobalArgs {
     #[arg(long, env = "KILN_WORKSPACE", default_value = ".", global = true)]
     pub workspace: PathBuf,
     /// Database URL; defaults to SQLite in <workspace>/.kiln/kiln.db.
-    #[arg(long, env = "KILN_DATABASE_URL", global = true)]
+    // Its value may hold a password: `--help` names the variable, not what it is set to.
+    #[arg(long, env = "KILN_DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
     /// Directory of plugin components (*.wasm); defaults to <workspace>/.kiln/plugins.
     #[arg(long, env = "KILN_PLUGINS_DIR", global = true)]

@@ -108,6 +108,63 @@ pub(crate) fn query_err(doing: &'static str) -> impl FnOnce(sqlx::Error) -> Erro
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
+/// `url` as messages show it: a password in it replaced by `***` (in its user part, or a
+/// `password` option).
+fn shown_url(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return url.to_owned();
+    };
+    let in_query = parsed.query_pairs().any(|(k, _)| k == "password");
+    if parsed.password().is_none() && !in_query {
+        return url.to_owned();
+    }
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+    }
+    if in_query {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == "password" {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
+}
+
+/// Opens `pool`'s first connection (to the server at `url`). sqlx's pool tries a connection the
+/// server refuses (down, a wrong port) again and again until its acquire timeout, 30 s, and then
+/// says only that it timed out: when none is open after a second, one connection of its own
+/// says why.
+async fn first_connection(pool: &AnyPool, url: &str) -> std::result::Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let first = pool.acquire();
+    tokio::pin!(first);
+    tokio::select! {
+        conn = &mut first => return conn.map(drop),
+        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+    }
+    let probe = tokio::time::timeout(Duration::from_secs(10), sqlx::AnyConnection::connect(url));
+    tokio::select! {
+        conn = &mut first => conn.map(drop),
+        probed = probe => match probed {
+            Ok(Err(e)) => Err(e),
+            // It connects (or hangs): the pool's own attempt decides.
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+                first.await.map(drop)
+            }
+            Err(_) => first.await.map(drop),
+        },
+    }
+}
+
 /// Applies the pending migrations to the database at `url`.
 async fn migrate(pool: &AnyPool, url: &str) -> Result<()> {
     MIGRATOR.run(pool).await.map_err(|source| Error::Migrate {
@@ -284,15 +341,17 @@ impl Store {
     /// [`Self::connect`], reading as `reads` says.
     pub async fn connect_with(url: &str, reads: Reads) -> Result<Self> {
         sqlx::any::install_default_drivers();
+        // The URL as errors show it: without its password.
+        let shown = shown_url(url);
         if let Some(reason) = unknown_scheme(url) {
             return Err(Error::DatabaseUrl {
-                url: url.to_owned(),
+                url: shown.clone(),
                 reason,
             });
         }
         let is_sqlite = url.starts_with("sqlite:");
         let connect_err = |source| Error::Connect {
-            url: url.to_owned(),
+            url: shown.clone(),
             source,
         };
         // Only a plain file on disk, opened read-write: a URL with other options (read-only,
@@ -311,7 +370,7 @@ impl Store {
                 .opened()
                 .map(|()| writer)
                 .map_err(|reason| Error::Open {
-                    url: url.to_owned(),
+                    url: shown.clone(),
                     reason,
                 })
         };
@@ -319,7 +378,7 @@ impl Store {
             // Durable commits (FULL) in WAL mode; wait for writers instead of failing at once.
             let opts = sqlite_file(url)
                 .map_err(|reason| Error::DatabaseUrl {
-                    url: url.to_owned(),
+                    url: shown.clone(),
                     reason,
                 })?
                 .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
@@ -337,7 +396,7 @@ impl Store {
             let mut migrated = false;
             if db.is_dir() {
                 return Err(Error::Open {
-                    url: url.to_owned(),
+                    url: shown.clone(),
                     reason: format!("{} is a folder: name a file", db.display()),
                 });
             }
@@ -351,7 +410,7 @@ impl Store {
                 if reads == Reads::Direct {
                     not_writable(&db).map_or(Ok(()), |reason| {
                         Err(Error::Open {
-                            url: url.to_owned(),
+                            url: shown.clone(),
                             reason,
                         })
                     })?;
@@ -403,7 +462,7 @@ impl Store {
                         Ok(f)
                     })
                     .map_err(|e| Error::Connect {
-                        url: url.to_owned(),
+                        url: shown.clone(),
                         source: sqlx::Error::Io(e),
                     })?;
                 let pool = options
@@ -416,7 +475,7 @@ impl Store {
                     .connect_with(any)
                     .await
                     .map_err(connect_err)?;
-                migrate(&pool, url).await?;
+                migrate(&pool, &shown).await?;
                 drop(lock);
                 pool
             }
@@ -435,10 +494,19 @@ impl Store {
                         Ok(())
                     })
                 })
-                .connect(url)
-                .await
+                .connect_lazy(url)
                 .map_err(connect_err)?;
-            migrate(&pool, url).await?;
+            first_connection(&pool, url).await.map_err(|e| match e {
+                sqlx::Error::Io(_) => Error::Open {
+                    url: shown.clone(),
+                    reason: format!(
+                        "{e}: is the PostgreSQL server running, and does it listen at the host \
+                         and port the URL names?"
+                    ),
+                },
+                e => connect_err(e),
+            })?;
+            migrate(&pool, &shown).await?;
             pool
         };
         // A file sqlx has just created.
@@ -456,7 +524,7 @@ impl Store {
             sqlite: is_sqlite,
             reader,
             background: tokio_util::task::TaskTracker::new(),
-            url: url.to_owned(),
+            url: shown.clone(),
         })
     }
 

@@ -1323,3 +1323,48 @@ fn stores_opened_at_once_on_a_new_file_all_open() {
         }
     }
 }
+
+/// A PostgreSQL server that refuses connections (down, another port) is reported with why and
+/// what to check, not after sqlx's 30 s pool timeout as "pool timed out"; the URL's password is
+/// never shown.
+#[tokio::test]
+async fn a_refusing_postgres_server_is_reported_with_what_to_check() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("postgres://kiln:s3cret@127.0.0.1:{port}/kiln");
+    let refused = Store::connect(&url).await.unwrap_err();
+    let message = refused.to_string();
+    assert!(
+        message.contains("Connection refused")
+            && message.contains("is the PostgreSQL server running"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("postgres://kiln:***@127.0.0.1:{port}/kiln")),
+        "{message}"
+    );
+    assert!(!message.contains("s3cret"), "{message}");
+}
+
+/// Passwords are taken out of the URLs that messages show, wherever the URL holds one.
+#[test]
+fn messages_show_database_urls_without_their_password() {
+    for (url, shown) in [
+        (
+            "postgres://kiln:pa%40ss@db:5432/kiln",
+            "postgres://kiln:***@db:5432/kiln",
+        ),
+        (
+            "postgres://kiln@db/kiln?sslmode=require&password=x",
+            "postgres://kiln@db/kiln?sslmode=require&password=***",
+        ),
+        ("postgres://kiln@db/kiln", "postgres://kiln@db/kiln"),
+        // SQLite URLs are shown as they were given.
+        ("sqlite:///tmp/a b/kiln.db", "sqlite:///tmp/a b/kiln.db"),
+        ("sqlite:kiln.db?mode=rwc", "sqlite:kiln.db?mode=rwc"),
+    ] {
+        assert_eq!(crate::shown_url(url), shown, "{url}");
+    }
+}
