@@ -182,6 +182,46 @@ fn a_killed_engines_runs_are_taken_over_at_once_and_labels_choose_the_engine() {
     );
 }
 
+/// A server stopped with SIGTERM while runs are in flight hands them back and ends cleanly:
+/// nothing its aborted executions queued afterwards is written or logged as an error, the
+/// SQLite database file alone holds everything (its write-ahead log folded in and removed),
+/// and the next engine takes the runs over, re-attaching to the trainer.
+#[test]
+fn a_stopped_engine_hands_its_runs_back_and_leaves_a_whole_database() {
+    let (aws, record) = fleet("1h", "0.5");
+    let token = aws.token("trainer", &[], &["trainer"]);
+    let mut a = aws.serve();
+    let mut body = demo_run("handed");
+    body["params"]["overrides"]["epochs"] = 4.into();
+    let r = a.post("/api/v1/runs", &token, &body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    wait_for(300, "the trainer to start", || {
+        launches_of(&record, "handed") == 1
+    });
+    // The trainer's progress is being written when the stop comes.
+    std::thread::sleep(Duration::from_millis(700));
+    let status = a.terminate(30);
+    assert!(status.success(), "{status}\n{}", a.log_text());
+    let log = a.log_text();
+    assert!(log.contains("leases handed back"), "{log}");
+    assert!(!log.contains("ERROR") && !log.contains("WARN"), "{log}");
+    if aws.database_url.is_none() {
+        for left in ["kiln.db-wal", "kiln.db-shm"] {
+            let path = aws.ws.root().join(".kiln").join(left);
+            assert!(!path.exists(), "{left} left after a clean stop\n{log}");
+        }
+    }
+    let b = aws.serve();
+    let run = b.wait_run(&id, &token, 300);
+    assert_eq!(run["status"], "succeeded", "{run}\n{}", b.log_text());
+    assert_eq!(
+        launches_of(&record, "handed"),
+        1,
+        "re-attached, not launched again"
+    );
+}
+
 #[test]
 fn three_engines_killed_at_random_end_every_run_once() {
     let seed = chaos_seed();

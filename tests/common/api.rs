@@ -806,6 +806,25 @@ impl Server {
         }
     }
 
+    /// Sends SIGTERM and waits (at most `secs`) for the server to end; its exit status.
+    pub fn terminate(&mut self, secs: u64) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("the server runs");
+        crate::common::kill(child.id(), "TERM");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "kiln serve still runs {secs}s after SIGTERM: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }

@@ -44,12 +44,26 @@ impl Context {
     /// `kiln.db` deleted to start afresh meets no old log). Bounded: a connection some task
     /// still holds is not waited for past a few seconds.
     pub async fn close(&self) {
+        self.close_with(false).await;
+    }
+
+    /// [`Self::close`] for `kiln serve`, once it has handed its runs back: what their aborted
+    /// executions queued since is dropped unwritten ([`Store::close_discarding`]).
+    pub async fn close_discarding(&self) {
+        self.close_with(true).await;
+    }
+
+    async fn close_with(&self, discarding: bool) {
         let stores = std::mem::take(&mut *self.opened.lock().unwrap_or_else(|e| e.into_inner()));
         for store in stores {
-            if tokio::time::timeout(CLOSE_WAIT, store.close())
-                .await
-                .is_err()
-            {
+            let closing = async {
+                if discarding {
+                    store.close_discarding().await;
+                } else {
+                    store.close().await;
+                }
+            };
+            if tokio::time::timeout(CLOSE_WAIT, closing).await.is_err() {
                 tracing::debug!(target: "store", "the database was not closed within {CLOSE_WAIT:?}");
             }
         }

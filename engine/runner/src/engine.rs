@@ -458,6 +458,7 @@ impl EngineSession {
         if !self.inner.renewing.load(Ordering::SeqCst) {
             return Ok(0);
         }
+        self.inner.store.handing_back();
         Ok(self
             .inner
             .store

@@ -27,6 +27,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,6 +69,8 @@ struct Queued {
     urgent: bool,
     /// The writer stops after committing it ([`Journal::close`]).
     stops: bool,
+    /// The writer drops the writes of its batch unwritten and stops ([`Journal::discard`]).
+    discards: bool,
     /// The run whose state the write changes, and the lease this process held on it then.
     fence: Option<(Arc<str>, Fence)>,
 }
@@ -164,6 +167,8 @@ pub(crate) struct Journal {
     /// Resolves once the synchronous SQLite writer has closed its connection; awaited by
     /// [`Journal::close`].
     direct_closed: Arc<Mutex<Option<oneshot::Receiver<()>>>>,
+    /// Set once this process hands its runs back ([`Journal::handing_back`]).
+    handed_back: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Queued {
@@ -188,6 +193,7 @@ impl Journal {
             tx,
             fences,
             direct_closed: Arc::new(Mutex::new(direct_closed)),
+            handed_back: Arc::default(),
         }
     }
 
@@ -249,6 +255,7 @@ impl Journal {
             statements,
             urgent,
             stops: false,
+            discards: false,
             fence: run.and_then(|run| {
                 let fence = self
                     .fences
@@ -270,6 +277,11 @@ impl Journal {
         wait: oneshot::Receiver<Result<T>>,
     ) -> oneshot::Receiver<Result<T>> {
         if let Err(mpsc::error::SendError(_)) = self.tx.send(queued) {
+            if self.handed_back.load(Ordering::Relaxed) {
+                // Dropped on purpose ([`Self::discard`]): its caller hears that nothing was
+                // committed, and nothing is logged.
+                return oneshot::channel().1;
+            }
             // The writer is gone (the runtime is shutting down): nothing will be written.
             let (done, wait) = oneshot::channel();
             let _ = done.send(Err(Error::Commit {
@@ -330,7 +342,7 @@ impl Journal {
         run: Option<&str>,
         statement: Statement,
     ) {
-        log_failure(self.queue_statement(false, doing, run, statement));
+        self.log_failure(self.queue_statement(false, doing, run, statement));
     }
 
     /// [`Self::soon_statement`] for a write that the synchronous SQLite writer applies as
@@ -342,7 +354,7 @@ impl Journal {
         statement: Statement,
         write: impl for<'c> Fn(&'c mut AnyConnection) -> BoxFuture<'c, Result<()>> + Send + 'static,
     ) {
-        log_failure(self.queue(
+        self.log_failure(self.queue(
             false,
             doing,
             run,
@@ -380,13 +392,49 @@ impl Journal {
             statements: Some((Vec::new(), DOING, Box::new(|_| {}))),
             urgent: true,
             stops: true,
+            discards: false,
             fence: None,
         };
         let committed = self.send(marker, DOING, stopped).await.unwrap_or(Ok(()));
-        // The writer has stopped and dropped the synchronous writer, whose thread now folds
-        // the write-ahead log into the database file and closes its connection. Waited for,
-        // so that the store's last connection, closed after it, removes the log (SQLite does
-        // so only when no other connection has the file open).
+        self.direct_closed().await;
+        committed
+    }
+
+    /// Drops what is queued, unwritten, and stops the writer as [`Self::close`] does. For a
+    /// process that has handed its runs back (`kiln serve` stopping): what their aborted
+    /// executions queue since is no longer theirs to write, and would only be refused by the
+    /// fences. Writes queued after it are dropped quietly.
+    pub(crate) async fn discard(&self) {
+        const DOING: &str = "closing the journal";
+        self.handing_back();
+        let (done, stopped) = oneshot::channel::<Result<()>>();
+        let marker = Queued {
+            apply: Box::new(|_, _| Box::pin(async { false })),
+            finish: Box::new(move |_| {
+                let _ = done.send(Ok(()));
+            }),
+            statements: Some((Vec::new(), DOING, Box::new(|_| {}))),
+            urgent: true,
+            stops: true,
+            discards: true,
+            fence: None,
+        };
+        let _ = self.send(marker, DOING, stopped).await;
+        self.direct_closed().await;
+    }
+
+    /// This process is handing its runs back (their leases freed): the writes their aborted
+    /// executions still queue will be refused by their fences, or dropped at the close
+    /// ([`Self::discard`]), without being logged as errors.
+    pub(crate) fn handing_back(&self) {
+        self.handed_back.store(true, Ordering::Relaxed);
+    }
+
+    /// Once the writer has stopped and dropped the synchronous writer, whose thread then folds
+    /// the write-ahead log into the database file and closes its connection. Waited for, so
+    /// that the store's last connection, closed after it, removes the log (SQLite does so only
+    /// when no other connection has the file open).
+    async fn direct_closed(&self) {
         let closed = self
             .direct_closed
             .lock()
@@ -395,7 +443,6 @@ impl Journal {
         if let Some(closed) = closed {
             let _ = closed.await;
         }
-        committed
     }
 
     /// Waits until everything queued so far is durable; with `run`, fails with
@@ -423,13 +470,21 @@ async fn waited<T>(doing: &'static str, wait: oneshot::Receiver<Result<T>>) -> R
     })
 }
 
-/// Logs the failure of a deferred write (its caller has moved on).
-fn log_failure(wait: oneshot::Receiver<Result<()>>) {
-    tokio::spawn(async move {
-        if let Ok(Err(e)) = wait.await {
-            tracing::error!(target: "errors.store", "{e}");
-        }
-    });
+impl Journal {
+    /// Logs the failure of a deferred write (its caller has moved on). Once this process hands
+    /// its runs back, a write refused by its fence is what the hand-back means, not an error.
+    fn log_failure(&self, wait: oneshot::Receiver<Result<()>>) {
+        let handed_back = self.handed_back.clone();
+        tokio::spawn(async move {
+            match wait.await {
+                Ok(Err(e @ Error::LeaseLost { .. })) if handed_back.load(Ordering::Relaxed) => {
+                    tracing::debug!(target: "store.journal", "dropped after the hand-back: {e}");
+                }
+                Ok(Err(e)) => tracing::error!(target: "errors.store", "{e}"),
+                _ => {}
+            }
+        });
+    }
 }
 
 async fn writer(
@@ -459,7 +514,15 @@ async fn writer(
                 Ok(None) | Err(_) => break,
             }
         }
-        let batch = std::mem::take(&mut batch);
+        let mut batch = std::mem::take(&mut batch);
+        if let Some(at) = batch.iter().position(|q| q.discards) {
+            let marker = batch.swap_remove(at);
+            tracing::debug!(target: "store.journal", writes = batch.len(), "dropped unwritten at close");
+            // Their callers hear that nothing was committed.
+            drop(batch);
+            (marker.finish)(Ok(()));
+            return;
+        }
         let stops = batch.iter().any(|q| q.stops);
         if let Some(direct) = &direct
             && batch.iter().all(|q| q.statements.is_some())

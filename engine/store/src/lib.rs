@@ -603,6 +603,25 @@ impl Store {
     /// Waits for the lease releases left running, commits what is queued, stops the journal's
     /// writer and closes the connections. Writes after it fail.
     pub async fn close(&self) {
+        self.close_with(false).await;
+    }
+
+    /// This process is handing its runs back (`kiln serve` stopping, before it records its
+    /// engine stopped): the writes its aborted executions still queue are refused by their
+    /// fences, or dropped by [`Self::close_discarding`], without being logged as errors.
+    pub fn handing_back(&self) {
+        self.journal.handing_back();
+    }
+
+    /// [`Self::close`] for a process that has handed its runs back (`kiln serve` stopping):
+    /// the writes still queued, and any queued after, are dropped unwritten. Those are what its
+    /// aborted executions queued after their leases were freed: written, each would be refused
+    /// by its fence and logged as a lease lost to another engine.
+    pub async fn close_discarding(&self) {
+        self.close_with(true).await;
+    }
+
+    async fn close_with(&self, discarding: bool) {
         self.background.close();
         self.background.wait().await;
         // The readers first: the last connection to close folds the write-ahead log into the
@@ -610,7 +629,11 @@ impl Store {
         if let Some(reader) = &self.reader {
             reader.close();
         }
-        let _ = self.journal.close().await;
+        if discarding {
+            self.journal.discard().await;
+        } else {
+            let _ = self.journal.close().await;
+        }
         self.pool.close().await;
         // sqlx's close can miss a connection given back to the pool while it ran (it lands
         // among the idle ones after the close looked): close again until none is left, so

@@ -43,10 +43,10 @@ pub async fn dispatch(cli: Cli) -> Exit {
             return Exit::InvalidInput;
         }
     };
-    // `kiln serve` ends as soon as it has handed its runs back: closing would commit what its
-    // aborted executions had queued, refused once their leases are freed (ARCHITECTURE.md,
-    // "Durability"). Every other command closes its stores.
-    let closes = !serving;
+    // `kiln serve` has handed its runs back when it ends: what its aborted executions queued
+    // since is dropped, not committed (each would be refused by its fence, the lease freed).
+    // Every other command commits what it queued (ARCHITECTURE.md, "Durability").
+    let discards = serving;
     let result = match cli.command {
         Command::Run(args) => run::run(&ctx, args).await,
         Command::Validate { file } => validate::validate(&ctx, &file).await,
@@ -76,7 +76,9 @@ pub async fn dispatch(cli: Cli) -> Exit {
         Command::Supervise { .. } => unreachable!("handled before the runtime starts"),
         Command::Init { .. } => unreachable!("handled before the workspace is opened"),
     };
-    if closes {
+    if discards {
+        ctx.close_discarding().await;
+    } else {
         ctx.close().await;
     }
     result.unwrap_or_else(|e| {
