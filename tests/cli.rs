@@ -260,11 +260,12 @@ fn odd_database_paths_open_the_named_file_or_are_refused_with_a_reason() {
     assert!(!ws.root().join("xA.db").exists() && !ws.root().join("x.db").exists());
 }
 
-/// A database file this user cannot write is refused before a run touches it: SQLite would open
-/// it read-only, the run's first write would fail, and the `-wal` and `-shm` made meanwhile
-/// (read-only like the file) would block runs after the file is made writable again.
+/// A database file this user cannot write is refused before anything touches it, whatever the
+/// command: SQLite would open it read-only, a write would fail, and the `-wal` and `-shm` made
+/// meanwhile (read-only like the file) would block runs after the file is made writable again.
+/// Such leftovers, and an empty file, are refused too.
 #[test]
-fn a_database_this_user_cannot_write_is_refused_before_a_run_touches_it() {
+fn a_database_this_user_cannot_write_is_refused_before_anything_touches_it() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let ws = Workspace::new();
     let wf = ws.workflow(
@@ -275,47 +276,80 @@ fn a_database_this_user_cannot_write_is_refused_before_a_run_touches_it() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let kiln_dir = ws.root().join(".kiln");
     let db = kiln_dir.join("kiln.db");
-    let before = std::fs::read(&db).unwrap();
-    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
-    // Root may write any file: the run is then another user's (util-linux's setpriv), who may
-    // write the workspace and its folders but not the file.
-    let root = std::fs::metadata(ws.root()).unwrap().uid() == 0;
-    let mut run = if root {
-        for dir in [ws.root(), kiln_dir.as_path()] {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        }
-        let mut c = std::process::Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(env!("CARGO_BIN_EXE_kiln"));
-        c
-    } else {
-        std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+    let mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
     };
-    let out = run
-        .args(["run", &wf])
-        .current_dir(ws.root())
-        .env("KILN_WORKSPACE", ws.root())
-        .env("HOME", ws.root())
-        .env_remove("KILN_DATABASE_URL")
-        .env_remove("KILN_PLUGINS_DIR")
-        .envs(ws.env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .unwrap();
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!("{} cannot be written by this user", db.display()))
-            && stderr.contains("chmod u+rw"),
-        "{stderr}"
-    );
-    assert!(!stderr.contains("readonly database"), "{stderr}");
-    for left in ["kiln.db-wal", "kiln.db-shm"] {
-        assert!(!kiln_dir.join(left).exists(), "{left} was made: {stderr}");
+    // Root may write any file: the commands are then another user's (util-linux's setpriv),
+    // who may write the workspace and its folders but not the file.
+    let root = std::fs::metadata(ws.root()).unwrap().uid() == 0;
+    if root {
+        for dir in [ws.root(), kiln_dir.as_path()] {
+            mode(dir, 0o777);
+        }
+        mode(&kiln_dir.join("kiln.migrate-lock"), 0o666);
+    }
+    let as_other = |args: &[&str]| {
+        let mut c = if root {
+            let mut c = std::process::Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                .arg(env!("CARGO_BIN_EXE_kiln"));
+            c
+        } else {
+            std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        };
+        c.args(args)
+            .current_dir(ws.root())
+            .env("KILN_WORKSPACE", ws.root())
+            .env("HOME", ws.root())
+            .env_remove("KILN_DATABASE_URL")
+            .env_remove("KILN_PLUGINS_DIR")
+            .envs(ws.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap()
+    };
+    let refused = |args: &[&str], file: &std::path::Path| {
+        let out = as_other(args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "{} cannot be written by this user",
+                file.display()
+            )) && stderr.contains("chmod u+rw"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("readonly database"), "{stderr}");
+    };
+    let before = std::fs::read(&db).unwrap();
+    mode(&db, 0o444);
+    for args in [
+        &["run", &wf][..],
+        &["runs", "list"][..],
+        &["token", "list"][..],
+    ] {
+        refused(args, &db);
+        for left in ["kiln.db-wal", "kiln.db-shm"] {
+            assert!(!kiln_dir.join(left).exists(), "{args:?} made {left}");
+        }
     }
     assert_eq!(std::fs::read(&db).unwrap(), before, "the file was changed");
 
+    // A read-only `-shm` left beside a writable file (by a process that could only read).
+    mode(&db, 0o666);
+    let shm = kiln_dir.join("kiln.db-shm");
+    std::fs::write(&shm, vec![0u8; 32768]).unwrap();
+    mode(&shm, 0o444);
+    refused(&["run", &wf], &shm);
+    std::fs::remove_file(&shm).unwrap();
+
+    // An empty file (SQLite's new database) this user cannot write.
+    let empty = ws.root().join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    mode(&empty, 0o444);
+    let url = format!("sqlite://{}", empty.display());
+    refused(&["--database-url", &url, "run", &wf], &empty);
+
     // Writable again, the runs go on.
-    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = ws.kiln(&["run", &wf]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }

@@ -109,39 +109,39 @@ pub(crate) fn query_err(doing: &'static str) -> impl FnOnce(sqlx::Error) -> Erro
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
 /// `url` as messages show it: a password in it replaced by `***` (in its user part, or a
-/// `password` option).
+/// `password` option in any case).
 fn shown_url(url: &str) -> String {
-    let Ok(mut parsed) = url::Url::parse(url) else {
-        return url.to_owned();
-    };
-    let in_query = parsed.query_pairs().any(|(k, _)| k == "password");
-    if parsed.password().is_none() && !in_query {
-        return url.to_owned();
+    // Read as text, not parsed: a URL that does not parse is shown in the error that says so.
+    let mut shown = url.to_owned();
+    if !url.starts_with("sqlite:")
+        && let Some(start) = url.find("://").map(|i| i + 3)
+    {
+        let query = url[start..].find('?').map_or(url.len(), |i| start + i);
+        // The last `@` before the query ends the user part (a password may hold another).
+        if let Some(at) = url[start..query].rfind('@').map(|i| start + i)
+            && let Some(colon) = url[start..at].find(':').map(|i| start + i)
+        {
+            shown = format!("{}***{}", &url[..=colon], &url[at..]);
+        }
     }
-    if parsed.password().is_some() {
-        let _ = parsed.set_password(Some("***"));
-    }
-    if in_query {
-        let pairs: Vec<(String, String)> = parsed
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if k == "password" {
-                    "***".into()
-                } else {
-                    v.into_owned()
-                };
-                (k.into_owned(), v)
+    if let Some(q) = shown.find('?') {
+        let (head, query) = shown.split_at(q + 1);
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => pair.to_owned(),
             })
             .collect();
-        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+        shown = format!("{head}{}", pairs.join("&"));
     }
-    parsed.to_string()
+    shown
 }
 
 /// Opens `pool`'s first connection (to the server at `url`). sqlx's pool tries a connection the
 /// server refuses (down, a wrong port) again and again until its acquire timeout, 30 s, and then
 /// says only that it timed out: when none is open after a second, one connection of its own
-/// says why.
+/// says why; one that gets no answer in 10 s more says so.
 async fn first_connection(pool: &AnyPool, url: &str) -> std::result::Result<(), sqlx::Error> {
     use sqlx::Connection;
     let first = pool.acquire();
@@ -155,12 +155,15 @@ async fn first_connection(pool: &AnyPool, url: &str) -> std::result::Result<(), 
         conn = &mut first => conn.map(drop),
         probed = probe => match probed {
             Ok(Err(e)) => Err(e),
-            // It connects (or hangs): the pool's own attempt decides.
+            // It connects: the pool's own attempt decides.
             Ok(Ok(conn)) => {
                 let _ = conn.close().await;
                 first.await.map(drop)
             }
-            Err(_) => first.await.map(drop),
+            Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no answer from the server in 10 s",
+            ))),
         },
     }
 }
@@ -296,24 +299,36 @@ fn sqlite_file(url: &str) -> std::result::Result<sqlx::sqlite::SqliteConnectOpti
     })
 }
 
-/// Why this process cannot write the database file `db` (its effective user, the file's
-/// mode, a read-only file system); `None` when it can.
+/// Why this process cannot read and write the existing database file `db`, or the `-wal` and
+/// `-shm` files beside it (its effective user, their modes, a read-only file system); `None`
+/// when it can.
 fn not_writable(db: &std::path::Path) -> Option<String> {
     use rustix::fs::{Access, AtFlags, CWD, accessat};
-    accessat(
-        CWD,
-        db,
-        Access::READ_OK | Access::WRITE_OK,
-        AtFlags::EACCESS,
-    )
-    .err()
-    .map(|e| {
-        format!(
-            "{} cannot be written by this user ({e}): Kiln records every run there; make it \
-                 readable and writable for this user (for instance `chmod u+rw`), or name \
-                 another file with --database-url",
-            db.display()
-        )
+    let mut files = vec![db.to_owned()];
+    for suffix in ["-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        files.push(name.into());
+    }
+    files.iter().find_map(|file| {
+        let refused = accessat(
+            CWD,
+            file,
+            Access::READ_OK | Access::WRITE_OK,
+            AtFlags::EACCESS,
+        );
+        match refused {
+            // Only the database file must exist.
+            Err(rustix::io::Errno::NOENT) if file != db => None,
+            Err(e) => Some(format!(
+                "{} cannot be written by this user ({e}): Kiln writes runs and tokens to the \
+                 database, and SQLite keeps its `-wal` and `-shm` beside it; make them readable \
+                 and writable for this user (for instance `chmod u+rw`, or run as their owner). \
+                 To only read it, copy the database and name the copy with --database-url",
+                file.display()
+            )),
+            Ok(()) => None,
+        }
     })
 }
 
@@ -400,21 +415,22 @@ impl Store {
                     reason: format!("{} is a folder: name a file", db.display()),
                 });
             }
+            // SQLite opens a file this user cannot write read-only, silently: a write would
+            // fail, and the `-wal` and `-shm` made meanwhile (read-only like the file) would
+            // block runs after the file is made writable again. Whatever the command.
+            if plain
+                && db.is_file()
+                && let Some(reason) = not_writable(&db)
+            {
+                return Err(Error::Open {
+                    url: shown.clone(),
+                    reason,
+                });
+            }
             // An empty file may be one another process is creating right now (its first
             // writes are in the write-ahead log): it goes the migrator's way, under the lock.
             let written = std::fs::metadata(&db).is_ok_and(|m| m.is_file() && m.len() > 0);
             if plain && written {
-                // SQLite opens a file this user cannot write read-only, silently: the first
-                // write would fail, and the `-wal` and `-shm` it made meanwhile (read-only like
-                // the file) would block runs after the file is made writable again.
-                if reads == Reads::Direct {
-                    not_writable(&db).map_or(Ok(()), |reason| {
-                        Err(Error::Open {
-                            url: shown.clone(),
-                            reason,
-                        })
-                    })?;
-                }
                 let writer = sqlite_writer::SqliteWriter::open(&db);
                 if reads == Reads::Direct {
                     let checking = sqlite_reader::SqliteReader::new(&db);
@@ -461,9 +477,17 @@ impl Store {
                         rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)?;
                         Ok(f)
                     })
-                    .map_err(|e| Error::Connect {
+                    .map_err(|e| Error::Open {
                         url: shown.clone(),
-                        source: sqlx::Error::Io(e),
+                        reason: format!(
+                            "cannot open its lock file {} ({e}): this user must be able to \
+                             write the database's folder {}",
+                            lock_path.display(),
+                            lock_path
+                                .parent()
+                                .unwrap_or(std::path::Path::new("/"))
+                                .display()
+                        ),
                     })?;
                 let pool = options
                     // Where the journal writes through sqlx, it keeps a connection of its own,
@@ -497,13 +521,20 @@ impl Store {
                 .connect_lazy(url)
                 .map_err(connect_err)?;
             first_connection(&pool, url).await.map_err(|e| match e {
-                sqlx::Error::Io(_) => Error::Open {
-                    url: shown.clone(),
-                    reason: format!(
-                        "{e}: is the PostgreSQL server running, and does it listen at the host \
-                         and port the URL names?"
-                    ),
-                },
+                sqlx::Error::Io(ref io)
+                    if matches!(
+                        io.kind(),
+                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    Error::Open {
+                        url: shown.clone(),
+                        reason: format!(
+                            "{e}: is the PostgreSQL server running, and does it listen at the \
+                             host and port the URL names?"
+                        ),
+                    }
+                }
                 e => connect_err(e),
             })?;
             migrate(&pool, &shown).await?;

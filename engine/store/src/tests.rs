@@ -1361,6 +1361,25 @@ fn messages_show_database_urls_without_their_password() {
             "postgres://kiln@db/kiln?sslmode=require&password=***",
         ),
         ("postgres://kiln@db/kiln", "postgres://kiln@db/kiln"),
+        // URLs that do not parse (their error shows them), an `@` in the password, the key in
+        // capitals.
+        (
+            "postgres://kiln:s3cret@127.0.0.1:99999/kiln",
+            "postgres://kiln:***@127.0.0.1:99999/kiln",
+        ),
+        (
+            "postgresql://kiln:s3cret@/kiln?host=/nonexist",
+            "postgresql://kiln:***@/kiln?host=/nonexist",
+        ),
+        (
+            "postgres://kiln:s3cret@[::1:1/kiln",
+            "postgres://kiln:***@[::1:1/kiln",
+        ),
+        ("postgres://kiln:a@b@db/kiln", "postgres://kiln:***@db/kiln"),
+        (
+            "postgres://kiln@db/kiln?PASSWORD=x&application_name=k",
+            "postgres://kiln@db/kiln?PASSWORD=***&application_name=k",
+        ),
         // SQLite URLs are shown as they were given.
         ("sqlite:///tmp/a b/kiln.db", "sqlite:///tmp/a b/kiln.db"),
         ("sqlite:kiln.db?mode=rwc", "sqlite:kiln.db?mode=rwc"),

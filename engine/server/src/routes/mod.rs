@@ -171,7 +171,9 @@ async fn log_requests(req: Request, next: Next) -> Response {
     let response = next.run(req).await;
     let status = response.status().as_u16();
     let ms = started.elapsed().as_secs_f64() * 1000.0;
-    if status >= 500 {
+    // A 503 is an orderly refusal (the server is stopping, or at its connection bound), told
+    // to the client with when to retry: not a failure of the server's.
+    if status >= 500 && status != 503 {
         tracing::error!(target: "errors.api", %method, %path, status, ms, "request failed");
     } else {
         tracing::info!(target: "app.backend", %method, %path, status, ms, "request");
