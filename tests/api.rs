@@ -1231,8 +1231,9 @@ steps:
 }
 
 /// A step waiting for an instance slot says so in its log, and its `timeout` names the wait
-/// (as it does for GPUs); plugins installed meanwhile load at once (they describe themselves in
-/// slots of their own); cancelling the step that holds the slot lets the next one run.
+/// (as it does for GPUs); plugins installed meanwhile load at once, and a config preview is
+/// answered at once (short calls have slots of their own); cancelling the step that holds the
+/// slot lets the next one run.
 #[test]
 fn a_step_waiting_for_a_plugin_instance_says_so_and_plugins_still_load() {
     let aws = ApiWorkspace::new();
@@ -1290,6 +1291,21 @@ fn a_step_waiting_for_a_plugin_instance_says_so_and_plugins_still_load() {
     assert!(
         logs.contains("waiting for a free plugin instance (all 1 are in use)"),
         "{logs}"
+    );
+
+    // A config preview, asked for while the only step slot is taken, is answered at once (a
+    // short call: it never waits for the steps' slots, which trainings hold for hours).
+    let r = server.post(
+        "/api/v1/training/config/resolve",
+        &token,
+        &json!({"framework": "ultralytics", "task": "detect", "overrides": {"epochs": 2}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["config"]["epochs"], 2, "{}", r.text());
+    let run = server.get(&format!("/api/v1/runs/{spin}"), &token).json();
+    assert_eq!(
+        run["steps"][0]["status"], "running",
+        "answered while the step holds the slot: {run}"
     );
 
     // A plugin installed while the only step slot is taken loads at once.

@@ -29,7 +29,7 @@ pub struct HostConfig {
     pub grants: Grants,
     /// Plugin steps that may run at once, each in an instance slot reserved when the engine
     /// starts (see [`instance_pool`]); a step waits for a free one ([`PluginEngine::instance_slot`]).
-    /// Plugins describing themselves at load have [`DESCRIBE_SLOTS`] of their own. At least 1,
+    /// Short calls that are not steps have [`SHORT_CALL_SLOTS`] of their own. At least 1,
     /// at most [`MAX_INSTANCE_SLOTS`].
     pub instance_slots: usize,
 }
@@ -38,9 +38,10 @@ pub struct HostConfig {
 /// [`MEMORIES_PER_INSTANCE`] linear memories of 4 GiB and their guard regions.
 pub const MAX_INSTANCE_SLOTS: usize = 4096;
 
-/// Slots for plugins describing themselves at load (`describe()`), apart from the steps', so
-/// a plugin installed while every step slot is taken loads at once.
-pub const DESCRIBE_SLOTS: usize = 2;
+/// Slots for short calls that are not steps (a plugin describing itself at load, a config
+/// preview), apart from the steps', so a plugin installed or a preview asked for while every
+/// step slot is taken runs at once.
+pub const SHORT_CALL_SLOTS: usize = 2;
 
 /// Core wasm instances, linear memories and tables one plugin may contain: a component built
 /// for `wasm32-wasip2` has one memory and a few instances and tables; one built for
@@ -71,7 +72,7 @@ pub struct PluginEngine {
     /// How many step slots there are.
     slot_count: usize,
     /// The same for plugins describing themselves at load.
-    describe_slots: Arc<Semaphore>,
+    short_call_slots: Arc<Semaphore>,
     /// Why the engine has no instance pool, when it has none.
     unpooled: Option<Arc<str>>,
     _ticker: Arc<Ticker>,
@@ -92,7 +93,7 @@ impl PluginEngine {
         wasm.wasm_component_model(true);
         // At least one: a step in an engine asked for none would otherwise wait forever.
         let slots = config.instance_slots.clamp(1, MAX_INSTANCE_SLOTS);
-        let pool = slots + DESCRIBE_SLOTS;
+        let pool = slots + SHORT_CALL_SLOTS;
         // Without a pool (the address space it needs is not there), each instance is mapped
         // and unmapped on its own: slower, the same otherwise.
         let mut unpooled = address_space_short(pool);
@@ -135,7 +136,7 @@ impl PluginEngine {
             config: Arc::new(config),
             slots: Arc::new(Semaphore::new(slots)),
             slot_count: slots,
-            describe_slots: Arc::new(Semaphore::new(DESCRIBE_SLOTS)),
+            short_call_slots: Arc::new(Semaphore::new(SHORT_CALL_SLOTS)),
             unpooled: unpooled.map(Arc::from),
             _ticker: Arc::new(Ticker(stop)),
         })
@@ -163,10 +164,12 @@ impl PluginEngine {
         self.slot_count
     }
 
-    /// A slot for a plugin describing itself at load.
-    pub(crate) async fn describe_slot(&self) -> InstanceSlot {
+    /// A slot for a short call that is not a step: a plugin describing itself at load, a
+    /// config preview. [`SHORT_CALL_SLOTS`] of their own, which steps (a training holds its
+    /// slot for hours) never take.
+    pub async fn short_call_slot(&self) -> InstanceSlot {
         InstanceSlot {
-            _permit: acquire(&self.describe_slots).await,
+            _permit: acquire(&self.short_call_slots).await,
         }
     }
 
@@ -186,7 +189,7 @@ impl PluginEngine {
             config: Arc::new(config),
             slots: self.slots.clone(),
             slot_count: self.slot_count,
-            describe_slots: self.describe_slots.clone(),
+            short_call_slots: self.short_call_slots.clone(),
             unpooled: self.unpooled.clone(),
             _ticker: self._ticker.clone(),
         }
@@ -260,9 +263,9 @@ fn pool_short(slots: usize, limit: u64, mapped: u64) -> Option<String> {
     if need <= room {
         return None;
     }
-    let fits = (room / SLOT_ADDRESS_SPACE).saturating_sub(DESCRIBE_SLOTS as u64);
+    let fits = (room / SLOT_ADDRESS_SPACE).saturating_sub(SHORT_CALL_SLOTS as u64);
     let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
-    let asked = slots.saturating_sub(DESCRIBE_SLOTS);
+    let asked = slots.saturating_sub(SHORT_CALL_SLOTS);
     // The limit at which the pool would take a quarter of the room.
     let enough = need.saturating_mul(4).saturating_add(mapped);
     let what_to_do = if fits == 0 {
@@ -306,7 +309,7 @@ mod tests {
             tight.ends_with("raise it to at least 196 GiB to keep the pool"),
             "no advice to ask for 0 slots, which is refused: {tight}"
         );
-        let serve = pool_short(512 + DESCRIBE_SLOTS, 200 * GIB, GIB).expect("too small");
+        let serve = pool_short(512 + SHORT_CALL_SLOTS, 200 * GIB, GIB).expect("too small");
         assert!(
             serve.contains("ulimit -v: 200.0 GiB")
                 && serve.contains("room for 4 of the 512")

@@ -18,7 +18,7 @@ mod registry;
 mod sandbox;
 
 pub use capability::process::{ProcessTracker, StopGuard, launch_log, programs_followed};
-pub use engine::{DESCRIBE_SLOTS, HostConfig, InstanceSlot, MAX_INSTANCE_SLOTS, PluginEngine};
+pub use engine::{HostConfig, InstanceSlot, MAX_INSTANCE_SLOTS, PluginEngine, SHORT_CALL_SLOTS};
 pub use grants::{GrantError, Grants, PluginGrant};
 pub use invocation::{
     BeforeLaunch, FailureKind, GpuGrant, GrantedDir, RetryContext, RetryReason, Role, StepEvent,

@@ -511,7 +511,7 @@ impl PluginRegistry {
             &[],
             None,
             empty_process(engine),
-            engine.describe_slot().await,
+            engine.short_call_slot().await,
         )
         .map_err(invalid)?;
         let describe_failed = |e: wasmtime::Error| invalid(format!("describe() failed: {e:#}"));

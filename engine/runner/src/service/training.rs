@@ -447,8 +447,8 @@ impl RunService {
             // A preview records nothing.
             before_launch: None,
         };
-        // A preview is a plugin call like a step's: it waits for a free instance like one.
-        let slot = plugins.engine().instance_slot().await;
+        // A short call: it never waits for the steps' slots, which trainings hold for hours.
+        let slot = plugins.engine().short_call_slot().await;
         let outputs = plugins
             .run(&request.framework, &inv, slot)
             .await
