@@ -7,17 +7,6 @@ pub enum Exit {
     InvalidInput,
 }
 
-impl Exit {
-    /// The process's exit status.
-    pub fn code(self) -> i32 {
-        match self {
-            Exit::Success => 0,
-            Exit::Failure => 1,
-            Exit::InvalidInput => 2,
-        }
-    }
-}
-
 impl From<Exit> for std::process::ExitCode {
     fn from(e: Exit) -> Self {
         match e {

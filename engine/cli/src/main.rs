@@ -46,28 +46,21 @@ fn main() -> std::process::ExitCode {
             return Exit::Failure.into();
         }
     };
-    let mut exit = runtime.block_on(commands::dispatch(cli));
+    let exit = runtime.block_on(commands::dispatch(cli));
+    // Do not wait for blocked tasks (e.g. a pending stdin read) at exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     // A command whose output is the point fails when it could not be written (`> /dev/full`).
-    use std::io::Write as _;
-    let flushed = std::io::stdout().flush();
     if only_reads
         && matches!(exit, Exit::Success)
-        && let Some(e) = output::write_failed()
-            .map(str::to_owned)
-            .or_else(|| flushed.err().map(|e| e.to_string()))
+        && let Some(e) = output::write_failed().map(str::to_owned).or_else(|| {
+            use std::io::Write as _;
+            std::io::stdout().flush().err().map(|e| e.to_string())
+        })
     {
         errln!("error: cannot write the output: {e}");
-        exit = Exit::Failure;
+        return Exit::Failure.into();
     }
-    if serving {
-        // Do not wait for blocked tasks (e.g. a pending stdin read) at exit.
-        runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-        return exit.into();
-    }
-    // The command has closed its stores (everything it wrote is committed, the database file
-    // whole): its runtime's threads and what is left on them are not waited for, nor dropped
-    // one by one (benches/README.md, "The process ends after its close").
-    std::process::exit(exit.code())
+    exit.into()
 }
 
 fn init_tracing(verbose: u8, format: cli::LogFormat) {
