@@ -370,3 +370,48 @@ fn help_does_not_show_the_database_password() {
         assert!(!help.contains("s3cret"), "{help}");
     }
 }
+
+/// A server stopped while it starts (its database being opened, its plugins loaded) ends
+/// cleanly: exit 0, its database closed (no `-wal`/`-shm` left), its engine recorded stopped.
+/// Stopped at several points of the start, SIGTERM and SIGINT.
+#[test]
+fn a_server_stopped_while_it_starts_ends_cleanly() {
+    let ws = Workspace::new();
+    let kiln_dir = ws.root().join(".kiln");
+    for (round, (signal, extra_ms)) in [("TERM", 0), ("INT", 0), ("TERM", 20), ("INT", 60)]
+        .into_iter()
+        .enumerate()
+    {
+        for file in ["kiln.db", "kiln.db-wal", "kiln.db-shm"] {
+            let _ = std::fs::remove_file(kiln_dir.join(file));
+        }
+        let child = ws
+            .command(&["serve", "--addr", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The database file appears once the start is under way (the signals are listened
+        // for from before it).
+        common::wait_for(30, "the database to be created", || {
+            kiln_dir.join("kiln.db").exists()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(extra_ms));
+        common::kill(child.id(), signal);
+        let out = child.wait_with_output().unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "round {round}: {stderr}");
+        assert!(
+            stderr.contains("kiln API stopped"),
+            "round {round}: {stderr}"
+        );
+        for left in ["kiln.db-wal", "kiln.db-shm"] {
+            assert!(
+                !kiln_dir.join(left).exists(),
+                "round {round}: {left} left: {stderr}"
+            );
+        }
+        let engines = ws.json(&["engines", "--json"]);
+        assert_eq!(engines, serde_json::json!([]), "round {round}: {stderr}");
+    }
+}

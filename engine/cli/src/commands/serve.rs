@@ -4,6 +4,8 @@ use crate::output::{errln, outln};
 
 use kiln_server::{AppState, Claim, Roles, ServerConfig};
 
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
 use crate::cli::{ServeArgs, TokenCommand};
 use crate::context::Context;
 use crate::exit::Exit;
@@ -13,7 +15,42 @@ fn roles(ctx: &Context) -> anyhow::Result<Roles> {
         .map_err(|e| kiln_runner::Error::Config(e).into())
 }
 
+/// SIGTERM and SIGINT, listened for from the moment the server starts.
+struct StopSignals {
+    term: Option<Signal>,
+    int: Option<Signal>,
+}
+
+impl StopSignals {
+    /// Listens from now on: a signal that comes while the server starts (opening the database,
+    /// loading the plugins) is kept until [`Self::recv`] asks. (Until then the process would die
+    /// of it, or, started in the background by a script, ignore SIGINT.)
+    fn listen() -> Self {
+        Self {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    /// Once SIGTERM or SIGINT has come.
+    async fn recv(&mut self) {
+        async fn one(signal: &mut Option<Signal>) {
+            match signal {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            () = one(&mut self.term) => {}
+            () = one(&mut self.int) => {}
+        }
+    }
+}
+
 pub async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<Exit> {
+    let mut stop = StopSignals::listen();
     let limits = args.limits.to_limits();
     if let Err(e) = limits.validate() {
         errln!("error: {e}");
@@ -25,9 +62,22 @@ pub async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<Exit> {
         errln!("\n  WARNING: {warning}\n");
         tracing::warn!(target: "app.backend", "{warning}");
     }
-    let service = ctx
-        .serving_service(&args.exec, &args.labels, args.plugin_instances)
-        .await?;
+    let starting = ctx.serving_service(&args.exec, &args.labels, args.plugin_instances);
+    tokio::pin!(starting);
+    let service = tokio::select! {
+        service = &mut starting => service?,
+        () = stop.recv() => {
+            // Stopped while starting: the start is finished (a database half opened would be
+            // left unclosed), nothing more is started, and the engine is recorded stopped.
+            if let Ok(service) = starting.await
+                && let Err(e) = service.stop_engine("shut down while starting").await
+            {
+                tracing::warn!(target: "app.backend", "cannot record the engine's stop: {e}");
+            }
+            errln!("kiln API stopped while it started");
+            return Ok(Exit::Success);
+        }
+    };
     let config = ServerConfig {
         workflows_dir: args
             .workflows_dir
@@ -38,14 +88,7 @@ pub async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<Exit> {
         max_claimed_runs: args.max_claimed_runs,
     };
     let state = AppState::new(service, roles(ctx)?, config);
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-        }
-    };
+    let shutdown = async move { stop.recv().await };
     kiln_server::serve(state, args.addr, shutdown).await?;
     errln!(
         "kiln API stopped; runs in flight continue under their supervisors, for another engine or the next start to take over"
