@@ -70,7 +70,14 @@ fn init_tracing(verbose: u8, format: cli::LogFormat) {
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+        // sqlx warns of a PostgreSQL URL option it does not know with the option's value,
+        // which may be a password (`PASSWORD=`, `Password=`): never logged.
+        .add_directive(
+            "sqlx_postgres::options=error"
+                .parse()
+                .expect("a valid directive"),
+        );
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -113,12 +113,15 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 fn shown_url(url: &str) -> String {
     // Read as text, not parsed: a URL that does not parse is shown in the error that says so.
     let mut shown = url.to_owned();
-    if !url.starts_with("sqlite:")
-        && let Some(start) = url.find("://").map(|i| i + 3)
-    {
-        let query = url[start..].find('?').map_or(url.len(), |i| start + i);
-        // The last `@` before the query ends the user part (a password may hold another).
-        if let Some(at) = url[start..query].rfind('@').map(|i| start + i)
+    if !url.starts_with("sqlite:") {
+        // The user part starts after `scheme://` (or `scheme:`) and ends at the last `@`: a
+        // password may hold `@`, `?` or `/` unescaped, and masking too much is harmless.
+        let start = url
+            .find("://")
+            .map(|i| i + 3)
+            .or_else(|| url.find(':').map(|i| i + 1))
+            .unwrap_or(0);
+        if let Some(at) = url[start..].rfind('@').map(|i| start + i)
             && let Some(colon) = url[start..at].find(':').map(|i| start + i)
         {
             shown = format!("{}***{}", &url[..=colon], &url[at..]);
@@ -129,7 +132,15 @@ fn shown_url(url: &str) -> String {
         let pairs: Vec<String> = query
             .split('&')
             .map(|pair| match pair.split_once('=') {
-                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                // `password`, `sslpassword`, in any case, escaped or not.
+                Some((key, _))
+                    if percent_encoding::percent_decode_str(key)
+                        .decode_utf8_lossy()
+                        .to_ascii_lowercase()
+                        .contains("password") =>
+                {
+                    format!("{key}=***")
+                }
                 _ => pair.to_owned(),
             })
             .collect();
@@ -320,6 +331,11 @@ fn not_writable(db: &std::path::Path) -> Option<String> {
         match refused {
             // Only the database file must exist.
             Err(rustix::io::Errno::NOENT) if file != db => None,
+            Err(rustix::io::Errno::ROFS) => Some(format!(
+                "{} is on a read-only file system: Kiln writes runs and tokens to the database; \
+                 copy it to a writable place and name the copy with --database-url",
+                file.display()
+            )),
             Err(e) => Some(format!(
                 "{} cannot be written by this user ({e}): Kiln writes runs and tokens to the \
                  database, and SQLite keeps its `-wal` and `-shm` beside it; make them readable \
@@ -425,6 +441,28 @@ impl Store {
                 return Err(Error::Open {
                     url: shown.clone(),
                     reason,
+                });
+            }
+            // A new database is created in its folder, with its `-wal` and `-shm` beside it.
+            if plain
+                && !db.exists()
+                && let Some(dir) = db.parent().filter(|d| d.is_dir())
+                && let Err(e) = rustix::fs::accessat(
+                    rustix::fs::CWD,
+                    dir,
+                    rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+                    rustix::fs::AtFlags::EACCESS,
+                )
+            {
+                return Err(Error::Open {
+                    url: shown.clone(),
+                    reason: format!(
+                        "cannot create {}: this user cannot write its folder {} ({e}); make the \
+                         folder writable for this user, or name another file with \
+                         --database-url",
+                        db.display(),
+                        dir.display()
+                    ),
                 });
             }
             // An empty file may be one another process is creating right now (its first

@@ -187,7 +187,9 @@ fn open_failure(path: &Path, e: &rusqlite::Error) -> String {
              a new one) or restore it from a backup, or name another file with --database-url"
         ),
         Some(C::CannotOpen | C::PermissionDenied | C::ReadOnly) => {
-            let dir = path.parent().unwrap_or(Path::new("/")).display();
+            // The folder SQLite writes in: the real file's, where `path` is a symbolic link.
+            let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+            let dir = real.parent().unwrap_or(Path::new("/")).display();
             format!(
                 "{e}: this user must be able to read and write {file} and its folder {dir} \
                  (SQLite keeps its `-wal` and `-shm` files beside it)"

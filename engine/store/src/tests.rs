@@ -1380,6 +1380,19 @@ fn messages_show_database_urls_without_their_password() {
             "postgres://kiln@db/kiln?PASSWORD=x&application_name=k",
             "postgres://kiln@db/kiln?PASSWORD=***&application_name=k",
         ),
+        // `?` in the password, no `//`, an escaped key, the TLS key's password.
+        (
+            "postgresql://u:S3c?ret@127.0.0.1:5996/db",
+            "postgresql://u:***@127.0.0.1:5996/db",
+        ),
+        (
+            "postgresql:u:S3cret@127.0.0.1/db",
+            "postgresql:u:***@127.0.0.1/db",
+        ),
+        (
+            "postgres://u@h/db?pass%77ord=S3cret&sslpassword=k",
+            "postgres://u@h/db?pass%77ord=***&sslpassword=***",
+        ),
         // SQLite URLs are shown as they were given.
         ("sqlite:///tmp/a b/kiln.db", "sqlite:///tmp/a b/kiln.db"),
         ("sqlite:kiln.db?mode=rwc", "sqlite:kiln.db?mode=rwc"),
