@@ -71,7 +71,7 @@ pub struct PluginEngine {
     slots: Arc<Semaphore>,
     /// How many step slots there are.
     slot_count: usize,
-    /// The same for plugins describing themselves at load.
+    /// The slots of short calls that are not steps ([`SHORT_CALL_SLOTS`]).
     short_call_slots: Arc<Semaphore>,
     /// Why the engine has no instance pool, when it has none.
     unpooled: Option<Arc<str>>,

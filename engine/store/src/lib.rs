@@ -310,11 +310,23 @@ fn sqlite_file(url: &str) -> std::result::Result<sqlx::sqlite::SqliteConnectOpti
     })
 }
 
-/// Why this process cannot read and write the existing database file `db`, or the `-wal` and
-/// `-shm` files beside it (its effective user, their modes, a read-only file system); `None`
-/// when it can.
+/// Why this process cannot read and write the database file `db`, or the `-wal` and `-shm`
+/// files beside it, or create it in its folder (its effective user, the modes, a read-only file
+/// system); `None` when it can.
 fn not_writable(db: &std::path::Path) -> Option<String> {
     use rustix::fs::{Access, AtFlags, CWD, accessat};
+    let access = |path: &std::path::Path, mode| accessat(CWD, path, mode, AtFlags::EACCESS);
+    // A new database is created in its folder, with its `-wal` and `-shm` beside it.
+    if !db.exists() {
+        let dir = db.parent().filter(|d| d.is_dir())?;
+        let e = access(dir, Access::WRITE_OK | Access::EXEC_OK).err()?;
+        return Some(format!(
+            "cannot create {}: this user cannot write its folder {} ({e}); make the folder \
+             writable for this user, or name another file with --database-url",
+            db.display(),
+            dir.display()
+        ));
+    }
     let mut files = vec![db.to_owned()];
     for suffix in ["-wal", "-shm"] {
         let mut name = db.as_os_str().to_owned();
@@ -322,13 +334,7 @@ fn not_writable(db: &std::path::Path) -> Option<String> {
         files.push(name.into());
     }
     files.iter().find_map(|file| {
-        let refused = accessat(
-            CWD,
-            file,
-            Access::READ_OK | Access::WRITE_OK,
-            AtFlags::EACCESS,
-        );
-        match refused {
+        match access(file, Access::READ_OK | Access::WRITE_OK) {
             // Only the database file must exist.
             Err(rustix::io::Errno::NOENT) if file != db => None,
             Err(rustix::io::Errno::ROFS) => Some(format!(
@@ -434,35 +440,10 @@ impl Store {
             // SQLite opens a file this user cannot write read-only, silently: a write would
             // fail, and the `-wal` and `-shm` made meanwhile (read-only like the file) would
             // block runs after the file is made writable again. Whatever the command.
-            if plain
-                && db.is_file()
-                && let Some(reason) = not_writable(&db)
-            {
+            if plain && let Some(reason) = not_writable(&db) {
                 return Err(Error::Open {
                     url: shown.clone(),
                     reason,
-                });
-            }
-            // A new database is created in its folder, with its `-wal` and `-shm` beside it.
-            if plain
-                && !db.exists()
-                && let Some(dir) = db.parent().filter(|d| d.is_dir())
-                && let Err(e) = rustix::fs::accessat(
-                    rustix::fs::CWD,
-                    dir,
-                    rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
-                    rustix::fs::AtFlags::EACCESS,
-                )
-            {
-                return Err(Error::Open {
-                    url: shown.clone(),
-                    reason: format!(
-                        "cannot create {}: this user cannot write its folder {} ({e}); make the \
-                         folder writable for this user, or name another file with \
-                         --database-url",
-                        db.display(),
-                        dir.display()
-                    ),
                 });
             }
             // An empty file may be one another process is creating right now (its first
