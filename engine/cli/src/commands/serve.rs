@@ -68,10 +68,9 @@ pub async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<Exit> {
         service = &mut starting => service?,
         () = stop.recv() => {
             // Stopped while starting: the start is finished (a database half opened would be
-            // left unclosed), nothing more is started, and the engine is recorded stopped.
-            if let Ok(service) = starting.await
-                && let Err(e) = service.stop_engine("shut down while starting").await
-            {
+            // left unclosed; a start that fails says why), nothing more is started, and the
+            // engine is recorded stopped.
+            if let Err(e) = starting.await?.stop_engine("shut down while starting").await {
                 tracing::warn!(target: "app.backend", "cannot record the engine's stop: {e}");
             }
             errln!("kiln API stopped while it started");
