@@ -35,6 +35,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Connection};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::database_file::DatabaseFile;
 use crate::sqlite_writer::{SqliteWriter, Write};
 use crate::{Error, Result};
 
@@ -179,16 +180,18 @@ impl std::fmt::Debug for Queued {
 
 impl Journal {
     /// Starts the writer for `pool`, a SQLite database or not; `direct`: SQLite's
-    /// synchronous writer, which applies the batches made only of statements.
+    /// synchronous writer, which applies the batches made only of statements; `file`: the
+    /// SQLite file, whose path is checked before each commit ([`DatabaseFile::replaced`]).
     pub(crate) fn start(
         pool: AnyPool,
         sqlite: bool,
         mut direct: Option<SqliteWriter>,
+        file: Option<DatabaseFile>,
         fences: Fences,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let direct_closed = direct.as_mut().and_then(SqliteWriter::take_closed);
-        tokio::spawn(writer(pool, sqlite, direct, rx));
+        tokio::spawn(writer(pool, sqlite, direct, file, rx));
         Self {
             tx,
             fences,
@@ -242,7 +245,8 @@ impl Journal {
                 (Some(Ok(value)), Ok(())) => Ok(value),
                 (Some(Err(e)), _) => Err(e),
                 (Some(Ok(_)), Err(message)) => Err(Error::Commit { doing, message }),
-                (None, _) => Err(Error::Commit {
+                (None, Err(message)) => Err(Error::Commit { doing, message }),
+                (None, Ok(())) => Err(Error::Commit {
                     doing,
                     message: "the write was not applied".into(),
                 }),
@@ -491,8 +495,11 @@ async fn writer(
     pool: AnyPool,
     sqlite: bool,
     direct: Option<SqliteWriter>,
+    file: Option<DatabaseFile>,
     mut rx: mpsc::UnboundedReceiver<Queued>,
 ) {
+    // Said once, then each refused write's caller hears it.
+    let mut told = false;
     let mut batch: Vec<Queued> = Vec::new();
     // The writer keeps a connection of its own: no wait for readers to give one back. It is
     // dropped when a transaction cannot begin or commit (another is taken).
@@ -524,6 +531,18 @@ async fn writer(
             return;
         }
         let stops = batch.iter().any(|q| q.stops);
+        if let Some(message) = file.as_ref().and_then(DatabaseFile::replaced) {
+            if !std::mem::replace(&mut told, true) {
+                tracing::error!(target: "errors.store", "{message}");
+            }
+            for queued in batch {
+                (queued.finish)(Err(message.clone()));
+            }
+            if stops {
+                return;
+            }
+            continue;
+        }
         if let Some(direct) = &direct
             && batch.iter().all(|q| q.statements.is_some())
         {

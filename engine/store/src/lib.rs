@@ -9,6 +9,7 @@
 
 mod cache;
 mod columns;
+mod database_file;
 mod events;
 mod journal;
 mod leases;
@@ -560,15 +561,26 @@ impl Store {
             pool
         };
         // A file sqlx has just created.
-        if let Some(db) = file.filter(|db| direct.is_none() && plain && db.is_file()) {
-            direct = Some(opened(sqlite_writer::SqliteWriter::open(&db))?);
+        if let Some(db) = file
+            .as_deref()
+            .filter(|db| direct.is_none() && plain && db.is_file())
+        {
+            direct = Some(opened(sqlite_writer::SqliteWriter::open(db))?);
             if reads == Reads::Direct {
-                reader = Some(std::sync::Arc::new(sqlite_reader::SqliteReader::new(&db)));
+                reader = Some(std::sync::Arc::new(sqlite_reader::SqliteReader::new(db)));
             }
         }
         let fences = journal::Fences::default();
         Ok(Self {
-            journal: journal::Journal::start(pool.clone(), is_sqlite, direct, fences.clone()),
+            journal: journal::Journal::start(
+                pool.clone(),
+                is_sqlite,
+                direct,
+                file.as_deref()
+                    .filter(|_| plain)
+                    .and_then(database_file::DatabaseFile::at),
+                fences.clone(),
+            ),
             fences,
             pool,
             sqlite: is_sqlite,

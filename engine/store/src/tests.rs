@@ -1400,3 +1400,41 @@ fn messages_show_database_urls_without_their_password() {
         assert_eq!(crate::shown_url(url), shown, "{url}");
     }
 }
+
+/// A database file replaced at its path (a backup restored over it) or removed while a store
+/// has it open: the store's writes would go to the old file, which nothing reads any more; they
+/// are refused, saying what happened and what to do.
+#[tokio::test]
+async fn writes_are_refused_once_the_database_file_is_replaced_or_removed() {
+    for removed in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("kiln.db");
+        let url = format!("sqlite://{}", db.display());
+        let store = Store::connect(&url).await.unwrap();
+        store
+            .create_run(&new_run("before"), &[], &[], None)
+            .await
+            .unwrap();
+        if removed {
+            std::fs::remove_file(&db).unwrap();
+        } else {
+            let copy = dir.path().join("restored.db");
+            std::fs::copy(&db, &copy).unwrap();
+            std::fs::rename(&copy, &db).unwrap();
+        }
+        let refused = store
+            .create_run(&new_run("after"), &[], &[], None)
+            .await
+            .unwrap_err()
+            .to_string();
+        let what = if removed { "removed" } else { "replaced" };
+        assert!(
+            refused.contains(&format!(
+                "the database file {} was {what} while this process had it open",
+                db.display()
+            )) && refused.contains("restart it"),
+            "{refused}"
+        );
+        store.close().await;
+    }
+}
