@@ -41,6 +41,17 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     state.limits().validate()?;
+    // Listening first: a server that cannot (the port taken) claims nothing, and records its
+    // engine stopped.
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            if let Err(e) = state.service().stop_engine("cannot listen").await {
+                tracing::warn!(target: "app.backend", "cannot record the engine's stop: {e}");
+            }
+            anyhow::bail!("cannot listen on {addr}: {e}");
+        }
+    };
     // Runs whose engine stopped or died (this machine's earlier server among them), and runs
     // queued for an engine like this one, are claimed now and every second.
     let claims = tokio::spawn({
@@ -61,9 +72,6 @@ pub async fn serve(
             None
         }
     };
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
     tracing::info!(target: "app.backend", %local, "listening");
     // Written, not printed: a closed stderr must not stop the server.

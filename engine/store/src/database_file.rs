@@ -2,9 +2,11 @@
 //!
 //! A file replaced at the same path (a backup restored, `mv other.db kiln.db`) or removed while a
 //! process has it open leaves that process writing to the old file, which no one reads again,
-//! while new connections, and the next process, open the new one (and SQLite may replay the old
-//! file's write-ahead log into it). The journal asks before each commit and refuses to write
-//! once the path names another file.
+//! while new connections, and the next process, open the new one. The journal asks before each
+//! commit and refuses to write once the path names another file, saying to restart. That is a
+//! warning, not a protection: writes through the pool (claims, leases) are not checked, and
+//! SQLite may replay the old file's write-ahead log (shared by path) into the new one, which can
+//! damage it. A database is restored with every Kiln process on it stopped.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

@@ -170,6 +170,9 @@ pub(crate) struct Journal {
     direct_closed: Arc<Mutex<Option<oneshot::Receiver<()>>>>,
     /// Set once this process hands its runs back ([`Journal::handing_back`]).
     handed_back: Arc<AtomicBool>,
+    /// Set once the database file was found replaced or removed: its writes are refused, and
+    /// that was logged once.
+    replaced: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Queued {
@@ -191,12 +194,14 @@ impl Journal {
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let direct_closed = direct.as_mut().and_then(SqliteWriter::take_closed);
-        tokio::spawn(writer(pool, sqlite, direct, file, rx));
+        let replaced = Arc::new(AtomicBool::new(false));
+        tokio::spawn(writer(pool, sqlite, direct, file, replaced.clone(), rx));
         Self {
             tx,
             fences,
             direct_closed: Arc::new(Mutex::new(direct_closed)),
             handed_back: Arc::default(),
+            replaced,
         }
     }
 
@@ -476,13 +481,18 @@ async fn waited<T>(doing: &'static str, wait: oneshot::Receiver<Result<T>>) -> R
 
 impl Journal {
     /// Logs the failure of a deferred write (its caller has moved on). Once this process hands
-    /// its runs back, a write refused by its fence is what the hand-back means, not an error.
+    /// its runs back, a write refused by its fence is what the hand-back means, not an error;
+    /// once the database file was found replaced, that was logged once.
     fn log_failure(&self, wait: oneshot::Receiver<Result<()>>) {
-        let handed_back = self.handed_back.clone();
+        let (handed_back, replaced) = (self.handed_back.clone(), self.replaced.clone());
         tokio::spawn(async move {
             match wait.await {
                 Ok(Err(e @ Error::LeaseLost { .. })) if handed_back.load(Ordering::Relaxed) => {
                     tracing::debug!(target: "store.journal", "dropped after the hand-back: {e}");
+                }
+                // The database file was replaced: said once already.
+                Ok(Err(e @ Error::Commit { .. })) if replaced.load(Ordering::Relaxed) => {
+                    tracing::debug!(target: "store.journal", "{e}");
                 }
                 Ok(Err(e)) => tracing::error!(target: "errors.store", "{e}"),
                 _ => {}
@@ -496,10 +506,9 @@ async fn writer(
     sqlite: bool,
     direct: Option<SqliteWriter>,
     file: Option<DatabaseFile>,
+    replaced: Arc<AtomicBool>,
     mut rx: mpsc::UnboundedReceiver<Queued>,
 ) {
-    // Said once, then each refused write's caller hears it.
-    let mut told = false;
     let mut batch: Vec<Queued> = Vec::new();
     // The writer keeps a connection of its own: no wait for readers to give one back. It is
     // dropped when a transaction cannot begin or commit (another is taken).
@@ -532,7 +541,8 @@ async fn writer(
         }
         let stops = batch.iter().any(|q| q.stops);
         if let Some(message) = file.as_ref().and_then(DatabaseFile::replaced) {
-            if !std::mem::replace(&mut told, true) {
+            // Logged once; each refused write's caller hears it.
+            if !replaced.swap(true, Ordering::Relaxed) {
                 tracing::error!(target: "errors.store", "{message}");
             }
             for queued in batch {
