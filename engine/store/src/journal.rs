@@ -388,6 +388,21 @@ impl Journal {
     /// Commits everything queued so far, then stops the writer, which gives its connection
     /// back (a pool waits for it to close). Writes queued after it fail.
     pub(crate) async fn close(&self) -> Result<()> {
+        self.stop_writer(false).await
+    }
+
+    /// Drops what is queued, unwritten, and stops the writer as [`Self::close`] does. For a
+    /// process that has handed its runs back (`kiln serve` stopping): what their aborted
+    /// executions queue since is no longer theirs to write, and would only be refused by the
+    /// fences. Writes queued after it are dropped quietly.
+    pub(crate) async fn discard(&self) {
+        self.handing_back();
+        let _ = self.stop_writer(true).await;
+    }
+
+    /// Queues the marker that stops the writer, after committing what is queued before it or
+    /// (`discards`) dropping it, and waits until the writer's connections are closed.
+    async fn stop_writer(&self, discards: bool) -> Result<()> {
         const DOING: &str = "closing the journal";
         let (done, stopped) = oneshot::channel();
         let marker = Queued {
@@ -401,35 +416,12 @@ impl Journal {
             statements: Some((Vec::new(), DOING, Box::new(|_| {}))),
             urgent: true,
             stops: true,
-            discards: false,
+            discards,
             fence: None,
         };
         let committed = self.send(marker, DOING, stopped).await.unwrap_or(Ok(()));
         self.direct_closed().await;
         committed
-    }
-
-    /// Drops what is queued, unwritten, and stops the writer as [`Self::close`] does. For a
-    /// process that has handed its runs back (`kiln serve` stopping): what their aborted
-    /// executions queue since is no longer theirs to write, and would only be refused by the
-    /// fences. Writes queued after it are dropped quietly.
-    pub(crate) async fn discard(&self) {
-        const DOING: &str = "closing the journal";
-        self.handing_back();
-        let (done, stopped) = oneshot::channel::<Result<()>>();
-        let marker = Queued {
-            apply: Box::new(|_, _| Box::pin(async { false })),
-            finish: Box::new(move |_| {
-                let _ = done.send(Ok(()));
-            }),
-            statements: Some((Vec::new(), DOING, Box::new(|_| {}))),
-            urgent: true,
-            stops: true,
-            discards: true,
-            fence: None,
-        };
-        let _ = self.send(marker, DOING, stopped).await;
-        self.direct_closed().await;
     }
 
     /// This process is handing its runs back (their leases freed): the writes their aborted
