@@ -154,6 +154,60 @@ fn chaos_sigkill_the_engine_at_random_moments_and_resume() {
     no_process_left(&ws);
 }
 
+/// `kiln run` whose database file is replaced under it (a backup restored) stops once it
+/// notices, at its next write: exit 1, saying why and what to do, without closing the
+/// database, whose write-ahead log it empties into the old file first. The restored file is
+/// whole and holds what the backup held; `kiln resume` then finishes the run from it.
+#[test]
+fn kiln_run_stops_when_its_database_file_is_replaced() {
+    let ws = Workspace::new().with_env("FAKE_YOLO_EPOCH_SECONDS", "0.5");
+    let wf = demo_workflow(&ws, |y| y.to_owned());
+    let mut engine = ws.spawn(&strs(&run_args(&wf, "swapped", "{epochs: 6, imgsz: 64}")));
+    let csv = ws
+        .root()
+        .join("projects/demo/model/training/swapped/results.csv");
+    engine.wait_for(300, "the first epoch", || {
+        std::fs::read_to_string(&csv).is_ok_and(|t| t.lines().count() >= 2)
+    });
+    let kiln_dir = ws.root().join(".kiln");
+    let db = kiln_dir.join("kiln.db");
+    let backup = kiln_dir.join("backup.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("VACUUM INTO ?1", [backup.to_str().unwrap()])
+        .unwrap();
+    std::fs::rename(&backup, &db).unwrap();
+    let status = engine.wait();
+    let stderr = engine.stderr();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the database file {} was replaced while this process had it open",
+            db.display()
+        )),
+        "{stderr}"
+    );
+    let wal = kiln_dir.join("kiln.db-wal");
+    assert!(
+        std::fs::metadata(&wal).map_or(true, |m| m.len() == 0),
+        "the old file's log was left for the restored file to replay\n{stderr}"
+    );
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    drop(conn);
+    let run = find_run(&ws, "swapped").unwrap();
+    assert_eq!(run["status"], "running", "as the backup has it: {run}");
+    let id = run["id"].as_str().unwrap().to_owned();
+    let out = ws.kiln(&["resume", &id]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let show = ws.json(&["runs", "show", &id, "--json"]);
+    assert_eq!(show["run"]["status"], "succeeded", "{show}");
+    no_process_left(&ws);
+}
+
 #[test]
 fn a_lost_training_is_an_infrastructure_failure_retried_from_its_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();

@@ -222,6 +222,83 @@ fn a_stopped_engine_hands_its_runs_back_and_leaves_a_whole_database() {
     );
 }
 
+/// A backup restored over the database file while a server trains: the server notices within
+/// a second, writes nothing more and stops (exit 1, saying why and what to do) without closing
+/// the database, whose write-ahead log it empties into the old file first. The restored file
+/// is whole, nothing of the old file's log is replayed into it, and the next server takes the
+/// run it holds over, re-attaching to the trainer that kept running.
+#[test]
+fn a_server_whose_database_file_is_replaced_stops_and_leaves_the_restored_file_whole() {
+    let (aws, record) = fleet("1h", "0.5");
+    if aws.database_url.is_some() {
+        eprintln!("a PostgreSQL database has no file to replace: skipped");
+        return;
+    }
+    let token = aws.token("trainer", &[], &["trainer"]);
+    let mut a = aws.serve();
+    let mut body = demo_run("restored");
+    body["params"]["overrides"]["epochs"] = 6.into();
+    let r = a.post("/api/v1/runs", &token, &body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    wait_for(300, "the trainer to start", || {
+        launches_of(&record, "restored") == 1
+    });
+    // A consistent copy (the run recorded, its trainer launched), restored over the file.
+    let kiln_dir = aws.ws.root().join(".kiln");
+    let db = kiln_dir.join("kiln.db");
+    let backup = kiln_dir.join("backup.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("VACUUM INTO ?1", [backup.to_str().unwrap()])
+        .unwrap();
+    // Progress keeps being written meanwhile.
+    std::thread::sleep(Duration::from_millis(700));
+    std::fs::rename(&backup, &db).unwrap();
+    let stopped = Instant::now();
+    let status = a.wait_exit(10, "after its database file was replaced");
+    let log = a.log_text();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "stopped after {:?}",
+        stopped.elapsed()
+    );
+    assert!(
+        log.contains(&format!(
+            "the database file {} was replaced while this process had it open",
+            db.display()
+        )) && log.contains("then start again"),
+        "{log}"
+    );
+    let wal = kiln_dir.join("kiln.db-wal");
+    assert!(
+        std::fs::metadata(&wal).map_or(true, |m| m.len() == 0),
+        "the old file's log was left for the restored file to replay\n{log}"
+    );
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        let status: String = conn
+            .query_row("SELECT status FROM runs WHERE id = ?1", [&id], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        assert_eq!(status, "running", "as the backup has it");
+    }
+    let b = aws.serve();
+    let run = b.wait_run(&id, &token, 300);
+    assert_eq!(run["status"], "succeeded", "{run}\n{}", b.log_text());
+    assert_eq!(
+        launches_of(&record, "restored"),
+        1,
+        "re-attached, not launched again"
+    );
+}
+
 #[test]
 fn three_engines_killed_at_random_end_every_run_once() {
     let seed = chaos_seed();

@@ -810,6 +810,13 @@ impl Server {
     pub fn terminate(&mut self, secs: u64) -> std::process::ExitStatus {
         let child = self.child.as_mut().expect("the server runs");
         crate::common::kill(child.id(), "TERM");
+        self.wait_exit(secs, "after SIGTERM")
+    }
+
+    /// Waits (at most `secs`) for the server to end on its own; its exit status. `after`: what
+    /// should have ended it, for the failure message.
+    pub fn wait_exit(&mut self, secs: u64, after: &str) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("the server runs");
         let start = Instant::now();
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -818,7 +825,7 @@ impl Server {
             }
             assert!(
                 start.elapsed() < Duration::from_secs(secs),
-                "kiln serve still runs {secs}s after SIGTERM: {}",
+                "kiln serve still runs {secs}s {after}: {}",
                 self.log_text()
             );
             std::thread::sleep(Duration::from_millis(20));

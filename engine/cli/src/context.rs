@@ -43,19 +43,31 @@ impl Context {
     /// a clean exit the database file holds everything (a copy of it is whole, and a
     /// `kiln.db` deleted to start afresh meets no old log). Bounded: a connection some task
     /// still holds is not waited for past a few seconds.
-    pub async fn close(&self) {
-        self.close_with(false).await;
+    ///
+    /// Returns why, when a store's SQLite file was replaced or removed while it was open: that
+    /// store was not closed, and the process must end at once, without dropping it (see
+    /// [`Store::close`]).
+    pub async fn close(&self) -> Option<String> {
+        self.close_with(false).await
     }
 
     /// [`Self::close`] for `kiln serve`, once it has handed its runs back: what their aborted
     /// executions queued since is dropped unwritten ([`Store::close_discarding`]).
-    pub async fn close_discarding(&self) {
-        self.close_with(true).await;
+    pub async fn close_discarding(&self) -> Option<String> {
+        self.close_with(true).await
     }
 
-    async fn close_with(&self, discarding: bool) {
+    async fn close_with(&self, discarding: bool) -> Option<String> {
         let stores = std::mem::take(&mut *self.opened.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut lost = None;
         for store in stores {
+            if let Some(why) = store.database_lost() {
+                store.close().await;
+                // Kept from being dropped: the pool would close its connections.
+                std::mem::forget(store);
+                lost = Some(why);
+                continue;
+            }
             let closing = async {
                 if discarding {
                     store.close_discarding().await;
@@ -67,6 +79,7 @@ impl Context {
                 tracing::debug!(target: "store", "the database was not closed within {CLOSE_WAIT:?}");
             }
         }
+        lost
     }
 
     pub async fn store(&self) -> anyhow::Result<Store> {

@@ -7,12 +7,19 @@ pub enum Exit {
     InvalidInput,
 }
 
+impl Exit {
+    /// The process's exit status.
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Success => 0,
+            Exit::Failure => 1,
+            Exit::InvalidInput => 2,
+        }
+    }
+}
+
 impl From<Exit> for std::process::ExitCode {
     fn from(e: Exit) -> Self {
-        match e {
-            Exit::Success => Self::SUCCESS,
-            Exit::Failure => Self::from(1),
-            Exit::InvalidInput => Self::from(2),
-        }
+        Self::from(e.code())
     }
 }

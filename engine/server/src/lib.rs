@@ -33,7 +33,9 @@ use std::net::SocketAddr;
 /// Serve the API on `addr` until `shutdown` resolves. Runs that were active when an earlier
 /// engine stopped are recovered first; on shutdown no new run is accepted, live log streams
 /// end, requests in flight get [`SHUTDOWN_GRACE`] to finish, and runs in flight are left to
-/// their supervised programs for the next start to re-attach to. The connection limits and
+/// their supervised programs for the next start to re-attach to. A SQLite database file
+/// replaced or removed meanwhile stops the server the same way, without a write, and is its
+/// error. The connection limits and
 /// timeouts are the state's [`ServerLimits`] (see `http.rs`).
 pub async fn serve(
     state: AppState,
@@ -83,6 +85,21 @@ pub async fn serve(
     let manager = state.manager().clone();
     let stop = state.shutdown().clone();
     let limits = state.limits().clone();
+    // A database file replaced or removed under the server (a backup restored over it): it
+    // stops at once, writing nothing more (see kiln-store's `database_file`).
+    let lost = tokio::spawn({
+        let (store, manager, stop) = (
+            state.service().store().clone(),
+            manager.clone(),
+            stop.clone(),
+        );
+        async move {
+            let why = store.database_lost_wait(LOOK_EVERY).await;
+            manager.stop_accepting();
+            stop.cancel();
+            why
+        }
+    });
     let signal = tokio::spawn({
         let stop = stop.clone();
         async move {
@@ -96,6 +113,18 @@ pub async fn serve(
     http::serve(listener, routes::router(state), limits, stop).await;
     signal.abort();
     claims.abort();
+    if lost.is_finished() {
+        if let Ok(why) = lost.await {
+            // Nothing is written: the runs' leases run out for the next engine to take over.
+            manager.abort_all();
+            anyhow::bail!(why);
+        }
+    } else {
+        lost.abort();
+    }
     manager.hand_back().await;
     Ok(())
 }
+
+/// How often the server looks whether its database file is still the one it opened.
+const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);

@@ -189,6 +189,20 @@ impl RunManager {
     /// and records this engine stopped, so other engines (or the next start) take the runs
     /// over at once.
     pub async fn hand_back(&self) {
+        self.abort_all();
+        match self.service.stop_engine("shut down").await {
+            Ok(freed) => {
+                tracing::info!(target: "operations.training", runs = freed, "leases handed back")
+            }
+            Err(e) => {
+                tracing::error!(target: "errors.training", "cannot hand the leases back: {e}")
+            }
+        }
+    }
+
+    /// Stops executing every run here without a write and without touching their programs
+    /// (their leases run out, and another engine, or the next start, takes them over).
+    pub fn abort_all(&self) {
         let aborted: Vec<(String, Active)> = self
             .active
             .lock()
@@ -197,14 +211,6 @@ impl RunManager {
             .collect();
         for (_, active) in &aborted {
             active.abort.abort();
-        }
-        match self.service.stop_engine("shut down").await {
-            Ok(freed) => {
-                tracing::info!(target: "operations.training", runs = freed, "leases handed back")
-            }
-            Err(e) => {
-                tracing::error!(target: "errors.training", "cannot hand the leases back: {e}")
-            }
         }
     }
 

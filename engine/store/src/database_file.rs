@@ -2,18 +2,25 @@
 //!
 //! A file replaced at the same path (a backup restored, `mv other.db kiln.db`) or removed while a
 //! process has it open leaves that process writing to the old file, which no one reads again,
-//! while new connections, and the next process, open the new one. The journal asks before each
-//! commit and refuses to write once the path names another file, saying to restart. That is a
-//! warning, not a protection: writes through the pool (claims, leases) are not checked, and
-//! SQLite may replay the old file's write-ahead log (shared by path) into the new one, which can
-//! damage it. A database is restored with every Kiln process on it stopped.
+//! while new connections, and the next process, open the new one. Worse, SQLite finds a
+//! database's write-ahead log and shared memory by path: the old file's log is the one the new
+//! file's connections find, and the last connection to close removes it by path.
+//!
+//! So, once the path names another file or none, the store stops: every write is refused (the
+//! journal asks before each commit, a transaction before it begins), the process is told
+//! ([`FileWatch::lost`]: `kiln serve` stops), and the store is not closed (closing would fold
+//! the log into the old file and remove the log that the new file's connections use). The
+//! process ends without closing its connections. A database is still restored with every Kiln
+//! process on it stopped: a connection that opened the new file beside the old log before the
+//! process noticed (within a second) may have replayed that log into it.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 /// The file at `path` when the store opened it (its device and inode).
 #[derive(Debug, Clone)]
-pub(crate) struct DatabaseFile {
+struct DatabaseFile {
     path: PathBuf,
     dev: u64,
     ino: u64,
@@ -21,7 +28,7 @@ pub(crate) struct DatabaseFile {
 
 impl DatabaseFile {
     /// The file `path` names now; `None` when there is none.
-    pub(crate) fn at(path: &Path) -> Option<Self> {
+    fn at(path: &Path) -> Option<Self> {
         let meta = std::fs::metadata(path).ok()?;
         Some(Self {
             path: path.to_owned(),
@@ -31,7 +38,7 @@ impl DatabaseFile {
     }
 
     /// Why the store must not write any more: its path names another file, or none.
-    pub(crate) fn replaced(&self) -> Option<String> {
+    fn replaced(&self) -> Option<String> {
         let now = std::fs::metadata(&self.path);
         if now
             .as_ref()
@@ -41,10 +48,68 @@ impl DatabaseFile {
         }
         let what = if now.is_ok() { "replaced" } else { "removed" };
         Some(format!(
-            "the database file {} was {what} while this process had it open: what it wrote \
-             since is in the old file, which nothing reads; stop this process (and every other \
-             Kiln process on that database) and restart it",
+            "the database file {} was {what} while this process had it open: this process \
+             stops without writing to it or closing it; stop every other Kiln process on that \
+             database too, then start again",
             self.path.display()
         ))
+    }
+}
+
+/// Whether a store's database file is still the one it opened: shared by the store, its
+/// journal and whoever waits for [`Self::lost`]. Without a file (PostgreSQL, or a file the
+/// store could not look at), never lost.
+#[derive(Debug, Default)]
+pub(crate) struct FileWatch {
+    file: Option<DatabaseFile>,
+    /// Why the store stopped writing, once it did (logged once, when found).
+    lost: OnceLock<String>,
+    found: tokio::sync::Notify,
+}
+
+impl FileWatch {
+    /// Watches the file `path` names now (`None`: nothing to watch).
+    pub(crate) fn new(path: Option<&Path>) -> Self {
+        Self {
+            file: path.and_then(DatabaseFile::at),
+            ..Self::default()
+        }
+    }
+
+    /// Why the store must not write any more, looking at the path now (one `stat`) unless that
+    /// was found before; `None` while the path names the file the store opened.
+    pub(crate) fn check(&self) -> Option<&str> {
+        if let Some(lost) = self.lost.get() {
+            return Some(lost);
+        }
+        let message = self.file.as_ref()?.replaced()?;
+        if self.lost.set(message.clone()).is_ok() {
+            tracing::error!(target: "errors.store", "{message}");
+            self.found.notify_waiters();
+        }
+        self.lost.get().map(String::as_str)
+    }
+
+    /// Why the store stopped writing, if it did (found before; does not look now).
+    pub(crate) fn lost_already(&self) -> Option<&str> {
+        self.lost.get().map(String::as_str)
+    }
+
+    /// Resolves once the file is found replaced or removed, by a write or by a look every
+    /// `every`; never without a file.
+    pub(crate) async fn lost(&self, every: std::time::Duration) -> String {
+        if self.file.is_none() {
+            return std::future::pending().await;
+        }
+        loop {
+            let found = self.found.notified();
+            if let Some(lost) = self.check() {
+                return lost.to_owned();
+            }
+            tokio::select! {
+                () = found => {}
+                () = tokio::time::sleep(every) => {}
+            }
+        }
     }
 }

@@ -35,7 +35,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Connection};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::database_file::DatabaseFile;
+use crate::database_file::FileWatch;
 use crate::sqlite_writer::{SqliteWriter, Write};
 use crate::{Error, Result};
 
@@ -170,9 +170,8 @@ pub(crate) struct Journal {
     direct_closed: Arc<Mutex<Option<oneshot::Receiver<()>>>>,
     /// Set once this process hands its runs back ([`Journal::handing_back`]).
     handed_back: Arc<AtomicBool>,
-    /// Set once the database file was found replaced or removed: its writes are refused, and
-    /// that was logged once.
-    replaced: Arc<AtomicBool>,
+    /// Whether the database file is still the one opened: once not, writes are refused.
+    file: Arc<FileWatch>,
 }
 
 impl std::fmt::Debug for Queued {
@@ -184,24 +183,23 @@ impl std::fmt::Debug for Queued {
 impl Journal {
     /// Starts the writer for `pool`, a SQLite database or not; `direct`: SQLite's
     /// synchronous writer, which applies the batches made only of statements; `file`: the
-    /// SQLite file, whose path is checked before each commit ([`DatabaseFile::replaced`]).
+    /// SQLite file, whose path is checked before each commit ([`FileWatch::check`]).
     pub(crate) fn start(
         pool: AnyPool,
         sqlite: bool,
         mut direct: Option<SqliteWriter>,
-        file: Option<DatabaseFile>,
+        file: Arc<FileWatch>,
         fences: Fences,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let direct_closed = direct.as_mut().and_then(SqliteWriter::take_closed);
-        let replaced = Arc::new(AtomicBool::new(false));
-        tokio::spawn(writer(pool, sqlite, direct, file, replaced.clone(), rx));
+        tokio::spawn(writer(pool, sqlite, direct, file.clone(), rx));
         Self {
             tx,
             fences,
             direct_closed: Arc::new(Mutex::new(direct_closed)),
             handed_back: Arc::default(),
-            replaced,
+            file,
         }
     }
 
@@ -476,14 +474,14 @@ impl Journal {
     /// its runs back, a write refused by its fence is what the hand-back means, not an error;
     /// once the database file was found replaced, that was logged once.
     fn log_failure(&self, wait: oneshot::Receiver<Result<()>>) {
-        let (handed_back, replaced) = (self.handed_back.clone(), self.replaced.clone());
+        let (handed_back, file) = (self.handed_back.clone(), self.file.clone());
         tokio::spawn(async move {
             match wait.await {
                 Ok(Err(e @ Error::LeaseLost { .. })) if handed_back.load(Ordering::Relaxed) => {
                     tracing::debug!(target: "store.journal", "dropped after the hand-back: {e}");
                 }
                 // The database file was replaced: said once already.
-                Ok(Err(e @ Error::Commit { .. })) if replaced.load(Ordering::Relaxed) => {
+                Ok(Err(e @ Error::Commit { .. })) if file.lost_already().is_some() => {
                     tracing::debug!(target: "store.journal", "{e}");
                 }
                 Ok(Err(e)) => tracing::error!(target: "errors.store", "{e}"),
@@ -497,8 +495,25 @@ async fn writer(
     pool: AnyPool,
     sqlite: bool,
     direct: Option<SqliteWriter>,
-    file: Option<DatabaseFile>,
-    replaced: Arc<AtomicBool>,
+    file: Arc<FileWatch>,
+    rx: mpsc::UnboundedReceiver<Queued>,
+) {
+    write_batches(pool, sqlite, direct.as_ref(), &file, rx).await;
+    // A database file replaced or removed: the synchronous writer leaves its connection open
+    // (closing it could remove the log the new file's connections use; see `database_file`).
+    if let Some(direct) = &direct
+        && file.check().is_some()
+    {
+        direct.abandon();
+    }
+}
+
+/// The writer's loop, until it is stopped (or every sender is gone).
+async fn write_batches(
+    pool: AnyPool,
+    sqlite: bool,
+    direct: Option<&SqliteWriter>,
+    file: &FileWatch,
     mut rx: mpsc::UnboundedReceiver<Queued>,
 ) {
     let mut batch: Vec<Queued> = Vec::new();
@@ -532,20 +547,17 @@ async fn writer(
             return;
         }
         let stops = batch.iter().any(|q| q.stops);
-        if let Some(message) = file.as_ref().and_then(DatabaseFile::replaced) {
-            // Logged once; each refused write's caller hears it.
-            if !replaced.swap(true, Ordering::Relaxed) {
-                tracing::error!(target: "errors.store", "{message}");
-            }
+        if let Some(message) = file.check() {
+            // Logged once, when found; each refused write's caller hears it.
             for queued in batch {
-                (queued.finish)(Err(message.clone()));
+                (queued.finish)(Err(message.to_owned()));
             }
             if stops {
                 return;
             }
             continue;
         }
-        if let Some(direct) = &direct
+        if let Some(direct) = direct
             && batch.iter().all(|q| q.statements.is_some())
         {
             commit_direct(direct, batch).await;

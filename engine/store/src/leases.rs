@@ -410,12 +410,16 @@ impl Store {
     /// (a failure is logged); [`Store::close`] waits for it. What the journal holds is
     /// committed first, while the lease is still this process's: released first, the run's
     /// queued writes would be refused as if another engine had taken it over. Without a
-    /// runtime (the process is ending) nothing is done: the lease expires, or the engine's
-    /// stop frees it.
+    /// runtime (the process is ending), or once the database file was found replaced, nothing
+    /// is done: the lease expires, or the engine's stop frees it.
     pub fn release_lease_soon(&self, lease: Lease) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        // The database file was replaced: nothing is written any more (said once already).
+        if self.file.lost_already().is_some() {
+            return;
+        }
         let store = self.clone();
         self.background.spawn_on(
             async move {

@@ -234,6 +234,8 @@ pub struct Store {
     /// Writes left to finish on their own (a dropped lease's release), awaited by `close`.
     background: tokio_util::task::TaskTracker,
     url: String,
+    /// Whether the SQLite file is still the one opened (see `database_file`).
+    file: std::sync::Arc<database_file::FileWatch>,
 }
 
 /// Why `url` is not a database URL Kiln can use, judged before anything is opened: a scheme
@@ -571,16 +573,18 @@ impl Store {
             }
         }
         let fences = journal::Fences::default();
+        let watch = std::sync::Arc::new(database_file::FileWatch::new(
+            file.as_deref().filter(|_| plain),
+        ));
         Ok(Self {
             journal: journal::Journal::start(
                 pool.clone(),
                 is_sqlite,
                 direct,
-                file.as_deref()
-                    .filter(|_| plain)
-                    .and_then(database_file::DatabaseFile::at),
+                watch.clone(),
                 fences.clone(),
             ),
+            file: watch,
             fences,
             pool,
             sqlite: is_sqlite,
@@ -640,6 +644,12 @@ impl Store {
         &self,
         doing: &'static str,
     ) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        if let Some(lost) = self.file.check() {
+            return Err(Error::Commit {
+                doing,
+                message: lost.to_owned(),
+            });
+        }
         let (pool, sqlite) = (self.pool.clone(), self.sqlite);
         let begun = tokio::spawn(async move {
             if sqlite {
@@ -663,7 +673,10 @@ impl Store {
     }
 
     /// Waits for the lease releases left running, commits what is queued, stops the journal's
-    /// writer and closes the connections. Writes after it fail.
+    /// writer and closes the connections. Writes after it fail. A store whose file was
+    /// replaced or removed ([`Self::database_lost`]) only stops its writer: its connections
+    /// stay open, and the process should end without dropping the store (its pool would close
+    /// them).
     pub async fn close(&self) {
         self.close_with(false).await;
     }
@@ -683,9 +696,30 @@ impl Store {
         self.close_with(true).await;
     }
 
+    /// Why this store no longer writes, if it does not: its SQLite file was replaced or
+    /// removed (looked at now, one `stat`). Such a store is not closed: the process ends with
+    /// its connections open (see [`Self::close`]).
+    pub fn database_lost(&self) -> Option<String> {
+        self.file.check().map(str::to_owned)
+    }
+
+    /// Resolves once this store's SQLite file is found replaced or removed (by a write, or by
+    /// a look every `every`), with why; never on PostgreSQL. `kiln serve` stops then.
+    pub async fn database_lost_wait(&self, every: std::time::Duration) -> String {
+        self.file.lost(every).await
+    }
+
     async fn close_with(&self, discarding: bool) {
         self.background.close();
         self.background.wait().await;
+        if self.file.check().is_some() {
+            // The file was replaced or removed: its log and shared memory, found by path, may
+            // be the new file's now. The last connection to close would fold the log into the
+            // old file and remove it. The writer is stopped (what is queued is refused, and
+            // its connection left open); nothing else is closed.
+            let _ = self.journal.close().await;
+            return;
+        }
         // The readers first: the last connection to close folds the write-ahead log into the
         // database file and removes it, and a read-only one cannot.
         if let Some(reader) = &self.reader {

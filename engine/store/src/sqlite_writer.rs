@@ -44,6 +44,8 @@ pub(crate) struct SqliteWriter {
     opened: std::sync::Mutex<Option<std::sync::mpsc::Receiver<Result<(), String>>>>,
     /// Resolves once the thread has closed its connection, after this writer is dropped.
     closed: Option<oneshot::Receiver<()>>,
+    /// Set by [`Self::abandon`]: the thread leaves its connection open when it ends.
+    abandoned: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SqliteWriter {
@@ -55,6 +57,8 @@ impl SqliteWriter {
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         let (was_opened, opened) = std::sync::mpsc::sync_channel(1);
         let (was_closed, closed) = oneshot::channel();
+        let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let abandon = abandoned.clone();
         let spawned = std::thread::Builder::new()
             .name("kiln-sqlite-writer".into())
             .spawn(move || {
@@ -70,6 +74,11 @@ impl SqliteWriter {
                 };
                 for (writes, done) in queue {
                     let _ = done.send(apply_batch(&mut conn, &writes));
+                }
+                if abandon.load(std::sync::atomic::Ordering::Acquire) {
+                    abandon_connection(conn);
+                    let _ = was_closed.send(());
+                    return;
                 }
                 // Everything is committed: fold the write-ahead log into the database file
                 // now, whichever connection closes last (SQLite does it again, and removes
@@ -93,7 +102,15 @@ impl SqliteWriter {
             jobs,
             opened: std::sync::Mutex::new(Some(opened)),
             closed: Some(closed),
+            abandoned,
         }
+    }
+
+    /// The database file was replaced or removed: when the thread ends, it leaves its
+    /// connection open (no checkpoint, no close) for the process to end with.
+    pub(crate) fn abandon(&self) {
+        self.abandoned
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Waits until the thread has opened its connection; why it could not, if it could not.
@@ -136,6 +153,31 @@ impl SqliteWriter {
         }
         outcome.await.unwrap_or_else(|_| gone())
     }
+}
+
+/// Leaves `conn` open for good, its database file replaced or removed at its path (see
+/// `database_file`). What the write-ahead log holds is the old file's: it is folded into the
+/// old file (which this connection still has open) and the log emptied, so that the file now
+/// at the path, or the next one created there, does not take those pages for its own (SQLite
+/// finds a log by path). Closing the connection instead would remove the log by path, which
+/// the new file's connections may be using.
+fn abandon_connection(conn: Connection) {
+    let _ = conn.busy_timeout(std::time::Duration::from_secs(1));
+    match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+        row.get::<_, i64>(0)
+    }) {
+        Ok(0) => {}
+        Ok(_) => tracing::warn!(
+            target: "errors.store",
+            "the write-ahead log beside the replaced database file could not be emptied \
+             (another connection reads it)"
+        ),
+        Err(e) => tracing::warn!(
+            target: "errors.store",
+            "the write-ahead log beside the replaced database file could not be emptied: {e}"
+        ),
+    }
+    std::mem::forget(conn);
 }
 
 /// The writer's connection to `path`: durable commits (FULL) in WAL mode. The error says

@@ -1432,9 +1432,42 @@ async fn writes_are_refused_once_the_database_file_is_replaced_or_removed() {
             refused.contains(&format!(
                 "the database file {} was {what} while this process had it open",
                 db.display()
-            )) && refused.contains("restart it"),
+            )) && refused.contains("then start again"),
             "{refused}"
         );
+        // Writes through the pool are refused too, and whoever waits hears it.
+        let claimed = store
+            .claim_runs(&engine("other"), 1, &|_, _| true, &mut None)
+            .await;
+        assert!(
+            claimed.is_err_and(|e| e.to_string().contains("while this process had it open")),
+            "a claim wrote to the old file"
+        );
+        let lost = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            store.database_lost_wait(std::time::Duration::from_millis(50)),
+        )
+        .await
+        .expect("the loss is heard");
+        assert_eq!(Some(lost), store.database_lost());
+        // Not closed: the writer stops, its connection left open.
         store.close().await;
     }
+}
+
+/// A store whose file stays where it is is never lost, and the wait for it does not end.
+#[tokio::test]
+async fn a_database_file_left_in_place_is_never_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
+    let store = Store::connect(&url).await.unwrap();
+    assert_eq!(store.database_lost(), None);
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        store.database_lost_wait(std::time::Duration::from_millis(20)),
+    )
+    .await;
+    assert!(waited.is_err());
+    store.close().await;
+    assert!(!dir.path().join("kiln.db-wal").exists());
 }

@@ -76,10 +76,13 @@ pub async fn dispatch(cli: Cli) -> Exit {
         Command::Supervise { .. } => unreachable!("handled before the runtime starts"),
         Command::Init { .. } => unreachable!("handled before the workspace is opened"),
     };
-    if discards {
-        ctx.close_discarding().await;
+    let lost = if discards {
+        ctx.close_discarding().await
     } else {
-        ctx.close().await;
+        ctx.close().await
+    };
+    if let Some(why) = lost {
+        database_lost(result, &why);
     }
     result.unwrap_or_else(|e| {
         errln!("error: {}", crate::output::error_chain(&e));
@@ -113,4 +116,24 @@ pub async fn dispatch(cli: Cli) -> Exit {
             _ => Exit::Failure,
         }
     })
+}
+
+/// Ends the process at once when the database file was replaced or removed under it: its
+/// connections must not be closed (see kiln-store's `database_file`), and the runtime's
+/// shutdown would close them. Says why, once.
+fn database_lost(result: anyhow::Result<Exit>, why: &str) -> ! {
+    let said = match &result {
+        Err(e) => {
+            let chain = crate::output::error_chain(e);
+            errln!("error: {chain}");
+            chain.contains(why)
+        }
+        Ok(_) => false,
+    };
+    if !said {
+        errln!("error: {why}");
+    }
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    std::process::exit(i32::from(Exit::Failure.code()));
 }

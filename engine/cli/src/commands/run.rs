@@ -137,7 +137,16 @@ async fn follow(
     tokio::spawn(cancel_on_signal(cancel.clone()));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let progress = Progress::start(&execution.workflow, rx);
-    let result = service.execute(execution, cancel, Some(tx)).await;
+    // A database file replaced or removed under the run (a backup restored) stops it at once,
+    // as a killed engine would stop: nothing more is written, launched programs keep running
+    // under their supervisors, and `kiln resume` continues the run (see kiln-store's
+    // `database_file`).
+    let result = tokio::select! {
+        result = service.execute(execution, cancel, Some(tx)) => result,
+        why = service.store().database_lost_wait(LOOK_EVERY) => {
+            return Err(anyhow::anyhow!(why));
+        }
+    };
     progress.finish().await;
     let finished = result?;
     let secs = finished.duration_ms.unwrap_or(0) as f64 / 1000.0;
@@ -165,6 +174,9 @@ async fn follow(
         Exit::Failure
     })
 }
+
+/// How often a run looks whether its database file is still the one it opened.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// First Ctrl-C (or SIGTERM) cancels the run cleanly; a second one exits at once.
 async fn cancel_on_signal(cancel: CancellationToken) {
