@@ -373,15 +373,32 @@ fn help_does_not_show_the_database_password() {
 
 /// A server stopped while it starts (its database being opened, its plugins loaded) ends
 /// cleanly: exit 0, its database closed (no `-wal`/`-shm` left), its engine recorded stopped.
-/// Stopped at several points of the start, SIGTERM and SIGINT.
+/// Stopped at several points of the start, SIGTERM and SIGINT, the first as soon as the
+/// process catches them (before its async runtime exists).
 #[test]
 fn a_server_stopped_while_it_starts_ends_cleanly() {
+    /// Whether process `pid` has a handler for signal `number` (`SigCgt` in /proc).
+    fn catches(pid: u32, number: u32) -> bool {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .is_some_and(|mask| mask & (1 << (number - 1)) != 0)
+    }
     let ws = Workspace::new();
     let kiln_dir = ws.root().join(".kiln");
-    for (round, (signal, extra_ms)) in [("TERM", 0), ("INT", 0), ("TERM", 20), ("INT", 60)]
-        .into_iter()
-        .enumerate()
-    {
+    // `None`: as soon as the process catches the signal (from the top of `main`, before its
+    // runtime exists); else once the database file appears, and that many ms later.
+    let rounds = [
+        ("TERM", None),
+        ("INT", None),
+        ("TERM", Some(0)),
+        ("INT", Some(0)),
+        ("TERM", Some(20)),
+        ("INT", Some(60)),
+    ];
+    for (round, (signal, extra_ms)) in rounds.into_iter().enumerate() {
         for file in ["kiln.db", "kiln.db-wal", "kiln.db-shm"] {
             let _ = std::fs::remove_file(kiln_dir.join(file));
         }
@@ -391,12 +408,22 @@ fn a_server_stopped_while_it_starts_ends_cleanly() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // The database file appears once the start is under way (the signals are listened
-        // for from before it).
-        common::wait_for(30, "the database to be created", || {
-            kiln_dir.join("kiln.db").exists()
-        });
-        std::thread::sleep(std::time::Duration::from_millis(extra_ms));
+        match extra_ms {
+            None => {
+                let number = if signal == "TERM" { 15 } else { 2 };
+                common::wait_for(30, "the server to catch the signal", || {
+                    catches(child.id(), number)
+                });
+            }
+            Some(ms) => {
+                // The database file appears once the start is under way (the signals are
+                // listened for from before it).
+                common::wait_for(30, "the database to be created", || {
+                    kiln_dir.join("kiln.db").exists()
+                });
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
+        }
         common::kill(child.id(), signal);
         let out = child.wait_with_output().unwrap();
         let stderr = text(&out.stderr);

@@ -28,6 +28,7 @@ fn main() -> std::process::ExitCode {
     // The server's allocator is mimalloc, from before its runtime's threads start (alloc.rs).
     let serving = matches!(cli.command, Command::Serve(_));
     if serving {
+        commands::listen_early();
         alloc::use_mimalloc();
     }
     let only_reads = cli.command.only_reads();

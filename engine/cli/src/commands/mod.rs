@@ -8,6 +8,8 @@ mod run;
 mod serve;
 mod validate;
 
+pub use serve::listen_early;
+
 use crate::cli::{Cli, Command, RunsCommand};
 use crate::context::Context;
 use crate::exit::Exit;

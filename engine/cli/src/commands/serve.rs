@@ -15,6 +15,24 @@ fn roles(ctx: &Context) -> anyhow::Result<Roles> {
         .map_err(|e| kiln_runner::Error::Config(e).into())
 }
 
+/// Set by SIGTERM or SIGINT from the top of `main` on ([`listen_early`]).
+static STOP_ASKED: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+    std::sync::OnceLock::new();
+
+/// For `kiln serve`, before anything else: SIGTERM and SIGINT set a flag from now on, which
+/// [`StopSignals::recv`] reads. Without it, a signal before the runtime listens would kill the
+/// process (or be ignored, started in the background by a script), and one that comes while
+/// the runtime installs its handler, before its stream subscribes, would be lost.
+pub fn listen_early() {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(signal, flag.clone()) {
+            tracing::debug!(target: "app.backend", "cannot listen for signal {signal}: {e}");
+        }
+    }
+    let _ = STOP_ASKED.set(flag);
+}
+
 /// SIGTERM and SIGINT, listened for from the moment the server starts.
 struct StopSignals {
     term: Option<Signal>,
@@ -32,8 +50,15 @@ impl StopSignals {
         }
     }
 
-    /// Once SIGTERM or SIGINT has come.
+    /// Once SIGTERM or SIGINT has come (since [`listen_early`], or since [`Self::listen`]).
     async fn recv(&mut self) {
+        // Asked before the streams below subscribed: they would wait for another signal.
+        if STOP_ASKED
+            .get()
+            .is_some_and(|flag| flag.swap(false, std::sync::atomic::Ordering::SeqCst))
+        {
+            return;
+        }
         async fn one(signal: &mut Option<Signal>) {
             match signal {
                 Some(s) => {
