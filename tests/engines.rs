@@ -257,6 +257,38 @@ fn a_server_whose_database_file_is_replaced_stops_and_leaves_the_restored_file_w
     std::thread::sleep(Duration::from_millis(700));
     std::fs::rename(&backup, &db).unwrap();
     let stopped = Instant::now();
+    // Runs asked for meanwhile are refused as the server being unavailable, not as its bug,
+    // until it no longer answers.
+    let auth = format!("Bearer {token}");
+    let json = serde_json::to_vec(&demo_run("too-late")).unwrap();
+    let mut refused = std::collections::BTreeSet::new();
+    while stopped.elapsed() < Duration::from_secs(5) {
+        let headers = [
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        match request(
+            a.addr,
+            "POST",
+            "/api/v1/runs",
+            &headers,
+            Some(&json),
+            Duration::from_secs(10),
+        ) {
+            Ok(r) => {
+                assert_eq!(r.status, 503, "{}", r.text());
+                refused.insert(r.json()["code"].as_str().unwrap_or_default().to_owned());
+            }
+            Err(_) => break,
+        }
+    }
+    assert!(
+        refused.contains("database_lost")
+            && refused
+                .iter()
+                .all(|c| c == "database_lost" || c == "shutting_down"),
+        "{refused:?}"
+    );
     let status = a.wait_exit(10, "after its database file was replaced");
     let log = a.log_text();
     assert_eq!(status.code(), Some(1), "{log}");

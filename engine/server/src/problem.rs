@@ -95,6 +95,12 @@ impl From<kiln_store::Error> for ApiError {
                 Self::not_found("model_not_found", e.to_string())
             }
             kiln_store::Error::Conflict(_) => Self::conflict("conflict", e.to_string()),
+            // The server stops within a second; the restarted one answers.
+            kiln_store::Error::DatabaseLost { .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_lost",
+                e.to_string(),
+            ),
             other => Self::internal(other),
         }
     }

@@ -242,11 +242,15 @@ impl Journal {
             });
             (statements, doing, settle)
         });
+        let file = self.file.clone();
         let finish: Finish = Box::new(move |committed| {
             let applied = outcome.lock().unwrap_or_else(|e| e.into_inner()).take();
             let result = match (applied, committed) {
                 (Some(Ok(value)), Ok(())) => Ok(value),
                 (Some(Err(e)), _) => Err(e),
+                (_, Err(message)) if file.lost_already().is_some() => {
+                    Err(Error::DatabaseLost { doing, message })
+                }
                 (Some(Ok(_)), Err(message)) => Err(Error::Commit { doing, message }),
                 (None, Err(message)) => Err(Error::Commit { doing, message }),
                 (None, Ok(())) => Err(Error::Commit {
@@ -474,14 +478,14 @@ impl Journal {
     /// its runs back, a write refused by its fence is what the hand-back means, not an error;
     /// once the database file was found replaced, that was logged once.
     fn log_failure(&self, wait: oneshot::Receiver<Result<()>>) {
-        let (handed_back, file) = (self.handed_back.clone(), self.file.clone());
+        let handed_back = self.handed_back.clone();
         tokio::spawn(async move {
             match wait.await {
                 Ok(Err(e @ Error::LeaseLost { .. })) if handed_back.load(Ordering::Relaxed) => {
                     tracing::debug!(target: "store.journal", "dropped after the hand-back: {e}");
                 }
                 // The database file was replaced: said once already.
-                Ok(Err(e @ Error::Commit { .. })) if file.lost_already().is_some() => {
+                Ok(Err(e @ Error::DatabaseLost { .. })) => {
                     tracing::debug!(target: "store.journal", "{e}");
                 }
                 Ok(Err(e)) => tracing::error!(target: "errors.store", "{e}"),

@@ -93,6 +93,13 @@ pub enum Error {
     },
     #[error("run {run}: {message}; this engine stopped acting on it")]
     LeaseLost { run: String, message: String },
+    /// The SQLite database file was replaced or removed while the store had it open: nothing
+    /// is written any more, and the process stops (see `database_file`).
+    #[error("cannot write while {doing}: {message}")]
+    DatabaseLost {
+        doing: &'static str,
+        message: String,
+    },
     #[error("no model `{0}`")]
     ModelNotFound(String),
     #[error("no run matches `{0}`")]
@@ -645,7 +652,7 @@ impl Store {
         doing: &'static str,
     ) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
         if let Some(lost) = self.file.check() {
-            return Err(Error::Commit {
+            return Err(Error::DatabaseLost {
                 doing,
                 message: lost.to_owned(),
             });
