@@ -61,13 +61,6 @@ impl Context {
         let stores = std::mem::take(&mut *self.opened.lock().unwrap_or_else(|e| e.into_inner()));
         let mut lost = None;
         for store in stores {
-            if let Some(why) = store.database_lost() {
-                store.close().await;
-                // Kept from being dropped: the pool would close its connections.
-                std::mem::forget(store);
-                lost = Some(why);
-                continue;
-            }
             let closing = async {
                 if discarding {
                     store.close_discarding().await;
@@ -77,6 +70,11 @@ impl Context {
             };
             if tokio::time::timeout(CLOSE_WAIT, closing).await.is_err() {
                 tracing::debug!(target: "store", "the database was not closed within {CLOSE_WAIT:?}");
+            }
+            if let Some(why) = store.database_lost() {
+                // Its connections were left open: dropped, the pool would close them.
+                std::mem::forget(store);
+                lost = Some(why);
             }
         }
         lost
