@@ -371,21 +371,58 @@ fn help_does_not_show_the_database_password() {
     }
 }
 
+/// Whether process `pid` has a handler for signal `number` (`SigCgt` in /proc).
+fn catches(pid: u32, number: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (number - 1)) != 0)
+}
+
+/// A server whose start cannot finish (another process migrating a new database holds the
+/// migration lock) and is asked to stop goes on waiting to finish it cleanly; asked again, it
+/// quits at once (130).
+#[test]
+fn a_server_stuck_starting_quits_on_a_second_signal() {
+    let ws = Workspace::new();
+    let kiln_dir = ws.root().join(".kiln");
+    std::fs::create_dir_all(&kiln_dir).unwrap();
+    let lock = std::fs::File::create(kiln_dir.join("kiln.migrate-lock")).unwrap();
+    lock.lock().unwrap();
+    let mut child = ws
+        .command(&["serve", "--addr", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_for(30, "the server to catch SIGTERM", || {
+        catches(child.id(), 15)
+    });
+    common::kill(child.id(), "TERM");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a first signal waits for the start to finish"
+    );
+    common::kill(child.id(), "INT");
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("stopped again while it started"),
+        "{stderr}"
+    );
+    drop(lock);
+}
+
 /// A server stopped while it starts (its database being opened, its plugins loaded) ends
 /// cleanly: exit 0, its database closed (no `-wal`/`-shm` left), its engine recorded stopped.
 /// Stopped at several points of the start, SIGTERM and SIGINT, the first as soon as the
 /// process catches them (before its async runtime exists).
 #[test]
 fn a_server_stopped_while_it_starts_ends_cleanly() {
-    /// Whether process `pid` has a handler for signal `number` (`SigCgt` in /proc).
-    fn catches(pid: u32, number: u32) -> bool {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("SigCgt:"))
-            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
-            .is_some_and(|mask| mask & (1 << (number - 1)) != 0)
-    }
     let ws = Workspace::new();
     let kiln_dir = ws.root().join(".kiln");
     // `None`: as soon as the process catches the signal (from the top of `main`, before its

@@ -253,7 +253,19 @@ fn a_server_whose_database_file_is_replaced_stops_and_leaves_the_restored_file_w
         .unwrap()
         .execute("VACUUM INTO ?1", [backup.to_str().unwrap()])
         .unwrap();
-    // Progress keeps being written meanwhile.
+    // Progress keeps being written meanwhile, and a slow client sends a run's request: the
+    // server does not wait out its usual drain for it.
+    let head = format!(
+        "POST /api/v1/runs HTTP/1.1\r\nHost: kiln\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+    );
+    let slow = Dribbler::start(
+        a.addr,
+        head.as_bytes(),
+        b' ',
+        Duration::from_millis(200),
+        Duration::from_secs(30),
+    );
     std::thread::sleep(Duration::from_millis(700));
     std::fs::rename(&backup, &db).unwrap();
     let stopped = Instant::now();
@@ -297,6 +309,11 @@ fn a_server_whose_database_file_is_replaced_stops_and_leaves_the_restored_file_w
         "stopped after {:?}",
         stopped.elapsed()
     );
+    assert!(
+        slow.wait().closed_after.is_some(),
+        "the slow client was cut"
+    );
+    assert!(!log.contains("hand the leases back"), "{log}");
     assert!(
         log.contains(&format!(
             "the database file {} was replaced while this process had it open",

@@ -87,19 +87,17 @@ pub async fn serve(
     let limits = state.limits().clone();
     // A database file replaced or removed under the server (a backup restored over it): it
     // stops at once, writing nothing more (see kiln-store's `database_file`).
-    let lost = tokio::spawn({
-        let (store, manager, stop) = (
-            state.service().store().clone(),
-            manager.clone(),
-            stop.clone(),
-        );
+    let store = state.service().store().clone();
+    let lost = {
+        let (store, manager, stop) = (store.clone(), manager.clone(), stop.clone());
         async move {
-            let why = store.database_lost_wait(LOOK_EVERY).await;
+            store.database_lost_wait(LOOK_EVERY).await;
             manager.stop_accepting();
             stop.cancel();
-            why
+            // Requests in flight fail at once (their writes are refused): no long drain.
+            tokio::time::sleep(LOST_GRACE).await;
         }
-    });
+    };
     let signal = tokio::spawn({
         let stop = stop.clone();
         async move {
@@ -110,17 +108,16 @@ pub async fn serve(
         }
     });
     let manager = state.manager().clone();
-    http::serve(listener, routes::router(state), limits, stop).await;
+    tokio::select! {
+        () = http::serve(listener, routes::router(state), limits, stop) => {}
+        () = lost => {}
+    }
     signal.abort();
     claims.abort();
-    if lost.is_finished() {
-        if let Ok(why) = lost.await {
-            // Nothing is written: the runs' leases run out for the next engine to take over.
-            manager.abort_all();
-            anyhow::bail!(why);
-        }
-    } else {
-        lost.abort();
+    if let Some(why) = store.database_lost() {
+        // Nothing is written: the runs' leases run out for the next engine to take over.
+        manager.abort_all();
+        anyhow::bail!(why);
     }
     manager.hand_back().await;
     Ok(())
@@ -128,3 +125,6 @@ pub async fn serve(
 
 /// How often the server looks whether its database file is still the one it opened.
 const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long requests in flight get once the database file is found replaced.
+const LOST_GRACE: std::time::Duration = std::time::Duration::from_secs(1);

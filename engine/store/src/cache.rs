@@ -61,7 +61,7 @@ impl Store {
         .bind(run_id)
         .bind(step_id)
         .bind(time_fmt::now())
-        .execute(self.pool())
+        .execute(self.write_pool("writing the step cache")?)
         .await
         .map_err(query_err("writing the step cache"))?;
         Ok(())

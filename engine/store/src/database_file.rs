@@ -7,12 +7,14 @@
 //! file's connections find, and the last connection to close removes it by path.
 //!
 //! So, once the path names another file or none, the store stops: every write is refused (the
-//! journal asks before each commit, a transaction before it begins), the process is told
-//! ([`FileWatch::lost`]: `kiln serve` stops), and the store is not closed (closing would fold
-//! the log into the old file and remove the log that the new file's connections use). The
-//! process ends without closing its connections. A database is still restored with every Kiln
-//! process on it stopped: a connection that opened the new file beside the old log before the
-//! process noticed (within a second) may have replayed that log into it.
+//! journal asks before each commit, every write through the pool before it runs), the SQLite
+//! writer's thread (which also looks every second) folds the log into the old file and empties
+//! it, the process is told ([`FileWatch::lost`]: `kiln serve` and `kiln run` stop), and the
+//! store is not closed (closing would remove by path the log that the new file's connections
+//! use). The process ends without closing its connections. A database is still restored with
+//! every Kiln process on it stopped: a connection that opened the new file beside the old log
+//! before the process noticed (within a second) may have replayed that log into it, and a
+//! connection reading the old file (another program's) keeps the log from being emptied.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -57,22 +59,41 @@ impl DatabaseFile {
 }
 
 /// Whether a store's database file is still the one it opened: shared by the store, its
-/// journal and whoever waits for [`Self::lost`]. Without a file (PostgreSQL, or a file the
-/// store could not look at), never lost.
+/// journal, its SQLite writer's thread and whoever waits for [`Self::lost`]. Without a file
+/// (PostgreSQL), never lost.
 #[derive(Debug, Default)]
 pub(crate) struct FileWatch {
-    file: Option<DatabaseFile>,
+    /// The file, recorded before the store opens it (or, for a file the store creates, once it
+    /// exists: [`Self::opened`]).
+    file: OnceLock<DatabaseFile>,
     /// Why the store stopped writing, once it did (logged once, when found).
     lost: OnceLock<String>,
     found: tokio::sync::Notify,
+    /// Said once the write-ahead log could not be emptied into the old file (see
+    /// `sqlite_writer`): the file now at the path is at risk.
+    log_left: OnceLock<String>,
 }
 
 impl FileWatch {
-    /// Watches the file `path` names now (`None`: nothing to watch).
-    pub(crate) fn new(path: Option<&Path>) -> Self {
-        Self {
-            file: path.and_then(DatabaseFile::at),
-            ..Self::default()
+    /// Watches the file `path` names now, before anything opens it: a file replaced while the
+    /// store opens it is then found replaced, not taken for the one it opened.
+    pub(crate) fn new(path: &Path) -> Self {
+        let watch = Self::default();
+        if let Some(file) = DatabaseFile::at(path) {
+            let _ = watch.file.set(file);
+        }
+        watch
+    }
+
+    /// The store has opened `path`: a file it created is recorded now; one recorded before is
+    /// looked at again (replaced while it was being opened: lost at once).
+    pub(crate) fn opened(&self, path: &Path) {
+        if self.file.get().is_none() {
+            if let Some(file) = DatabaseFile::at(path) {
+                let _ = self.file.set(file);
+            }
+        } else {
+            self.check();
         }
     }
 
@@ -82,12 +103,28 @@ impl FileWatch {
         if let Some(lost) = self.lost.get() {
             return Some(lost);
         }
-        let message = self.file.as_ref()?.replaced()?;
+        let message = self.file.get()?.replaced()?;
         if self.lost.set(message.clone()).is_ok() {
             tracing::error!(target: "errors.store", "{message}");
             self.found.notify_waiters();
         }
         self.lost.get().map(String::as_str)
+    }
+
+    /// The write-ahead log beside the file could not be emptied into the old file: `why`, and
+    /// what to do.
+    pub(crate) fn log_left(&self, why: String) {
+        let _ = self.log_left.set(why);
+    }
+
+    /// Why the store stopped writing, for its user at the end: with the log's fate when it
+    /// could not be emptied.
+    pub(crate) fn lost_report(&self) -> Option<String> {
+        let lost = self.check()?;
+        Some(match self.log_left.get() {
+            Some(left) => format!("{lost}. {left}"),
+            None => lost.to_owned(),
+        })
     }
 
     /// Why the store stopped writing, if it did (found before; does not look now).
@@ -98,7 +135,7 @@ impl FileWatch {
     /// Resolves once the file is found replaced or removed, by a write or by a look every
     /// `every`; never without a file.
     pub(crate) async fn lost(&self, every: std::time::Duration) -> String {
-        if self.file.is_none() {
+        if self.file.get().is_none() {
             return std::future::pending().await;
         }
         loop {

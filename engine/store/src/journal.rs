@@ -503,13 +503,9 @@ async fn writer(
     rx: mpsc::UnboundedReceiver<Queued>,
 ) {
     write_batches(pool, sqlite, direct.as_ref(), &file, rx).await;
-    // A database file replaced or removed: the synchronous writer leaves its connection open
-    // (closing it could remove the log the new file's connections use; see `database_file`).
-    if let Some(direct) = &direct
-        && file.check().is_some()
-    {
-        direct.abandon();
-    }
+    // Dropped: the synchronous writer's thread ends (leaving its connection open if the
+    // database file was replaced; see `sqlite_writer`).
+    drop(direct);
 }
 
 /// The writer's loop, until it is stopped (or every sender is gone).

@@ -204,7 +204,7 @@ impl Store {
              AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.lease_owner = engines.id)",
         ))
         .bind(millis(idle))
-        .execute(self.pool())
+        .execute(self.write_pool("forgetting old engines")?)
         .await
         .map_err(query_err("forgetting old engines"))?
         .rows_affected())
@@ -333,7 +333,7 @@ impl Store {
         ))
         .bind(millis(ttl))
         .bind(owner)
-        .execute(self.pool())
+        .execute(self.write_pool(DOING)?)
         .await
         .map_err(query_err(DOING))?
         .rows_affected();
@@ -389,7 +389,7 @@ impl Store {
         .bind(&lease.run_id)
         .bind(&lease.owner)
         .bind(lease.epoch)
-        .execute(self.pool())
+        .execute(self.write_pool(DOING)?)
         .await
         .map_err(query_err(DOING))?
         .rows_affected();

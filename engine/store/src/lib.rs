@@ -407,8 +407,10 @@ impl Store {
         let plain = url
             .split_once('?')
             .is_none_or(|(_, query)| query.split('&').all(|o| o == "mode=rwc" || o == "mode=rw"));
-        // The database file, for the journal's writer and the direct reads.
+        // The database file, for the journal's writer and the direct reads; whether its path
+        // still names it (recorded before anything opens it: see `database_file`).
         let mut file = None;
+        let mut watch = std::sync::Arc::new(database_file::FileWatch::default());
         let mut direct = None;
         let mut reader = None;
         // The journal's writer, once its thread has opened its connection.
@@ -433,6 +435,7 @@ impl Store {
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(30));
             let db = opts.get_filename().to_owned();
+            watch = std::sync::Arc::new(database_file::FileWatch::new(&db));
             file = Some(db.clone());
             // An existing database file: the journal's writer opens its connection on its own thread,
             // beside what follows. A database that is migrated already then opens without
@@ -460,7 +463,7 @@ impl Store {
             // writes are in the write-ahead log): it goes the migrator's way, under the lock.
             let written = std::fs::metadata(&db).is_ok_and(|m| m.is_file() && m.len() > 0);
             if plain && written {
-                let writer = sqlite_writer::SqliteWriter::open(&db);
+                let writer = sqlite_writer::SqliteWriter::open(&db, watch.clone());
                 if reads == Reads::Direct {
                     let checking = sqlite_reader::SqliteReader::new(&db);
                     migrated = checking.with_connection(migrations_applied) == Ok(true);
@@ -574,15 +577,18 @@ impl Store {
             .as_deref()
             .filter(|db| direct.is_none() && plain && db.is_file())
         {
-            direct = Some(opened(sqlite_writer::SqliteWriter::open(db))?);
+            direct = Some(opened(sqlite_writer::SqliteWriter::open(
+                db,
+                watch.clone(),
+            ))?);
             if reads == Reads::Direct {
                 reader = Some(std::sync::Arc::new(sqlite_reader::SqliteReader::new(db)));
             }
         }
         let fences = journal::Fences::default();
-        let watch = std::sync::Arc::new(database_file::FileWatch::new(
-            file.as_deref().filter(|_| plain),
-        ));
+        if let Some(db) = &file {
+            watch.opened(db);
+        }
         Ok(Self {
             journal: journal::Journal::start(
                 pool.clone(),
@@ -619,6 +625,18 @@ impl Store {
 
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// The pool, for a write outside a transaction ([`Self::begin_write`] checks the same):
+    /// refused once the database file was replaced or removed (see `database_file`).
+    pub(crate) fn write_pool(&self, doing: &'static str) -> Result<&AnyPool> {
+        match self.file.check() {
+            Some(lost) => Err(Error::DatabaseLost {
+                doing,
+                message: lost.to_owned(),
+            }),
+            None => Ok(&self.pool),
+        }
     }
 
     pub(crate) fn journal(&self) -> &journal::Journal {
@@ -707,7 +725,7 @@ impl Store {
     /// removed (looked at now, one `stat`). Such a store is not closed: the process ends with
     /// its connections open (see [`Self::close`]).
     pub fn database_lost(&self) -> Option<String> {
-        self.file.check().map(str::to_owned)
+        self.file.lost_report()
     }
 
     /// Resolves once this store's SQLite file is found replaced or removed (by a write, or by

@@ -254,7 +254,7 @@ impl Store {
         )
         .bind(time_fmt::now())
         .bind(id)
-        .execute(self.pool())
+        .execute(self.write_pool("publishing a model")?)
         .await
         .map_err(query_err("publishing a model"))?;
         self.model(id).await
@@ -270,7 +270,7 @@ impl Store {
         .bind(stage)
         .bind(production_at)
         .bind(id)
-        .execute(self.pool())
+        .execute(self.write_pool("promoting a model")?)
         .await
         .map_err(query_err("promoting a model"))?;
         self.model(id).await

@@ -106,7 +106,7 @@ impl Store {
             .bind(&training.project)
             .bind(&training.name)
             .bind(run_id)
-            .execute(self.pool())
+            .execute(self.write_pool("releasing a training folder")?)
             .await
             .map_err(query_err("releasing a training folder"))?;
         Ok(())

@@ -345,7 +345,7 @@ impl Store {
         sqlx::query("UPDATE runs SET cancel_requested_at = $1 WHERE id = $2 AND cancel_requested_at IS NULL")
             .bind(time_fmt::now())
             .bind(id)
-            .execute(self.pool())
+            .execute(self.write_pool("requesting a cancel")?)
             .await
             .map_err(query_err("requesting a cancel"))?;
         Ok(())

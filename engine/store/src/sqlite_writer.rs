@@ -22,6 +22,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use crate::Error;
+use crate::database_file::FileWatch;
 use crate::journal::{Arg, Fence, Statement, lost};
 
 /// One write of a batch: its statements, what it was doing, the lease it is fenced with.
@@ -44,21 +45,18 @@ pub(crate) struct SqliteWriter {
     opened: std::sync::Mutex<Option<std::sync::mpsc::Receiver<Result<(), String>>>>,
     /// Resolves once the thread has closed its connection, after this writer is dropped.
     closed: Option<oneshot::Receiver<()>>,
-    /// Set by [`Self::abandon`]: the thread leaves its connection open when it ends.
-    abandoned: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SqliteWriter {
     /// Starts the thread, which opens its connection to the database file `path` (beside
     /// whatever the caller does next: see [`Self::opened`]). The database exists; it is
-    /// migrated before the first batch.
-    pub(crate) fn open(path: &Path) -> Self {
+    /// migrated before the first batch. `watch`: whether `path` still names that file, which
+    /// the thread also looks at every second (see [`abandon_connection`]).
+    pub(crate) fn open(path: &Path, watch: Arc<FileWatch>) -> Self {
         let path = path.to_owned();
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         let (was_opened, opened) = std::sync::mpsc::sync_channel(1);
         let (was_closed, closed) = oneshot::channel();
-        let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let abandon = abandoned.clone();
         let spawned = std::thread::Builder::new()
             .name("kiln-sqlite-writer".into())
             .spawn(move || {
@@ -72,11 +70,35 @@ impl SqliteWriter {
                         return;
                     }
                 };
-                for (writes, done) in queue {
-                    let _ = done.send(apply_batch(&mut conn, &writes));
+                let mut abandoned = false;
+                loop {
+                    match queue.recv_timeout(LOOK_EVERY) {
+                        // The journal looked at the file before sending it.
+                        Ok((writes, done)) => {
+                            let outcome = match watch.lost_already() {
+                                Some(lost) => refused(writes.len(), lost),
+                                None => apply_batch(&mut conn, &writes),
+                            };
+                            let _ = done.send(outcome);
+                        }
+                        // Idle for a second: a look of its own.
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                            watch.check();
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                    if !abandoned && watch.lost_already().is_some() {
+                        abandon_connection(&conn, &watch);
+                        abandoned = true;
+                    }
                 }
-                if abandon.load(std::sync::atomic::Ordering::Acquire) {
-                    abandon_connection(conn);
+                if abandoned || watch.check().is_some() {
+                    if !abandoned {
+                        abandon_connection(&conn, &watch);
+                    }
+                    // Left open until the process ends: closing it could remove by path the
+                    // log that the new file's connections use.
+                    std::mem::forget(conn);
                     let _ = was_closed.send(());
                     return;
                 }
@@ -102,15 +124,7 @@ impl SqliteWriter {
             jobs,
             opened: std::sync::Mutex::new(Some(opened)),
             closed: Some(closed),
-            abandoned,
         }
-    }
-
-    /// The database file was replaced or removed: when the thread ends, it leaves its
-    /// connection open (no checkpoint, no close) for the process to end with.
-    pub(crate) fn abandon(&self) {
-        self.abandoned
-            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Waits until the thread has opened its connection; why it could not, if it could not.
@@ -155,29 +169,51 @@ impl SqliteWriter {
     }
 }
 
-/// Leaves `conn` open for good, its database file replaced or removed at its path (see
-/// `database_file`). What the write-ahead log holds is the old file's: it is folded into the
-/// old file (which this connection still has open) and the log emptied, so that the file now
-/// at the path, or the next one created there, does not take those pages for its own (SQLite
-/// finds a log by path). Closing the connection instead would remove the log by path, which
-/// the new file's connections may be using.
-fn abandon_connection(conn: Connection) {
-    let _ = conn.busy_timeout(std::time::Duration::from_secs(1));
-    match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+/// How often the writer's thread looks whether its database file is still the one it opened.
+const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long the log's emptying waits for a reader of the old file to let go of it.
+const EMPTY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Each write of a batch refused, the database file being lost (`lost`: why).
+fn refused(count: usize, lost: &str) -> Outcome {
+    (
+        (0..count)
+            .map(|_| {
+                Err(Error::DatabaseLost {
+                    doing: "writing",
+                    message: lost.to_owned(),
+                })
+            })
+            .collect(),
+        Err(lost.to_owned()),
+    )
+}
+
+/// Empties the write-ahead log for good, as soon as the database file is found replaced or
+/// removed at its path (see `database_file`); the connection is then left open until the
+/// process ends. What the log holds is the old file's: it is folded into the old file (which
+/// this connection still has open) and the log truncated, so that the file now at the path,
+/// or the next one created there, does not take those pages for its own (SQLite finds a log by
+/// path). A reader of the old file (another program's connection in a transaction) keeps it
+/// from being emptied: waited for [`EMPTY_WAIT`], then said, for the process's last words.
+fn abandon_connection(conn: &Connection, watch: &FileWatch) {
+    let _ = conn.busy_timeout(EMPTY_WAIT);
+    let left = match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
         row.get::<_, i64>(0)
     }) {
-        Ok(0) => {}
-        Ok(_) => tracing::warn!(
-            target: "errors.store",
-            "the write-ahead log beside the replaced database file could not be emptied \
-             (another connection reads it)"
-        ),
-        Err(e) => tracing::warn!(
-            target: "errors.store",
-            "the write-ahead log beside the replaced database file could not be emptied: {e}"
-        ),
-    }
-    std::mem::forget(conn);
+        Ok(0) => return,
+        Ok(_) => "another connection still reads the old database file".to_owned(),
+        Err(e) => e.to_string(),
+    };
+    let why = format!(
+        "Its write-ahead log could not be emptied ({left}): the file now at that path would \
+         take the old file's pages for its own. Stop every process that has the database open \
+         (Kiln or not), then put the file to restore at that path again, with no `-wal` or \
+         `-shm` file beside it"
+    );
+    tracing::error!(target: "errors.store", "{why}");
+    watch.log_left(why);
 }
 
 /// The writer's connection to `path`: durable commits (FULL) in WAL mode. The error says

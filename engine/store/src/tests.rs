@@ -1440,8 +1440,13 @@ async fn writes_are_refused_once_the_database_file_is_replaced_or_removed() {
             .claim_runs(&engine("other"), 1, &|_, _| true, &mut None)
             .await;
         assert!(
-            claimed.is_err_and(|e| e.to_string().contains("while this process had it open")),
+            claimed.is_err_and(|e| matches!(e, Error::DatabaseLost { .. })),
             "a claim wrote to the old file"
+        );
+        let pruned = store.prune_engines(std::time::Duration::ZERO).await;
+        assert!(
+            pruned.is_err_and(|e| matches!(e, Error::DatabaseLost { .. })),
+            "a write outside a transaction reached the old file"
         );
         let lost = tokio::time::timeout(
             std::time::Duration::from_secs(5),
@@ -1453,6 +1458,64 @@ async fn writes_are_refused_once_the_database_file_is_replaced_or_removed() {
         // Not closed: the writer stops, its connection left open.
         store.close().await;
     }
+}
+
+/// A backup restored over the database file while another program reads the old file in a
+/// transaction: the old file's write-ahead log cannot be emptied, and the store's last words
+/// say so and what to do (the restored file would take the log's pages for its own).
+#[tokio::test]
+async fn a_log_that_cannot_be_emptied_is_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kiln.db");
+    let url = format!("sqlite://{}", db.display());
+    let store = Store::connect(&url).await.unwrap();
+    store
+        .create_run(&new_run("before"), &[], &[], None)
+        .await
+        .unwrap();
+    let reader = rusqlite::Connection::open(&db).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let _: i64 = reader
+        .query_row("SELECT count(*) FROM runs", [], |row| row.get(0))
+        .unwrap();
+    let copy = dir.path().join("restored.db");
+    std::fs::copy(&db, &copy).unwrap();
+    std::fs::rename(&copy, &db).unwrap();
+    assert!(
+        store
+            .create_run(&new_run("after"), &[], &[], None)
+            .await
+            .is_err()
+    );
+    store.close().await;
+    let said = store.database_lost().expect("lost");
+    assert!(
+        said.contains("could not be emptied") && said.contains("Stop every process"),
+        "{said}"
+    );
+    drop(reader);
+}
+
+/// A file replaced while the store opens it (after the store looked at it, before the store
+/// has it open) is found at once, not taken for the one the store opened.
+#[test]
+fn a_file_replaced_while_it_is_opened_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kiln.db");
+    std::fs::write(&db, b"old").unwrap();
+    let watch = crate::database_file::FileWatch::new(&db);
+    std::fs::write(dir.path().join("new.db"), b"new").unwrap();
+    std::fs::rename(dir.path().join("new.db"), &db).unwrap();
+    watch.opened(&db);
+    assert!(watch.lost_already().is_some());
+    // A file the store creates is recorded once it exists.
+    let created = dir.path().join("created.db");
+    let watch = crate::database_file::FileWatch::new(&created);
+    std::fs::write(&created, b"").unwrap();
+    watch.opened(&created);
+    assert_eq!(watch.check(), None);
+    std::fs::remove_file(&created).unwrap();
+    assert!(watch.check().is_some_and(|why| why.contains("was removed")));
 }
 
 /// A store whose file stays where it is is never lost, and the wait for it does not end.

@@ -84,7 +84,7 @@ impl Store {
         .bind(serde_json::to_string(claims).unwrap_or_else(|_| "[]".into()))
         .bind(serde_json::to_string(roles).unwrap_or_else(|_| "[]".into()))
         .bind(time_fmt::now())
-        .execute(self.pool())
+        .execute(self.write_pool("creating a token")?)
         .await
         .map_err(query_err("creating a token"))?;
         self.token(id)
@@ -127,7 +127,7 @@ impl Store {
         )
         .bind(time_fmt::now())
         .bind(name_or_id)
-        .execute(self.pool())
+        .execute(self.write_pool("revoking a token")?)
         .await
         .map_err(query_err("revoking a token"))?;
         Ok(done.rows_affected() > 0)

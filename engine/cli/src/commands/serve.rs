@@ -15,28 +15,33 @@ fn roles(ctx: &Context) -> anyhow::Result<Roles> {
         .map_err(|e| kiln_runner::Error::Config(e).into())
 }
 
-/// Set by SIGTERM or SIGINT from the top of `main` on ([`listen_early`]).
-static STOP_ASKED: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
-    std::sync::OnceLock::new();
+/// How many SIGTERM and SIGINT have come since the top of `main` ([`listen_early`]).
+static STOPS_ASKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// For `kiln serve`, before anything else: SIGTERM and SIGINT set a flag from now on, which
-/// [`StopSignals::recv`] reads. Without it, a signal before the runtime listens would kill the
-/// process (or be ignored, started in the background by a script), and one that comes while
-/// the runtime installs its handler, before its stream subscribes, would be lost.
+/// For `kiln serve`, before anything else: SIGTERM and SIGINT are counted from now on, and
+/// [`StopSignals::recv`] reads the count. Without it, a signal before the runtime listens would
+/// kill the process (or be ignored, started in the background by a script), and one that
+/// comes while the runtime installs its handler, before its stream subscribes, would be lost.
 pub fn listen_early() {
-    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        if let Err(e) = signal_hook::flag::register(signal, flag.clone()) {
+        // SAFETY: the action only increments an atomic integer, which is async-signal-safe.
+        let registered = unsafe {
+            signal_hook::low_level::register(signal, || {
+                STOPS_ASKED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })
+        };
+        if let Err(e) = registered {
             tracing::debug!(target: "app.backend", "cannot listen for signal {signal}: {e}");
         }
     }
-    let _ = STOP_ASKED.set(flag);
 }
 
 /// SIGTERM and SIGINT, listened for from the moment the server starts.
 struct StopSignals {
     term: Option<Signal>,
     int: Option<Signal>,
+    /// How many signals [`Self::recv`] has answered for ([`STOPS_ASKED`]).
+    answered: usize,
 }
 
 impl StopSignals {
@@ -47,18 +52,14 @@ impl StopSignals {
         Self {
             term: signal(SignalKind::terminate()).ok(),
             int: signal(SignalKind::interrupt()).ok(),
+            answered: 0,
         }
     }
 
-    /// Once SIGTERM or SIGINT has come (since [`listen_early`], or since [`Self::listen`]).
+    /// Once a SIGTERM or SIGINT has come that no earlier call answered for (counted from the
+    /// top of `main`; the runtime's streams wake it up). Without [`listen_early`] (tests of
+    /// this module), the streams alone.
     async fn recv(&mut self) {
-        // Asked before the streams below subscribed: they would wait for another signal.
-        if STOP_ASKED
-            .get()
-            .is_some_and(|flag| flag.swap(false, std::sync::atomic::Ordering::SeqCst))
-        {
-            return;
-        }
         async fn one(signal: &mut Option<Signal>) {
             match signal {
                 Some(s) => {
@@ -67,9 +68,22 @@ impl StopSignals {
                 None => std::future::pending().await,
             }
         }
-        tokio::select! {
-            () = one(&mut self.term) => {}
-            () = one(&mut self.int) => {}
+        loop {
+            // The count is taken before the runtime's own handler runs (it was registered
+            // first), so a stream that wakes for a signal already answered for finds no new one.
+            let asked = STOPS_ASKED.load(std::sync::atomic::Ordering::SeqCst);
+            if asked > self.answered {
+                self.answered = asked;
+                return;
+            }
+            tokio::select! {
+                () = one(&mut self.term) => {}
+                () = one(&mut self.int) => {}
+            }
+            if STOPS_ASKED.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                // Not counted: no early listening in this process.
+                return;
+            }
         }
     }
 }
@@ -94,8 +108,16 @@ pub async fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<Exit> {
         () = stop.recv() => {
             // Stopped while starting: the start is finished (a database half opened would be
             // left unclosed; a start that fails says why), nothing more is started, and the
-            // engine is recorded stopped.
-            if let Err(e) = starting.await?.stop_engine("shut down while starting").await {
+            // engine is recorded stopped. A second signal quits at once (a start that waits,
+            // for another process's migration say, would hold it).
+            let started = tokio::select! {
+                started = &mut starting => started,
+                () = stop.recv() => {
+                    errln!("kiln API: stopped again while it started; quitting without finishing the start");
+                    std::process::exit(130);
+                }
+            };
+            if let Err(e) = started?.stop_engine("shut down while starting").await {
                 tracing::warn!(target: "app.backend", "cannot record the engine's stop: {e}");
             }
             errln!("kiln API stopped while it started");
