@@ -214,6 +214,42 @@ impl Lcg {
     }
 }
 
+/// A consistent copy of the SQLite database `db`, taken now beside it (`VACUUM INTO`), as an
+/// operator backs it up while Kiln runs; rename it over `db` to restore it.
+#[allow(dead_code)]
+pub fn backup_of(db: &Path) -> PathBuf {
+    let backup = db.with_file_name("backup.db");
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .execute("VACUUM INTO ?1", [backup.to_str().unwrap()])
+        .unwrap();
+    backup
+}
+
+/// What a Kiln process that found its database file `db` replaced leaves behind: it said so
+/// (in `said`, its output), the old file's write-ahead log beside `db` is empty (the restored
+/// file does not replay it), and the restored file is whole.
+#[allow(dead_code)]
+pub fn assert_left_the_restored_file_whole(db: &Path, said: &str) {
+    assert!(
+        said.contains(&format!(
+            "the database file {} was replaced while this process had it open",
+            db.display()
+        )) && said.contains("then start again"),
+        "{said}"
+    );
+    let wal = db.with_file_name("kiln.db-wal");
+    assert!(
+        std::fs::metadata(&wal).map_or(true, |m| m.len() == 0),
+        "the old file's log was left for the restored file to replay\n{said}"
+    );
+    let check: String = rusqlite::Connection::open(db)
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
