@@ -92,10 +92,12 @@ impl SqliteWriter {
                         abandoned = true;
                     }
                 }
-                if abandoned || watch.check().is_some() {
-                    if !abandoned {
-                        abandon_connection(&conn, &watch);
-                    }
+                // A last look: replaced since the last second.
+                if !abandoned && watch.check().is_some() {
+                    abandon_connection(&conn, &watch);
+                    abandoned = true;
+                }
+                if abandoned {
                     // Left open until the process ends: closing it could remove by path the
                     // log that the new file's connections use.
                     std::mem::forget(conn);
