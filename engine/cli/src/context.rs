@@ -14,6 +14,19 @@ use crate::cli::{ExecOptions, GlobalArgs};
 /// Longest [`Context::close`] waits for a store's connections.
 const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
+/// Longest it waits for a store whose database file was replaced: its writer may still be
+/// waiting (5 s at most) for a reader of the old file before it can empty the old log.
+const LOST_CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// A store whose SQLite file was replaced or removed while it was open ([`Context::close`]).
+pub struct Lost {
+    /// Why it stopped writing (what its refused writes said).
+    pub why: String,
+    /// The same for the process's last words: with the old log's fate when it is still beside
+    /// the file.
+    pub report: String,
+}
+
 pub struct Context {
     pub ws: Workspace,
     pub global: GlobalArgs,
@@ -47,17 +60,17 @@ impl Context {
     /// Returns why, when a store's SQLite file was replaced or removed while it was open: that
     /// store was not closed, and the process must end at once, without dropping it (see
     /// [`Store::close`]).
-    pub async fn close(&self) -> Option<String> {
+    pub async fn close(&self) -> Option<Lost> {
         self.close_with(false).await
     }
 
     /// [`Self::close`] for `kiln serve`, once it has handed its runs back: what their aborted
     /// executions queued since is dropped unwritten ([`Store::close_discarding`]).
-    pub async fn close_discarding(&self) -> Option<String> {
+    pub async fn close_discarding(&self) -> Option<Lost> {
         self.close_with(true).await
     }
 
-    async fn close_with(&self, discarding: bool) -> Option<String> {
+    async fn close_with(&self, discarding: bool) -> Option<Lost> {
         let stores = std::mem::take(&mut *self.opened.lock().unwrap_or_else(|e| e.into_inner()));
         let mut lost = None;
         for store in stores {
@@ -68,13 +81,21 @@ impl Context {
                     store.close().await;
                 }
             };
-            if tokio::time::timeout(CLOSE_WAIT, closing).await.is_err() {
+            // A store whose file was lost waits for its writer to have emptied the old log
+            // (or given up), so that the last words say how it went.
+            let wait = if store.database_lost().is_some() {
+                LOST_CLOSE_WAIT
+            } else {
+                CLOSE_WAIT
+            };
+            if tokio::time::timeout(wait, closing).await.is_err() {
                 tracing::debug!(target: "store", "the database was not closed within {CLOSE_WAIT:?}");
             }
-            if let Some(why) = store.database_lost() {
+            if let (Some(why), Some(report)) = (store.database_lost(), store.database_lost_report())
+            {
                 // Its connections were left open: dropped, the pool would close them.
                 std::mem::forget(store);
-                lost = Some(why);
+                lost = Some(Lost { why, report });
             }
         }
         lost

@@ -69,8 +69,8 @@ pub(crate) struct FileWatch {
     /// Why the store stopped writing, once it did (logged once, when found).
     lost: OnceLock<String>,
     found: tokio::sync::Notify,
-    /// Said once the write-ahead log could not be emptied into the old file (see
-    /// `sqlite_writer`): the file now at the path is at risk.
+    /// Why the write-ahead log could not be emptied into the old file, when the SQLite writer
+    /// tried (see `sqlite_writer`).
     log_left: OnceLock<String>,
 }
 
@@ -111,20 +111,34 @@ impl FileWatch {
         self.lost.get().map(String::as_str)
     }
 
-    /// The write-ahead log beside the file could not be emptied into the old file: `why`, and
-    /// what to do.
+    /// The write-ahead log beside the file could not be emptied into the old file: why.
     pub(crate) fn log_left(&self, why: String) {
         let _ = self.log_left.set(why);
     }
 
-    /// Why the store stopped writing, for its user at the end: with the log's fate when it
-    /// could not be emptied.
+    /// Why the store stopped writing, for its user at the end. A write-ahead log still beside
+    /// the path (not emptied: another program's reader kept it, or this store had no writer of
+    /// its own to empty it with, its URL naming other options) is the old file's, which the
+    /// file now at the path would take for its own: that is said, with what to do.
     pub(crate) fn lost_report(&self) -> Option<String> {
         let lost = self.check()?;
-        Some(match self.log_left.get() {
-            Some(left) => format!("{lost}. {left}"),
-            None => lost.to_owned(),
-        })
+        let file = self.file.get()?;
+        let mut wal = file.path.clone().into_os_string();
+        wal.push("-wal");
+        if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+            let why = self.log_left.get().map_or(
+                "this process has no connection of its own to the old file to empty it with",
+                String::as_str,
+            );
+            return Some(format!(
+                "{lost}. Its write-ahead log {} could not be emptied ({why}): the file now at \
+                 that path would take the old file's pages for its own. Stop every process that \
+                 has the database open (Kiln or not), then put the file to restore at that path \
+                 again, with no `-wal` or `-shm` file beside it",
+                std::path::Path::new(&wal).display()
+            ));
+        }
+        Some(lost.to_owned())
     }
 
     /// Why the store stopped writing, if it did (found before; does not look now).

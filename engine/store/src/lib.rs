@@ -435,7 +435,6 @@ impl Store {
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(30));
             let db = opts.get_filename().to_owned();
-            watch = std::sync::Arc::new(database_file::FileWatch::new(&db));
             file = Some(db.clone());
             // An existing database file: the journal's writer opens its connection on its own thread,
             // beside what follows. A database that is migrated already then opens without
@@ -459,6 +458,25 @@ impl Store {
                     reason,
                 });
             }
+            // A file this store may create is created now, empty (it goes the migrator's way
+            // below), so that the file is known before anything opens it: one replaced while
+            // it is opened, or created, is then found replaced (see `database_file`).
+            let may_create = url.split_once('?').is_none_or(|(_, query)| {
+                query
+                    .split('&')
+                    .filter(|o| o.starts_with("mode="))
+                    .all(|o| o == "mode=rwc")
+            });
+            if may_create {
+                use std::os::unix::fs::OpenOptionsExt as _;
+                // Already there (another process created it first): that one is the file.
+                let _ = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o644)
+                    .open(&db);
+            }
+            watch = std::sync::Arc::new(database_file::FileWatch::new(&db));
             // An empty file may be one another process is creating right now (its first
             // writes are in the write-ahead log): it goes the migrator's way, under the lock.
             let written = std::fs::metadata(&db).is_ok_and(|m| m.is_file() && m.len() > 0);
@@ -725,6 +743,13 @@ impl Store {
     /// removed (looked at now, one `stat`). Such a store is not closed: the process ends with
     /// its connections open (see [`Self::close`]).
     pub fn database_lost(&self) -> Option<String> {
+        self.file.check().map(str::to_owned)
+    }
+
+    /// [`Self::database_lost`] for the process's last words, once the store is closed: with
+    /// what became of the old file's write-ahead log when it is still beside the file, and
+    /// what to do.
+    pub fn database_lost_report(&self) -> Option<String> {
         self.file.lost_report()
     }
 

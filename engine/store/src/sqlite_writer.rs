@@ -198,7 +198,8 @@ fn refused(count: usize, lost: &str) -> Outcome {
 /// this connection still has open) and the log truncated, so that the file now at the path,
 /// or the next one created there, does not take those pages for its own (SQLite finds a log by
 /// path). A reader of the old file (another program's connection in a transaction) keeps it
-/// from being emptied: waited for [`EMPTY_WAIT`], then said, for the process's last words.
+/// from being emptied: waited for [`EMPTY_WAIT`], then noted for the process's last words
+/// (`FileWatch::lost_report`).
 fn abandon_connection(conn: &Connection, watch: &FileWatch) {
     let _ = conn.busy_timeout(EMPTY_WAIT);
     let left = match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
@@ -208,14 +209,8 @@ fn abandon_connection(conn: &Connection, watch: &FileWatch) {
         Ok(_) => "another connection still reads the old database file".to_owned(),
         Err(e) => e.to_string(),
     };
-    let why = format!(
-        "Its write-ahead log could not be emptied ({left}): the file now at that path would \
-         take the old file's pages for its own. Stop every process that has the database open \
-         (Kiln or not), then put the file to restore at that path again, with no `-wal` or \
-         `-shm` file beside it"
-    );
-    tracing::error!(target: "errors.store", "{why}");
-    watch.log_left(why);
+    tracing::error!(target: "errors.store", "the write-ahead log beside the replaced database file could not be emptied: {left}");
+    watch.log_left(left);
 }
 
 /// The writer's connection to `path`: durable commits (FULL) in WAL mode. The error says

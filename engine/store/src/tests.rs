@@ -1488,12 +1488,48 @@ async fn a_log_that_cannot_be_emptied_is_said() {
             .is_err()
     );
     store.close().await;
-    let said = store.database_lost().expect("lost");
+    let said = store.database_lost_report().expect("lost");
     assert!(
-        said.contains("could not be emptied") && said.contains("Stop every process"),
+        said.contains("could not be emptied (another connection still reads")
+            && said.contains("Stop every process"),
         "{said}"
     );
     drop(reader);
+}
+
+/// A database URL naming other options (no writer of the store's own): its writes are refused
+/// once the file is replaced too, and the log it could not empty is said.
+#[tokio::test]
+async fn a_file_with_other_options_is_watched_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kiln.db");
+    let url = format!("sqlite://{}?mode=rwc&cache=private", db.display());
+    let store = Store::connect(&url).await.unwrap();
+    store
+        .create_run(&new_run("before"), &[], &[], None)
+        .await
+        .unwrap();
+    let copy = dir.path().join("restored.db");
+    std::fs::copy(&db, &copy).unwrap();
+    std::fs::rename(&copy, &db).unwrap();
+    let refused = store.create_run(&new_run("after"), &[], &[], None).await;
+    assert!(
+        refused.is_err_and(|e| matches!(e, Error::DatabaseLost { .. })),
+        "a write reached the old file"
+    );
+    store.close().await;
+    let said = store.database_lost_report().expect("lost");
+    assert!(
+        said.contains("was replaced while this process had it open"),
+        "{said}"
+    );
+    // Its log still holds the old file's pages: said, with what to do.
+    let wal = dir.path().join("kiln.db-wal");
+    assert!(std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0));
+    assert!(
+        said.contains("could not be emptied (this process has no connection"),
+        "{said}"
+    );
 }
 
 /// A file replaced while the store opens it (after the store looked at it, before the store

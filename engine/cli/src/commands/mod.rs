@@ -83,8 +83,8 @@ pub async fn dispatch(cli: Cli) -> Exit {
     } else {
         ctx.close().await
     };
-    if let Some(why) = lost {
-        database_lost(result, &why);
+    if let Some(lost) = lost {
+        database_lost(result, &lost);
     }
     result.unwrap_or_else(|e| {
         errln!("error: {}", crate::output::error_chain(&e));
@@ -122,19 +122,15 @@ pub async fn dispatch(cli: Cli) -> Exit {
 
 /// Ends the process at once when the database file was replaced or removed under it: its
 /// connections must not be closed (see kiln-store's `database_file`), and the runtime's
-/// shutdown would close them. Says why, once.
-fn database_lost(result: anyhow::Result<Exit>, why: &str) -> ! {
-    let said = match &result {
-        Err(e) => {
-            let chain = crate::output::error_chain(e);
+/// shutdown would close them. Says why, once (and the command's own error, if another).
+fn database_lost(result: anyhow::Result<Exit>, lost: &crate::context::Lost) -> ! {
+    if let Err(e) = &result {
+        let chain = crate::output::error_chain(e);
+        if !chain.contains(&lost.why) {
             errln!("error: {chain}");
-            chain.contains(why)
         }
-        Ok(_) => false,
-    };
-    if !said {
-        errln!("error: {why}");
     }
+    errln!("error: {}", lost.report);
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
     std::process::exit(i32::from(Exit::Failure.code()));
