@@ -560,7 +560,12 @@ async fn renew(inner: Weak<Inner>) {
                     .counters
                     .renewal_failures
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(target: "errors.store", silent_s = renewed.elapsed().as_secs(), "cannot renew this engine's leases: {e}");
+                if matches!(e, kiln_store::Error::DatabaseLost { .. }) {
+                    // The database file was replaced: said once already, and the process stops.
+                    tracing::debug!(target: "errors.store", "cannot renew this engine's leases: {e}");
+                } else {
+                    tracing::warn!(target: "errors.store", silent_s = renewed.elapsed().as_secs(), "cannot renew this engine's leases: {e}");
+                }
             }
         }
     }

@@ -237,6 +237,8 @@ impl RunManager {
                         tracing::info!(target: "operations.training", runs = n, "claimed runs")
                     }
                     Ok(_) => {}
+                    // The database file was replaced: said once already, and the server stops.
+                    Err(kiln_runner::Error::Store(kiln_store::Error::DatabaseLost { .. })) => {}
                     Err(e) => tracing::warn!(target: "errors.training", "cannot claim runs: {e}"),
                 }
             }
