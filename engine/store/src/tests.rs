@@ -1401,26 +1401,39 @@ fn messages_show_database_urls_without_their_password() {
     }
 }
 
+/// A store on a new SQLite file in a folder of its own (`?options` after its path), with a
+/// run recorded: the folder, the file, the store.
+async fn store_with_a_run(options: &str) -> (tempfile::TempDir, std::path::PathBuf, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kiln.db");
+    let store = Store::connect(&format!("sqlite://{}{options}", db.display()))
+        .await
+        .unwrap();
+    store
+        .create_run(&new_run("before"), &[], &[], None)
+        .await
+        .unwrap();
+    (dir, db, store)
+}
+
+/// Restores over `db` a copy of it, as a backup is restored: another file at the same path.
+fn restore_copy(db: &std::path::Path) {
+    let copy = db.with_file_name("restored.db");
+    std::fs::copy(db, &copy).unwrap();
+    std::fs::rename(&copy, db).unwrap();
+}
+
 /// A database file replaced at its path (a backup restored over it) or removed while a store
 /// has it open: the store's writes would go to the old file, which nothing reads any more; they
 /// are refused, saying what happened and what to do.
 #[tokio::test]
 async fn writes_are_refused_once_the_database_file_is_replaced_or_removed() {
     for removed in [false, true] {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("kiln.db");
-        let url = format!("sqlite://{}", db.display());
-        let store = Store::connect(&url).await.unwrap();
-        store
-            .create_run(&new_run("before"), &[], &[], None)
-            .await
-            .unwrap();
+        let (_dir, db, store) = store_with_a_run("").await;
         if removed {
             std::fs::remove_file(&db).unwrap();
         } else {
-            let copy = dir.path().join("restored.db");
-            std::fs::copy(&db, &copy).unwrap();
-            std::fs::rename(&copy, &db).unwrap();
+            restore_copy(&db);
         }
         let refused = store
             .create_run(&new_run("after"), &[], &[], None)
@@ -1465,22 +1478,13 @@ async fn writes_are_refused_once_the_database_file_is_replaced_or_removed() {
 /// say so and what to do (the restored file would take the log's pages for its own).
 #[tokio::test]
 async fn a_log_that_cannot_be_emptied_is_said() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("kiln.db");
-    let url = format!("sqlite://{}", db.display());
-    let store = Store::connect(&url).await.unwrap();
-    store
-        .create_run(&new_run("before"), &[], &[], None)
-        .await
-        .unwrap();
+    let (_dir, db, store) = store_with_a_run("").await;
     let reader = rusqlite::Connection::open(&db).unwrap();
     reader.execute_batch("BEGIN").unwrap();
     let _: i64 = reader
         .query_row("SELECT count(*) FROM runs", [], |row| row.get(0))
         .unwrap();
-    let copy = dir.path().join("restored.db");
-    std::fs::copy(&db, &copy).unwrap();
-    std::fs::rename(&copy, &db).unwrap();
+    restore_copy(&db);
     assert!(
         store
             .create_run(&new_run("after"), &[], &[], None)
@@ -1501,17 +1505,8 @@ async fn a_log_that_cannot_be_emptied_is_said() {
 /// once the file is replaced too, and the log it could not empty is said.
 #[tokio::test]
 async fn a_file_with_other_options_is_watched_too() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("kiln.db");
-    let url = format!("sqlite://{}?mode=rwc&cache=private", db.display());
-    let store = Store::connect(&url).await.unwrap();
-    store
-        .create_run(&new_run("before"), &[], &[], None)
-        .await
-        .unwrap();
-    let copy = dir.path().join("restored.db");
-    std::fs::copy(&db, &copy).unwrap();
-    std::fs::rename(&copy, &db).unwrap();
+    let (_dir, db, store) = store_with_a_run("?mode=rwc&cache=private").await;
+    restore_copy(&db);
     let refused = store.create_run(&new_run("after"), &[], &[], None).await;
     assert!(
         refused.is_err_and(|e| matches!(e, Error::DatabaseLost { .. })),
@@ -1524,7 +1519,7 @@ async fn a_file_with_other_options_is_watched_too() {
         "{said}"
     );
     // Its log still holds the old file's pages: said, with what to do.
-    let wal = dir.path().join("kiln.db-wal");
+    let wal = db.with_file_name("kiln.db-wal");
     assert!(std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0));
     assert!(
         said.contains("could not be emptied (this process has no connection"),
