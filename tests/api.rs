@@ -1358,17 +1358,7 @@ fn slow_clients_are_cut_off_and_healthy_streams_are_not() {
     // Raw (Dribbler): no client library dribbles its request.
     let headers = Dribbler::headers(server.addr, limit);
     // A body dribbled one byte at a time: cut off with a 408 problem. Raw, as above.
-    let head = format!(
-        "POST /api/v1/runs HTTP/1.1\r\nHost: kiln\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
-    );
-    let body = Dribbler::start(
-        server.addr,
-        head.as_bytes(),
-        b' ',
-        Duration::from_millis(300),
-        limit,
-    );
+    let body = Dribbler::run_body(server.addr, &token, 1000, Duration::from_millis(300), limit);
     // A kept-alive connection left idle after its answer: closed.
     // Raw: the test holds the connection itself to see the server close it.
     let mut idle = std::net::TcpStream::connect(server.addr).unwrap();

@@ -250,14 +250,10 @@ fn a_server_whose_database_file_is_replaced_stops_and_leaves_the_restored_file_w
     let backup = backup_of(&db);
     // Progress keeps being written meanwhile, and a slow client sends a run's request: the
     // server does not wait out its usual drain for it.
-    let head = format!(
-        "POST /api/v1/runs HTTP/1.1\r\nHost: kiln\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
-    );
-    let slow = Dribbler::start(
+    let slow = Dribbler::run_body(
         a.addr,
-        head.as_bytes(),
-        b' ',
+        &token,
+        100_000,
         Duration::from_millis(200),
         Duration::from_secs(30),
     );

@@ -627,6 +627,22 @@ impl Dribbler {
         )
     }
 
+    /// A client dribbling the body of a run's request (`POST /api/v1/runs` as `token`, of
+    /// `length` bytes), one space every `every`.
+    pub fn run_body(
+        addr: SocketAddr,
+        token: &str,
+        length: usize,
+        every: Duration,
+        limit: Duration,
+    ) -> Self {
+        let head = format!(
+            "POST /api/v1/runs HTTP/1.1\r\nHost: kiln\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+        );
+        Self::start(addr, head.as_bytes(), b' ', every, limit)
+    }
+
     /// Wait for the end (the server closing, or `limit`).
     pub fn wait(self) -> DribbleEnd {
         self.handle.join().unwrap()

@@ -645,8 +645,8 @@ impl Store {
         &self.pool
     }
 
-    /// The pool, for a write outside a transaction ([`Self::begin_write`] checks the same):
-    /// refused once the database file was replaced or removed (see `database_file`).
+    /// The pool, for a write (in a transaction: [`Self::begin_write`]): refused once the
+    /// database file was replaced or removed (see `database_file`).
     pub(crate) fn write_pool(&self, doing: &'static str) -> Result<&AnyPool> {
         match self.file.check() {
             Some(lost) => Err(Error::DatabaseLost {
@@ -687,13 +687,7 @@ impl Store {
         &self,
         doing: &'static str,
     ) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
-        if let Some(lost) = self.file.check() {
-            return Err(Error::DatabaseLost {
-                doing,
-                message: lost.to_owned(),
-            });
-        }
-        let (pool, sqlite) = (self.pool.clone(), self.sqlite);
+        let (pool, sqlite) = (self.write_pool(doing)?.clone(), self.sqlite);
         let begun = tokio::spawn(async move {
             if sqlite {
                 pool.begin_with("BEGIN IMMEDIATE").await
